@@ -1,0 +1,35 @@
+"""Choose, once, between the C extension and its pure-Python twin.
+
+``HPATCH_PURE_PYTHON=1`` forces the fallback; ``HPATCH_REQUIRE_NATIVE=1`` turns a
+missing or broken extension into an import error instead of a silent slowdown.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip() not in ("", "0")
+
+
+def _select() -> tuple[ModuleType, str]:
+    if _env_flag("HPATCH_PURE_PYTHON"):
+        if _env_flag("HPATCH_REQUIRE_NATIVE"):
+            raise ImportError("HPATCH_PURE_PYTHON and HPATCH_REQUIRE_NATIVE are both set")
+        from hpatch import _fallback
+
+        return _fallback, "python"
+    try:
+        from hpatch import _native
+    except ImportError:
+        if _env_flag("HPATCH_REQUIRE_NATIVE"):
+            raise
+        from hpatch import _fallback
+
+        return _fallback, "python"
+    return _native, "native"
+
+
+core, BACKEND = _select()

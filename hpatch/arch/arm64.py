@@ -1,0 +1,167 @@
+"""ARM64: .pdata (packed and .xdata forms), reference-site scanning, code extents, padding."""
+
+from __future__ import annotations
+
+import struct
+
+from hpatch._backend import core
+from hpatch.arch.base import Arch, CodeSite, Machine, ReadRva, SiteKind, UnwindEntry
+from hpatch.errors import ImageFormatError
+
+PDATA_UNPACKED, PDATA_PACKED, PDATA_PACKED_FRAGMENT, PDATA_RESERVED = 0, 1, 2, 3
+UNWIND_CODE_END_C = 0xE5
+NOP = 0xD503201F
+_ENTRY = struct.Struct("<II")
+_WORD = struct.Struct("<I")
+_MAX_EXTENT_BYTES = 1 << 20
+
+
+def _sign_extend(value: int, bits: int) -> int:
+    sign = 1 << (bits - 1)
+    return (value ^ sign) - sign
+
+
+def _is_trap_or_padding(word: int) -> bool:
+    # UDF #imm16 (including the all-zero word) and BRK #imm16.
+    return (word & 0xFFFF0000) == 0 or (word & 0xFFE0001F) == 0xD4200000
+
+
+def _branch(word: int, rva: int) -> tuple[int | None, bool]:
+    """(in-function target or None, stops fall-through) for a control-flow word."""
+    if (word & 0x7C000000) == 0x14000000:  # B / BL imm26
+        target = rva + 4 * _sign_extend(word & 0x03FFFFFF, 26)
+        is_call = bool(word & 0x80000000)
+        return (None if is_call else target), not is_call
+    if (word & 0xFF000010) == 0x54000000:  # B.cond imm19
+        return rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19), False
+    if (word & 0x7E000000) == 0x34000000:  # CBZ / CBNZ imm19
+        return rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19), False
+    if (word & 0x7E000000) == 0x36000000:  # TBZ / TBNZ imm14
+        return rva + 4 * _sign_extend((word >> 5) & 0x3FFF, 14), False
+    if (word & 0xFE1FFC1F) == 0xD61F0000:  # BR / RET / ERET-class register branches
+        opc = (word >> 21) & 0xF
+        return None, opc in (0, 2)  # BR, RET (BLR continues)
+    if (word & 0xFFFFFBFF) == 0xD65F0BFF:  # RETAA / RETAB
+        return None, True
+    if (word & 0xFEFFF800) == 0xD61F0800:  # BRAA / BRAB / BRAAZ / BRABZ
+        return None, True
+    return None, False
+
+
+class Arm64(Arch):
+    """The ARM64 (AArch64) architecture."""
+
+    machine = Machine.ARM64
+    name = "arm64"
+    instruction_alignment = 4
+    pdata_entry_size = 8
+
+    # .pdata -------------------------------------------------------------
+
+    def _xdata_entry(self, read: ReadRva, begin: int, xdata_rva: int) -> UnwindEntry:
+        if xdata_rva % 4:
+            raise ImageFormatError(
+                f".xdata of function 0x{begin:x} is misaligned (0x{xdata_rva:x})"
+            )
+        (header,) = _WORD.unpack(read(xdata_rva, 4))
+        length = (header & 0x3FFFF) * 4
+        version = (header >> 18) & 3
+        packed_epilog = (header >> 21) & 1
+        epilog_count = (header >> 22) & 0x1F
+        code_words = (header >> 27) & 0x1F
+        cursor = xdata_rva + 4
+        if version != 0:
+            raise ImageFormatError(f".xdata of function 0x{begin:x} has unknown version {version}")
+        if epilog_count == 0 and code_words == 0:
+            (extended,) = _WORD.unpack(read(cursor, 4))
+            epilog_count, code_words = extended & 0xFFFF, (extended >> 16) & 0xFF
+            cursor += 4
+        if length == 0:
+            raise ImageFormatError(f".xdata of function 0x{begin:x} gives a zero length")
+        if packed_epilog:
+            if code_words and epilog_count >= code_words * 4:
+                raise ImageFormatError(
+                    f".xdata of function 0x{begin:x}: epilog code index {epilog_count} is past "
+                    f"its {code_words * 4} unwind code bytes"
+                )
+        else:
+            scopes = read(cursor, 4 * epilog_count)
+            for (scope,) in _WORD.iter_unpack(scopes):
+                if (scope & 0x3FFFF) * 4 >= length:
+                    raise ImageFormatError(
+                        f".xdata of function 0x{begin:x}: epilog scope starts past the function"
+                    )
+            cursor += 4 * epilog_count
+        codes = read(cursor, 4 * code_words)
+        is_fragment = bool(codes) and codes[0] == UNWIND_CODE_END_C
+        return UnwindEntry(begin, begin + length, xdata_rva, is_fragment)
+
+    def decode_unwind_entries(self, pdata: bytes, read: ReadRva) -> list[UnwindEntry]:
+        entries: list[UnwindEntry] = []
+        for begin, unwind in _ENTRY.iter_unpack(pdata[: len(pdata) // 8 * 8]):
+            if begin == 0 and unwind == 0:
+                continue  # zero padding at the end of the table
+            if begin % 4:
+                raise ImageFormatError(f".pdata entry for 0x{begin:x} is not 4-aligned")
+            flag = unwind & 3
+            if flag == PDATA_UNPACKED:
+                entries.append(self._xdata_entry(read, begin, unwind))
+            elif flag == PDATA_RESERVED:
+                raise ImageFormatError(f".pdata entry for 0x{begin:x} uses the reserved flag 3")
+            else:
+                length = ((unwind >> 2) & 0x7FF) * 4
+                if length == 0:
+                    raise ImageFormatError(f".pdata entry for 0x{begin:x} gives a zero length")
+                entries.append(
+                    UnwindEntry(begin, begin + length, None, flag == PDATA_PACKED_FRAGMENT)
+                )
+        return entries
+
+    # code ---------------------------------------------------------------
+
+    def scan_sites(self, code: bytes, code_rva: int, lo_rva: int, hi_rva: int) -> list[CodeSite]:
+        return [
+            CodeSite(site, target, SiteKind(kind))
+            for site, target, kind in core.scan_arm64_sites(code, code_rva, lo_rva, hi_rva)
+        ]
+
+    def code_extent(self, read: ReadRva, start_rva: int, bound_rva: int) -> int | None:
+        bound_rva = min(bound_rva, start_rva + _MAX_EXTENT_BYTES)
+        bound_rva -= (bound_rva - start_rva) % 4
+        if start_rva % 4 or bound_rva <= start_rva:
+            return None
+        code = read(start_rva, bound_rva - start_rva)
+        pending = [start_rva]
+        visited: set[int] = set()
+        end = start_rva
+        while pending:
+            rva = pending.pop()
+            while rva not in visited:
+                if not start_rva <= rva < bound_rva:
+                    return None
+                (word,) = _WORD.unpack_from(code, rva - start_rva)
+                visited.add(rva)
+                if _is_trap_or_padding(word):
+                    if (word & 0xFFE0001F) == 0xD4200000:
+                        end = max(end, rva + 4)  # BRK is a deliberate trap inside the body
+                    break
+                end = max(end, rva + 4)
+                target, stops = _branch(word, rva)
+                if target is not None and start_rva <= target < bound_rva:
+                    pending.append(target)
+                if stops:
+                    break
+                rva += 4
+        return end
+
+    def instruction_starts(self, read: ReadRva, start_rva: int, end_rva: int) -> frozenset[int]:
+        return frozenset(range(start_rva - start_rva % 4 + (4 if start_rva % 4 else 0), end_rva, 4))
+
+    def padding_length(self, data: bytes, offset: int) -> int:
+        i = offset
+        while i + 4 <= len(data):
+            (word,) = _WORD.unpack_from(data, i)
+            if word not in (0, NOP):
+                break
+            i += 4
+        return i - offset

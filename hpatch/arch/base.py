@@ -1,0 +1,88 @@
+"""The architecture interface: everything machine-specific sits behind it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+
+ReadRva = Callable[[int, int], bytes]
+"""Reads ``size`` bytes at an RVA of the mapped image; raises ImageFormatError out of range."""
+
+
+class Machine(IntEnum):
+    """IMAGE_FILE_MACHINE_* values hpatch supports."""
+
+    AMD64 = 0x8664
+    ARM64 = 0xAA64
+
+
+class SiteKind(IntEnum):
+    """What a code reference does with its target (same numbers as the C extension)."""
+
+    CALL = 1
+    JUMP = 2
+    COND_JUMP = 3
+    ADDRESS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class UnwindEntry:
+    """One .pdata entry, decoded.
+
+    ``parent_rva`` is the start of the function this entry is a fragment of: the
+    root of an x64 UNW_FLAG_CHAININFO chain, or for ARM64 fragments (packed flag 2,
+    or unwind codes that open with ``end_c``) ``None`` until the image folds it
+    into the function that precedes it.
+    """
+
+    begin_rva: int
+    end_rva: int
+    unwind_rva: int | None
+    is_fragment: bool
+    parent_rva: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CodeSite:
+    """A direct reference from code: the instruction at ``site_rva`` reaches ``target_rva``."""
+
+    site_rva: int
+    target_rva: int
+    kind: SiteKind
+
+
+class Arch(ABC):
+    """Operations the rest of hpatch asks of a machine instead of branching on it."""
+
+    machine: Machine
+    name: str
+    #: Every function start and instruction is aligned to this many bytes.
+    instruction_alignment: int
+    #: Bytes per .pdata (RUNTIME_FUNCTION) entry.
+    pdata_entry_size: int
+
+    @abstractmethod
+    def decode_unwind_entries(self, pdata: bytes, read: ReadRva) -> list[UnwindEntry]:
+        """Decode a .pdata table (and the unwind records it points at)."""
+
+    @abstractmethod
+    def scan_sites(self, code: bytes, code_rva: int, lo_rva: int, hi_rva: int) -> list[CodeSite]:
+        """Candidate direct references in ``code`` whose targets lie in [lo_rva, hi_rva)."""
+
+    @abstractmethod
+    def code_extent(self, read: ReadRva, start_rva: int, bound_rva: int) -> int | None:
+        """End RVA of the code reachable from ``start_rva`` without leaving [start, bound).
+
+        Follows branches inside the range, stops at returns, unconditional jumps and
+        traps; returns ``None`` when something undecodable is reached.
+        """
+
+    @abstractmethod
+    def instruction_starts(self, read: ReadRva, start_rva: int, end_rva: int) -> frozenset[int]:
+        """RVAs of the instructions of a linear decode of [start_rva, end_rva)."""
+
+    @abstractmethod
+    def padding_length(self, data: bytes, offset: int) -> int:
+        """Length of the inter-function padding (traps, nops, zeros) at ``offset``."""

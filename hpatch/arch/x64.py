@@ -1,0 +1,191 @@
+"""AMD64: .pdata/UNWIND_INFO decoding, reference-site scanning, code extents, padding."""
+
+from __future__ import annotations
+
+import struct
+
+import capstone
+
+from hpatch._backend import core
+from hpatch.arch.base import Arch, CodeSite, Machine, ReadRva, SiteKind, UnwindEntry
+from hpatch.errors import ImageFormatError
+
+UNW_FLAG_CHAININFO = 0x4
+RUNTIME_FUNCTION_INDIRECT = 0x1
+_RUNTIME_FUNCTION = struct.Struct("<III")
+_MAX_CHAIN_DEPTH = 32
+_MAX_EXTENT_BYTES = 1 << 20
+
+_RETURNS = frozenset({"ret", "retf", "retfq", "iretq", "iretd", "iret"})
+_WINDOW = 256
+_SINGLE_PAD = frozenset({0xCC, 0x90, 0x00})
+
+
+def _modrm_tail(data: bytes, at: int) -> int | None:
+    """Bytes taken by a ModRM byte at ``at`` and its SIB/displacement; None if truncated."""
+    if at >= len(data):
+        return None
+    modrm = data[at]
+    mod, rm = modrm >> 6, modrm & 7
+    size = 1
+    if mod != 3 and rm == 4:
+        if at + 1 >= len(data):
+            return None
+        size += 1
+        if mod == 0 and (data[at + 1] & 7) == 5:
+            size += 4
+    if mod == 1:
+        size += 1
+    elif mod == 2 or (mod == 0 and rm == 5):
+        size += 4
+    return size if at + size <= len(data) else None
+
+
+class X64(Arch):
+    """The AMD64 architecture."""
+
+    machine = Machine.AMD64
+    name = "x64"
+    instruction_alignment = 1
+    pdata_entry_size = 12
+
+    def __init__(self) -> None:
+        self._cs_lite = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+
+    # .pdata -------------------------------------------------------------
+
+    def _chain_root(self, read: ReadRva, unwind_rva: int, begin_rva: int) -> tuple[int, int] | None:
+        """Follow UNW_FLAG_CHAININFO links to the primary entry; (begin, end) or None if primary."""
+        root: tuple[int, int] | None = None
+        seen: set[int] = set()
+        while True:
+            if unwind_rva & RUNTIME_FUNCTION_INDIRECT:
+                begin, end, unwind_rva = _RUNTIME_FUNCTION.unpack(read(unwind_rva & ~1, 12))
+                root = (begin, end)
+            else:
+                header = read(unwind_rva, 4)
+                version, flags, count = header[0] & 7, header[0] >> 3, header[2]
+                if version not in (1, 2):
+                    raise ImageFormatError(
+                        f"unwind info at rva 0x{unwind_rva:x} (function 0x{begin_rva:x}) "
+                        f"has unknown version {version}"
+                    )
+                if not flags & UNW_FLAG_CHAININFO:
+                    return root
+                chained_at = unwind_rva + 4 + 2 * (count + (count & 1))
+                begin, end, unwind_rva = _RUNTIME_FUNCTION.unpack(read(chained_at, 12))
+                root = (begin, end)
+            if begin >= end:
+                raise ImageFormatError(f"chained unwind info of function 0x{begin_rva:x} is empty")
+            if unwind_rva in seen or len(seen) > _MAX_CHAIN_DEPTH:
+                raise ImageFormatError(f"unwind info chain of function 0x{begin_rva:x} loops")
+            seen.add(unwind_rva)
+
+    def decode_unwind_entries(self, pdata: bytes, read: ReadRva) -> list[UnwindEntry]:
+        entries: list[UnwindEntry] = []
+        for begin, end, unwind_rva in _RUNTIME_FUNCTION.iter_unpack(pdata[: len(pdata) // 12 * 12]):
+            if begin == 0 and end == 0 and unwind_rva == 0:
+                continue  # zero padding at the end of the table
+            if begin >= end:
+                raise ImageFormatError(f".pdata entry 0x{begin:x}..0x{end:x} is empty or inverted")
+            root = self._chain_root(read, unwind_rva, begin)
+            entries.append(
+                UnwindEntry(
+                    begin_rva=begin,
+                    end_rva=end,
+                    unwind_rva=unwind_rva & ~RUNTIME_FUNCTION_INDIRECT,
+                    is_fragment=root is not None,
+                    parent_rva=root[0] if root is not None else None,
+                )
+            )
+        return entries
+
+    # code ---------------------------------------------------------------
+
+    def scan_sites(self, code: bytes, code_rva: int, lo_rva: int, hi_rva: int) -> list[CodeSite]:
+        return [
+            CodeSite(site, target, SiteKind(kind))
+            for site, target, kind in core.scan_x64_sites(code, code_rva, lo_rva, hi_rva)
+        ]
+
+    def code_extent(self, read: ReadRva, start_rva: int, bound_rva: int) -> int | None:
+        bound_rva = min(bound_rva, start_rva + _MAX_EXTENT_BYTES)
+        if bound_rva <= start_rva:
+            return None
+        code = read(start_rva, bound_rva - start_rva)
+        pending = [start_rva]
+        visited: set[int] = set()
+        end = start_rva
+        while pending:
+            rva = pending.pop()
+            block_end = self._walk_block(code, start_rva, bound_rva, rva, visited, pending)
+            if block_end is None:
+                return None
+            end = max(end, block_end)
+        return end
+
+    def _walk_block(
+        self,
+        code: bytes,
+        start_rva: int,
+        bound_rva: int,
+        rva: int,
+        visited: set[int],
+        pending: list[int],
+    ) -> int | None:
+        """Decode straight-line code from ``rva``; end of the last body byte, None if invalid."""
+        end = rva
+        while rva not in visited:
+            if rva >= bound_rva:
+                return None
+            offset = rva - start_rva
+            decoded = False
+            for address, size, mnemonic, op_str in self._cs_lite.disasm_lite(
+                code[offset : offset + _WINDOW], rva
+            ):
+                decoded = True
+                if address in visited:
+                    return end
+                if address + size > bound_rva:
+                    return None
+                visited.add(address)
+                rva = address + size
+                if mnemonic == "int3":
+                    return end  # a trap is where fall-through stops; it is padding, not body
+                end = rva
+                if mnemonic in _RETURNS or mnemonic in ("ud2", "hlt"):
+                    return end
+                if mnemonic[0] == "j" or mnemonic.startswith("loop"):
+                    if op_str.startswith("0x"):
+                        target = int(op_str, 16)
+                        if start_rva <= target < bound_rva:
+                            pending.append(target)
+                    if mnemonic == "jmp":
+                        return end
+            if not decoded:
+                return None
+        return end
+
+    def instruction_starts(self, read: ReadRva, start_rva: int, end_rva: int) -> frozenset[int]:
+        code = read(start_rva, end_rva - start_rva)
+        return frozenset(address for address, _, _, _ in self._cs_lite.disasm_lite(code, start_rva))
+
+    def padding_length(self, data: bytes, offset: int) -> int:
+        i, n = offset, len(data)
+        while i < n:
+            if data[i] in _SINGLE_PAD:
+                i += 1
+                continue
+            j = i
+            while j < n and data[j] in (0x66, 0x2E):
+                j += 1
+            if j > i and j < n and data[j] == 0x90:
+                i = j + 1
+                continue
+            if j + 1 < n and data[j] == 0x0F and data[j + 1] == 0x1F:
+                tail = _modrm_tail(data, j + 2)
+                if tail is not None:
+                    i = j + 2 + tail
+                    continue
+            break
+        return i - offset

@@ -1,0 +1,37 @@
+"""The hpatch error tree: every failure a user can cause is one of these."""
+
+from __future__ import annotations
+
+
+class HPatchError(Exception):
+    """Root of every error hpatch raises on purpose."""
+
+
+class ImageFormatError(HPatchError):
+    """The input is not a well-formed PE image (truncated, corrupt, inconsistent)."""
+
+
+class UnsupportedError(HPatchError):
+    """The input is well-formed but outside what hpatch supports (machine, hybrid image)."""
+
+
+class PackageFormatError(HPatchError):
+    """A hotpatch package is malformed, corrupt or tampered with."""
+
+
+class NotHotpatchable(HPatchError):
+    """The update between two builds cannot be delivered as a hotpatch."""
+
+
+class ApplyError(HPatchError):
+    """Applying a package to an image failed a check; nothing was changed."""
+
+
+class EmulationFault(HPatchError):
+    """Emulated code touched memory it may not touch."""
+
+    def __init__(self, message: str, *, address: int, access: str, pc: int) -> None:
+        super().__init__(message)
+        self.address = address
+        self.access = access
+        self.pc = pc

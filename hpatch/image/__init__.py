@@ -1,0 +1,34 @@
+"""The PE image model: parse once, immutable, arch-neutral."""
+
+from hpatch.image.model import (
+    BaseRelocation,
+    BaseRelocationType,
+    Evidence,
+    Export,
+    Fragment,
+    Function,
+    ImageIdentity,
+    Import,
+    LoadConfig,
+    Section,
+    SectionFlags,
+    Symbol,
+)
+from hpatch.image.reader import PEImage, load_image
+
+__all__ = [
+    "BaseRelocation",
+    "BaseRelocationType",
+    "Evidence",
+    "Export",
+    "Fragment",
+    "Function",
+    "ImageIdentity",
+    "Import",
+    "LoadConfig",
+    "PEImage",
+    "Section",
+    "SectionFlags",
+    "Symbol",
+    "load_image",
+]

@@ -1,0 +1,175 @@
+"""Immutable records of a PE image, shared by every later stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, IntEnum, IntFlag
+
+from hpatch.arch.base import Machine
+
+
+class SectionFlags(IntFlag):
+    """The IMAGE_SCN_* characteristics hpatch looks at."""
+
+    CNT_CODE = 0x00000020
+    CNT_INITIALIZED_DATA = 0x00000040
+    CNT_UNINITIALIZED_DATA = 0x00000080
+    MEM_DISCARDABLE = 0x02000000
+    MEM_EXECUTE = 0x20000000
+    MEM_READ = 0x40000000
+    MEM_WRITE = 0x80000000
+
+
+class BaseRelocationType(IntEnum):
+    """IMAGE_REL_BASED_* types."""
+
+    ABSOLUTE = 0
+    HIGH = 1
+    LOW = 2
+    HIGHLOW = 3
+    HIGHADJ = 4
+    DIR64 = 10
+
+
+class Evidence(Enum):
+    """Where knowledge of a function came from, strongest first."""
+
+    PDATA = "pdata"
+    EXPORT = "export"
+    SYMBOL = "symbol"
+    ENTRY = "entry"
+    GUARD_CF = "guard_cf"
+    CALL = "call"
+    JUMP = "jump"
+    ADDRESS = "address"
+    RELOC = "reloc"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageIdentity:
+    """What pins down one exact build: the fields a hotpatch is keyed on."""
+
+    machine: Machine
+    image_base: int
+    size_of_image: int
+    time_date_stamp: int
+    checksum: int
+    file_sha256: str
+    mapped_sha256: str
+    file_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """A section as the loader maps it; ``data`` is ``virtual_size`` bytes, zero-filled."""
+
+    index: int
+    name: str
+    rva: int
+    virtual_size: int
+    raw_offset: int
+    raw_size: int
+    characteristics: int
+    data: bytes
+
+    @property
+    def end_rva(self) -> int:
+        return self.rva + self.virtual_size
+
+    @property
+    def is_executable(self) -> bool:
+        return bool(self.characteristics & SectionFlags.MEM_EXECUTE)
+
+    @property
+    def is_writable(self) -> bool:
+        return bool(self.characteristics & SectionFlags.MEM_WRITE)
+
+    def contains(self, rva: int) -> bool:
+        return self.rva <= rva < self.end_rva
+
+
+@dataclass(frozen=True, slots=True)
+class BaseRelocation:
+    """One base relocation: the field at ``rva`` holds an absolute address."""
+
+    rva: int
+    type: BaseRelocationType
+
+
+@dataclass(frozen=True, slots=True)
+class Import:
+    """One imported function: by ``name`` or by ``ordinal``, bound through the IAT slot."""
+
+    dll: str
+    name: str | None
+    ordinal: int | None
+    iat_rva: int
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    """One exported symbol; ``forwarder`` is set for forwarded exports (no code here)."""
+
+    ordinal: int
+    name: str | None
+    rva: int
+    forwarder: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Symbol:
+    """A COFF symbol-table entry that names an address in a section."""
+
+    name: str
+    rva: int
+    section_index: int
+    storage_class: int
+    is_function: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LoadConfig:
+    """The load-config fields hpatch reads (VAs as stored; RVAs where the spec uses RVAs)."""
+
+    size: int
+    security_cookie_va: int
+    guard_flags: int
+    guard_cf_function_rvas: tuple[int, ...]
+    chpe_metadata_va: int
+    dynamic_value_reloc_table_offset: int
+    hotpatch_table_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """A separately described part of a function (chained or fragment unwind entry)."""
+
+    rva: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Function:
+    """A function: its entry, its size in bytes, and what says it is there.
+
+    ``size`` covers the entry part only; split-off parts are ``fragments``.
+    ``padding_after`` counts the trap/nop/zero bytes between this function's end and
+    the next function (or the end of its section): room later stages may use.
+    """
+
+    rva: int
+    size: int
+    name: str | None
+    sources: tuple[Evidence, ...]
+    fragments: tuple[Fragment, ...] = ()
+    padding_after: int = 0
+
+    @property
+    def end_rva(self) -> int:
+        return self.rva + self.size
+
+    def contains(self, rva: int) -> bool:
+        """True if ``rva`` lies in the function's entry part or any fragment."""
+        if self.rva <= rva < self.end_rva:
+            return True
+        return any(f.rva <= rva < f.rva + f.size for f in self.fragments)

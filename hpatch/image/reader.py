@@ -1,0 +1,385 @@
+"""Parse a PE file once, with lief, into the immutable model; the one place parse errors surface.
+
+Everything lief hands back is checked against the file and the image size before it
+enters the model, so a truncated or hostile file gives ImageFormatError, not garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from functools import cached_property
+from pathlib import Path
+
+import lief
+
+from hpatch.arch import Arch, Machine, UnwindEntry, arch_for
+from hpatch.errors import HPatchError, ImageFormatError, UnsupportedError
+from hpatch.image.model import (
+    BaseRelocation,
+    BaseRelocationType,
+    Export,
+    Function,
+    ImageIdentity,
+    Import,
+    LoadConfig,
+    Section,
+    Symbol,
+)
+
+lief.logging.disable()
+
+PE32PLUS_MAGIC = 0x20B
+MAX_IMAGE_SIZE = 1 << 30
+DIRECTORY_NAMES = {
+    0: "export",
+    1: "import",
+    3: "exception",
+    5: "base relocation",
+    10: "load config",
+    12: "IAT",
+}
+_EXCEPTION_DIRECTORY = 3
+_GUARD_CF_STRIDE_SHIFT = 28
+_COFF_FUNCTION_TYPE = 2  # lief's COMPLEX_TYPE.FUNCTION
+
+
+def _u16(data: bytes, offset: int) -> int:
+    return struct.unpack_from("<H", data, offset)[0]
+
+
+def _u32(data: bytes, offset: int) -> int:
+    return struct.unpack_from("<I", data, offset)[0]
+
+
+def _check_headers(data: bytes) -> tuple[int, int]:
+    """Checks lief does not make for us; returns (machine, offset of the optional header)."""
+    if len(data) < 0x40 or data[:2] != b"MZ":
+        raise ImageFormatError("not a PE file: no MZ header")
+    pe_offset = _u32(data, 0x3C)
+    if pe_offset + 24 > len(data) or data[pe_offset : pe_offset + 4] != b"PE\0\0":
+        raise ImageFormatError("not a PE file: no PE signature at e_lfanew")
+    machine = _u16(data, pe_offset + 4)
+    optional_offset = pe_offset + 24
+    if optional_offset + 2 > len(data):
+        raise ImageFormatError("truncated file: the optional header is missing")
+    arch_for(machine)  # UnsupportedError for other machines
+    magic = _u16(data, optional_offset)
+    if magic != PE32PLUS_MAGIC:
+        raise UnsupportedError(f"unsupported optional header magic 0x{magic:x}: hpatch needs PE32+")
+    return machine, optional_offset
+
+
+class PEImage:
+    """One PE file, parsed once; read-only after construction.
+
+    The expensive, optional parts (functions) are computed on first use.
+    """
+
+    def __init__(self, data: bytes, name: str) -> None:
+        self.name = name
+        machine, _ = _check_headers(data)
+        self.arch: Arch = arch_for(machine)
+        try:
+            config = lief.PE.ParserConfig()
+            config.parse_signature = False
+            config.parse_rsrc = False
+            config.parse_exceptions = False
+            binary = lief.PE.parse(data, config)
+        except Exception as exc:  # lief raises assorted types on hostile input
+            raise ImageFormatError(f"malformed PE file: {exc}") from exc
+        if binary is None:
+            raise ImageFormatError("malformed PE file: the PE parser rejected it")
+        self._binary = binary
+        header, optional = binary.header, binary.optional_header
+        self.image_base: int = optional.imagebase
+        self.size_of_image: int = optional.sizeof_image
+        self.entry_rva: int = optional.addressof_entrypoint
+        if not 0 < self.size_of_image <= MAX_IMAGE_SIZE:
+            raise ImageFormatError(f"implausible SizeOfImage 0x{self.size_of_image:x}")
+        self.sections: tuple[Section, ...] = self._read_sections(data, optional.sizeof_headers)
+        self.mapped: bytes = self._map(data, optional.sizeof_headers)
+        self._check_directories()
+        self.identity = ImageIdentity(
+            machine=Machine(machine),
+            image_base=self.image_base,
+            size_of_image=self.size_of_image,
+            time_date_stamp=header.time_date_stamps,
+            checksum=optional.checksum,
+            file_sha256=hashlib.sha256(data).hexdigest(),
+            mapped_sha256=hashlib.sha256(self.mapped).hexdigest(),
+            file_size=len(data),
+        )
+        self.load_config: LoadConfig | None = self._read_load_config()
+        self._refuse_hybrid()
+        self.imports: tuple[Import, ...] = self._read_imports()
+        self.exports: tuple[Export, ...] = self._read_exports()
+        self.relocations: tuple[BaseRelocation, ...] = self._read_relocations()
+        self.symbols: tuple[Symbol, ...] = self._read_symbols()
+        self.unwind_entries: tuple[UnwindEntry, ...] = self._read_unwind_entries()
+
+    # mapping ------------------------------------------------------------
+
+    def _read_sections(self, data: bytes, sizeof_headers: int) -> tuple[Section, ...]:
+        sections: list[Section] = []
+        previous_end = 0
+        for index, raw in enumerate(self._binary.sections, start=1):
+            rva, raw_offset, raw_size = (
+                raw.virtual_address,
+                raw.pointerto_raw_data,
+                raw.sizeof_raw_data,
+            )
+            virtual_size = raw.virtual_size or raw_size
+            name = raw.name
+            if raw_size and raw_offset + raw_size > len(data):
+                raise ImageFormatError(
+                    f"truncated file: section {name!r} needs bytes up to "
+                    f"0x{raw_offset + raw_size:x}, the file has 0x{len(data):x}"
+                )
+            if rva < max(previous_end, sizeof_headers):
+                raise ImageFormatError(
+                    f"section {name!r} at rva 0x{rva:x} overlaps what precedes it"
+                )
+            if rva + virtual_size > self.size_of_image:
+                raise ImageFormatError(
+                    f"section {name!r} ends at rva 0x{rva + virtual_size:x}, past SizeOfImage "
+                    f"0x{self.size_of_image:x}"
+                )
+            previous_end = rva + virtual_size
+            body = data[raw_offset : raw_offset + min(raw_size, virtual_size)] if raw_size else b""
+            sections.append(
+                Section(
+                    index=index,
+                    name=name,
+                    rva=rva,
+                    virtual_size=virtual_size,
+                    raw_offset=raw_offset,
+                    raw_size=raw_size,
+                    characteristics=raw.characteristics,
+                    data=body.ljust(virtual_size, b"\0"),
+                )
+            )
+        if not sections:
+            raise ImageFormatError("PE file has no sections")
+        return tuple(sections)
+
+    def _map(self, data: bytes, sizeof_headers: int) -> bytes:
+        """The image as the loader maps it at its preferred base (before relocation)."""
+        image = bytearray(self.size_of_image)
+        header_size = min(sizeof_headers, len(data), self.size_of_image)
+        image[:header_size] = data[:header_size]
+        for section in self.sections:
+            image[section.rva : section.end_rva] = section.data
+        return bytes(image)
+
+    def read(self, rva: int, size: int) -> bytes:
+        """``size`` bytes of the mapped image at ``rva``; ImageFormatError if out of range."""
+        if rva < 0 or size < 0 or rva + size > self.size_of_image:
+            raise ImageFormatError(
+                f"read of 0x{size:x} bytes at rva 0x{rva:x} is outside the image "
+                f"(SizeOfImage 0x{self.size_of_image:x})"
+            )
+        return self.mapped[rva : rva + size]
+
+    def section_at(self, rva: int) -> Section | None:
+        """The section containing ``rva``, if any."""
+        for section in self.sections:
+            if section.contains(rva):
+                return section
+        return None
+
+    @property
+    def executable_sections(self) -> tuple[Section, ...]:
+        return tuple(s for s in self.sections if s.is_executable)
+
+    # directories --------------------------------------------------------
+
+    def _directory(self, index: int) -> tuple[int, int]:
+        directory = self._binary.data_directories[index]
+        return directory.rva, directory.size
+
+    def _check_directories(self) -> None:
+        count = len(self._binary.data_directories)
+        for index, label in DIRECTORY_NAMES.items():
+            if index >= count:
+                continue
+            rva, size = self._directory(index)
+            if (rva or size) and (rva == 0 or rva + size > self.size_of_image):
+                raise ImageFormatError(
+                    f"corrupt {label} directory: 0x{size:x} bytes at rva 0x{rva:x} do not fit in "
+                    f"the image (SizeOfImage 0x{self.size_of_image:x})"
+                )
+
+    def _read_load_config(self) -> LoadConfig | None:
+        if not self._binary.has_configuration:
+            return None
+        config = self._binary.load_configuration
+
+        def field(attribute: str) -> int:
+            value = getattr(config, attribute, None)
+            return int(value) if value is not None else 0
+
+        guard_flags = field("guard_flags")
+        table_va, count = field("guard_cf_function_table"), field("guard_cf_function_count")
+        guard_rvas: tuple[int, ...] = ()
+        if table_va and count:
+            stride = 4 + ((guard_flags >> _GUARD_CF_STRIDE_SHIFT) & 0xF)
+            table = self.read(table_va - self.image_base, count * stride)
+            guard_rvas = tuple(_u32(table, i * stride) for i in range(count))
+        return LoadConfig(
+            size=field("size"),
+            security_cookie_va=field("security_cookie"),
+            guard_flags=guard_flags,
+            guard_cf_function_rvas=guard_rvas,
+            chpe_metadata_va=field("chpe_metadata_pointer"),
+            dynamic_value_reloc_table_offset=field("dynamic_value_reloctable_offset"),
+            hotpatch_table_offset=field("hotpatch_table_offset"),
+        )
+
+    def _refuse_hybrid(self) -> None:
+        reasons = []
+        if self.load_config is not None and self.load_config.chpe_metadata_va:
+            reasons.append("its load config carries CHPE hybrid metadata")
+        if self._binary.is_arm64ec:
+            reasons.append("it is an ARM64EC image")
+        if self._binary.is_arm64x:
+            reasons.append("it is an ARM64X image")
+        if reasons:
+            raise UnsupportedError(
+                f"{self.name}: hybrid CHPE/ARM64EC/ARM64X images are not supported ("
+                + "; ".join(reasons)
+                + "): such images mix native and emulated code ranges, and Windows hotpatching "
+                "itself requires CHPE to be disabled on Arm64 devices"
+            )
+
+    def _read_imports(self) -> tuple[Import, ...]:
+        imports: list[Import] = []
+        for library in self._binary.imports:
+            for entry in library.entries:
+                iat_rva = entry.iat_address
+                if not 0 < iat_rva < self.size_of_image:
+                    raise ImageFormatError(
+                        f"import {library.name}!{entry.name or entry.ordinal} has its IAT slot "
+                        f"outside the image (rva 0x{iat_rva:x})"
+                    )
+                by_ordinal = entry.is_ordinal
+                imports.append(
+                    Import(
+                        dll=library.name,
+                        name=None if by_ordinal else entry.name,
+                        ordinal=entry.ordinal if by_ordinal else None,
+                        iat_rva=iat_rva,
+                    )
+                )
+        return tuple(imports)
+
+    def _read_exports(self) -> tuple[Export, ...]:
+        if not self._binary.has_exports:
+            return ()
+        exports: list[Export] = []
+        for entry in self._binary.get_export().entries:
+            forwarder = None
+            if entry.is_forwarded:
+                info = entry.forward_information
+                forwarder = f"{info.library}.{info.function}"
+            elif not 0 <= entry.address < self.size_of_image:
+                raise ImageFormatError(
+                    f"export {entry.name or entry.ordinal} points outside the image "
+                    f"(rva 0x{entry.address:x})"
+                )
+            exports.append(Export(entry.ordinal, entry.name or None, entry.address, forwarder))
+        return tuple(sorted(exports, key=lambda e: e.ordinal))
+
+    def _read_relocations(self) -> tuple[BaseRelocation, ...]:
+        relocations: list[BaseRelocation] = []
+        known = {t.value for t in BaseRelocationType}
+        for block in self._binary.relocations:
+            for entry in block.entries:
+                kind = int(entry.type.value) if hasattr(entry.type, "value") else int(entry.type)
+                if kind == BaseRelocationType.ABSOLUTE:
+                    continue
+                rva = block.virtual_address + entry.position
+                if kind not in known:
+                    raise ImageFormatError(
+                        f"base relocation at rva 0x{rva:x} has unknown type {kind}"
+                    )
+                if rva + 8 > self.size_of_image:
+                    raise ImageFormatError(f"base relocation at rva 0x{rva:x} is outside the image")
+                relocations.append(BaseRelocation(rva, BaseRelocationType(kind)))
+        return tuple(relocations)
+
+    def _read_symbols(self) -> tuple[Symbol, ...]:
+        symbols: list[Symbol] = []
+        for raw in self._binary.symbols:
+            index = raw.section_idx
+            name = raw.name
+            if not 1 <= index <= len(self.sections) or not name or name.startswith("."):
+                continue
+            section = self.sections[index - 1]
+            if raw.value >= max(section.virtual_size, 1):
+                continue  # linker-defined end markers sit one past the section
+            symbols.append(
+                Symbol(
+                    name=name,
+                    rva=section.rva + raw.value,
+                    section_index=index,
+                    storage_class=int(raw.storage_class.value),
+                    is_function=int(raw.complex_type.value) == _COFF_FUNCTION_TYPE,
+                )
+            )
+        return tuple(sorted(symbols, key=lambda s: (s.rva, s.name)))
+
+    def _read_unwind_entries(self) -> tuple[UnwindEntry, ...]:
+        if len(self._binary.data_directories) <= _EXCEPTION_DIRECTORY:
+            return ()
+        rva, size = self._directory(_EXCEPTION_DIRECTORY)
+        if not rva or not size:
+            return ()
+        entries = self.arch.decode_unwind_entries(self.read(rva, size), self.read)
+        previous_end = 0
+        for entry in sorted(entries, key=lambda e: e.begin_rva):
+            section = self.section_at(entry.begin_rva)
+            if section is None or not section.is_executable or entry.end_rva > section.end_rva:
+                raise ImageFormatError(
+                    f".pdata entry 0x{entry.begin_rva:x}..0x{entry.end_rva:x} is out of range: "
+                    "not inside one executable section"
+                )
+            if entry.begin_rva < previous_end:
+                raise ImageFormatError(
+                    f".pdata entry 0x{entry.begin_rva:x}..0x{entry.end_rva:x} overlaps the entry "
+                    f"before it (which ends at 0x{previous_end:x})"
+                )
+            previous_end = entry.end_rva
+        return tuple(sorted(entries, key=lambda e: e.begin_rva))
+
+    # functions ----------------------------------------------------------
+
+    @cached_property
+    def functions(self) -> tuple[Function, ...]:
+        """Every function found, sorted by RVA (see hpatch.image.functions)."""
+        from hpatch.image.functions import discover_functions
+
+        return discover_functions(self)
+
+    def function_at(self, rva: int) -> Function | None:
+        """The function whose entry part or fragments contain ``rva``."""
+        import bisect
+
+        functions = self.functions
+        index = bisect.bisect_right([f.rva for f in functions], rva) - 1
+        if index >= 0 and functions[index].contains(rva):
+            return functions[index]
+        return next((f for f in functions if f.fragments and f.contains(rva)), None)
+
+
+def load_image(source: str | os.PathLike[str] | bytes, name: str | None = None) -> PEImage:
+    """Parse a PE file (a path or its bytes) into a PEImage."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return PEImage(bytes(source), name or "<memory>")
+    path = Path(source)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise HPatchError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return PEImage(data, name or path.name)

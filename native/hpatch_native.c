@@ -1,0 +1,235 @@
+/*
+ * hpatch._native: the byte-level hot loops of hpatch.
+ *
+ * Plain functions over buffers, no global state. Every function has a
+ * pure-Python twin with the same signature, results and errors in
+ * hpatch/_fallback.py; a parity test fuzzes one against the other.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Reference kinds; the same numbers as hpatch.arch.base.SiteKind. */
+enum { SITE_CALL = 1, SITE_JUMP = 2, SITE_COND_JUMP = 3, SITE_ADDRESS = 4 };
+
+#define RVA_LIMIT 0xFFFFFFFFLL
+
+typedef struct {
+    int64_t site;
+    int64_t target;
+    int kind;
+} site_t;
+
+typedef struct {
+    site_t *items;
+    size_t count;
+    size_t capacity;
+    int failed;
+} site_list_t;
+
+static void push_site(site_list_t *list, int64_t site, int64_t target, int kind)
+{
+    if (list->failed)
+        return;
+    if (list->count == list->capacity) {
+        size_t grown = list->capacity ? list->capacity * 2 : 256;
+        site_t *items = realloc(list->items, grown * sizeof(site_t));
+        if (items == NULL) {
+            list->failed = 1;
+            return;
+        }
+        list->items = items;
+        list->capacity = grown;
+    }
+    list->items[list->count].site = site;
+    list->items[list->count].target = target;
+    list->items[list->count].kind = kind;
+    list->count++;
+}
+
+static int32_t read_i32(const uint8_t *p)
+{
+    uint32_t v = (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
+                 ((uint32_t)p[3] << 24);
+    return (int32_t)v;
+}
+
+static uint32_t read_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
+           ((uint32_t)p[3] << 24);
+}
+
+static int check_rvas(long long code_rva, long long lo_rva, long long hi_rva, Py_ssize_t len)
+{
+    if (code_rva < 0 || code_rva > RVA_LIMIT || lo_rva < 0 || lo_rva > RVA_LIMIT + 1 ||
+        hi_rva < 0 || hi_rva > RVA_LIMIT + 1) {
+        PyErr_SetString(PyExc_ValueError, "rva out of range");
+        return -1;
+    }
+    if (code_rva + (long long)len > RVA_LIMIT + 1) {
+        PyErr_SetString(PyExc_ValueError, "code extends past the 32-bit rva space");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *sites_to_list(site_list_t *list)
+{
+    if (list->failed) {
+        free(list->items);
+        return PyErr_NoMemory();
+    }
+    PyObject *result = PyList_New((Py_ssize_t)list->count);
+    if (result == NULL) {
+        free(list->items);
+        return NULL;
+    }
+    for (size_t i = 0; i < list->count; i++) {
+        PyObject *item = Py_BuildValue("(LLi)", (long long)list->items[i].site,
+                                       (long long)list->items[i].target, list->items[i].kind);
+        if (item == NULL) {
+            Py_DECREF(result);
+            free(list->items);
+            return NULL;
+        }
+        PyList_SET_ITEM(result, (Py_ssize_t)i, item);
+    }
+    free(list->items);
+    return result;
+}
+
+static void scan_x64(const uint8_t *code, size_t len, int64_t code_rva, int64_t lo, int64_t hi,
+                     site_list_t *out)
+{
+    for (size_t i = 0; i < len; i++) {
+        uint8_t b = code[i];
+        int64_t site = code_rva + (int64_t)i;
+        if ((b == 0xE8 || b == 0xE9) && i + 5 <= len) {
+            int64_t target = site + 5 + read_i32(code + i + 1);
+            if (target >= lo && target < hi)
+                push_site(out, site, target, b == 0xE8 ? SITE_CALL : SITE_JUMP);
+        } else if (b == 0x0F && i + 6 <= len && (code[i + 1] & 0xF0) == 0x80) {
+            int64_t target = site + 6 + read_i32(code + i + 2);
+            if (target >= lo && target < hi)
+                push_site(out, site, target, SITE_COND_JUMP);
+        } else if ((b == 0x48 || b == 0x4C) && i + 7 <= len && code[i + 1] == 0x8D &&
+                   (code[i + 2] & 0xC7) == 0x05) {
+            int64_t target = site + 7 + read_i32(code + i + 3);
+            if (target >= lo && target < hi)
+                push_site(out, site, target, SITE_ADDRESS);
+        }
+    }
+}
+
+PyDoc_STRVAR(scan_x64_sites_doc,
+"scan_x64_sites(code, code_rva, lo_rva, hi_rva, /)\n--\n\n"
+"Byte-level scan of x64 code for rel32 branch and RIP-relative LEA sites.\n\n"
+"At every byte offset: E8/E9 rel32 (call/jump), 0F 8x rel32 (conditional jump)\n"
+"and REX.W 8D /r with a RIP-relative ModRM (address). Returns a list of\n"
+"(site_rva, target_rva, kind) for targets in [lo_rva, hi_rva). Candidates only:\n"
+"the caller decides which sites are real instruction starts.");
+
+static PyObject *scan_x64_sites(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer code;
+    long long code_rva, lo_rva, hi_rva;
+    if (!PyArg_ParseTuple(args, "y*LLL:scan_x64_sites", &code, &code_rva, &lo_rva, &hi_rva))
+        return NULL;
+    if (check_rvas(code_rva, lo_rva, hi_rva, code.len) < 0) {
+        PyBuffer_Release(&code);
+        return NULL;
+    }
+    site_list_t list = {NULL, 0, 0, 0};
+    Py_BEGIN_ALLOW_THREADS
+    scan_x64((const uint8_t *)code.buf, (size_t)code.len, code_rva, lo_rva, hi_rva, &list);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&code);
+    return sites_to_list(&list);
+}
+
+static int64_t sign_extend(uint32_t value, int bits)
+{
+    uint32_t sign = 1u << (bits - 1);
+    return (int64_t)((value ^ sign)) - (int64_t)sign;
+}
+
+static void scan_arm64(const uint8_t *code, size_t len, int64_t code_rva, int64_t lo, int64_t hi,
+                       site_list_t *out)
+{
+    size_t words = len / 4;
+    for (size_t w = 0; w < words; w++) {
+        uint32_t insn = read_u32(code + 4 * w);
+        int64_t site = code_rva + 4 * (int64_t)w;
+        uint32_t top = insn & 0xFC000000u;
+        if (top == 0x94000000u || top == 0x14000000u) {
+            int64_t target = site + 4 * sign_extend(insn & 0x03FFFFFFu, 26);
+            if (target >= lo && target < hi)
+                push_site(out, site, target, top == 0x94000000u ? SITE_CALL : SITE_JUMP);
+        } else if ((insn & 0x9F000000u) == 0x90000000u && w + 1 < words) {
+            /* ADRP Xd, page followed by ADD Xd, Xd, #lo12: a materialised address. */
+            uint32_t next = read_u32(code + 4 * (w + 1));
+            uint32_t rd = insn & 0x1Fu;
+            if ((next & 0xFFC00000u) == 0x91000000u && (next & 0x1Fu) == rd &&
+                ((next >> 5) & 0x1Fu) == rd) {
+                uint32_t immlo = (insn >> 29) & 0x3u;
+                uint32_t immhi = (insn >> 5) & 0x7FFFFu;
+                int64_t pages = sign_extend((immhi << 2) | immlo, 21);
+                int64_t target = (site & ~(int64_t)0xFFF) + pages * 4096 +
+                                 (int64_t)((next >> 10) & 0xFFFu);
+                if (target >= lo && target < hi)
+                    push_site(out, site, target, SITE_ADDRESS);
+            }
+        }
+    }
+}
+
+PyDoc_STRVAR(scan_arm64_sites_doc,
+"scan_arm64_sites(code, code_rva, lo_rva, hi_rva, /)\n--\n\n"
+"Word-level scan of ARM64 code for B/BL imm26 and ADRP+ADD address pairs.\n\n"
+"code_rva must be 4-aligned; a trailing partial word is ignored. Returns a list\n"
+"of (site_rva, target_rva, kind) for targets in [lo_rva, hi_rva).");
+
+static PyObject *scan_arm64_sites(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer code;
+    long long code_rva, lo_rva, hi_rva;
+    if (!PyArg_ParseTuple(args, "y*LLL:scan_arm64_sites", &code, &code_rva, &lo_rva, &hi_rva))
+        return NULL;
+    if (check_rvas(code_rva, lo_rva, hi_rva, code.len) < 0) {
+        PyBuffer_Release(&code);
+        return NULL;
+    }
+    if (code_rva % 4 != 0) {
+        PyBuffer_Release(&code);
+        PyErr_SetString(PyExc_ValueError, "code_rva must be 4-aligned");
+        return NULL;
+    }
+    site_list_t list = {NULL, 0, 0, 0};
+    Py_BEGIN_ALLOW_THREADS
+    scan_arm64((const uint8_t *)code.buf, (size_t)code.len, code_rva, lo_rva, hi_rva, &list);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&code);
+    return sites_to_list(&list);
+}
+
+static PyMethodDef native_methods[] = {
+    {"scan_x64_sites", scan_x64_sites, METH_VARARGS, scan_x64_sites_doc},
+    {"scan_arm64_sites", scan_arm64_sites, METH_VARARGS, scan_arm64_sites_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT, "hpatch._native",
+    "C implementations of hpatch's byte-level hot loops.", 0, native_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    return PyModule_Create(&native_module);
+}
