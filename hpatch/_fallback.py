@@ -67,7 +67,7 @@ def _sign_extend(value: int, bits: int) -> int:
 def scan_arm64_sites(
     code: bytes, code_rva: int, lo_rva: int, hi_rva: int, /
 ) -> list[tuple[int, int, int]]:
-    """Word-level scan of ARM64 code for B/BL imm26 and ADRP+ADD address pairs."""
+    """Word-level scan of ARM64 code for B/BL, B.cond/CBZ/CBNZ, TBZ/TBNZ and ADRP+ADD sites."""
     view = memoryview(code).cast("B")
     _check_rvas(code_rva, lo_rva, hi_rva, len(view))
     if code_rva % 4:
@@ -82,6 +82,14 @@ def scan_arm64_sites(
             target = site + 4 * _sign_extend(insn & 0x03FFFFFF, 26)
             if lo_rva <= target < hi_rva:
                 sites.append((site, target, SITE_CALL if top == 0x94000000 else SITE_JUMP))
+        elif (insn & 0xFF000010) == 0x54000000 or (insn & 0x7E000000) == 0x34000000:
+            target = site + 4 * _sign_extend((insn >> 5) & 0x7FFFF, 19)
+            if lo_rva <= target < hi_rva:
+                sites.append((site, target, SITE_COND_JUMP))
+        elif (insn & 0x7E000000) == 0x36000000:
+            target = site + 4 * _sign_extend((insn >> 5) & 0x3FFF, 14)
+            if lo_rva <= target < hi_rva:
+                sites.append((site, target, SITE_COND_JUMP))
         elif (insn & 0x9F000000) == 0x90000000 and w + 1 < count:
             nxt = words[w + 1]
             rd = insn & 0x1F

@@ -169,6 +169,16 @@ static void scan_arm64(const uint8_t *code, size_t len, int64_t code_rva, int64_
             int64_t target = site + 4 * sign_extend(insn & 0x03FFFFFFu, 26);
             if (target >= lo && target < hi)
                 push_site(out, site, target, top == 0x94000000u ? SITE_CALL : SITE_JUMP);
+        } else if ((insn & 0xFF000010u) == 0x54000000u || (insn & 0x7E000000u) == 0x34000000u) {
+            /* B.cond imm19, CBZ/CBNZ imm19 */
+            int64_t target = site + 4 * sign_extend((insn >> 5) & 0x7FFFFu, 19);
+            if (target >= lo && target < hi)
+                push_site(out, site, target, SITE_COND_JUMP);
+        } else if ((insn & 0x7E000000u) == 0x36000000u) {
+            /* TBZ/TBNZ imm14 */
+            int64_t target = site + 4 * sign_extend((insn >> 5) & 0x3FFFu, 14);
+            if (target >= lo && target < hi)
+                push_site(out, site, target, SITE_COND_JUMP);
         } else if ((insn & 0x9F000000u) == 0x90000000u && w + 1 < words) {
             /* ADRP Xd, page followed by ADD Xd, Xd, #lo12: a materialised address. */
             uint32_t next = read_u32(code + 4 * (w + 1));
@@ -189,7 +199,8 @@ static void scan_arm64(const uint8_t *code, size_t len, int64_t code_rva, int64_
 
 PyDoc_STRVAR(scan_arm64_sites_doc,
 "scan_arm64_sites(code, code_rva, lo_rva, hi_rva, /)\n--\n\n"
-"Word-level scan of ARM64 code for B/BL imm26 and ADRP+ADD address pairs.\n\n"
+"Word-level scan of ARM64 code for B/BL imm26, B.cond/CBZ/CBNZ imm19,\n"
+"TBZ/TBNZ imm14 and ADRP+ADD address pairs.\n\n"
 "code_rva must be 4-aligned; a trailing partial word is ignored. Returns a list\n"
 "of (site_rva, target_rva, kind) for targets in [lo_rva, hi_rva).");
 

@@ -157,6 +157,27 @@ class Arm64(Arch):
     def instruction_starts(self, read: ReadRva, start_rva: int, end_rva: int) -> frozenset[int]:
         return frozenset(range(start_rva - start_rva % 4 + (4 if start_rva % 4 else 0), end_rva, 4))
 
+    def import_thunk(self, read: ReadRva, rva: int) -> tuple[int, int] | None:
+        if rva % 4:
+            return None
+        adrp, ldr, br = struct.unpack("<III", read(rva, 12))
+        # ADRP X16, page ; LDR X16, [X16, #off] ; BR X16
+        if (adrp & 0x9F00001F) != 0x90000010 or (ldr & 0xFFC003FF) != 0xF9400210:
+            return None
+        if br != 0xD61F0200:
+            return None
+        pages = _sign_extend((((adrp >> 5) & 0x7FFFF) << 2) | ((adrp >> 29) & 3), 21)
+        slot = (rva & ~0xFFF) + pages * 4096 + ((ldr >> 10) & 0xFFF) * 8
+        return 12, slot
+
+    def last_instruction_end(self, read: ReadRva, start_rva: int, end_rva: int) -> int:
+        code = read(start_rva, end_rva - start_rva)
+        last = start_rva
+        for index, (word,) in enumerate(_WORD.iter_unpack(code[: len(code) // 4 * 4])):
+            if word not in (0, NOP):
+                last = start_rva + 4 * index + 4
+        return last
+
     def padding_length(self, data: bytes, offset: int) -> int:
         i = offset
         while i + 4 <= len(data):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ class UnwindEntry:
     unwind_rva: int | None
     is_fragment: bool
     parent_rva: int | None = None
+    #: No prolog and no unwind codes: the entry neither builds nor assumes a frame.
+    frameless: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +89,29 @@ class Arch(ABC):
     @abstractmethod
     def padding_length(self, data: bytes, offset: int) -> int:
         """Length of the inter-function padding (traps, nops, zeros) at ``offset``."""
+
+    @abstractmethod
+    def import_thunk(self, read: ReadRva, rva: int) -> tuple[int, int] | None:
+        """(size, IAT slot RVA) if an import thunk (a jump through one IAT slot) is at ``rva``."""
+
+    @abstractmethod
+    def last_instruction_end(self, read: ReadRva, start_rva: int, end_rva: int) -> int:
+        """End of the last non-padding instruction of a linear decode of [start, end)."""
+
+    def jump_table_size(
+        self, read: ReadRva, table_rva: int, code_start: int, limit_rva: int
+    ) -> int:
+        """Bytes of a table of int32 offsets, relative to the table, into [code_start, table).
+
+        This is the in-code jump-table form of clang x64 and MSVC ARM64; the table is
+        cut at ``limit_rva`` and at the first entry that does not land in the code.
+        Returns 0 if there is no such table at ``table_rva``.
+        """
+        size = 0
+        while table_rva + size + 4 <= limit_rva:
+            (offset,) = struct.unpack("<i", read(table_rva + size, 4))
+            target = table_rva + offset
+            if not code_start <= target < table_rva or target % self.instruction_alignment:
+                break
+            size += 4
+        return size

@@ -54,6 +54,13 @@ class X64(Arch):
 
     # .pdata -------------------------------------------------------------
 
+    def _prolog_shape(self, read: ReadRva, unwind_rva: int) -> tuple[int, int]:
+        """(SizeOfProlog, CountOfCodes) of the unwind info at ``unwind_rva``."""
+        if unwind_rva & RUNTIME_FUNCTION_INDIRECT:
+            return -1, -1
+        header = read(unwind_rva, 4)
+        return header[1], header[2]
+
     def _chain_root(self, read: ReadRva, unwind_rva: int, begin_rva: int) -> tuple[int, int] | None:
         """Follow UNW_FLAG_CHAININFO links to the primary entry; (begin, end) or None if primary."""
         root: tuple[int, int] | None = None
@@ -89,13 +96,18 @@ class X64(Arch):
             if begin >= end:
                 raise ImageFormatError(f".pdata entry 0x{begin:x}..0x{end:x} is empty or inverted")
             root = self._chain_root(read, unwind_rva, begin)
+            prolog_size, code_count = self._prolog_shape(read, unwind_rva)
+            # No prolog but unwind codes: every code applies from the first byte, so
+            # the code runs inside another function's frame (gcc's ``.cold`` parts).
+            continuation = root is None and prolog_size == 0 and code_count > 0
             entries.append(
                 UnwindEntry(
                     begin_rva=begin,
                     end_rva=end,
                     unwind_rva=unwind_rva & ~RUNTIME_FUNCTION_INDIRECT,
-                    is_fragment=root is not None,
+                    is_fragment=root is not None or continuation,
                     parent_rva=root[0] if root is not None else None,
+                    frameless=root is None and prolog_size == 0 and code_count == 0,
                 )
             )
         return entries
@@ -169,6 +181,20 @@ class X64(Arch):
     def instruction_starts(self, read: ReadRva, start_rva: int, end_rva: int) -> frozenset[int]:
         code = read(start_rva, end_rva - start_rva)
         return frozenset(address for address, _, _, _ in self._cs_lite.disasm_lite(code, start_rva))
+
+    def import_thunk(self, read: ReadRva, rva: int) -> tuple[int, int] | None:
+        code = read(rva, 6)
+        if code[:2] != b"\xff\x25":
+            return None
+        return 6, rva + 6 + struct.unpack_from("<i", code, 2)[0]
+
+    def last_instruction_end(self, read: ReadRva, start_rva: int, end_rva: int) -> int:
+        last = start_rva
+        code = read(start_rva, end_rva - start_rva)
+        for address, size, mnemonic, _ in self._cs_lite.disasm_lite(code, start_rva):
+            if mnemonic not in ("nop", "int3"):
+                last = address + size
+        return last
 
     def padding_length(self, data: bytes, offset: int) -> int:
         i, n = offset, len(data)

@@ -3,6 +3,8 @@
 from hpatch.image.model import (
     BaseRelocation,
     BaseRelocationType,
+    DataKind,
+    DataRange,
     Evidence,
     Export,
     Fragment,
@@ -19,6 +21,8 @@ from hpatch.image.reader import PEImage, load_image
 __all__ = [
     "BaseRelocation",
     "BaseRelocationType",
+    "DataKind",
+    "DataRange",
     "Evidence",
     "Export",
     "Fragment",

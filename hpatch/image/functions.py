@@ -21,13 +21,25 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from hpatch.arch import SiteKind
-from hpatch.image.model import BaseRelocationType, Evidence, Fragment, Function, Section
+from hpatch.arch import CodeSite, SiteKind
+from hpatch.errors import ImageFormatError
+from hpatch.image.model import (
+    BaseRelocationType,
+    DataKind,
+    DataRange,
+    Evidence,
+    Fragment,
+    Function,
+    Section,
+)
 
 if TYPE_CHECKING:
     from hpatch.image.reader import PEImage
 
 _MAX_ROUNDS = 16
+#: Bytes that may separate a fragment from the function it continues (an epilog
+#: instruction left outside both unwind ranges, alignment).
+_FRAGMENT_SLACK = 16
 _EXACT = frozenset(
     {Evidence.PDATA, Evidence.EXPORT, Evidence.SYMBOL, Evidence.ENTRY, Evidence.GUARD_CF}
 )
@@ -55,26 +67,70 @@ class _Ranges:
         return None
 
 
-def _pdata_functions(image: PEImage) -> tuple[dict[int, int], dict[int, list[Fragment]]]:
-    """Primary .pdata ranges (start -> end) and the fragments folded into them."""
-    primaries: dict[int, int] = {}
-    pending: list[tuple[int, int, int | None]] = []
-    for entry in image.unwind_entries:
-        if entry.is_fragment:
-            pending.append((entry.begin_rva, entry.end_rva, entry.parent_rva))
-        else:
-            primaries[entry.begin_rva] = entry.end_rva
-    fragments: dict[int, list[Fragment]] = defaultdict(list)
-    starts = sorted(primaries)
-    for begin, end, parent in pending:
-        if parent is None:
-            # ARM64 fragments name no parent: they continue the function laid out before them.
-            index = bisect.bisect_right(starts, begin) - 1
-            parent = starts[index] if index >= 0 else None
-        if parent is None or parent not in primaries:
-            primaries[begin] = end
+def _pdata_functions(
+    image: PEImage, sites: list[CodeSite], referenced: set[int]
+) -> tuple[dict[int, int], dict[int, list[Fragment]]]:
+    """Primary .pdata ranges (start -> end) and the fragments folded into them.
+
+    A fragment whose unwind data names no parent (ARM64 fragments, gcc ``.cold``
+    parts) belongs to the one function that jumps to it; failing that, to the
+    function whose last part ends right before it; failing both, it stands alone.
+    A frameless entry (gcc gives even frameless ``.cold`` parts .pdata) that nothing
+    calls, exports, names or points at, and that only one function reaches by
+    conditional jumps, is a fragment of that function. ``referenced`` holds the
+    RVAs with evidence other than conditional jumps.
+    """
+    entries = image.unwind_entries
+    owner: dict[int, int] = {}
+    for entry in entries:
+        if not entry.is_fragment:
+            owner[entry.begin_rva] = entry.begin_rva
+        elif entry.parent_rva is not None:
+            owner[entry.begin_rva] = entry.parent_rva
+    all_ranges = _Ranges((e.begin_rva, e.end_rva) for e in entries)
+    starts = {e.begin_rva for e in entries}
+    jumpers: dict[int, set[int]] = defaultdict(set)
+    conditional_only: dict[int, bool] = defaultdict(lambda: True)
+    for site in sites:
+        if site.target_rva not in starts or site.kind not in (SiteKind.JUMP, SiteKind.COND_JUMP):
             continue
-        fragments[parent].append(Fragment(begin, end - begin))
+        index = all_ranges.find(site.site_rva)
+        if index is not None and all_ranges.starts[index] != site.target_rva:
+            jumpers[site.target_rva].add(all_ranges.starts[index])
+            if site.kind != SiteKind.COND_JUMP:
+                conditional_only[site.target_rva] = False
+
+    def jumping_root(begin: int) -> int | None:
+        roots = {owner.get(rva) for rva in jumpers[begin]}
+        return roots.pop() if len(roots) == 1 and None not in roots else None
+
+    for position, entry in enumerate(entries):
+        begin = entry.begin_rva
+        if entry.is_fragment and entry.parent_rva is None:
+            parent = jumping_root(begin)
+            if parent is None and position:
+                before = entries[position - 1]
+                if begin - before.end_rva <= _FRAGMENT_SLACK and before.begin_rva in owner:
+                    parent = owner[before.begin_rva]
+            owner[begin] = parent if parent is not None else begin
+        elif entry.frameless and begin not in referenced and conditional_only[begin]:
+            parent = jumping_root(begin)
+            if parent is not None:
+                owner[begin] = parent
+    primaries: dict[int, int] = {}
+    fragments: dict[int, list[Fragment]] = defaultdict(list)
+    for entry in entries:
+        root = owner[entry.begin_rva]
+        if root == entry.begin_rva:
+            primaries[root] = entry.end_rva
+    for entry in entries:
+        root = owner[entry.begin_rva]
+        if root == entry.begin_rva:
+            continue
+        if root not in primaries:
+            primaries[entry.begin_rva] = entry.end_rva
+            continue
+        fragments[root].append(Fragment(entry.begin_rva, entry.end_rva - entry.begin_rva))
     return primaries, fragments
 
 
@@ -126,21 +182,27 @@ class _Discovery:
         self.image = image
         self.arch = image.arch
         self.code_sections = image.executable_sections
-        self.primaries, self.fragments = _pdata_functions(image)
         self.extents: dict[tuple[int, int], int | None] = {}
         self.exact, self.names = _exact_starts(image)
-        if not self.code_sections:
-            self.sites = []
-            self.pointers: list[int] = []
-            return
-        lo = min(s.rva for s in self.code_sections)
-        hi = max(s.end_rva for s in self.code_sections)
-        self.sites = [
-            site
-            for section in self.code_sections
-            for site in self.arch.scan_sites(section.data, section.rva, lo, hi)
-        ]
-        self.pointers = _relocated_pointers(image, lo, hi)
+        self.iat_slots = {i.iat_rva: i for i in image.imports}
+        self.thunk_names: dict[int, str] = {}
+        self.sites: list[CodeSite] = []
+        self.pointers: list[int] = []
+        if self.code_sections:
+            lo = min(s.rva for s in self.code_sections)
+            hi = max(s.end_rva for s in self.code_sections)
+            self.sites = [
+                site
+                for section in self.code_sections
+                for site in self.arch.scan_sites(section.data, section.rva, lo, hi)
+            ]
+            self.pointers = _relocated_pointers(image, lo, hi)
+        referenced = set(self.exact) | set(self.pointers)
+        referenced.update(s.target_rva for s in self.sites if s.kind != SiteKind.COND_JUMP)
+        self.primaries, self.fragments = _pdata_functions(image, self.sites, referenced)
+        self.address_sites = sorted(
+            (s.site_rva, s.target_rva) for s in self.sites if s.kind == SiteKind.ADDRESS
+        )
 
     def covered(self, leaves: dict[int, int]) -> _Ranges:
         ranges = list(self.primaries.items()) + list(leaves.items())
@@ -182,6 +244,18 @@ class _Discovery:
             return False
         return self.arch.padding_length(section.data, offset - step) >= step
 
+    def thunk_at(self, rva: int, limit: int) -> int | None:
+        """End of the import thunk at ``rva`` (recording its name), or None."""
+        try:
+            thunk = self.arch.import_thunk(self.image.read, rva)
+        except ImageFormatError:
+            return None
+        if thunk is None or rva + thunk[0] > limit or thunk[1] not in self.iat_slots:
+            return None
+        imported = self.iat_slots[thunk[1]]
+        self.thunk_names[rva] = imported.name or f"{imported.dll}#{imported.ordinal}"
+        return rva + thunk[0]
+
     def leaves_in_gap(
         self,
         section: Section,
@@ -195,12 +269,27 @@ class _Discovery:
             bisect.bisect_left(ordered, gap_start) : bisect.bisect_left(ordered, gap_end)
         ]
         exact_targets = [t for t in targets if evidence[t] & _EXACT]
+        index = 0
+        previous_end = gap_start
         cursor = gap_start + self.padding_at(section, gap_start, gap_end)
-        for target in targets:
-            if target < cursor or target % self.arch.instruction_alignment:
+        while True:
+            thunk_end = self.thunk_at(cursor, gap_end) if cursor < gap_end else None
+            if thunk_end is not None:
+                leaves[cursor] = previous_end = thunk_end
+                cursor = thunk_end + self.padding_at(section, thunk_end, gap_end)
                 continue
-            is_exact = bool(evidence[target] & _EXACT)
-            if not (is_exact or target == cursor or self.preceded_by_padding(section, target)):
+            while index < len(targets) and targets[index] < previous_end:
+                index += 1
+            if index == len(targets):
+                return leaves
+            target = targets[index]
+            index += 1
+            if target % self.arch.instruction_alignment:
+                continue
+            # A start may sit inside what looks like padding: a hotpatch-ready function
+            # opens with a two-byte nop (66 90), the same bytes compilers pad with.
+            plausible = target <= cursor or self.preceded_by_padding(section, target)
+            if not (evidence[target] & _EXACT or plausible):
                 continue
             next_exact = bisect.bisect_right(exact_targets, target)
             bound = exact_targets[next_exact] if next_exact < len(exact_targets) else gap_end
@@ -210,9 +299,8 @@ class _Discovery:
             end = self.extents[key]
             if end is None or end <= target:
                 continue
-            leaves[target] = end
+            leaves[target] = previous_end = end
             cursor = end + self.padding_at(section, end, gap_end)
-        return leaves
 
     def run(self) -> tuple[Function, ...]:
         pdata = _Ranges(
@@ -235,6 +323,28 @@ class _Discovery:
             leaves = found
         return self.build(leaves, evidence)
 
+    def inline_data(self, start: int, end: int) -> tuple[int, tuple[DataRange, ...]]:
+        """Jump tables inside [start, end) addressed from the function's own code.
+
+        Returns the end of the code (before the first table and its alignment
+        padding) and the tables; (end, ()) when there are none.
+        """
+        first = bisect.bisect_left(self.address_sites, (start,))
+        tables: list[DataRange] = []
+        for site_rva, target in self.address_sites[first:]:
+            if site_rva >= end:
+                break
+            if not site_rva < target < end or any(t.rva == target for t in tables):
+                continue
+            size = self.arch.jump_table_size(self.image.read, target, start, end)
+            if size:
+                tables.append(DataRange(target, size, DataKind.JUMP_TABLE))
+        if not tables:
+            return end, ()
+        tables.sort(key=lambda t: t.rva)
+        code_end = self.arch.last_instruction_end(self.image.read, start, tables[0].rva)
+        return code_end, tuple(tables)
+
     def build(
         self, leaves: dict[int, int], evidence: dict[int, set[Evidence]]
     ) -> tuple[Function, ...]:
@@ -243,10 +353,13 @@ class _Discovery:
         starts = sorted(bounds)
         functions = []
         for position, start in enumerate(starts):
-            end = bounds[start]
+            code_end, tables = self.inline_data(start, bounds[start])
+            end = max((t.rva + t.size for t in tables), default=code_end)
             sources = set(evidence.get(start, ()))
             if start in self.primaries:
                 sources.add(Evidence.PDATA)
+            if start in self.thunk_names:
+                sources.add(Evidence.IMPORT_THUNK)
             section = self.image.section_at(start)
             assert section is not None
             limit = section.end_rva
@@ -256,11 +369,12 @@ class _Discovery:
             functions.append(
                 Function(
                     rva=start,
-                    size=end - start,
-                    name=self.names.get(start),
+                    size=code_end - start,
+                    name=self.names.get(start, self.thunk_names.get(start)),
                     sources=tuple(sorted(sources, key=_EVIDENCE_ORDER.__getitem__)),
                     fragments=tuple(sorted(self.fragments.get(start, ()), key=lambda f: f.rva)),
                     padding_after=max(padding, 0),
+                    inline_data=tables,
                 )
             )
         return tuple(functions)

@@ -39,6 +39,7 @@ class Evidence(Enum):
     SYMBOL = "symbol"
     ENTRY = "entry"
     GUARD_CF = "guard_cf"
+    IMPORT_THUNK = "import_thunk"
     CALL = "call"
     JUMP = "jump"
     ADDRESS = "address"
@@ -148,13 +149,30 @@ class Fragment:
     size: int
 
 
+class DataKind(Enum):
+    """What a data range embedded in a function's code holds."""
+
+    JUMP_TABLE = "jump_table"
+
+
+@dataclass(frozen=True, slots=True)
+class DataRange:
+    """Data that lives inside a function's unwind range (not instructions)."""
+
+    rva: int
+    size: int
+    kind: DataKind
+
+
 @dataclass(frozen=True, slots=True)
 class Function:
     """A function: its entry, its size in bytes, and what says it is there.
 
-    ``size`` covers the entry part only; split-off parts are ``fragments``.
-    ``padding_after`` counts the trap/nop/zero bytes between this function's end and
-    the next function (or the end of its section): room later stages may use.
+    ``size`` covers the entry part's instructions only; split-off parts are
+    ``fragments``, and data the compiler placed inside the function's range (jump
+    tables after the code) is ``inline_data``. ``padding_after`` counts the
+    trap/nop/zero bytes between this function's end and the next function (or the
+    end of its section): room later stages may use.
     """
 
     rva: int
@@ -163,6 +181,7 @@ class Function:
     sources: tuple[Evidence, ...]
     fragments: tuple[Fragment, ...] = ()
     padding_after: int = 0
+    inline_data: tuple[DataRange, ...] = ()
 
     @property
     def end_rva(self) -> int:

@@ -1,0 +1,84 @@
+"""Plain-data views of model objects, for ``--json`` output (stable keys, fixed order)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpatch.image import Function, PEImage
+
+
+def identity_dict(image: PEImage) -> dict[str, Any]:
+    """The image's identity as JSON-ready data."""
+    identity = image.identity
+    return {
+        "name": image.name,
+        "machine": identity.machine.name,
+        "image_base": identity.image_base,
+        "size_of_image": identity.size_of_image,
+        "time_date_stamp": identity.time_date_stamp,
+        "checksum": identity.checksum,
+        "entry_rva": image.entry_rva,
+        "file_size": identity.file_size,
+        "file_sha256": identity.file_sha256,
+        "mapped_sha256": identity.mapped_sha256,
+    }
+
+
+def function_dict(function: Function) -> dict[str, Any]:
+    """One function as JSON-ready data."""
+    return {
+        "rva": function.rva,
+        "size": function.size,
+        "name": function.name,
+        "sources": [source.value for source in function.sources],
+        "fragments": [{"rva": f.rva, "size": f.size} for f in function.fragments],
+        "padding_after": function.padding_after,
+        "inline_data": [
+            {"rva": d.rva, "size": d.size, "kind": d.kind.value} for d in function.inline_data
+        ],
+    }
+
+
+def funcs_document(image: PEImage) -> dict[str, Any]:
+    """The document ``hpatch funcs --json`` prints."""
+    return {
+        "image": identity_dict(image),
+        "functions": [function_dict(f) for f in image.functions],
+    }
+
+
+def info_document(image: PEImage) -> dict[str, Any]:
+    """The document ``hpatch info --json`` prints."""
+    config = image.load_config
+    return {
+        "image": identity_dict(image),
+        "sections": [
+            {
+                "name": s.name,
+                "rva": s.rva,
+                "virtual_size": s.virtual_size,
+                "raw_size": s.raw_size,
+                "characteristics": s.characteristics,
+            }
+            for s in image.sections
+        ],
+        "imports": [
+            {"dll": i.dll, "name": i.name, "ordinal": i.ordinal, "iat_rva": i.iat_rva}
+            for i in image.imports
+        ],
+        "exports": [
+            {"ordinal": e.ordinal, "name": e.name, "rva": e.rva, "forwarder": e.forwarder}
+            for e in image.exports
+        ],
+        "base_relocations": len(image.relocations),
+        "symbols": len(image.symbols),
+        "unwind_entries": len(image.unwind_entries),
+        "load_config": None
+        if config is None
+        else {
+            "size": config.size,
+            "guard_flags": config.guard_flags,
+            "guard_cf_functions": len(config.guard_cf_function_rvas),
+            "hotpatch_table_offset": config.hotpatch_table_offset,
+        },
+    }
