@@ -11,11 +11,11 @@
 set -euo pipefail
 
 cd "$(dirname "$0")"
-export LC_ALL=C TZ=UTC
+export LC_ALL=C TZ=UTC PYTHONDONTWRITEBYTECODE=1
 unset SOURCE_DATE_EPOCH
 PYTHON=${PYTHON:-python3}
 
-SRCS="hp_rt hp_crc hp_state hp_tlv hp_pkt hp_esc hp_ring hp_vm hp_expr hp_fsm"
+SRCS="hp_rt hp_loadcfg hp_crc hp_state hp_tlv hp_pkt hp_esc hp_ring hp_vm hp_expr hp_fsm"
 BUILDS="x64-gcc x64-clang arm64-clang x64-clang-hotpatch"
 VERSIONS="1 2 3 4"
 
@@ -28,8 +28,8 @@ rm -rf obj bin
 mkdir -p obj bin
 
 # Flags shared by every build of sample.dll. All builds are -O2, freestanding
-# (no C runtime), no stack protector, one section per function and datum.
-COMMON="-O2 -ffreestanding -fno-stack-protector -ffunction-sections -fdata-sections -Wall -Wextra"
+# (no C runtime), no stack protector, one section per function.
+COMMON="-O2 -ffreestanding -fno-stack-protector -ffunction-sections -Wall -Wextra"
 # The objects carry DWARF so that the debug link can give exact function
 # extents; the shipped images carry no debug information.
 DEBUG_MAP="-ffile-prefix-map=$PWD=."

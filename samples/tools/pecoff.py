@@ -194,6 +194,24 @@ class PE:
             i += 1
         return out
 
+    def base_relocs(self):
+        """Returns the sorted RVAs of all DIR64 base relocations."""
+        rva, size = self.dirs[5] if len(self.dirs) > 5 else (0, 0)
+        out = []
+        if not rva:
+            return out
+        raw = self.read(rva, size)
+        off = 0
+        while off + 8 <= size:
+            page, bsize = struct.unpack_from("<II", raw, off)
+            if bsize < 8:
+                break
+            for (ent,) in struct.iter_unpack("<H", raw[off + 8: off + bsize]):
+                if ent >> 12 == 10:     # IMAGE_REL_BASED_DIR64
+                    out.append(page + (ent & 0xFFF))
+            off += bsize
+        return sorted(out)
+
     def loaded_sections(self):
         """Sections that are part of the mapped image (not DWARF debug sections)."""
         return [s for s in self.sections if not s.name.startswith(".debug")]

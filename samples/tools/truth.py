@@ -263,11 +263,21 @@ def main():
                 die("%s: DWARF size %d exceeds its input section (%d)" % (pname, size, ssize))
             slack = ssize - size
             if slack and args.map_kind == "lld":
-                # clang never pads section ends; what follows the code is data
-                tbl = (rva + size + 3) & ~3
-                if not validate_jump_table(dbg, tbl, rva + ssize - tbl, rva, rva + size):
-                    die("%s: %d bytes after the code are not a jump table" % (pname, slack))
-                textdata.append(("jumptable", tbl, rva + ssize - tbl, pname))
+                # clang never pads section ends: what follows the code is the
+                # function's jump tables (x64), each addressed by a RIP-relative lea
+                tbl, tend = (rva + size + 3) & ~3, rva + ssize
+                refs = set()
+                for va, (n, txt) in disasm.objdump(args.shipped, base + rva, base + rva + size).items():
+                    for t in re.findall(r"# 0x([0-9a-f]+)", txt):
+                        if tbl <= int(t, 16) - base < tend:
+                            refs.add(int(t, 16) - base)
+                starts = sorted(refs)
+                if not starts or starts[0] != tbl:
+                    die("%s: %d bytes after the code are not referenced as a table" % (pname, slack))
+                for t0, t1 in zip(starts, starts[1:] + [tend]):
+                    if not validate_jump_table(dbg, t0, t1 - t0, rva, rva + size):
+                        die("%s: bytes at 0x%x are not a jump table" % (pname, t0))
+                    textdata.append(("jumptable", t0, t1 - t0, pname))
 
     # input sections without DWARF: code the linker pulled in (import stubs ...)
     for rva, size, origin in insecs:

@@ -95,6 +95,11 @@ def verify_dir(d, summary):
     for name, rva in full.exports().items():
         if rva not in {f[1] for f in funcs}:
             err(where, "export %s at 0x%x is not a listed function" % (name, rva))
+    starts = {f[1] for f in funcs}
+    for sym in full.symbols:
+        if sym.rva is not None and sym.type == 0x20 and \
+                text.rva <= sym.rva < text.rva + text.vsize and sym.rva not in starts:
+            err(where, "function symbol %s at 0x%x is not listed" % (sym.name, sym.rva))
     for f in funcs:
         if f[3] and f[3] not in names:
             err(where, "%s: unknown parent %s" % (f[0], f[3]))
@@ -185,6 +190,59 @@ def verify_dir(d, summary):
     })
 
 
+def data_layout(pe):
+    """Symbols (name -> offset) of the writable data sections, their sizes,
+    and their initial bytes with base-relocated pointer slots masked."""
+    out = {}
+    relocs = pe.base_relocs()
+    for sec in pe.sections:
+        if sec.name not in (".data", ".bss"):
+            continue
+        syms = sorted((s.rva - sec.rva, s.name) for s in pe.symbols
+                      if s.rva is not None and sec.rva <= s.rva < sec.rva + sec.vsize
+                      and not s.name.startswith(".") and not s.name.startswith("__"))
+        raw = bytearray(pe.section_bytes(sec))
+        for r in relocs:
+            if sec.rva <= r < sec.rva + sec.vsize:
+                raw[r - sec.rva: r - sec.rva + 8] = b"P" * 8
+        out[sec.name] = (sec.vsize, syms, bytes(raw))
+    return out
+
+
+def check_servicing(bindir, build, summary_lines):
+    """v2 and v3 may change code and constants only; v4 changes data."""
+    d = os.path.join(bindir, build)
+    imgs = {v: PE(os.path.join(d, v, "sample.dll")) for v in sorted(os.listdir(d))}
+    funcs = {}
+    for v in imgs:
+        _, rows = read_tsv(os.path.join(d, v, "sample.funcs.tsv"))
+        funcs[v] = {r[0]: int(r[2]) for r in rows}
+    base = imgs["v1"]
+    for v, pe in imgs.items():
+        if v == "v1":
+            continue
+        same_exports = sorted(pe.exports()) == sorted(base.exports())
+        same_imports = pe.imports() == base.imports()
+        same_data = data_layout(pe) == data_layout(base)
+        where = "%s/%s" % (build, v)
+        if v in ("v2", "v3"):
+            if not same_exports:
+                err(where, "exports differ from v1")
+            if not same_imports:
+                err(where, "imports differ from v1")
+            if not same_data:
+                err(where, "global data layout or initial values differ from v1")
+        elif v == "v4" and same_data:
+            err(where, "v4 was meant to change global data")
+        prev = "v%d" % (int(v[1:]) - 1)
+        added = sorted(set(funcs[v]) - set(funcs[prev]))
+        removed = sorted(set(funcs[prev]) - set(funcs[v]))
+        resized = sorted(n for n in set(funcs[v]) & set(funcs[prev]) if funcs[v][n] != funcs[prev][n])
+        summary_lines.append("%-22s vs %s: +%s -%s, %d resized; exports %s, data %s" % (
+            where, prev, added or "[]", removed or "[]", len(resized),
+            "same" if same_exports else "changed", "same" if same_data else "CHANGED"))
+
+
 def main():
     bindir = sys.argv[1]
     quiet = "--quiet" in sys.argv
@@ -198,7 +256,7 @@ def main():
             ld = [t for t in s["textdata"] if t[0] != "jumptable"]
             print("%-28s %3d functions (%d split parts), %d without .pdata, padding %s"
                   % (s["dir"], s["funcs"], s["cold"], len(s["missing_pdata"]),
-                     ",".join("%s" % k for k in sorted(s["pads"]))))
+                     ",".join("%s" % k for k in sorted(s["pads"])) or "none"))
             if jt:
                 print("    jump tables in .text: %s" % ", ".join(
                     "%s@0x%x(%d)" % (t[3], t[1], t[2]) for t in jt))
@@ -215,6 +273,12 @@ def main():
                 print("    end with call/jmp + nop (SEH): %s" % " ".join(s["seh_nop"]))
             if s["nonterm"]:
                 print("    last instruction not ret/jmp: %s" % "; ".join(s["nonterm"]))
+    lines = []
+    for build in sorted(os.listdir(bindir)):
+        check_servicing(bindir, build, lines)
+    if not quiet:
+        for line in lines:
+            print(line)
     if errors:
         for e in errors:
             print("ERROR " + e)
