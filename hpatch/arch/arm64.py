@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 from hpatch._backend import core
-from hpatch.arch.base import Arch, CodeSite, Machine, ReadRva, SiteKind, UnwindEntry
+from hpatch.arch.base import Arch, CodeSite, Machine, ReadRva, UnwindEntry
 from hpatch.errors import ImageFormatError
 
 PDATA_UNPACKED, PDATA_PACKED, PDATA_PACKED_FRAGMENT, PDATA_RESERVED = 0, 1, 2, 3
@@ -120,10 +120,7 @@ class Arm64(Arch):
     # code ---------------------------------------------------------------
 
     def scan_sites(self, code: bytes, code_rva: int, lo_rva: int, hi_rva: int) -> list[CodeSite]:
-        return [
-            CodeSite(site, target, SiteKind(kind))
-            for site, target, kind in core.scan_arm64_sites(code, code_rva, lo_rva, hi_rva)
-        ]
+        return core.scan_arm64_sites(code, code_rva, lo_rva, hi_rva)
 
     def code_extent(self, read: ReadRva, start_rva: int, bound_rva: int) -> int | None:
         bound_rva = min(bound_rva, start_rva + _MAX_EXTENT_BYTES)

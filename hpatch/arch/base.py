@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 ReadRva = Callable[[int, int], bytes]
 """Reads ``size`` bytes at an RVA of the mapped image; raises ImageFormatError out of range."""
@@ -47,13 +48,17 @@ class UnwindEntry:
     frameless: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class CodeSite:
-    """A direct reference from code: the instruction at ``site_rva`` reaches ``target_rva``."""
+class CodeSite(NamedTuple):
+    """A direct reference from code: the instruction at ``site_rva`` reaches ``target_rva``.
+
+    Scanners hand back plain ``(site_rva, target_rva, kind)`` tuples, which this
+    type describes: discovery handles hundreds of thousands of them, so they are
+    not wrapped one by one. ``kind`` is a SiteKind value.
+    """
 
     site_rva: int
     target_rva: int
-    kind: SiteKind
+    kind: int
 
 
 class Arch(ABC):
@@ -72,7 +77,10 @@ class Arch(ABC):
 
     @abstractmethod
     def scan_sites(self, code: bytes, code_rva: int, lo_rva: int, hi_rva: int) -> list[CodeSite]:
-        """Candidate direct references in ``code`` whose targets lie in [lo_rva, hi_rva)."""
+        """Candidate direct references in ``code`` whose targets lie in [lo_rva, hi_rva).
+
+        Entries are ``(site_rva, target_rva, kind)`` tuples in site order.
+        """
 
     @abstractmethod
     def code_extent(self, read: ReadRva, start_rva: int, bound_rva: int) -> int | None:

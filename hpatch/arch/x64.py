@@ -7,7 +7,7 @@ import struct
 import capstone
 
 from hpatch._backend import core
-from hpatch.arch.base import Arch, CodeSite, Machine, ReadRva, SiteKind, UnwindEntry
+from hpatch.arch.base import Arch, CodeSite, Machine, ReadRva, UnwindEntry
 from hpatch.errors import ImageFormatError
 
 UNW_FLAG_CHAININFO = 0x4
@@ -115,10 +115,7 @@ class X64(Arch):
     # code ---------------------------------------------------------------
 
     def scan_sites(self, code: bytes, code_rva: int, lo_rva: int, hi_rva: int) -> list[CodeSite]:
-        return [
-            CodeSite(site, target, SiteKind(kind))
-            for site, target, kind in core.scan_x64_sites(code, code_rva, lo_rva, hi_rva)
-        ]
+        return core.scan_x64_sites(code, code_rva, lo_rva, hi_rva)
 
     def code_extent(self, read: ReadRva, start_rva: int, bound_rva: int) -> int | None:
         bound_rva = min(bound_rva, start_rva + _MAX_EXTENT_BYTES)

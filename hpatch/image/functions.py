@@ -16,6 +16,7 @@ the pass repeats until nothing changes.
 from __future__ import annotations
 
 import bisect
+import re
 import struct
 from collections import defaultdict
 from collections.abc import Iterable
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from hpatch.image.reader import PEImage
 
 _MAX_ROUNDS = 16
+_SPLIT_PART_NAME = re.compile(r"^(.+)\.cold(?:\.\d+)?$")
 #: Bytes that may separate a fragment from the function it continues (an epilog
 #: instruction left outside both unwind ranges, alignment).
 _FRAGMENT_SLACK = 16
@@ -67,6 +69,17 @@ class _Ranges:
         return None
 
 
+def _split_parts(image: PEImage) -> dict[int, int]:
+    """Split-off parts named by the symbol table (``foo.cold``) -> the RVA of ``foo``."""
+    function_rvas = {s.name: s.rva for s in image.symbols if s.is_function}
+    parts = {}
+    for symbol in image.symbols:
+        match = _SPLIT_PART_NAME.match(symbol.name)
+        if symbol.is_function and match and match.group(1) in function_rvas:
+            parts[symbol.rva] = function_rvas[match.group(1)]
+    return parts
+
+
 def _pdata_functions(
     image: PEImage, sites: list[CodeSite], referenced: set[int]
 ) -> tuple[dict[int, int], dict[int, list[Fragment]]]:
@@ -78,11 +91,15 @@ def _pdata_functions(
     A frameless entry (gcc gives even frameless ``.cold`` parts .pdata) that nothing
     calls, exports, names or points at, and that only one function reaches by
     conditional jumps, is a fragment of that function. ``referenced`` holds the
-    RVAs with evidence other than conditional jumps.
+    RVAs with evidence other than conditional jumps. Where the symbol table names
+    a part (``foo.cold``), the name decides.
     """
     entries = image.unwind_entries
-    owner: dict[int, int] = {}
+    named_parts = _split_parts(image)
+    owner: dict[int, int] = dict(named_parts)
     for entry in entries:
+        if entry.begin_rva in named_parts:
+            continue
         if not entry.is_fragment:
             owner[entry.begin_rva] = entry.begin_rva
         elif entry.parent_rva is not None:
@@ -91,14 +108,14 @@ def _pdata_functions(
     starts = {e.begin_rva for e in entries}
     jumpers: dict[int, set[int]] = defaultdict(set)
     conditional_only: dict[int, bool] = defaultdict(lambda: True)
-    for site in sites:
-        if site.target_rva not in starts or site.kind not in (SiteKind.JUMP, SiteKind.COND_JUMP):
+    for site_rva, target_rva, kind in sites:
+        if target_rva not in starts or kind not in (SiteKind.JUMP, SiteKind.COND_JUMP):
             continue
-        index = all_ranges.find(site.site_rva)
-        if index is not None and all_ranges.starts[index] != site.target_rva:
-            jumpers[site.target_rva].add(all_ranges.starts[index])
-            if site.kind != SiteKind.COND_JUMP:
-                conditional_only[site.target_rva] = False
+        index = all_ranges.find(site_rva)
+        if index is not None and all_ranges.starts[index] != target_rva:
+            jumpers[target_rva].add(all_ranges.starts[index])
+            if kind != SiteKind.COND_JUMP:
+                conditional_only[target_rva] = False
 
     def jumping_root(begin: int) -> int | None:
         roots = {owner.get(rva) for rva in jumpers[begin]}
@@ -106,6 +123,8 @@ def _pdata_functions(
 
     for position, entry in enumerate(entries):
         begin = entry.begin_rva
+        if begin in named_parts:
+            continue
         if entry.is_fragment and entry.parent_rva is None:
             parent = jumping_root(begin)
             if parent is None and position:
@@ -198,10 +217,18 @@ class _Discovery:
             ]
             self.pointers = _relocated_pointers(image, lo, hi)
         referenced = set(self.exact) | set(self.pointers)
-        referenced.update(s.target_rva for s in self.sites if s.kind != SiteKind.COND_JUMP)
+        referenced.update(target for _, target, kind in self.sites if kind != SiteKind.COND_JUMP)
         self.primaries, self.fragments = _pdata_functions(image, self.sites, referenced)
+        self.sites_by_target: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for site_rva, target_rva, kind in self.sites:
+            self.sites_by_target[target_rva].append((site_rva, kind))
+        self.static_evidence: dict[int, set[Evidence]] = defaultdict(set)
+        for rva in self.pointers:
+            self.static_evidence[rva].add(Evidence.RELOC)
+        for rva, sources in self.exact.items():
+            self.static_evidence[rva].update(sources)
         self.address_sites = sorted(
-            (s.site_rva, s.target_rva) for s in self.sites if s.kind == SiteKind.ADDRESS
+            (site, target) for site, target, kind in self.sites if kind == SiteKind.ADDRESS
         )
 
     def covered(self, leaves: dict[int, int]) -> _Ranges:
@@ -209,14 +236,16 @@ class _Discovery:
         ranges += [(f.rva, f.rva + f.size) for parts in self.fragments.values() for f in parts]
         return _Ranges(ranges)
 
-    def candidates(self, known: _Ranges) -> dict[int, set[Evidence]]:
-        """Inferred starts whose evidence is trustworthy given the functions known so far."""
+    def evidence_for(self, targets: Iterable[int], known: _Ranges) -> dict[int, set[Evidence]]:
+        """Evidence for ``targets``: the exact and pointer evidence, plus each code
+        reference whose site lies in a function known so far."""
         found: dict[int, set[Evidence]] = defaultdict(set)
-        for site in self.sites:
-            if known.find(site.site_rva) is not None:
-                found[site.target_rva].add(_SITE_EVIDENCE[site.kind])
-        for rva in self.pointers:
-            found[rva].add(Evidence.RELOC)
+        for rva, sources in self.static_evidence.items():
+            found[rva].update(sources)
+        for target in targets:
+            for site_rva, kind in self.sites_by_target.get(target, ()):
+                if known.find(site_rva) is not None:
+                    found[target].add(_SITE_EVIDENCE[kind])
         return found
 
     def gaps(self, pdata: _Ranges) -> list[tuple[Section, int, int]]:
@@ -308,12 +337,11 @@ class _Discovery:
             + [(f.rva, f.rva + f.size) for parts in self.fragments.values() for f in parts]
         )
         gaps = self.gaps(pdata)
+        # Only references into the gaps can reveal new functions; check them each round.
+        gap_targets = [t for t in self.sites_by_target if pdata.find(t) is None]
         leaves: dict[int, int] = {}
-        evidence: dict[int, set[Evidence]] = {}
         for _ in range(_MAX_ROUNDS):
-            evidence = self.candidates(self.covered(leaves))
-            for rva, sources in self.exact.items():
-                evidence.setdefault(rva, set()).update(sources)
+            evidence = self.evidence_for(gap_targets, self.covered(leaves))
             ordered = sorted(evidence)
             found: dict[int, int] = {}
             for section, start, end in gaps:
@@ -321,7 +349,8 @@ class _Discovery:
             if found == leaves:
                 break
             leaves = found
-        return self.build(leaves, evidence)
+        starts = list(self.primaries) + list(leaves)
+        return self.build(leaves, self.evidence_for(starts, self.covered(leaves)))
 
     def inline_data(self, start: int, end: int) -> tuple[int, tuple[DataRange, ...]]:
         """Jump tables inside [start, end) addressed from the function's own code.
@@ -330,18 +359,22 @@ class _Discovery:
         padding) and the tables; (end, ()) when there are none.
         """
         first = bisect.bisect_left(self.address_sites, (start,))
-        tables: list[DataRange] = []
+        addressed: set[int] = set()
         for site_rva, target in self.address_sites[first:]:
             if site_rva >= end:
                 break
-            if not site_rva < target < end or any(t.rva == target for t in tables):
-                continue
-            size = self.arch.jump_table_size(self.image.read, target, start, end)
+            if site_rva < target < end:
+                addressed.add(target)
+        # Each table runs at most up to the next table its function addresses.
+        ordered = sorted(addressed)
+        tables: list[DataRange] = []
+        for index, table_rva in enumerate(ordered):
+            limit = ordered[index + 1] if index + 1 < len(ordered) else end
+            size = self.arch.jump_table_size(self.image.read, table_rva, start, limit)
             if size:
-                tables.append(DataRange(target, size, DataKind.JUMP_TABLE))
+                tables.append(DataRange(table_rva, size, DataKind.JUMP_TABLE))
         if not tables:
             return end, ()
-        tables.sort(key=lambda t: t.rva)
         code_end = self.arch.last_instruction_end(self.image.read, start, tables[0].rva)
         return code_end, tuple(tables)
 

@@ -185,10 +185,16 @@ class Function:
 
     @property
     def end_rva(self) -> int:
+        """End of the entry part's instructions."""
         return self.rva + self.size
 
+    @property
+    def extent_end(self) -> int:
+        """End of the entry part including the inline data that follows its code."""
+        return max([self.end_rva] + [d.rva + d.size for d in self.inline_data])
+
     def contains(self, rva: int) -> bool:
-        """True if ``rva`` lies in the function's entry part or any fragment."""
-        if self.rva <= rva < self.end_rva:
+        """True if ``rva`` lies in the entry part, its inline data or any fragment."""
+        if self.rva <= rva < self.extent_end:
             return True
         return any(f.rva <= rva < f.rva + f.size for f in self.fragments)

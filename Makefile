@@ -1,0 +1,41 @@
+# Two entry points: `make demo` and `make test` (see README.md). Both create .venv,
+# install hpatch with its C extension, and need only python3 (with venv and headers)
+# and a C compiler.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORPUS_FETCH := ../shared/corpus/fetch.sh
+HPCORPUS ?= $(HOME)/.cache/hpatch-corpus
+DEMO_IMAGES := samples/bin/x64-clang/v1/sample.stripped.dll samples/bin/arm64-clang/v1/sample.stripped.dll
+
+.PHONY: demo test lint corpus bench clean
+
+$(STAMP): pyproject.toml setup.py native/*.c
+	@$(PYTHON) -m venv $(VENV) || { echo "make: '$(PYTHON) -m venv' failed (Debian: apt-get install python3-venv python3-dev)" >&2; exit 1; }
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+demo: $(STAMP)
+	@for image in $(DEMO_IMAGES); do $(BIN)/hpatch info $$image && $(BIN)/hpatch funcs $$image || exit 1; done
+
+lint: $(STAMP)
+	$(BIN)/ruff check hpatch tests bench
+	$(BIN)/ruff format --check hpatch tests bench
+
+# The real-world corpus (pairs of MSVC-built DLLs from public wheels) is fetched when
+# the shared fetch script is present; the corpus tests run only when it is there.
+corpus: $(STAMP)
+	@if [ -f $(CORPUS_FETCH) ] && [ ! -s $(HPCORPUS)/pairs.tsv ]; then \
+		HPCORPUS=$(HPCORPUS) PYTHON=$(BIN)/python bash $(CORPUS_FETCH) || echo "make: corpus fetch failed; corpus tests will not run" >&2; \
+	fi
+
+test: $(STAMP) lint corpus
+	HPATCH_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q
+	HPATCH_PURE_PYTHON=1 $(BIN)/python -m pytest -q
+
+bench: $(STAMP) corpus
+	$(BIN)/python bench/bench_funcs.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info hpatch/_native*.so

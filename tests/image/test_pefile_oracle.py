@@ -1,0 +1,106 @@
+"""Cross-check what hpatch reads through lief with pefile, on samples and the corpus."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from pathlib import Path
+
+import pefile
+import pytest
+
+from hpatch.image import load_image
+
+from ..conftest import SAMPLES, corpus_binaries
+
+SAMPLE_FILES = sorted(SAMPLES.glob("*/*/*.dll"))
+CORPUS = corpus_binaries()
+
+
+def _check_against_pefile(path: Path) -> None:
+    image = load_image(path)
+    pe = pefile.PE(str(path))
+    base = pe.OPTIONAL_HEADER.ImageBase
+    assert image.image_base == base
+    assert image.size_of_image == pe.OPTIONAL_HEADER.SizeOfImage
+    assert image.identity.time_date_stamp == pe.FILE_HEADER.TimeDateStamp
+    assert image.identity.checksum == pe.OPTIONAL_HEADER.CheckSum
+    assert image.entry_rva == pe.OPTIONAL_HEADER.AddressOfEntryPoint
+    assert [(s.name, s.rva, s.raw_size, s.characteristics) for s in image.sections] == [
+        (s.Name.rstrip(b"\0").decode(), s.VirtualAddress, s.SizeOfRawData, s.Characteristics)
+        for s in pe.sections
+    ]
+    for section, theirs in zip(image.sections, pe.sections, strict=True):
+        assert section.data[: theirs.SizeOfRawData] == theirs.get_data()[: section.virtual_size]
+    exports = sorted(
+        (e.ordinal, e.name.decode() if e.name else None, e.address)
+        for e in getattr(getattr(pe, "DIRECTORY_ENTRY_EXPORT", None), "symbols", [])
+        if not e.forwarder
+    )
+    assert [(e.ordinal, e.name, e.rva) for e in image.exports if e.forwarder is None] == exports
+    imports = sorted(
+        (
+            imp.address - base,
+            entry.dll.decode().lower(),
+            imp.name.decode() if imp.name else None,
+            None if imp.name else imp.ordinal,
+        )
+        for entry in getattr(pe, "DIRECTORY_ENTRY_IMPORT", [])
+        for imp in entry.imports
+    )
+    assert sorted((i.iat_rva, i.dll.lower(), i.name, i.ordinal) for i in image.imports) == imports
+    relocations = sorted(
+        (e.rva, e.type)
+        for block in getattr(pe, "DIRECTORY_ENTRY_BASERELOC", [])
+        for e in block.entries
+        if e.type != 0
+    )
+    assert sorted((r.rva, int(r.type)) for r in image.relocations) == relocations
+    directory = pe.OPTIONAL_HEADER.DATA_DIRECTORY[
+        pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_EXCEPTION"]
+    ]
+    raw = pe.get_data(directory.VirtualAddress, directory.Size) if directory.Size else b""
+    step = image.arch.pdata_entry_size
+    begins = sorted(
+        {struct.unpack_from("<I", raw, i)[0] for i in range(0, len(raw) - step + 1, step)} - {0}
+    )
+    assert [e.begin_rva for e in image.unwind_entries] == begins
+    if step == 12 and hasattr(pe, "DIRECTORY_ENTRY_EXCEPTION"):
+        assert [(e.begin_rva, e.end_rva) for e in image.unwind_entries] == sorted(
+            (e.struct.BeginAddress, e.struct.EndAddress) for e in pe.DIRECTORY_ENTRY_EXCEPTION
+        )
+
+
+def _check_functions_follow_pdata(path: Path) -> None:
+    """Every primary .pdata entry is a function (code plus inline data) and fragments are folded."""
+    image = load_image(path)
+    functions = {f.rva: f for f in image.functions}
+    parts = {p.rva: p for f in image.functions for p in f.fragments}
+    for entry in image.unwind_entries:
+        size = entry.end_rva - entry.begin_rva
+        if entry.begin_rva in functions:
+            function = functions[entry.begin_rva]
+            assert function.extent_end == entry.end_rva
+        else:
+            assert entry.is_fragment or entry.frameless, hex(entry.begin_rva)
+            assert parts[entry.begin_rva].size == size
+    spans = sorted(
+        [(f.rva, f.end_rva) for f in image.functions]
+        + [(p.rva, p.rva + p.size) for p in parts.values()]
+    )
+    for (start, end), (next_start, _) in itertools.pairwise(spans):
+        assert end <= next_start, f"0x{start:x}..0x{end:x} overlaps 0x{next_start:x}"
+
+
+@pytest.mark.parametrize("path", SAMPLE_FILES, ids=lambda p: "/".join(p.parts[-3:]))
+def test_samples_read_the_same_as_pefile(path: Path) -> None:
+    _check_against_pefile(path)
+    _check_functions_follow_pdata(path)
+
+
+@pytest.mark.parametrize(
+    "path", [p for _, _, p in CORPUS], ids=[f"{i}/{p.stem}" for i, _, p in CORPUS]
+)
+def test_corpus_reads_the_same_as_pefile(path: Path) -> None:
+    _check_against_pefile(path)
+    _check_functions_follow_pdata(path)
