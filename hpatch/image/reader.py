@@ -6,6 +6,7 @@ enters the model, so a truncated or hostile file gives ImageFormatError, not gar
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import struct
@@ -362,12 +363,14 @@ class PEImage:
 
         return discover_functions(self)
 
-    def function_at(self, rva: int) -> Function | None:
-        """The function whose entry part or fragments contain ``rva``."""
-        import bisect
+    @cached_property
+    def _function_starts(self) -> list[int]:
+        return [f.rva for f in self.functions]
 
+    def function_at(self, rva: int) -> Function | None:
+        """The function whose entry part, inline data or fragments contain ``rva``."""
         functions = self.functions
-        index = bisect.bisect_right([f.rva for f in functions], rva) - 1
+        index = bisect.bisect_right(self._function_starts, rva) - 1
         if index >= 0 and functions[index].contains(rva):
             return functions[index]
         return next((f for f in functions if f.fragments and f.contains(rva)), None)
