@@ -167,6 +167,14 @@ class Arm64(Arch):
         slot = (rva & ~0xFFF) + pages * 4096 + ((ldr >> 10) & 0xFFF) * 8
         return 12, slot
 
+    def falls_through(self, read: ReadRva, start_rva: int, end_rva: int) -> bool:
+        if end_rva - start_rva < 4 or (end_rva - start_rva) % 4:
+            return False
+        (word,) = _WORD.unpack(read(end_rva - 4, 4))
+        if _is_trap_or_padding(word):
+            return False
+        return not _branch(word, end_rva - 4)[1]
+
     def last_instruction_end(self, read: ReadRva, start_rva: int, end_rva: int) -> int:
         code = read(start_rva, end_rva - start_rva)
         last = start_rva

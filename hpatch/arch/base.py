@@ -103,6 +103,11 @@ class Arch(ABC):
         """(size, IAT slot RVA) if an import thunk (a jump through one IAT slot) is at ``rva``."""
 
     @abstractmethod
+    def falls_through(self, read: ReadRva, start_rva: int, end_rva: int) -> bool:
+        """True if the code of [start, end) runs on past ``end`` (its last instruction
+        neither returns, jumps nor traps)."""
+
+    @abstractmethod
     def last_instruction_end(self, read: ReadRva, start_rva: int, end_rva: int) -> int:
         """End of the last non-padding instruction of a linear decode of [start, end)."""
 
@@ -123,3 +128,17 @@ class Arch(ABC):
                 break
             size += 4
         return size
+
+    def rva_table_size(self, read: ReadRva, table_rva: int, code_start: int, limit_rva: int) -> int:
+        """Bytes of a table of image-relative uint32 offsets into [code_start, table).
+
+        This is the jump-table form MSVC x64 places after a function's code (entries
+        are RVAs, addressed through ``__ImageBase``). Fewer than two entries is no table.
+        """
+        size = 0
+        while table_rva + size + 4 <= limit_rva:
+            (target,) = struct.unpack("<I", read(table_rva + size, 4))
+            if not code_start <= target < table_rva or target % self.instruction_alignment:
+                break
+            size += 4
+        return size if size >= 8 else 0

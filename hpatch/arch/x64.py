@@ -185,6 +185,16 @@ class X64(Arch):
             return None
         return 6, rva + 6 + struct.unpack_from("<i", code, 2)[0]
 
+    def falls_through(self, read: ReadRva, start_rva: int, end_rva: int) -> bool:
+        code = read(start_rva, end_rva - start_rva)
+        last = None
+        position = start_rva
+        for address, size, mnemonic, _ in self._cs_lite.disasm_lite(code, start_rva):
+            last, position = mnemonic, address + size
+        if last is None or position != end_rva:
+            return False  # no clean decode up to the end: claim nothing
+        return last not in _RETURNS and last not in ("jmp", "int3", "ud2", "hlt")
+
     def last_instruction_end(self, read: ReadRva, start_rva: int, end_rva: int) -> int:
         last = start_rva
         code = read(start_rva, end_rva - start_rva)

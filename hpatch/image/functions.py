@@ -20,6 +20,7 @@ import re
 import struct
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from hpatch.arch import CodeSite, SiteKind
@@ -45,6 +46,9 @@ _FRAGMENT_SLACK = 16
 _EXACT = frozenset(
     {Evidence.PDATA, Evidence.EXPORT, Evidence.SYMBOL, Evidence.ENTRY, Evidence.GUARD_CF}
 )
+#: Evidence that a start is real wherever it lands: exact starts, and pointers the
+#: loader relocates (an address stored in data is an address the program uses).
+_STRONG = _EXACT | {Evidence.RELOC}
 _SITE_EVIDENCE = {
     SiteKind.CALL: Evidence.CALL,
     SiteKind.JUMP: Evidence.JUMP,
@@ -297,7 +301,7 @@ class _Discovery:
         targets = ordered[
             bisect.bisect_left(ordered, gap_start) : bisect.bisect_left(ordered, gap_end)
         ]
-        exact_targets = [t for t in targets if evidence[t] & _EXACT]
+        exact_targets = [t for t in targets if evidence[t] & _STRONG]
         index = 0
         previous_end = gap_start
         cursor = gap_start + self.padding_at(section, gap_start, gap_end)
@@ -318,7 +322,7 @@ class _Discovery:
             # A start may sit inside what looks like padding: a hotpatch-ready function
             # opens with a two-byte nop (66 90), the same bytes compilers pad with.
             plausible = target <= cursor or self.preceded_by_padding(section, target)
-            if not (evidence[target] & _EXACT or plausible):
+            if not (evidence[target] & _STRONG or plausible):
                 continue
             next_exact = bisect.bisect_right(exact_targets, target)
             bound = exact_targets[next_exact] if next_exact < len(exact_targets) else gap_end
@@ -378,16 +382,63 @@ class _Discovery:
         code_end = self.arch.last_instruction_end(self.image.read, start, tables[0].rva)
         return code_end, tuple(tables)
 
+    def claim_tails(self, parts: list[list[int]], tables: dict[int, list[DataRange]]) -> None:
+        """Claim what follows each part (entry or fragment) before the next one starts.
+
+        ``parts`` holds ``[start, code_end, extent_end, owner]`` rows sorted by start;
+        code that a part's last instruction falls into is the part's own (MSVC ARM64
+        ranges can stop one ``ret`` short), and a table of RVAs into the owner's code
+        after it is the owner's jump table (MSVC x64).
+        """
+        for index, part in enumerate(parts):
+            start, code_end, extent_end, owner = part
+            section = self.image.section_at(start)
+            assert section is not None
+            limit = section.end_rva
+            if index + 1 < len(parts):
+                limit = min(limit, parts[index + 1][0])
+            if extent_end >= limit:
+                continue
+            cursor = extent_end
+            if (
+                code_end == extent_end
+                and self.arch.padding_length(section.data, cursor - section.rva) == 0
+                and self.arch.falls_through(self.image.read, start, code_end)
+            ):
+                tail_end = self.arch.code_extent(self.image.read, code_end, limit)
+                if tail_end is not None:
+                    part[1] = part[2] = cursor = tail_end
+            cursor += self.padding_at(section, cursor, limit)
+            cursor += -cursor % 4
+            if cursor < limit:
+                size = self.arch.rva_table_size(self.image.read, cursor, owner, limit)
+                if size:
+                    tables[owner].append(DataRange(cursor, size, DataKind.JUMP_TABLE_RVA))
+                    part[2] = cursor + size
+
     def build(
         self, leaves: dict[int, int], evidence: dict[int, set[Evidence]]
     ) -> tuple[Function, ...]:
         bounds = dict(self.primaries)
         bounds.update(leaves)
+        tables: dict[int, list[DataRange]] = defaultdict(list)
+        parts: list[list[int]] = []
+        for start, end in bounds.items():
+            code_end, inline = self.inline_data(start, end)
+            tables[start].extend(inline)
+            parts.append(
+                [start, code_end, max([code_end] + [t.rva + t.size for t in inline]), start]
+            )
+        for owner, fragments in self.fragments.items():
+            parts.extend([f.rva, f.rva + f.size, f.rva + f.size, owner] for f in fragments)
+        parts.sort()
+        self.claim_tails(parts, tables)
+        code_ends = {part[0]: part[1] for part in parts}
         starts = sorted(bounds)
         functions = []
         for position, start in enumerate(starts):
-            code_end, tables = self.inline_data(start, bounds[start])
-            end = max((t.rva + t.size for t in tables), default=code_end)
+            inline = tuple(sorted(tables[start], key=lambda t: t.rva))
+            code_end = code_ends[start]
             sources = set(evidence.get(start, ()))
             if start in self.primaries:
                 sources.add(Evidence.PDATA)
@@ -398,18 +449,25 @@ class _Discovery:
             limit = section.end_rva
             if position + 1 < len(starts):
                 limit = min(limit, starts[position + 1])
-            padding = self.padding_at(section, end, limit) if end < limit else 0
-            functions.append(
-                Function(
-                    rva=start,
-                    size=code_end - start,
-                    name=self.names.get(start, self.thunk_names.get(start)),
-                    sources=tuple(sorted(sources, key=_EVIDENCE_ORDER.__getitem__)),
-                    fragments=tuple(sorted(self.fragments.get(start, ()), key=lambda f: f.rva)),
-                    padding_after=max(padding, 0),
-                    inline_data=tables,
-                )
+            function = Function(
+                rva=start,
+                size=code_end - start,
+                name=self.names.get(start, self.thunk_names.get(start)),
+                sources=tuple(sorted(sources, key=_EVIDENCE_ORDER.__getitem__)),
+                fragments=tuple(
+                    sorted(
+                        (
+                            Fragment(f.rva, code_ends[f.rva] - f.rva)
+                            for f in self.fragments.get(start, ())
+                        ),
+                        key=lambda f: f.rva,
+                    )
+                ),
+                inline_data=inline,
             )
+            end = function.extent_end
+            padding = self.padding_at(section, end, limit) if end < limit else 0
+            functions.append(replace(function, padding_after=max(padding, 0)))
         return tuple(functions)
 
 

@@ -152,7 +152,8 @@ class Fragment:
 class DataKind(Enum):
     """What a data range embedded in a function's code holds."""
 
-    JUMP_TABLE = "jump_table"
+    JUMP_TABLE = "jump_table"  # int32 offsets relative to the table (clang x64, MSVC ARM64)
+    JUMP_TABLE_RVA = "jump_table_rva"  # uint32 image-relative offsets (MSVC x64)
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,18 +72,26 @@ def _check_against_pefile(path: Path) -> None:
 
 
 def _check_functions_follow_pdata(path: Path) -> None:
-    """Every primary .pdata entry is a function (code plus inline data) and fragments are folded."""
+    """Every primary .pdata entry is a function and fragments are folded.
+
+    A function (or fragment) ends where its entry does, or later only where the code
+    of the entry's range falls through its end (MSVC ARM64 leaves the final ``ret``
+    of some epilogs outside the range).
+    """
     image = load_image(path)
     functions = {f.rva: f for f in image.functions}
     parts = {p.rva: p for f in image.functions for p in f.fragments}
     for entry in image.unwind_entries:
-        size = entry.end_rva - entry.begin_rva
         if entry.begin_rva in functions:
             function = functions[entry.begin_rva]
-            assert function.extent_end == entry.end_rva
+            end = function.extent_end if function.inline_data else function.end_rva
         else:
             assert entry.is_fragment or entry.frameless, hex(entry.begin_rva)
-            assert parts[entry.begin_rva].size == size
+            part = parts[entry.begin_rva]
+            end = part.rva + part.size
+        assert end >= entry.end_rva, hex(entry.begin_rva)
+        if end > entry.end_rva and not (entry.begin_rva in functions and function.inline_data):
+            assert image.arch.falls_through(image.read, entry.begin_rva, entry.end_rva)
     spans = sorted(
         [(f.rva, f.end_rva) for f in image.functions]
         + [(p.rva, p.rva + p.size) for p in parts.values()]
