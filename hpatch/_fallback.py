@@ -12,7 +12,7 @@ SITE_CALL, SITE_JUMP, SITE_COND_JUMP, SITE_ADDRESS = 1, 2, 3, 4
 _RVA_LIMIT = 0xFFFFFFFF
 
 # Zero-width lookahead so that every byte offset is a candidate, exactly as the C loop.
-_X64_SITE = re.compile(rb"(?=[\xe8\xe9]|\x0f[\x80-\x8f]|[\x48\x4c]\x8d)", re.DOTALL)
+_X64_SITE = re.compile(rb"(?=[\xe8\xe9]|\x0f[\x80-\x8f]|[\x48-\x4f]\x8d)", re.DOTALL)
 _I32 = struct.Struct("<i")
 
 
@@ -67,7 +67,7 @@ def _sign_extend(value: int, bits: int) -> int:
 def scan_arm64_sites(
     code: bytes, code_rva: int, lo_rva: int, hi_rva: int, /
 ) -> list[tuple[int, int, int]]:
-    """Word-level scan of ARM64 code for B/BL, B.cond/CBZ/CBNZ, TBZ/TBNZ and ADRP+ADD sites."""
+    """Word-level scan of ARM64 code for B/BL, B.cond/CBZ/CBNZ, TBZ/TBNZ, ADR and ADRP+ADD."""
     view = memoryview(code).cast("B")
     _check_rvas(code_rva, lo_rva, hi_rva, len(view))
     if code_rva % 4:
@@ -90,14 +90,13 @@ def scan_arm64_sites(
             target = site + 4 * _sign_extend((insn >> 5) & 0x3FFF, 14)
             if lo_rva <= target < hi_rva:
                 sites.append((site, target, SITE_COND_JUMP))
+        elif (insn & 0x9F000000) == 0x10000000:
+            target = site + _sign_extend((((insn >> 5) & 0x7FFFF) << 2) | ((insn >> 29) & 3), 21)
+            if lo_rva <= target < hi_rva:
+                sites.append((site, target, SITE_ADDRESS))
         elif (insn & 0x9F000000) == 0x90000000 and w + 1 < count:
             nxt = words[w + 1]
-            rd = insn & 0x1F
-            if (
-                (nxt & 0xFFC00000) == 0x91000000
-                and (nxt & 0x1F) == rd
-                and ((nxt >> 5) & 0x1F) == rd
-            ):
+            if (nxt & 0xFFC00000) == 0x91000000 and ((nxt >> 5) & 0x1F) == (insn & 0x1F):
                 pages = _sign_extend((((insn >> 5) & 0x7FFFF) << 2) | ((insn >> 29) & 3), 21)
                 target = (site & ~0xFFF) + pages * 4096 + ((nxt >> 10) & 0xFFF)
                 if lo_rva <= target < hi_rva:

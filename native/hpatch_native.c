@@ -115,7 +115,7 @@ static void scan_x64(const uint8_t *code, size_t len, int64_t code_rva, int64_t 
             int64_t target = site + 6 + read_i32(code + i + 2);
             if (target >= lo && target < hi)
                 push_site(out, site, target, SITE_COND_JUMP);
-        } else if ((b == 0x48 || b == 0x4C) && i + 7 <= len && code[i + 1] == 0x8D &&
+        } else if ((b & 0xF8) == 0x48 && i + 7 <= len && code[i + 1] == 0x8D &&
                    (code[i + 2] & 0xC7) == 0x05) {
             int64_t target = site + 7 + read_i32(code + i + 3);
             if (target >= lo && target < hi)
@@ -128,7 +128,7 @@ PyDoc_STRVAR(scan_x64_sites_doc,
 "scan_x64_sites(code, code_rva, lo_rva, hi_rva, /)\n--\n\n"
 "Byte-level scan of x64 code for rel32 branch and RIP-relative LEA sites.\n\n"
 "At every byte offset: E8/E9 rel32 (call/jump), 0F 8x rel32 (conditional jump)\n"
-"and REX.W 8D /r with a RIP-relative ModRM (address). Returns a list of\n"
+"and REX.W 8D /r with a RIP-relative ModRM (LEA: address). Returns a list of\n"
 "(site_rva, target_rva, kind) for targets in [lo_rva, hi_rva). Candidates only:\n"
 "the caller decides which sites are real instruction starts.");
 
@@ -179,12 +179,17 @@ static void scan_arm64(const uint8_t *code, size_t len, int64_t code_rva, int64_
             int64_t target = site + 4 * sign_extend((insn >> 5) & 0x3FFFu, 14);
             if (target >= lo && target < hi)
                 push_site(out, site, target, SITE_COND_JUMP);
+        } else if ((insn & 0x9F000000u) == 0x10000000u) {
+            /* ADR Xd, label */
+            uint32_t imm = (((insn >> 5) & 0x7FFFFu) << 2) | ((insn >> 29) & 0x3u);
+            int64_t target = site + sign_extend(imm, 21);
+            if (target >= lo && target < hi)
+                push_site(out, site, target, SITE_ADDRESS);
         } else if ((insn & 0x9F000000u) == 0x90000000u && w + 1 < words) {
-            /* ADRP Xd, page followed by ADD Xd, Xd, #lo12: a materialised address. */
+            /* ADRP Xn, page followed by ADD Xd, Xn, #lo12: a materialised address. */
             uint32_t next = read_u32(code + 4 * (w + 1));
             uint32_t rd = insn & 0x1Fu;
-            if ((next & 0xFFC00000u) == 0x91000000u && (next & 0x1Fu) == rd &&
-                ((next >> 5) & 0x1Fu) == rd) {
+            if ((next & 0xFFC00000u) == 0x91000000u && ((next >> 5) & 0x1Fu) == rd) {
                 uint32_t immlo = (insn >> 29) & 0x3u;
                 uint32_t immhi = (insn >> 5) & 0x7FFFFu;
                 int64_t pages = sign_extend((immhi << 2) | immlo, 21);
@@ -200,7 +205,7 @@ static void scan_arm64(const uint8_t *code, size_t len, int64_t code_rva, int64_
 PyDoc_STRVAR(scan_arm64_sites_doc,
 "scan_arm64_sites(code, code_rva, lo_rva, hi_rva, /)\n--\n\n"
 "Word-level scan of ARM64 code for B/BL imm26, B.cond/CBZ/CBNZ imm19,\n"
-"TBZ/TBNZ imm14 and ADRP+ADD address pairs.\n\n"
+"TBZ/TBNZ imm14, ADR and ADRP+ADD address pairs.\n\n"
 "code_rva must be 4-aligned; a trailing partial word is ignored. Returns a list\n"
 "of (site_rva, target_rva, kind) for targets in [lo_rva, hi_rva).");
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from hpatch._backend import core
 from hpatch.arch.base import Arch, CodeSite, Machine, ReadRva, UnwindEntry
@@ -122,13 +123,15 @@ class Arm64(Arch):
     def scan_sites(self, code: bytes, code_rva: int, lo_rva: int, hi_rva: int) -> list[CodeSite]:
         return core.scan_arm64_sites(code, code_rva, lo_rva, hi_rva)
 
-    def code_extent(self, read: ReadRva, start_rva: int, bound_rva: int) -> int | None:
+    def code_extent(
+        self, read: ReadRva, start_rva: int, bound_rva: int, roots: Sequence[int] = ()
+    ) -> int | None:
         bound_rva = min(bound_rva, start_rva + _MAX_EXTENT_BYTES)
         bound_rva -= (bound_rva - start_rva) % 4
         if start_rva % 4 or bound_rva <= start_rva:
             return None
         code = read(start_rva, bound_rva - start_rva)
-        pending = [start_rva]
+        pending = [start_rva, *(r for r in roots if start_rva <= r < bound_rva)]
         visited: set[int] = set()
         end = start_rva
         while pending:
@@ -171,7 +174,8 @@ class Arm64(Arch):
         if end_rva - start_rva < 4 or (end_rva - start_rva) % 4:
             return False
         (word,) = _WORD.unpack(read(end_rva - 4, 4))
-        if _is_trap_or_padding(word):
+        is_call = (word & 0xFC000000) == 0x94000000 or (word & 0xFFFFFC1F) == 0xD63F0000
+        if _is_trap_or_padding(word) or is_call:
             return False
         return not _branch(word, end_rva - 4)[1]
 

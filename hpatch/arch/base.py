@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
@@ -83,11 +83,15 @@ class Arch(ABC):
         """
 
     @abstractmethod
-    def code_extent(self, read: ReadRva, start_rva: int, bound_rva: int) -> int | None:
-        """End RVA of the code reachable from ``start_rva`` without leaving [start, bound).
+    def code_extent(
+        self, read: ReadRva, start_rva: int, bound_rva: int, roots: Sequence[int] = ()
+    ) -> int | None:
+        """End RVA of the code reachable from ``start_rva`` (and ``roots``, such as the
+        targets of a jump table) without leaving [start, bound).
 
         Follows branches inside the range, stops at returns, unconditional jumps and
-        traps; returns ``None`` when something undecodable is reached.
+        traps; returns ``None`` when something undecodable is reached or the code runs
+        into ``bound_rva``.
         """
 
     @abstractmethod
@@ -104,30 +108,39 @@ class Arch(ABC):
 
     @abstractmethod
     def falls_through(self, read: ReadRva, start_rva: int, end_rva: int) -> bool:
-        """True if the code of [start, end) runs on past ``end`` (its last instruction
-        neither returns, jumps nor traps)."""
+        """True if the code of [start, end) runs on past ``end``: its last instruction
+        neither returns, jumps, traps nor calls (a final call is taken to be a call
+        that does not return, the way compilers end functions)."""
 
     @abstractmethod
     def last_instruction_end(self, read: ReadRva, start_rva: int, end_rva: int) -> int:
         """End of the last non-padding instruction of a linear decode of [start, end)."""
 
+    def jump_table_targets(
+        self, read: ReadRva, table_rva: int, lo_rva: int, hi_rva: int, limit_rva: int
+    ) -> list[int]:
+        """Targets of a table of int32 offsets, relative to the table, into [lo, hi).
+
+        This is the jump-table form of clang x64 and MSVC ARM64. The table ends at
+        ``limit_rva`` or at the first entry that does not land in the range.
+        """
+        targets: list[int] = []
+        while table_rva + 4 * (len(targets) + 1) <= limit_rva:
+            (offset,) = struct.unpack("<i", read(table_rva + 4 * len(targets), 4))
+            target = table_rva + offset
+            if not lo_rva <= target < hi_rva or target % self.instruction_alignment:
+                break
+            targets.append(target)
+        return targets
+
     def jump_table_size(
         self, read: ReadRva, table_rva: int, code_start: int, limit_rva: int
     ) -> int:
-        """Bytes of a table of int32 offsets, relative to the table, into [code_start, table).
+        """Bytes of a table of int32 offsets, relative to it, into [code_start, table).
 
-        This is the in-code jump-table form of clang x64 and MSVC ARM64; the table is
-        cut at ``limit_rva`` and at the first entry that does not land in the code.
         Returns 0 if there is no such table at ``table_rva``.
         """
-        size = 0
-        while table_rva + size + 4 <= limit_rva:
-            (offset,) = struct.unpack("<i", read(table_rva + size, 4))
-            target = table_rva + offset
-            if not code_start <= target < table_rva or target % self.instruction_alignment:
-                break
-            size += 4
-        return size
+        return 4 * len(self.jump_table_targets(read, table_rva, code_start, table_rva, limit_rva))
 
     def rva_table_size(self, read: ReadRva, table_rva: int, code_start: int, limit_rva: int) -> int:
         """Bytes of a table of image-relative uint32 offsets into [code_start, table).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 import capstone
 
@@ -117,12 +118,14 @@ class X64(Arch):
     def scan_sites(self, code: bytes, code_rva: int, lo_rva: int, hi_rva: int) -> list[CodeSite]:
         return core.scan_x64_sites(code, code_rva, lo_rva, hi_rva)
 
-    def code_extent(self, read: ReadRva, start_rva: int, bound_rva: int) -> int | None:
+    def code_extent(
+        self, read: ReadRva, start_rva: int, bound_rva: int, roots: Sequence[int] = ()
+    ) -> int | None:
         bound_rva = min(bound_rva, start_rva + _MAX_EXTENT_BYTES)
         if bound_rva <= start_rva:
             return None
         code = read(start_rva, bound_rva - start_rva)
-        pending = [start_rva]
+        pending = [start_rva, *(r for r in roots if start_rva <= r < bound_rva)]
         visited: set[int] = set()
         end = start_rva
         while pending:
@@ -193,7 +196,7 @@ class X64(Arch):
             last, position = mnemonic, address + size
         if last is None or position != end_rva:
             return False  # no clean decode up to the end: claim nothing
-        return last not in _RETURNS and last not in ("jmp", "int3", "ud2", "hlt")
+        return last not in _RETURNS and last not in ("jmp", "call", "int3", "ud2", "hlt")
 
     def last_instruction_end(self, read: ReadRva, start_rva: int, end_rva: int) -> int:
         last = start_rva

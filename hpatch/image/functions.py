@@ -20,7 +20,6 @@ import re
 import struct
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from hpatch.arch import CodeSite, SiteKind
@@ -209,15 +208,26 @@ class _Discovery:
         self.exact, self.names = _exact_starts(image)
         self.iat_slots = {i.iat_rva: i for i in image.imports}
         self.thunk_names: dict[int, str] = {}
+        #: .pdata start -> the entry before it that runs into it (see leaves_in_gap).
+        self.pre_entries: dict[int, int] = {}
         self.sites: list[CodeSite] = []
+        self.data_addresses: list[tuple[int, int]] = []
         self.pointers: list[int] = []
         if self.code_sections:
             lo = min(s.rva for s in self.code_sections)
             hi = max(s.end_rva for s in self.code_sections)
-            self.sites = [
+            every_site = [
                 site
                 for section in self.code_sections
-                for site in self.arch.scan_sites(section.data, section.rva, lo, hi)
+                for site in self.arch.scan_sites(section.data, section.rva, 0, image.size_of_image)
+            ]
+            # References into code reveal functions; addresses of data are kept only
+            # to find the jump tables that code indexes.
+            self.sites = [site for site in every_site if lo <= site[1] < hi]
+            self.data_addresses = [
+                (site, target)
+                for site, target, kind in every_site
+                if kind == SiteKind.ADDRESS and not lo <= target < hi
             ]
             self.pointers = _relocated_pointers(image, lo, hi)
         referenced = set(self.exact) | set(self.pointers)
@@ -232,7 +242,15 @@ class _Discovery:
         for rva, sources in self.exact.items():
             self.static_evidence[rva].update(sources)
         self.address_sites = sorted(
-            (site, target) for site, target, kind in self.sites if kind == SiteKind.ADDRESS
+            [(site, target) for site, target, kind in self.sites if kind == SiteKind.ADDRESS]
+            + self.data_addresses
+        )
+        self.branch_targets = sorted(
+            {
+                target
+                for _, target, kind in self.sites
+                if kind in (SiteKind.JUMP, SiteKind.COND_JUMP)
+            }
         )
 
     def covered(self, leaves: dict[int, int]) -> _Ranges:
@@ -289,6 +307,44 @@ class _Discovery:
         self.thunk_names[rva] = imported.name or f"{imported.dll}#{imported.ordinal}"
         return rva + thunk[0]
 
+    def addresses_from(self, start: int, end: int) -> list[tuple[int, int]]:
+        """(site, target) of the addresses taken by code in [start, end), in site order."""
+        sites = self.address_sites
+        return sites[bisect.bisect_left(sites, (start,)) : bisect.bisect_left(sites, (end,))]
+
+    def table_roots(self, start: int, end: int, bound: int) -> set[int]:
+        """Targets of the jump tables that the code in [start, end) addresses."""
+        roots: set[int] = set()
+        for _, table_rva in self.addresses_from(start, end):
+            section = self.image.section_at(table_rva)
+            if section is None or start <= table_rva < end:
+                continue
+            targets = self.arch.jump_table_targets(
+                self.image.read, table_rva, start, bound, min(section.end_rva, table_rva + 4096)
+            )
+            if len(targets) >= 2:
+                roots.update(targets)
+        return roots
+
+    def leaf_extent(self, start: int, bound: int) -> int | None:
+        """End of a function without unwind data, following the jump tables it uses."""
+        key = (start, bound)
+        if key in self.extents:
+            return self.extents[key]
+        end = self.arch.code_extent(self.image.read, start, bound)
+        roots: set[int] = set()
+        while end is not None:
+            found = self.table_roots(start, end, bound)
+            if found <= roots:
+                break
+            roots |= found
+            wider = self.arch.code_extent(self.image.read, start, bound, sorted(roots))
+            if wider is None:
+                break
+            end = wider
+        self.extents[key] = end
+        return end
+
     def leaves_in_gap(
         self,
         section: Section,
@@ -326,10 +382,19 @@ class _Discovery:
                 continue
             next_exact = bisect.bisect_right(exact_targets, target)
             bound = exact_targets[next_exact] if next_exact < len(exact_targets) else gap_end
-            key = (target, bound)
-            if key not in self.extents:
-                self.extents[key] = self.arch.code_extent(self.image.read, target, bound)
-            end = self.extents[key]
+            end = self.leaf_extent(target, bound)
+            # Straight-line code that runs into a .pdata range is that function's real
+            # entry: MSVC ARM64 shrink-wraps, leaving the instructions before the
+            # prolog outside the unwind range.
+            if (
+                end is None
+                and bound == gap_end
+                and gap_end in self.primaries
+                and self.arch.falls_through(self.image.read, target, gap_end)
+            ):
+                self.pre_entries[gap_end] = target
+                leaves[target] = gap_end
+                return leaves
             if end is None or end <= target:
                 continue
             leaves[target] = previous_end = end
@@ -346,6 +411,7 @@ class _Discovery:
         leaves: dict[int, int] = {}
         for _ in range(_MAX_ROUNDS):
             evidence = self.evidence_for(gap_targets, self.covered(leaves))
+            self.pre_entries = {}
             ordered = sorted(evidence)
             found: dict[int, int] = {}
             for section, start, end in gaps:
@@ -356,31 +422,60 @@ class _Discovery:
         starts = list(self.primaries) + list(leaves)
         return self.build(leaves, self.evidence_for(starts, self.covered(leaves)))
 
-    def inline_data(self, start: int, end: int) -> tuple[int, tuple[DataRange, ...]]:
+    def inline_data(
+        self, start: int, end: int
+    ) -> tuple[int, tuple[DataRange, ...], tuple[Fragment, ...]]:
         """Jump tables inside [start, end) addressed from the function's own code.
 
-        Returns the end of the code (before the first table and its alignment
-        padding) and the tables; (end, ()) when there are none.
+        Returns the end of the code before the first table, the tables, and the code
+        laid out after a table (MSVC ARM64 can put a table mid-function) as parts;
+        (end, (), ()) when there are no tables.
         """
-        first = bisect.bisect_left(self.address_sites, (start,))
-        addressed: set[int] = set()
-        for site_rva, target in self.address_sites[first:]:
-            if site_rva >= end:
-                break
-            if site_rva < target < end:
-                addressed.add(target)
-        # Each table runs at most up to the next table its function addresses.
+        addressed = {t for site, t in self.addresses_from(start, end) if site < t < end}
+        # Each table runs at most up to the next table its function addresses, and
+        # stops at an entry that would point into the table itself.
         ordered = sorted(addressed)
         tables: list[DataRange] = []
+        case_targets: set[int] = set()
         for index, table_rva in enumerate(ordered):
             limit = ordered[index + 1] if index + 1 < len(ordered) else end
-            size = self.arch.jump_table_size(self.image.read, table_rva, start, limit)
-            if size:
-                tables.append(DataRange(table_rva, size, DataKind.JUMP_TABLE))
+            targets = self.arch.jump_table_targets(self.image.read, table_rva, start, end, limit)
+            count = next(
+                (i for i, t in enumerate(targets) if table_rva <= t < table_rva + 4 * len(targets)),
+                len(targets),
+            )
+            if count >= 2:  # a switch worth a table has at least two cases
+                tables.append(DataRange(table_rva, 4 * count, DataKind.JUMP_TABLE))
+                case_targets.update(targets[:count])
         if not tables:
-            return end, ()
-        code_end = self.arch.last_instruction_end(self.image.read, start, tables[0].rva)
-        return code_end, tuple(tables)
+            return end, (), ()
+        read = self.image.read
+        section = self.image.section_at(start)
+        assert section is not None
+        code_parts = []
+        other: list[DataRange] = []
+        for index, table in enumerate(tables):
+            part_start = table.rva + table.size
+            part_end = tables[index + 1].rva if index + 1 < len(tables) else end
+            part_start += self.padding_at(section, part_start, part_end)
+            reached = any(part_start <= t < part_end for t in case_targets) or self.branched_into(
+                part_start, part_end
+            )
+            if part_start >= part_end:
+                continue
+            if reached:
+                part_code_end = self.arch.last_instruction_end(read, part_start, part_end)
+                if part_code_end > part_start:
+                    code_parts.append(Fragment(part_start, part_code_end - part_start))
+            else:
+                other.append(DataRange(part_start, part_end - part_start, DataKind.DATA))
+        code_end = self.arch.last_instruction_end(read, start, tables[0].rva)
+        return code_end, tuple(tables + other), tuple(code_parts)
+
+    def branched_into(self, start: int, end: int) -> bool:
+        """True if a direct branch targets [start, end)."""
+        index = bisect.bisect_left(self.branch_targets, start)
+        return index < len(self.branch_targets) and self.branch_targets[index] < end
 
     def claim_tails(self, parts: list[list[int]], tables: dict[int, list[DataRange]]) -> None:
         """Claim what follows each part (entry or fragment) before the next one starts.
@@ -390,6 +485,7 @@ class _Discovery:
         ranges can stop one ``ret`` short), and a table of RVAs into the owner's code
         after it is the owner's jump table (MSVC x64).
         """
+        owners = {part[0]: part for part in parts if part[0] == part[3]}
         for index, part in enumerate(parts):
             start, code_end, extent_end, owner = part
             section = self.image.section_at(start)
@@ -411,63 +507,97 @@ class _Discovery:
             cursor += self.padding_at(section, cursor, limit)
             cursor += -cursor % 4
             if cursor < limit:
-                size = self.arch.rva_table_size(self.image.read, cursor, owner, limit)
-                if size:
-                    tables[owner].append(DataRange(cursor, size, DataKind.JUMP_TABLE_RVA))
-                    part[2] = cursor + size
+                self.claim_table(cursor, limit, part, owners[owner], tables[owner])
+
+    def claim_table(
+        self, table_rva: int, limit: int, part: list[int], owner: list[int], tables: list[DataRange]
+    ) -> None:
+        """Record the jump table at ``table_rva`` if the owning function's code uses it.
+
+        A table of offsets relative to itself must be addressed from the owner's code;
+        a table of RVAs must have its own RVA in the owner's code (the displacement of
+        the ``__ImageBase``-relative load that indexes it).
+        """
+        read = self.image.read
+        start, code_end = owner[0], owner[1]
+        addressed = any(t == table_rva for _, t in self.addresses_from(start, code_end))
+        displaced = struct.pack("<I", table_rva) in read(start, code_end - start)
+        for kind, size, used in (
+            (
+                DataKind.JUMP_TABLE,
+                self.arch.jump_table_size(read, table_rva, start, limit),
+                addressed,
+            ),
+            (
+                DataKind.JUMP_TABLE_RVA,
+                self.arch.rva_table_size(read, table_rva, start, limit),
+                displaced,
+            ),
+        ):
+            if used and size >= 8:
+                tables.append(DataRange(table_rva, size, kind))
+                part[2] = table_rva + size
+                return
 
     def build(
         self, leaves: dict[int, int], evidence: dict[int, set[Evidence]]
     ) -> tuple[Function, ...]:
-        bounds = dict(self.primaries)
-        bounds.update(leaves)
+        # A .pdata function with an entry before its range starts at that entry.
+        entry_of = {p: self.pre_entries.get(p, p) for p in self.primaries}
+        bounds = {entry_of[p]: end for p, end in self.primaries.items()}
+        bounds.update((start, end) for start, end in leaves.items() if start not in bounds)
+        fragments: dict[int, list[Fragment]] = defaultdict(list)
+        for owner, owned in self.fragments.items():
+            fragments[entry_of.get(owner, owner)].extend(owned)
+        pdata_of = {entry: p for p, entry in entry_of.items()}
         tables: dict[int, list[DataRange]] = defaultdict(list)
         parts: list[list[int]] = []
         for start, end in bounds.items():
-            code_end, inline = self.inline_data(start, end)
+            code_end, inline, code_parts = self.inline_data(start, end)
             tables[start].extend(inline)
+            fragments[start].extend(code_parts)
             parts.append(
                 [start, code_end, max([code_end] + [t.rva + t.size for t in inline]), start]
             )
-        for owner, fragments in self.fragments.items():
-            parts.extend([f.rva, f.rva + f.size, f.rva + f.size, owner] for f in fragments)
+        for owner, owned in fragments.items():
+            parts.extend([f.rva, f.rva + f.size, f.rva + f.size, owner] for f in owned)
         parts.sort()
         self.claim_tails(parts, tables)
         code_ends = {part[0]: part[1] for part in parts}
         starts = sorted(bounds)
         functions = []
         for position, start in enumerate(starts):
-            inline = tuple(sorted(tables[start], key=lambda t: t.rva))
-            code_end = code_ends[start]
+            pdata_start = pdata_of.get(start)
             sources = set(evidence.get(start, ()))
-            if start in self.primaries:
-                sources.add(Evidence.PDATA)
+            if pdata_start is not None:
+                sources |= evidence.get(pdata_start, set()) | {Evidence.PDATA}
             if start in self.thunk_names:
                 sources.add(Evidence.IMPORT_THUNK)
+            name = self.names.get(start) or self.names.get(pdata_start or start)
             section = self.image.section_at(start)
             assert section is not None
             limit = section.end_rva
             if position + 1 < len(starts):
                 limit = min(limit, starts[position + 1])
-            function = Function(
-                rva=start,
-                size=code_end - start,
-                name=self.names.get(start, self.thunk_names.get(start)),
-                sources=tuple(sorted(sources, key=_EVIDENCE_ORDER.__getitem__)),
-                fragments=tuple(
-                    sorted(
-                        (
-                            Fragment(f.rva, code_ends[f.rva] - f.rva)
-                            for f in self.fragments.get(start, ())
-                        ),
-                        key=lambda f: f.rva,
-                    )
-                ),
-                inline_data=inline,
+            inline = tuple(sorted(tables[start], key=lambda t: t.rva))
+            end = max([code_ends[start]] + [t.rva + t.size for t in inline])
+            owned = fragments.get(start, ())
+            functions.append(
+                Function(
+                    rva=start,
+                    size=code_ends[start] - start,
+                    name=name or self.thunk_names.get(start),
+                    sources=tuple(sorted(sources, key=_EVIDENCE_ORDER.__getitem__)),
+                    fragments=tuple(
+                        sorted(
+                            (Fragment(f.rva, code_ends[f.rva] - f.rva) for f in owned),
+                            key=lambda f: f.rva,
+                        )
+                    ),
+                    padding_after=self.padding_at(section, end, limit) if end < limit else 0,
+                    inline_data=inline,
+                )
             )
-            end = function.extent_end
-            padding = self.padding_at(section, end, limit) if end < limit else 0
-            functions.append(replace(function, padding_after=max(padding, 0)))
         return tuple(functions)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pefile
 import pytest
 
-from hpatch.image import load_image
+from hpatch.image import Evidence, load_image
 
 from ..conftest import SAMPLES, corpus_binaries
 
@@ -82,9 +82,18 @@ def _check_functions_follow_pdata(path: Path) -> None:
     functions = {f.rva: f for f in image.functions}
     parts = {p.rva: p for f in image.functions for p in f.fragments}
     for entry in image.unwind_entries:
+        owner = image.function_at(entry.begin_rva)
+        if owner is not None and owner.rva < entry.begin_rva and entry.begin_rva not in parts:
+            # An entry before the .pdata range: straight-line code that runs into it.
+            assert Evidence.PDATA in owner.sources
+            assert image.arch.falls_through(image.read, owner.rva, entry.begin_rva)
+            functions[entry.begin_rva] = owner
         if entry.begin_rva in functions:
             function = functions[entry.begin_rva]
-            end = function.extent_end if function.inline_data else function.end_rva
+            end = function.end_rva
+            if function.inline_data:  # tables, and code laid out after them, in the range
+                inside = [f.rva + f.size for f in function.fragments if f.rva < entry.end_rva]
+                end = max([function.extent_end, *inside])
         else:
             assert entry.is_fragment or entry.frameless, hex(entry.begin_rva)
             part = parts[entry.begin_rva]
