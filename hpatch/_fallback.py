@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import struct
 
-SITE_CALL, SITE_JUMP, SITE_COND_JUMP, SITE_ADDRESS = 1, 2, 3, 4
+SITE_CALL, SITE_JUMP, SITE_COND_JUMP, SITE_ADDRESS, SITE_LOAD = 1, 2, 3, 4, 5
 _RVA_LIMIT = 0xFFFFFFFF
 
 # Zero-width lookahead so that every byte offset is a candidate, exactly as the C loop.
@@ -67,7 +67,7 @@ def _sign_extend(value: int, bits: int) -> int:
 def scan_arm64_sites(
     code: bytes, code_rva: int, lo_rva: int, hi_rva: int, /
 ) -> list[tuple[int, int, int]]:
-    """Word-level scan of ARM64 code for B/BL, B.cond/CBZ/CBNZ, TBZ/TBNZ, ADR and ADRP+ADD."""
+    """Word-level scan of ARM64 code for branches, ADR/ADRP+ADD addresses and literal loads."""
     view = memoryview(code).cast("B")
     _check_rvas(code_rva, lo_rva, hi_rva, len(view))
     if code_rva % 4:
@@ -90,6 +90,10 @@ def scan_arm64_sites(
             target = site + 4 * _sign_extend((insn >> 5) & 0x3FFF, 14)
             if lo_rva <= target < hi_rva:
                 sites.append((site, target, SITE_COND_JUMP))
+        elif (insn & 0x3B000000) == 0x18000000 and (insn & 0xC4000000) != 0xC0000000:
+            target = site + 4 * _sign_extend((insn >> 5) & 0x7FFFF, 19)
+            if lo_rva <= target < hi_rva:
+                sites.append((site, target, SITE_LOAD))
         elif (insn & 0x9F000000) == 0x10000000:
             target = site + _sign_extend((((insn >> 5) & 0x7FFFF) << 2) | ((insn >> 29) & 3), 21)
             if lo_rva <= target < hi_rva:

@@ -12,7 +12,7 @@
 #include <string.h>
 
 /* Reference kinds; the same numbers as hpatch.arch.base.SiteKind. */
-enum { SITE_CALL = 1, SITE_JUMP = 2, SITE_COND_JUMP = 3, SITE_ADDRESS = 4 };
+enum { SITE_CALL = 1, SITE_JUMP = 2, SITE_COND_JUMP = 3, SITE_ADDRESS = 4, SITE_LOAD = 5 };
 
 #define RVA_LIMIT 0xFFFFFFFFLL
 
@@ -179,6 +179,11 @@ static void scan_arm64(const uint8_t *code, size_t len, int64_t code_rva, int64_
             int64_t target = site + 4 * sign_extend((insn >> 5) & 0x3FFFu, 14);
             if (target >= lo && target < hi)
                 push_site(out, site, target, SITE_COND_JUMP);
+        } else if ((insn & 0x3B000000u) == 0x18000000u && (insn & 0xC4000000u) != 0xC0000000u) {
+            /* LDR (literal) of a W/X/S/D/Q register or LDRSW; not PRFM */
+            int64_t target = site + 4 * sign_extend((insn >> 5) & 0x7FFFFu, 19);
+            if (target >= lo && target < hi)
+                push_site(out, site, target, SITE_LOAD);
         } else if ((insn & 0x9F000000u) == 0x10000000u) {
             /* ADR Xd, label */
             uint32_t imm = (((insn >> 5) & 0x7FFFFu) << 2) | ((insn >> 29) & 0x3u);
@@ -205,7 +210,7 @@ static void scan_arm64(const uint8_t *code, size_t len, int64_t code_rva, int64_
 PyDoc_STRVAR(scan_arm64_sites_doc,
 "scan_arm64_sites(code, code_rva, lo_rva, hi_rva, /)\n--\n\n"
 "Word-level scan of ARM64 code for B/BL imm26, B.cond/CBZ/CBNZ imm19,\n"
-"TBZ/TBNZ imm14, ADR and ADRP+ADD address pairs.\n\n"
+"TBZ/TBNZ imm14, ADR and ADRP+ADD address pairs, and LDR (literal) loads.\n\n"
 "code_rva must be 4-aligned; a trailing partial word is ignored. Returns a list\n"
 "of (site_rva, target_rva, kind) for targets in [lo_rva, hi_rva).");
 

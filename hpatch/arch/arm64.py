@@ -187,6 +187,13 @@ class Arm64(Arch):
                 last = start_rva + 4 * index + 4
         return last
 
+    def load_size(self, read: ReadRva, site_rva: int) -> int:
+        (word,) = _WORD.unpack(read(site_rva, 4))
+        opc, vector = word >> 30, (word >> 26) & 1
+        if vector:
+            return {0: 4, 1: 8, 2: 16}.get(opc, 0)
+        return {0: 4, 1: 8, 2: 4}.get(opc, 0)
+
     def padding_length(self, data: bytes, offset: int) -> int:
         i = offset
         while i + 4 <= len(data):

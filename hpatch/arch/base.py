@@ -27,6 +27,7 @@ class SiteKind(IntEnum):
     JUMP = 2
     COND_JUMP = 3
     ADDRESS = 4
+    LOAD = 5  # a PC-relative load from the target (ARM64 LDR literal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,10 @@ class Arch(ABC):
     @abstractmethod
     def instruction_starts(self, read: ReadRva, start_rva: int, end_rva: int) -> frozenset[int]:
         """RVAs of the instructions of a linear decode of [start_rva, end_rva)."""
+
+    @abstractmethod
+    def load_size(self, read: ReadRva, site_rva: int) -> int:
+        """Bytes read by the PC-relative load at ``site_rva`` (a LOAD site)."""
 
     @abstractmethod
     def padding_length(self, data: bytes, offset: int) -> int:

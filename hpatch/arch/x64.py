@@ -206,6 +206,9 @@ class X64(Arch):
                 last = address + size
         return last
 
+    def load_size(self, read: ReadRva, site_rva: int) -> int:
+        return 0  # the x64 scanner reports no LOAD sites: its constants live in data sections
+
     def padding_length(self, data: bytes, offset: int) -> int:
         i, n = offset, len(data)
         while i < n:

@@ -211,47 +211,44 @@ class _Discovery:
         #: .pdata start -> the entry before it that runs into it (see leaves_in_gap).
         self.pre_entries: dict[int, int] = {}
         self.sites: list[CodeSite] = []
-        self.data_addresses: list[tuple[int, int]] = []
         self.pointers: list[int] = []
+        #: (site, target) of every address taken in code, in site order.
+        self.address_sites: list[tuple[int, int]] = []
+        #: (site, target) of every PC-relative load from code (literal pools), in site order.
+        self.load_sites: list[tuple[int, int]] = []
+        self.sites_by_target: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        branch_targets: set[int] = set()
+        referenced = set(self.exact)
         if self.code_sections:
             lo = min(s.rva for s in self.code_sections)
             hi = max(s.end_rva for s in self.code_sections)
-            every_site = [
-                site
-                for section in self.code_sections
-                for site in self.arch.scan_sites(section.data, section.rva, 0, image.size_of_image)
-            ]
-            # References into code reveal functions; addresses of data are kept only
-            # to find the jump tables that code indexes.
-            self.sites = [site for site in every_site if lo <= site[1] < hi]
-            self.data_addresses = [
-                (site, target)
-                for site, target, kind in every_site
-                if kind == SiteKind.ADDRESS and not lo <= target < hi
-            ]
             self.pointers = _relocated_pointers(image, lo, hi)
-        referenced = set(self.exact) | set(self.pointers)
-        referenced.update(target for _, target, kind in self.sites if kind != SiteKind.COND_JUMP)
+            referenced.update(self.pointers)
+            # One pass over the references into code, which reveal functions.
+            for section in self.code_sections:
+                for site in self.arch.scan_sites(section.data, section.rva, lo, hi):
+                    site_rva, target, kind = site
+                    if kind == SiteKind.LOAD:
+                        self.load_sites.append((site_rva, target))
+                        continue
+                    self.sites.append(site)
+                    if kind == SiteKind.ADDRESS:
+                        self.address_sites.append((site_rva, target))
+                    self.sites_by_target[target].append((site_rva, kind))
+                    if kind == SiteKind.COND_JUMP:
+                        branch_targets.add(target)
+                    else:
+                        referenced.add(target)
+                        if kind == SiteKind.JUMP:
+                            branch_targets.add(target)
+        self.address_sites.sort()
+        self.branch_targets = sorted(branch_targets)
         self.primaries, self.fragments = _pdata_functions(image, self.sites, referenced)
-        self.sites_by_target: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        for site_rva, target_rva, kind in self.sites:
-            self.sites_by_target[target_rva].append((site_rva, kind))
         self.static_evidence: dict[int, set[Evidence]] = defaultdict(set)
         for rva in self.pointers:
             self.static_evidence[rva].add(Evidence.RELOC)
         for rva, sources in self.exact.items():
             self.static_evidence[rva].update(sources)
-        self.address_sites = sorted(
-            [(site, target) for site, target, kind in self.sites if kind == SiteKind.ADDRESS]
-            + self.data_addresses
-        )
-        self.branch_targets = sorted(
-            {
-                target
-                for _, target, kind in self.sites
-                if kind in (SiteKind.JUMP, SiteKind.COND_JUMP)
-            }
-        )
 
     def covered(self, leaves: dict[int, int]) -> _Ranges:
         ranges = list(self.primaries.items()) + list(leaves.items())
@@ -315,7 +312,12 @@ class _Discovery:
     def table_roots(self, start: int, end: int, bound: int) -> set[int]:
         """Targets of the jump tables that the code in [start, end) addresses."""
         roots: set[int] = set()
-        for _, table_rva in self.addresses_from(start, end):
+        # Tables usually live in data, which the code-wide scan leaves out: rescan the
+        # function's own bytes for every address it takes.
+        code = self.image.read(start, end - start)
+        for _, table_rva, kind in self.arch.scan_sites(code, start, 0, self.image.size_of_image):
+            if kind != SiteKind.ADDRESS:
+                continue
             section = self.image.section_at(table_rva)
             if section is None or start <= table_rva < end:
                 continue
@@ -409,16 +411,25 @@ class _Discovery:
         # Only references into the gaps can reveal new functions; check them each round.
         gap_targets = [t for t in self.sites_by_target if pdata.find(t) is None]
         leaves: dict[int, int] = {}
+        gap_results: dict[tuple[int, tuple[tuple[int, bool], ...]], dict[int, int]] = {}
         for _ in range(_MAX_ROUNDS):
             evidence = self.evidence_for(gap_targets, self.covered(leaves))
-            self.pre_entries = {}
             ordered = sorted(evidence)
             found: dict[int, int] = {}
             for section, start, end in gaps:
-                found.update(self.leaves_in_gap(section, start, end, evidence, ordered))
+                # A gap whose candidates did not change since the last round gives the
+                # same answer: evidence only grows, and so does what it validates.
+                targets = ordered[
+                    bisect.bisect_left(ordered, start) : bisect.bisect_left(ordered, end)
+                ]
+                key = (start, tuple((t, bool(evidence[t] & _STRONG)) for t in targets))
+                if key not in gap_results:
+                    gap_results[key] = self.leaves_in_gap(section, start, end, evidence, ordered)
+                found.update(gap_results[key])
             if found == leaves:
                 break
             leaves = found
+        self.pre_entries = {p: e for p, e in self.pre_entries.items() if leaves.get(e) == p}
         starts = list(self.primaries) + list(leaves)
         return self.build(leaves, self.evidence_for(starts, self.covered(leaves)))
 
@@ -507,7 +518,26 @@ class _Discovery:
             cursor += self.padding_at(section, cursor, limit)
             cursor += -cursor % 4
             if cursor < limit:
+                pool = self.literal_pool(cursor, limit, owners[owner])
+                if pool is not None:
+                    tables[owner].append(pool)
+                    part[2] = pool.rva + pool.size
+                    cursor = part[2] + self.padding_at(section, part[2], limit)
+                    cursor += -cursor % 4
+            if cursor < limit:
                 self.claim_table(cursor, limit, part, owners[owner], tables[owner])
+
+    def literal_pool(self, pool_rva: int, limit: int, owner: list[int]) -> DataRange | None:
+        """The constants at ``pool_rva`` that the owning function's code loads, if any."""
+        start, code_end = owner[0], owner[1]
+        sites = self.load_sites
+        first = bisect.bisect_left(sites, (start,))
+        last = bisect.bisect_left(sites, (code_end,))
+        loads = [(site, t) for site, t in sites[first:last] if pool_rva <= t < limit]
+        if not loads or min(t for _, t in loads) != pool_rva:
+            return None
+        end = max(t + self.arch.load_size(self.image.read, site) for site, t in loads)
+        return DataRange(pool_rva, min(end, limit) - pool_rva, DataKind.LITERAL_POOL)
 
     def claim_table(
         self, table_rva: int, limit: int, part: list[int], owner: list[int], tables: list[DataRange]

@@ -154,6 +154,7 @@ class DataKind(Enum):
 
     JUMP_TABLE = "jump_table"  # int32 offsets relative to the table (clang x64, MSVC ARM64)
     JUMP_TABLE_RVA = "jump_table_rva"  # uint32 image-relative offsets (MSVC x64)
+    LITERAL_POOL = "literal_pool"  # constants the function loads PC-relative (ARM64)
     DATA = "data"  # inside the unwind range, neither reachable code nor a known table
 
 
