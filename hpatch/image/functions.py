@@ -19,7 +19,9 @@ import bisect
 import re
 import struct
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import cached_property
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from hpatch.arch import CodeSite, SiteKind
@@ -84,7 +86,7 @@ def _split_parts(image: PEImage) -> dict[int, int]:
 
 
 def _pdata_functions(
-    image: PEImage, sites: list[CodeSite], referenced: set[int]
+    image: PEImage, sites: list[CodeSite], referenced: Callable[[], set[int]]
 ) -> tuple[dict[int, int], dict[int, list[Fragment]]]:
     """Primary .pdata ranges (start -> end) and the fragments folded into them.
 
@@ -93,7 +95,7 @@ def _pdata_functions(
     function whose last part ends right before it; failing both, it stands alone.
     A frameless entry (gcc gives even frameless ``.cold`` parts .pdata) that nothing
     calls, exports, names or points at, and that only one function reaches by
-    conditional jumps, is a fragment of that function. ``referenced`` holds the
+    conditional jumps, is a fragment of that function. ``referenced`` gives the
     RVAs with evidence other than conditional jumps. Where the symbol table names
     a part (``foo.cold``), the name decides.
     """
@@ -120,6 +122,8 @@ def _pdata_functions(
             if kind != SiteKind.COND_JUMP:
                 conditional_only[target_rva] = False
 
+    known_references: set[int] | None = None
+
     def jumping_root(begin: int) -> int | None:
         roots = {owner.get(rva) for rva in jumpers[begin]}
         return roots.pop() if len(roots) == 1 and None not in roots else None
@@ -135,7 +139,11 @@ def _pdata_functions(
                 if begin - before.end_rva <= _FRAGMENT_SLACK and before.begin_rva in owner:
                     parent = owner[before.begin_rva]
             owner[begin] = parent if parent is not None else begin
-        elif entry.frameless and begin not in referenced and conditional_only[begin]:
+        elif entry.frameless and conditional_only[begin]:
+            if known_references is None:
+                known_references = referenced()
+            if begin in known_references:
+                continue
             parent = jumping_root(begin)
             if parent is not None:
                 owner[begin] = parent
@@ -212,38 +220,27 @@ class _Discovery:
         self.pre_entries: dict[int, int] = {}
         self.sites: list[CodeSite] = []
         self.pointers: list[int] = []
-        #: (site, target) of every address taken in code, in site order.
-        self.address_sites: list[tuple[int, int]] = []
-        #: (site, target) of every PC-relative load from code (literal pools), in site order.
+        #: PC-relative loads from code (literal pools), as (site, target) in site order.
         self.load_sites: list[tuple[int, int]] = []
-        self.sites_by_target: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        branch_targets: set[int] = set()
-        referenced = set(self.exact)
         if self.code_sections:
             lo = min(s.rva for s in self.code_sections)
             hi = max(s.end_rva for s in self.code_sections)
             self.pointers = _relocated_pointers(image, lo, hi)
-            referenced.update(self.pointers)
-            # One pass over the references into code, which reveal functions.
-            for section in self.code_sections:
-                for site in self.arch.scan_sites(section.data, section.rva, lo, hi):
-                    site_rva, target, kind = site
-                    if kind == SiteKind.LOAD:
-                        self.load_sites.append((site_rva, target))
-                        continue
-                    self.sites.append(site)
-                    if kind == SiteKind.ADDRESS:
-                        self.address_sites.append((site_rva, target))
-                    self.sites_by_target[target].append((site_rva, kind))
-                    if kind == SiteKind.COND_JUMP:
-                        branch_targets.add(target)
-                    else:
-                        referenced.add(target)
-                        if kind == SiteKind.JUMP:
-                            branch_targets.add(target)
-        self.address_sites.sort()
-        self.branch_targets = sorted(branch_targets)
-        self.primaries, self.fragments = _pdata_functions(image, self.sites, referenced)
+            scanned = [
+                site
+                for section in self.code_sections
+                for site in self.arch.scan_sites(section.data, section.rva, lo, hi)
+            ]
+            # References into code reveal functions; loads only lead to literal pools.
+            self.sites = [site for site in scanned if site[2] != SiteKind.LOAD]
+            if len(self.sites) != len(scanned):
+                self.load_sites = [(s, t) for s, t, k in scanned if k == SiteKind.LOAD]
+        #: (site, target) of every address taken in code, in site order.
+        self.address_sites = [(s, t) for s, t, k in self.sites if k == SiteKind.ADDRESS]
+        #: the sites again, ordered by target, and their targets, for lookups by bisection.
+        self.by_target = sorted(self.sites, key=itemgetter(1))
+        self.target_keys = [site[1] for site in self.by_target]
+        self.primaries, self.fragments = _pdata_functions(image, self.sites, self.referenced)
         self.static_evidence: dict[int, set[Evidence]] = defaultdict(set)
         for rva in self.pointers:
             self.static_evidence[rva].add(Evidence.RELOC)
@@ -255,6 +252,24 @@ class _Discovery:
         ranges += [(f.rva, f.rva + f.size) for parts in self.fragments.values() for f in parts]
         return _Ranges(ranges)
 
+    def referenced(self) -> set[int]:
+        """RVAs with evidence other than conditional jumps (asked only for frameless entries)."""
+        found = set(self.exact) | set(self.pointers)
+        found.update(target for _, target, kind in self.sites if kind != SiteKind.COND_JUMP)
+        return found
+
+    @cached_property
+    def branch_targets(self) -> list[int]:
+        """Targets of direct jumps, sorted."""
+        return sorted(
+            {t for _, t, kind in self.sites if kind in (SiteKind.JUMP, SiteKind.COND_JUMP)}
+        )
+
+    def sites_to(self, target: int) -> list[CodeSite]:
+        """The code references whose target is ``target``."""
+        keys = self.target_keys
+        return self.by_target[bisect.bisect_left(keys, target) : bisect.bisect_right(keys, target)]
+
     def evidence_for(self, targets: Iterable[int], known: _Ranges) -> dict[int, set[Evidence]]:
         """Evidence for ``targets``: the exact and pointer evidence, plus each code
         reference whose site lies in a function known so far."""
@@ -262,7 +277,7 @@ class _Discovery:
         for rva, sources in self.static_evidence.items():
             found[rva].update(sources)
         for target in targets:
-            for site_rva, kind in self.sites_by_target.get(target, ()):
+            for site_rva, _, kind in self.sites_to(target):
                 if known.find(site_rva) is not None:
                     found[target].add(_SITE_EVIDENCE[kind])
         return found
@@ -409,7 +424,7 @@ class _Discovery:
         )
         gaps = self.gaps(pdata)
         # Only references into the gaps can reveal new functions; check them each round.
-        gap_targets = [t for t in self.sites_by_target if pdata.find(t) is None]
+        gap_targets = [t for t in dict.fromkeys(self.target_keys) if pdata.find(t) is None]
         leaves: dict[int, int] = {}
         gap_results: dict[tuple[int, tuple[tuple[int, bool], ...]], dict[int, int]] = {}
         for _ in range(_MAX_ROUNDS):

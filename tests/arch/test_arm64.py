@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+import capstone
 import keystone
 import pytest
 
@@ -117,10 +118,20 @@ def test_padding_thunks_and_sites() -> None:
     assert ARM64.import_thunk(image.read, 0x1000) == (12, 0x3010)
     image.put(0x1100, assemble("adrp x17, #0x3000; ldr x17, [x17, #0x10]; br x17", 0x1100))
     assert ARM64.import_thunk(image.read, 0x1100) is None
-    code = assemble(
-        "bl #0x1100; b #0x1200; b.ne #0x1300; cbz x1, #0x1400; tbz w2, #1, #0x1500;"
-        " adrp x0, #0x5000; add x0, x0, #0x18",
-        0x1000,
+    # keystone 0.9.2 mis-encodes ADR, so that word is built by hand (capstone agrees).
+    offset = 0x1800 - 0x1024
+    adr_x2 = 0x10000000 | (offset & 3) << 29 | (offset >> 2) << 5 | 2
+    capstone_view = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+    decoded = next(capstone_view.disasm(struct.pack("<I", adr_x2), 0x1024))
+    assert (decoded.mnemonic, decoded.op_str) == ("adr", "x2, #0x1800")
+    code = (
+        assemble(
+            "bl #0x1100; b #0x1200; b.ne #0x1300; cbz x1, #0x1400; tbz w2, #1, #0x1500;"
+            " adrp x0, #0x5000; add x0, x0, #0x18; adrp x8, #0x6000; add x1, x8, #0x20",
+            0x1000,
+        )
+        + struct.pack("<I", adr_x2)
+        + assemble("ldr q0, #0x1900; ldrsw x3, #0x1904; prfm pldl1keep, #0x1908", 0x1028)
     )
     sites = ARM64.scan_sites(code, 0x1000, 0, 0x10000)
     assert sites == [
@@ -130,4 +141,29 @@ def test_padding_thunks_and_sites() -> None:
         (0x100C, 0x1400, SiteKind.COND_JUMP),
         (0x1010, 0x1500, SiteKind.COND_JUMP),
         (0x1014, 0x5018, SiteKind.ADDRESS),
+        (0x101C, 0x6020, SiteKind.ADDRESS),  # the ADD may write another register
+        (0x1024, 0x1800, SiteKind.ADDRESS),
+        (0x1028, 0x1900, SiteKind.LOAD),
+        (0x102C, 0x1904, SiteKind.LOAD),
     ]
+    image = FakeImage()
+    image.put(0x1000, code)
+    assert [ARM64.load_size(image.read, rva) for rva in (0x1028, 0x102C)] == [16, 4]
+
+
+@pytest.mark.parametrize(
+    ("source", "falls"),
+    [
+        ("mov x0, x1; ldp x19, x20, [sp], #0x20", True),
+        ("mov x0, x1; ret", False),
+        ("mov x0, x1; b #0x2000", False),
+        ("mov x0, x1; bl #0x2000", False),  # a final call does not return
+        ("mov x0, x1; cbz x0, #0x1000", True),
+        ("mov x0, x1; brk #0xf000", False),
+    ],
+)
+def test_falls_through(source: str, falls: bool) -> None:
+    code = assemble(source, 0x1000)
+    image = FakeImage()
+    image.put(0x1000, code)
+    assert ARM64.falls_through(image.read, 0x1000, 0x1000 + len(code)) is falls

@@ -144,14 +144,50 @@ def test_import_thunk_and_sites() -> None:
     assert X64.import_thunk(image.read, 0x1000) == (6, 0x1006 + 0x906A)
     image.put(0x1010, assemble("mov eax, 1", 0x1010))
     assert X64.import_thunk(image.read, 0x1010) is None
-    code = assemble("call 0x1100; jmp 0x1200; jne 0x1300; lea rcx, [rip + 0x1000]", 0x1000)
+    code = assemble(
+        "call 0x1100; jmp 0x1200; jne 0x1300; lea rcx, [rip + 0x1000]; lea r9, [rip + 0x10]", 0x1000
+    )
     sites = X64.scan_sites(code, 0x1000, 0, 0x10000)
     assert sites == [
         (0x1000, 0x1100, SiteKind.CALL),
         (0x1005, 0x1200, SiteKind.JUMP),
         (0x100A, 0x1300, SiteKind.COND_JUMP),
         (0x1010, 0x1017 + 0x1000, SiteKind.ADDRESS),
+        (0x1017, 0x101E + 0x10, SiteKind.ADDRESS),  # REX.WB form
     ]
+
+
+@pytest.mark.parametrize(
+    ("source", "falls"),
+    [
+        ("push rbx; pop rbx", True),
+        ("pop rbx; ret", False),
+        ("mov eax, 1; jmp 0x2000", False),
+        ("mov eax, 1; call 0x2000", False),  # a final call does not return
+        ("cmp eax, 1; je 0x1000", True),
+        ("xor eax, eax; int3", False),
+    ],
+)
+def test_falls_through(source: str, falls: bool) -> None:
+    code = assemble(source, 0x1000)
+    image = FakeImage()
+    image.put(0x1000, code)
+    assert X64.falls_through(image.read, 0x1000, 0x1000 + len(code)) is falls
+
+
+def test_falls_through_needs_a_clean_decode_to_the_end() -> None:
+    image = FakeImage()
+    image.put(0x1000, assemble("mov eax, 1", 0x1000))
+    assert X64.falls_through(image.read, 0x1000, 0x1005) is True
+    assert X64.falls_through(image.read, 0x1000, 0x1004) is False  # cuts the instruction
+
+
+def test_table_of_rvas() -> None:
+    image = FakeImage()
+    image.put(0x1100, struct.pack("<4I", 0x1000, 0x1010, 0x10F0, 0x9000))
+    assert X64.rva_table_size(image.read, 0x1100, 0x1000, 0x1200) == 12
+    image.put(0x1200, struct.pack("<2I", 0x1000, 0x9000))
+    assert X64.rva_table_size(image.read, 0x1200, 0x1000, 0x1300) == 0  # one entry is no table
 
 
 def test_jump_table_of_table_relative_offsets() -> None:
