@@ -1,33 +1,26 @@
 """Function discovery: where each function starts, how long it is, and the evidence for it.
 
-Sources, strongest first: .pdata (exact ranges; fragments folded into their parent),
-exports, COFF function symbols, the entry point and the CFG function table (exact
-starts), then starts inferred from code and data: direct call/jump targets, addresses
-materialised in code (x64 LEA RIP, ARM64 ADRP+ADD) and relocated pointers in data.
-
-Functions without unwind data (leaf functions) live in the gaps between .pdata
-ranges. An inferred start there is accepted only if the reference comes from inside
-a known function and the target is a plausible entry (right after the previous
-function and its padding, or preceded by padding); its extent is then found by
-following its control flow. Accepting functions can validate more references, so
-the pass repeats until nothing changes.
+.pdata ranges (hpatch.image.pdata) and the starts the image states outright
+(hpatch.image.evidence) come first; leaf functions without unwind data are then found
+in the gaps from references in code and data, repeating until nothing changes; last,
+each function's inline data, fall-through tails and padding are claimed. The rules are
+described in docs/image-model.md.
 """
 
 from __future__ import annotations
 
 import bisect
-import re
 import struct
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from functools import cached_property
 from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from hpatch.arch import CodeSite, SiteKind
 from hpatch.errors import ImageFormatError
+from hpatch.image.evidence import STRONG, exact_starts, relocated_pointers
 from hpatch.image.model import (
-    BaseRelocationType,
     DataKind,
     DataRange,
     Evidence,
@@ -35,21 +28,12 @@ from hpatch.image.model import (
     Function,
     Section,
 )
+from hpatch.image.pdata import Ranges, pdata_functions
 
 if TYPE_CHECKING:
     from hpatch.image.reader import PEImage
 
 _MAX_ROUNDS = 16
-_SPLIT_PART_NAME = re.compile(r"^(.+)\.cold(?:\.\d+)?$")
-#: Bytes that may separate a fragment from the function it continues (an epilog
-#: instruction left outside both unwind ranges, alignment).
-_FRAGMENT_SLACK = 16
-_EXACT = frozenset(
-    {Evidence.PDATA, Evidence.EXPORT, Evidence.SYMBOL, Evidence.ENTRY, Evidence.GUARD_CF}
-)
-#: Evidence that a start is real wherever it lands: exact starts, and pointers the
-#: loader relocates (an address stored in data is an address the program uses).
-_STRONG = _EXACT | {Evidence.RELOC}
 _SITE_EVIDENCE = {
     SiteKind.CALL: Evidence.CALL,
     SiteKind.JUMP: Evidence.JUMP,
@@ -59,161 +43,13 @@ _SITE_EVIDENCE = {
 _EVIDENCE_ORDER = {e: i for i, e in enumerate(Evidence)}
 
 
-class _Ranges:
-    """Sorted, disjoint [start, end) ranges with point lookup."""
-
-    def __init__(self, ranges: Iterable[tuple[int, int]]) -> None:
-        ordered = sorted(ranges)
-        self.starts = [s for s, _ in ordered]
-        self.ends = [e for _, e in ordered]
-
-    def find(self, rva: int) -> int | None:
-        index = bisect.bisect_right(self.starts, rva) - 1
-        if index >= 0 and rva < self.ends[index]:
-            return index
-        return None
-
-
-def _split_parts(image: PEImage) -> dict[int, int]:
-    """Split-off parts named by the symbol table (``foo.cold``) -> the RVA of ``foo``."""
-    function_rvas = {s.name: s.rva for s in image.symbols if s.is_function}
-    parts = {}
-    for symbol in image.symbols:
-        match = _SPLIT_PART_NAME.match(symbol.name)
-        if symbol.is_function and match and match.group(1) in function_rvas:
-            parts[symbol.rva] = function_rvas[match.group(1)]
-    return parts
-
-
-def _pdata_functions(
-    image: PEImage, sites: list[CodeSite], referenced: Callable[[], set[int]]
-) -> tuple[dict[int, int], dict[int, list[Fragment]]]:
-    """Primary .pdata ranges (start -> end) and the fragments folded into them.
-
-    A fragment whose unwind data names no parent (ARM64 fragments, gcc ``.cold``
-    parts) belongs to the one function that jumps to it; failing that, to the
-    function whose last part ends right before it; failing both, it stands alone.
-    A frameless entry (gcc gives even frameless ``.cold`` parts .pdata) that nothing
-    calls, exports, names or points at, and that only one function reaches by
-    conditional jumps, is a fragment of that function. ``referenced`` gives the
-    RVAs with evidence other than conditional jumps. Where the symbol table names
-    a part (``foo.cold``), the name decides.
-    """
-    entries = image.unwind_entries
-    named_parts = _split_parts(image)
-    owner: dict[int, int] = dict(named_parts)
-    for entry in entries:
-        if entry.begin_rva in named_parts:
-            continue
-        if not entry.is_fragment:
-            owner[entry.begin_rva] = entry.begin_rva
-        elif entry.parent_rva is not None:
-            owner[entry.begin_rva] = entry.parent_rva
-    all_ranges = _Ranges((e.begin_rva, e.end_rva) for e in entries)
-    starts = {e.begin_rva for e in entries}
-    jumpers: dict[int, set[int]] = defaultdict(set)
-    conditional_only: dict[int, bool] = defaultdict(lambda: True)
-    for site_rva, target_rva, kind in sites:
-        if target_rva not in starts or kind not in (SiteKind.JUMP, SiteKind.COND_JUMP):
-            continue
-        index = all_ranges.find(site_rva)
-        if index is not None and all_ranges.starts[index] != target_rva:
-            jumpers[target_rva].add(all_ranges.starts[index])
-            if kind != SiteKind.COND_JUMP:
-                conditional_only[target_rva] = False
-
-    known_references: set[int] | None = None
-
-    def jumping_root(begin: int) -> int | None:
-        roots = {owner.get(rva) for rva in jumpers[begin]}
-        return roots.pop() if len(roots) == 1 and None not in roots else None
-
-    for position, entry in enumerate(entries):
-        begin = entry.begin_rva
-        if begin in named_parts:
-            continue
-        if entry.is_fragment and entry.parent_rva is None:
-            parent = jumping_root(begin)
-            if parent is None and position:
-                before = entries[position - 1]
-                if begin - before.end_rva <= _FRAGMENT_SLACK and before.begin_rva in owner:
-                    parent = owner[before.begin_rva]
-            owner[begin] = parent if parent is not None else begin
-        elif entry.frameless and conditional_only[begin]:
-            if known_references is None:
-                known_references = referenced()
-            if begin in known_references:
-                continue
-            parent = jumping_root(begin)
-            if parent is not None:
-                owner[begin] = parent
-    primaries: dict[int, int] = {}
-    fragments: dict[int, list[Fragment]] = defaultdict(list)
-    for entry in entries:
-        root = owner[entry.begin_rva]
-        if root == entry.begin_rva:
-            primaries[root] = entry.end_rva
-    for entry in entries:
-        root = owner[entry.begin_rva]
-        if root == entry.begin_rva:
-            continue
-        if root not in primaries:
-            primaries[entry.begin_rva] = entry.end_rva
-            continue
-        fragments[root].append(Fragment(entry.begin_rva, entry.end_rva - entry.begin_rva))
-    return primaries, fragments
-
-
-def _exact_starts(image: PEImage) -> tuple[dict[int, set[Evidence]], dict[int, str]]:
-    """Starts named by exports, COFF symbols, the entry point and the CFG table."""
-    evidence: dict[int, set[Evidence]] = defaultdict(set)
-    names: dict[int, str] = {}
-
-    def is_code(rva: int) -> bool:
-        section = image.section_at(rva)
-        return section is not None and section.is_executable
-
-    for symbol in image.symbols:
-        if symbol.is_function and is_code(symbol.rva):
-            evidence[symbol.rva].add(Evidence.SYMBOL)
-            names.setdefault(symbol.rva, symbol.name)
-    for export in image.exports:
-        if export.forwarder is None and is_code(export.rva):
-            evidence[export.rva].add(Evidence.EXPORT)
-            if export.name:
-                names[export.rva] = export.name
-    if image.entry_rva and is_code(image.entry_rva):
-        evidence[image.entry_rva].add(Evidence.ENTRY)
-    if image.load_config is not None:
-        for rva in image.load_config.guard_cf_function_rvas:
-            if is_code(rva):
-                evidence[rva].add(Evidence.GUARD_CF)
-    return evidence, names
-
-
-def _relocated_pointers(image: PEImage, lo: int, hi: int) -> list[int]:
-    """Targets of base-relocated pointers that land in executable code."""
-    targets = []
-    for relocation in image.relocations:
-        if relocation.type == BaseRelocationType.DIR64:
-            (value,) = struct.unpack("<Q", image.read(relocation.rva, 8))
-        elif relocation.type == BaseRelocationType.HIGHLOW:
-            (value,) = struct.unpack("<I", image.read(relocation.rva, 4))
-        else:
-            continue
-        rva = value - image.image_base
-        if lo <= rva < hi:
-            targets.append(rva)
-    return targets
-
-
 class _Discovery:
     def __init__(self, image: PEImage) -> None:
         self.image = image
         self.arch = image.arch
         self.code_sections = image.executable_sections
         self.extents: dict[tuple[int, int], int | None] = {}
-        self.exact, self.names = _exact_starts(image)
+        self.exact, self.names = exact_starts(image)
         self.iat_slots = {i.iat_rva: i for i in image.imports}
         self.thunk_names: dict[int, str] = {}
         #: .pdata start -> the entry before it that runs into it (see leaves_in_gap).
@@ -225,7 +61,7 @@ class _Discovery:
         if self.code_sections:
             lo = min(s.rva for s in self.code_sections)
             hi = max(s.end_rva for s in self.code_sections)
-            self.pointers = _relocated_pointers(image, lo, hi)
+            self.pointers = relocated_pointers(image, lo, hi)
             scanned = [
                 site
                 for section in self.code_sections
@@ -240,17 +76,17 @@ class _Discovery:
         #: the sites again, ordered by target, and their targets, for lookups by bisection.
         self.by_target = sorted(self.sites, key=itemgetter(1))
         self.target_keys = [site[1] for site in self.by_target]
-        self.primaries, self.fragments = _pdata_functions(image, self.sites, self.referenced)
+        self.primaries, self.fragments = pdata_functions(image, self.sites, self.referenced)
         self.static_evidence: dict[int, set[Evidence]] = defaultdict(set)
         for rva in self.pointers:
             self.static_evidence[rva].add(Evidence.RELOC)
         for rva, sources in self.exact.items():
             self.static_evidence[rva].update(sources)
 
-    def covered(self, leaves: dict[int, int]) -> _Ranges:
+    def covered(self, leaves: dict[int, int]) -> Ranges:
         ranges = list(self.primaries.items()) + list(leaves.items())
         ranges += [(f.rva, f.rva + f.size) for parts in self.fragments.values() for f in parts]
-        return _Ranges(ranges)
+        return Ranges(ranges)
 
     def referenced(self) -> set[int]:
         """RVAs with evidence other than conditional jumps (asked only for frameless entries)."""
@@ -270,7 +106,7 @@ class _Discovery:
         keys = self.target_keys
         return self.by_target[bisect.bisect_left(keys, target) : bisect.bisect_right(keys, target)]
 
-    def evidence_for(self, targets: Iterable[int], known: _Ranges) -> dict[int, set[Evidence]]:
+    def evidence_for(self, targets: Iterable[int], known: Ranges) -> dict[int, set[Evidence]]:
         """Evidence for ``targets``: the exact and pointer evidence, plus each code
         reference whose site lies in a function known so far."""
         found: dict[int, set[Evidence]] = defaultdict(set)
@@ -282,7 +118,7 @@ class _Discovery:
                     found[target].add(_SITE_EVIDENCE[kind])
         return found
 
-    def gaps(self, pdata: _Ranges) -> list[tuple[Section, int, int]]:
+    def gaps(self, pdata: Ranges) -> list[tuple[Section, int, int]]:
         """Parts of the code sections not covered by .pdata ranges."""
         gaps = []
         for section in self.code_sections:
@@ -374,7 +210,7 @@ class _Discovery:
         targets = ordered[
             bisect.bisect_left(ordered, gap_start) : bisect.bisect_left(ordered, gap_end)
         ]
-        exact_targets = [t for t in targets if evidence[t] & _STRONG]
+        exact_targets = [t for t in targets if evidence[t] & STRONG]
         index = 0
         previous_end = gap_start
         cursor = gap_start + self.padding_at(section, gap_start, gap_end)
@@ -395,7 +231,7 @@ class _Discovery:
             # A start may sit inside what looks like padding: a hotpatch-ready function
             # opens with a two-byte nop (66 90), the same bytes compilers pad with.
             plausible = target <= cursor or self.preceded_by_padding(section, target)
-            if not (evidence[target] & _STRONG or plausible):
+            if not (evidence[target] & STRONG or plausible):
                 continue
             next_exact = bisect.bisect_right(exact_targets, target)
             bound = exact_targets[next_exact] if next_exact < len(exact_targets) else gap_end
@@ -418,7 +254,7 @@ class _Discovery:
             cursor = end + self.padding_at(section, end, gap_end)
 
     def run(self) -> tuple[Function, ...]:
-        pdata = _Ranges(
+        pdata = Ranges(
             list(self.primaries.items())
             + [(f.rva, f.rva + f.size) for parts in self.fragments.values() for f in parts]
         )
@@ -437,7 +273,7 @@ class _Discovery:
                 targets = ordered[
                     bisect.bisect_left(ordered, start) : bisect.bisect_left(ordered, end)
                 ]
-                key = (start, tuple((t, bool(evidence[t] & _STRONG)) for t in targets))
+                key = (start, tuple((t, bool(evidence[t] & STRONG)) for t in targets))
                 if key not in gap_results:
                     gap_results[key] = self.leaves_in_gap(section, start, end, evidence, ordered)
                 found.update(gap_results[key])
