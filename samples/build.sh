@@ -62,21 +62,31 @@ for build in $BUILDS; do
     esac
 
     # ---- samplehost.dll and its import library --------------------------
+    # Built like sample.dll: a DWARF link for the ground truth, shipped without it.
+    mkdir -p $o/host/debug
     if [ $kind = gnu ]; then
         $GCC -O2 -ffreestanding -fno-stack-protector -fno-tree-loop-distribute-patterns \
-            -ffunction-sections -Wall -Wextra -c src/samplehost.c -o $o/host/samplehost.o
-        $GCC -shared -nostdlib -Wl,--entry=HostDllMain -Wl,--no-insert-timestamp \
-            -Wl,--image-base=0x1c0000000 -Wl,-Map=$o/host/samplehost.map \
+            -ffunction-sections -Wall -Wextra -g $DEBUG_MAP -c src/samplehost.c -o $o/host/samplehost.o
+        HOSTLD="-shared -nostdlib -Wl,--entry=HostDllMain -Wl,--no-insert-timestamp -Wl,--image-base=0x1c0000000"
+        $GCC $HOSTLD -Wl,-Map=$o/host/debug/samplehost.map \
+            -o $o/host/debug/samplehost.dll $o/host/samplehost.o src/samplehost.def
+        $GCC $HOSTLD -Wl,--strip-debug -Wl,-Map=$o/host/samplehost.map \
             -o $o/host/samplehost.dll $o/host/samplehost.o src/samplehost.def
         llvm-dlltool -m i386:x86-64 -d src/samplehost.def -l $o/samplehost.lib
     else
         clang ${CFLAGS%% *} -O2 -ffreestanding -fno-stack-protector -fasynchronous-unwind-tables \
-            -ffunction-sections -Wall -Wextra -c src/samplehost.c -o $o/host/samplehost.obj
+            -ffunction-sections -Wall -Wextra -g -gdwarf -fdebug-compilation-dir=. $DEBUG_MAP \
+            -c src/samplehost.c -o $o/host/samplehost.obj
         lld-link /nologo /dll /nodefaultlib /entry:HostDllMain /machine:$machine /brepro \
-            /opt:ref /opt:noicf /base:0x1c0000000 /def:src/samplehost.def \
-            /implib:$o/host/samplehost.implib.lib /out:$o/host/samplehost.dll $o/host/samplehost.obj
+            /opt:ref /opt:noicf /base:0x1c0000000 /def:src/samplehost.def /debug:dwarf \
+            /lldmap:$o/host/samplehost.map /implib:$o/host/samplehost.implib.lib \
+            /out:$o/host/debug/samplehost.dll $o/host/samplehost.obj
+        llvm-objcopy --strip-debug $o/host/debug/samplehost.dll $o/host/samplehost.dll
         llvm-dlltool -m $dllmachine -d src/samplehost.def -l $o/samplehost.lib
     fi
+    $PYTHON tools/truth.py --debug-image $o/host/debug/samplehost.dll --shipped $o/host/samplehost.dll \
+        --map $o/host/samplehost.map --map-kind $kind \
+        --out $o/host/samplehost.funcs.tsv --data-out $o/host/samplehost.textdata.tsv
 
     for v in $VERSIONS; do
         vo=$o/v$v
@@ -111,7 +121,7 @@ for build in $BUILDS; do
             llvm-objcopy --strip-debug $vo/debug/sample.dll $out/sample.dll
         fi
         llvm-objcopy --strip-all $out/sample.dll $out/sample.stripped.dll
-        cp $o/host/samplehost.dll $out/samplehost.dll
+        cp $o/host/samplehost.dll $o/host/samplehost.funcs.tsv $o/host/samplehost.textdata.tsv $out/
 
         $PYTHON tools/truth.py --debug-image $vo/debug/sample.dll --shipped $out/sample.dll \
             --map $out/sample.map --map-kind $kind \

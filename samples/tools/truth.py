@@ -164,15 +164,22 @@ def parse_gnu_map(path, image_base):
 # ---------------------------------------------------------------------------
 
 def symbol_names(pe):
-    """rva -> sorted list of distinct names of symbols in .text (no section symbols)."""
+    """rva -> sorted list of distinct names of symbols in .text (no section symbols).
+
+    Where a function-typed symbol (COFF type 0x20) shares its address with untyped
+    labels (GNU ld's ___crt_xc_start__ and friends), only the function names count.
+    """
     text = pe.text()
-    names = {}
+    names, functions = {}, {}
     for s in pe.symbols:
         if s.rva is None or not (text.rva <= s.rva < text.rva + text.vsize):
             continue
         if s.name.startswith(".") or s.name.startswith("$"):
             continue
         names.setdefault(s.rva, set()).add(s.name)
+        if (s.type >> 4) & 0x3 == 2:
+            functions.setdefault(s.rva, set()).add(s.name)
+    names.update(functions)
     return {k: sorted(v) for k, v in names.items()}
 
 
@@ -184,8 +191,26 @@ def check_same_image(dbg, shipped):
     b = {s.name: s for s in shipped.loaded_sections()}
     if sorted(a) != sorted(b):
         die("section lists differ: %s vs %s" % (sorted(a), sorted(b)))
+    # Stripping debug sections can shrink the headers and so move raw data in the
+    # file: the debug directory's PointerToRawData fields may differ by exactly that
+    # shift, nothing else may.
+    debug_rva, debug_size = dbg.dirs[6] if len(dbg.dirs) > 6 else (0, 0)
+    pointer_fields = [debug_rva + 28 * entry + 24 for entry in range(debug_size // 28)]
     for name in a:
-        if a[name].rva != b[name].rva or dbg.section_bytes(a[name]) != shipped.section_bytes(b[name]):
+        if a[name].rva != b[name].rva:
+            die("section %s moved between the debug image and the shipped image" % name)
+        old, new = dbg.section_bytes(a[name]), shipped.section_bytes(b[name])
+        shift = a[name].rawptr - b[name].rawptr
+        if len(old) != len(new):
+            die("section %s differs between the debug image and the shipped image" % name)
+        for field in pointer_fields:
+            offset = field - a[name].rva
+            if offset % 4 == 0 and 0 <= offset <= len(old) - 4:
+                was = struct.unpack_from("<I", old, offset)[0]
+                now = struct.unpack_from("<I", new, offset)[0]
+                if was and was - now == shift:
+                    new = new[:offset] + old[offset : offset + 4] + new[offset + 4 :]
+        if old != new:
             die("section %s differs between the debug image and the shipped image" % name)
 
 

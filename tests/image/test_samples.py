@@ -151,3 +151,19 @@ def test_symbols_do_not_change_the_mapped_image() -> None:
         stripped = load_image(SAMPLES / build / "v1" / "sample.stripped.dll")
         assert [s.data for s in full.sections] == [s.data for s in stripped.sections]
         assert full.identity.file_sha256 != stripped.identity.file_sha256
+
+
+@pytest.mark.parametrize("build", ["x64-gcc", "x64-clang", "x64-clang-hotpatch", "arm64-clang"])
+def test_samplehost_functions_match_the_truth_exactly(build: str) -> None:
+    folder = SAMPLES / build / "v1"
+    truth = read_truth(folder / "samplehost.funcs.tsv")
+    image = load_image(folder / "samplehost.dll")
+    assert sorted((f.rva, f.size) for f in image.functions) == sorted(
+        (r.rva, r.size) for r in truth
+    )
+    names = {f.rva: f.name for f in image.functions}
+    assert {names[r.rva] for r in truth} >= {"host_log", "host_alloc", "host_free", "host_now"}
+    for version in ("v2", "v3", "v4"):  # the host does not change with the library's versions
+        assert (SAMPLES / build / version / "samplehost.dll").read_bytes() == (
+            folder / "samplehost.dll"
+        ).read_bytes()
