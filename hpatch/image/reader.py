@@ -100,6 +100,7 @@ class PEImage:
         if not 0 < self.size_of_image <= MAX_IMAGE_SIZE:
             raise ImageFormatError(f"implausible SizeOfImage 0x{self.size_of_image:x}")
         self.sections: tuple[Section, ...] = self._read_sections(data, optional.sizeof_headers)
+        self._check_image_size(optional.section_alignment, optional.sizeof_headers)
         self.mapped: bytes = self._map(data, optional.sizeof_headers)
         self._check_directories()
         self.identity = ImageIdentity(
@@ -164,6 +165,22 @@ class PEImage:
         if not sections:
             raise ImageFormatError("PE file has no sections")
         return tuple(sections)
+
+    def _check_image_size(self, alignment: int, sizeof_headers: int) -> None:
+        """SizeOfImage is what the sections need, rounded up to the section alignment.
+
+        Linkers write exactly that; a larger value is corrupt (and would make hpatch
+        map and hash memory no section describes).
+        """
+        if alignment == 0 or alignment & (alignment - 1):
+            raise ImageFormatError(f"SectionAlignment 0x{alignment:x} is not a power of two")
+        needed = max([sizeof_headers] + [s.end_rva for s in self.sections])
+        needed += -needed % alignment
+        if self.size_of_image > needed:
+            raise ImageFormatError(
+                f"SizeOfImage 0x{self.size_of_image:x} is larger than the sections need "
+                f"(0x{needed:x})"
+            )
 
     def _map(self, data: bytes, sizeof_headers: int) -> bytes:
         """The image as the loader maps it at its preferred base (before relocation)."""
@@ -297,10 +314,10 @@ class PEImage:
         known = {t.value for t in BaseRelocationType}
         for block in self._binary.relocations:
             for entry in block.entries:
-                kind = int(entry.type.value) if hasattr(entry.type, "value") else int(entry.type)
+                # The raw 16-bit entry: lief's enum warns on types it does not know.
+                kind, rva = entry.data >> 12, block.virtual_address + (entry.data & 0xFFF)
                 if kind == BaseRelocationType.ABSOLUTE:
                     continue
-                rva = block.virtual_address + entry.position
                 if kind not in known:
                     raise ImageFormatError(
                         f"base relocation at rva 0x{rva:x} has unknown type {kind}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import struct
+import warnings
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,23 @@ def test_random_files_behind_a_valid_header() -> None:
         data = header + body if trial % 2 else body
         with pytest.raises(HPatchError):
             load_fully(data)
+
+
+def test_size_of_image_larger_than_the_sections_need() -> None:
+    data = CLANG_X64.read_bytes()
+    huge = corrupt.set_u32(data, corrupt.optional_offset(data) + 56, 0x20009000)
+    with pytest.raises(ImageFormatError, match="larger than the sections need"):
+        load_image(huge)
+
+
+@pytest.mark.parametrize("path", REAL_FILES, ids=lambda p: p.parent.parent.name)
+def test_unknown_base_relocation_type_is_an_error_not_a_warning(path: Path) -> None:
+    data = path.read_bytes()
+    rva, _ = corrupt.directory(data, 5)
+    first_entry = corrupt.rva_to_offset(data, rva) + 8
+    (entry,) = struct.unpack_from("<H", data, first_entry)
+    mutated = corrupt.set_u16(data, first_entry, (8 << 12) | (entry & 0xFFF))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ImageFormatError, match="unknown type 8"):
+            load_image(mutated)
