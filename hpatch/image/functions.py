@@ -204,12 +204,11 @@ class _Discovery:
         gap_start: int,
         gap_end: int,
         evidence: dict[int, set[Evidence]],
-        ordered: list[int],
+        targets: list[int],
     ) -> dict[int, int]:
+        """Functions without unwind data in [gap_start, gap_end); ``targets`` are the
+        candidate starts in the gap, sorted."""
         leaves: dict[int, int] = {}
-        targets = ordered[
-            bisect.bisect_left(ordered, gap_start) : bisect.bisect_left(ordered, gap_end)
-        ]
         exact_targets = [t for t in targets if evidence[t] & STRONG]
         index = 0
         previous_end = gap_start
@@ -254,10 +253,7 @@ class _Discovery:
             cursor = end + self.padding_at(section, end, gap_end)
 
     def run(self) -> tuple[Function, ...]:
-        pdata = Ranges(
-            list(self.primaries.items())
-            + [(f.rva, f.rva + f.size) for parts in self.fragments.values() for f in parts]
-        )
+        pdata = self.covered({})
         gaps = self.gaps(pdata)
         # Only references into the gaps can reveal new functions; check them each round.
         gap_targets = [t for t in dict.fromkeys(self.target_keys) if pdata.find(t) is None]
@@ -275,7 +271,7 @@ class _Discovery:
                 ]
                 key = (start, tuple((t, bool(evidence[t] & STRONG)) for t in targets))
                 if key not in gap_results:
-                    gap_results[key] = self.leaves_in_gap(section, start, end, evidence, ordered)
+                    gap_results[key] = self.leaves_in_gap(section, start, end, evidence, targets)
                 found.update(gap_results[key])
             if found == leaves:
                 break
