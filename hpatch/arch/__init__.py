@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from hpatch.arch.base import Arch, CodeSite, Machine, SiteKind, UnwindEntry
+from hpatch.arch.base import (
+    Arch,
+    CodeSite,
+    Machine,
+    NormalisedCode,
+    Reference,
+    RefKind,
+    SiteKind,
+    UnwindEntry,
+)
 from hpatch.errors import UnsupportedError
 
 
@@ -28,6 +37,9 @@ __all__ = [
     "Arch",
     "CodeSite",
     "Machine",
+    "NormalisedCode",
+    "RefKind",
+    "Reference",
     "SiteKind",
     "UnwindEntry",
     "arch_for",

@@ -30,6 +30,40 @@ class SiteKind(IntEnum):
     LOAD = 5  # a PC-relative load from the target (ARM64 LDR literal)
 
 
+class RefKind(IntEnum):
+    """What an instruction operand that names another place in the image means."""
+
+    CALL = 1  # direct call (x64 E8, ARM64 BL)
+    BRANCH = 2  # direct jump, conditional or not, out of the function
+    DATA = 3  # x64 RIP-relative operand (memory access or LEA)
+    ABSOLUTE = 4  # an absolute address the loader relocates
+    IMAGE_RVA = 5  # an offset from __ImageBase (MSVC x64 table indexing)
+    ADDRESS = 6  # ARM64 ADR, or ADRP with the ADD/LDR/STR that completes it
+    LITERAL = 7  # ARM64 LDR (literal)
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """An operand of the instruction at ``site_rva`` that names ``target_rva``.
+
+    Its bits are masked in the normalised code: what stays comparable is what the
+    reference points at, which the diff resolves under its match.
+    """
+
+    site_rva: int
+    kind: RefKind
+    target_rva: int
+
+
+@dataclass(frozen=True, slots=True)
+class NormalisedCode:
+    """Code with every position-dependent field masked, and what those fields named."""
+
+    code: bytes
+    references: tuple[Reference, ...]
+    instruction_count: int
+
+
 @dataclass(frozen=True, slots=True)
 class UnwindEntry:
     """One .pdata entry, decoded.
@@ -81,6 +115,23 @@ class Arch(ABC):
         """Candidate direct references in ``code`` whose targets lie in [lo_rva, hi_rva).
 
         Entries are ``(site_rva, target_rva, kind)`` tuples in site order.
+        """
+
+    @abstractmethod
+    def normalise(
+        self,
+        code: bytes,
+        code_rva: int,
+        inside: Callable[[int], bool],
+        relocated: frozenset[int],
+        image_base: int,
+    ) -> NormalisedCode:
+        """Mask the position-dependent fields of ``code`` (at ``code_rva``).
+
+        References whose target satisfies ``inside`` (the function's own code) keep
+        their bytes: moving the whole function does not change them. ``relocated``
+        holds the RVAs of base-relocated fields; ``image_base`` turns the addresses
+        they hold into RVAs.
         """
 
     @abstractmethod

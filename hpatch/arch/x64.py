@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import capstone
+from capstone import x86_const
 
 from hpatch._backend import core
-from hpatch.arch.base import Arch, CodeSite, Machine, ReadRva, UnwindEntry
+from hpatch.arch.base import (
+    Arch,
+    CodeSite,
+    Machine,
+    NormalisedCode,
+    ReadRva,
+    Reference,
+    RefKind,
+    UnwindEntry,
+)
 from hpatch.errors import ImageFormatError
 
 UNW_FLAG_CHAININFO = 0x4
@@ -52,6 +62,8 @@ class X64(Arch):
 
     def __init__(self) -> None:
         self._cs_lite = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        self._cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        self._cs.detail = True
 
     # .pdata -------------------------------------------------------------
 
@@ -117,6 +129,55 @@ class X64(Arch):
 
     def scan_sites(self, code: bytes, code_rva: int, lo_rva: int, hi_rva: int) -> list[CodeSite]:
         return core.scan_x64_sites(code, code_rva, lo_rva, hi_rva)
+
+    def normalise(
+        self,
+        code: bytes,
+        code_rva: int,
+        inside: Callable[[int], bool],
+        relocated: frozenset[int],
+        image_base: int,
+    ) -> NormalisedCode:
+        masked = bytearray(code)
+        references: list[Reference] = []
+        image_base_registers: set[int] = set()
+        count = 0
+
+        def mask(site: int, field_rva: int, size: int, kind: RefKind, target: int) -> None:
+            offset = field_rva - code_rva
+            masked[offset : offset + size] = bytes(size)
+            references.append(Reference(site, kind, target))
+
+        for insn in self._cs.disasm(code, code_rva):
+            count += 1
+            imm_rva = insn.address + insn.imm_offset
+            if insn.imm_size == 8 and imm_rva in relocated:
+                (value,) = struct.unpack_from("<Q", code, imm_rva - code_rva)
+                mask(insn.address, imm_rva, 8, RefKind.ABSOLUTE, value - image_base)
+                continue
+            is_call = insn.group(capstone.CS_GRP_CALL)
+            if insn.imm_size and (is_call or insn.group(capstone.CS_GRP_JUMP)):
+                operand = insn.operands[0]
+                if operand.type == x86_const.X86_OP_IMM and not inside(operand.imm):
+                    kind = RefKind.CALL if is_call else RefKind.BRANCH
+                    mask(insn.address, imm_rva, insn.imm_size, kind, operand.imm)
+                continue
+            for operand in insn.operands:
+                if operand.type != x86_const.X86_OP_MEM or not insn.disp_size:
+                    continue
+                disp_rva = insn.address + insn.disp_offset
+                if operand.mem.base == x86_const.X86_REG_RIP:
+                    target = insn.address + insn.size + operand.mem.disp
+                    if target == 0 and insn.id == x86_const.X86_INS_LEA:
+                        # lea reg, [__ImageBase]: later operands on reg are image offsets
+                        image_base_registers.add(insn.operands[0].reg)
+                    if not inside(target):
+                        mask(insn.address, disp_rva, insn.disp_size, RefKind.DATA, target)
+                elif operand.mem.base in image_base_registers and insn.disp_size == 4:
+                    mask(
+                        insn.address, disp_rva, 4, RefKind.IMAGE_RVA, operand.mem.disp & 0xFFFFFFFF
+                    )
+        return NormalisedCode(bytes(masked), tuple(references), count)
 
     def code_extent(
         self, read: ReadRva, start_rva: int, bound_rva: int, roots: Sequence[int] = ()

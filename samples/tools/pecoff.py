@@ -215,3 +215,112 @@ class PE:
     def loaded_sections(self):
         """Sections that are part of the mapped image (not DWARF debug sections)."""
         return [s for s in self.sections if not s.name.startswith(".debug")]
+
+
+# ---------------------------------------------------------------------------
+# COFF object files (.o / .obj)
+
+IMAGE_SCN_CNT_CODE = 0x20
+IMAGE_SCN_CNT_UNINITIALIZED_DATA = 0x80
+IMAGE_SCN_LNK_NRELOC_OVFL = 0x01000000
+IMAGE_SYM_CLASS_EXTERNAL = 2
+IMAGE_SYM_CLASS_STATIC = 3
+IMAGE_SYM_DTYPE_FUNCTION = 0x20
+
+
+class ObjSection:
+    def __init__(self, index, name, size, rawptr, relptr, nrel, chars):
+        self.index = index      # 1-based
+        self.name = name
+        self.size = size
+        self.rawptr = rawptr
+        self.relptr = relptr
+        self.nrel = nrel
+        self.chars = chars
+        self.data = b""
+        self.relocs = []        # [(offset, symbol_index, type)]
+        self.comdat = 0         # COMDAT selection from the section definition (0: none)
+
+    @property
+    def is_code(self):
+        return bool(self.chars & IMAGE_SCN_CNT_CODE)
+
+    @property
+    def is_bss(self):
+        return bool(self.chars & IMAGE_SCN_CNT_UNINITIALIZED_DATA)
+
+
+class ObjSymbol:
+    def __init__(self, index, name, value, secnum, typ, sclass, naux):
+        self.index = index      # index in the symbol table (aux records count)
+        self.name = name
+        self.value = value
+        self.secnum = secnum
+        self.type = typ
+        self.sclass = sclass
+        self.naux = naux
+        self.is_section = False  # the section's own symbol (static, with a section definition)
+
+    @property
+    def is_function(self):
+        return self.type == IMAGE_SYM_DTYPE_FUNCTION
+
+
+class COFFObject:
+    """A COFF relocatable object: sections with their bytes and relocations,
+    and the symbol table (indexed as the relocations index it)."""
+
+    def __init__(self, path):
+        with open(path, "rb") as f:
+            d = f.read()
+        self.path = path
+        (self.machine, nsec, _, symptr, nsyms, optsize, _) = struct.unpack_from("<HHIIIHH", d, 0)
+        if self.machine not in (MACHINE_AMD64, MACHINE_ARM64) or optsize:
+            raise ValueError("%s: not an x64/arm64 COFF object" % path)
+        strtab = symptr + 18 * nsyms
+
+        def string(off):
+            end = d.index(b"\0", strtab + off)
+            return d[strtab + off:end].decode("latin-1")
+
+        self.sections = []
+        for i in range(nsec):
+            off = 20 + 40 * i
+            raw = d[off:off + 8]
+            name = raw.rstrip(b"\0").decode("latin-1")
+            if name.startswith("/"):
+                name = string(int(name[1:]))
+            (_, _, size, rawptr, relptr, _, nrel, _, chars) = struct.unpack_from(
+                "<IIIIIIHHI", d, off + 8)
+            if chars & IMAGE_SCN_LNK_NRELOC_OVFL:
+                raise ValueError("%s: section %s: relocation count overflow" % (path, name))
+            s = ObjSection(i + 1, name, size, rawptr, relptr, nrel, chars)
+            if not s.is_bss:
+                s.data = d[rawptr:rawptr + size]
+            for j in range(nrel):
+                s.relocs.append(struct.unpack_from("<IIH", d, relptr + 10 * j))
+            self.sections.append(s)
+
+        self.symbols = {}
+        i = 0
+        while i < nsyms:
+            off = symptr + 18 * i
+            raw = d[off:off + 18]
+            if raw[:4] == b"\0\0\0\0":
+                name = string(struct.unpack_from("<I", raw, 4)[0])
+            else:
+                name = raw[:8].rstrip(b"\0").decode("latin-1")
+            value, secnum, typ, sclass, naux = struct.unpack_from("<IhHBB", raw, 8)
+            sym = ObjSymbol(i, name, value, secnum, typ, sclass, naux)
+            if (sclass == IMAGE_SYM_CLASS_STATIC and naux and value == 0 and
+                    1 <= secnum <= nsec and self.sections[secnum - 1].name == name):
+                sym.is_section = True
+                aux = d[off + 18:off + 36]
+                self.sections[secnum - 1].comdat = aux[14]
+            self.symbols[i] = sym
+            i += 1 + naux
+
+    def section_of(self, sym):
+        if 1 <= sym.secnum <= len(self.sections):
+            return self.sections[sym.secnum - 1]
+        return None

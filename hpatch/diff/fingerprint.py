@@ -1,0 +1,86 @@
+"""Position-independent fingerprints of functions.
+
+A function's fingerprint is a digest of its code with every position-dependent field
+masked (branch and call displacements that leave the function, RIP-relative and
+ADRP/ADR/literal operands, relocated absolute addresses, __ImageBase offsets), plus
+the list of what those fields referenced. Two functions are the same only if their
+digests are equal and their references correspond under the match (kpatch's rule:
+equal bytes, and relocations that point at the same things).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from hpatch.arch import Reference, RefKind
+from hpatch.image import DataKind, Function, PEImage
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionFingerprint:
+    """What the diff compares of one function."""
+
+    function: Function
+    digest: bytes
+    references: tuple[Reference, ...]
+    instruction_count: int
+
+    @property
+    def rva(self) -> int:
+        return self.function.rva
+
+
+def _relocated_fields(image: PEImage) -> frozenset[int]:
+    return frozenset(r.rva for r in image.relocations)
+
+
+def fingerprint_function(
+    image: PEImage, function: Function, relocated: frozenset[int] | None = None
+) -> FunctionFingerprint:
+    """The fingerprint of one function of ``image``."""
+    if relocated is None:
+        relocated = _relocated_fields(image)
+    entry_end = function.extent_end
+    digest = hashlib.blake2b(digest_size=16)
+    references: list[Reference] = []
+    instructions = 0
+    parts = [(function.rva, function.end_rva, entry_end)]
+    parts += [(f.rva, f.rva + f.size, f.rva + f.size) for f in function.fragments]
+    for start, end, own_end in parts:
+        # A displacement is position-independent only within one part: parts laid out
+        # apart (gcc .cold, chained fragments) can move relative to each other.
+        normalised = image.arch.normalise(
+            image.read(start, end - start),
+            start,
+            lambda target, lo=start, hi=own_end: lo <= target < hi,
+            relocated,
+            image.image_base,
+        )
+        # The part's offset from the entry matters (a branch into it keeps its bytes);
+        # fragments elsewhere are compared by content only.
+        relative = start - function.rva if start < entry_end else -1
+        digest.update(struct.pack("<qI", relative, len(normalised.code)))
+        digest.update(normalised.code)
+        references.extend(normalised.references)
+        instructions += normalised.instruction_count
+    for data in function.inline_data:
+        content = image.read(data.rva, data.size)
+        if data.kind == DataKind.JUMP_TABLE_RVA:
+            # entries are RVAs: keep where they point relative to the function
+            offsets = [value - function.rva for (value,) in struct.iter_unpack("<I", content)]
+            content = struct.pack(f"<{len(offsets)}q", *offsets)
+            references.extend(
+                Reference(data.rva, RefKind.IMAGE_RVA, function.rva + offset) for offset in offsets
+            )
+        digest.update(struct.pack("<qI", data.rva - function.rva, len(content)))
+        digest.update(data.kind.value.encode())
+        digest.update(content)
+    return FunctionFingerprint(function, digest.digest(), tuple(references), instructions)
+
+
+def fingerprint_image(image: PEImage) -> tuple[FunctionFingerprint, ...]:
+    """Fingerprints of every function of ``image``, in RVA order."""
+    relocated = _relocated_fields(image)
+    return tuple(fingerprint_function(image, f, relocated) for f in image.functions)
