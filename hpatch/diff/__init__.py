@@ -1,5 +1,18 @@
 """Function-granularity diff of two PE images: fingerprints, matching, classification."""
 
+from hpatch.diff.api import DiffResult, diff_images
+from hpatch.diff.classify import FunctionChange, Status
 from hpatch.diff.fingerprint import FunctionFingerprint, fingerprint_function, fingerprint_image
+from hpatch.diff.match import Match, MatchRule
 
-__all__ = ["FunctionFingerprint", "fingerprint_function", "fingerprint_image"]
+__all__ = [
+    "DiffResult",
+    "FunctionChange",
+    "FunctionFingerprint",
+    "Match",
+    "MatchRule",
+    "Status",
+    "diff_images",
+    "fingerprint_function",
+    "fingerprint_image",
+]

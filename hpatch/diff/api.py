@@ -1,0 +1,46 @@
+"""``diff_images``: the function-level diff of two builds of one PE image."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from hpatch.diff.classify import FunctionChange, Status, classify
+from hpatch.diff.fingerprint import fingerprint_image
+from hpatch.diff.match import Match, Side, match_functions
+from hpatch.errors import UnsupportedError
+from hpatch.image import PEImage
+
+
+@dataclass(frozen=True, slots=True)
+class DiffResult:
+    """Every function of either build with its status, and how the builds were matched."""
+
+    old: PEImage
+    new: PEImage
+    changes: tuple[FunctionChange, ...]
+    matches: tuple[Match, ...]
+
+    def with_status(self, status: Status) -> tuple[FunctionChange, ...]:
+        return tuple(c for c in self.changes if c.status == status)
+
+    def summary(self) -> dict[str, int]:
+        counts = Counter(c.status for c in self.changes)
+        return {
+            "functions_old": len(self.old.functions),
+            "functions_new": len(self.new.functions),
+            **{status.value: counts[status] for status in Status},
+        }
+
+
+def diff_images(old: PEImage, new: PEImage) -> DiffResult:
+    """Match and classify the functions of two builds of the same image."""
+    if old.identity.machine != new.identity.machine:
+        raise UnsupportedError(
+            f"cannot diff a {old.identity.machine.name} image against a "
+            f"{new.identity.machine.name} image"
+        )
+    old_side = Side(old, fingerprint_image(old))
+    new_side = Side(new, fingerprint_image(new))
+    matches = match_functions(old_side, new_side)
+    return DiffResult(old, new, classify(old_side, new_side, matches), matches)

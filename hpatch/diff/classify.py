@@ -1,0 +1,165 @@
+"""Classify matched functions: unchanged only if the code and what it references agree.
+
+kpatch's rule on linked images: equal normalised code, and every reference pointing at
+corresponding things: the same place in matched functions, the same import, the same
+global (learned from functions whose code is identical), or read-only data of equal
+content.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from enum import Enum
+
+from hpatch.arch import Reference
+from hpatch.diff.match import Match, Side
+from hpatch.image import Function, Import, PEImage
+
+
+class Status(Enum):
+    """What happened to a function between the builds."""
+
+    UNCHANGED = "unchanged"
+    MODIFIED = "modified"
+    ADDED = "added"
+    REMOVED = "removed"
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionChange:
+    """One function's fate; ``reason`` says why a matched function counts as modified."""
+
+    status: Status
+    old: Function | None
+    new: Function | None
+    match: Match | None
+    reason: str = ""
+
+
+def _import_key(imported: Import) -> tuple[str, str | int]:
+    return (
+        imported.dll.lower(),
+        imported.name if imported.name is not None else imported.ordinal or 0,
+    )
+
+
+def _part_position(image: PEImage, rva: int) -> tuple[int, int, int] | None:
+    """(function rva, part index, offset in part) of a code address, if in a function."""
+    function = image.function_at(rva)
+    if function is None:
+        return None
+    if function.rva <= rva < function.extent_end:
+        return function.rva, 0, rva - function.rva
+    for index, fragment in enumerate(function.fragments, start=1):
+        if fragment.rva <= rva < fragment.rva + fragment.size:
+            return function.rva, index, rva - fragment.rva
+    return None
+
+
+class Correspondence:
+    """Decides whether an old target and a new target are the same thing."""
+
+    def __init__(self, old: Side, new: Side, matches: tuple[Match, ...]) -> None:
+        self.old, self.new = old, new
+        self.matched = {m.old_rva: m.new_rva for m in matches}
+        self.old_imports = {i.iat_rva: _import_key(i) for i in old.image.imports}
+        self.new_imports = {i.iat_rva: _import_key(i) for i in new.image.imports}
+        self.data = self._learn_data(matches)
+        self.section_shift = self._learn_section_shifts()
+
+    def _is_code(self, side: Side, rva: int) -> bool:
+        section = side.image.section_at(rva)
+        return section is not None and section.is_executable
+
+    def _learn_data(self, matches: tuple[Match, ...]) -> dict[int, int]:
+        """old data address -> new, from matched functions with identical code."""
+        votes: dict[int, set[int]] = defaultdict(set)
+        for match in matches:
+            old_print = self.old.fingerprints[match.old_rva]
+            new_print = self.new.fingerprints[match.new_rva]
+            if old_print.digest != new_print.digest or len(old_print.references) != len(
+                new_print.references
+            ):
+                continue
+            for a, b in zip(old_print.references, new_print.references, strict=True):
+                if a.kind != b.kind or a.target_rva in self.old_imports:
+                    continue
+                if self._is_code(self.old, a.target_rva) or self._is_code(self.new, b.target_rva):
+                    continue
+                votes[a.target_rva].add(b.target_rva)
+        return {old: next(iter(new)) for old, new in votes.items() if len(new) == 1}
+
+    def _learn_section_shifts(self) -> dict[str, int]:
+        """The shift most learned addresses of each data section agree on."""
+        shifts: dict[str, Counter[int]] = defaultdict(Counter)
+        for old_rva, new_rva in self.data.items():
+            section = self.old.image.section_at(old_rva)
+            if section is not None:
+                shifts[section.name][new_rva - old_rva] += 1
+        return {name: counter.most_common(1)[0][0] for name, counter in shifts.items()}
+
+    def same(self, old_target: int, new_target: int) -> bool:
+        if old_target in self.old_imports or new_target in self.new_imports:
+            return self.old_imports.get(old_target) == self.new_imports.get(new_target)
+        old_code, new_code = (
+            self._is_code(self.old, old_target),
+            self._is_code(self.new, new_target),
+        )
+        if old_code or new_code:
+            a = _part_position(self.old.image, old_target)
+            b = _part_position(self.new.image, new_target)
+            return (
+                a is not None
+                and b is not None
+                and self.matched.get(a[0]) == b[0]
+                and a[1:] == b[1:]
+            )
+        if old_target in self.data:
+            return self.data[old_target] == new_target
+        old_constant = self.old.constant(old_target)
+        if old_constant is not None and old_constant == self.new.constant(new_target):
+            return True
+        section = self.old.image.section_at(old_target)
+        shift = self.section_shift.get(section.name) if section is not None else None
+        return shift is not None and old_target + shift == new_target
+
+    def references_agree(self, old: tuple[Reference, ...], new: tuple[Reference, ...]) -> str:
+        """'' if the references correspond one for one, else why not."""
+        if len(old) != len(new):
+            return f"{len(old)} references became {len(new)}"
+        for a, b in zip(old, new, strict=True):
+            if a.kind != b.kind:
+                return f"a {a.kind.name.lower()} reference became {b.kind.name.lower()}"
+            if not self.same(a.target_rva, b.target_rva):
+                return (
+                    f"the {a.kind.name.lower()} reference at 0x{a.site_rva:x} points elsewhere "
+                    f"(0x{a.target_rva:x} -> 0x{b.target_rva:x})"
+                )
+        return ""
+
+
+def classify(old: Side, new: Side, matches: tuple[Match, ...]) -> tuple[FunctionChange, ...]:
+    """The status of every function of either build."""
+    correspondence = Correspondence(old, new, matches)
+    changes = []
+    for match in matches:
+        a, b = old.fingerprints[match.old_rva], new.fingerprints[match.new_rva]
+        reason = "code differs" if a.digest != b.digest else ""
+        if not reason:
+            reason = correspondence.references_agree(a.references, b.references)
+        status = Status.MODIFIED if reason else Status.UNCHANGED
+        changes.append(FunctionChange(status, a.function, b.function, match, reason))
+    matched_new = {m.new_rva for m in matches}
+    matched_old = {m.old_rva for m in matches}
+    changes += [
+        FunctionChange(Status.REMOVED, f.function, None, None)
+        for rva, f in old.fingerprints.items()
+        if rva not in matched_old
+    ]
+    changes += [
+        FunctionChange(Status.ADDED, None, f.function, None)
+        for rva, f in new.fingerprints.items()
+        if rva not in matched_new
+    ]
+    return tuple(changes)

@@ -1,0 +1,196 @@
+"""Matching the functions of two builds without trusting addresses.
+
+Rules, in confidence order, each re-run after the call graph spreads new matches
+(BinDiff's loop): equal names (exports, COFF symbols, import thunks), unique equal
+fingerprints, unique equal structural signatures, then callees paired by position
+from matched callers. A candidate that is not unique on both sides is never taken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+from hpatch.arch import RefKind
+from hpatch.diff.fingerprint import FunctionFingerprint
+from hpatch.image import PEImage
+
+
+class MatchRule(Enum):
+    """Why two functions were paired."""
+
+    NAME = "name"
+    FINGERPRINT = "fingerprint"
+    STRUCTURE = "structure"
+    CALL_GRAPH = "call_graph"
+
+
+CONFIDENCE = {
+    MatchRule.NAME: 1.0,
+    MatchRule.FINGERPRINT: 0.95,
+    MatchRule.STRUCTURE: 0.8,
+    MatchRule.CALL_GRAPH: 0.7,
+}
+_MAX_ROUNDS = 32
+_CONSTANT_BYTES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """An old function paired with a new one, by ``rule``."""
+
+    old_rva: int
+    new_rva: int
+    rule: MatchRule
+    confidence: float
+
+
+class Side:
+    """One build's functions, indexed the ways matching needs."""
+
+    def __init__(self, image: PEImage, fingerprints: Iterable[FunctionFingerprint]) -> None:
+        self.image = image
+        self.fingerprints = {f.rva: f for f in fingerprints}
+        starts = set(self.fingerprints)
+        self.callees = {
+            rva: [
+                r.target_rva
+                for r in f.references
+                if r.kind == RefKind.CALL and r.target_rva in starts
+            ]
+            for rva, f in self.fingerprints.items()
+        }
+        self.callers: dict[int, list[int]] = defaultdict(list)
+        for rva, targets in self.callees.items():
+            for target in targets:
+                self.callers[target].append(rva)
+        self._signatures: dict[int, Hashable] = {}
+
+    def names(self) -> dict[int, str]:
+        return {rva: f.function.name for rva, f in self.fingerprints.items() if f.function.name}
+
+    def constant(self, rva: int) -> bytes | None:
+        """Bytes of the read-only data at ``rva`` (up to a NUL), or None if not read-only."""
+        section = self.image.section_at(rva)
+        if section is None or section.is_writable or section.is_executable:
+            return None
+        content = section.data[rva - section.rva : rva - section.rva + _CONSTANT_BYTES]
+        return content.split(b"\0", 1)[0] if b"\0" in content else content
+
+    def signature(self, rva: int) -> Hashable:
+        """Structure that survives moves: size in instructions, reference kinds, the
+        read-only constants referenced, and the number of calls in and out."""
+        if rva not in self._signatures:
+            self._signatures[rva] = self._signature(rva)
+        return self._signatures[rva]
+
+    def _signature(self, rva: int) -> Hashable:
+        fingerprint = self.fingerprints[rva]
+        constants = sorted(
+            hashlib.blake2b(c, digest_size=8).digest()
+            for r in fingerprint.references
+            if (c := self.constant(r.target_rva))
+        )
+        kinds = sorted(Counter(r.kind for r in fingerprint.references).items())
+        return (
+            fingerprint.instruction_count,
+            tuple(kinds),
+            tuple(constants),
+            len(self.callees[rva]),
+            len(self.callers.get(rva, ())),
+            len(fingerprint.function.fragments),
+        )
+
+
+def _unique_pairs(
+    old: Iterable[int],
+    new: Iterable[int],
+    key: Callable[[Side, int], Hashable | None],
+    sides: tuple[Side, Side],
+) -> list[tuple[int, int]]:
+    """Pairs whose key is present exactly once on each side."""
+    old_keys: dict[Hashable, list[int]] = defaultdict(list)
+    new_keys: dict[Hashable, list[int]] = defaultdict(list)
+    for rva in old:
+        value = key(sides[0], rva)
+        if value is not None:
+            old_keys[value].append(rva)
+    for rva in new:
+        value = key(sides[1], rva)
+        if value is not None:
+            new_keys[value].append(rva)
+    return [
+        (olds[0], new_keys[value][0])
+        for value, olds in old_keys.items()
+        if len(olds) == 1 and len(new_keys.get(value, ())) == 1
+    ]
+
+
+class _Matcher:
+    def __init__(self, old: Side, new: Side) -> None:
+        self.old, self.new = old, new
+        self.forward: dict[int, Match] = {}
+        self.backward: dict[int, int] = {}
+
+    def take(self, pairs: Iterable[tuple[int, int]], rule: MatchRule) -> int:
+        taken = 0
+        for old_rva, new_rva in pairs:
+            if old_rva in self.forward or new_rva in self.backward:
+                continue
+            self.forward[old_rva] = Match(old_rva, new_rva, rule, CONFIDENCE[rule])
+            self.backward[new_rva] = old_rva
+            taken += 1
+        return taken
+
+    def unmatched(self) -> tuple[list[int], list[int]]:
+        return (
+            [rva for rva in self.old.fingerprints if rva not in self.forward],
+            [rva for rva in self.new.fingerprints if rva not in self.backward],
+        )
+
+    def by_key(self, key: Callable[[Side, int], Hashable | None], rule: MatchRule) -> int:
+        old, new = self.unmatched()
+        return self.take(_unique_pairs(old, new, key, (self.old, self.new)), rule)
+
+    def by_call_graph(self) -> int:
+        """Callees at the same call position of matched callers, where no pair disagrees."""
+        proposals: dict[int, set[int]] = defaultdict(set)
+        reverse: dict[int, set[int]] = defaultdict(set)
+        for old_rva, match in self.forward.items():
+            old_calls, new_calls = self.old.callees[old_rva], self.new.callees[match.new_rva]
+            if len(old_calls) != len(new_calls):
+                continue
+            for old_callee, new_callee in zip(old_calls, new_calls, strict=True):
+                if old_callee not in self.forward and new_callee not in self.backward:
+                    proposals[old_callee].add(new_callee)
+                    reverse[new_callee].add(old_callee)
+        pairs = [
+            (old_callee, next(iter(news)))
+            for old_callee, news in proposals.items()
+            if len(news) == 1 and len(reverse[next(iter(news))]) == 1
+        ]
+        return self.take(pairs, MatchRule.CALL_GRAPH)
+
+    def run(self) -> tuple[Match, ...]:
+        names_old, names_new = self.old.names(), self.new.names()
+        self.by_key(
+            lambda side, rva: (names_old if side is self.old else names_new).get(rva),
+            MatchRule.NAME,
+        )
+        for _ in range(_MAX_ROUNDS):
+            taken = self.by_key(
+                lambda side, rva: side.fingerprints[rva].digest, MatchRule.FINGERPRINT
+            )
+            taken += self.by_key(lambda side, rva: side.signature(rva), MatchRule.STRUCTURE)
+            taken += self.by_call_graph()
+            if not taken:
+                break
+        return tuple(sorted(self.forward.values(), key=lambda m: m.old_rva))
+
+
+def match_functions(old: Side, new: Side) -> tuple[Match, ...]:
+    """Pair the functions of two builds; functions left out are added or removed."""
+    return _Matcher(old, new).run()

@@ -1,0 +1,62 @@
+"""Diffs of the stripped sample builds: correct matches, no spurious changes."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpatch.diff import MatchRule, Status, diff_images
+from hpatch.image import load_image
+
+from ..conftest import BUILDS, SAMPLES, read_truth
+from .test_fingerprint import rebase
+
+PAIRS = (("v1", "v2"), ("v1", "v3"), ("v2", "v3"), ("v1", "v4"))
+
+
+def names_by_rva(build: str, version: str) -> dict[int, str]:
+    rows = read_truth(SAMPLES / build / version / "sample.funcs.tsv")
+    return {row.rva: row.name for row in rows if not row.parent}
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize(("old", "new"), PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+def test_stripped_builds_match_the_same_functions(build: str, old: str, new: str) -> None:
+    result = diff_images(
+        load_image(SAMPLES / build / old / "sample.stripped.dll"),
+        load_image(SAMPLES / build / new / "sample.stripped.dll"),
+    )
+    old_names, new_names = names_by_rva(build, old), names_by_rva(build, new)
+    for match in result.matches:
+        assert old_names[match.old_rva] == new_names[match.new_rva], match
+    # Every function present in both versions is matched, none is left out.
+    common = set(old_names.values()) & set(new_names.values())
+    assert {old_names[m.old_rva] for m in result.matches} == common
+    assert {MatchRule.FINGERPRINT, MatchRule.NAME} & {m.rule for m in result.matches}
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_an_image_against_itself_and_a_rebased_copy_has_no_changes(build: str) -> None:
+    path = SAMPLES / build / "v1" / "sample.stripped.dll"
+    original = load_image(path)
+    for other in (load_image(path), load_image(rebase(path.read_bytes(), 0x7FF6_0000_0000))):
+        result = diff_images(original, other)
+        summary = result.summary()
+        assert summary["unchanged"] == len(original.functions)
+        assert summary["modified"] == summary["added"] == summary["removed"] == 0
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_month_one_changes_exactly_the_fixed_functions(build: str) -> None:
+    result = diff_images(
+        load_image(SAMPLES / build / "v1" / "sample.stripped.dll"),
+        load_image(SAMPLES / build / "v2" / "sample.stripped.dll"),
+    )
+    new_names = names_by_rva(build, "v2")
+    modified = {new_names[c.new.rva] for c in result.with_status(Status.MODIFIED) if c.new}
+    added = {new_names[c.new.rva] for c in result.with_status(Status.ADDED) if c.new}
+    # bugs A (hp_json_escape) and B (hp_array_unpack); hp_version returns a new constant
+    assert modified == {"hp_json_escape", "hp_array_unpack", "hp_version"}
+    assert added == {"mul_overflows_u32"}
+    assert result.with_status(Status.REMOVED) == ()
+    for change in result.with_status(Status.MODIFIED):
+        assert change.reason
