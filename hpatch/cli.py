@@ -13,12 +13,14 @@ from rich.console import Console
 from rich.table import Table
 
 from hpatch import BACKEND, __version__
+from hpatch.diff import diff_images
 from hpatch.errors import HPatchError
 from hpatch.image import load_image
-from hpatch.report import funcs_document, info_document
+from hpatch.report import diff_document, funcs_document, info_document
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_NOT_HOTPATCHABLE = 3
 
 
 def _print_json(document: Any) -> None:
@@ -51,7 +53,7 @@ def funcs(image_path: str, as_json: bool) -> None:
     if as_json:
         _print_json(document)
         return
-    console = Console()
+    console = _console()
     console.print(_identity_lines(document))
     table = Table(title=f"{len(document['functions'])} functions", title_justify="left")
     for column, justify in (("RVA", "right"), ("size", "right"), ("pad", "right")):
@@ -79,7 +81,7 @@ def info(image_path: str, as_json: bool) -> None:
     if as_json:
         _print_json(document)
         return
-    console = Console()
+    console = _console()
     console.print(_identity_lines(document))
     sections = Table(title="sections", title_justify="left")
     for column in ("name", "RVA", "virtual size", "raw size", "flags"):
@@ -108,9 +110,95 @@ def info(image_path: str, as_json: bool) -> None:
     console.print(exports)
 
 
+@cli.command()
+@click.argument("old_path", metavar="OLD", type=click.Path(dir_okay=False))
+@click.argument("new_path", metavar="NEW", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of tables.")
+def diff(old_path: str, new_path: str, as_json: bool) -> None:
+    """Diff two builds of a PE image function by function; exit 3 if not hotpatchable."""
+    old, new = load_image(old_path), load_image(new_path)
+    errors = Console(stderr=True)
+    if errors.is_terminal and not as_json:
+        from rich.progress import Progress
+
+        with Progress(console=errors, transient=True) as bar:
+            tasks = {
+                name: bar.add_task(f"fingerprinting {name} build", total=None)
+                for name in ("old", "new")
+            }
+
+            def progress(stage: str, done: int, total: int) -> None:
+                bar.update(tasks[stage], completed=done, total=total)
+
+            result = diff_images(old, new, progress)
+    else:
+        result = diff_images(old, new)
+    document = diff_document(result)
+    if as_json:
+        _print_json(document)
+    else:
+        _print_diff(document)
+    if not result.hotpatchable:
+        raise click.exceptions.Exit(EXIT_NOT_HOTPATCHABLE)
+
+
+def _console() -> Console:
+    """stdout; wide enough for whole rows when it is a file or a pipe."""
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
+def _print_diff(document: dict[str, Any]) -> None:
+    console = _console()
+    summary = document["summary"]
+    console.print(
+        f"[bold]{document['old']['name']}[/bold] -> [bold]{document['new']['name']}[/bold]  "
+        f"{document['old']['machine']}: {summary['functions_old']} -> {summary['functions_new']} "
+        f"functions; {summary['unchanged']} unchanged, {summary['modified']} modified, "
+        f"{summary['added']} added, {summary['removed']} removed"
+    )
+    changed = [f for f in document["functions"] if f["status"] != "unchanged"]
+    if changed:
+        table = Table(title="changed functions", title_justify="left")
+        for column in (
+            "status",
+            "old RVA",
+            "new RVA",
+            "old size",
+            "new size",
+            "name",
+            "match",
+            "why",
+        ):
+            table.add_column(column)
+        for f in changed:
+            table.add_row(
+                f["status"],
+                f"0x{f['old_rva']:x}" if f["old_rva"] is not None else "",
+                f"0x{f['new_rva']:x}" if f["new_rva"] is not None else "",
+                str(f["old_size"] or ""),
+                str(f["new_size"] or ""),
+                f["label"],
+                f"{f['match']} ({f['confidence']:.2f})" if f["match"] else "",
+                f["reason"] or "",
+            )
+        console.print(table)
+    if document["blockers"]:
+        table = Table(title="blockers", title_justify="left")
+        for column in ("kind", "where", "reason"):
+            table.add_column(column)
+        for blocker in document["blockers"]:
+            table.add_row(blocker["kind"], blocker["where"], blocker["reason"])
+        console.print(table)
+        console.print("[bold red]not hotpatchable[/bold red]: it needs a new baseline")
+    else:
+        console.print("[bold green]hotpatchable[/bold green]")
+
+
 def _run(command: Callable[..., Any], argv: list[str] | None) -> int:
     try:
-        command.main(args=argv, prog_name="hpatch", standalone_mode=False)
+        # Without standalone mode click returns a command's exit code instead of exiting.
+        returned = command.main(args=argv, prog_name="hpatch", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("hpatch: aborted", err=True)
         return EXIT_ERROR
@@ -129,7 +217,7 @@ def _run(command: Callable[..., Any], argv: list[str] | None) -> int:
             err=True,
         )
         return EXIT_ERROR
-    return EXIT_OK
+    return returned if isinstance(returned, int) else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from hpatch.diff import DiffResult, FunctionChange, Status
+from hpatch.diff.verdict import function_label
 from hpatch.image import Function, PEImage
+
+_STATUS_ORDER = {Status.MODIFIED: 0, Status.ADDED: 1, Status.REMOVED: 2, Status.UNCHANGED: 3}
 
 
 def identity_dict(image: PEImage) -> dict[str, Any]:
@@ -81,4 +85,40 @@ def info_document(image: PEImage) -> dict[str, Any]:
             "guard_cf_functions": len(config.guard_cf_function_rvas),
             "hotpatch_table_offset": config.hotpatch_table_offset,
         },
+    }
+
+
+def change_dict(change: FunctionChange) -> dict[str, Any]:
+    """One function of a diff as JSON-ready data."""
+    function = change.new or change.old
+    assert function is not None
+    return {
+        "status": change.status.value,
+        "old_rva": change.old.rva if change.old else None,
+        "new_rva": change.new.rva if change.new else None,
+        "old_size": change.old.size if change.old else None,
+        "new_size": change.new.size if change.new else None,
+        "name": (change.new and change.new.name) or (change.old and change.old.name) or None,
+        "match": change.match.rule.value if change.match else None,
+        "confidence": change.match.confidence if change.match else None,
+        "reason": change.reason or None,
+        "label": function_label(function),
+    }
+
+
+def diff_document(result: DiffResult) -> dict[str, Any]:
+    """The document ``hpatch diff --json`` prints."""
+    changes = sorted(
+        result.changes,
+        key=lambda c: (_STATUS_ORDER[c.status], (c.new or c.old).rva if (c.new or c.old) else 0),
+    )
+    return {
+        "old": identity_dict(result.old),
+        "new": identity_dict(result.new),
+        "summary": result.summary(),
+        "functions": [change_dict(c) for c in changes],
+        "hotpatchable": result.hotpatchable,
+        "blockers": [
+            {"kind": b.kind.value, "where": b.where, "reason": b.reason} for b in result.blockers
+        ],
     }

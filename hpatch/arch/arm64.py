@@ -86,6 +86,7 @@ class Arm64(Arch):
     name = "arm64"
     instruction_alignment = 4
     pdata_entry_size = 8
+    redirect_size = 4  # B imm26
 
     # .pdata -------------------------------------------------------------
 

@@ -105,6 +105,13 @@ class Arch(ABC):
     instruction_alignment: int
     #: Bytes per .pdata (RUNTIME_FUNCTION) entry.
     pdata_entry_size: int
+    #: Bytes a one-instruction redirect overwrites at a function's entry.
+    redirect_size: int
+    #: A function too short for that may still be redirected in two stages: a jump in
+    #: the padding before it (this many bytes) and a short jump over its first
+    #: instruction (at least ``two_stage_entry`` bytes). 0: no such form.
+    two_stage_padding: int = 0
+    two_stage_entry: int = 0
 
     @abstractmethod
     def decode_unwind_entries(self, pdata: bytes, read: ReadRva) -> list[UnwindEntry]:

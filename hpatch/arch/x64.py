@@ -59,6 +59,9 @@ class X64(Arch):
     name = "x64"
     instruction_alignment = 1
     pdata_entry_size = 12
+    redirect_size = 5  # jmp rel32
+    two_stage_padding = 5  # jmp rel32 before the function, then jmp -7 at its entry
+    two_stage_entry = 2
 
     def __init__(self) -> None:
         self._cs_lite = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)

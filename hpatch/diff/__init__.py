@@ -4,8 +4,11 @@ from hpatch.diff.api import DiffResult, diff_images
 from hpatch.diff.classify import FunctionChange, Status
 from hpatch.diff.fingerprint import FunctionFingerprint, fingerprint_function, fingerprint_image
 from hpatch.diff.match import Match, MatchRule
+from hpatch.diff.verdict import Blocker, BlockerKind
 
 __all__ = [
+    "Blocker",
+    "BlockerKind",
     "DiffResult",
     "FunctionChange",
     "FunctionFingerprint",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from hpatch.diff.classify import FunctionChange, Status, classify
+from hpatch.diff.classify import Correspondence, FunctionChange, Status, classify
 from hpatch.diff.fingerprint import fingerprint_image
 from hpatch.diff.match import Match, Side, match_functions
+from hpatch.diff.verdict import Blocker, find_blockers
 from hpatch.errors import UnsupportedError
 from hpatch.image import PEImage
 
@@ -20,6 +22,11 @@ class DiffResult:
     new: PEImage
     changes: tuple[FunctionChange, ...]
     matches: tuple[Match, ...]
+    blockers: tuple[Blocker, ...]
+
+    @property
+    def hotpatchable(self) -> bool:
+        return not self.blockers
 
     def with_status(self, status: Status) -> tuple[FunctionChange, ...]:
         return tuple(c for c in self.changes if c.status == status)
@@ -33,14 +40,28 @@ class DiffResult:
         }
 
 
-def diff_images(old: PEImage, new: PEImage) -> DiffResult:
-    """Match and classify the functions of two builds of the same image."""
+def diff_images(
+    old: PEImage, new: PEImage, progress: Callable[[str, int, int], None] | None = None
+) -> DiffResult:
+    """Match and classify the functions of two builds of the same image.
+
+    ``progress(stage, done, total)`` reports the long stages (fingerprinting each build).
+    """
     if old.identity.machine != new.identity.machine:
         raise UnsupportedError(
             f"cannot diff a {old.identity.machine.name} image against a "
             f"{new.identity.machine.name} image"
         )
-    old_side = Side(old, fingerprint_image(old))
-    new_side = Side(new, fingerprint_image(new))
+
+    def stage(name: str) -> Callable[[int, int], None] | None:
+        if progress is None:
+            return None
+        return lambda done, total: progress(name, done, total)
+
+    old_side = Side(old, fingerprint_image(old, stage("old")))
+    new_side = Side(new, fingerprint_image(new, stage("new")))
     matches = match_functions(old_side, new_side)
-    return DiffResult(old, new, classify(old_side, new_side, matches), matches)
+    correspondence = Correspondence(old_side, new_side, matches)
+    changes = classify(old_side, new_side, matches, correspondence)
+    blockers = find_blockers(old_side, new_side, correspondence, changes)
+    return DiffResult(old, new, changes, matches, blockers)

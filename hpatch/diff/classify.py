@@ -37,7 +37,8 @@ class FunctionChange:
     reason: str = ""
 
 
-def _import_key(imported: Import) -> tuple[str, str | int]:
+def import_key(imported: Import) -> tuple[str, str | int]:
+    """What identifies an import across builds: its DLL and its name or ordinal."""
     return (
         imported.dll.lower(),
         imported.name if imported.name is not None else imported.ordinal or 0,
@@ -62,9 +63,10 @@ class Correspondence:
 
     def __init__(self, old: Side, new: Side, matches: tuple[Match, ...]) -> None:
         self.old, self.new = old, new
+        self.matches = matches
         self.matched = {m.old_rva: m.new_rva for m in matches}
-        self.old_imports = {i.iat_rva: _import_key(i) for i in old.image.imports}
-        self.new_imports = {i.iat_rva: _import_key(i) for i in new.image.imports}
+        self.old_imports = {i.iat_rva: import_key(i) for i in old.image.imports}
+        self.new_imports = {i.iat_rva: import_key(i) for i in new.image.imports}
         self.data = self._learn_data(matches)
         self.section_shift = self._learn_section_shifts()
 
@@ -139,9 +141,10 @@ class Correspondence:
         return ""
 
 
-def classify(old: Side, new: Side, matches: tuple[Match, ...]) -> tuple[FunctionChange, ...]:
+def classify(
+    old: Side, new: Side, matches: tuple[Match, ...], correspondence: Correspondence
+) -> tuple[FunctionChange, ...]:
     """The status of every function of either build."""
-    correspondence = Correspondence(old, new, matches)
     changes = []
     for match in matches:
         a, b = old.fingerprints[match.old_rva], new.fingerprints[match.new_rva]

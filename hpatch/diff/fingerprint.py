@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hpatch.arch import Reference, RefKind
@@ -80,7 +81,18 @@ def fingerprint_function(
     return FunctionFingerprint(function, digest.digest(), tuple(references), instructions)
 
 
-def fingerprint_image(image: PEImage) -> tuple[FunctionFingerprint, ...]:
-    """Fingerprints of every function of ``image``, in RVA order."""
+def fingerprint_image(
+    image: PEImage, progress: Callable[[int, int], None] | None = None
+) -> tuple[FunctionFingerprint, ...]:
+    """Fingerprints of every function of ``image``, in RVA order.
+
+    ``progress(done, total)`` is called as functions are done.
+    """
     relocated = _relocated_fields(image)
-    return tuple(fingerprint_function(image, f, relocated) for f in image.functions)
+    functions = image.functions
+    fingerprints = []
+    for index, function in enumerate(functions):
+        fingerprints.append(fingerprint_function(image, function, relocated))
+        if progress is not None and (index % 256 == 0 or index + 1 == len(functions)):
+            progress(index + 1, len(functions))
+    return tuple(fingerprints)

@@ -15,6 +15,7 @@ from hpatch.image.model import (
     Section,
     SectionFlags,
     Symbol,
+    TlsInfo,
 )
 from hpatch.image.reader import PEImage, load_image
 
@@ -34,5 +35,6 @@ __all__ = [
     "Section",
     "SectionFlags",
     "Symbol",
+    "TlsInfo",
     "load_image",
 ]

@@ -142,6 +142,15 @@ class LoadConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsInfo:
+    """The thread-local storage the loader sets up for each thread."""
+
+    template: bytes
+    zero_fill: int
+    callbacks: int
+
+
+@dataclass(frozen=True, slots=True)
 class Fragment:
     """A separately described part of a function (chained or fragment unwind entry)."""
 

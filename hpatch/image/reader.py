@@ -27,6 +27,7 @@ from hpatch.image.model import (
     LoadConfig,
     Section,
     Symbol,
+    TlsInfo,
 )
 
 lief.logging.disable()
@@ -42,6 +43,8 @@ DIRECTORY_NAMES = {
     12: "IAT",
 }
 _EXCEPTION_DIRECTORY = 3
+_TLS_DIRECTORY = 9
+_MAX_TLS_CALLBACKS = 1024
 _GUARD_CF_STRIDE_SHIFT = 28
 _COFF_FUNCTION_TYPE = 2  # lief's COMPLEX_TYPE.FUNCTION
 
@@ -119,6 +122,7 @@ class PEImage:
         self.exports: tuple[Export, ...] = self._read_exports()
         self.relocations: tuple[BaseRelocation, ...] = self._read_relocations()
         self.symbols: tuple[Symbol, ...] = self._read_symbols()
+        self.tls: TlsInfo | None = self._read_tls()
         self.unwind_entries: tuple[UnwindEntry, ...] = self._read_unwind_entries()
 
     # mapping ------------------------------------------------------------
@@ -347,6 +351,25 @@ class PEImage:
                 )
             )
         return tuple(sorted(symbols, key=lambda s: (s.rva, s.name)))
+
+    def _read_tls(self) -> TlsInfo | None:
+        if len(self._binary.data_directories) <= _TLS_DIRECTORY:
+            return None
+        rva, size = self._directory(_TLS_DIRECTORY)
+        if not rva or not size:
+            return None
+        start, end, _, callbacks_va, zero_fill, _ = struct.unpack("<QQQQII", self.read(rva, 40))
+        if end < start:
+            raise ImageFormatError("corrupt TLS directory: its template ends before it starts")
+        template = self.read(start - self.image_base, end - start) if end > start else b""
+        callbacks = 0
+        if callbacks_va:
+            cursor = callbacks_va - self.image_base
+            while struct.unpack("<Q", self.read(cursor + 8 * callbacks, 8))[0]:
+                callbacks += 1
+                if callbacks > _MAX_TLS_CALLBACKS:
+                    raise ImageFormatError("corrupt TLS directory: its callback list does not end")
+        return TlsInfo(template, zero_fill, callbacks)
 
     def _read_unwind_entries(self) -> tuple[UnwindEntry, ...]:
         if len(self._binary.data_directories) <= _EXCEPTION_DIRECTORY:

@@ -1,0 +1,112 @@
+"""Reference correlation: what each reference of new code means in the old image.
+
+Every reference made by a modified or added function (in the new build) gets exactly
+one resolution, or it is unresolved and becomes a blocker: the package can only carry
+code that it can bind to the running old image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from hpatch.arch import Reference
+from hpatch.diff.classify import Correspondence, FunctionChange, Status, import_key
+from hpatch.diff.match import Side
+
+
+class Resolution(Enum):
+    """What a reference of new code binds to."""
+
+    OLD_FUNCTION = "old_function"  # code of an unchanged function of the old image
+    PATCHED_CODE = "patched_code"  # code the package carries (a modified or added function)
+    IMPORT = "import"  # the old image's IAT slot for the same import
+    OLD_DATA = "old_data"  # the same global in the old image
+    NEW_CONSTANT = "new_constant"  # read-only data the package must carry (a new literal)
+    UNRESOLVED = "unresolved"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedReference:
+    """A reference of new code and what it binds to (``old_rva`` where that is in the old image)."""
+
+    reference: Reference
+    resolution: Resolution
+    old_rva: int | None
+    detail: str = ""
+
+
+class Correlator:
+    """Resolves the references of the code a package will carry."""
+
+    def __init__(
+        self,
+        old: Side,
+        new: Side,
+        correspondence: Correspondence,
+        changes: tuple[FunctionChange, ...],
+    ) -> None:
+        self.old, self.new = old, new
+        self.correspondence = correspondence
+        self.new_to_old = {m.new_rva: m.old_rva for m in correspondence.matches}
+        self.carried = {
+            c.new.rva
+            for c in changes
+            if c.new is not None and c.status in (Status.MODIFIED, Status.ADDED)
+        }
+        self.old_slots = {import_key(i): i.iat_rva for i in old.image.imports}
+        self.new_imports = {i.iat_rva: i for i in new.image.imports}
+        self.data_back = {new: old for old, new in correspondence.data.items()}
+
+    def resolve(self, reference: Reference) -> ResolvedReference:
+        target = reference.target_rva
+        image = self.new.image
+        if target in self.new_imports:
+            imported = self.new_imports[target]
+            slot = self.old_slots.get(import_key(imported))
+            if slot is None:
+                name = imported.name or f"#{imported.ordinal}"
+                return ResolvedReference(
+                    reference, Resolution.UNRESOLVED, None, f"new import {imported.dll}!{name}"
+                )
+            return ResolvedReference(reference, Resolution.IMPORT, slot)
+        section = image.section_at(target)
+        if section is not None and section.is_executable:
+            function = image.function_at(target)
+            if function is None:
+                return ResolvedReference(
+                    reference, Resolution.UNRESOLVED, None, "code outside any function"
+                )
+            if function.rva in self.carried:
+                return ResolvedReference(reference, Resolution.PATCHED_CODE, None)
+            old_rva = self.new_to_old.get(function.rva)
+            if old_rva is None:
+                return ResolvedReference(
+                    reference, Resolution.UNRESOLVED, None, "unmatched function"
+                )
+            offset = target - function.rva
+            if not function.rva <= target < function.extent_end:
+                return ResolvedReference(
+                    reference, Resolution.UNRESOLVED, None, "a fragment of an unchanged function"
+                )
+            return ResolvedReference(reference, Resolution.OLD_FUNCTION, old_rva + offset)
+        old_rva = self.data_back.get(target)
+        if old_rva is None and section is not None:
+            shift = self.correspondence.section_shift.get(section.name)
+            if shift is not None and self.old.image.section_at(target - shift) is not None:
+                old_rva = target - shift
+        if old_rva is not None:
+            return ResolvedReference(reference, Resolution.OLD_DATA, old_rva)
+        if (
+            section is not None
+            and not section.is_writable
+            and self.new.constant(target) is not None
+        ):
+            return ResolvedReference(reference, Resolution.NEW_CONSTANT, None)
+        where = section.name if section is not None else "outside every section"
+        return ResolvedReference(reference, Resolution.UNRESOLVED, None, f"unknown data in {where}")
+
+    def resolve_function(self, change: FunctionChange) -> tuple[ResolvedReference, ...]:
+        assert change.new is not None
+        fingerprint = self.new.fingerprints[change.new.rva]
+        return tuple(self.resolve(r) for r in fingerprint.references)

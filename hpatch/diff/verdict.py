@@ -1,0 +1,263 @@
+"""Can the update be delivered as a hotpatch? Blockers, each with a kind, a place and a reason.
+
+Windows-style: only code (and new read-only data) can change. Writable globals that
+change layout or initial value, imports the old image cannot satisfy, changed exports,
+TLS or entry point, a changed function too small to redirect, and a reference that
+cannot be bound to the old image all block. A blocked update is an answer (it needs a
+new baseline), not an error.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+from hpatch.diff.classify import Correspondence, FunctionChange, Status, import_key
+from hpatch.diff.correlate import Correlator, Resolution
+from hpatch.diff.match import Side
+from hpatch.image import BaseRelocationType, Function, PEImage, Section
+
+_MAX_DATA_RANGES = 8
+_RANGE_JOIN = 8
+
+
+class BlockerKind(Enum):
+    """Why an update cannot be hotpatched."""
+
+    WRITABLE_DATA = "writable_data"
+    IMPORTS = "imports"
+    EXPORTS = "exports"
+    TLS = "tls"
+    ENTRY_POINT = "entry_point"
+    TOO_SMALL = "too_small"
+    UNRESOLVED_REFERENCE = "unresolved_reference"
+
+
+@dataclass(frozen=True, slots=True)
+class Blocker:
+    """One reason the update needs a new baseline."""
+
+    kind: BlockerKind
+    where: str
+    reason: str
+
+
+def function_label(function: Function) -> str:
+    return function.name or f"sub_{function.rva:x}"
+
+
+def _pointer_slots(image: PEImage, section: Section) -> dict[int, int]:
+    """Offset in ``section`` -> RVA that the relocated pointer there holds."""
+    slots = {}
+    for relocation in image.relocations:
+        if section.contains(relocation.rva) and relocation.type == BaseRelocationType.DIR64:
+            (value,) = struct.unpack_from("<Q", section.data, relocation.rva - section.rva)
+            slots[relocation.rva - section.rva] = value - image.image_base
+    return slots
+
+
+def _ranges(offsets: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted offsets joined into [start, end) ranges, closing gaps under _RANGE_JOIN bytes."""
+    ranges: list[list[int]] = []
+    for offset in sorted(offsets):
+        if ranges and offset - ranges[-1][1] < _RANGE_JOIN:
+            ranges[-1][1] = offset + 1
+        else:
+            ranges.append([offset, offset + 1])
+    return [(a, b) for a, b in ranges]
+
+
+class Verdict:
+    """Collects the blockers of one diff."""
+
+    def __init__(self, old: Side, new: Side, correspondence: Correspondence) -> None:
+        self.old, self.new = old, new
+        self.correspondence = correspondence
+        self.blockers: list[Blocker] = []
+
+    def block(self, kind: BlockerKind, where: str, reason: str) -> None:
+        self.blockers.append(Blocker(kind, where, reason))
+
+    def data_name(self, image: PEImage, rva: int) -> str:
+        """The data symbol covering ``rva``, or the functions that reference it."""
+        symbols = [s for s in image.symbols if not s.is_function and s.rva <= rva]
+        section = image.section_at(rva)
+        if symbols and section is not None and section.contains(symbols[-1].rva):
+            symbol = symbols[-1]
+            return symbol.name if symbol.rva == rva else f"{symbol.name}+0x{rva - symbol.rva:x}"
+        side = self.old if image is self.old.image else self.new
+        users = sorted(
+            {
+                function_label(f.function)
+                for f in side.fingerprints.values()
+                for r in f.references
+                if abs(r.target_rva - rva) < 64
+            }
+        )
+        return "used by " + ", ".join(users[:4]) if users else "unreferenced"
+
+    def check_writable_data(self) -> None:
+        old_image, new_image = self.old.image, self.new.image
+        old_sections = {s.name: s for s in old_image.sections if s.is_writable}
+        new_sections = {s.name: s for s in new_image.sections if s.is_writable}
+        for name in sorted(set(old_sections) ^ set(new_sections)):
+            state = "appears" if name in new_sections else "disappears"
+            self.block(BlockerKind.WRITABLE_DATA, f"section {name}", f"writable section {state}")
+        for name in sorted(set(old_sections) & set(new_sections)):
+            old_section, new_section = old_sections[name], new_sections[name]
+            if old_section.virtual_size != new_section.virtual_size:
+                self.block(
+                    BlockerKind.WRITABLE_DATA,
+                    f"section {name}",
+                    f"writable data changes size (0x{old_section.virtual_size:x} -> "
+                    f"0x{new_section.virtual_size:x} bytes): globals move or grow",
+                )
+            self.compare_initial_values(old_section, new_section)
+
+    def compare_initial_values(self, old_section: Section, new_section: Section) -> None:
+        old_slots = _pointer_slots(self.old.image, old_section)
+        new_slots = _pointer_slots(self.new.image, new_section)
+        differing: set[int] = set()
+        size = min(old_section.virtual_size, new_section.virtual_size)
+        for offset in set(old_slots) | set(new_slots):
+            if offset + 8 > size:
+                continue
+            old_target, new_target = old_slots.get(offset), new_slots.get(offset)
+            if (
+                old_target is None
+                or new_target is None
+                or not self.correspondence.same(old_target, new_target)
+            ):
+                differing.update(range(offset, offset + 8))
+        pointer_bytes = {o + i for o in set(old_slots) | set(new_slots) for i in range(8)}
+        old_data, new_data = old_section.data, new_section.data
+        differing.update(
+            offset
+            for offset in range(size)
+            if old_data[offset] != new_data[offset] and offset not in pointer_bytes
+        )
+        ranges = _ranges(differing)
+        for start, end in ranges[:_MAX_DATA_RANGES]:
+            rva = old_section.rva + start
+            self.block(
+                BlockerKind.WRITABLE_DATA,
+                f"{old_section.name} 0x{rva:x}..0x{old_section.rva + end:x} "
+                f"({self.data_name(self.old.image, rva)})",
+                "initial value of writable data changes; a running image keeps the old value",
+            )
+        if len(ranges) > _MAX_DATA_RANGES:
+            self.block(
+                BlockerKind.WRITABLE_DATA,
+                f"section {old_section.name}",
+                f"{len(ranges) - _MAX_DATA_RANGES} more changed ranges of writable data",
+            )
+
+    def check_interfaces(self) -> None:
+        old_image, new_image = self.old.image, self.new.image
+        old_imports = {import_key(i) for i in old_image.imports}
+        for imported in new_image.imports:
+            if import_key(imported) not in old_imports:
+                name = imported.name or f"#{imported.ordinal}"
+                self.block(
+                    BlockerKind.IMPORTS,
+                    f"{imported.dll}!{name}",
+                    "new import: the old image has no IAT slot for it",
+                )
+
+        def exported(image: PEImage) -> set[tuple[int, str | None, str | None]]:
+            return {(e.ordinal, e.name, e.forwarder) for e in image.exports}
+
+        for ordinal, name, forwarder in sorted(
+            exported(old_image) ^ exported(new_image), key=lambda e: e[0]
+        ):
+            state = "added" if (ordinal, name, forwarder) in exported(new_image) else "removed"
+            self.block(
+                BlockerKind.EXPORTS,
+                name or f"ordinal {ordinal}",
+                f"export {state}: exports are fixed",
+            )
+        if old_image.tls != new_image.tls:
+            self.block(
+                BlockerKind.TLS, "TLS directory", "thread-local storage layout or callbacks change"
+            )
+        old_entry = old_image.function_at(old_image.entry_rva) if old_image.entry_rva else None
+        new_entry = new_image.function_at(new_image.entry_rva) if new_image.entry_rva else None
+        if (old_entry is None) != (new_entry is None) or (
+            old_entry is not None
+            and new_entry is not None
+            and self.correspondence.matched.get(old_entry.rva) != new_entry.rva
+        ):
+            self.block(
+                BlockerKind.ENTRY_POINT,
+                "AddressOfEntryPoint",
+                "the entry point moves to another function",
+            )
+
+    def check_redirects(self, changes: tuple[FunctionChange, ...]) -> None:
+        arch = self.old.image.arch
+        image = self.old.image
+        for change in changes:
+            if change.status != Status.MODIFIED or change.old is None:
+                continue
+            function = change.old
+            room = function.extent_end - function.rva + function.padding_after
+            if room >= arch.redirect_size:
+                continue
+            before = self.padding_before(function)
+            starts = sorted(arch.instruction_starts(image.read, function.rva, function.extent_end))
+            first = (starts[1] if len(starts) > 1 else function.extent_end) - function.rva
+            if (
+                arch.two_stage_padding
+                and before >= arch.two_stage_padding
+                and first >= arch.two_stage_entry
+            ):
+                continue
+            self.block(
+                BlockerKind.TOO_SMALL,
+                function_label(function),
+                f"{room} bytes at the entry and {before} of padding before it: no room for a "
+                f"{arch.redirect_size}-byte redirect",
+            )
+
+    def padding_before(self, function: Function) -> int:
+        image = self.old.image
+        section = image.section_at(function.rva)
+        if section is None:
+            return 0
+        longest = 0
+        for length in range(1, min(16, function.rva - section.rva) + 1):
+            data = image.read(function.rva - length, length)
+            if image.arch.padding_length(data, 0) == length:
+                longest = length
+        return longest
+
+    def check_references(self, correlator: Correlator, changes: tuple[FunctionChange, ...]) -> None:
+        for change in changes:
+            if change.new is None or change.status not in (Status.MODIFIED, Status.ADDED):
+                continue
+            for resolved in correlator.resolve_function(change):
+                if resolved.resolution == Resolution.UNRESOLVED:
+                    self.block(
+                        BlockerKind.UNRESOLVED_REFERENCE,
+                        f"{function_label(change.new)} at 0x{resolved.reference.site_rva:x}",
+                        f"{resolved.reference.kind.name.lower()} reference to "
+                        f"0x{resolved.reference.target_rva:x} cannot be bound to the old image: "
+                        f"{resolved.detail}",
+                    )
+
+
+def find_blockers(
+    old: Side, new: Side, correspondence: Correspondence, changes: tuple[FunctionChange, ...]
+) -> tuple[Blocker, ...]:
+    """Every reason the update cannot be delivered as a hotpatch (empty: it can)."""
+    verdict = Verdict(old, new, correspondence)
+    verdict.check_writable_data()
+    verdict.check_interfaces()
+    verdict.check_redirects(changes)
+    verdict.check_references(Correlator(old, new, correspondence, changes), changes)
+    return tuple(verdict.blockers)
+
+
+__all__ = ["Blocker", "BlockerKind", "find_blockers", "function_label"]
