@@ -1,0 +1,90 @@
+"""Hotpatchability: code-only updates pass, a data-layout update is blocked with reasons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hpatch.cli import main
+from hpatch.diff import BlockerKind, diff_images
+from hpatch.errors import UnsupportedError
+from hpatch.image import load_image
+
+from ..conftest import BUILDS, SAMPLES
+
+
+def diff(build: str, old: str, new: str, stripped: bool = True):  # type: ignore[no-untyped-def]
+    name = "sample.stripped.dll" if stripped else "sample.dll"
+    return diff_images(
+        load_image(SAMPLES / build / old / name), load_image(SAMPLES / build / new / name)
+    )
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize(("old", "new"), [("v1", "v2"), ("v1", "v3"), ("v2", "v3")])
+def test_monthly_updates_are_hotpatchable(build: str, old: str, new: str) -> None:
+    result = diff(build, old, new)
+    assert result.hotpatchable, result.blockers
+    assert result.summary()["modified"] >= 2
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_the_feature_update_is_blocked_by_its_data(build: str) -> None:
+    stripped = diff(build, "v1", "v4")
+    assert not stripped.hotpatchable
+    kinds = {b.kind for b in stripped.blockers}
+    assert BlockerKind.WRITABLE_DATA in kinds
+    assert any(b.where == "section .data" and "changes size" in b.reason for b in stripped.blockers)
+    # With the symbol table the blocker names the global; without it, its users.
+    named = diff(build, "v1", "v4", stripped=False)
+    wheres = " ".join(b.where for b in named.blockers if b.kind == BlockerKind.WRITABLE_DATA)
+    assert "g_hp_config" in wheres
+    assert "used by" in " ".join(b.where for b in stripped.blockers)
+
+
+def test_images_of_different_machines_are_not_diffed() -> None:
+    with pytest.raises(UnsupportedError, match="AMD64 image against a ARM64"):
+        diff_images(
+            load_image(SAMPLES / "x64-clang" / "v1" / "sample.dll"),
+            load_image(SAMPLES / "arm64-clang" / "v1" / "sample.dll"),
+        )
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    captured = capsys.readouterr()
+    return int(exited.value.code or 0), captured.out, captured.err
+
+
+def test_diff_command_json_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    folder = SAMPLES / "arm64-clang"
+    code, out, _ = run(
+        capsys,
+        "diff",
+        str(folder / "v1/sample.stripped.dll"),
+        str(folder / "v2/sample.stripped.dll"),
+        "--json",
+    )
+    document = json.loads(out)
+    assert code == 0 and document["hotpatchable"] is True and document["blockers"] == []
+    assert set(document) == {"old", "new", "summary", "functions", "hotpatchable", "blockers"}
+    assert document["summary"]["modified"] == 3 and document["summary"]["added"] == 1
+    statuses = [f["status"] for f in document["functions"]]
+    assert statuses.count("unchanged") == document["summary"]["unchanged"]
+    first = document["functions"][0]
+    assert first["status"] == "modified" and {"old_rva", "new_rva", "match", "confidence"} <= set(
+        first
+    )
+    code, out, _ = run(capsys, "diff", str(folder / "v1/sample.dll"), str(folder / "v4/sample.dll"))
+    assert code == 3
+    assert "not hotpatchable" in out and "g_hp_config" in out
+
+
+def test_diff_command_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    junk = tmp_path / "junk.dll"
+    junk.write_bytes(b"MZ" + bytes(100))
+    code, _, err = run(capsys, "diff", str(junk), str(SAMPLES / "x64-gcc/v1/sample.dll"))
+    assert code == 1 and err.startswith("hpatch: error:") and "Traceback" not in err
