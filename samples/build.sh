@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Rebuilds samples/bin/ from samples/src/: four toolchain builds of four
-# versions of sample.dll (plus samplehost.dll), the linker maps and the
-# function ground truth, then verifies everything (tools/verify.py).
+# versions of sample.dll (plus samplehost.dll), the linker maps, the
+# function ground truth and, per version pair, the diff ground truth
+# (tools/difftruth.py, from the objects), then verifies everything
+# (tools/verify.py).
 #
 # Needs: gcc-mingw-w64-x86-64 clang lld llvm (Debian/Ubuntu package names)
 # and python3. Reproducible: running it twice gives byte-identical files.
@@ -127,6 +129,10 @@ for build in $BUILDS; do
             --map $out/sample.map --map-kind $kind \
             --out $out/sample.funcs.tsv --data-out $out/sample.textdata.tsv
     done
+
+    # ---- diff truth per version pair, from the objects of both versions ----
+    $PYTHON tools/difftruth.py --obj $o --bin bin/$build --implib $o/samplehost.lib \
+        --pairs 1-2,1-3,2-3,1-4
 done
 
 $PYTHON tools/verify.py bin

@@ -6,7 +6,11 @@
     .text between functions is padding or listed in sample.textdata.tsv;
   * sample.stripped.dll is sample.dll without its COFF symbol table: same
     headers (except the symbol-table fields), same sections, same bytes;
-  * imports (samplehost.dll only, host_policy by ordinal) and exports.
+  * imports (samplehost.dll only, host_policy by ordinal) and exports;
+  * the diff truth of every version pair (diff-vA-vB.tsv, .data.tsv): it
+    lists exactly the functions of both sample.funcs.tsv with their rvas,
+    every function whose size (or a part's) changed is modified, and the
+    changes the README describes are there.
 Prints a summary per build: function count, .pdata coverage, padding bytes,
 jump tables in .text, and functions whose last instruction is not an
 unconditional control transfer.
@@ -15,6 +19,7 @@ Usage: verify.py BIN_DIR [--quiet]
 """
 
 import os
+import re
 import struct
 import sys
 
@@ -209,10 +214,16 @@ def data_layout(pe):
     return out
 
 
+def version_dirs(d):
+    """The v<N> directories of a build, in version order."""
+    vs = [v for v in os.listdir(d) if re.match(r"^v\d+$", v) and os.path.isdir(os.path.join(d, v))]
+    return sorted(vs, key=lambda v: int(v[1:]))
+
+
 def check_servicing(bindir, build, summary_lines):
     """v2 and v3 may change code and constants only; v4 changes data."""
     d = os.path.join(bindir, build)
-    imgs = {v: PE(os.path.join(d, v, "sample.dll")) for v in sorted(os.listdir(d))}
+    imgs = {v: PE(os.path.join(d, v, "sample.dll")) for v in version_dirs(d)}
     funcs = {}
     for v in imgs:
         _, rows = read_tsv(os.path.join(d, v, "sample.funcs.tsv"))
@@ -243,12 +254,94 @@ def check_servicing(bindir, build, summary_lines):
             "same" if same_exports else "changed", "same" if same_data else "CHANGED"))
 
 
+# What the README says each pair changes: functions that must be modified
+# (at least these: code can also change through inlining), the functions
+# added (gcc clone suffixes ignored), and the data objects modified.
+EXPECTED_DIFFS = {
+    (1, 2): ({"hp_json_escape", "hp_array_unpack", "hp_version"},
+             {"mul_overflows_u32"}, set()),
+    (1, 3): ({"hp_json_escape", "hp_array_unpack", "hp_tlv_copy_string", "tlv_walk_nested",
+              "hp_version"},
+             {"mul_overflows_u32", "tlv_nested_overrun"}, set()),
+    (2, 3): ({"hp_tlv_copy_string", "tlv_walk_nested", "hp_version"},
+             {"tlv_nested_overrun"}, set()),
+    (1, 4): ({"hp_json_escape", "hp_array_unpack", "hp_tlv_copy_string", "tlv_walk_nested",
+              "hp_version", "hp_get_stats", "hp_ring_push", "hp_ring_write"},
+             {"mul_overflows_u32", "tlv_nested_overrun", "cmd_hex"},
+             {"g_hp_config", "g_hp_stats", "g_commands"}),
+}
+
+
+def check_diffs(bindir, build, summary_lines):
+    d = os.path.join(bindir, build)
+    funcs = {}
+    for v in version_dirs(d):
+        _, rows = read_tsv(os.path.join(d, v, "sample.funcs.tsv"))
+        funcs[int(v[1:])] = {r[0]: (r[1], int(r[2]), r[3]) for r in rows}
+    for (a, b), (must_modify, must_add, must_data) in sorted(EXPECTED_DIFFS.items()):
+        where = "%s/diff-v%d-v%d" % (build, a, b)
+        path = os.path.join(d, "diff-v%d-v%d.tsv" % (a, b))
+        if not os.path.exists(path):
+            err(where, "missing")
+            continue
+        header, rows = read_tsv(path)
+        if header != ["name", "status", "old_rva", "new_rva"]:
+            err(where, "bad header %s" % header)
+            continue
+        if [r[0] for r in rows] != sorted({r[0] for r in rows}):
+            err(where, "not sorted by name, or names repeat")
+        old, new = funcs[a], funcs[b]
+        tops_old = {n for n, f in old.items() if not f[2]}
+        tops_new = {n for n, f in new.items() if not f[2]}
+        if {r[0] for r in rows} != tops_old | tops_new:
+            err(where, "names differ from those of the two sample.funcs.tsv")
+        status = {}
+        for name, st, orva, nrva in rows:
+            status[name] = st
+            want = ("added" if name not in tops_old else "removed" if name not in tops_new
+                    else None)
+            if (want and st != want) or (not want and st not in ("unchanged", "modified")):
+                err(where, "%s: status %s" % (name, st))
+            if orva != (old[name][0] if name in tops_old else "") or \
+                    nrva != (new[name][0] if name in tops_new else ""):
+                err(where, "%s: rvas %s %s do not match sample.funcs.tsv" % (name, orva, nrva))
+            if st == "unchanged":
+                parts_old = {n: f[1] for n, f in old.items() if n == name or f[2] == name}
+                parts_new = {n: f[1] for n, f in new.items() if n == name or f[2] == name}
+                if parts_old != parts_new:
+                    err(where, "%s: unchanged, but its size or parts differ" % name)
+        modified = {n for n, st in status.items() if st == "modified"}
+        added = {re.sub(r"\.(isra|constprop|part|cold)\.\d+$", "", n)
+                 for n, st in status.items() if st == "added"}
+        removed = {n for n, st in status.items() if st == "removed"}
+        if not must_modify <= modified:
+            err(where, "not modified: %s" % sorted(must_modify - modified))
+        if added != must_add or removed:
+            err(where, "added %s, removed %s" % (sorted(added), sorted(removed)))
+        dheader, drows = read_tsv(os.path.join(d, "diff-v%d-v%d.data.tsv" % (a, b)))
+        if dheader != ["name", "section", "status", "old_size", "new_size"]:
+            err(where, "bad .data.tsv header %s" % dheader)
+            continue
+        dmod = set()
+        for name, section, st, osize, nsize in drows:
+            if section not in (".data", ".bss", ".rdata") or \
+                    st not in ("modified", "added", "removed"):
+                err(where, "data %s: section %s status %s" % (name, section, st))
+            if st == "modified":
+                dmod.add(name)
+        if dmod != must_data:
+            err(where, "data modified %s, expected %s" % (sorted(dmod), sorted(must_data)))
+        summary_lines.append("%-30s %3d unchanged %2d modified %d added %d removed, %d data" % (
+            where, len(status) - len(modified) - len(added) - len(removed), len(modified),
+            len(added), len(removed), len(drows)))
+
+
 def main():
     bindir = sys.argv[1]
     quiet = "--quiet" in sys.argv
     summary = []
     for build in sorted(os.listdir(bindir)):
-        for ver in sorted(os.listdir(os.path.join(bindir, build))):
+        for ver in version_dirs(os.path.join(bindir, build)):
             verify_dir(os.path.join(bindir, build, ver), summary)
     if not quiet:
         for s in summary:
@@ -276,6 +369,8 @@ def main():
     lines = []
     for build in sorted(os.listdir(bindir)):
         check_servicing(bindir, build, lines)
+    for build in sorted(os.listdir(bindir)):
+        check_diffs(bindir, build, lines)
     if not quiet:
         for line in lines:
             print(line)
