@@ -8,7 +8,9 @@ from matched callers. A candidate that is not unique on both sides is never take
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ class MatchRule(Enum):
     FINGERPRINT = "fingerprint"
     STRUCTURE = "structure"
     CALL_GRAPH = "call_graph"
+    NEIGHBOURHOOD = "neighbourhood"
 
 
 CONFIDENCE = {
@@ -33,7 +36,10 @@ CONFIDENCE = {
     MatchRule.FINGERPRINT: 0.95,
     MatchRule.STRUCTURE: 0.8,
     MatchRule.CALL_GRAPH: 0.7,
+    MatchRule.NEIGHBOURHOOD: 0.5,
 }
+#: Neighbours are paired only if their sizes in instructions are this close.
+_SIZE_RATIO = 2.0
 _MAX_ROUNDS = 32
 _CONSTANT_BYTES = 64
 
@@ -174,6 +180,50 @@ class _Matcher:
         ]
         return self.take(pairs, MatchRule.CALL_GRAPH)
 
+    def anchors(self) -> list[tuple[int, int]]:
+        """Matched pairs in an order both builds agree on (longest increasing run)."""
+        pairs = sorted((m.old_rva, m.new_rva) for m in self.forward.values())
+        tails: list[int] = []
+        tail_index: list[int] = []
+        previous = [-1] * len(pairs)
+        for index, (_, new_rva) in enumerate(pairs):
+            position = bisect.bisect_left(tails, new_rva)
+            if position == len(tails):
+                tails.append(new_rva)
+                tail_index.append(index)
+            else:
+                tails[position] = new_rva
+                tail_index[position] = index
+            previous[index] = tail_index[position - 1] if position else -1
+        chain = []
+        index = tail_index[-1] if tail_index else -1
+        while index >= 0:
+            chain.append(pairs[index])
+            index = previous[index]
+        return chain[::-1]
+
+    def similar(self, old_rva: int, new_rva: int) -> bool:
+        a = self.old.fingerprints[old_rva].instruction_count
+        b = self.new.fingerprints[new_rva].instruction_count
+        return max(a, b) <= _SIZE_RATIO * max(min(a, b), 1)
+
+    def by_neighbourhood(self) -> int:
+        """Between two anchors, as many unmatched functions on each side: pair them in order."""
+        old_unmatched, new_unmatched = self.unmatched()
+        old_order, new_order = sorted(old_unmatched), sorted(new_unmatched)
+        bounds = [(-1, -1), *self.anchors(), (1 << 40, 1 << 40)]
+        pairs = []
+        for (old_lo, new_lo), (old_hi, new_hi) in itertools.pairwise(bounds):
+            olds = old_order[
+                bisect.bisect_right(old_order, old_lo) : bisect.bisect_left(old_order, old_hi)
+            ]
+            news = new_order[
+                bisect.bisect_right(new_order, new_lo) : bisect.bisect_left(new_order, new_hi)
+            ]
+            if olds and len(olds) == len(news):
+                pairs += [(a, b) for a, b in zip(olds, news, strict=True) if self.similar(a, b)]
+        return self.take(pairs, MatchRule.NEIGHBOURHOOD)
+
     def run(self) -> tuple[Match, ...]:
         names_old, names_new = self.old.names(), self.new.names()
         self.by_key(
@@ -186,6 +236,8 @@ class _Matcher:
             )
             taken += self.by_key(lambda side, rva: side.signature(rva), MatchRule.STRUCTURE)
             taken += self.by_call_graph()
+            if not taken:
+                taken = self.by_neighbourhood()
             if not taken:
                 break
         return tuple(sorted(self.forward.values(), key=lambda m: m.old_rva))
