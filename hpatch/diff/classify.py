@@ -14,7 +14,10 @@ from enum import Enum
 
 from hpatch.arch import Reference
 from hpatch.diff.match import Match, Side
-from hpatch.image import Function, Import, PEImage
+from hpatch.image import Function, Import, PEImage, Section
+
+#: Bytes on either side of a moved writable reference that must have moved with it.
+_OBJECT_WINDOW = 8
 
 
 class Status(Enum):
@@ -75,7 +78,12 @@ class Correspondence:
         return section is not None and section.is_executable
 
     def _learn_data(self, matches: tuple[Match, ...]) -> dict[int, int]:
-        """old data address -> new, from matched functions with identical code."""
+        """old read-only data address -> new, from matched functions with identical code.
+
+        Writable data is not learned this way: a field inserted in a global and a
+        global inserted before it look alike without symbols, so writable data is
+        identified by its offset in its section (see ``same``).
+        """
         votes: dict[int, set[int]] = defaultdict(set)
         for match in matches:
             old_print = self.old.fingerprints[match.old_rva]
@@ -87,7 +95,8 @@ class Correspondence:
             for a, b in zip(old_print.references, new_print.references, strict=True):
                 if a.kind != b.kind or a.target_rva in self.old_imports:
                     continue
-                if self._is_code(self.old, a.target_rva) or self._is_code(self.new, b.target_rva):
+                old_section = self.old.image.section_at(a.target_rva)
+                if old_section is None or old_section.is_executable or old_section.is_writable:
                     continue
                 votes[a.target_rva].add(b.target_rva)
         return {old: next(iter(new)) for old, new in votes.items() if len(new) == 1}
@@ -117,14 +126,40 @@ class Correspondence:
                 and self.matched.get(a[0]) == b[0]
                 and a[1:] == b[1:]
             )
+        old_section = self.old.image.section_at(old_target)
+        new_section = self.new.image.section_at(new_target)
+        if old_section is not None and old_section.is_writable:
+            return (
+                new_section is not None
+                and new_section.name == old_section.name
+                and self._same_global(old_section, old_target, new_section, new_target)
+            )
         if old_target in self.data:
             return self.data[old_target] == new_target
         old_constant = self.old.constant(old_target)
         if old_constant is not None and old_constant == self.new.constant(new_target):
             return True
-        section = self.old.image.section_at(old_target)
-        shift = self.section_shift.get(section.name) if section is not None else None
+        shift = self.section_shift.get(old_section.name) if old_section is not None else None
         return shift is not None and old_target + shift == new_target
+
+    def _same_global(
+        self, old_section: Section, old_target: int, new_section: Section, new_target: int
+    ) -> bool:
+        """Writable data, without symbols: the same offset in the section, or a global
+        that moved whole, which carries its neighbouring initial bytes along.
+
+        A field inserted into a global shifts what follows it just as a global
+        inserted before it would; the bytes around the reference tell them apart.
+        """
+        old_offset, new_offset = old_target - old_section.rva, new_target - new_section.rva
+        if old_offset == new_offset:
+            return True
+        window = _OBJECT_WINDOW
+        if min(old_offset, new_offset) < window:
+            return False
+        old_bytes = old_section.data[old_offset - window : old_offset + window]
+        new_bytes = new_section.data[new_offset - window : new_offset + window]
+        return len(old_bytes) == 2 * window and old_bytes == new_bytes
 
     def references_agree(self, old: tuple[Reference, ...], new: tuple[Reference, ...]) -> str:
         """'' if the references correspond one for one, else why not."""

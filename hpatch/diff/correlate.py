@@ -13,6 +13,7 @@ from enum import Enum
 from hpatch.arch import Reference
 from hpatch.diff.classify import Correspondence, FunctionChange, Status, import_key
 from hpatch.diff.match import Side
+from hpatch.image import Section
 
 
 class Resolution(Enum):
@@ -90,6 +91,8 @@ class Correlator:
                     reference, Resolution.UNRESOLVED, None, "a fragment of an unchanged function"
                 )
             return ResolvedReference(reference, Resolution.OLD_FUNCTION, old_rva + offset)
+        if section is not None and section.is_writable:
+            return self.writable(reference, section)
         old_rva = self.data_back.get(target)
         if old_rva is None and section is not None:
             shift = self.correspondence.section_shift.get(section.name)
@@ -105,6 +108,25 @@ class Correlator:
             return ResolvedReference(reference, Resolution.NEW_CONSTANT, None)
         where = section.name if section is not None else "outside every section"
         return ResolvedReference(reference, Resolution.UNRESOLVED, None, f"unknown data in {where}")
+
+    def writable(self, reference: Reference, section: Section) -> ResolvedReference:
+        """Writable data binds to the same offset of the same section in the old image."""
+        offset = reference.target_rva - section.rva
+        for old_section in self.old.image.sections:
+            if old_section.name == section.name and old_section.is_writable:
+                if offset < old_section.virtual_size:
+                    return ResolvedReference(
+                        reference, Resolution.OLD_DATA, old_section.rva + offset
+                    )
+                return ResolvedReference(
+                    reference,
+                    Resolution.UNRESOLVED,
+                    None,
+                    f"past the end of the old {section.name}",
+                )
+        return ResolvedReference(
+            reference, Resolution.UNRESOLVED, None, f"no writable {section.name} in the old image"
+        )
 
     def resolve_function(self, change: FunctionChange) -> tuple[ResolvedReference, ...]:
         assert change.new is not None

@@ -60,3 +60,31 @@ def test_month_one_changes_exactly_the_fixed_functions(build: str) -> None:
     assert result.with_status(Status.REMOVED) == ()
     for change in result.with_status(Status.MODIFIED):
         assert change.reason
+
+
+def diff_truth(build: str, old: str, new: str) -> dict[str, set[str]]:
+    lines = (SAMPLES / build / f"diff-{old}-{new}.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == ["name", "status", "old_rva", "new_rva"]
+    rows = [line.split("\t") for line in lines[1:]]
+    return {
+        status: {r[0] for r in rows if r[1] == status}
+        for status in ("modified", "added", "removed")
+    }
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize(("old", "new"), PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+def test_stripped_diff_equals_the_compiler_truth(build: str, old: str, new: str) -> None:
+    """The truth comes from the compiler's objects (samples/tools/difftruth.py)."""
+    result = diff_images(
+        load_image(SAMPLES / build / old / "sample.stripped.dll"),
+        load_image(SAMPLES / build / new / "sample.stripped.dll"),
+    )
+    old_names, new_names = names_by_rva(build, old), names_by_rva(build, new)
+    found = {
+        "modified": {new_names[c.new.rva] for c in result.with_status(Status.MODIFIED) if c.new},
+        "added": {new_names[c.new.rva] for c in result.with_status(Status.ADDED) if c.new},
+        "removed": {old_names[c.old.rva] for c in result.with_status(Status.REMOVED) if c.old},
+    }
+    assert found == diff_truth(build, old, new)
+    assert result.hotpatchable == (new != "v4")
