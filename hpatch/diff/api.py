@@ -23,6 +23,8 @@ class DiffResult:
     changes: tuple[FunctionChange, ...]
     matches: tuple[Match, ...]
     blockers: tuple[Blocker, ...]
+    #: How targets in the old image correspond to targets in the new one.
+    correspondence: Correspondence
 
     @property
     def hotpatchable(self) -> bool:
@@ -64,4 +66,4 @@ def diff_images(
     correspondence = Correspondence(old_side, new_side, matches)
     changes = classify(old_side, new_side, matches, correspondence)
     blockers = find_blockers(old_side, new_side, correspondence, changes)
-    return DiffResult(old, new, changes, matches, blockers)
+    return DiffResult(old, new, changes, matches, blockers, correspondence)

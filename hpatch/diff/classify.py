@@ -38,6 +38,8 @@ class FunctionChange:
     new: Function | None
     match: Match | None
     reason: str = ""
+    #: For a function modified only in what it references: the first pair that differs.
+    differing_references: tuple[Reference, Reference] | None = None
 
 
 def import_key(imported: Import) -> tuple[str, str | int]:
@@ -161,19 +163,22 @@ class Correspondence:
         new_bytes = new_section.data[new_offset - window : new_offset + window]
         return len(old_bytes) == 2 * window and old_bytes == new_bytes
 
-    def references_agree(self, old: tuple[Reference, ...], new: tuple[Reference, ...]) -> str:
-        """'' if the references correspond one for one, else why not."""
+    def references_agree(
+        self, old: tuple[Reference, ...], new: tuple[Reference, ...]
+    ) -> tuple[str, tuple[Reference, Reference] | None]:
+        """('', None) if the references correspond one for one, else why not and where."""
         if len(old) != len(new):
-            return f"{len(old)} references became {len(new)}"
+            return f"{len(old)} references became {len(new)}", None
         for a, b in zip(old, new, strict=True):
             if a.kind != b.kind:
-                return f"a {a.kind.name.lower()} reference became {b.kind.name.lower()}"
+                return f"a {a.kind.name.lower()} reference became {b.kind.name.lower()}", (a, b)
             if not self.same(a.target_rva, b.target_rva):
                 return (
                     f"the {a.kind.name.lower()} reference at 0x{a.site_rva:x} points elsewhere "
-                    f"(0x{a.target_rva:x} -> 0x{b.target_rva:x})"
+                    f"(0x{a.target_rva:x} -> 0x{b.target_rva:x})",
+                    (a, b),
                 )
-        return ""
+        return "", None
 
 
 def classify(
@@ -183,11 +188,11 @@ def classify(
     changes = []
     for match in matches:
         a, b = old.fingerprints[match.old_rva], new.fingerprints[match.new_rva]
-        reason = "code differs" if a.digest != b.digest else ""
+        reason, differing = ("code differs", None) if a.digest != b.digest else ("", None)
         if not reason:
-            reason = correspondence.references_agree(a.references, b.references)
+            reason, differing = correspondence.references_agree(a.references, b.references)
         status = Status.MODIFIED if reason else Status.UNCHANGED
-        changes.append(FunctionChange(status, a.function, b.function, match, reason))
+        changes.append(FunctionChange(status, a.function, b.function, match, reason, differing))
     matched_new = {m.new_rva for m in matches}
     matched_old = {m.old_rva for m in matches}
     changes += [
