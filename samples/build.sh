@@ -36,6 +36,47 @@ COMMON="-O2 -ffreestanding -fno-stack-protector -ffunction-sections -Wall -Wextr
 # extents; the shipped images carry no debug information.
 DEBUG_MAP="-ffile-prefix-map=$PWD=."
 
+# build_sample OBJDIR OUTDIR DEFINES: one sample.dll (plus its stripped copy, map and
+# function truth) for the current build, compiled with DEFINES.
+build_sample() {
+    local vo=$1 out=$2 defines=$3
+    mkdir -p "$vo/debug" "$out"
+    objs=""
+    for s in $SRCS; do
+        extra=""
+        # the memory primitives must not be turned into calls to themselves
+        [ $s = hp_rt ] && [ $kind = gnu ] && extra="-fno-tree-loop-distribute-patterns"
+        if [ $kind = gnu ]; then
+            $GCC $CFLAGS $extra $defines -c src/$s.c -o $vo/$s.o
+            objs="$objs $vo/$s.o"
+        else
+            clang $CFLAGS $defines -c src/$s.c -o $vo/$s.obj
+            objs="$objs $vo/$s.obj"
+        fi
+    done
+
+    if [ $kind = gnu ]; then
+        LDFLAGS="-shared -nostdlib -Wl,--entry=DllMain -Wl,--no-insert-timestamp -Wl,--image-base=0x180000000"
+        # debug image (DWARF) and shipped image (debug stripped at link time);
+        # same file name, so that the export directory names the same DLL
+        $GCC $LDFLAGS -Wl,-Map=$vo/debug/sample.map -o $vo/debug/sample.dll $objs $o/samplehost.lib
+        $GCC $LDFLAGS -Wl,--strip-debug -Wl,-Map=$out/sample.map -o $out/sample.dll $objs $o/samplehost.lib
+    else
+        # One link with DWARF; the shipped image is that link with the
+        # debug sections removed, so its layout is identical by construction.
+        lld-link /nologo /dll /nodefaultlib /entry:DllMain /machine:$machine /brepro \
+            /opt:ref /opt:noicf /debug:dwarf $LDEXTRA /lldmap:$out/sample.map \
+            /out:$vo/debug/sample.dll $objs $o/samplehost.lib
+        llvm-objcopy --strip-debug $vo/debug/sample.dll $out/sample.dll
+    fi
+    llvm-objcopy --strip-all $out/sample.dll $out/sample.stripped.dll
+    cp $o/host/samplehost.dll $o/host/samplehost.funcs.tsv $o/host/samplehost.textdata.tsv $out/
+
+    $PYTHON tools/truth.py --debug-image $vo/debug/sample.dll --shipped $out/sample.dll \
+        --map $out/sample.map --map-kind $kind \
+        --out $out/sample.funcs.tsv --data-out $out/sample.textdata.tsv
+}
+
 for build in $BUILDS; do
     o=obj/$build
     mkdir -p "$o/host"
@@ -91,48 +132,15 @@ for build in $BUILDS; do
         --out $o/host/samplehost.funcs.tsv --data-out $o/host/samplehost.textdata.tsv
 
     for v in $VERSIONS; do
-        vo=$o/v$v
-        out=bin/$build/v$v
-        mkdir -p "$vo/debug" "$out"
-        objs=""
-        for s in $SRCS; do
-            extra=""
-            # the memory primitives must not be turned into calls to themselves
-            [ $s = hp_rt ] && [ $kind = gnu ] && extra="-fno-tree-loop-distribute-patterns"
-            if [ $kind = gnu ]; then
-                $GCC $CFLAGS $extra -DHP_VERSION=$v -c src/$s.c -o $vo/$s.o
-                objs="$objs $vo/$s.o"
-            else
-                clang $CFLAGS -DHP_VERSION=$v -c src/$s.c -o $vo/$s.obj
-                objs="$objs $vo/$s.obj"
-            fi
-        done
-
-        if [ $kind = gnu ]; then
-            LDFLAGS="-shared -nostdlib -Wl,--entry=DllMain -Wl,--no-insert-timestamp -Wl,--image-base=0x180000000"
-            # debug image (DWARF) and shipped image (debug stripped at link time);
-            # same file name, so that the export directory names the same DLL
-            $GCC $LDFLAGS -Wl,-Map=$vo/debug/sample.map -o $vo/debug/sample.dll $objs $o/samplehost.lib
-            $GCC $LDFLAGS -Wl,--strip-debug -Wl,-Map=$out/sample.map -o $out/sample.dll $objs $o/samplehost.lib
-        else
-            # One link with DWARF; the shipped image is that link with the
-            # debug sections removed, so its layout is identical by construction.
-            lld-link /nologo /dll /nodefaultlib /entry:DllMain /machine:$machine /brepro \
-                /opt:ref /opt:noicf /debug:dwarf $LDEXTRA /lldmap:$out/sample.map \
-                /out:$vo/debug/sample.dll $objs $o/samplehost.lib
-            llvm-objcopy --strip-debug $vo/debug/sample.dll $out/sample.dll
-        fi
-        llvm-objcopy --strip-all $out/sample.dll $out/sample.stripped.dll
-        cp $o/host/samplehost.dll $o/host/samplehost.funcs.tsv $o/host/samplehost.textdata.tsv $out/
-
-        $PYTHON tools/truth.py --debug-image $vo/debug/sample.dll --shipped $out/sample.dll \
-            --map $out/sample.map --map-kind $kind \
-            --out $out/sample.funcs.tsv --data-out $out/sample.textdata.tsv
+        build_sample $o/v$v bin/$build/v$v "-DHP_VERSION=$v"
     done
 
     # ---- diff truth per version pair, from the objects of both versions ----
     $PYTHON tools/difftruth.py --obj $o --bin bin/$build --implib $o/samplehost.lib \
         --pairs 1-2,1-3,2-3,1-4
+    # v1 with one early function (DllMain) grown, so that everything after it moves:
+    # a diff against v1 must report that one function and nothing else.
+    build_sample $o/grown-v1 bin/$build/grown-v1 "-DHP_VERSION=1 -DHP_GROW=1"
 done
 
 $PYTHON tools/verify.py bin

@@ -1,9 +1,10 @@
 """Matching the functions of two builds without trusting addresses.
 
 Rules, in confidence order, each re-run after the call graph spreads new matches
-(BinDiff's loop): equal names (exports, COFF symbols, import thunks), unique equal
-fingerprints, unique equal structural signatures, then callees paired by position
-from matched callers. A candidate that is not unique on both sides is never taken.
+(BinDiff's loop): equal names (exports, COFF symbols, import thunks) and the entry
+points, unique equal fingerprints, unique equal structural signatures, callees paired
+by position from matched callers, then the unmatched functions between two matched
+neighbours paired in order. A candidate that is not unique on both sides is never taken.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class MatchRule(Enum):
     """Why two functions were paired."""
 
     NAME = "name"
+    ENTRY_POINT = "entry_point"
     FINGERPRINT = "fingerprint"
     STRUCTURE = "structure"
     CALL_GRAPH = "call_graph"
@@ -33,6 +35,7 @@ class MatchRule(Enum):
 
 CONFIDENCE = {
     MatchRule.NAME: 1.0,
+    MatchRule.ENTRY_POINT: 1.0,
     MatchRule.FINGERPRINT: 0.95,
     MatchRule.STRUCTURE: 0.8,
     MatchRule.CALL_GRAPH: 0.7,
@@ -230,6 +233,11 @@ class _Matcher:
             lambda side, rva: (names_old if side is self.old else names_new).get(rva),
             MatchRule.NAME,
         )
+        if side_has_entry(self.old, self.new):
+            old_entry = self.old.image.function_at(self.old.image.entry_rva)
+            new_entry = self.new.image.function_at(self.new.image.entry_rva)
+            if old_entry is not None and new_entry is not None:
+                self.take([(old_entry.rva, new_entry.rva)], MatchRule.ENTRY_POINT)
         for _ in range(_MAX_ROUNDS):
             taken = self.by_key(
                 lambda side, rva: side.fingerprints[rva].digest, MatchRule.FINGERPRINT
@@ -241,6 +249,11 @@ class _Matcher:
             if not taken:
                 break
         return tuple(sorted(self.forward.values(), key=lambda m: m.old_rva))
+
+
+def side_has_entry(*sides: Side) -> bool:
+    """True if every image names an entry point (DLLs may have none)."""
+    return all(side.image.entry_rva for side in sides)
 
 
 def match_functions(old: Side, new: Side) -> tuple[Match, ...]:

@@ -72,6 +72,15 @@ int __stdcall DllMain(void *instance, unsigned reason, void *reserved)
     (void)reserved;
     if (reason == 1 /* DLL_PROCESS_ATTACH */)
         hp_init_defaults();
+#ifdef HP_GROW
+    /* The shift-robustness variant: enough extra code to move every later function. */
+    if (reason == 3 /* DLL_THREAD_DETACH */) {
+        volatile u32 spins = 0;
+        for (u32 i = 0; i < (u32)(unsigned long long)reserved; i++)
+            spins += i * 7u + (spins >> 3);
+        return (int)spins;
+    }
+#endif
     return 1;
 }
 

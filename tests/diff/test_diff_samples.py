@@ -88,3 +88,25 @@ def test_stripped_diff_equals_the_compiler_truth(build: str, old: str, new: str)
     }
     assert found == diff_truth(build, old, new)
     assert result.hotpatchable == (new != "v4")
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_growing_one_early_function_reports_only_that_function(build: str) -> None:
+    """grown-v1 is v1 with DllMain grown, so every later function moves."""
+    old_names, new_names = names_by_rva(build, "v1"), names_by_rva(build, "grown-v1")
+    moved = {
+        name for rva, name in new_names.items() if {v: k for k, v in old_names.items()}[name] != rva
+    }
+    assert len(moved) > 80
+    result = diff_images(
+        load_image(SAMPLES / build / "v1" / "sample.stripped.dll"),
+        load_image(SAMPLES / build / "grown-v1" / "sample.stripped.dll"),
+    )
+    modified = [c for c in result.changes if c.status != Status.UNCHANGED]
+    assert [(c.status, new_names[c.new.rva]) for c in modified if c.new] == [
+        (Status.MODIFIED, "DllMain")
+    ]
+    assert (
+        len(modified) == 1 and modified[0].match and modified[0].match.rule == MatchRule.ENTRY_POINT
+    )
+    assert result.hotpatchable
