@@ -16,8 +16,14 @@ $(STAMP): pyproject.toml setup.py native/*.c
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $@
 
+DEMO_BUILD := samples/bin/x64-clang
+
 demo: $(STAMP)
 	@for image in $(DEMO_IMAGES); do $(BIN)/hpatch info $$image && $(BIN)/hpatch funcs $$image || exit 1; done
+	@# month 2 (cumulative security fixes): hotpatchable, exit 0
+	$(BIN)/hpatch diff $(DEMO_BUILD)/v1/sample.stripped.dll $(DEMO_BUILD)/v3/sample.stripped.dll
+	@# the feature update changes global data: not hotpatchable, exit 3 (expected here)
+	$(BIN)/hpatch diff $(DEMO_BUILD)/v1/sample.stripped.dll $(DEMO_BUILD)/v4/sample.stripped.dll || test $$? -eq 3
 
 lint: $(STAMP)
 	$(BIN)/ruff check hpatch tests bench

@@ -74,6 +74,7 @@ class Correspondence:
         self.new_imports = {i.iat_rva: import_key(i) for i in new.image.imports}
         self.data = self._learn_data(matches)
         self.section_shift = self._learn_section_shifts()
+        self.writable_moves = self._learn_writable_moves(matches)
 
     def _is_code(self, side: Side, rva: int) -> bool:
         section = side.image.section_at(rva)
@@ -102,6 +103,31 @@ class Correspondence:
                     continue
                 votes[a.target_rva].add(b.target_rva)
         return {old: next(iter(new)) for old, new in votes.items() if len(new) == 1}
+
+    def _learn_writable_moves(self, matches: tuple[Match, ...]) -> dict[int, int]:
+        """old writable address -> new, where functions with identical code show that a
+        global moved whole (see ``_same_global``)."""
+        moves: dict[int, set[int]] = defaultdict(set)
+        for match in matches:
+            old_print = self.old.fingerprints[match.old_rva]
+            new_print = self.new.fingerprints[match.new_rva]
+            if old_print.digest != new_print.digest or len(old_print.references) != len(
+                new_print.references
+            ):
+                continue
+            for a, b in zip(old_print.references, new_print.references, strict=True):
+                old_section = self.old.image.section_at(a.target_rva)
+                new_section = self.new.image.section_at(b.target_rva)
+                if (
+                    old_section is None
+                    or new_section is None
+                    or not old_section.is_writable
+                    or a.target_rva - old_section.rva == b.target_rva - new_section.rva
+                ):
+                    continue
+                if self.same(a.target_rva, b.target_rva):
+                    moves[a.target_rva].add(b.target_rva)
+        return {old: next(iter(new)) for old, new in moves.items() if len(new) == 1}
 
     def _learn_section_shifts(self) -> dict[str, int]:
         """The shift most learned addresses of each data section agree on."""

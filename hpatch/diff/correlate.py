@@ -58,6 +58,7 @@ class Correlator:
         self.old_slots = {import_key(i): i.iat_rva for i in old.image.imports}
         self.new_imports = {i.iat_rva: i for i in new.image.imports}
         self.data_back = {new: old for old, new in correspondence.data.items()}
+        self.moved_back = {new: old for old, new in correspondence.writable_moves.items()}
 
     def resolve(self, reference: Reference) -> ResolvedReference:
         target = reference.target_rva
@@ -110,8 +111,13 @@ class Correlator:
         return ResolvedReference(reference, Resolution.UNRESOLVED, None, f"unknown data in {where}")
 
     def writable(self, reference: Reference, section: Section) -> ResolvedReference:
-        """Writable data binds to the same offset of the same section in the old image."""
-        offset = reference.target_rva - section.rva
+        """Writable data binds to where the global lives in the old image: where it moved
+        from, or else the same offset of the same section, unless the global that was
+        there moved away (then which one is meant is unknown)."""
+        target = reference.target_rva
+        if target in self.moved_back:
+            return ResolvedReference(reference, Resolution.OLD_DATA, self.moved_back[target])
+        offset = target - section.rva
         for old_section in self.old.image.sections:
             if old_section.name == section.name and old_section.is_writable:
                 if offset < old_section.virtual_size:

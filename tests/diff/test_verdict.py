@@ -88,3 +88,26 @@ def test_diff_command_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     junk.write_bytes(b"MZ" + bytes(100))
     code, _, err = run(capsys, "diff", str(junk), str(SAMPLES / "x64-gcc/v1/sample.dll"))
     assert code == 1 and err.startswith("hpatch: error:") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("build", ["x64-clang", "arm64-clang"])
+def test_new_code_binds_to_where_a_moved_global_lives_in_the_old_image(build: str) -> None:
+    """In v4 g_hp_stats moved whole (globals before it grew); hp_get_stats changed."""
+    from hpatch.diff.correlate import Correlator, Resolution
+
+    old_image = load_image(SAMPLES / build / "v1" / "sample.dll")
+    new_image = load_image(SAMPLES / build / "v4" / "sample.dll")
+    result = diff_images(old_image, new_image)
+    old_stats = next(s for s in old_image.symbols if s.name == "g_hp_stats")
+    new_stats = next(s for s in new_image.symbols if s.name == "g_hp_stats")
+    assert old_stats.rva != new_stats.rva
+    assert result.correspondence.writable_moves.get(old_stats.rva) == new_stats.rva
+    correspondence = result.correspondence
+    correlator = Correlator(correspondence.old, correspondence.new, correspondence, result.changes)
+    change = next(c for c in result.changes if c.new is not None and c.new.name == "hp_get_stats")
+    bound = [
+        r.old_rva
+        for r in correlator.resolve_function(change)
+        if r.resolution == Resolution.OLD_DATA and r.reference.target_rva == new_stats.rva
+    ]
+    assert bound and set(bound) == {old_stats.rva}
