@@ -6,7 +6,8 @@ setup(
     ext_modules=[
         Extension(
             "hpatch._native",
-            sources=["native/hpatch_native.c"],
+            sources=["native/hpatch_native.c", "native/x64.c"],
+            depends=["native/x64.h"],
             extra_compile_args=["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror"],
         )
     ]

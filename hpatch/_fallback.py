@@ -5,10 +5,16 @@ Same signatures, same results, same errors; the parity tests hold them to it.
 
 from __future__ import annotations
 
+import bisect
 import re
 import struct
+from functools import cache
+
+import capstone
+from capstone import x86_const
 
 SITE_CALL, SITE_JUMP, SITE_COND_JUMP, SITE_ADDRESS, SITE_LOAD = 1, 2, 3, 4, 5
+REF_CALL, REF_BRANCH, REF_DATA, REF_ABSOLUTE, REF_IMAGE_RVA = 1, 2, 3, 4, 5
 _RVA_LIMIT = 0xFFFFFFFF
 
 # Zero-width lookahead so that every byte offset is a candidate, exactly as the C loop.
@@ -106,3 +112,129 @@ def scan_arm64_sites(
                 if lo_rva <= target < hi_rva:
                     sites.append((site, target, SITE_ADDRESS))
     return sites
+
+
+def _displacement_size(encoding: bytes, modrm_offset: int, reported: int) -> int:
+    """Bytes of displacement, from the ModRM/SIB bytes themselves.
+
+    capstone's disp_size follows the operand-size prefix (it says 2 for the disp32 of
+    ``66 0F 6E 05 ...``); the encoding decides. Without a ModRM byte (mov moffs) its
+    report stands.
+    """
+    if not modrm_offset:
+        return reported
+    modrm = encoding[modrm_offset]
+    mod, rm = modrm >> 6, modrm & 7
+    if mod == 3:
+        return 0
+    if mod == 1:
+        return 1
+    if mod == 2:
+        return 4
+    if rm == 5:
+        return 4
+    if rm == 4 and (encoding[modrm_offset + 1] & 7) == 5:
+        return 4
+    return 0
+
+
+# capstone leaves these rel8 branches out of its jump group.
+_LOOPS = frozenset(
+    {
+        x86_const.X86_INS_LOOP,
+        x86_const.X86_INS_LOOPE,
+        x86_const.X86_INS_LOOPNE,
+        x86_const.X86_INS_JRCXZ,
+        x86_const.X86_INS_JECXZ,
+    }
+)
+
+
+@cache
+def _x64_decoder() -> capstone.Cs:
+    decoder = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    decoder.detail = True
+    return decoder
+
+
+def normalise_x64(
+    code: bytes,
+    code_rva: int,
+    lo_rva: int,
+    hi_rva: int,
+    relocated: bytes,
+    image_base: int,
+    /,
+) -> tuple[bytes, list[tuple[int, int, int]], int]:
+    """Mask the position-dependent fields of x64 code at code_rva.
+
+    A relocated 64-bit immediate or absolute offset (movabs, mov moffs) becomes an
+    ABSOLUTE reference (as an RVA); a rel8/rel32 branch or call out of [lo, hi) a
+    BRANCH/CALL reference; a RIP-relative operand whose target is outside [lo, hi) a
+    DATA reference (a 64-bit ``lea reg, [rip + d]`` reaching RVA 0 marks ``reg`` as
+    holding __ImageBase); a 32-bit displacement on such a base register an IMAGE_RVA
+    reference. Masked fields become zero bytes.
+    """
+    view = memoryview(relocated).cast("B")
+    if len(view) % 4:
+        raise ValueError("relocated must hold uint32 values")
+    if code_rva < 0 or code_rva + len(code) > 0x100000000:
+        raise ValueError("rva out of range")
+    fields = view.cast("I")
+    data = bytes(code)
+    masked = bytearray(data)
+    references: list[tuple[int, int, int]] = []
+    base_registers: set[int] = set()
+    count = 0
+
+    def is_relocated(rva: int) -> bool:
+        index = bisect.bisect_left(fields, rva)
+        return index < len(fields) and fields[index] == rva
+
+    def mask(site: int, field: int, size: int, kind: int, target: int) -> None:
+        masked[field - code_rva : field - code_rva + size] = bytes(size)
+        references.append((site, kind, target))
+
+    for insn in _x64_decoder().disasm(data, code_rva):
+        count += 1
+        next_rva = insn.address + insn.size
+        imm_rva = insn.address + insn.imm_offset
+        disp_size = _displacement_size(insn.bytes, insn.modrm_offset, insn.disp_size)
+        # The displacement is always encoded right before the immediate.
+        disp_rva = insn.address + insn.size - insn.imm_size - disp_size
+        if insn.imm_size == 8 and is_relocated(imm_rva):
+            (value,) = struct.unpack_from("<Q", data, imm_rva - code_rva)
+            mask(insn.address, imm_rva, 8, REF_ABSOLUTE, value - image_base)
+            continue
+        memory = [o for o in insn.operands if o.type == x86_const.X86_OP_MEM]
+        if disp_size == 8 and memory and is_relocated(disp_rva):  # mov moffs64
+            (value,) = struct.unpack_from("<Q", data, disp_rva - code_rva)
+            mask(insn.address, disp_rva, 8, REF_ABSOLUTE, value - image_base)
+            continue
+        is_call = insn.group(capstone.CS_GRP_CALL)
+        is_jump = insn.group(capstone.CS_GRP_JUMP) or insn.id in _LOOPS
+        if insn.imm_size and (is_call or is_jump):
+            operand = insn.operands[0]
+            if operand.type == x86_const.X86_OP_IMM:
+                if not lo_rva <= operand.imm < hi_rva:
+                    kind = REF_CALL if is_call else REF_BRANCH
+                    mask(insn.address, imm_rva, insn.imm_size, kind, operand.imm)
+                continue
+        if not memory or not disp_size:
+            continue
+        operand = memory[0]
+        if operand.mem.base == x86_const.X86_REG_RIP:
+            target = next_rva + operand.mem.disp
+            destination = insn.operands[0]
+            if (
+                target == 0
+                and insn.id == x86_const.X86_INS_LEA
+                and destination.type == x86_const.X86_OP_REG
+                and destination.size == 8
+            ):
+                base_registers.add(destination.reg)
+            if not lo_rva <= target < hi_rva:
+                mask(insn.address, disp_rva, disp_size, REF_DATA, target)
+        elif operand.mem.base in base_registers and disp_size == 4:
+            mask(insn.address, disp_rva, 4, REF_IMAGE_RVA, operand.mem.disp & 0xFFFFFFFF)
+    return bytes(masked), references, count

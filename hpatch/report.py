@@ -38,7 +38,8 @@ def function_dict(function: Function) -> dict[str, Any]:
         "fragments": [{"rva": f.rva, "size": f.size} for f in function.fragments],
         "padding_after": function.padding_after,
         "inline_data": [
-            {"rva": d.rva, "size": d.size, "kind": d.kind.value} for d in function.inline_data
+            {"rva": d.rva, "size": d.size, "kind": d.kind.value, "part": d.part}
+            for d in function.inline_data
         ],
     }
 

@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "x64.h"
+
 /* Reference kinds; the same numbers as hpatch.arch.base.SiteKind. */
 enum { SITE_CALL = 1, SITE_JUMP = 2, SITE_COND_JUMP = 3, SITE_ADDRESS = 4, SITE_LOAD = 5 };
 
@@ -238,9 +240,70 @@ static PyObject *scan_arm64_sites(PyObject *self, PyObject *args)
     return sites_to_list(&list);
 }
 
+PyDoc_STRVAR(normalise_x64_doc,
+"normalise_x64(code, code_rva, lo_rva, hi_rva, relocated, image_base, /)\n--\n\n"
+"Mask the position-dependent fields of x64 code at code_rva.\n\n"
+"Branches whose targets lie in [lo_rva, hi_rva) keep their bytes. relocated is a\n"
+"buffer of sorted uint32 RVAs of base-relocated fields. Returns (normalised bytes,\n"
+"[(site_rva, kind, target_rva), ...], instruction count); decoding stops at the\n"
+"first undecodable instruction.");
+
+static PyObject *normalise_x64(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer code, relocated;
+    long long code_rva, lo_rva, hi_rva, image_base;
+    if (!PyArg_ParseTuple(args, "y*LLLy*L:normalise_x64", &code, &code_rva, &lo_rva, &hi_rva,
+                          &relocated, &image_base))
+        return NULL;
+    PyObject *result = NULL, *normalised = NULL, *list = NULL;
+    x64_refs_t refs = {NULL, 0, 0};
+    size_t count = 0;
+    if (relocated.len % 4 != 0) {
+        PyErr_SetString(PyExc_ValueError, "relocated must hold uint32 values");
+        goto done;
+    }
+    if (code_rva < 0 || code_rva + (long long)code.len > 0x100000000LL) {
+        PyErr_SetString(PyExc_ValueError, "rva out of range");
+        goto done;
+    }
+    normalised = PyBytes_FromStringAndSize(NULL, code.len);
+    if (normalised == NULL)
+        goto done;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = x64_normalise((const uint8_t *)code.buf, (size_t)code.len, code_rva, lo_rva, hi_rva,
+                           (const uint32_t *)relocated.buf, (size_t)relocated.len / 4, image_base,
+                           (uint8_t *)PyBytes_AS_STRING(normalised), &refs, &count);
+    Py_END_ALLOW_THREADS
+    if (status < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    list = PyList_New((Py_ssize_t)refs.count);
+    if (list == NULL)
+        goto done;
+    for (size_t i = 0; i < refs.count; i++) {
+        PyObject *item = Py_BuildValue("(LiL)", (long long)refs.items[i].site, refs.items[i].kind,
+                                       (long long)refs.items[i].target);
+        if (item == NULL)
+            goto done;
+        PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+    }
+    result = Py_BuildValue("(OOn)", normalised, list, (Py_ssize_t)count);
+done:
+    Py_XDECREF(normalised);
+    Py_XDECREF(list);
+    free(refs.items);
+    PyBuffer_Release(&code);
+    PyBuffer_Release(&relocated);
+    return result;
+}
+
 static PyMethodDef native_methods[] = {
     {"scan_x64_sites", scan_x64_sites, METH_VARARGS, scan_x64_sites_doc},
     {"scan_arm64_sites", scan_arm64_sites, METH_VARARGS, scan_arm64_sites_doc},
+    {"normalise_x64", normalise_x64, METH_VARARGS, normalise_x64_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import random
+from array import array
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,7 +13,7 @@ from hypothesis import strategies as st
 from hpatch import _fallback, _native
 from hpatch.image import load_image
 
-from .conftest import SAMPLES
+from .conftest import SAMPLES, corpus_binaries
 
 SCANNERS = ("scan_x64_sites", "scan_arm64_sites")
 RVA = st.integers(min_value=0, max_value=0x7FFFFFFF)
@@ -72,3 +76,49 @@ def test_scanners_agree_on_sample_code(path) -> None:  # type: ignore[no-untyped
         native = getattr(_native, name)(section.data, section.rva, 0, image.size_of_image)
         assert native, "a code section without a single reference site"
         assert native == getattr(_fallback, name)(section.data, section.rva, 0, image.size_of_image)
+
+
+def _x64_parts(path: Path, limit: int | None = None) -> list[tuple[bytes, int, int, bytes, int]]:
+    image = load_image(path)
+    relocated = array("I", sorted(r.rva for r in image.relocations)).tobytes()
+    parts = [
+        (image.read(a, b - a), a, b, relocated, image.image_base)
+        for f in image.functions
+        for a, b in [(f.rva, f.end_rva)] + [(p.rva, p.rva + p.size) for p in f.fragments]
+        if b > a
+    ]
+    if limit is not None and len(parts) > limit:
+        parts = random.Random(str(path)).sample(parts, limit)
+    return parts
+
+
+X64_SAMPLES = sorted(SAMPLES.glob("x64*/*/sample.dll"))
+X64_CORPUS = [p for _, arch, p in corpus_binaries() if arch == "x64"]
+
+
+@pytest.mark.parametrize("path", X64_SAMPLES, ids=lambda p: "/".join(p.parts[-3:-1]))
+def test_x64_normalisation_agrees_on_every_sample_function(path: Path) -> None:
+    parts = _x64_parts(path)
+    assert len(parts) > 90
+    for code, start, end, relocated, base in parts:
+        native = _native.normalise_x64(code, start, start, end, relocated, base)
+        twin = _fallback.normalise_x64(code, start, start, end, relocated, base)
+        assert native == twin, hex(start)
+        assert native[2] > 0
+
+
+@pytest.mark.parametrize("path", X64_CORPUS, ids=lambda p: "/".join(p.parts[-2:]))
+def test_x64_normalisation_agrees_on_corpus_functions(path: Path) -> None:
+    for code, start, end, relocated, base in _x64_parts(path, limit=300):
+        native = _native.normalise_x64(code, start, start, end, relocated, base)
+        assert native == _fallback.normalise_x64(code, start, start, end, relocated, base), hex(
+            start
+        )
+
+
+def test_x64_normalisation_rejects_bad_arguments_the_same_way() -> None:
+    for module in (_native, _fallback):
+        with pytest.raises(ValueError, match="uint32"):
+            module.normalise_x64(b"\xc3", 0x1000, 0x1000, 0x1001, b"\0\0\0", 0)
+        with pytest.raises(ValueError, match="rva out of range"):
+            module.normalise_x64(b"\xc3", -1, 0, 1, b"", 0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from hpatch._backend import core
 from hpatch.arch.base import (
@@ -158,10 +158,15 @@ class Arm64(Arch):
         self,
         code: bytes,
         code_rva: int,
-        inside: Callable[[int], bool],
-        relocated: frozenset[int],
+        own_range: tuple[int, int],
+        relocated: bytes,
         image_base: int,
     ) -> NormalisedCode:
+        lo, hi = own_range
+
+        def inside(target: int) -> bool:
+            return lo <= target < hi
+
         count = len(code) // 4
         words = list(struct.unpack_from(f"<{count}I", code))
         references: list[Reference] = []

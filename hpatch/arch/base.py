@@ -129,16 +129,16 @@ class Arch(ABC):
         self,
         code: bytes,
         code_rva: int,
-        inside: Callable[[int], bool],
-        relocated: frozenset[int],
+        own_range: tuple[int, int],
+        relocated: bytes,
         image_base: int,
     ) -> NormalisedCode:
         """Mask the position-dependent fields of ``code`` (at ``code_rva``).
 
-        References whose target satisfies ``inside`` (the function's own code) keep
-        their bytes: moving the whole function does not change them. ``relocated``
-        holds the RVAs of base-relocated fields; ``image_base`` turns the addresses
-        they hold into RVAs.
+        References whose target lies in ``own_range`` ([start, end) of the function part
+        itself) keep their bytes: moving the part does not change them. ``relocated``
+        is a buffer of the sorted uint32 RVAs of base-relocated fields; ``image_base``
+        turns the addresses they hold into RVAs.
         """
 
     @abstractmethod

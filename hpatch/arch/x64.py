@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import capstone
-from capstone import x86_const
 
 from hpatch._backend import core
 from hpatch.arch.base import (
@@ -137,50 +136,18 @@ class X64(Arch):
         self,
         code: bytes,
         code_rva: int,
-        inside: Callable[[int], bool],
-        relocated: frozenset[int],
+        own_range: tuple[int, int],
+        relocated: bytes,
         image_base: int,
     ) -> NormalisedCode:
-        masked = bytearray(code)
-        references: list[Reference] = []
-        image_base_registers: set[int] = set()
-        count = 0
-
-        def mask(site: int, field_rva: int, size: int, kind: RefKind, target: int) -> None:
-            offset = field_rva - code_rva
-            masked[offset : offset + size] = bytes(size)
-            references.append(Reference(site, kind, target))
-
-        for insn in self._cs.disasm(code, code_rva):
-            count += 1
-            imm_rva = insn.address + insn.imm_offset
-            if insn.imm_size == 8 and imm_rva in relocated:
-                (value,) = struct.unpack_from("<Q", code, imm_rva - code_rva)
-                mask(insn.address, imm_rva, 8, RefKind.ABSOLUTE, value - image_base)
-                continue
-            is_call = insn.group(capstone.CS_GRP_CALL)
-            if insn.imm_size and (is_call or insn.group(capstone.CS_GRP_JUMP)):
-                operand = insn.operands[0]
-                if operand.type == x86_const.X86_OP_IMM and not inside(operand.imm):
-                    kind = RefKind.CALL if is_call else RefKind.BRANCH
-                    mask(insn.address, imm_rva, insn.imm_size, kind, operand.imm)
-                continue
-            for operand in insn.operands:
-                if operand.type != x86_const.X86_OP_MEM or not insn.disp_size:
-                    continue
-                disp_rva = insn.address + insn.disp_offset
-                if operand.mem.base == x86_const.X86_REG_RIP:
-                    target = insn.address + insn.size + operand.mem.disp
-                    if target == 0 and insn.id == x86_const.X86_INS_LEA:
-                        # lea reg, [__ImageBase]: later operands on reg are image offsets
-                        image_base_registers.add(insn.operands[0].reg)
-                    if not inside(target):
-                        mask(insn.address, disp_rva, insn.disp_size, RefKind.DATA, target)
-                elif operand.mem.base in image_base_registers and insn.disp_size == 4:
-                    mask(
-                        insn.address, disp_rva, 4, RefKind.IMAGE_RVA, operand.mem.disp & 0xFFFFFFFF
-                    )
-        return NormalisedCode(bytes(masked), tuple(references), count)
+        normalised, references, count = core.normalise_x64(
+            code, code_rva, own_range[0], own_range[1], relocated, image_base
+        )
+        return NormalisedCode(
+            normalised,
+            tuple(Reference(site, RefKind(kind), target) for site, kind, target in references),
+            count,
+        )
 
     def code_extent(
         self, read: ReadRva, start_rva: int, bound_rva: int, roots: Sequence[int] = ()

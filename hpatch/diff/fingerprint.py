@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,12 +34,13 @@ class FunctionFingerprint:
         return self.function.rva
 
 
-def _relocated_fields(image: PEImage) -> frozenset[int]:
-    return frozenset(r.rva for r in image.relocations)
+def _relocated_fields(image: PEImage) -> bytes:
+    """The sorted RVAs of base-relocated fields, as a buffer of uint32."""
+    return array("I", sorted(r.rva for r in image.relocations)).tobytes()
 
 
 def fingerprint_function(
-    image: PEImage, function: Function, relocated: frozenset[int] | None = None
+    image: PEImage, function: Function, relocated: bytes | None = None
 ) -> FunctionFingerprint:
     """The fingerprint of one function of ``image``."""
     if relocated is None:
@@ -55,7 +57,7 @@ def fingerprint_function(
         normalised = image.arch.normalise(
             image.read(start, end - start),
             start,
-            lambda target, lo=start, hi=own_end: lo <= target < hi,
+            (start, own_end),
             relocated,
             image.image_base,
         )

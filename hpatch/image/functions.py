@@ -10,9 +10,10 @@ described in docs/image-model.md.
 from __future__ import annotations
 
 import bisect
+import itertools
 import struct
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cached_property
 from operator import itemgetter
 from typing import TYPE_CHECKING
@@ -73,6 +74,13 @@ class _Discovery:
                 self.load_sites = [(s, t) for s, t, k in scanned if k == SiteKind.LOAD]
         #: (site, target) of every address taken in code, in site order.
         self.address_sites = [(s, t) for s, t, k in self.sites if k == SiteKind.ADDRESS]
+        #: Sites that load __ImageBase (an address of RVA 0): MSVC indexes tables of RVAs.
+        self.image_base_sites = sorted(
+            site
+            for section in self.code_sections
+            for site, _, kind in self.arch.scan_sites(section.data, section.rva, 0, 1)
+            if kind == SiteKind.ADDRESS
+        )
         #: the sites again, ordered by target, and their targets, for lookups by bisection.
         self.by_target = sorted(self.sites, key=itemgetter(1))
         self.target_keys = [site[1] for site in self.by_target]
@@ -330,6 +338,72 @@ class _Discovery:
         code_end = self.arch.last_instruction_end(read, start, tables[0].rva)
         return code_end, tuple(tables + other), tuple(code_parts)
 
+    def claim_rva_tables(self, parts: list[list[int]], tables: dict[int, list[DataRange]]) -> None:
+        """MSVC x64 jump tables of RVAs inside the parts of functions that load __ImageBase.
+
+        A run of at least three aligned words pointing into the function's own parts
+        is table data; each table starts where the code names its RVA (the
+        displacement of the ``__ImageBase``-relative load that indexes it), and any
+        other address the code names past the tables, in the same part, is data too
+        (the byte index table of a two-level switch). The part's code stops before.
+        """
+        read = self.image.read
+        by_owner: dict[int, list[list[int]]] = defaultdict(list)
+        for part in parts:
+            by_owner[part[3]].append(part)
+        for owner, owned in by_owner.items():
+            if not any(self.loads_image_base(part[0], part[1]) for part in owned):
+                continue
+            ranges = [(part[0], part[1]) for part in owned]
+            code = b"".join(read(a, b - a) for a, b in ranges)
+
+            def inside(value: int, ranges: list[tuple[int, int]] = ranges) -> bool:
+                return any(a <= value < b for a, b in ranges)
+
+            for part in owned:
+                found = self.tables_in(part[0], part[1], inside, code)
+                if found:
+                    tables[owner].extend(found)
+                    part[1] = self.arch.last_instruction_end(read, part[0], found[0].rva)
+
+    def loads_image_base(self, start: int, end: int) -> bool:
+        index = bisect.bisect_left(self.image_base_sites, start)
+        return index < len(self.image_base_sites) and self.image_base_sites[index] < end
+
+    def tables_in(
+        self, start: int, end: int, inside: Callable[[int], bool], code: bytes
+    ) -> list[DataRange]:
+        first = start + (-start % 4)
+        count = (end - first) // 4
+        if count < 3:
+            return []
+        words = struct.unpack_from(f"<{count}I", self.image.read(first, 4 * count))
+        index = 0
+        while index < count:
+            if not inside(words[index]):
+                index += 1
+                continue
+            run = index
+            while run < count and inside(words[run]):
+                run += 1
+            if run - index >= 3:
+                run_start, run_end = first + 4 * index, first + 4 * run
+                starts = [
+                    rva for rva in range(run_start, run_end, 4) if struct.pack("<I", rva) in code
+                ]
+                if starts:
+                    bounds = [*starts, run_end]
+                    found = [
+                        DataRange(a, b - a, DataKind.JUMP_TABLE_RVA)
+                        for a, b in itertools.pairwise(bounds)
+                    ]
+                    rest = [rva for rva in range(run_end, end) if struct.pack("<I", rva) in code]
+                    if rest:
+                        found.append(DataRange(rest[0], end - rest[0], DataKind.DATA))
+                    return found
+            index = run
+        return []
+
     def branched_into(self, start: int, end: int) -> bool:
         """True if a direct branch targets [start, end)."""
         index = bisect.bisect_left(self.branch_targets, start)
@@ -439,6 +513,7 @@ class _Discovery:
         for owner, owned in fragments.items():
             parts.extend([f.rva, f.rva + f.size, f.rva + f.size, owner] for f in owned)
         parts.sort()
+        self.claim_rva_tables(parts, tables)
         self.claim_tails(parts, tables)
         code_ends = {part[0]: part[1] for part in parts}
         starts = sorted(bounds)
@@ -456,26 +531,35 @@ class _Discovery:
             limit = section.end_rva
             if position + 1 < len(starts):
                 limit = min(limit, starts[position + 1])
-            inline = tuple(sorted(tables[start], key=lambda t: t.rva))
-            end = max([code_ends[start]] + [t.rva + t.size for t in inline])
-            owned = fragments.get(start, ())
+            owned = sorted(
+                (Fragment(f.rva, code_ends[f.rva] - f.rva) for f in fragments.get(start, ())),
+                key=lambda f: f.rva,
+            )
+            # Each range belongs to the part it lies in or follows.
+            part_starts = sorted([(start, 0)] + [(f.rva, i) for i, f in enumerate(owned, 1)])
+            inline = tuple(
+                DataRange(t.rva, t.size, t.kind, _part_of(part_starts, t.rva))
+                for t in sorted(tables[start], key=lambda t: t.rva)
+            )
+            end = max([code_ends[start]] + [t.rva + t.size for t in inline if t.part == 0])
             functions.append(
                 Function(
                     rva=start,
                     size=code_ends[start] - start,
                     name=name or self.thunk_names.get(start),
                     sources=tuple(sorted(sources, key=_EVIDENCE_ORDER.__getitem__)),
-                    fragments=tuple(
-                        sorted(
-                            (Fragment(f.rva, code_ends[f.rva] - f.rva) for f in owned),
-                            key=lambda f: f.rva,
-                        )
-                    ),
+                    fragments=tuple(owned),
                     padding_after=self.padding_at(section, end, limit) if end < limit else 0,
                     inline_data=inline,
                 )
             )
         return tuple(functions)
+
+
+def _part_of(part_starts: list[tuple[int, int]], rva: int) -> int:
+    """Index of the part (0: entry) with the greatest start at or before ``rva``."""
+    index = bisect.bisect_right(part_starts, (rva, len(part_starts))) - 1
+    return part_starts[max(index, 0)][1]
 
 
 def discover_functions(image: PEImage) -> tuple[Function, ...]:

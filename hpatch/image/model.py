@@ -169,11 +169,16 @@ class DataKind(Enum):
 
 @dataclass(frozen=True, slots=True)
 class DataRange:
-    """Data that lives inside a function's unwind range (not instructions)."""
+    """Data that belongs to a function's code (not instructions).
+
+    ``part`` says where: 0 after or inside the entry part, i inside or after the
+    function's i-th fragment.
+    """
 
     rva: int
     size: int
     kind: DataKind
+    part: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,10 +208,12 @@ class Function:
     @property
     def extent_end(self) -> int:
         """End of the entry part including the inline data that follows its code."""
-        return max([self.end_rva] + [d.rva + d.size for d in self.inline_data])
+        return max([self.end_rva] + [d.rva + d.size for d in self.inline_data if d.part == 0])
 
     def contains(self, rva: int) -> bool:
-        """True if ``rva`` lies in the entry part, its inline data or any fragment."""
+        """True if ``rva`` lies in the entry part, a fragment or the function's data."""
         if self.rva <= rva < self.extent_end:
             return True
-        return any(f.rva <= rva < f.rva + f.size for f in self.fragments)
+        if any(f.rva <= rva < f.rva + f.size for f in self.fragments):
+            return True
+        return any(d.rva <= rva < d.rva + d.size for d in self.inline_data)

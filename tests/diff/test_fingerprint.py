@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from array import array
 from pathlib import Path
 
 import keystone
@@ -25,8 +26,9 @@ def assemble(ks: keystone.Ks, source: str, rva: int) -> bytes:
     return bytes(ks.asm(source, rva)[0])
 
 
-def normalise(arch, code: bytes, rva: int, relocated: frozenset[int] = frozenset(), base: int = 0):  # type: ignore[no-untyped-def]
-    return arch.normalise(code, rva, lambda t: rva <= t < rva + len(code), relocated, base)
+def normalise(arch, code: bytes, rva: int, relocated: tuple[int, ...] = (), base: int = 0):  # type: ignore[no-untyped-def]
+    fields = array("I", sorted(relocated)).tobytes()
+    return arch.normalise(code, rva, (rva, rva + len(code)), fields, base)
 
 
 X64_BODY = (
@@ -69,7 +71,7 @@ def test_x64_relocated_absolutes_and_image_base_offsets() -> None:
         " mov ecx, dword ptr [rdx + rax*4 + 0x5000]; ret",
         0x1000,
     )
-    result = normalise(X64, code, 0x1000, frozenset({0x1002}), 0x180000000)
+    result = normalise(X64, code, 0x1000, (0x1002,), 0x180000000)
     assert [(r.kind, r.target_rva) for r in result.references] == [
         (RefKind.ABSOLUTE, 0x4000),
         (RefKind.DATA, 0),

@@ -90,16 +90,26 @@ def _check_functions_follow_pdata(path: Path) -> None:
             functions[entry.begin_rva] = owner
         if entry.begin_rva in functions:
             function = functions[entry.begin_rva]
-            end = function.end_rva
-            if function.inline_data:  # tables, and code laid out after them, in the range
-                inside = [f.rva + f.size for f in function.fragments if f.rva < entry.end_rva]
-                end = max([function.extent_end, *inside])
+            part_index, end = 0, function.end_rva
         else:
             assert entry.is_fragment or entry.frameless, hex(entry.begin_rva)
+            function = next(
+                f for f in image.functions if any(p.rva == entry.begin_rva for p in f.fragments)
+            )
+            part_index = 1 + [p.rva for p in function.fragments].index(entry.begin_rva)
             part = parts[entry.begin_rva]
             end = part.rva + part.size
+        # Tables and other data of the part (MSVC may even give a table its own entry),
+        # and code laid out after a table, count towards the part's extent.
+        data_ends = [d.rva + d.size for d in function.inline_data if d.part == part_index]
+        after = [
+            p.rva + p.size
+            for p in function.fragments
+            if function.inline_data and entry.begin_rva <= p.rva < entry.end_rva
+        ]
+        end = max([end, *data_ends, *after])
         assert end >= entry.end_rva, hex(entry.begin_rva)
-        if end > entry.end_rva and not (entry.begin_rva in functions and function.inline_data):
+        if end > entry.end_rva and not data_ends:
             assert image.arch.falls_through(image.read, entry.begin_rva, entry.end_rva)
     spans = sorted(
         [(f.rva, f.end_rva) for f in image.functions]

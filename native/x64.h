@@ -1,0 +1,33 @@
+/* x64 instruction decoding for normalisation: lengths and the positions of the
+ * fields a move of code or data changes. */
+#ifndef HPATCH_X64_H
+#define HPATCH_X64_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Reference kinds; the same numbers as hpatch.arch.base.RefKind. */
+enum { REF_CALL = 1, REF_BRANCH = 2, REF_DATA = 3, REF_ABSOLUTE = 4, REF_IMAGE_RVA = 5 };
+
+typedef struct {
+    int64_t site;
+    int64_t target;
+    int kind;
+} x64_ref_t;
+
+typedef struct {
+    x64_ref_t *items;
+    size_t count;
+    size_t capacity;
+} x64_refs_t;
+
+/* Normalise `len` bytes of code at `code_rva` into `out` (same length): see
+ * normalise_x64 in hpatch/_fallback.py for the rules. `relocated` is a sorted array
+ * of RVAs holding base-relocated fields. Returns 0, or -1 when out of memory.
+ * Decoding stops at the first undecodable instruction; `*count` says how many
+ * instructions were decoded. */
+int x64_normalise(const uint8_t *code, size_t len, int64_t code_rva, int64_t lo, int64_t hi,
+                  const uint32_t *relocated, size_t relocated_count, int64_t image_base,
+                  uint8_t *out, x64_refs_t *refs, size_t *count);
+
+#endif
