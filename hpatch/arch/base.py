@@ -42,17 +42,21 @@ class RefKind(IntEnum):
     LITERAL = 7  # ARM64 LDR (literal)
 
 
-@dataclass(frozen=True, slots=True)
-class Reference:
+class Reference(NamedTuple):
     """An operand of the instruction at ``site_rva`` that names ``target_rva``.
 
     Its bits are masked in the normalised code: what stays comparable is what the
-    reference points at, which the diff resolves under its match.
+    reference points at, which the diff resolves under its match. A tuple: large
+    images have hundreds of thousands.
     """
 
     site_rva: int
     kind: RefKind
     target_rva: int
+
+
+#: RefKind by value, without the enum's call overhead.
+REF_KINDS = {int(kind): kind for kind in RefKind}
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,13 +9,13 @@ import capstone
 
 from hpatch._backend import core
 from hpatch.arch.base import (
+    REF_KINDS,
     Arch,
     CodeSite,
     Machine,
     NormalisedCode,
     ReadRva,
     Reference,
-    RefKind,
     UnwindEntry,
 )
 from hpatch.errors import ImageFormatError
@@ -145,7 +145,7 @@ class X64(Arch):
         )
         return NormalisedCode(
             normalised,
-            tuple(Reference(site, RefKind(kind), target) for site, kind, target in references),
+            tuple(Reference(site, REF_KINDS[kind], target) for site, kind, target in references),
             count,
         )
 

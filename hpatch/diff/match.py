@@ -114,27 +114,27 @@ class Side:
         )
 
 
+KeyOf = Callable[[int], Hashable | None]
+
+
 def _unique_pairs(
-    old: Iterable[int],
-    new: Iterable[int],
-    key: Callable[[Side, int], Hashable | None],
-    sides: tuple[Side, Side],
+    old: Iterable[int], new: Iterable[int], old_key: KeyOf, new_key: KeyOf
 ) -> list[tuple[int, int]]:
     """Pairs whose key is present exactly once on each side."""
-    old_keys: dict[Hashable, list[int]] = defaultdict(list)
-    new_keys: dict[Hashable, list[int]] = defaultdict(list)
+    old_groups: dict[Hashable, list[int]] = defaultdict(list)
+    new_groups: dict[Hashable, list[int]] = defaultdict(list)
     for rva in old:
-        value = key(sides[0], rva)
+        value = old_key(rva)
         if value is not None:
-            old_keys[value].append(rva)
+            old_groups[value].append(rva)
     for rva in new:
-        value = key(sides[1], rva)
+        value = new_key(rva)
         if value is not None:
-            new_keys[value].append(rva)
+            new_groups[value].append(rva)
     return [
-        (olds[0], new_keys[value][0])
-        for value, olds in old_keys.items()
-        if len(olds) == 1 and len(new_keys.get(value, ())) == 1
+        (olds[0], new_groups[value][0])
+        for value, olds in old_groups.items()
+        if len(olds) == 1 and len(new_groups.get(value, ())) == 1
     ]
 
 
@@ -160,9 +160,9 @@ class _Matcher:
             [rva for rva in self.new.fingerprints if rva not in self.backward],
         )
 
-    def by_key(self, key: Callable[[Side, int], Hashable | None], rule: MatchRule) -> int:
+    def by_key(self, keys: tuple[KeyOf, KeyOf], rule: MatchRule) -> int:
         old, new = self.unmatched()
-        return self.take(_unique_pairs(old, new, key, (self.old, self.new)), rule)
+        return self.take(_unique_pairs(old, new, keys[0], keys[1]), rule)
 
     def by_call_graph(self) -> int:
         """Callees at the same call position of matched callers, where no pair disagrees."""
@@ -228,21 +228,19 @@ class _Matcher:
         return self.take(pairs, MatchRule.NEIGHBOURHOOD)
 
     def run(self) -> tuple[Match, ...]:
-        names_old, names_new = self.old.names(), self.new.names()
-        self.by_key(
-            lambda side, rva: (names_old if side is self.old else names_new).get(rva),
-            MatchRule.NAME,
-        )
+        self.by_key((self.old.names().get, self.new.names().get), MatchRule.NAME)
         if side_has_entry(self.old, self.new):
             old_entry = self.old.image.function_at(self.old.image.entry_rva)
             new_entry = self.new.image.function_at(self.new.image.entry_rva)
             if old_entry is not None and new_entry is not None:
                 self.take([(old_entry.rva, new_entry.rva)], MatchRule.ENTRY_POINT)
+        old_digests = {rva: f.digest for rva, f in self.old.fingerprints.items()}
+        new_digests = {rva: f.digest for rva, f in self.new.fingerprints.items()}
+        digests = (old_digests.__getitem__, new_digests.__getitem__)
+        signatures = (self.old.signature, self.new.signature)
         for _ in range(_MAX_ROUNDS):
-            taken = self.by_key(
-                lambda side, rva: side.fingerprints[rva].digest, MatchRule.FINGERPRINT
-            )
-            taken += self.by_key(lambda side, rva: side.signature(rva), MatchRule.STRUCTURE)
+            taken = self.by_key(digests, MatchRule.FINGERPRINT)
+            taken += self.by_key(signatures, MatchRule.STRUCTURE)
             taken += self.by_call_graph()
             if not taken:
                 taken = self.by_neighbourhood()

@@ -20,6 +20,11 @@ class SectionFlags(IntFlag):
     MEM_WRITE = 0x80000000
 
 
+# Plain ints for the hot paths: IntFlag arithmetic builds enum objects.
+_MEM_EXECUTE = int(SectionFlags.MEM_EXECUTE)
+_MEM_WRITE = int(SectionFlags.MEM_WRITE)
+
+
 class BaseRelocationType(IntEnum):
     """IMAGE_REL_BASED_* types."""
 
@@ -79,11 +84,11 @@ class Section:
 
     @property
     def is_executable(self) -> bool:
-        return bool(self.characteristics & SectionFlags.MEM_EXECUTE)
+        return bool(self.characteristics & _MEM_EXECUTE)
 
     @property
     def is_writable(self) -> bool:
-        return bool(self.characteristics & SectionFlags.MEM_WRITE)
+        return bool(self.characteristics & _MEM_WRITE)
 
     def contains(self, rva: int) -> bool:
         return self.rva <= rva < self.end_rva

@@ -204,11 +204,15 @@ class PEImage:
             )
         return self.mapped[rva : rva + size]
 
+    @cached_property
+    def _section_starts(self) -> list[int]:
+        return [s.rva for s in self.sections]
+
     def section_at(self, rva: int) -> Section | None:
         """The section containing ``rva``, if any."""
-        for section in self.sections:
-            if section.contains(rva):
-                return section
+        index = bisect.bisect_right(self._section_starts, rva) - 1
+        if index >= 0 and self.sections[index].contains(rva):
+            return self.sections[index]
         return None
 
     @property
