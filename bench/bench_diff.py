@@ -19,20 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+from corpus import corpus_pairs
+
 REPO = Path(__file__).resolve().parent.parent
 SCALES = (1000, 2000, 5000, 10000, 20000)
-
-
-def pairs() -> list[tuple[str, Path, Path]]:
-    root = Path(os.environ.get("HPCORPUS", Path.home() / ".cache" / "hpatch-corpus"))
-    listing = root / "pairs.tsv"
-    found = []
-    if listing.is_file():
-        for line in listing.read_text().splitlines():
-            fields = line.split("\t")
-            if len(fields) == 4:
-                found.append((fields[0], Path(fields[2]), Path(fields[3])))
-    return found
 
 
 def median_seconds(action, repeat: int) -> float:  # type: ignore[no-untyped-def]
@@ -69,7 +59,7 @@ def run_worker(repeat: int, pure: bool, targets: list[tuple[Path, Path]]) -> dic
 def corpus_table(repeat: int) -> None:
     import bsdiff4
 
-    found = pairs()
+    found = corpus_pairs()
     targets = [(old, new) for _, old, new in found]
     native, pure = run_worker(repeat, False, targets), run_worker(repeat, True, targets)
     print("| pair | size | hpatch diff (C core) | hpatch diff (pure Python) | bsdiff4 delta |")

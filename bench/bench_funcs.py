@@ -21,18 +21,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from corpus import corpus_pairs
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def corpus_paths() -> list[Path]:
-    root = Path(os.environ.get("HPCORPUS", Path.home() / ".cache" / "hpatch-corpus"))
-    listing = root / "pairs.tsv"
-    paths = []
-    if listing.is_file():
-        for line in listing.read_text().splitlines():
-            fields = line.split("\t")
-            if len(fields) == 4 and Path(fields[2]).is_file():
-                paths.append(Path(fields[2]))
+    paths = [old for _, old, _ in corpus_pairs()]
     for build in ("x64-gcc", "x64-clang", "arm64-clang"):
         paths.append(REPO / "samples" / "bin" / build / "v1" / "sample.stripped.dll")
     return paths

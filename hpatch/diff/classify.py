@@ -9,6 +9,7 @@ content.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -80,6 +81,18 @@ class Correspondence:
         section = side.image.section_at(rva)
         return section is not None and section.is_executable
 
+    def _identical_code_references(
+        self, matches: tuple[Match, ...]
+    ) -> Iterator[tuple[Reference, Reference]]:
+        """Reference pairs of matched functions whose normalised code is identical."""
+        for match in matches:
+            old_print = self.old.fingerprints[match.old_rva]
+            new_print = self.new.fingerprints[match.new_rva]
+            if old_print.digest == new_print.digest and len(old_print.references) == len(
+                new_print.references
+            ):
+                yield from zip(old_print.references, new_print.references, strict=True)
+
     def _learn_data(self, matches: tuple[Match, ...]) -> dict[int, int]:
         """old read-only data address -> new, from matched functions with identical code.
 
@@ -88,45 +101,31 @@ class Correspondence:
         identified by its offset in its section (see ``same``).
         """
         votes: dict[int, set[int]] = defaultdict(set)
-        for match in matches:
-            old_print = self.old.fingerprints[match.old_rva]
-            new_print = self.new.fingerprints[match.new_rva]
-            if old_print.digest != new_print.digest or len(old_print.references) != len(
-                new_print.references
-            ):
+        for a, b in self._identical_code_references(matches):
+            if a.kind != b.kind or a.target_rva in self.old_imports:
                 continue
-            for a, b in zip(old_print.references, new_print.references, strict=True):
-                if a.kind != b.kind or a.target_rva in self.old_imports:
-                    continue
-                old_section = self.old.image.section_at(a.target_rva)
-                if old_section is None or old_section.is_executable or old_section.is_writable:
-                    continue
-                votes[a.target_rva].add(b.target_rva)
+            old_section = self.old.image.section_at(a.target_rva)
+            if old_section is None or old_section.is_executable or old_section.is_writable:
+                continue
+            votes[a.target_rva].add(b.target_rva)
         return {old: next(iter(new)) for old, new in votes.items() if len(new) == 1}
 
     def _learn_writable_moves(self, matches: tuple[Match, ...]) -> dict[int, int]:
         """old writable address -> new, where functions with identical code show that a
         global moved whole (see ``_same_global``)."""
         moves: dict[int, set[int]] = defaultdict(set)
-        for match in matches:
-            old_print = self.old.fingerprints[match.old_rva]
-            new_print = self.new.fingerprints[match.new_rva]
-            if old_print.digest != new_print.digest or len(old_print.references) != len(
-                new_print.references
+        for a, b in self._identical_code_references(matches):
+            old_section = self.old.image.section_at(a.target_rva)
+            new_section = self.new.image.section_at(b.target_rva)
+            if (
+                old_section is None
+                or new_section is None
+                or not old_section.is_writable
+                or a.target_rva - old_section.rva == b.target_rva - new_section.rva
             ):
                 continue
-            for a, b in zip(old_print.references, new_print.references, strict=True):
-                old_section = self.old.image.section_at(a.target_rva)
-                new_section = self.new.image.section_at(b.target_rva)
-                if (
-                    old_section is None
-                    or new_section is None
-                    or not old_section.is_writable
-                    or a.target_rva - old_section.rva == b.target_rva - new_section.rva
-                ):
-                    continue
-                if self.same(a.target_rva, b.target_rva):
-                    moves[a.target_rva].add(b.target_rva)
+            if self.same(a.target_rva, b.target_rva):
+                moves[a.target_rva].add(b.target_rva)
         return {old: next(iter(new)) for old, new in moves.items() if len(new) == 1}
 
     def _learn_section_shifts(self) -> dict[str, int]:
