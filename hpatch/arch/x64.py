@@ -64,8 +64,6 @@ class X64(Arch):
 
     def __init__(self) -> None:
         self._cs_lite = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-        self._cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-        self._cs.detail = True
 
     # .pdata -------------------------------------------------------------
 
