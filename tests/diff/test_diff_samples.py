@@ -8,6 +8,7 @@ from hpatch.diff import MatchRule, Status, diff_images
 from hpatch.image import load_image
 
 from ..conftest import BUILDS, SAMPLES, read_truth
+from .samples import sample_diff
 from .test_fingerprint import rebase
 
 PAIRS = (("v1", "v2"), ("v1", "v3"), ("v2", "v3"), ("v1", "v4"))
@@ -21,10 +22,7 @@ def names_by_rva(build: str, version: str) -> dict[int, str]:
 @pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize(("old", "new"), PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
 def test_stripped_builds_match_the_same_functions(build: str, old: str, new: str) -> None:
-    result = diff_images(
-        load_image(SAMPLES / build / old / "sample.stripped.dll"),
-        load_image(SAMPLES / build / new / "sample.stripped.dll"),
-    )
+    result = sample_diff(build, old, new)
     old_names, new_names = names_by_rva(build, old), names_by_rva(build, new)
     for match in result.matches:
         assert old_names[match.old_rva] == new_names[match.new_rva], match
@@ -47,10 +45,7 @@ def test_an_image_against_itself_and_a_rebased_copy_has_no_changes(build: str) -
 
 @pytest.mark.parametrize("build", BUILDS)
 def test_month_one_changes_exactly_the_fixed_functions(build: str) -> None:
-    result = diff_images(
-        load_image(SAMPLES / build / "v1" / "sample.stripped.dll"),
-        load_image(SAMPLES / build / "v2" / "sample.stripped.dll"),
-    )
+    result = sample_diff(build, "v1", "v2")
     new_names = names_by_rva(build, "v2")
     modified = {new_names[c.new.rva] for c in result.with_status(Status.MODIFIED) if c.new}
     added = {new_names[c.new.rva] for c in result.with_status(Status.ADDED) if c.new}
@@ -76,10 +71,7 @@ def diff_truth(build: str, old: str, new: str) -> dict[str, set[str]]:
 @pytest.mark.parametrize(("old", "new"), PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
 def test_stripped_diff_equals_the_compiler_truth(build: str, old: str, new: str) -> None:
     """The truth comes from the compiler's objects (samples/tools/difftruth.py)."""
-    result = diff_images(
-        load_image(SAMPLES / build / old / "sample.stripped.dll"),
-        load_image(SAMPLES / build / new / "sample.stripped.dll"),
-    )
+    result = sample_diff(build, old, new)
     old_names, new_names = names_by_rva(build, old), names_by_rva(build, new)
     found = {
         "modified": {new_names[c.new.rva] for c in result.with_status(Status.MODIFIED) if c.new},
@@ -98,10 +90,7 @@ def test_growing_one_early_function_reports_only_that_function(build: str) -> No
         name for rva, name in new_names.items() if {v: k for k, v in old_names.items()}[name] != rva
     }
     assert len(moved) > 80
-    result = diff_images(
-        load_image(SAMPLES / build / "v1" / "sample.stripped.dll"),
-        load_image(SAMPLES / build / "grown-v1" / "sample.stripped.dll"),
-    )
+    result = sample_diff(build, "v1", "grown-v1")
     modified = [c for c in result.changes if c.status != Status.UNCHANGED]
     assert [(c.status, new_names[c.new.rva]) for c in modified if c.new] == [
         (Status.MODIFIED, "DllMain")

@@ -13,32 +13,26 @@ from hpatch.errors import UnsupportedError
 from hpatch.image import load_image
 
 from ..conftest import BUILDS, SAMPLES
-
-
-def diff(build: str, old: str, new: str, stripped: bool = True):  # type: ignore[no-untyped-def]
-    name = "sample.stripped.dll" if stripped else "sample.dll"
-    return diff_images(
-        load_image(SAMPLES / build / old / name), load_image(SAMPLES / build / new / name)
-    )
+from .samples import sample_diff
 
 
 @pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize(("old", "new"), [("v1", "v2"), ("v1", "v3"), ("v2", "v3")])
 def test_monthly_updates_are_hotpatchable(build: str, old: str, new: str) -> None:
-    result = diff(build, old, new)
+    result = sample_diff(build, old, new)
     assert result.hotpatchable, result.blockers
     assert result.summary()["modified"] >= 2
 
 
 @pytest.mark.parametrize("build", BUILDS)
 def test_the_feature_update_is_blocked_by_its_data(build: str) -> None:
-    stripped = diff(build, "v1", "v4")
+    stripped = sample_diff(build, "v1", "v4")
     assert not stripped.hotpatchable
     kinds = {b.kind for b in stripped.blockers}
     assert BlockerKind.WRITABLE_DATA in kinds
     assert any(b.where == "section .data" and "changes size" in b.reason for b in stripped.blockers)
     # With the symbol table the blocker names the global; without it, its users.
-    named = diff(build, "v1", "v4", stripped=False)
+    named = sample_diff(build, "v1", "v4", stripped=False)
     wheres = " ".join(b.where for b in named.blockers if b.kind == BlockerKind.WRITABLE_DATA)
     assert "g_hp_config" in wheres
     assert "used by" in " ".join(b.where for b in stripped.blockers)
