@@ -11,7 +11,7 @@ DEMO_IMAGES := samples/bin/x64-clang/v1/sample.stripped.dll samples/bin/arm64-cl
 
 .PHONY: demo test lint corpus bench clean
 
-$(STAMP): pyproject.toml setup.py native/*.c
+$(STAMP): pyproject.toml setup.py native/*.c native/*.h
 	@$(PYTHON) -m venv $(VENV) || { echo "make: '$(PYTHON) -m venv' failed (Debian: apt-get install python3-venv python3-dev)" >&2; exit 1; }
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $@
