@@ -35,3 +35,14 @@ class EmulationFault(HPatchError):
         self.address = address
         self.access = access
         self.pc = pc
+
+
+class FixupError(ApplyError):
+    """A fixup cannot be written (out of reach, misaligned, not the instruction it names).
+
+    ``index`` is the fixup's position in the batch; nothing of the batch was written.
+    """
+
+    def __init__(self, message: str, *, index: int) -> None:
+        super().__init__(message)
+        self.index = index
