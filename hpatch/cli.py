@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,9 +16,31 @@ from rich.table import Table
 
 from hpatch import BACKEND, __version__
 from hpatch.diff import diff_images
-from hpatch.errors import HPatchError
+from hpatch.errors import HPatchError, PackageFormatError
 from hpatch.image import load_image
-from hpatch.report import diff_document, funcs_document, info_document
+from hpatch.package import (
+    BuildOptions,
+    PackageBlocked,
+    build_package,
+    decode_package,
+    encode_package,
+)
+from hpatch.package.format import MAX_PACKAGE_SIZE
+from hpatch.package.signing import (
+    TrustStore,
+    generate_key,
+    key_id,
+    load_private_key,
+    load_public_key,
+    sign_package,
+)
+from hpatch.report import (
+    blocker_dict,
+    diff_document,
+    funcs_document,
+    info_document,
+    package_document,
+)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -110,12 +134,65 @@ def info(image_path: str, as_json: bool) -> None:
     console.print(exports)
 
 
+def _supersedes(
+    _context: click.Context, _parameter: click.Parameter, value: str | None
+) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    first, _, last = value.partition("-")
+    try:
+        return int(first), int(last or first)
+    except ValueError:
+        raise click.BadParameter("expected FIRST-LAST, for example 1-3") from None
+
+
 @cli.command()
 @click.argument("old_path", metavar="OLD", type=click.Path(dir_okay=False))
 @click.argument("new_path", metavar="NEW", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of tables.")
-def diff(old_path: str, new_path: str, as_json: bool) -> None:
-    """Diff two builds of a PE image function by function; exit 3 if not hotpatchable."""
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(dir_okay=False),
+    help="Write the hotpatch package here (nothing is written for a blocked update).",
+)
+@click.option(
+    "--sequence",
+    type=click.IntRange(1, 0xFFFFFFFF),
+    default=1,
+    show_default=True,
+    help="The package's place in the baseline's servicing line.",
+)
+@click.option(
+    "--supersedes",
+    callback=_supersedes,
+    metavar="FIRST-LAST",
+    help="Sequence numbers of the earlier packages this one replaces.",
+)
+@click.option("--description", default="", help="A human description of the update.")
+@click.option("--advisory", default="", help="An advisory id, such as a CVE.")
+@click.option(
+    "--sign-key",
+    type=click.Path(dir_okay=False),
+    help="Sign the package with this Ed25519 private key (see hpatch keygen).",
+)
+def diff(
+    old_path: str,
+    new_path: str,
+    as_json: bool,
+    output: str | None,
+    sequence: int,
+    supersedes: tuple[int, int] | None,
+    description: str,
+    advisory: str,
+    sign_key: str | None,
+) -> None:
+    """Diff two builds of a PE image function by function; exit 3 if not hotpatchable.
+
+    With -o, also build the hotpatch package that turns OLD into NEW where it runs.
+    """
+    key = load_private_key(sign_key) if sign_key is not None else None
     old, new = load_image(old_path), load_image(new_path)
     errors = Console(stderr=True)
     if errors.is_terminal and not as_json:
@@ -134,12 +211,151 @@ def diff(old_path: str, new_path: str, as_json: bool) -> None:
     else:
         result = diff_images(old, new)
     document = diff_document(result)
+    written = None
+    if output is not None and result.hotpatchable:
+        options = BuildOptions(sequence, supersedes, description, advisory)
+        try:
+            package = build_package(result, options)
+        except PackageBlocked as blocked:
+            document["hotpatchable"] = False
+            document["blockers"] = [blocker_dict(b) for b in blocked.blockers]
+        else:
+            if key is not None:
+                package = sign_package(package, key)
+            data = encode_package(package)
+            _write_atomically(output, data)
+            written = {
+                "path": output,
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+    if output is not None:
+        document["package"] = written
     if as_json:
         _print_json(document)
     else:
         _print_diff(document)
-    if not result.hotpatchable:
+        if written is not None:
+            _console().print(f"package written to {output} ({written['size']} bytes)")
+    if not document["hotpatchable"]:
         raise click.exceptions.Exit(EXIT_NOT_HOTPATCHABLE)
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Write the whole file or nothing: a temporary file beside it, renamed over it."""
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, target)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise HPatchError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+@cli.command()
+@click.argument("key_path", metavar="KEY", type=click.Path(dir_okay=False))
+def keygen(key_path: str) -> None:
+    """Create an Ed25519 signing key: KEY (private) and KEY.pub (public)."""
+    public_path = generate_key(key_path)
+    key = load_public_key(public_path)
+    click.echo(f"private key {key_path}\npublic key {public_path}\nkey id {key_id(key).hex()}")
+
+
+@cli.command()
+@click.argument("package_path", metavar="PKG", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of tables.")
+@click.option(
+    "--trust",
+    "trust",
+    multiple=True,
+    type=click.Path(),
+    help="A public key, or a directory of *.pub keys, to check the signature against.",
+)
+def inspect(package_path: str, as_json: bool, trust: tuple[str, ...]) -> None:
+    """Show what a hotpatch package holds; works without the target image."""
+    data = _read_package_file(package_path)
+    package = decode_package(data)
+    check = TrustStore.from_paths(list(trust)).check(package) if trust else None
+    document = package_document(package, data, check)
+    if as_json:
+        _print_json(document)
+    else:
+        _print_package(document)
+
+
+def _read_package_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read(MAX_PACKAGE_SIZE + 1)
+    except OSError as exc:
+        raise HPatchError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_PACKAGE_SIZE:
+        raise PackageFormatError(f"{path} is larger than the {MAX_PACKAGE_SIZE}-byte limit")
+    return data
+
+
+def _print_package(document: dict[str, Any]) -> None:
+    console = _console()
+    servicing, baseline = document["servicing"], document["baseline"]
+    signature = document["signature"]
+    console.print(
+        f"[bold]hotpatch package[/bold] format {document['format_version']}, "
+        f"{document['machine']}, {document['size']} bytes, sha256 {document['sha256']}"
+    )
+    console.print(
+        f"baseline [bold]{baseline['name']}[/bold]  TimeDateStamp "
+        f"0x{baseline['time_date_stamp']:08x}  CheckSum 0x{baseline['checksum']:08x}  "
+        f"SizeOfImage 0x{baseline['size_of_image']:x}\n"
+        f"  mapped sha256 {baseline['mapped_sha256']}\n"
+        f"target   TimeDateStamp 0x{document['target']['time_date_stamp']:08x}  "
+        f"mapped sha256 {document['target']['mapped_sha256']}"
+    )
+    supersedes = servicing["supersedes"]
+    console.print(
+        f"sequence {servicing['sequence']}"
+        + (f", supersedes {supersedes[0]}-{supersedes[1]}" if supersedes else "")
+        + (f", advisory {servicing['advisory']}" if servicing["advisory"] else "")
+        + f", built by hpatch {servicing['tool_version']}"
+    )
+    if servicing["description"]:
+        console.print(f"description: {servicing['description']}")
+    console.print(
+        "prerequisites: "
+        + ", ".join(
+            f"{p['kind']}={p['value']:#x}" if p["value"] else p["kind"]
+            for p in document["prerequisites"]
+        )
+    )
+    table = Table(title=f"{len(document['functions'])} patched functions", title_justify="left")
+    for column in ("status", "old RVA", "name", "old size", "new size", "redirect", "fixups"):
+        table.add_column(column)
+    for f in document["functions"]:
+        table.add_row(
+            f["status"],
+            f"0x{f['old_rva']:x}" if f["old_rva"] is not None else "",
+            f["name"]
+            or (
+                f"sub_{f['old_rva']:x}"
+                if f["old_rva"] is not None
+                else f"new at 0x{f['new_rva']:x}"
+            ),
+            str(f["old_size"] or ""),
+            str(f["new_size"]),
+            f["redirect"] or "",
+            str(f["fixups"]),
+        )
+    console.print(table)
+    data = document["data"]
+    console.print(
+        f"new read-only data: {len(data)} block(s), {sum(d['size'] for d in data)} bytes; "
+        f"{document['fixups']} fixups; {len(document['imports'])} imports; "
+        f"{document['unwind_records']} unwind records; region {document['region']['size']} bytes"
+    )
+    if signature["signed"]:
+        console.print(f"signature: Ed25519 by key {signature['key_id']} ({signature['status']})")
+    else:
+        console.print("signature: unsigned")
 
 
 def _console() -> Console:

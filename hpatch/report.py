@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 from typing import Any
 
 from hpatch.diff import DiffResult, FunctionChange, Status
-from hpatch.diff.verdict import function_label
+from hpatch.diff.verdict import Blocker, function_label
 from hpatch.image import Function, PEImage
+from hpatch.package.model import NO_RVA, Baseline, BlobKind, Package
+from hpatch.package.signing import SignatureCheck
 
 _STATUS_ORDER = {Status.MODIFIED: 0, Status.ADDED: 1, Status.REMOVED: 2, Status.UNCHANGED: 3}
 
@@ -119,7 +123,107 @@ def diff_document(result: DiffResult) -> dict[str, Any]:
         "summary": result.summary(),
         "functions": [change_dict(c) for c in changes],
         "hotpatchable": result.hotpatchable,
-        "blockers": [
-            {"kind": b.kind.value, "where": b.where, "reason": b.reason} for b in result.blockers
+        "blockers": [blocker_dict(b) for b in result.blockers],
+    }
+
+
+def blocker_dict(blocker: Blocker) -> dict[str, Any]:
+    """One blocker as JSON-ready data."""
+    return {"kind": blocker.kind.value, "where": blocker.where, "reason": blocker.reason}
+
+
+def _baseline_dict(baseline: Baseline) -> dict[str, Any]:
+    return {
+        "name": baseline.file_name,
+        "machine": baseline.machine.name,
+        "image_base": baseline.image_base,
+        "size_of_image": baseline.size_of_image,
+        "time_date_stamp": baseline.time_date_stamp,
+        "checksum": baseline.checksum,
+        "mapped_sha256": baseline.mapped_sha256.hex(),
+    }
+
+
+def package_document(package: Package, data: bytes, check: SignatureCheck | None) -> dict[str, Any]:
+    """What ``hpatch inspect --json`` prints: the whole package, readable without the image.
+
+    ``check`` is the signature checked against a trust store, or None when none was given.
+    """
+    servicing = package.servicing
+    redirects = {r.target_offset: r for r in package.redirects}
+    fixup_offsets = [f.offset for f in package.fixups]
+    functions = []
+    for function in package.functions:
+        count = 0
+        for part in function.parts:
+            low = bisect.bisect_left(fixup_offsets, part.offset)
+            count += bisect.bisect_left(fixup_offsets, part.offset + part.size) - low
+        redirect = redirects.get(function.entry_offset)
+        functions.append(
+            {
+                "status": function.status.name.lower(),
+                "old_rva": function.old_rva if function.old_rva != NO_RVA else None,
+                "new_rva": function.new_rva,
+                "name": function.name or None,
+                "old_size": function.old_size if function.old_rva != NO_RVA else None,
+                "new_size": function.new_size,
+                "region_offset": function.entry_offset,
+                "redirect": redirect.strategy.name if redirect is not None else None,
+                "redirect_span": list(redirect.strategy.span) if redirect is not None else None,
+                "original_sha256": redirect.original_sha256.hex() if redirect else None,
+                "fixups": count,
+            }
+        )
+    if package.signature is None:
+        signature: dict[str, Any] = {"signed": False, "key_id": None, "status": "unsigned"}
+    else:
+        signature = {
+            "signed": True,
+            "key_id": package.signature.key_id.hex(),
+            "status": check.status.value if check is not None else "not checked",
+        }
+    return {
+        "format_version": package.version,
+        "machine": package.machine.name,
+        "flags": package.flags,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "baseline": _baseline_dict(package.baseline),
+        "target": _baseline_dict(servicing.target),
+        "servicing": {
+            "sequence": servicing.sequence,
+            "supersedes": list(servicing.supersedes) if servicing.supersedes else None,
+            "description": servicing.description,
+            "advisory": servicing.advisory or None,
+            "tool_version": servicing.tool_version,
+        },
+        "prerequisites": [
+            {"kind": kind.name.lower(), "value": value} for kind, value in package.prerequisites
         ],
+        "region": {
+            "size": package.region_size,
+            "alignment": package.region_alignment,
+            "blobs": [
+                {"kind": b.kind.name.lower(), "offset": b.offset, "size": len(b.data)}
+                for b in package.blobs
+            ],
+        },
+        "functions": functions,
+        "imports": [
+            {
+                "dll": i.dll,
+                "name": i.name or None,
+                "ordinal": i.ordinal if not i.name else None,
+                "old_iat_rva": i.old_iat_rva,
+            }
+            for i in package.imports
+        ],
+        "data": [
+            {"offset": b.offset, "size": len(b.data)}
+            for b in package.blobs
+            if b.kind == BlobKind.RODATA
+        ],
+        "fixups": len(package.fixups),
+        "unwind_records": len(package.unwind),
+        "signature": signature,
     }

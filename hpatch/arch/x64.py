@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import capstone
 
@@ -18,8 +18,13 @@ from hpatch.arch.base import (
     Reference,
     UnwindEntry,
 )
+from hpatch.arch.relocate import CodeFixup
+from hpatch.arch.rewrite import Redirect
+from hpatch.arch.x64_relocate import x64_code_fixups
 from hpatch.errors import ImageFormatError
 
+UNW_FLAG_EHANDLER = 0x1
+UNW_FLAG_UHANDLER = 0x2
 UNW_FLAG_CHAININFO = 0x4
 RUNTIME_FUNCTION_INDIRECT = 0x1
 _RUNTIME_FUNCTION = struct.Struct("<III")
@@ -257,3 +262,34 @@ class X64(Arch):
                     continue
             break
         return i - offset
+
+    # relocation -----------------------------------------------------------
+
+    def code_fixups(
+        self,
+        code: bytes,
+        code_rva: int,
+        instructions: Sequence[tuple[int, int]],
+        own_range: tuple[int, int],
+        relocated: Sequence[int],
+        image_base: int,
+        indirect_targets: Iterable[int] = (),
+    ) -> list[CodeFixup]:
+        return x64_code_fixups(code, code_rva, instructions, own_range, relocated, image_base)
+
+    def unwind_record_size(self, read: ReadRva, unwind_rva: int) -> tuple[int, bool, int | None]:
+        flags_version, _prolog, count, _frame = read(unwind_rva, 4)
+        flags = flags_version >> 3
+        size = 4 + 2 * ((count + 1) & ~1)
+        if flags & UNW_FLAG_CHAININFO:
+            return size + _RUNTIME_FUNCTION.size, False, unwind_rva + size
+        return size, bool(flags & (UNW_FLAG_EHANDLER | UNW_FLAG_UHANDLER)), None
+
+    def redirect_strategy(
+        self, room: int, padding_before: int, first_instruction: int
+    ) -> Redirect | None:
+        if room >= Redirect.X64_JMP_REL32.span[1]:
+            return Redirect.X64_JMP_REL32
+        if padding_before >= self.two_stage_padding and first_instruction >= self.two_stage_entry:
+            return Redirect.X64_TWO_STAGE
+        return None

@@ -63,6 +63,9 @@ class Correlator:
     def resolve(self, reference: Reference) -> ResolvedReference:
         target = reference.target_rva
         image = self.new.image
+        if target == 0:
+            # __ImageBase: the start of the image is the same place in either build
+            return ResolvedReference(reference, Resolution.OLD_DATA, 0, "the image base")
         if target in self.new_imports:
             imported = self.new_imports[target]
             slot = self.old_slots.get(import_key(imported))

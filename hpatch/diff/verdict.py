@@ -69,6 +69,22 @@ def _ranges(offsets: Iterable[int]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in ranges]
 
 
+def entry_room(image: PEImage, function: Function) -> tuple[int, int, int]:
+    """(bytes from the entry to the next function, padding bytes before the entry, size
+    of the first instruction): what decides how the entry can be redirected."""
+    room = function.extent_end - function.rva + function.padding_after
+    before = 0
+    section = image.section_at(function.rva)
+    if section is not None:
+        for length in range(1, min(16, function.rva - section.rva) + 1):
+            data = image.read(function.rva - length, length)
+            if image.arch.padding_length(data, 0) == length:
+                before = length
+    starts = sorted(image.arch.instruction_starts(image.read, function.rva, function.extent_end))
+    first = (starts[1] if len(starts) > 1 else function.extent_end) - function.rva
+    return room, before, first
+
+
 class Verdict:
     """Collects the blockers of one diff."""
 
@@ -196,42 +212,19 @@ class Verdict:
             )
 
     def check_redirects(self, changes: tuple[FunctionChange, ...]) -> None:
-        arch = self.old.image.arch
         image = self.old.image
         for change in changes:
             if change.status != Status.MODIFIED or change.old is None:
                 continue
-            function = change.old
-            room = function.extent_end - function.rva + function.padding_after
-            if room >= arch.redirect_size:
-                continue
-            before = self.padding_before(function)
-            starts = sorted(arch.instruction_starts(image.read, function.rva, function.extent_end))
-            first = (starts[1] if len(starts) > 1 else function.extent_end) - function.rva
-            if (
-                arch.two_stage_padding
-                and before >= arch.two_stage_padding
-                and first >= arch.two_stage_entry
-            ):
+            room, before, first = entry_room(image, change.old)
+            if image.arch.redirect_strategy(room, before, first) is not None:
                 continue
             self.block(
                 BlockerKind.TOO_SMALL,
-                function_label(function),
+                function_label(change.old),
                 f"{room} bytes at the entry and {before} of padding before it: no room for a "
-                f"{arch.redirect_size}-byte redirect",
+                f"{image.arch.redirect_size}-byte redirect",
             )
-
-    def padding_before(self, function: Function) -> int:
-        image = self.old.image
-        section = image.section_at(function.rva)
-        if section is None:
-            return 0
-        longest = 0
-        for length in range(1, min(16, function.rva - section.rva) + 1):
-            data = image.read(function.rva - length, length)
-            if image.arch.padding_length(data, 0) == length:
-                longest = length
-        return longest
 
     def check_references(self, correlator: Correlator, changes: tuple[FunctionChange, ...]) -> None:
         for change in changes:
@@ -260,4 +253,4 @@ def find_blockers(
     return tuple(verdict.blockers)
 
 
-__all__ = ["Blocker", "BlockerKind", "find_blockers", "function_label"]
+__all__ = ["Blocker", "BlockerKind", "entry_room", "find_blockers", "function_label"]

@@ -221,6 +221,13 @@ class PEImage:
 
     # directories --------------------------------------------------------
 
+    @cached_property
+    def exception_directory(self) -> tuple[int, int]:
+        """(RVA, size) of the exception directory (.pdata); (0, 0) if there is none."""
+        if len(self._binary.data_directories) <= _EXCEPTION_DIRECTORY:
+            return 0, 0
+        return self._directory(_EXCEPTION_DIRECTORY)
+
     def _directory(self, index: int) -> tuple[int, int]:
         directory = self._binary.data_directories[index]
         return directory.rva, directory.size

@@ -1,0 +1,298 @@
+"""ARM64: find every field of a piece of code that must be rebound when it is copied.
+
+Branches, ADR and literal loads carry their own displacement. ADRP is the hard case:
+it names a 4 KiB page, and the instructions that add the page offset can be anywhere
+the register flows. Each ADRP's register is followed along the control flow of the
+code (capstone reports which registers each instruction reads and writes) until it is
+overwritten or dies; every read on the way must be an ADD or a load/store that
+completes the address, or the code is refused: a copy could not be proven right.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from collections.abc import Iterable, Sequence
+from functools import cache
+
+import capstone
+
+from hpatch.arch.relocate import CodeFixup, RelocationError
+from hpatch.arch.rewrite import Fixup
+
+_MAX_WALK = 1 << 16
+_ARGUMENT_REGISTERS = range(0, 8)
+_RESULT_REGISTERS = range(0, 2)
+_CALL_CLOBBERED = range(0, 19)
+
+
+@cache
+def _decoder() -> capstone.Cs:
+    decoder = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+    decoder.detail = True
+    return decoder
+
+
+def _sign_extend(value: int, bits: int) -> int:
+    sign = 1 << (bits - 1)
+    return (value ^ sign) - sign
+
+
+def _register_number(name: str) -> int | None:
+    """x0..x30 / w0..w30 -> 0..30; anything else (sp, vector registers) -> None."""
+    if len(name) >= 2 and name[0] in "xw" and name[1:].isdigit():
+        return int(name[1:])
+    if name in ("fp", "x29"):
+        return 29
+    if name in ("lr", "x30"):
+        return 30
+    return None
+
+
+class _Word:
+    """One decoded instruction word: what it does with control flow and registers."""
+
+    __slots__ = ("reads", "word", "writes")
+
+    def __init__(self, word: int, reads: frozenset[int], writes: frozenset[int]) -> None:
+        self.word, self.reads, self.writes = word, reads, writes
+
+
+def _decode_words(
+    code: bytes, code_rva: int, instructions: Sequence[tuple[int, int]]
+) -> list[_Word | None]:
+    """Each word of ``code``, decoded where it lies in an instruction range, else None."""
+    count = len(code) // 4
+    words = struct.unpack_from(f"<{count}I", code)
+    decoded: list[_Word | None] = [None] * count
+    decoder = _decoder()
+    for start, end in instructions:
+        for index in range((start - code_rva) // 4, (end - code_rva) // 4):
+            reads: set[int] = set()
+            writes: set[int] = set()
+            for insn in decoder.disasm(code[4 * index : 4 * index + 4], code_rva + 4 * index):
+                read, written = insn.regs_access()
+                reads = {n for r in read if (n := _register_number(insn.reg_name(r))) is not None}
+                writes = {
+                    n for r in written if (n := _register_number(insn.reg_name(r))) is not None
+                }
+            decoded[index] = _Word(words[index], frozenset(reads), frozenset(writes))
+    return decoded
+
+
+def _page_offset_kind(word: int) -> tuple[Fixup, int] | None:
+    """(kind, scale) if ``word`` completes an address with an unsigned 12-bit offset."""
+    if (word & 0x7F800000) == 0x11000000:  # ADD (immediate), 32 or 64 bit, no shift
+        return Fixup.ARM64_PAGEOFFSET_12A, 0
+    if (word & 0x3B000000) == 0x39000000:  # LDR/STR (unsigned immediate), incl. SIMD&FP
+        size = word >> 30
+        if word & 0x04000000 and size == 0 and word & 0x00800000:
+            return Fixup.ARM64_PAGEOFFSET_12L, 4  # 128-bit Q register
+        return Fixup.ARM64_PAGEOFFSET_12L, size
+    return None
+
+
+def _branch(word: int, rva: int) -> tuple[int | None, bool, bool]:
+    """(direct target, continues to the next word, is a call) of a control-flow word."""
+    if (word & 0x7C000000) == 0x14000000:
+        target = rva + 4 * _sign_extend(word & 0x03FFFFFF, 26)
+        return target, bool(word & 0x80000000), bool(word & 0x80000000)
+    if (word & 0xFF000010) == 0x54000000 or (word & 0x7E000000) == 0x34000000:
+        return rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19), True, False
+    if (word & 0x7E000000) == 0x36000000:
+        return rva + 4 * _sign_extend((word >> 5) & 0x3FFF, 14), True, False
+    return None, True, False
+
+
+def _is_indirect_call(word: int) -> bool:
+    return (word & 0xFFFFFC1F) in (0xD63F0000,) or (word & 0xFEFFF800) == 0xD63F0800
+
+
+def _is_return_or_jump(word: int) -> bool:
+    """RET, BR and their authenticated forms: control leaves without returning here."""
+    return (word & 0xFE9FF000) == 0xD61F0000 or (word & 0xFEFFF800) == 0xD61F0800
+
+
+def _is_trap(word: int) -> bool:
+    return (word & 0xFFE0001F) == 0xD4200000 or word == 0  # BRK, UDF #0
+
+
+class _Flow:
+    """Follows one ADRP's register through the code."""
+
+    def __init__(
+        self,
+        words: list[_Word | None],
+        code_rva: int,
+        indirect_targets: frozenset[int],
+    ) -> None:
+        self.words, self.code_rva = words, code_rva
+        self.indirect_targets = indirect_targets
+
+    def consumers(self, adrp_index: int, register: int) -> list[int]:
+        """Indices of the words that complete the ADRP at ``adrp_index``."""
+        adrp_rva = self.code_rva + 4 * adrp_index
+        found: list[int] = []
+        pending = [adrp_index + 1]
+        visited: set[int] = set()
+        steps = 0
+        while pending:
+            index = pending.pop()
+            while True:
+                steps += 1
+                if steps > _MAX_WALK:
+                    raise RelocationError(f"the page set at 0x{adrp_rva:x} flows too far to follow")
+                if index in visited:
+                    break
+                item = self.words[index] if 0 <= index < len(self.words) else None
+                if item is None:
+                    raise RelocationError(
+                        f"the page set at 0x{adrp_rva:x} is live where the code ends"
+                    )
+                visited.add(index)
+                rva = self.code_rva + 4 * index
+                word = item.word
+                completion = _page_offset_kind(word)
+                if completion is not None and (word >> 5) & 0x1F == register:
+                    found.append(index)
+                    if register in item.writes:
+                        break
+                    if completion[0] == Fixup.ARM64_PAGEOFFSET_12L and (word & 0x1F) == register:
+                        break
+                    index += 1
+                    continue
+                if register in item.reads:
+                    raise RelocationError(
+                        f"the page address set at 0x{adrp_rva:x} is used at 0x{rva:x} in a way "
+                        "hpatch cannot rebind"
+                    )
+                if register in item.writes:
+                    break
+                if _is_trap(word):
+                    break
+                if _is_return_or_jump(word) or _is_indirect_call(word):
+                    is_return = (word & 0xFFFFFC1F) == 0xD65F0000
+                    if register in (_RESULT_REGISTERS if is_return else _ARGUMENT_REGISTERS):
+                        raise RelocationError(
+                            f"the page address set at 0x{adrp_rva:x} may be passed on at 0x{rva:x}"
+                        )
+                    if _is_indirect_call(word):
+                        if register in _CALL_CLOBBERED:
+                            break
+                        index += 1
+                        continue
+                    if (word & 0xFFFFFC1F) == 0xD61F0000 and self.indirect_targets:
+                        pending.extend(
+                            (t - self.code_rva) // 4 for t in sorted(self.indirect_targets)
+                        )
+                    break
+                target, continues, is_call = _branch(word, rva)
+                if is_call:
+                    if register in _ARGUMENT_REGISTERS:
+                        raise RelocationError(
+                            f"the page address set at 0x{adrp_rva:x} may be passed on at 0x{rva:x}"
+                        )
+                    if register in _CALL_CLOBBERED:
+                        break
+                    index += 1
+                    continue
+                if target is not None:
+                    inside = self.code_rva <= target < self.code_rva + 4 * len(self.words)
+                    if inside:
+                        pending.append((target - self.code_rva) // 4)
+                    elif register in _ARGUMENT_REGISTERS:
+                        raise RelocationError(
+                            f"the page address set at 0x{adrp_rva:x} may be passed on at 0x{rva:x}"
+                        )
+                    if not continues:
+                        break
+                index += 1
+        return sorted(set(found))
+
+
+def arm64_code_fixups(
+    code: bytes,
+    code_rva: int,
+    instructions: Sequence[tuple[int, int]],
+    own_range: tuple[int, int],
+    relocated: Sequence[int],
+    image_base: int,
+    indirect_targets: Iterable[int] = (),
+) -> list[CodeFixup]:
+    """The fields of ``code`` (at ``code_rva``) to rebind when it is copied elsewhere.
+
+    ``instructions`` are the [start, end) RVA ranges holding instructions; the rest is
+    data, of which only relocated fields are fixed up. Branches, ADR and literal loads
+    leaving ``own_range``, every ADRP and the page offsets completing it, and every
+    relocated field. ``indirect_targets`` are the in-code targets of the code's jump
+    tables. RelocationError when the code cannot be proven relocatable.
+    """
+    if code_rva % 4 or any(start % 4 or end % 4 for start, end in instructions):
+        raise RelocationError(f"misaligned ARM64 code at 0x{code_rva:x}")
+    lo, hi = own_range
+    words = _decode_words(code, code_rva, instructions)
+    flow = _Flow(words, code_rva, frozenset(indirect_targets))
+    fixups: list[CodeFixup] = []
+    completed_by: dict[int, int] = {}  # consumer index -> the address it completes
+    for index, item in enumerate(words):
+        if item is None:
+            continue
+        word = item.word
+        rva = code_rva + 4 * index
+        direct = _direct_fixup(word, rva)
+        if direct is not None:
+            if not lo <= direct.target_rva < hi:
+                fixups.append(direct)
+            continue
+        if (word & 0x9F000000) != 0x90000000:  # not ADRP
+            continue
+        pages = _sign_extend((((word >> 5) & 0x7FFFF) << 2) | ((word >> 29) & 3), 21)
+        page = (rva & ~0xFFF) + pages * 4096
+        first_target = page
+        for position, consumer in enumerate(flow.consumers(index, word & 0x1F)):
+            consumer_word = words[consumer].word  # type: ignore[union-attr]
+            kind, scale = _page_offset_kind(consumer_word)  # type: ignore[misc]
+            target = page + (((consumer_word >> 10) & 0xFFF) << scale)
+            first_target = target if position == 0 else first_target
+            if completed_by.setdefault(consumer, target) != target:
+                raise RelocationError(
+                    f"the page offset at 0x{code_rva + 4 * consumer:x} completes the pages "
+                    "of two ADRPs"
+                )
+            site = code_rva + 4 * consumer
+            fixups.append(CodeFixup(site, kind, target, site, index))
+        fixups.append(CodeFixup(rva, Fixup.ARM64_PAGEBASE_REL21, first_target, rva, index))
+    start = bisect.bisect_left(relocated, code_rva)
+    stop = bisect.bisect_left(relocated, code_rva + len(code))
+    for field in relocated[start:stop]:
+        inside_code = any(begin - 8 < field < end for begin, end in instructions)
+        if inside_code or field + 8 > code_rva + len(code):
+            raise RelocationError(f"a relocated field at 0x{field:x} lies inside instructions")
+        (value,) = struct.unpack_from("<Q", code, field - code_rva)
+        fixups.append(CodeFixup(field, Fixup.ARM64_ADDR64, value - image_base, field))
+    unique: dict[int, CodeFixup] = {}
+    for fixup in fixups:
+        known = unique.setdefault(fixup.field_rva, fixup)
+        if (known.kind, known.target_rva) != (fixup.kind, fixup.target_rva):
+            raise RelocationError(f"the field at 0x{fixup.field_rva:x} must name two targets")
+    return sorted(unique.values())
+
+
+def _direct_fixup(word: int, rva: int) -> CodeFixup | None:
+    """The fixup of a PC-relative branch, ADR or literal load (which carry their offset)."""
+    if (word & 0x7C000000) == 0x14000000:  # B / BL
+        target = rva + 4 * _sign_extend(word & 0x03FFFFFF, 26)
+        return CodeFixup(rva, Fixup.ARM64_BRANCH26, target, rva)
+    if (word & 0xFF000010) == 0x54000000 or (word & 0x7E000000) == 0x34000000:
+        target = rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19)  # B.cond, CBZ/CBNZ
+        return CodeFixup(rva, Fixup.ARM64_BRANCH19, target, rva)
+    if (word & 0x7E000000) == 0x36000000:  # TBZ / TBNZ
+        target = rva + 4 * _sign_extend((word >> 5) & 0x3FFF, 14)
+        return CodeFixup(rva, Fixup.ARM64_BRANCH14, target, rva)
+    if (word & 0x3B000000) == 0x18000000 and (word & 0xC4000000) != 0xC0000000:  # LDR literal
+        target = rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19)
+        return CodeFixup(rva, Fixup.ARM64_BRANCH19, target, rva)
+    if (word & 0x9F000000) == 0x10000000:  # ADR
+        target = rva + _sign_extend((((word >> 5) & 0x7FFFF) << 2) | ((word >> 29) & 3), 21)
+        return CodeFixup(rva, Fixup.ARM64_REL21, target, rva)
+    return None

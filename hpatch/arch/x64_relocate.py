@@ -1,0 +1,173 @@
+"""x64: find every field of a piece of code that must be rebound when it is copied.
+
+An independent decoder (capstone) from the one that fingerprints (the C table
+decoder): the package builder checks the two agree on every reference.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from collections.abc import Sequence
+from functools import cache
+
+import capstone
+from capstone import x86_const
+
+from hpatch.arch.relocate import CodeFixup, RelocationError
+from hpatch.arch.rewrite import Fixup
+
+_REL32_BY_TRAILER = (
+    Fixup.X64_REL32,
+    Fixup.X64_REL32_1,
+    Fixup.X64_REL32_2,
+    Fixup.X64_REL32_3,
+    Fixup.X64_REL32_4,
+    Fixup.X64_REL32_5,
+)
+_LOOPS = frozenset(
+    {
+        x86_const.X86_INS_LOOP,
+        x86_const.X86_INS_LOOPE,
+        x86_const.X86_INS_LOOPNE,
+        x86_const.X86_INS_JRCXZ,
+        x86_const.X86_INS_JECXZ,
+    }
+)
+
+
+@cache
+def _decoder() -> capstone.Cs:
+    decoder = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    decoder.detail = True
+    return decoder
+
+
+def _displacement(encoding: bytes, modrm_offset: int, reported: int) -> int:
+    """Displacement bytes, from the ModRM/SIB bytes (capstone's size follows a 0x66 prefix)."""
+    if not modrm_offset:
+        return reported
+    modrm = encoding[modrm_offset]
+    mod, rm = modrm >> 6, modrm & 7
+    if mod == 3:
+        return 0
+    if mod == 1:
+        return 1
+    if mod == 2 or rm == 5 or (rm == 4 and (encoding[modrm_offset + 1] & 7) == 5):
+        return 4
+    return 0
+
+
+def x64_code_fixups(
+    code: bytes,
+    code_rva: int,
+    instructions: Sequence[tuple[int, int]],
+    own_range: tuple[int, int],
+    relocated: Sequence[int],
+    image_base: int,
+) -> list[CodeFixup]:
+    """The fields of ``code`` (at ``code_rva``) to rebind when it is copied elsewhere.
+
+    ``instructions`` are the [start, end) RVA ranges holding instructions; the rest of
+    ``code`` is data, of which only relocated fields are fixed up (the caller adds the
+    jump-table entries it knows about). Branches and RIP-relative operands that leave
+    ``own_range`` are fixed up, as is every relocated field. RelocationError if an
+    instruction cannot be decoded or a reference cannot be rebound (a rel8 branch
+    leaving the code).
+    """
+    scan = _Scan(code, code_rva, own_range, relocated, image_base)
+    for start, end in instructions:
+        position = start
+        chunk = code[start - code_rva : end - code_rva]
+        for insn in _decoder().disasm(chunk, start):
+            if insn.address != position:
+                break
+            position = insn.address + insn.size
+            scan.instruction(insn)
+        if position != end:
+            raise RelocationError(f"undecodable instruction at 0x{position:x}")
+    for rva in sorted(scan.relocated - scan.covered):
+        inside_code = any(start - 8 < rva < end for start, end in instructions)
+        if inside_code or rva + 8 > code_rva + len(code):
+            raise RelocationError(
+                f"a relocated field at 0x{rva:x} is not an operand hpatch can rebind"
+            )
+        scan.absolute(rva, rva)
+    return sorted(scan.fixups)
+
+
+class _Scan:
+    """The fixups of one piece of code, instruction by instruction."""
+
+    def __init__(
+        self,
+        code: bytes,
+        code_rva: int,
+        own_range: tuple[int, int],
+        relocated: Sequence[int],
+        image_base: int,
+    ) -> None:
+        self.code, self.code_rva, self.image_base = code, code_rva, image_base
+        self.lo, self.hi = own_range
+        low = bisect.bisect_left(relocated, code_rva)
+        high = bisect.bisect_left(relocated, code_rva + len(code))
+        self.relocated = set(relocated[low:high])
+        self.covered: set[int] = set()
+        self.base_registers: set[int] = set()
+        self.fixups: list[CodeFixup] = []
+
+    def absolute(self, field: int, site: int) -> None:
+        (value,) = struct.unpack_from("<Q", self.code, field - self.code_rva)
+        self.fixups.append(CodeFixup(field, Fixup.X64_ADDR64, value - self.image_base, site))
+        self.covered.add(field)
+
+    def instruction(self, insn: capstone.CsInsn) -> None:
+        position = insn.address + insn.size
+        imm_rva = insn.address + insn.imm_offset
+        disp_size = _displacement(insn.bytes, insn.modrm_offset, insn.disp_size)
+        disp_rva = position - insn.imm_size - disp_size
+        if insn.imm_size == 8 and imm_rva in self.relocated:
+            self.absolute(imm_rva, insn.address)
+            return
+        memory = [o for o in insn.operands if o.type == x86_const.X86_OP_MEM]
+        if disp_size == 8 and memory and disp_rva in self.relocated:  # mov moffs64
+            self.absolute(disp_rva, insn.address)
+            return
+        is_call = insn.group(capstone.CS_GRP_CALL)
+        is_jump = insn.group(capstone.CS_GRP_JUMP) or insn.id in _LOOPS
+        if insn.imm_size and (is_call or is_jump) and insn.operands[0].type == x86_const.X86_OP_IMM:
+            target = insn.operands[0].imm
+            if self.lo <= target < self.hi:
+                return
+            if insn.imm_size != 4 or imm_rva + 4 != position:
+                raise RelocationError(
+                    f"the {insn.imm_size * 8}-bit branch at 0x{insn.address:x} "
+                    f"({insn.mnemonic} 0x{target:x}) leaves the code and cannot reach a copy"
+                )
+            self.fixups.append(CodeFixup(imm_rva, Fixup.X64_REL32, target, insn.address))
+            return
+        if not memory or not disp_size:
+            return
+        operand = memory[0]
+        if operand.mem.base == x86_const.X86_REG_RIP:
+            target = position + operand.mem.disp
+            destination = insn.operands[0]
+            if (
+                target == 0
+                and insn.id == x86_const.X86_INS_LEA
+                and destination.type == x86_const.X86_OP_REG
+                and destination.size == 8
+            ):
+                self.base_registers.add(destination.reg)
+            if self.lo <= target < self.hi:
+                return
+            trailer = position - (disp_rva + 4)
+            if disp_size != 4 or not 0 <= trailer < len(_REL32_BY_TRAILER):
+                raise RelocationError(f"unexpected RIP-relative form at 0x{insn.address:x}")
+            self.fixups.append(
+                CodeFixup(disp_rva, _REL32_BY_TRAILER[trailer], target, insn.address)
+            )
+        elif operand.mem.base in self.base_registers and disp_size == 4:
+            self.fixups.append(
+                CodeFixup(disp_rva, Fixup.X64_ADDR32NB, operand.mem.disp & 0xFFFFFFFF, insn.address)
+            )

@@ -1,0 +1,676 @@
+"""Build a hotpatch package from a diff: the changed code, its data, fixups and redirects.
+
+Every field of carried code that names an address becomes a fixup against the old
+image, the patch region, or an import; anything that cannot be bound with certainty
+refuses the package with a blocker, never a guess.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hpatch import __version__
+from hpatch.arch import Machine, Reference, RefKind
+from hpatch.arch.relocate import CodeFixup, RelocationError
+from hpatch.arch.rewrite import Fixup
+from hpatch.diff.api import DiffResult
+from hpatch.diff.classify import FunctionChange, Status, import_key
+from hpatch.diff.correlate import Correlator, Resolution
+from hpatch.diff.verdict import Blocker, BlockerKind, entry_room, function_label
+from hpatch.errors import NotHotpatchable
+from hpatch.image import DataKind, Function, PEImage
+from hpatch.package.model import (
+    FORMAT_VERSION,
+    NO_RVA,
+    Baseline,
+    Blob,
+    BlobKind,
+    FixupEntry,
+    FunctionStatus,
+    ImportRef,
+    Package,
+    Part,
+    PatchFunction,
+    Prerequisite,
+    RedirectEntry,
+    Servicing,
+    TargetKind,
+    UnwindRecord,
+)
+
+PAGE = 4096
+REGION_ALIGNMENT = PAGE
+_PART_ALIGNMENT = 16
+_MAX_CONSTANT = 1 << 16
+_X64_REACH = (1 << 31) - 64
+_ARM64_REACH = (1 << 27) - 64
+_ADDR32NB = (Fixup.X64_ADDR32NB, Fixup.ARM64_ADDR32NB)
+_PAGE_KINDS = (
+    Fixup.ARM64_PAGEBASE_REL21,
+    Fixup.ARM64_PAGEOFFSET_12A,
+    Fixup.ARM64_PAGEOFFSET_12L,
+)
+_UNW_FLAG_EHANDLER, _UNW_FLAG_UHANDLER, _UNW_FLAG_CHAININFO = 1, 2, 4
+
+
+class PackageBlocked(NotHotpatchable):
+    """The update cannot be packaged; ``blockers`` say why."""
+
+    def __init__(self, blockers: tuple[Blocker, ...]) -> None:
+        super().__init__(f"{len(blockers)} blocker(s): " + "; ".join(b.reason for b in blockers))
+        self.blockers = blockers
+
+
+@dataclass(frozen=True, slots=True)
+class BuildOptions:
+    """Servicing metadata a pipeline chooses."""
+
+    sequence: int = 1
+    supersedes: tuple[int, int] | None = None
+    description: str = ""
+    advisory: str = ""
+
+
+def baseline_of(image: PEImage) -> Baseline:
+    identity = image.identity
+    return Baseline(
+        file_name=image.name,
+        machine=identity.machine,
+        time_date_stamp=identity.time_date_stamp,
+        size_of_image=identity.size_of_image,
+        checksum=identity.checksum,
+        image_base=identity.image_base,
+        mapped_sha256=bytes.fromhex(identity.mapped_sha256),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """A range of the new image copied into the region."""
+
+    new_rva: int
+    size: int
+    offset: int
+
+
+class _Layout:
+    """Where each copied range of the new image lands in the region."""
+
+    def __init__(self) -> None:
+        self.pieces: list[_Piece] = []
+        self._starts: list[int] = []
+
+    def add(self, piece: _Piece) -> None:
+        index = bisect.bisect_left(self._starts, piece.new_rva)
+        self._starts.insert(index, piece.new_rva)
+        self.pieces.insert(index, piece)
+
+    def locate(self, new_rva: int, *, end_ok: bool = False) -> int | None:
+        """Region offset of ``new_rva`` if it was copied (``end_ok``: or is a piece's end)."""
+        index = bisect.bisect_right(self._starts, new_rva) - 1
+        if index < 0:
+            return None
+        piece = self.pieces[index]
+        inside = new_rva - piece.new_rva
+        if inside < piece.size or (end_ok and inside == piece.size):
+            return piece.offset + inside
+        return None
+
+
+class _Builder:
+    def __init__(self, diff: DiffResult, options: BuildOptions) -> None:
+        self.diff, self.options = diff, options
+        self.old, self.new = diff.old, diff.new
+        self.arch = self.new.arch
+        self.correlator = Correlator(
+            diff.correspondence.old, diff.correspondence.new, diff.correspondence, diff.changes
+        )
+        self.blockers: list[Blocker] = []
+        self.layout = _Layout()
+        self.region = bytearray()
+        self.blobs: list[Blob] = []
+        self.fixups: dict[int, FixupEntry] = {}
+        self.imports: dict[tuple[str, str, int], ImportRef] = {}
+        self.relocated = sorted(r.rva for r in self.new.relocations)
+        self.carried = sorted(
+            (
+                c
+                for c in diff.changes
+                if c.new is not None and c.status in (Status.MODIFIED, Status.ADDED)
+            ),
+            key=lambda c: c.new.rva,  # type: ignore[union-attr]
+        )
+
+    # blockers -------------------------------------------------------------------------
+
+    def block(self, kind: BlockerKind, where: str, reason: str) -> None:
+        self.blockers.append(Blocker(kind, where, reason))
+
+    # layout ---------------------------------------------------------------------------
+
+    def place(self, data: bytes, new_rva: int | None, alignment: int, kind: BlobKind) -> int:
+        """Append ``data`` to the region; a copy of new-image bytes keeps ``new_rva``'s
+        offset modulo ``alignment``. Returns its region offset."""
+        offset = len(self.region)
+        phase = new_rva % alignment if new_rva is not None else 0
+        offset += (phase - offset) % alignment
+        self.region.extend(bytes(offset - len(self.region)))
+        self.region.extend(data)
+        if (
+            self.blobs
+            and self.blobs[-1].kind == kind
+            and self.blobs[-1].offset + len(self.blobs[-1].data) == offset
+            and kind != BlobKind.CODE
+        ):
+            last = self.blobs.pop()
+            self.blobs.append(Blob(kind, last.offset, last.data + data))
+        else:
+            self.blobs.append(Blob(kind, offset, bytes(data)))
+        if new_rva is not None:
+            self.layout.add(_Piece(new_rva, len(data), offset))
+        return offset
+
+    @staticmethod
+    def part_ranges(function: Function) -> list[tuple[int, int]]:
+        """[start, end) of each part of ``function``, inline data after it included."""
+        ends = [function.extent_end] + [f.rva + f.size for f in function.fragments]
+        starts = [function.rva] + [f.rva for f in function.fragments]
+        for data in function.inline_data:
+            if data.part < len(ends):
+                ends[data.part] = max(ends[data.part], data.rva + data.size)
+        return list(zip(starts, ends, strict=True))
+
+    def place_code(self) -> list[PatchFunction]:
+        functions = []
+        for change in self.carried:
+            function = change.new
+            assert function is not None
+            parts = []
+            code = bytearray()
+            first_offset: int | None = None
+            for start, end in self.part_ranges(function):
+                data = self.new.read(start, end - start)
+                offset = self.place(data, start, _PART_ALIGNMENT, BlobKind.CODE)
+                first_offset = offset if first_offset is None else first_offset
+                parts.append(Part(offset, end - start, start))
+                code.extend(data)
+            old = change.old
+            functions.append(
+                PatchFunction(
+                    status=FunctionStatus.MODIFIED
+                    if change.status == Status.MODIFIED
+                    else FunctionStatus.ADDED,
+                    old_rva=old.rva if old is not None else NO_RVA,
+                    old_size=old.extent_end - old.rva if old is not None else 0,
+                    new_rva=function.rva,
+                    name=function.name or (old.name if old is not None and old.name else ""),
+                    parts=tuple(parts),
+                )
+            )
+        # Each function's parts were appended as separate CODE blobs; join each
+        # function's into one blob so the package holds one code blob per function.
+        self.blobs = self._join_code_blobs(functions)
+        return functions
+
+    def _join_code_blobs(self, functions: list[PatchFunction]) -> list[Blob]:
+        joined: list[Blob] = []
+        for function in functions:
+            start = function.parts[0].offset
+            end = function.parts[-1].offset + function.parts[-1].size
+            joined.append(Blob(BlobKind.CODE, start, bytes(self.region[start:end])))
+        return joined
+
+    # code fixups ----------------------------------------------------------------------
+
+    def code_fixups(self, change: FunctionChange) -> list[CodeFixup]:
+        function = change.new
+        assert function is not None
+        found: list[CodeFixup] = []
+        indirect: set[int] = set()
+        for data in function.inline_data:
+            if data.kind == DataKind.JUMP_TABLE:
+                limit = data.rva + data.size
+                indirect.update(
+                    self.arch.jump_table_targets(self.new.read, data.rva, 0, 1 << 32, limit)
+                )
+        code_ends = [function.end_rva] + [f.rva + f.size for f in function.fragments]
+        for (start, end), code_end in zip(self.part_ranges(function), code_ends, strict=True):
+            inside = sorted(
+                (d for d in function.inline_data if start <= d.rva < end), key=lambda d: d.rva
+            )
+            instructions, position = [], start
+            for data in inside:
+                if data.rva > position and position < code_end:
+                    instructions.append((position, min(data.rva, code_end)))
+                position = max(position, data.rva + data.size)
+            if position < code_end:
+                instructions.append((position, code_end))
+            found.extend(
+                self.arch.code_fixups(
+                    self.new.read(start, end - start),
+                    start,
+                    instructions,
+                    (start, end),
+                    self.relocated,
+                    self.new.image_base,
+                    indirect,
+                )
+            )
+            for data in inside:
+                if data.kind == DataKind.JUMP_TABLE_RVA:
+                    content = self.new.read(data.rva, data.size)
+                    for index, (value,) in enumerate(struct.iter_unpack("<I", content)):
+                        found.append(
+                            CodeFixup(data.rva + 4 * index, self._addr32nb(), value, data.rva)
+                        )
+        return found
+
+    def _addr32nb(self) -> Fixup:
+        return Fixup.X64_ADDR32NB if self.arch.machine == Machine.AMD64 else Fixup.ARM64_ADDR32NB
+
+    def check_against_fingerprint(self, change: FunctionChange, fixups: list[CodeFixup]) -> bool:
+        """The fixups (an independent decode) cover every reference the diff saw."""
+        function = change.new
+        assert function is not None
+        fingerprint = self.diff.correspondence.new.fingerprints[function.rva]
+        by_site: dict[int, set[int]] = {}
+        for fixup in fixups:
+            by_site.setdefault(fixup.site_rva, set()).add(fixup.target_rva)
+        for reference in fingerprint.references:
+            targets = by_site.get(reference.site_rva, set())
+            if reference.target_rva in targets:
+                continue
+            if reference.kind == RefKind.ADDRESS and any(
+                t // PAGE == reference.target_rva // PAGE for t in targets
+            ):
+                continue
+            if reference.kind == RefKind.ADDRESS and not targets and self._own(function, reference):
+                continue  # ADR into its own part: copied along, needs no fixup
+            self.block(
+                BlockerKind.UNRESOLVED_REFERENCE,
+                f"{function_label(function)} at 0x{reference.site_rva:x}",
+                f"the {reference.kind.name.lower()} reference to 0x{reference.target_rva:x} has "
+                "no field hpatch can locate to rebind",
+            )
+            return False
+        return True
+
+    def _own(self, function: Function, reference: Reference) -> bool:
+        return any(
+            start <= reference.site_rva < end and start <= reference.target_rva < end
+            for start, end in self.part_ranges(function)
+        )
+
+    # binding --------------------------------------------------------------------------
+
+    def bind(self, where: str, fixup: CodeFixup) -> tuple[TargetKind, int] | None:
+        """What the target of ``fixup`` is, in package terms; None (and a blocker) if unknown."""
+        located = self.layout.locate(fixup.target_rva)
+        if located is not None:
+            return TargetKind.REGION, located
+        resolved = self.correlator.resolve(
+            Reference(fixup.site_rva, RefKind.DATA, fixup.target_rva)
+        )
+        if resolved.resolution in (Resolution.OLD_FUNCTION, Resolution.OLD_DATA):
+            assert resolved.old_rva is not None
+            return TargetKind.OLD_RVA, resolved.old_rva
+        if resolved.resolution == Resolution.IMPORT:
+            imported = self.new_import(fixup.target_rva)
+            assert resolved.old_rva is not None and imported is not None
+            return TargetKind.IMPORT, self.import_index(imported, resolved.old_rva)
+        if resolved.resolution == Resolution.NEW_CONSTANT:
+            offset = self.layout.locate(fixup.target_rva)
+            if offset is not None:
+                return TargetKind.REGION, offset
+        detail = resolved.detail or resolved.resolution.value
+        self.block(
+            BlockerKind.UNRESOLVED_REFERENCE,
+            where,
+            f"the field at 0x{fixup.field_rva:x} names 0x{fixup.target_rva:x}, which cannot "
+            f"be bound to the old image ({detail})",
+        )
+        return None
+
+    def new_import(self, iat_rva: int) -> tuple[str, str, int] | None:
+        for item in self.new.imports:
+            if item.iat_rva == iat_rva:
+                return item.dll, item.name or "", item.ordinal or 0
+        return None
+
+    def import_index(self, key: tuple[str, str, int], old_slot: int) -> int:
+        """Index of the import in order of first use (renumbered once imports are sorted)."""
+        self.imports.setdefault(key, ImportRef(key[0], key[1], key[2], old_slot))
+        return list(self.imports).index(key)
+
+    # constants ------------------------------------------------------------------------
+
+    def labels(self) -> list[int]:
+        """Places in the new image where some object starts: every referenced address,
+        every relocated field and the address it holds, and section bounds."""
+        found: set[int] = set()
+        for fingerprint in self.diff.correspondence.new.fingerprints.values():
+            found.update(r.target_rva for r in fingerprint.references)
+        for relocation in self.new.relocations:
+            found.add(relocation.rva)
+            value = self.new.read(relocation.rva, 8)
+            found.add(int.from_bytes(value, "little") - self.new.image_base)
+        for section in self.new.sections:
+            found.update((section.rva, section.rva + section.virtual_size))
+        return sorted(found)
+
+    def place_constants(self, fixups_by_function: dict[int, list[CodeFixup]]) -> None:
+        targets: set[int] = set()
+        for fixups in fixups_by_function.values():
+            for fixup in fixups:
+                if self.layout.locate(fixup.target_rva) is not None:
+                    continue
+                resolved = self.correlator.resolve(
+                    Reference(fixup.site_rva, RefKind.DATA, fixup.target_rva)
+                )
+                if resolved.resolution == Resolution.NEW_CONSTANT:
+                    targets.add(fixup.target_rva)
+        if not targets:
+            return
+        labels = self.labels()
+        spans: list[list[int]] = []
+        for target in sorted(targets):
+            section = self.new.section_at(target)
+            assert section is not None
+            index = bisect.bisect_right(labels, target)
+            end = labels[index] if index < len(labels) else section.end_rva
+            end = min(end, section.rva + section.virtual_size)
+            if end - target > _MAX_CONSTANT:
+                self.block(
+                    BlockerKind.UNRESOLVED_REFERENCE,
+                    f"new data at 0x{target:x}",
+                    f"new read-only data of more than {_MAX_CONSTANT} bytes has no provable end",
+                )
+                continue
+            if spans and target <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], end)
+            else:
+                spans.append([target, end])
+        page_runs = self.arch.machine == Machine.ARM64
+        for start, end in spans:
+            alignment = PAGE if page_runs else _PART_ALIGNMENT
+            self.place(self.new.read(start, end - start), start, alignment, BlobKind.RODATA)
+            for field in self.relocated[
+                bisect.bisect_left(self.relocated, start) : bisect.bisect_left(self.relocated, end)
+            ]:
+                if field + 8 > end:
+                    self.block(
+                        BlockerKind.UNRESOLVED_REFERENCE,
+                        f"new data at 0x{start:x}",
+                        f"a pointer at 0x{field:x} straddles the end of the data copied",
+                    )
+                    continue
+                value = int.from_bytes(self.new.read(field, 8), "little") - self.new.image_base
+                addr64 = Fixup.X64_ADDR64 if not page_runs else Fixup.ARM64_ADDR64
+                self.add_fixup(f"new data at 0x{start:x}", CodeFixup(field, addr64, value, field))
+
+    # fixups ---------------------------------------------------------------------------
+
+    def add_fixup(self, where: str, fixup: CodeFixup) -> tuple[TargetKind, int] | None:
+        field = self.layout.locate(fixup.field_rva)
+        assert field is not None, "fixup fields are in copied code or data"
+        bound = self.bind(where, fixup)
+        if bound is None:
+            return None
+        self.fixups[field] = FixupEntry(field, fixup.kind, bound[0], bound[1])
+        return bound
+
+    def check_pages(self, where: str, groups: dict[int, list[tuple[TargetKind, int]]]) -> None:
+        """An ADRP and its page offsets must still meet in one page once bound."""
+        for bounds in groups.values():
+            kinds = {
+                kind if kind != TargetKind.IMPORT else TargetKind.OLD_RVA for kind, _ in bounds
+            }
+            pages = {self._old_rva_of(kind, value) // PAGE for kind, value in bounds}
+            if len(kinds) > 1 or len(pages) > 1:
+                self.block(
+                    BlockerKind.UNRESOLVED_REFERENCE,
+                    where,
+                    "an ADRP page and the offsets completing it land in different pages once "
+                    "bound to the old image",
+                )
+                return
+
+    def _old_rva_of(self, kind: TargetKind, value: int) -> int:
+        if kind == TargetKind.IMPORT:
+            return list(self.imports.values())[value].old_iat_rva
+        return value
+
+    # unwind ---------------------------------------------------------------------------
+
+    def unwind(self, functions: list[PatchFunction]) -> list[UnwindRecord]:
+        entries = sorted(self.new.unwind_entries, key=lambda e: e.begin_rva)
+        begins = [e.begin_rva for e in entries]
+        copies: dict[int, int] = {}
+        records: list[tuple[int, int, int, int | None, bytes | None]] = []
+        for function in functions:
+            for part in function.parts:
+                low = bisect.bisect_left(begins, part.new_rva)
+                high = bisect.bisect_left(begins, part.new_rva + part.size)
+                for entry in entries[low:high]:
+                    where = f"{function.name or f'sub_{function.new_rva:x}'} unwind"
+                    if entry.end_rva > part.new_rva + part.size:
+                        self.block(
+                            BlockerKind.UNRESOLVED_REFERENCE,
+                            where,
+                            f"unwind range 0x{entry.begin_rva:x}..0x{entry.end_rva:x} runs past "
+                            "the code carried",
+                        )
+                        continue
+                    raw = self.raw_pdata_word(entry.begin_rva)
+                    packed = self.arch.machine == Machine.ARM64 and raw is not None and raw & 3
+                    if packed:
+                        records.append(
+                            (entry.begin_rva, entry.end_rva, 0, None, raw.to_bytes(4, "little"))
+                        )  # type: ignore[union-attr]
+                        continue
+                    assert entry.unwind_rva is not None
+                    copied = self.copy_unwind(where, entry.unwind_rva, copies)
+                    if copied is not None:
+                        records.append(
+                            (entry.begin_rva, entry.end_rva, entry.unwind_rva, copied, None)
+                        )
+        table: list[UnwindRecord] = []
+        entry_size = 12 if self.arch.machine == Machine.AMD64 else 8
+        addr32nb = self._addr32nb()
+        table_bytes = b"".join(
+            bytes(4) + packed_word if packed_word else bytes(entry_size)
+            for *_, packed_word in records
+        )
+        if not records:
+            return table
+        table_offset = self.place(bytes(table_bytes), None, 4, BlobKind.FUNCTION_TABLE)
+        for index, (begin, end, _unwind_rva, copied, packed_word) in enumerate(records):
+            at = table_offset + index * entry_size
+            begin_offset = self.layout.locate(begin)
+            end_offset = self.layout.locate(end, end_ok=True)
+            assert begin_offset is not None and end_offset is not None
+            self.fixups[at] = FixupEntry(at, addr32nb, TargetKind.REGION, begin_offset)
+            if self.arch.machine == Machine.AMD64:
+                self.fixups[at + 4] = FixupEntry(at + 4, addr32nb, TargetKind.REGION, end_offset)
+                assert copied is not None
+                self.fixups[at + 8] = FixupEntry(at + 8, addr32nb, TargetKind.REGION, copied)
+            elif packed_word is None:
+                assert copied is not None
+                self.fixups[at + 4] = FixupEntry(at + 4, addr32nb, TargetKind.REGION, copied)
+            table.append(UnwindRecord(at, begin_offset, end_offset))
+        return table
+
+    def raw_pdata_word(self, begin_rva: int) -> int | None:
+        """The second word of the ARM64 .pdata entry starting at ``begin_rva``."""
+        rva, size = self.new.exception_directory
+        data = self.new.read(rva, size)
+        for offset in range(0, size - 7, 8):
+            begin, word = struct.unpack_from("<II", data, offset)
+            if begin == begin_rva:
+                return int(word)
+        return None
+
+    def copy_unwind(self, where: str, unwind_rva: int, copies: dict[int, int]) -> int | None:
+        if unwind_rva in copies:
+            return copies[unwind_rva]
+        size, handler, chained = self.arch.unwind_record_size(self.new.read, unwind_rva)
+        if handler:
+            self.block(
+                BlockerKind.UNRESOLVED_REFERENCE,
+                where,
+                f"the unwind record at 0x{unwind_rva:x} names an exception handler whose "
+                "data hpatch cannot translate",
+            )
+            return None
+        offset = self.place(self.new.read(unwind_rva, size), unwind_rva, 4, BlobKind.UNWIND)
+        copies[unwind_rva] = offset
+        if chained is not None:
+            begin, end, parent_unwind = struct.unpack("<III", self.new.read(chained, 12))
+            parent_copy = self.copy_unwind(where, parent_unwind & ~1, copies)
+            begin_offset = self.layout.locate(begin)
+            end_offset = self.layout.locate(end, end_ok=True)
+            if parent_copy is None or begin_offset is None or end_offset is None:
+                self.block(
+                    BlockerKind.UNRESOLVED_REFERENCE,
+                    where,
+                    f"the unwind record at 0x{unwind_rva:x} chains to code that is not carried",
+                )
+                return None
+            at = offset + (chained - unwind_rva)
+            for delta, target in ((0, begin_offset), (4, end_offset), (8, parent_copy)):
+                self.fixups[at + delta] = FixupEntry(
+                    at + delta, Fixup.X64_ADDR32NB, TargetKind.REGION, target
+                )
+        return offset
+
+    # redirects ------------------------------------------------------------------------
+
+    def redirect(self, change: FunctionChange, target_offset: int) -> RedirectEntry | None:
+        function = change.old
+        assert function is not None
+        strategy = self.arch.redirect_strategy(*entry_room(self.old, function))
+        if strategy is None:
+            self.block(
+                BlockerKind.TOO_SMALL,
+                function_label(function),
+                "no redirect form fits the function's entry",
+            )
+            return None
+        start, length = strategy.span
+        original = self.old.read(function.rva + start, length)
+        return RedirectEntry(
+            function.rva, strategy, target_offset, hashlib.sha256(original).digest()
+        )
+
+    # the whole ------------------------------------------------------------------------
+
+    def build(self) -> Package:
+        if self.diff.blockers:
+            raise PackageBlocked(self.diff.blockers)
+        if not self.carried:
+            raise NotHotpatchable("no function changed: there is nothing to package")
+        functions = self.place_code()
+        fixups_by_function: dict[int, list[CodeFixup]] = {}
+        for change in self.carried:
+            assert change.new is not None
+            where = function_label(change.new)
+            try:
+                found = self.code_fixups(change)
+            except RelocationError as exc:
+                self.block(BlockerKind.UNRESOLVED_REFERENCE, where, str(exc))
+                continue
+            if self.check_against_fingerprint(change, found):
+                fixups_by_function[change.new.rva] = found
+        self.place_constants(fixups_by_function)
+        for rva, found in fixups_by_function.items():
+            where = function_label(self.new.function_at(rva))  # type: ignore[arg-type]
+            groups: dict[int, list[tuple[TargetKind, int]]] = {}
+            for fixup in found:
+                bound = self.add_fixup(where, fixup)
+                if bound is not None and fixup.page_group >= 0:
+                    groups.setdefault(fixup.page_group, []).append(bound)
+            self.check_pages(where, groups)
+        unwind = self.unwind(functions)
+        redirects = []
+        by_entry = {f.new_rva: f for f in functions}
+        for change in self.carried:
+            if change.status == Status.MODIFIED:
+                assert change.new is not None
+                made = self.redirect(change, by_entry[change.new.rva].entry_offset)
+                if made is not None:
+                    redirects.append(made)
+        if self.blockers:
+            raise PackageBlocked(tuple(self.blockers))
+        return self.assemble(functions, unwind, redirects)
+
+    def assemble(
+        self,
+        functions: list[PatchFunction],
+        unwind: list[UnwindRecord],
+        redirects: list[RedirectEntry],
+    ) -> Package:
+        ordered = sorted(self.imports.values(), key=lambda i: (i.dll.lower(), i.name, i.ordinal))
+        first_use = list(self.imports.values())
+        renumber = {first_use.index(item): n for n, item in enumerate(ordered)}
+        fixups = tuple(
+            FixupEntry(f.offset, f.kind, f.target_kind, renumber[f.target])
+            if f.target_kind == TargetKind.IMPORT
+            else f
+            for f in sorted(self.fixups.values(), key=lambda f: f.offset)
+        )
+        size = len(self.region) + (-len(self.region)) % REGION_ALIGNMENT
+        prerequisites = [
+            (Prerequisite.MACHINE, int(self.arch.machine)),
+            (Prerequisite.BASELINE, 0),
+            (Prerequisite.MIN_FORMAT_VERSION, FORMAT_VERSION),
+            (Prerequisite.NOT_HYBRID, 0),
+            (
+                Prerequisite.REGION_REACH,
+                _X64_REACH if self.arch.machine == Machine.AMD64 else _ARM64_REACH,
+            ),
+        ]
+        if any(f.kind in _ADDR32NB and f.target_kind == TargetKind.REGION for f in fixups):
+            prerequisites.append((Prerequisite.REGION_ABOVE_IMAGE, 0))
+        options = self.options
+        return Package(
+            machine=self.arch.machine,
+            baseline=baseline_of(self.old),
+            servicing=Servicing(
+                sequence=options.sequence,
+                supersedes=options.supersedes,
+                description=options.description,
+                advisory=options.advisory,
+                tool_version=__version__,
+                target=baseline_of(self.new),
+            ),
+            prerequisites=tuple(prerequisites),
+            region_size=size,
+            region_alignment=REGION_ALIGNMENT,
+            blobs=tuple(sorted(self.blobs, key=lambda b: b.offset)),
+            functions=tuple(functions),
+            imports=tuple(ordered),
+            fixups=fixups,
+            redirects=tuple(sorted(redirects, key=lambda r: r.old_rva)),
+            unwind=tuple(unwind),
+        )
+
+
+def build_package(
+    diff: DiffResult,
+    options: BuildOptions | None = None,
+    sign: Callable[[Package], Package] | None = None,
+) -> Package:
+    """The package that turns ``diff.old`` into ``diff.new`` where it runs.
+
+    PackageBlocked (with blockers) when the update cannot be packaged with certainty.
+    ``sign`` (see hpatch.package.signing) adds a signature.
+    """
+    package = _Builder(diff, options or BuildOptions()).build()
+    return sign(package) if sign is not None else package
+
+
+__all__ = ["BuildOptions", "PackageBlocked", "baseline_of", "build_package", "import_key"]

@@ -1,0 +1,194 @@
+"""What a hotpatch package holds, as immutable records (the byte layout is in format.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from hpatch.arch import Machine
+from hpatch.arch.rewrite import Fixup, Redirect
+
+FORMAT_VERSION = 1
+NO_RVA = 0xFFFFFFFF
+
+
+class Flag(IntEnum):
+    """Header flag bits."""
+
+    SIGNED = 0x1
+
+
+class Prerequisite(IntEnum):
+    """Conditions the applier checks, one by one, before touching the target."""
+
+    MACHINE = 1  # value: IMAGE_FILE_MACHINE of the target
+    BASELINE = 2  # value: 0; the baseline record must match the target exactly
+    MIN_FORMAT_VERSION = 3  # value: the oldest format version able to apply the package
+    NOT_HYBRID = 4  # value: 0; the target must not be a CHPE/ARM64EC/ARM64X image
+    REGION_REACH = 5  # value: max bytes between any byte of the image and of the region
+    REGION_ABOVE_IMAGE = 6  # value: 0; the region must lie above the image base (RVA fixups)
+
+
+class TargetKind(IntEnum):
+    """What the ``target`` of a fixup counts in."""
+
+    OLD_RVA = 1  # an RVA of the baseline image
+    REGION = 2  # an offset in the patch region
+    IMPORT = 3  # an index into the package's import list; binds to the baseline's IAT slot
+
+
+class BlobKind(IntEnum):
+    """What a piece of the patch region holds."""
+
+    CODE = 1  # a function's code (its parts, laid out in order)
+    RODATA = 2  # read-only data new code references
+    UNWIND = 3  # unwind records (x64 UNWIND_INFO, ARM64 .xdata)
+    FUNCTION_TABLE = 4  # RUNTIME_FUNCTION entries for the patch code
+
+
+class FunctionStatus(IntEnum):
+    MODIFIED = 1  # replaces a function of the baseline, which is redirected
+    ADDED = 2  # new code reached only from other patch code
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """The one image a package applies to."""
+
+    file_name: str
+    machine: Machine
+    time_date_stamp: int
+    size_of_image: int
+    checksum: int
+    image_base: int
+    mapped_sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Servicing:
+    """Where the package sits in the baseline's servicing line."""
+
+    sequence: int
+    supersedes: tuple[int, int] | None  # inclusive range of sequence numbers replaced
+    description: str
+    advisory: str
+    tool_version: str
+    #: The build the package turns the baseline into.
+    target: Baseline
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    """Bytes placed at ``offset`` of the patch region."""
+
+    kind: BlobKind
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A contiguous piece of a function: ``size`` bytes at region ``offset``, from ``new_rva``."""
+
+    offset: int
+    size: int
+    new_rva: int
+
+
+@dataclass(frozen=True, slots=True)
+class PatchFunction:
+    """A function the package carries."""
+
+    status: FunctionStatus
+    old_rva: int  # NO_RVA for an added function
+    old_size: int
+    new_rva: int
+    name: str
+    parts: tuple[Part, ...]  # the first is the entry
+
+    @property
+    def entry_offset(self) -> int:
+        return self.parts[0].offset
+
+    @property
+    def new_size(self) -> int:
+        return sum(p.size for p in self.parts)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRef:
+    """An import the patch code calls through: by name, or by ordinal when name is empty."""
+
+    dll: str
+    name: str
+    ordinal: int
+    old_iat_rva: int  # the slot in the baseline the import binds to
+
+
+@dataclass(frozen=True, slots=True)
+class FixupEntry:
+    """Bind the field at region ``offset`` to ``target`` (counted in ``target_kind``)."""
+
+    offset: int
+    kind: Fixup
+    target_kind: TargetKind
+    target: int
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectEntry:
+    """Send the baseline function at ``old_rva`` to region ``target_offset``.
+
+    ``original_sha256`` is the digest of the bytes the redirect overwrites in the
+    baseline (its span); the applier compares before writing.
+    """
+
+    old_rva: int
+    strategy: Redirect
+    target_offset: int
+    original_sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UnwindRecord:
+    """A RUNTIME_FUNCTION for patch code; offsets are into the region.
+
+    ``table_offset`` is where the 12-byte (x64) or 8-byte (ARM64) entry sits in the
+    FUNCTION_TABLE blob; its RVA fields are bound by ADDR32NB fixups.
+    """
+
+    table_offset: int
+    begin_offset: int
+    end_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureInfo:
+    """The Ed25519 signature over header and body, and which key made it."""
+
+    key_id: bytes  # 8 bytes: the start of SHA-256 over the raw public key
+    signature: bytes  # 64 bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Package:
+    """A whole hotpatch package."""
+
+    machine: Machine
+    baseline: Baseline
+    servicing: Servicing
+    prerequisites: tuple[tuple[Prerequisite, int], ...]
+    region_size: int
+    region_alignment: int
+    blobs: tuple[Blob, ...]
+    functions: tuple[PatchFunction, ...]
+    imports: tuple[ImportRef, ...]
+    fixups: tuple[FixupEntry, ...]
+    redirects: tuple[RedirectEntry, ...]
+    unwind: tuple[UnwindRecord, ...]
+    version: int = FORMAT_VERSION
+    signature: SignatureInfo | None = None
+
+    @property
+    def flags(self) -> int:
+        return Flag.SIGNED if self.signature is not None else 0
