@@ -54,7 +54,11 @@ _PAGE_KINDS = (
     Fixup.ARM64_PAGEOFFSET_12A,
     Fixup.ARM64_PAGEOFFSET_12L,
 )
-_UNW_FLAG_EHANDLER, _UNW_FLAG_UHANDLER, _UNW_FLAG_CHAININFO = 1, 2, 4
+_SHORT_REACH = {
+    Fixup.ARM64_BRANCH19: 1 << 20,
+    Fixup.ARM64_BRANCH14: 1 << 15,
+    Fixup.ARM64_REL21: 1 << 20,
+}
 
 
 class PackageBlocked(NotHotpatchable):
@@ -419,6 +423,17 @@ class _Builder:
         assert field is not None, "fixup fields are in copied code or data"
         bound = self.bind(where, fixup)
         if bound is None:
+            return None
+        reach = _SHORT_REACH.get(fixup.kind)
+        if reach is not None and (
+            bound[0] != TargetKind.REGION or not -reach <= bound[1] - field < reach
+        ):
+            self.block(
+                BlockerKind.UNRESOLVED_REFERENCE,
+                where,
+                f"the short-range {fixup.kind.name} at 0x{fixup.site_rva:x} leaves the code the "
+                "package carries and cannot be proven to reach",
+            )
             return None
         self.fixups[field] = FixupEntry(field, fixup.kind, bound[0], bound[1])
         return bound
