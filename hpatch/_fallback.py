@@ -6,6 +6,7 @@ Same signatures, same results, same errors; the parity tests hold them to it.
 from __future__ import annotations
 
 import bisect
+import operator
 import re
 import struct
 from functools import cache
@@ -15,6 +16,7 @@ from capstone import x86_const
 
 SITE_CALL, SITE_JUMP, SITE_COND_JUMP, SITE_ADDRESS, SITE_LOAD = 1, 2, 3, 4, 5
 REF_CALL, REF_BRANCH, REF_DATA, REF_ABSOLUTE, REF_IMAGE_RVA = 1, 2, 3, 4, 5
+REF_ADDRESS, REF_LITERAL = 6, 7
 _RVA_LIMIT = 0xFFFFFFFF
 
 # Zero-width lookahead so that every byte offset is a candidate, exactly as the C loop.
@@ -238,3 +240,111 @@ def normalise_x64(
         elif operand.mem.base in base_registers and disp_size == 4:
             mask(insn.address, disp_rva, 4, REF_IMAGE_RVA, operand.mem.disp & 0xFFFFFFFF)
     return bytes(masked), references, count
+
+
+def _page_offset(word: int) -> int | None:
+    """The byte offset a page-offset instruction adds to its base register, if it is one.
+
+    ADD (immediate, 64-bit, no shift) and LDR/STR (unsigned immediate, scaled by the
+    access size) complete an ADRP.
+    """
+    if (word & 0xFFC00000) == 0x91000000:
+        return (word >> 10) & 0xFFF
+    if (word & 0x3B000000) == 0x39000000:
+        scale = word >> 30
+        if word & 0x04000000 and (word >> 23) & 1:  # 128-bit vector register
+            scale = 4
+        return ((word >> 10) & 0xFFF) << scale
+    return None
+
+
+def _is_store(word: int) -> bool:
+    """STR/STRB/STRH (unsigned immediate) and STP: the low register field is read, not written."""
+    return (word & 0x3B400000) == 0x39000000 or (word & 0x3A400000) == 0x28000000
+
+
+def normalise_arm64(
+    code: bytes,
+    code_rva: int,
+    lo_rva: int,
+    hi_rva: int,
+    relocated: bytes,
+    image_base: int,
+    /,
+) -> tuple[bytes, list[tuple[int, int, int]], int]:
+    """Mask the position-dependent fields of ARM64 code at code_rva.
+
+    A B/BL, B.cond, CBZ/CBNZ or TBZ/TBNZ whose target is outside [lo, hi) becomes a
+    CALL (BL) or BRANCH reference; every ADR an ADDRESS reference to its target, every
+    ADRP an ADDRESS reference to the page, or to the address of the first ADD/LDR/STR
+    that completes it (each completion is an ADDRESS reference too); LDR (literal) a
+    LITERAL reference. Masked fields become zero bits; a trailing partial word is kept.
+    Instruction words hold no base-relocated fields: ``relocated`` and ``image_base``
+    are checked and otherwise unused.
+    """
+    # Arguments are taken in order, then checked, as the C extension does.
+    data = bytes(memoryview(code).cast("B"))
+    code_rva, lo_rva, hi_rva = (operator.index(v) for v in (code_rva, lo_rva, hi_rva))
+    fields = memoryview(relocated).cast("B")
+    operator.index(image_base)
+    if len(fields) % 4:
+        raise ValueError("relocated must hold uint32 values")
+    _check_rvas(code_rva, lo_rva, hi_rva, len(data))
+    count = len(data) // 4
+    words = list(struct.unpack_from(f"<{count}I", data))
+    references: list[tuple[int, int, int]] = []
+    # register -> (index in references of its ADRP, page address)
+    pages: dict[int, tuple[int, int]] = {}
+    completed: set[int] = set()
+    for index, word in enumerate(words):
+        rva = code_rva + 4 * index
+        written = word & 0x1F
+        if (word & 0x7C000000) == 0x14000000:  # B / BL imm26
+            target = rva + 4 * _sign_extend(word & 0x03FFFFFF, 26)
+            if not lo_rva <= target < hi_rva:
+                words[index] = word & 0xFC000000
+                references.append((rva, REF_CALL if word & 0x80000000 else REF_BRANCH, target))
+            continue
+        if (word & 0xFF000010) == 0x54000000 or (word & 0x7E000000) == 0x34000000:
+            target = rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19)  # B.cond, CBZ/CBNZ
+            if not lo_rva <= target < hi_rva:
+                words[index] = word & ~(0x7FFFF << 5)
+                references.append((rva, REF_BRANCH, target))
+            continue
+        if (word & 0x7E000000) == 0x36000000:  # TBZ / TBNZ imm14
+            target = rva + 4 * _sign_extend((word >> 5) & 0x3FFF, 14)
+            if not lo_rva <= target < hi_rva:
+                words[index] = word & ~(0x3FFF << 5)
+                references.append((rva, REF_BRANCH, target))
+            continue
+        if (word & 0x1F000000) == 0x10000000:  # ADR / ADRP
+            immediate = _sign_extend((((word >> 5) & 0x7FFFF) << 2) | ((word >> 29) & 3), 21)
+            words[index] = word & ~((0x7FFFF << 5) | (3 << 29))
+            if word & 0x80000000:
+                page = (rva & ~0xFFF) + immediate * 4096
+                pages[written] = (len(references), page)
+                references.append((rva, REF_ADDRESS, page))
+            else:
+                pages.pop(written, None)
+                references.append((rva, REF_ADDRESS, rva + immediate))
+            continue
+        if (word & 0x3B000000) == 0x18000000 and (word & 0xC4000000) != 0xC0000000:
+            target = rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19)  # LDR literal
+            words[index] = word & ~(0x7FFFF << 5)
+            references.append((rva, REF_LITERAL, target))
+            pages.pop(written, None)
+            continue
+        offset = _page_offset(word)
+        base = (word >> 5) & 0x1F
+        if offset is not None and base in pages:
+            adrp_index, page = pages[base]
+            target = page + offset
+            words[index] = word & ~(0xFFF << 10)
+            references.append((rva, REF_ADDRESS, target))
+            if adrp_index not in completed:
+                # the ADRP names the page; what it means is its first completion
+                completed.add(adrp_index)
+                references[adrp_index] = (references[adrp_index][0], REF_ADDRESS, target)
+        if not _is_store(word):
+            pages.pop(written, None)
+    return struct.pack(f"<{count}I", *words) + data[4 * count :], references, count

@@ -313,11 +313,18 @@ static struct PyModuleDef native_module = {
     NULL, NULL, NULL, NULL,
 };
 
+/* Defined in arm64.c. */
+extern PyMethodDef hpatch_arm64_methods[];
+
 PyMODINIT_FUNC PyInit__native(void)
 {
     PyObject *module = PyModule_Create(&native_module);
     if (module == NULL)
         return NULL;
     /* Each further source file contributes its own method table. */
+    if (PyModule_AddFunctions(module, hpatch_arm64_methods) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
     return module;
 }

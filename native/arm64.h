@@ -1,0 +1,27 @@
+/* ARM64 normalisation: the position-dependent fields of instruction words and the
+ * references they name. */
+#ifndef HPATCH_ARM64_H
+#define HPATCH_ARM64_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Reference kinds; the same numbers as hpatch.arch.base.RefKind. */
+enum { ARM64_REF_CALL = 1, ARM64_REF_BRANCH = 2, ARM64_REF_ADDRESS = 6, ARM64_REF_LITERAL = 7 };
+
+typedef struct {
+    int64_t site;
+    int64_t target;
+    int kind;
+} arm64_ref_t;
+
+/* Normalise the len / 4 whole words of code at code_rva into out (len bytes; a
+ * trailing partial word is copied as it is): see normalise_arm64 in
+ * hpatch/_fallback.py for the rules. Branches into [lo, hi) keep their bits. refs
+ * must have room for len / 4 entries: a word names at most one reference, and an
+ * ADRP's entry may be rewritten by a later word that completes it. Returns the
+ * number of references written. */
+size_t arm64_normalise(const uint8_t *code, size_t len, int64_t code_rva, int64_t lo, int64_t hi,
+                       uint8_t *out, arm64_ref_t *refs);
+
+#endif
