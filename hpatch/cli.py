@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hpatch import BACKEND, __version__
-from hpatch.diff import diff_images
+from hpatch.diff import Status, diff_images
 from hpatch.errors import HPatchError, PackageFormatError
 from hpatch.image import load_image
 from hpatch.package import (
@@ -212,7 +212,11 @@ def diff(
         result = diff_images(old, new)
     document = diff_document(result)
     written = None
-    if output is not None and result.hotpatchable:
+    carried = result.with_status(Status.MODIFIED) + result.with_status(Status.ADDED)
+    if output is not None and result.hotpatchable and not carried:
+        raise HPatchError("no function changed between the builds: there is nothing to package")
+    if result.hotpatchable and carried:
+        # The verdict holds only if every field of the changed code can be bound too.
         options = BuildOptions(sequence, supersedes, description, advisory)
         try:
             package = build_package(result, options)
@@ -220,15 +224,16 @@ def diff(
             document["hotpatchable"] = False
             document["blockers"] = [blocker_dict(b) for b in blocked.blockers]
         else:
-            if key is not None:
-                package = sign_package(package, key)
-            data = encode_package(package)
-            _write_atomically(output, data)
-            written = {
-                "path": output,
-                "size": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(),
-            }
+            if output is not None:
+                if key is not None:
+                    package = sign_package(package, key)
+                data = encode_package(package)
+                _write_atomically(output, data)
+                written = {
+                    "path": output,
+                    "size": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
     if output is not None:
         document["package"] = written
     if as_json:

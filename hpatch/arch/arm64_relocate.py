@@ -130,84 +130,83 @@ class _Flow:
         self.indirect_targets = indirect_targets
 
     def consumers(self, adrp_index: int, register: int) -> list[int]:
-        """Indices of the words that complete the ADRP at ``adrp_index``."""
+        """Indices of the words that complete the ADRP at ``adrp_index``.
+
+        The page may be copied to other registers (``mov xD, xS``); each path carries
+        the set of registers that hold it.
+        """
         adrp_rva = self.code_rva + 4 * adrp_index
-        found: list[int] = []
-        pending = [adrp_index + 1]
-        visited: set[int] = set()
+
+        def refuse(rva: int, how: str) -> RelocationError:
+            return RelocationError(f"the page address set at 0x{adrp_rva:x} {how} at 0x{rva:x}")
+
+        found: set[int] = set()
+        pending: list[tuple[int, frozenset[int]]] = [(adrp_index + 1, frozenset({register}))]
+        visited: set[tuple[int, frozenset[int]]] = set()
         steps = 0
         while pending:
-            index = pending.pop()
-            while True:
+            index, holders = pending.pop()
+            while holders and (index, holders) not in visited:
                 steps += 1
                 if steps > _MAX_WALK:
                     raise RelocationError(f"the page set at 0x{adrp_rva:x} flows too far to follow")
-                if index in visited:
-                    break
                 item = self.words[index] if 0 <= index < len(self.words) else None
                 if item is None:
                     raise RelocationError(
                         f"the page set at 0x{adrp_rva:x} is live where the code ends"
                     )
-                visited.add(index)
+                visited.add((index, holders))
                 rva = self.code_rva + 4 * index
                 word = item.word
-                completion = _page_offset_kind(word)
-                if completion is not None and (word >> 5) & 0x1F == register:
-                    found.append(index)
-                    if register in item.writes:
-                        break
-                    if completion[0] == Fixup.ARM64_PAGEOFFSET_12L and (word & 0x1F) == register:
-                        break
+                if _page_offset_kind(word) is not None and (word >> 5) & 0x1F in holders:
+                    found.add(index)
+                    holders = holders - item.writes
                     index += 1
                     continue
-                if register in item.reads:
-                    raise RelocationError(
-                        f"the page address set at 0x{adrp_rva:x} is used at 0x{rva:x} in a way "
-                        "hpatch cannot rebind"
-                    )
-                if register in item.writes:
-                    break
-                if _is_trap(word):
+                if (word & 0xFFE0FFE0) == 0xAA0003E0:  # mov xD, xS (ORR xD, xzr, xS)
+                    source, destination = (word >> 16) & 0x1F, word & 0x1F
+                    copied = source in holders
+                    holders = holders - {destination}
+                    if copied:
+                        holders = holders | {destination}
+                    index += 1
+                    continue
+                if holders & item.reads:
+                    raise refuse(rva, "is used in a way hpatch cannot rebind")
+                holders = holders - item.writes
+                if not holders or _is_trap(word):
                     break
                 if _is_return_or_jump(word) or _is_indirect_call(word):
                     is_return = (word & 0xFFFFFC1F) == 0xD65F0000
-                    if register in (_RESULT_REGISTERS if is_return else _ARGUMENT_REGISTERS):
-                        raise RelocationError(
-                            f"the page address set at 0x{adrp_rva:x} may be passed on at 0x{rva:x}"
-                        )
+                    passed = _RESULT_REGISTERS if is_return else _ARGUMENT_REGISTERS
+                    if holders & set(passed):
+                        raise refuse(rva, "may be passed on")
                     if _is_indirect_call(word):
-                        if register in _CALL_CLOBBERED:
-                            break
+                        holders = holders - set(_CALL_CLOBBERED)
                         index += 1
                         continue
-                    if (word & 0xFFFFFC1F) == 0xD61F0000 and self.indirect_targets:
+                    if (word & 0xFFFFFC1F) == 0xD61F0000:  # BR: a jump table's dispatch
                         pending.extend(
-                            (t - self.code_rva) // 4 for t in sorted(self.indirect_targets)
+                            ((t - self.code_rva) // 4, holders)
+                            for t in sorted(self.indirect_targets)
                         )
                     break
                 target, continues, is_call = _branch(word, rva)
                 if is_call:
-                    if register in _ARGUMENT_REGISTERS:
-                        raise RelocationError(
-                            f"the page address set at 0x{adrp_rva:x} may be passed on at 0x{rva:x}"
-                        )
-                    if register in _CALL_CLOBBERED:
-                        break
+                    if holders & set(_ARGUMENT_REGISTERS):
+                        raise refuse(rva, "may be passed on")
+                    holders = holders - set(_CALL_CLOBBERED)
                     index += 1
                     continue
                 if target is not None:
-                    inside = self.code_rva <= target < self.code_rva + 4 * len(self.words)
-                    if inside:
-                        pending.append((target - self.code_rva) // 4)
-                    elif register in _ARGUMENT_REGISTERS:
-                        raise RelocationError(
-                            f"the page address set at 0x{adrp_rva:x} may be passed on at 0x{rva:x}"
-                        )
+                    if self.code_rva <= target < self.code_rva + 4 * len(self.words):
+                        pending.append(((target - self.code_rva) // 4, holders))
+                    elif holders & set(_ARGUMENT_REGISTERS):
+                        raise refuse(rva, "may be passed on")
                     if not continues:
                         break
                 index += 1
-        return sorted(set(found))
+        return sorted(found)
 
 
 def arm64_code_fixups(

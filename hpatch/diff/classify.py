@@ -138,8 +138,8 @@ class Correspondence:
         return {name: counter.most_common(1)[0][0] for name, counter in shifts.items()}
 
     def same(self, old_target: int, new_target: int) -> bool:
-        if old_target == 0 or new_target == 0:
-            return old_target == new_target  # __ImageBase
+        if old_target < self.old.image.headers_end or new_target < self.new.image.headers_end:
+            return old_target == new_target  # __ImageBase and the PE headers
         if old_target in self.old_imports or new_target in self.new_imports:
             return self.old_imports.get(old_target) == self.new_imports.get(new_target)
         old_code, new_code = (

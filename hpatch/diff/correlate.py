@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from hpatch.arch import Reference
+from hpatch.arch import Reference, RefKind
 from hpatch.diff.classify import Correspondence, FunctionChange, Status, import_key
 from hpatch.diff.match import Side
 from hpatch.image import Section
@@ -63,9 +63,9 @@ class Correlator:
     def resolve(self, reference: Reference) -> ResolvedReference:
         target = reference.target_rva
         image = self.new.image
-        if target == 0:
-            # __ImageBase: the start of the image is the same place in either build
-            return ResolvedReference(reference, Resolution.OLD_DATA, 0, "the image base")
+        if 0 <= target < image.headers_end:
+            # __ImageBase and the PE headers behind it are the same place in either build
+            return ResolvedReference(reference, Resolution.OLD_DATA, target, "the image headers")
         if target in self.new_imports:
             imported = self.new_imports[target]
             slot = self.old_slots.get(import_key(imported))
@@ -78,6 +78,9 @@ class Correlator:
         section = image.section_at(target)
         if section is not None and section.is_executable:
             function = image.function_at(target)
+            if function is None and reference.kind == RefKind.LITERAL:
+                # a literal pool no function claims: data the load reads, copied along
+                return ResolvedReference(reference, Resolution.NEW_CONSTANT, None)
             if function is None:
                 return ResolvedReference(
                     reference, Resolution.UNRESOLVED, None, "code outside any function"

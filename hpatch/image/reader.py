@@ -222,6 +222,11 @@ class PEImage:
     # directories --------------------------------------------------------
 
     @cached_property
+    def headers_end(self) -> int:
+        """RVA where the PE headers end: the first section's start."""
+        return min((s.rva for s in self.sections), default=self.size_of_image)
+
+    @cached_property
     def exception_directory(self) -> tuple[int, int]:
         """(RVA, size) of the exception directory (.pdata); (0, 0) if there is none."""
         if len(self._binary.data_directories) <= _EXCEPTION_DIRECTORY:

@@ -148,6 +148,11 @@ class _Builder:
             ),
             key=lambda c: c.new.rva,  # type: ignore[union-attr]
         )
+        self.reference_kinds = {
+            (r.site_rva, r.target_rva): r.kind
+            for change in self.carried
+            for r in diff.correspondence.new.fingerprints[change.new.rva].references  # type: ignore[union-attr]
+        }
 
     # blockers -------------------------------------------------------------------------
 
@@ -179,14 +184,33 @@ class _Builder:
         return offset
 
     @staticmethod
-    def part_ranges(function: Function) -> list[tuple[int, int]]:
-        """[start, end) of each part of ``function``, inline data after it included."""
-        ends = [function.extent_end] + [f.rva + f.size for f in function.fragments]
+    def part_ranges(function: Function) -> list[tuple[int, int, int]]:
+        """(start, end, end of instructions) of each part of ``function``, the entry first;
+        ``end`` includes the inline data after the part's code."""
+        code_ends = [function.end_rva] + [f.rva + f.size for f in function.fragments]
         starts = [function.rva] + [f.rva for f in function.fragments]
+        ends = list(code_ends)
+        ends[0] = function.extent_end
         for data in function.inline_data:
             if data.part < len(ends):
                 ends[data.part] = max(ends[data.part], data.rva + data.size)
-        return list(zip(starts, ends, strict=True))
+        return list(zip(starts, ends, code_ends, strict=True))
+
+    def runs(self, function: Function) -> list[list[tuple[int, int, int]]]:
+        """The parts grouped into runs that touch in the new image, the entry's run first.
+
+        A run is copied whole, so references between its parts (MSVC splits functions
+        into contiguous chained fragments) keep their bytes.
+        """
+        ordered = sorted(self.part_ranges(function))
+        runs: list[list[tuple[int, int, int]]] = []
+        for part in ordered:
+            if runs and runs[-1][-1][1] == part[0]:
+                runs[-1].append(part)
+            else:
+                runs.append([part])
+        runs.sort(key=lambda run: not any(p[0] == function.rva for p in run))
+        return runs
 
     def place_code(self) -> list[PatchFunction]:
         functions = []
@@ -194,14 +218,13 @@ class _Builder:
             function = change.new
             assert function is not None
             parts = []
-            code = bytearray()
-            first_offset: int | None = None
-            for start, end in self.part_ranges(function):
-                data = self.new.read(start, end - start)
-                offset = self.place(data, start, _PART_ALIGNMENT, BlobKind.CODE)
-                first_offset = offset if first_offset is None else first_offset
-                parts.append(Part(offset, end - start, start))
-                code.extend(data)
+            for run in self.runs(function):
+                start, end = run[0][0], run[-1][1]
+                offset = self.place(
+                    self.new.read(start, end - start), start, _PART_ALIGNMENT, BlobKind.CODE
+                )
+                parts += [Part(offset + p[0] - start, p[1] - p[0], p[0]) for p in run]
+            parts.sort(key=lambda p: p.new_rva != function.rva)
             old = change.old
             functions.append(
                 PatchFunction(
@@ -215,16 +238,16 @@ class _Builder:
                     parts=tuple(parts),
                 )
             )
-        # Each function's parts were appended as separate CODE blobs; join each
-        # function's into one blob so the package holds one code blob per function.
+        # Each run was appended as its own CODE blob; join each function's runs into
+        # one blob so the package holds one code blob per function.
         self.blobs = self._join_code_blobs(functions)
         return functions
 
     def _join_code_blobs(self, functions: list[PatchFunction]) -> list[Blob]:
         joined: list[Blob] = []
         for function in functions:
-            start = function.parts[0].offset
-            end = function.parts[-1].offset + function.parts[-1].size
+            start = min(p.offset for p in function.parts)
+            end = max(p.offset + p.size for p in function.parts)
             joined.append(Blob(BlobKind.CODE, start, bytes(self.region[start:end])))
         return joined
 
@@ -241,18 +264,22 @@ class _Builder:
                 indirect.update(
                     self.arch.jump_table_targets(self.new.read, data.rva, 0, 1 << 32, limit)
                 )
-        code_ends = [function.end_rva] + [f.rva + f.size for f in function.fragments]
-        for (start, end), code_end in zip(self.part_ranges(function), code_ends, strict=True):
+        for run in self.runs(function):
+            start, end = run[0][0], run[-1][1]
             inside = sorted(
                 (d for d in function.inline_data if start <= d.rva < end), key=lambda d: d.rva
             )
-            instructions, position = [], start
-            for data in inside:
-                if data.rva > position and position < code_end:
-                    instructions.append((position, min(data.rva, code_end)))
-                position = max(position, data.rva + data.size)
-            if position < code_end:
-                instructions.append((position, code_end))
+            instructions = []
+            for part_start, _part_end, code_end in run:
+                position = part_start
+                for data in inside:
+                    if not part_start <= data.rva < code_end:
+                        continue
+                    if data.rva > position:
+                        instructions.append((position, data.rva))
+                    position = max(position, data.rva + data.size)
+                if position < code_end:
+                    instructions.append((position, code_end))
             found.extend(
                 self.arch.code_fixups(
                     self.new.read(start, end - start),
@@ -292,8 +319,8 @@ class _Builder:
                 t // PAGE == reference.target_rva // PAGE for t in targets
             ):
                 continue
-            if reference.kind == RefKind.ADDRESS and not targets and self._own(function, reference):
-                continue  # ADR into its own part: copied along, needs no fixup
+            if not targets and self._own(function, reference):
+                continue  # site and target are copied together: the bytes stay right
             self.block(
                 BlockerKind.UNRESOLVED_REFERENCE,
                 f"{function_label(function)} at 0x{reference.site_rva:x}",
@@ -304,10 +331,11 @@ class _Builder:
         return True
 
     def _own(self, function: Function, reference: Reference) -> bool:
-        return any(
-            start <= reference.site_rva < end and start <= reference.target_rva < end
-            for start, end in self.part_ranges(function)
-        )
+        for run in self.runs(function):
+            start, end = run[0][0], run[-1][1]
+            if start <= reference.site_rva < end and start <= reference.target_rva < end:
+                return True
+        return False
 
     # binding --------------------------------------------------------------------------
 
@@ -316,9 +344,7 @@ class _Builder:
         located = self.layout.locate(fixup.target_rva)
         if located is not None:
             return TargetKind.REGION, located
-        resolved = self.correlator.resolve(
-            Reference(fixup.site_rva, RefKind.DATA, fixup.target_rva)
-        )
+        resolved = self.correlator.resolve(self.reference_of(fixup))
         if resolved.resolution in (Resolution.OLD_FUNCTION, Resolution.OLD_DATA):
             assert resolved.old_rva is not None
             return TargetKind.OLD_RVA, resolved.old_rva
@@ -338,6 +364,11 @@ class _Builder:
             f"be bound to the old image ({detail})",
         )
         return None
+
+    def reference_of(self, fixup: CodeFixup) -> Reference:
+        """The diff's reference for a fixup (its kind decides some resolutions)."""
+        kind = self.reference_kinds.get((fixup.site_rva, fixup.target_rva), RefKind.DATA)
+        return Reference(fixup.site_rva, kind, fixup.target_rva)
 
     def new_import(self, iat_rva: int) -> tuple[str, str, int] | None:
         for item in self.new.imports:
@@ -372,9 +403,7 @@ class _Builder:
             for fixup in fixups:
                 if self.layout.locate(fixup.target_rva) is not None:
                     continue
-                resolved = self.correlator.resolve(
-                    Reference(fixup.site_rva, RefKind.DATA, fixup.target_rva)
-                )
+                resolved = self.correlator.resolve(self.reference_of(fixup))
                 if resolved.resolution == Resolution.NEW_CONSTANT:
                     targets.add(fixup.target_rva)
         if not targets:
