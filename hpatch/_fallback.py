@@ -14,6 +14,8 @@ from functools import cache
 import capstone
 from capstone import x86_const
 
+from hpatch._fallback_rewrite import apply_fixups, encode_redirect  # noqa: F401
+
 SITE_CALL, SITE_JUMP, SITE_COND_JUMP, SITE_ADDRESS, SITE_LOAD = 1, 2, 3, 4, 5
 REF_CALL, REF_BRANCH, REF_DATA, REF_ABSOLUTE, REF_IMAGE_RVA = 1, 2, 3, 4, 5
 REF_ADDRESS, REF_LITERAL = 6, 7

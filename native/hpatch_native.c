@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rewrite.h"
 #include "x64.h"
 
 /* Reference kinds; the same numbers as hpatch.arch.base.SiteKind. */
@@ -322,6 +323,10 @@ PyMODINIT_FUNC PyInit__native(void)
     if (module == NULL)
         return NULL;
     /* Each further source file contributes its own method table. */
+    if (PyModule_AddFunctions(module, hpatch_rewrite_methods) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
     if (PyModule_AddFunctions(module, hpatch_arm64_methods) < 0) {
         Py_DECREF(module);
         return NULL;
