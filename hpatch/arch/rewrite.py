@@ -8,10 +8,15 @@ entry rewrites an applier can make; each overwrites a fixed span relative to the
 
 from __future__ import annotations
 
+import re
+import struct
+from collections.abc import Sequence
 from enum import IntEnum
 from typing import NamedTuple
 
+from hpatch._backend import core
 from hpatch.arch.base import Machine
+from hpatch.errors import ApplyError, FixupError
 
 _X64_TAG = 0x100
 _ARM64_TAG = 0x200
@@ -102,3 +107,58 @@ _REDIRECT_REACH: dict[Redirect, int | None] = {
     Redirect.ARM64_B: 1 << 27,
     Redirect.ARM64_LDR_BR: None,
 }
+
+
+_RECORD = struct.Struct("<IHHQ")
+_FIXUP_INDEX = re.compile(r"fixup (\d+): ")
+
+
+def pack_fixups(records: Sequence[FixupRecord]) -> bytes:
+    """The records as the native core reads them: 16-byte ``<IHHQ`` records
+    (offset, kind, reserved 0, target_va).
+
+    FixupError names the first record whose offset or target does not fit its field.
+    """
+    pack = _RECORD.pack
+    try:
+        return b"".join([pack(offset, kind, 0, target) for offset, kind, target in records])
+    except struct.error:
+        for index, (offset, kind, target) in enumerate(records):
+            if not (0 <= offset <= 0xFFFFFFFF and 0 <= kind <= 0xFFFF and 0 <= target < 1 << 64):
+                raise FixupError(
+                    f"fixup {index}: offset, kind or target_va out of range", index=index
+                ) from None
+        raise
+
+
+def apply_fixups(
+    buffer: bytearray | memoryview,
+    buffer_va: int,
+    image_base: int,
+    records: Sequence[FixupRecord] | bytes | bytearray | memoryview,
+) -> None:
+    """Write every fixup into ``buffer`` (mapped at ``buffer_va``), in place.
+
+    All or nothing: FixupError (with the failing record's ``index``) leaves the buffer
+    untouched. ``records`` is a sequence of FixupRecord or their packed form
+    (pack_fixups). Bad arguments (a read-only buffer, an address outside 64 bits) are
+    the caller's bug and stay ValueError/TypeError.
+    """
+    if not isinstance(records, bytes | bytearray | memoryview):
+        records = pack_fixups(records)
+    try:
+        core.apply_fixups(buffer, buffer_va, image_base, records)
+    except ValueError as error:
+        found = _FIXUP_INDEX.match(str(error))
+        if found is None:
+            raise
+        raise FixupError(str(error), index=int(found.group(1))) from None
+
+
+def encode_redirect(strategy: Redirect, entry_va: int, target_va: int) -> bytes:
+    """The bytes ``strategy`` writes over its span (from ``entry_va + strategy.span[0]``)
+    to send ``entry_va`` to ``target_va``; ApplyError when out of reach or misaligned."""
+    try:
+        return core.encode_redirect(strategy, entry_va, target_va)
+    except ValueError as error:
+        raise ApplyError(str(error)) from None
