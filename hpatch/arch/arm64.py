@@ -7,13 +7,13 @@ from collections.abc import Sequence
 
 from hpatch._backend import core
 from hpatch.arch.base import (
+    REF_KINDS,
     Arch,
     CodeSite,
     Machine,
     NormalisedCode,
     ReadRva,
     Reference,
-    RefKind,
     UnwindEntry,
 )
 from hpatch.errors import ImageFormatError
@@ -34,27 +34,6 @@ def _sign_extend(value: int, bits: int) -> int:
 def _is_trap_or_padding(word: int) -> bool:
     # UDF #imm16 (including the all-zero word) and BRK #imm16.
     return (word & 0xFFFF0000) == 0 or (word & 0xFFE0001F) == 0xD4200000
-
-
-def _page_offset(word: int) -> int | None:
-    """The byte offset a page-offset instruction adds to its base register, if it is one.
-
-    ADD (immediate, 64-bit, no shift) and LDR/STR (unsigned immediate, scaled by the
-    access size) complete an ADRP.
-    """
-    if (word & 0xFFC00000) == 0x91000000:
-        return (word >> 10) & 0xFFF
-    if (word & 0x3B000000) == 0x39000000:
-        scale = word >> 30
-        if word & 0x04000000 and (word >> 23) & 1:  # 128-bit vector register
-            scale = 4
-        return ((word >> 10) & 0xFFF) << scale
-    return None
-
-
-def _is_store(word: int) -> bool:
-    """STR/STRB/STRH (unsigned immediate) and STP: the low register field is read, not written."""
-    return (word & 0x3B400000) == 0x39000000 or (word & 0x3A400000) == 0x28000000
 
 
 def _branch(word: int, rva: int) -> tuple[int | None, bool]:
@@ -162,72 +141,14 @@ class Arm64(Arch):
         relocated: bytes,
         image_base: int,
     ) -> NormalisedCode:
-        lo, hi = own_range
-
-        def inside(target: int) -> bool:
-            return lo <= target < hi
-
-        count = len(code) // 4
-        words = list(struct.unpack_from(f"<{count}I", code))
-        references: list[Reference] = []
-        # register -> (index in references of its ADRP, page address)
-        pages: dict[int, tuple[int, int]] = {}
-        completed: set[int] = set()
-        for index, word in enumerate(words):
-            rva = code_rva + 4 * index
-            written = word & 0x1F
-            if (word & 0x7C000000) == 0x14000000:  # B / BL imm26
-                target = rva + 4 * _sign_extend(word & 0x03FFFFFF, 26)
-                if not inside(target):
-                    words[index] = word & 0xFC000000
-                    kind = RefKind.CALL if word & 0x80000000 else RefKind.BRANCH
-                    references.append(Reference(rva, kind, target))
-                continue
-            if (word & 0xFF000010) == 0x54000000 or (word & 0x7E000000) == 0x34000000:
-                target = rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19)  # B.cond, CBZ/CBNZ
-                if not inside(target):
-                    words[index] = word & ~(0x7FFFF << 5)
-                    references.append(Reference(rva, RefKind.BRANCH, target))
-                continue
-            if (word & 0x7E000000) == 0x36000000:  # TBZ / TBNZ imm14
-                target = rva + 4 * _sign_extend((word >> 5) & 0x3FFF, 14)
-                if not inside(target):
-                    words[index] = word & ~(0x3FFF << 5)
-                    references.append(Reference(rva, RefKind.BRANCH, target))
-                continue
-            if (word & 0x1F000000) == 0x10000000:  # ADR / ADRP
-                immediate = _sign_extend((((word >> 5) & 0x7FFFF) << 2) | ((word >> 29) & 3), 21)
-                words[index] = word & ~((0x7FFFF << 5) | (3 << 29))
-                if word & 0x80000000:
-                    page = (rva & ~0xFFF) + immediate * 4096
-                    pages[written] = (len(references), page)
-                    references.append(Reference(rva, RefKind.ADDRESS, page))
-                else:
-                    pages.pop(written, None)
-                    references.append(Reference(rva, RefKind.ADDRESS, rva + immediate))
-                continue
-            if (word & 0x3B000000) == 0x18000000 and (word & 0xC4000000) != 0xC0000000:
-                target = rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19)  # LDR literal
-                words[index] = word & ~(0x7FFFF << 5)
-                references.append(Reference(rva, RefKind.LITERAL, target))
-                pages.pop(written, None)
-                continue
-            offset = _page_offset(word)
-            base = (word >> 5) & 0x1F
-            if offset is not None and base in pages:
-                adrp_index, page = pages[base]
-                target = page + offset
-                words[index] = word & ~(0xFFF << 10)
-                references.append(Reference(rva, RefKind.ADDRESS, target))
-                if adrp_index not in completed:
-                    # the ADRP names the page; what it means is its first completion
-                    completed.add(adrp_index)
-                    adrp = references[adrp_index]
-                    references[adrp_index] = Reference(adrp.site_rva, RefKind.ADDRESS, target)
-            if not _is_store(word):
-                pages.pop(written, None)
-        normalised = struct.pack(f"<{count}I", *words) + code[4 * count :]
-        return NormalisedCode(normalised, tuple(references), count)
+        normalised, references, count = core.normalise_arm64(
+            code, code_rva, own_range[0], own_range[1], relocated, image_base
+        )
+        return NormalisedCode(
+            normalised,
+            tuple(Reference(site, REF_KINDS[kind], target) for site, kind, target in references),
+            count,
+        )
 
     def code_extent(
         self, read: ReadRva, start_rva: int, bound_rva: int, roots: Sequence[int] = ()
