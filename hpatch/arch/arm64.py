@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from hpatch._backend import core
+from hpatch.arch.arm64_relocate import arm64_code_fixups
 from hpatch.arch.base import (
     REF_KINDS,
     Arch,
@@ -16,6 +17,8 @@ from hpatch.arch.base import (
     Reference,
     UnwindEntry,
 )
+from hpatch.arch.relocate import CodeFixup
+from hpatch.arch.rewrite import Redirect
 from hpatch.errors import ImageFormatError
 
 PDATA_UNPACKED, PDATA_PACKED, PDATA_PACKED_FRAGMENT, PDATA_RESERVED = 0, 1, 2, 3
@@ -229,3 +232,34 @@ class Arm64(Arch):
                 break
             i += 4
         return i - offset
+
+    # relocation -----------------------------------------------------------
+
+    def code_fixups(
+        self,
+        code: bytes,
+        code_rva: int,
+        instructions: Sequence[tuple[int, int]],
+        own_range: tuple[int, int],
+        relocated: Sequence[int],
+        image_base: int,
+        indirect_targets: Iterable[int] = (),
+    ) -> list[CodeFixup]:
+        return arm64_code_fixups(
+            code, code_rva, instructions, own_range, relocated, image_base, indirect_targets
+        )
+
+    def unwind_record_size(self, read: ReadRva, unwind_rva: int) -> tuple[int, bool, int | None]:
+        (header,) = _WORD.unpack(read(unwind_rva, 4))
+        epilogs, code_words, size = (header >> 22) & 0x1F, header >> 27, 4
+        if epilogs == 0 and code_words == 0:  # extended header
+            (extended,) = _WORD.unpack(read(unwind_rva + 4, 4))
+            epilogs, code_words, size = extended & 0xFFFF, (extended >> 16) & 0xFF, 8
+        if not header & (1 << 21):  # E clear: epilog scopes follow the header
+            size += 4 * epilogs
+        return size + 4 * code_words, bool(header & (1 << 20)), None
+
+    def redirect_strategy(
+        self, room: int, padding_before: int, first_instruction: int
+    ) -> Redirect | None:
+        return Redirect.ARM64_B if room >= Redirect.ARM64_B.span[1] else None

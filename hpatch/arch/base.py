@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from hpatch.arch.relocate import CodeFixup
+    from hpatch.arch.rewrite import Redirect
 
 ReadRva = Callable[[int, int], bytes]
 """Reads ``size`` bytes at an RVA of the mapped image; raises ImageFormatError out of range."""
@@ -182,6 +186,39 @@ class Arch(ABC):
     @abstractmethod
     def last_instruction_end(self, read: ReadRva, start_rva: int, end_rva: int) -> int:
         """End of the last non-padding instruction of a linear decode of [start, end)."""
+
+    @abstractmethod
+    def code_fixups(
+        self,
+        code: bytes,
+        code_rva: int,
+        instructions: Sequence[tuple[int, int]],
+        own_range: tuple[int, int],
+        relocated: Sequence[int],
+        image_base: int,
+        indirect_targets: Iterable[int] = (),
+    ) -> list[CodeFixup]:
+        """The fields of ``code`` to rebind when it is copied elsewhere.
+
+        ``instructions`` are the [start, end) ranges of instructions (the rest is
+        data); references into ``own_range`` keep their bytes when it moves whole.
+        ``relocated`` lists the sorted RVAs of base-relocated fields;
+        ``indirect_targets`` the in-code targets of the code's jump tables.
+        RelocationError when the copy could not be proven right.
+        """
+
+    @abstractmethod
+    def unwind_record_size(self, read: ReadRva, unwind_rva: int) -> tuple[int, bool, int | None]:
+        """(bytes, names an exception handler, RVA of a chained RUNTIME_FUNCTION or None)
+        of the unwind record at ``unwind_rva`` (x64 UNWIND_INFO, ARM64 .xdata)."""
+
+    @abstractmethod
+    def redirect_strategy(
+        self, room: int, padding_before: int, first_instruction: int
+    ) -> Redirect | None:
+        """The redirect for an entry with ``room`` bytes up to the next function,
+        ``padding_before`` bytes of padding before it and a first instruction of
+        ``first_instruction`` bytes; None if none fits."""
 
     def jump_table_targets(
         self, read: ReadRva, table_rva: int, lo_rva: int, hi_rva: int, limit_rva: int

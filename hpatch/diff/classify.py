@@ -8,6 +8,7 @@ content.
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,6 +65,12 @@ def _part_position(image: PEImage, rva: int) -> tuple[int, int, int] | None:
     return None
 
 
+def _fields_in(fields: list[int], start: int, end: int) -> list[int]:
+    """The relocated fields lying wholly in [start, end)."""
+    low = bisect.bisect_left(fields, start)
+    return [f for f in fields[low : bisect.bisect_left(fields, end)] if f + 8 <= end]
+
+
 class Correspondence:
     """Decides whether an old target and a new target are the same thing."""
 
@@ -73,6 +80,7 @@ class Correspondence:
         self.matched = {m.old_rva: m.new_rva for m in matches}
         self.old_imports = {i.iat_rva: import_key(i) for i in old.image.imports}
         self.new_imports = {i.iat_rva: import_key(i) for i in new.image.imports}
+        self._comparing: set[tuple[int, int]] = set()
         self.data = self._learn_data(matches)
         self.section_shift = self._learn_section_shifts()
         self.writable_moves = self._learn_writable_moves(matches)
@@ -163,13 +171,75 @@ class Correspondence:
                 and new_section.name == old_section.name
                 and self._same_global(old_section, old_target, new_section, new_target)
             )
-        if old_target in self.data:
-            return self.data[old_target] == new_target
-        old_constant = self.old.constant(old_target)
-        if old_constant is not None and old_constant == self.new.constant(new_target):
+        if self.same_constant(old_target, new_target):
             return True
+        # Position says they are the same object; its bytes may still differ only because
+        # they are a jump table (offsets into code that moved), which the code compares.
+        learned = self.data.get(old_target)
         shift = self.section_shift.get(old_section.name) if old_section is not None else None
-        return shift is not None and old_target + shift == new_target
+        positional = learned == new_target or (
+            learned is None and shift is not None and old_target + shift == new_target
+        )
+        return positional and self.is_jump_table(new_target)
+
+    def is_jump_table(self, new_target: int) -> bool:
+        """The new read-only data at ``new_target`` is a table of offsets into code."""
+        image = self.new.image
+        section = image.section_at(new_target)
+        if section is None:
+            return False
+        code = [s for s in image.sections if s.is_executable]
+        for text in code:
+            entries = image.arch.jump_table_targets(
+                image.read, new_target, text.rva, text.end_rva, section.end_rva
+            )
+            if len(entries) >= 2:
+                return True
+        return False
+
+    def same_constant(self, old_target: int, new_target: int) -> bool:
+        """Read-only data is the same when its bytes are: the whole object (up to the
+        next label) equal, with relocated pointers in it pointing at the same things."""
+        if old_target in self.old_imports or new_target in self.new_imports:
+            return self.same(old_target, new_target)
+        old_size = self.old.data_extent(old_target) - old_target
+        new_size = self.new.data_extent(new_target) - new_target
+        size = min(old_size, new_size)
+        if size <= 0:
+            return False
+        # Objects are delimited by the next label; alignment padding after one may
+        # differ in length, so the longer may only add zero bytes.
+        longer = self.old.image.read(old_target + size, old_size - size) + self.new.image.read(
+            new_target + size, new_size - size
+        )
+        if longer.strip(b"\0"):
+            return False
+        old_end, new_end = old_target + size, new_target + size
+        old_bytes = bytearray(self.old.image.read(old_target, size))
+        new_bytes = bytearray(self.new.image.read(new_target, size))
+        old_fields = _fields_in(self.old.relocated, old_target, old_end)
+        new_fields = _fields_in(self.new.relocated, new_target, new_end)
+        if [f - old_target for f in old_fields] != [f - new_target for f in new_fields]:
+            return False
+        pointers = []
+        for old_field in old_fields:
+            offset = old_field - old_target
+            old_value = int.from_bytes(old_bytes[offset : offset + 8], "little")
+            new_value = int.from_bytes(new_bytes[offset : offset + 8], "little")
+            pointers.append(
+                (old_value - self.old.image.image_base, new_value - self.new.image.image_base)
+            )
+            old_bytes[offset : offset + 8] = new_bytes[offset : offset + 8] = bytes(8)
+        if old_bytes != new_bytes:
+            return False
+        pair = (old_target, new_target)
+        if pair in self._comparing:
+            return True  # a cycle of pointers: the same unless something else differs
+        self._comparing.add(pair)
+        try:
+            return all(self.same(a, b) for a, b in pointers)
+        finally:
+            self._comparing.discard(pair)
 
     def _same_global(
         self, old_section: Section, old_target: int, new_section: Section, new_target: int

@@ -100,13 +100,20 @@ class Correlator:
             return ResolvedReference(reference, Resolution.OLD_FUNCTION, old_rva + offset)
         if section is not None and section.is_writable:
             return self.writable(reference, section)
-        old_rva = self.data_back.get(target)
-        if old_rva is None and section is not None:
+        # Read-only data binds to the old image only where the old bytes are the same
+        # object: learned from unchanged code, or where the section's shift puts it.
+        candidates = [self.data_back.get(target)]
+        if section is not None:
             shift = self.correspondence.section_shift.get(section.name)
-            if shift is not None and self.old.image.section_at(target - shift) is not None:
-                old_rva = target - shift
-        if old_rva is not None:
-            return ResolvedReference(reference, Resolution.OLD_DATA, old_rva)
+            if shift is not None:
+                candidates.append(target - shift)
+        for old_rva in candidates:
+            if (
+                old_rva is not None
+                and self.old.image.section_at(old_rva) is not None
+                and self.correspondence.same_constant(old_rva, target)
+            ):
+                return ResolvedReference(reference, Resolution.OLD_DATA, old_rva)
         if (
             section is not None
             and not section.is_writable

@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 
 from hpatch.arch import RefKind
 from hpatch.diff.fingerprint import FunctionFingerprint
@@ -45,6 +46,7 @@ CONFIDENCE = {
 _SIZE_RATIO = 2.0
 _MAX_ROUNDS = 32
 _CONSTANT_BYTES = 64
+_MAX_OBJECT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,36 @@ class Side:
 
     def names(self) -> dict[int, str]:
         return {rva: f.function.name for rva, f in self.fingerprints.items() if f.function.name}
+
+    @cached_property
+    def labels(self) -> list[int]:
+        """Sorted places where some object starts: every address code references, every
+        relocated field and the address it holds, and each section's bounds."""
+        found: set[int] = set()
+        for fingerprint in self.fingerprints.values():
+            found.update(r.target_rva for r in fingerprint.references)
+        image = self.image
+        for field in self.relocated:
+            found.add(field)
+            found.add(int.from_bytes(image.read(field, 8), "little") - image.image_base)
+        for section in image.sections:
+            found.update((section.rva, section.rva + section.virtual_size))
+        found.update(image.structure_bounds)
+        return sorted(found)
+
+    @cached_property
+    def relocated(self) -> list[int]:
+        """Sorted RVAs of the image's relocated (DIR64) fields."""
+        return sorted(r.rva for r in self.image.relocations)
+
+    def data_extent(self, rva: int) -> int:
+        """End of the object at ``rva``: the next label, within its section and 4 KiB."""
+        section = self.image.section_at(rva)
+        if section is None:
+            return rva
+        index = bisect.bisect_right(self.labels, rva)
+        end = self.labels[index] if index < len(self.labels) else section.end_rva
+        return min(end, section.rva + section.virtual_size, rva + _MAX_OBJECT)
 
     def constant(self, rva: int) -> bytes | None:
         """Bytes of the read-only data at ``rva`` (up to a NUL), or None if not read-only."""

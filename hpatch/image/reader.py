@@ -222,6 +222,25 @@ class PEImage:
     # directories --------------------------------------------------------
 
     @cached_property
+    def structure_bounds(self) -> tuple[int, ...]:
+        """Sorted RVAs where loader structures start and end: every data directory, and
+        the raw data of each debug entry. Data objects never straddle them."""
+        bounds: set[int] = set()
+        for directory in self._binary.data_directories:
+            if directory.rva and directory.size:
+                bounds.update((directory.rva, directory.rva + directory.size))
+        try:
+            entries = list(self._binary.debug)
+        except Exception:  # lief raises assorted types on odd debug directories
+            entries = []
+        for entry in entries:
+            if entry.addressof_rawdata and entry.sizeof_data:
+                bounds.update(
+                    (entry.addressof_rawdata, entry.addressof_rawdata + entry.sizeof_data)
+                )
+        return tuple(sorted(b for b in bounds if 0 <= b <= self.size_of_image))
+
+    @cached_property
     def headers_end(self) -> int:
         """RVA where the PE headers end: the first section's start."""
         return min((s.rva for s in self.sections), default=self.size_of_image)

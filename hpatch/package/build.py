@@ -384,18 +384,8 @@ class _Builder:
     # constants ------------------------------------------------------------------------
 
     def labels(self) -> list[int]:
-        """Places in the new image where some object starts: every referenced address,
-        every relocated field and the address it holds, and section bounds."""
-        found: set[int] = set()
-        for fingerprint in self.diff.correspondence.new.fingerprints.values():
-            found.update(r.target_rva for r in fingerprint.references)
-        for relocation in self.new.relocations:
-            found.add(relocation.rva)
-            value = self.new.read(relocation.rva, 8)
-            found.add(int.from_bytes(value, "little") - self.new.image_base)
-        for section in self.new.sections:
-            found.update((section.rva, section.rva + section.virtual_size))
-        return sorted(found)
+        """Places in the new image where some object starts (see Side.labels)."""
+        return self.diff.correspondence.new.labels
 
     def place_constants(self, fixups_by_function: dict[int, list[CodeFixup]]) -> None:
         targets: set[int] = set()

@@ -89,12 +89,12 @@ _BASELINE_FIXED = struct.Struct("<HHIIIQ32s")
 _SERVICING_FIXED = struct.Struct("<IIII")
 _PREREQUISITE = struct.Struct("<HHQ")
 _REGION_FIXED = struct.Struct("<III")
-_BLOB = struct.Struct("<B3xII")
-_FUNCTION_FIXED = struct.Struct("<BxHIII")
+_BLOB = struct.Struct("<B3sII")
+_FUNCTION_FIXED = struct.Struct("<BBHIII")
 _PART = struct.Struct("<III")
-_IMPORT_FIXED = struct.Struct("<HxxI")
-_FIXUP = struct.Struct("<IHBxI")
-_REDIRECT = struct.Struct("<IB3xI32s")
+_IMPORT_FIXED = struct.Struct("<HHI")
+_FIXUP = struct.Struct("<IHBBI")
+_REDIRECT = struct.Struct("<IB3sI32s")
 _UNWIND = struct.Struct("<III")
 _SUPERSEDES = 0x1
 
@@ -132,9 +132,11 @@ def _sections(package: Package) -> list[tuple[int, bytes]]:
     flags = _SUPERSEDES if servicing.supersedes is not None else 0
     region = _REGION_FIXED.pack(
         package.region_size, package.region_alignment, len(package.blobs)
-    ) + b"".join(_BLOB.pack(b.kind, b.offset, len(b.data)) + b.data for b in package.blobs)
+    ) + b"".join(
+        _BLOB.pack(b.kind, bytes(3), b.offset, len(b.data)) + b.data for b in package.blobs
+    )
     functions = _counted(
-        _FUNCTION_FIXED.pack(f.status, len(f.parts), f.old_rva, f.old_size, f.new_rva)
+        _FUNCTION_FIXED.pack(f.status, 0, len(f.parts), f.old_rva, f.old_size, f.new_rva)
         + _string(f.name)
         + b"".join(_PART.pack(p.offset, p.size, p.new_rva) for p in f.parts)
         for f in package.functions
@@ -159,20 +161,20 @@ def _sections(package: Package) -> list[tuple[int, bytes]]:
         (
             TAG_IMPORTS,
             _counted(
-                _string(i.dll) + _string(i.name) + _IMPORT_FIXED.pack(i.ordinal, i.old_iat_rva)
+                _string(i.dll) + _string(i.name) + _IMPORT_FIXED.pack(i.ordinal, 0, i.old_iat_rva)
                 for i in package.imports
             ),
         ),
         (
             TAG_FIXUPS,
             _counted(
-                _FIXUP.pack(f.offset, f.kind, f.target_kind, f.target) for f in package.fixups
+                _FIXUP.pack(f.offset, f.kind, f.target_kind, 0, f.target) for f in package.fixups
             ),
         ),
         (
             TAG_REDIRECTS,
             _counted(
-                _REDIRECT.pack(r.old_rva, r.strategy, r.target_offset, r.original_sha256)
+                _REDIRECT.pack(r.old_rva, r.strategy, bytes(3), r.target_offset, r.original_sha256)
                 for r in package.redirects
             ),
         ),
@@ -264,6 +266,11 @@ class _Cursor:
             )
 
 
+def _zero(cursor: _Cursor, reserved: int | bytes) -> None:
+    if reserved not in (0, bytes(len(reserved) if isinstance(reserved, bytes) else 0)):
+        raise PackageFormatError(f"{cursor.what}: reserved field is not zero")
+
+
 def _enum(kind: Callable[[int], T], value: int, what: str) -> T:
     try:
         return kind(value)
@@ -310,13 +317,15 @@ def _read_region(cursor: _Cursor) -> tuple[int, int, tuple[Blob, ...]]:
         raise PackageFormatError(f"region: {count} blobs cannot fit")
     blobs = []
     for _ in range(count):
-        kind, offset, length = cursor.unpack(_BLOB)
+        kind, reserved, offset, length = cursor.unpack(_BLOB)
+        _zero(cursor, reserved)
         blobs.append(Blob(_enum(BlobKind, kind, "blob kind"), offset, cursor.take(length)))
     return size, alignment, tuple(blobs)
 
 
 def _read_function(cursor: _Cursor) -> PatchFunction:
-    status, part_count, old_rva, old_size, new_rva = cursor.unpack(_FUNCTION_FIXED)
+    status, reserved, part_count, old_rva, old_size, new_rva = cursor.unpack(_FUNCTION_FIXED)
+    _zero(cursor, reserved)
     name = cursor.string("function name")
     if part_count * _PART.size > cursor.end - cursor.position:
         raise PackageFormatError(f"functions: {part_count} parts cannot fit")
@@ -329,12 +338,14 @@ def _read_function(cursor: _Cursor) -> PatchFunction:
 def _read_import(cursor: _Cursor) -> ImportRef:
     dll = cursor.string("import dll")
     name = cursor.string("import name")
-    ordinal, slot = cursor.unpack(_IMPORT_FIXED)
+    ordinal, reserved, slot = cursor.unpack(_IMPORT_FIXED)
+    _zero(cursor, reserved)
     return ImportRef(dll, name, ordinal, slot)
 
 
 def _read_fixup(cursor: _Cursor) -> FixupEntry:
-    offset, kind, target_kind, target = cursor.unpack(_FIXUP)
+    offset, kind, target_kind, reserved, target = cursor.unpack(_FIXUP)
+    _zero(cursor, reserved)
     return FixupEntry(
         offset,
         _enum(Fixup, kind, "fixup kind"),
@@ -344,7 +355,8 @@ def _read_fixup(cursor: _Cursor) -> FixupEntry:
 
 
 def _read_redirect(cursor: _Cursor) -> RedirectEntry:
-    old_rva, strategy, target_offset, digest = cursor.unpack(_REDIRECT)
+    old_rva, strategy, reserved, target_offset, digest = cursor.unpack(_REDIRECT)
+    _zero(cursor, reserved)
     return RedirectEntry(
         old_rva, _enum(Redirect, strategy, "redirect strategy"), target_offset, bytes(digest)
     )

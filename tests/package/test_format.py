@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 
 import pytest
@@ -83,7 +84,11 @@ def test_random_bytes_give_only_package_errors(data: bytes) -> None:
         decode_package(data)
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("HPATCH_FUZZ_EXAMPLES", "600")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     position=st.integers(min_value=HEADER.size, max_value=10**6),
     replacement=st.binary(max_size=12),
