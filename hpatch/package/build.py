@@ -344,6 +344,22 @@ class _Builder:
         located = self.layout.locate(fixup.target_rva)
         if located is not None:
             return TargetKind.REGION, located
+        section = self.new.section_at(fixup.target_rva)
+        if (
+            section is not None
+            and not section.is_executable
+            and not section.is_writable
+            and self.diff.correspondence.is_jump_table(fixup.target_rva)
+        ):
+            # Its entries are offsets from the table to code: neither the old table nor
+            # a verbatim copy would lead into the carried code.
+            self.block(
+                BlockerKind.UNRESOLVED_REFERENCE,
+                where,
+                f"the jump table at 0x{fixup.target_rva:x} lies in read-only data; hpatch "
+                "does not rewrite such tables for carried code",
+            )
+            return None
         resolved = self.correlator.resolve(self.reference_of(fixup))
         if resolved.resolution in (Resolution.OLD_FUNCTION, Resolution.OLD_DATA):
             assert resolved.old_rva is not None
