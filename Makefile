@@ -22,6 +22,11 @@ demo: $(STAMP)
 	@for image in $(DEMO_IMAGES); do $(BIN)/hpatch info $$image && $(BIN)/hpatch funcs $$image || exit 1; done
 	@# month 2 (cumulative security fixes): hotpatchable, exit 0
 	$(BIN)/hpatch diff $(DEMO_BUILD)/v1/sample.stripped.dll $(DEMO_BUILD)/v3/sample.stripped.dll
+	@# the same update as a signed package, and what it holds
+	@rm -f $(VENV)/demo.key $(VENV)/demo.key.pub
+	$(BIN)/hpatch keygen $(VENV)/demo.key
+	$(BIN)/hpatch diff $(DEMO_BUILD)/v1/sample.stripped.dll $(DEMO_BUILD)/v3/sample.stripped.dll -o $(VENV)/demo.hpk --sequence 2 --description "month 2 security fixes" --sign-key $(VENV)/demo.key > /dev/null
+	$(BIN)/hpatch inspect $(VENV)/demo.hpk --trust $(VENV)/demo.key.pub
 	@# the feature update changes global data: not hotpatchable, exit 3 (expected here)
 	$(BIN)/hpatch diff $(DEMO_BUILD)/v1/sample.stripped.dll $(DEMO_BUILD)/v4/sample.stripped.dll || test $$? -eq 3
 
