@@ -34,6 +34,7 @@ lief.logging.disable()
 
 PE32PLUS_MAGIC = 0x20B
 MAX_IMAGE_SIZE = 1 << 30
+_PIECE_LOOKBACK = 8
 DIRECTORY_NAMES = {
     0: "export",
     1: "import",
@@ -448,7 +449,33 @@ class PEImage:
         index = bisect.bisect_right(self._function_starts, rva) - 1
         if index >= 0 and functions[index].contains(rva):
             return functions[index]
-        return next((f for f in functions if f.fragments and f.contains(rva)), None)
+        starts, pieces = self._piece_index
+        index = bisect.bisect_right(starts, rva) - 1
+        # Pieces do not overlap across functions; a few steps back cover a piece that
+        # encloses data of its own function.
+        for candidate in range(index, max(index - _PIECE_LOOKBACK, -1), -1):
+            start, end, function = pieces[candidate]
+            if start <= rva < end:
+                return function
+        return None
+
+    @cached_property
+    def _piece_index(self) -> tuple[list[int], list[tuple[int, int, Function]]]:
+        """Fragments and inline data of every function, sorted by start, for lookups."""
+        pieces = sorted(
+            [
+                (f.rva, f.rva + f.size, function)
+                for function in self.functions
+                for f in function.fragments
+            ]
+            + [
+                (d.rva, d.rva + d.size, function)
+                for function in self.functions
+                for d in function.inline_data
+            ],
+            key=lambda piece: (piece[0], piece[1]),
+        )
+        return [p[0] for p in pieces], pieces
 
 
 def load_image(source: str | os.PathLike[str] | bytes, name: str | None = None) -> PEImage:

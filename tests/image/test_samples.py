@@ -167,3 +167,18 @@ def test_samplehost_functions_match_the_truth_exactly(build: str) -> None:
         assert (SAMPLES / build / version / "samplehost.dll").read_bytes() == (
             folder / "samplehost.dll"
         ).read_bytes()
+
+
+def test_function_at_agrees_with_a_scan_of_every_function(sample_dir: Path) -> None:
+    image = load_image(sample_dir / "sample.stripped.dll")
+    probes = set()
+    for function in image.functions:
+        for start, end in (
+            [(function.rva, function.extent_end)]
+            + [(f.rva, f.rva + f.size) for f in function.fragments]
+            + [(d.rva, d.rva + d.size) for d in function.inline_data]
+        ):
+            probes.update((start - 1, start, end - 1, end))
+    for rva in sorted(probes):
+        expected = next((f for f in image.functions if f.contains(rva)), None)
+        assert image.function_at(rva) == expected, hex(rva)
