@@ -17,6 +17,7 @@ from functools import cache
 
 import capstone
 
+from hpatch._fallback import _sign_extend
 from hpatch.arch.relocate import CodeFixup, RelocationError
 from hpatch.arch.rewrite import Fixup
 
@@ -31,11 +32,6 @@ def _decoder() -> capstone.Cs:
     decoder = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
     decoder.detail = True
     return decoder
-
-
-def _sign_extend(value: int, bits: int) -> int:
-    sign = 1 << (bits - 1)
-    return (value ^ sign) - sign
 
 
 def _register_number(name: str) -> int | None:

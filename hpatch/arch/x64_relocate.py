@@ -9,11 +9,11 @@ from __future__ import annotations
 import bisect
 import struct
 from collections.abc import Sequence
-from functools import cache
 
 import capstone
 from capstone import x86_const
 
+from hpatch._fallback import _LOOPS, _displacement_size, _x64_decoder
 from hpatch.arch.relocate import CodeFixup, RelocationError
 from hpatch.arch.rewrite import Fixup
 
@@ -25,37 +25,6 @@ _REL32_BY_TRAILER = (
     Fixup.X64_REL32_4,
     Fixup.X64_REL32_5,
 )
-_LOOPS = frozenset(
-    {
-        x86_const.X86_INS_LOOP,
-        x86_const.X86_INS_LOOPE,
-        x86_const.X86_INS_LOOPNE,
-        x86_const.X86_INS_JRCXZ,
-        x86_const.X86_INS_JECXZ,
-    }
-)
-
-
-@cache
-def _decoder() -> capstone.Cs:
-    decoder = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    decoder.detail = True
-    return decoder
-
-
-def _displacement(encoding: bytes, modrm_offset: int, reported: int) -> int:
-    """Displacement bytes, from the ModRM/SIB bytes (capstone's size follows a 0x66 prefix)."""
-    if not modrm_offset:
-        return reported
-    modrm = encoding[modrm_offset]
-    mod, rm = modrm >> 6, modrm & 7
-    if mod == 3:
-        return 0
-    if mod == 1:
-        return 1
-    if mod == 2 or rm == 5 or (rm == 4 and (encoding[modrm_offset + 1] & 7) == 5):
-        return 4
-    return 0
 
 
 def x64_code_fixups(
@@ -79,7 +48,7 @@ def x64_code_fixups(
     for start, end in instructions:
         position = start
         chunk = code[start - code_rva : end - code_rva]
-        for insn in _decoder().disasm(chunk, start):
+        for insn in _x64_decoder().disasm(chunk, start):
             if insn.address != position:
                 break
             position = insn.address + insn.size
@@ -124,7 +93,7 @@ class _Scan:
     def instruction(self, insn: capstone.CsInsn) -> None:
         position = insn.address + insn.size
         imm_rva = insn.address + insn.imm_offset
-        disp_size = _displacement(insn.bytes, insn.modrm_offset, insn.disp_size)
+        disp_size = _displacement_size(insn.bytes, insn.modrm_offset, insn.disp_size)
         disp_rva = position - insn.imm_size - disp_size
         if insn.imm_size == 8 and imm_rva in self.relocated:
             self.absolute(imm_rva, insn.address)

@@ -12,13 +12,14 @@ import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from hpatch import __version__
 from hpatch.arch import Machine, Reference, RefKind
 from hpatch.arch.relocate import CodeFixup, RelocationError
 from hpatch.arch.rewrite import Fixup
 from hpatch.diff.api import DiffResult
-from hpatch.diff.classify import FunctionChange, Status, import_key
+from hpatch.diff.classify import FunctionChange, Status
 from hpatch.diff.correlate import Correlator, Resolution
 from hpatch.diff.verdict import Blocker, BlockerKind, entry_room, function_label
 from hpatch.errors import NotHotpatchable
@@ -139,7 +140,7 @@ class _Builder:
         self.blobs: list[Blob] = []
         self.fixups: dict[int, FixupEntry] = {}
         self.imports: dict[tuple[str, str, int], ImportRef] = {}
-        self.relocated = sorted(r.rva for r in self.new.relocations)
+        self.relocated = diff.correspondence.new.relocated
         self.carried = sorted(
             (
                 c
@@ -556,13 +557,17 @@ class _Builder:
 
     def raw_pdata_word(self, begin_rva: int) -> int | None:
         """The second word of the ARM64 .pdata entry starting at ``begin_rva``."""
+        return self.pdata_words.get(begin_rva)
+
+    @cached_property
+    def pdata_words(self) -> dict[int, int]:
+        """Begin RVA -> second word of each ARM64 .pdata entry (read once)."""
         rva, size = self.new.exception_directory
-        data = self.new.read(rva, size)
-        for offset in range(0, size - 7, 8):
-            begin, word = struct.unpack_from("<II", data, offset)
-            if begin == begin_rva:
-                return int(word)
-        return None
+        data = self.new.read(rva, size - size % 8)
+        words: dict[int, int] = {}
+        for begin, word in struct.iter_unpack("<II", data):
+            words.setdefault(begin, word)
+        return words
 
     def copy_unwind(self, where: str, unwind_rva: int, copies: dict[int, int]) -> int | None:
         if unwind_rva in copies:
@@ -723,4 +728,4 @@ def build_package(
     return sign(package) if sign is not None else package
 
 
-__all__ = ["BuildOptions", "PackageBlocked", "baseline_of", "build_package", "import_key"]
+__all__ = ["BuildOptions", "PackageBlocked", "baseline_of", "build_package"]

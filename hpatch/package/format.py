@@ -250,11 +250,17 @@ class _Cursor:
     def count(self, minimum_record: int) -> int:
         """A record count, refused unless that many minimal records fit in what is left."""
         count = self.u32()
-        if count * minimum_record > self.end - self.position:
-            raise PackageFormatError(
-                f"{self.what}: {count} records cannot fit in {self.end - self.position} bytes"
-            )
+        self.ensure_fits(
+            count,
+            minimum_record,
+            f"{self.what}: {count} records cannot fit in {self.end - self.position} bytes",
+        )
         return count
+
+    def ensure_fits(self, count: int, record_size: int, message: str) -> None:
+        """Refuse ``count`` records of ``record_size`` bytes that the rest cannot hold."""
+        if count * record_size > self.end - self.position:
+            raise PackageFormatError(message)
 
     def records(self, minimum_record: int, read: Callable[[], T]) -> tuple[T, ...]:
         return tuple(read() for _ in range(self.count(minimum_record)))
@@ -267,7 +273,7 @@ class _Cursor:
 
 
 def _zero(cursor: _Cursor, reserved: int | bytes) -> None:
-    if reserved not in (0, bytes(len(reserved) if isinstance(reserved, bytes) else 0)):
+    if any(reserved) if isinstance(reserved, bytes) else reserved:
         raise PackageFormatError(f"{cursor.what}: reserved field is not zero")
 
 
@@ -281,8 +287,7 @@ def _enum(kind: Callable[[int], T], value: int, what: str) -> T:
 def _read_baseline(cursor: _Cursor) -> Baseline:
     name = cursor.string("file name")
     machine, reserved, stamp, size, checksum, base, digest = cursor.unpack(_BASELINE_FIXED)
-    if reserved:
-        raise PackageFormatError(f"{cursor.what}: reserved field is not zero")
+    _zero(cursor, reserved)
     return Baseline(
         name, _enum(Machine, machine, "machine"), stamp, size, checksum, base, bytes(digest)
     )
@@ -305,16 +310,14 @@ def _read_prerequisites(cursor: _Cursor) -> tuple[tuple[Prerequisite, int], ...]
     items = []
     for _ in range(count):
         kind, reserved, value = cursor.unpack(_PREREQUISITE)
-        if reserved:
-            raise PackageFormatError("prerequisites: reserved field is not zero")
+        _zero(cursor, reserved)
         items.append((_enum(Prerequisite, kind, "prerequisite"), value))
     return tuple(items)
 
 
 def _read_region(cursor: _Cursor) -> tuple[int, int, tuple[Blob, ...]]:
     size, alignment, count = cursor.unpack(_REGION_FIXED)
-    if count * _BLOB.size > cursor.end - cursor.position:
-        raise PackageFormatError(f"region: {count} blobs cannot fit")
+    cursor.ensure_fits(count, _BLOB.size, f"region: {count} blobs cannot fit")
     blobs = []
     for _ in range(count):
         kind, reserved, offset, length = cursor.unpack(_BLOB)
@@ -327,8 +330,7 @@ def _read_function(cursor: _Cursor) -> PatchFunction:
     status, reserved, part_count, old_rva, old_size, new_rva = cursor.unpack(_FUNCTION_FIXED)
     _zero(cursor, reserved)
     name = cursor.string("function name")
-    if part_count * _PART.size > cursor.end - cursor.position:
-        raise PackageFormatError(f"functions: {part_count} parts cannot fit")
+    cursor.ensure_fits(part_count, _PART.size, f"functions: {part_count} parts cannot fit")
     parts = tuple(Part(*cursor.unpack(_PART)) for _ in range(part_count))
     return PatchFunction(
         _enum(FunctionStatus, status, "function status"), old_rva, old_size, new_rva, name, parts
