@@ -27,6 +27,10 @@ class ApplyError(HPatchError):
     """Applying a package to an image failed a check; nothing was changed."""
 
 
+class AddressSpaceError(HPatchError):
+    """A request on an emulated address space cannot be met (overlap, unmapped, W^X, no room)."""
+
+
 class EmulationFault(HPatchError):
     """Emulated code touched memory it may not touch."""
 

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
+from hpatch.arch import SiteKind
+from hpatch.arch.rewrite import Redirect
 from hpatch.diff.classify import Correspondence, FunctionChange, Status, import_key
 from hpatch.diff.correlate import Correlator, Resolution
 from hpatch.diff.match import Side
@@ -83,6 +85,42 @@ def entry_room(image: PEImage, function: Function) -> tuple[int, int, int]:
     starts = sorted(image.arch.instruction_starts(image.read, function.rva, function.extent_end))
     first = (starts[1] if len(starts) > 1 else function.extent_end) - function.rva
     return room, before, first
+
+
+def redirect_problem(image: PEImage, function: Function, strategy: Redirect) -> str | None:
+    """Why ``strategy`` cannot redirect ``function`` safely, or None when it can.
+
+    The redirect must fit in the function plus its trailing padding (or, two-stage,
+    in the padding before it and a first instruction of at least two bytes), and no
+    branch of the function may land inside the bytes it overwrites after the entry.
+    """
+    start, length = strategy.span
+    room, before, first = entry_room(image, function)
+    if start < 0:
+        if before < -start:
+            return f"needs {-start} bytes of padding before the entry, has {before}"
+        if first < start + length:
+            return f"its first instruction is {first} bytes, the redirect needs {start + length}"
+    elif start + length > room:
+        return (
+            f"the {length}-byte redirect is longer than the function and its padding ({room} bytes)"
+        )
+    lo, hi = function.rva + 1, function.rva + start + length
+    if hi <= lo:
+        return None
+    parts = [(function.rva, function.end_rva)] + [
+        (f.rva, f.rva + f.size) for f in function.fragments
+    ]
+    for part_start, part_end in parts:
+        starts = image.arch.instruction_starts(image.read, part_start, part_end)
+        code = image.read(part_start, part_end - part_start)
+        for site_rva, target_rva, kind in image.arch.scan_sites(code, part_start, lo, hi):
+            if site_rva in starts and kind in (SiteKind.JUMP, SiteKind.COND_JUMP):
+                return (
+                    f"the branch at RVA 0x{site_rva:x} lands at 0x{target_rva:x}, inside the "
+                    "bytes the redirect overwrites"
+                )
+    return None
 
 
 class Verdict:
@@ -217,7 +255,11 @@ class Verdict:
             if change.status != Status.MODIFIED or change.old is None:
                 continue
             room, before, first = entry_room(image, change.old)
-            if image.arch.redirect_strategy(room, before, first) is not None:
+            strategy = image.arch.redirect_strategy(room, before, first)
+            if strategy is not None:
+                problem = redirect_problem(image, change.old, strategy)
+                if problem is not None:
+                    self.block(BlockerKind.TOO_SMALL, function_label(change.old), problem)
                 continue
             self.block(
                 BlockerKind.TOO_SMALL,
@@ -253,4 +295,11 @@ def find_blockers(
     return tuple(verdict.blockers)
 
 
-__all__ = ["Blocker", "BlockerKind", "entry_room", "find_blockers", "function_label"]
+__all__ = [
+    "Blocker",
+    "BlockerKind",
+    "entry_room",
+    "find_blockers",
+    "function_label",
+    "redirect_problem",
+]

@@ -1,0 +1,535 @@
+"""Apply a package to a module of an emulated process, replace it, roll it back.
+
+Order of an apply: every check first (prerequisites, signature, sequence, the bytes
+each redirect overwrites, how each redirect fits its function), then the safety check
+on every thread, then the patch region (allocated near the image, bound, unwind table
+registered, made RX), then the redirects, published last. Every change goes through a
+Transaction; any failure undoes all of it, so the image is as it was.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+from hpatch.apply.safety import BusyThread, Range, busy_threads
+from hpatch.apply.state import ActivePatch, PlacedRedirect, active_patch, set_active
+from hpatch.apply.transaction import Transaction
+from hpatch.arch import Machine
+from hpatch.arch.rewrite import Redirect, encode_redirect
+from hpatch.diff.verdict import redirect_problem
+from hpatch.emu.cpu import ThreadState
+from hpatch.emu.loader import Module
+from hpatch.emu.memory import HIGHEST_VA, PAGE_SIZE, Protection, page_ceil
+from hpatch.emu.process import Process
+from hpatch.emu.tables import FunctionEntry
+from hpatch.errors import ApplyError, HPatchError
+from hpatch.package.bind import bind_region
+from hpatch.package.checks import CheckResult, check_prerequisites
+from hpatch.package.format import encode_package
+from hpatch.package.model import FunctionStatus, Package, Prerequisite
+from hpatch.package.signing import SignatureCheck, SignatureStatus, TrustStore
+
+#: Instructions a busy thread may run per round while the applier waits for it.
+_WAIT_SLICE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyOptions:
+    """How strict an apply is, and whether it may wait for busy threads."""
+
+    trust: TrustStore | None = None
+    allow_unsigned: bool = False
+    #: With ``wait_steps`` > 0, threads that block the change run (up to this many
+    #: instructions each) until they leave the code being replaced; 0 refuses at once.
+    wait_steps: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectReport:
+    """One redirect as published."""
+
+    function: str
+    old_va: int
+    new_va: int
+    strategy: Redirect
+    written: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyReport:
+    """What an apply, replacement or rollback did."""
+
+    module: str
+    outcome: str  # "applied", "replaced", "already applied", "rolled back"
+    sequence: int | None  # the package now active (None: the baseline)
+    replaced_sequence: int | None
+    region_va: int | None
+    region_size: int
+    redirects: tuple[RedirectReport, ...]
+    checks: tuple[CheckResult, ...] = ()
+    signature: SignatureCheck | None = None
+    publish_ns: int = field(default=0, compare=False)
+
+
+def _function_name(name: str, rva: int) -> str:
+    return name or f"sub_{rva:x}"
+
+
+class _Refused(ApplyError):
+    """A check failed before anything changed."""
+
+
+def _check(name: str, passed: bool, detail: str) -> CheckResult:
+    result = CheckResult(name, passed, detail)
+    if not passed:
+        raise _Refused(f"check '{name}' failed: {detail}")
+    return result
+
+
+class _Baseline:
+    """Reads a module's bytes as the baseline had them: what our redirects overwrote
+    put back, and base relocations taken out when the image was rebased."""
+
+    def __init__(self, process: Process, module: Module, active: ActivePatch | None) -> None:
+        self.process, self.module, self.active = process, module, active
+        self.relocations = sorted(
+            (r.rva, 8 if r.type == 10 else 4) for r in module.image.relocations if r.type in (3, 10)
+        )
+        self.starts = [rva for rva, _ in self.relocations]
+
+    def read(self, rva: int, size: int) -> bytes:
+        margin = 8
+        lo = max(rva - margin, 0)
+        hi = min(rva + size + margin, self.module.image.size_of_image)
+        data = bytearray(self.process.space.read(self.module.va(lo), hi - lo))
+        if self.active is not None:
+            for placed in self.active.redirects:
+                start = placed.span_va - self.module.base
+                for index, value in enumerate(placed.original):
+                    if lo <= start + index < hi:
+                        data[start + index - lo] = value
+        delta = self.module.base - self.module.image.image_base
+        if delta:
+            first = bisect.bisect_left(self.starts, lo)
+            for reloc_rva, width in self.relocations[first:]:
+                if reloc_rva >= hi:
+                    break
+                if reloc_rva + width > hi:
+                    continue
+                at = reloc_rva - lo
+                value = int.from_bytes(data[at : at + width], "little")
+                value = (value - delta) & ((1 << (8 * width)) - 1)
+                data[at : at + width] = value.to_bytes(width, "little")
+        return bytes(data[rva - lo : rva - lo + size])
+
+
+def _target_module(process: Process, package: Package, module: Module | None) -> Module:
+    if module is not None:
+        return module
+    for candidate in process.modules:
+        if candidate.name.lower() == package.baseline.file_name.lower():
+            return candidate
+    if process.main_module is None:
+        raise ApplyError("no image is loaded")
+    return process.main_module
+
+
+def _signature(package: Package, options: ApplyOptions) -> tuple[SignatureCheck, CheckResult]:
+    store = options.trust or TrustStore()
+    check = store.check(package)
+    status = check.status
+    if status == SignatureStatus.TRUSTED:
+        return check, CheckResult("signature", True, f"signed by trusted key {check.key_hex}")
+    if status == SignatureStatus.INVALID:
+        return check, _check(
+            "signature", False, f"the signature by key {check.key_hex} does not hold: tampered"
+        )
+    what = (
+        "unsigned"
+        if status == SignatureStatus.UNSIGNED
+        else f"signed by untrusted key {check.key_hex}"
+    )
+    if options.allow_unsigned:
+        return check, CheckResult("signature", True, f"{what}; allowed by --allow-unsigned")
+    return check, _check(
+        "signature", False, f"the package is {what}; give --trust KEY.pub or --allow-unsigned"
+    )
+
+
+def _sequence(package: Package, active: ActivePatch | None) -> CheckResult:
+    sequence = package.servicing.sequence
+    if active is None:
+        return CheckResult("sequence", True, f"package {sequence} onto the baseline")
+    if sequence < active.sequence:
+        return _check(
+            "sequence",
+            False,
+            f"package {sequence} is older than package {active.sequence}, which the image "
+            "runs (anti-rollback)",
+        )
+    if sequence == active.sequence:
+        return _check(
+            "sequence",
+            False,
+            f"the image runs another package with sequence {sequence}",
+        )
+    supersedes = package.servicing.supersedes
+    if supersedes is not None and not supersedes[0] <= active.sequence <= supersedes[1]:
+        return _check(
+            "sequence",
+            False,
+            f"package {sequence} supersedes {supersedes[0]}-{supersedes[1]}, but the image "
+            f"runs package {active.sequence}",
+        )
+    return CheckResult("sequence", True, f"package {sequence} replaces package {active.sequence}")
+
+
+def _placement_window(module: Module, package: Package, size: int) -> tuple[int, int]:
+    """Where the patch region may lie: every byte within reach of every byte of the
+    image, and above the image base when RVA fixups point into it."""
+    lowest, highest = module.end, HIGHEST_VA
+    for kind, value in package.prerequisites:
+        if kind == Prerequisite.REGION_REACH:
+            lowest = max(lowest, module.end - value)
+            highest = min(highest, module.base + value)
+        elif kind == Prerequisite.REGION_ABOVE_IMAGE:
+            lowest = max(lowest, module.base)
+    if highest - lowest < size:
+        raise _Refused(f"no room for a 0x{size:x}-byte patch region within reach of {module.name}")
+    return lowest, highest
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The bytes a publish writes for one function: the union of its old and new spans."""
+
+    function: str
+    entry_va: int
+    union_va: int
+    current: bytes
+    final: bytes
+
+
+def _publish(transaction: Transaction, plans: list[_Plan]) -> None:
+    """Write every plan. Per function, the bytes before the entry and those from it are
+    separate writes: installing, the padding first and the entry last (a thread sees
+    either the old entry or a complete jump); restoring, the other way round."""
+    for plan in plans:
+        split = plan.entry_va - plan.union_va
+        before = (plan.union_va, plan.current[:split], plan.final[:split])
+        after = (plan.entry_va, plan.current[split:], plan.final[split:])
+        installing = after[2] != after[1]
+        order = (before, after) if installing else (after, before)
+        for va, current, final in order:
+            if current != final:
+                transaction.write(va, final)
+
+
+def _wait_until_safe(
+    process: Process, spans: list[Range], functions: list[Range], wait_steps: int
+) -> None:
+    budget = wait_steps
+    while True:
+        busy = busy_threads(process, spans, functions)
+        if not busy:
+            return
+        if budget <= 0:
+            raise _Refused("check 'thread safety' failed: " + "; ".join(b.reason for b in busy))
+        step = min(_WAIT_SLICE, budget)
+        budget -= step
+        for blocker in busy:
+            _run_thread(process, blocker, step)
+
+
+def _run_thread(process: Process, blocker: BusyThread, steps: int) -> None:
+    thread = process.cpu.threads[blocker.thread_id]
+    if thread.state == ThreadState.STOPPED:
+        process.cpu.run(thread, steps)
+
+
+def _function_ranges(module: Module, package: Package) -> list[Range]:
+    """The old code of every function the package replaces, fragments included."""
+    ranges = []
+    for function in package.functions:
+        if function.status != FunctionStatus.MODIFIED:
+            continue
+        name = _function_name(function.name, function.old_rva)
+        known = module.image.function_at(function.old_rva)
+        if known is not None and known.rva == function.old_rva:
+            ranges.append(Range(module.va(known.rva), module.va(known.extent_end), name))
+            ranges.extend(
+                Range(module.va(f.rva), module.va(f.rva + f.size), name) for f in known.fragments
+            )
+        else:
+            ranges.append(
+                Range(
+                    module.va(function.old_rva),
+                    module.va(function.old_rva + function.old_size),
+                    name,
+                )
+            )
+    return ranges
+
+
+def _active_ranges(module: Module, active: ActivePatch) -> tuple[list[Range], list[Range]]:
+    spans = [
+        Range(p.span_va, p.span_va + len(p.written), f"{p.function} (package {active.sequence})")
+        for p in active.redirects
+    ]
+    region = Range(
+        active.region_va, active.region_va + active.region_size, f"package {active.sequence}'s code"
+    )
+    return spans, [region]
+
+
+def apply_package(
+    process: Process,
+    package: Package,
+    *,
+    module: Module | None = None,
+    options: ApplyOptions | None = None,
+) -> ApplyReport:
+    """Apply ``package`` to ``module`` (the loaded image it names by default); replaces
+    the package the module runs, if any. All or nothing: ApplyError names the check
+    or step that failed, and the process is unchanged."""
+    options = options or ApplyOptions()
+    module = _target_module(process, package, module)
+    active = active_patch(module)
+    encoded = encode_package(package)
+    digest = hashlib.sha256(encoded).digest()
+    if active is not None and active.package_sha256 == digest:
+        return ApplyReport(
+            module.name,
+            "already applied",
+            active.sequence,
+            None,
+            active.region_va,
+            active.region_size,
+            (),
+        )
+    checks = list(check_prerequisites(package, module.image))
+    for result in checks:
+        if not result.passed:
+            raise _Refused(f"check '{result.name}' failed: {result.detail}")
+    signature, signature_result = _signature(package, options)
+    checks.append(signature_result)
+    checks.append(_sequence(package, active))
+    baseline = _Baseline(process, module, active)
+    plans_input = []
+    for redirect in package.redirects:
+        start, length = redirect.strategy.span
+        span_rva = redirect.old_rva + start
+        original = baseline.read(span_rva, length)
+        function = next(
+            (
+                f
+                for f in package.functions
+                if f.old_rva == redirect.old_rva and f.status == FunctionStatus.MODIFIED
+            ),
+            None,
+        )
+        name = _function_name(function.name if function else "", redirect.old_rva)
+        if hashlib.sha256(original).digest() != redirect.original_sha256:
+            _check(
+                "original bytes",
+                False,
+                f"the {length} bytes at {name} (RVA 0x{span_rva:x}) are not the ones the "
+                "package expects to overwrite",
+            )
+        known = module.image.function_at(redirect.old_rva)
+        if known is None or known.rva != redirect.old_rva:
+            _check("redirect fit", False, f"RVA 0x{redirect.old_rva:x} is not a function entry")
+        problem = redirect_problem(module.image, known, redirect.strategy)
+        if problem is not None:
+            _check("redirect fit", False, f"{name}: {problem}")
+        plans_input.append((redirect, name, span_rva, original))
+    checks.append(
+        CheckResult("original bytes", True, f"{len(package.redirects)} redirect sites match")
+    )
+    checks.append(CheckResult("redirect fit", True, "every redirect fits its function"))
+
+    spans = [
+        Range(module.va(span_rva), module.va(span_rva + len(original)), name)
+        for _, name, span_rva, original in plans_input
+    ]
+    functions = _function_ranges(module, package)
+    if active is not None:
+        active_spans, active_code = _active_ranges(module, active)
+        spans += active_spans
+        functions += active_code
+    _wait_until_safe(process, spans, functions, options.wait_steps)
+    checks.append(CheckResult("thread safety", True, "no thread is in code being replaced"))
+
+    size = page_ceil(max(package.region_size, 1))
+    alignment = max(package.region_alignment, PAGE_SIZE)
+    lowest, highest = _placement_window(module, package, size)
+    transaction = Transaction(process.space, process.function_tables)
+    try:
+        region = transaction.allocate(
+            size,
+            Protection.RW,
+            f"{module.name} package {package.servicing.sequence}",
+            within=(lowest, highest),
+        )
+        if region.va % alignment:
+            raise ApplyError(f"the patch region at 0x{region.va:x} is not {alignment}-aligned")
+        bound = bind_region(package, module.base, region.va)
+        transaction.write(region.va, bytes(bound))
+        transaction.register_table(
+            ("patch", module.base),
+            _unwind_entries(process.machine, package, module, region.va, bound),
+        )
+        transaction.protect(region.va, size, Protection.RX)
+        placed, plans = _plan_redirects(module, package, active, region.va, plans_input, baseline)
+        started = time.perf_counter_ns()
+        _publish(transaction, plans)
+        publish_ns = time.perf_counter_ns() - started
+        if active is not None:
+            freed = process.space.region_at(active.region_va)
+            if freed is not None:
+                transaction.free(freed)
+    except BaseException as error:
+        transaction.undo()
+        if isinstance(error, ApplyError):
+            raise
+        if isinstance(error, HPatchError):
+            raise ApplyError(
+                f"applying package {package.servicing.sequence} failed, nothing changed: {error}"
+            ) from error
+        raise
+    transaction.commit()
+    set_active(module, ActivePatch(package, digest, region.va, size, tuple(placed)))
+    return ApplyReport(
+        module.name,
+        "replaced" if active is not None else "applied",
+        package.servicing.sequence,
+        active.sequence if active is not None else None,
+        region.va,
+        size,
+        tuple(
+            RedirectReport(p.function, p.old_va, p.target_va, p.strategy, p.written) for p in placed
+        ),
+        tuple(checks),
+        signature,
+        publish_ns,
+    )
+
+
+def _unwind_entries(
+    machine: Machine, package: Package, module: Module, region_va: int, bound: bytearray
+) -> list[FunctionEntry]:
+    """The patch code's RUNTIME_FUNCTIONs, as RtlAddFunctionTable would register them."""
+    word_at = 8 if machine == Machine.AMD64 else 4
+    entries = []
+    for record in package.unwind:
+        at = record.table_offset + word_at
+        word = int.from_bytes(bound[at : at + 4], "little")
+        entries.append(
+            FunctionEntry(
+                module.base, region_va + record.begin_offset, region_va + record.end_offset, word
+            )
+        )
+    return entries
+
+
+def _plan_redirects(
+    module: Module,
+    package: Package,
+    active: ActivePatch | None,
+    region_va: int,
+    redirects: list,
+    baseline: _Baseline,
+) -> tuple[list[PlacedRedirect], list[_Plan]]:
+    placed = []
+    plans = []
+    entries = {p.old_va: p for p in active.redirects} if active is not None else {}
+    for redirect, name, span_rva, original in redirects:
+        entry_va = module.va(redirect.old_rva)
+        target_va = region_va + redirect.target_offset
+        written = encode_redirect(redirect.strategy, entry_va, target_va)
+        span_va = module.va(span_rva)
+        previous = entries.pop(entry_va, None)
+        lo, hi = span_va, span_va + len(written)
+        if previous is not None:
+            lo = min(lo, previous.span_va)
+            hi = max(hi, previous.span_va + len(previous.written))
+        current = module_read(module, lo, hi)
+        final = bytearray(baseline.read(lo - module.base, hi - lo))
+        final[span_va - lo : span_va - lo + len(written)] = written
+        placed.append(
+            PlacedRedirect(name, entry_va, target_va, redirect.strategy, span_va, original, written)
+        )
+        plans.append(_Plan(name, entry_va, lo, current, bytes(final)))
+    # Functions the active package redirected and this one no longer does: restored.
+    for previous in entries.values():
+        lo, hi = previous.span_va, previous.span_va + len(previous.written)
+        plans.append(
+            _Plan(
+                previous.function,
+                previous.old_va,
+                lo,
+                module_read(module, lo, hi),
+                previous.original,
+            )
+        )
+    return placed, plans
+
+
+def module_read(module: Module, lo: int, hi: int) -> bytes:
+    offset = lo - module.region.va
+    return bytes(module.region.view[offset : offset + hi - lo])
+
+
+def rollback(process: Process, module: Module | None = None, *, wait_steps: int = 0) -> ApplyReport:
+    """Take the module back to its baseline: original bytes restored, the patch region
+    freed, its unwind table removed. All or nothing, like an apply."""
+    module = module or process.main_module
+    if module is None:
+        raise ApplyError("no image is loaded")
+    active = active_patch(module)
+    if active is None:
+        raise ApplyError(f"{module.name} runs no package; nothing to roll back")
+    spans, code = _active_ranges(module, active)
+    _wait_until_safe(process, spans, code, wait_steps)
+    transaction = Transaction(process.space, process.function_tables)
+    try:
+        plans = [
+            _Plan(
+                p.function,
+                p.old_va,
+                p.span_va,
+                module_read(module, p.span_va, p.span_va + len(p.written)),
+                p.original,
+            )
+            for p in active.redirects
+        ]
+        started = time.perf_counter_ns()
+        _publish(transaction, plans)
+        publish_ns = time.perf_counter_ns() - started
+        transaction.remove_table(("patch", module.base))
+        region = process.space.region_at(active.region_va)
+        if region is not None:
+            transaction.free(region)
+    except BaseException as error:
+        transaction.undo()
+        if isinstance(error, HPatchError) and not isinstance(error, ApplyError):
+            raise ApplyError(f"rollback failed, nothing changed: {error}") from error
+        raise
+    transaction.commit()
+    set_active(module, None)
+    return ApplyReport(
+        module.name,
+        "rolled back",
+        None,
+        active.sequence,
+        None,
+        0,
+        tuple(
+            RedirectReport(p.function, p.old_va, p.old_va, p.strategy, p.original)
+            for p in active.redirects
+        ),
+        publish_ns=publish_ns,
+    )

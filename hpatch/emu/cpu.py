@@ -1,0 +1,400 @@
+"""Execution on Unicorn over an AddressSpace: calls, threads that stop and resume, faults.
+
+One Unicorn engine runs every thread of a process; a thread is a saved register
+context plus its own stack and TEB. The engine maps each region of the address space
+through ``mem_map_ptr``, so emulated code and the host see the same bytes; code
+written by the host drops Unicorn's translated blocks for that range.
+
+Unicorn is imported here only, so the rest of hpatch loads without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import unicorn
+from unicorn import arm64_const, x86_const
+
+from hpatch.arch import Machine
+from hpatch.emu.memory import PAGE_SIZE, AddressSpace, Protection, Region
+from hpatch.errors import EmulationFault, HPatchError
+
+#: Instructions one call may run before it is stopped as a runaway.
+DEFAULT_STEP_LIMIT = 20_000_000
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Convention:
+    """How the Windows ABI of one machine passes arguments and results."""
+
+    pc: int
+    sp: int
+    result: int
+    arguments: tuple[int, ...]
+    #: Bytes between the stack pointer at entry and the first stack argument.
+    stack_arguments_at: int
+    link: int | None  # ARM64: the return address goes in LR; x64 pushes it
+    names: dict[str, int]
+
+
+def _x64() -> Convention:
+    names = {
+        name: getattr(x86_const, f"UC_X86_REG_{name.upper()}")
+        for name in (
+            "rax",
+            "rbx",
+            "rcx",
+            "rdx",
+            "rsi",
+            "rdi",
+            "rbp",
+            "rsp",
+            "r8",
+            "r9",
+            "r10",
+            "r11",
+            "r12",
+            "r13",
+            "r14",
+            "r15",
+            "rip",
+        )
+    }
+    return Convention(
+        pc=names["rip"],
+        sp=names["rsp"],
+        result=names["rax"],
+        arguments=(names["rcx"], names["rdx"], names["r8"], names["r9"]),
+        stack_arguments_at=8 + 32,  # return address, then the callee's home space
+        link=None,
+        names=names,
+    )
+
+
+def _arm64() -> Convention:
+    names = {f"x{i}": getattr(arm64_const, f"UC_ARM64_REG_X{i}") for i in range(29)}
+    names.update(
+        fp=arm64_const.UC_ARM64_REG_X29,
+        lr=arm64_const.UC_ARM64_REG_X30,
+        sp=arm64_const.UC_ARM64_REG_SP,
+        pc=arm64_const.UC_ARM64_REG_PC,
+    )
+    return Convention(
+        pc=names["pc"],
+        sp=names["sp"],
+        result=names["x0"],
+        arguments=tuple(names[f"x{i}"] for i in range(8)),
+        stack_arguments_at=0,
+        link=names["lr"],
+        names=names,
+    )
+
+
+_UC_MODE = {
+    Machine.AMD64: (unicorn.UC_ARCH_X86, unicorn.UC_MODE_64),
+    Machine.ARM64: (unicorn.UC_ARCH_ARM64, unicorn.UC_MODE_ARM),
+}
+
+
+def _uc_protection(protection: Protection) -> int:
+    value = 0
+    if protection & Protection.R:
+        value |= unicorn.UC_PROT_READ
+    if protection & Protection.W:
+        value |= unicorn.UC_PROT_WRITE
+    if protection & Protection.X:
+        value |= unicorn.UC_PROT_EXEC
+    return value
+
+
+class ThreadState(Enum):
+    IDLE = "idle"  # no call in progress
+    STOPPED = "stopped"  # inside a call, stopped at an instruction boundary
+    RETURNED = "returned"
+    FAULTED = "faulted"
+
+
+@dataclass(eq=False)
+class Thread:
+    """An emulated thread: its stack, TEB and saved registers."""
+
+    id: int
+    stack: Region
+    teb: Region
+    state: ThreadState = ThreadState.IDLE
+    context: object | None = None
+    result: int | None = None
+    fault: EmulationFault | None = None
+    steps: int = 0
+    entry_va: int = 0
+    scratch: list[Region] = field(default_factory=list)
+
+    @property
+    def stack_top(self) -> int:
+        return self.stack.end
+
+
+#: A host function: gets the CPU and the call's first eight integer arguments, returns
+#: the integer result.
+HostCall = Callable[["Cpu", tuple[int, ...]], int]
+
+
+class HostFault(HPatchError):
+    """A host stub refused a call (an import nothing models)."""
+
+
+class Cpu:
+    """A Unicorn engine mirroring one address space, and the threads that run on it."""
+
+    def __init__(self, machine: Machine, space: AddressSpace) -> None:
+        self.machine = machine
+        self.space = space
+        self.convention = _x64() if machine == Machine.AMD64 else _arm64()
+        self.uc = unicorn.Uc(*_UC_MODE[machine])
+        self.threads: list[Thread] = []
+        self.host_stubs: dict[int, tuple[str, HostCall]] = {}
+        self._pending: BaseException | None = None
+        self._fault: EmulationFault | None = None
+        self._current: Thread | None = None
+        self.describe: Callable[[int], str] = lambda va: f"0x{va:x}"
+        for region in space.regions:
+            self.region_mapped(region)
+        space.observers.append(self)
+        self.uc.hook_add(
+            unicorn.UC_HOOK_MEM_UNMAPPED | unicorn.UC_HOOK_MEM_PROT, self._on_invalid_access
+        )
+        self.uc.hook_add(unicorn.UC_HOOK_INTR, self._on_interrupt)
+        # The page where calls return to: never mapped executable, so a return lands
+        # nowhere but stops the run at ``until``.
+        sentinel = space.allocate(PAGE_SIZE, Protection.R, "return trap")
+        self.return_va = sentinel.va
+
+    # SpaceObserver ----------------------------------------------------------------
+    def region_mapped(self, region: Region) -> None:
+        self.uc.mem_map_ptr(region.va, region.size, unicorn.UC_PROT_ALL, region.address)
+        first = 0
+        for index in range(1, len(region.protections) + 1):
+            if (
+                index == len(region.protections)
+                or region.protections[index] != region.protections[first]
+            ):
+                self.uc.mem_protect(
+                    region.va + first * PAGE_SIZE,
+                    (index - first) * PAGE_SIZE,
+                    _uc_protection(region.protections[first]),
+                )
+                first = index
+
+    def region_unmapped(self, region: Region) -> None:
+        self.uc.ctl_remove_cache(region.va, region.end)
+        self.uc.mem_unmap(region.va, region.size)
+
+    def protection_changed(self, va: int, size: int, protection: Protection) -> None:
+        self.uc.mem_protect(va, size, _uc_protection(protection))
+
+    def code_written(self, va: int, size: int) -> None:
+        # Translated blocks over these bytes are stale now.
+        self.uc.ctl_remove_cache(va, va + size)
+
+    # host stubs -------------------------------------------------------------------
+    def watch_stubs(self, region: Region) -> None:
+        """Host stubs live in ``region``: hook execution there (and only there)."""
+        self.uc.hook_add(unicorn.UC_HOOK_CODE, self._on_code, None, region.va, region.end - 1)
+
+    def add_host_stub(self, va: int, name: str, call: HostCall) -> None:
+        """Run ``call`` whenever execution reaches ``va`` (in a watched region; the stub's
+        own ``ret`` then returns the result to the caller)."""
+        self.host_stubs[va] = (name, call)
+
+    def _on_code(self, uc: unicorn.Uc, address: int, size: int, user: object) -> None:
+        stub = self.host_stubs.get(address)
+        if stub is None:
+            return
+        _name, call = stub
+        try:
+            result = call(self, self.arguments(8))
+        except BaseException as error:  # re-raised once emu_start returns
+            self._pending = error
+            uc.emu_stop()
+            return
+        uc.reg_write(self.convention.result, result & _MASK64)
+
+    def arguments(self, count: int) -> tuple[int, ...]:
+        """The first ``count`` integer arguments of the call being entered."""
+        convention = self.convention
+        values = [self.uc.reg_read(r) for r in convention.arguments[:count]]
+        sp = self.uc.reg_read(convention.sp)
+        for index in range(len(values), count):
+            slot = sp + convention.stack_arguments_at + 8 * (index - len(convention.arguments))
+            try:
+                values.append(self.space.read_u64(slot))
+            except EmulationFault:
+                values.append(0)
+        return tuple(values)
+
+    # faults -----------------------------------------------------------------------
+    def _on_invalid_access(
+        self, uc: unicorn.Uc, access: int, address: int, size: int, value: int, user: object
+    ) -> bool:
+        kind = {
+            unicorn.UC_MEM_READ_UNMAPPED: "read",
+            unicorn.UC_MEM_WRITE_UNMAPPED: "write",
+            unicorn.UC_MEM_FETCH_UNMAPPED: "execute",
+            unicorn.UC_MEM_READ_PROT: "read",
+            unicorn.UC_MEM_WRITE_PROT: "write",
+            unicorn.UC_MEM_FETCH_PROT: "execute",
+        }.get(access, "access")
+        pc = address if kind == "execute" else uc.reg_read(self.convention.pc)
+        self._fault = self._make_fault(
+            f"{kind} of {size} bytes at 0x{address:x}", address, kind, pc
+        )
+        return False
+
+    def _on_interrupt(self, uc: unicorn.Uc, number: int, user: object) -> None:
+        pc = uc.reg_read(self.convention.pc)
+        self._fault = self._make_fault(f"processor exception {number}", pc, "execute", pc)
+        uc.emu_stop()
+
+    def _make_fault(self, what: str, address: int, access: str, pc: int) -> EmulationFault:
+        where = self.describe(pc)
+        return EmulationFault(
+            f"{what}, pc 0x{pc:x} in {where}", address=address, access=access, pc=pc
+        )
+
+    # threads ----------------------------------------------------------------------
+    def new_thread(self, stack_size: int = 0x40000) -> Thread:
+        """A thread with its own stack (guard pages either side) and TEB."""
+        stack = self.space.allocate(
+            stack_size, Protection.RW, f"stack {len(self.threads)}", guard=True
+        )
+        teb = self.space.allocate(PAGE_SIZE, Protection.RW, f"teb {len(self.threads)}")
+        tib = bytearray(0x38)
+        tib[0x08:0x10] = stack.end.to_bytes(8, "little")  # StackBase
+        tib[0x10:0x18] = stack.va.to_bytes(8, "little")  # StackLimit
+        tib[0x30:0x38] = teb.va.to_bytes(8, "little")  # Self
+        teb.view[: len(tib)] = tib
+        thread = Thread(id=len(self.threads), stack=stack, teb=teb)
+        self.threads.append(thread)
+        return thread
+
+    def start(self, thread: Thread, entry_va: int, arguments: Sequence[int]) -> None:
+        """Set ``thread`` up to call ``entry_va`` with integer ``arguments`` (then ``run``)."""
+        if thread.state == ThreadState.STOPPED:
+            raise HPatchError(f"thread {thread.id} is inside a call already")
+        convention = self.convention
+        registers = {r: 0 for r in convention.names.values()}
+        in_registers = list(arguments[: len(convention.arguments)])
+        on_stack = [a & _MASK64 for a in arguments[len(convention.arguments) :]]
+        sp = thread.stack_top - 0x100
+        sp -= 8 * len(on_stack) + convention.stack_arguments_at
+        sp &= ~0xF
+        if self.machine == Machine.AMD64:
+            sp -= 8  # as if a call had pushed the return address
+        for index, value in enumerate(on_stack):
+            slot = sp + convention.stack_arguments_at + 8 * index
+            offset = slot - thread.stack.va
+            thread.stack.view[offset : offset + 8] = value.to_bytes(8, "little")
+        if convention.link is None:
+            offset = sp - thread.stack.va
+            thread.stack.view[offset : offset + 8] = self.return_va.to_bytes(8, "little")
+        else:
+            registers[convention.link] = self.return_va
+        for register, value in zip(convention.arguments, in_registers, strict=False):
+            registers[register] = value & _MASK64
+        registers[convention.sp] = sp
+        registers[convention.pc] = entry_va
+        self._switch_to(None)
+        for register, value in registers.items():
+            self.uc.reg_write(register, value)
+        if self.machine == Machine.AMD64:
+            self.uc.reg_write(x86_const.UC_X86_REG_GS_BASE, thread.teb.va)
+        else:
+            self.uc.reg_write(arm64_const.UC_ARM64_REG_X18, thread.teb.va)
+        thread.context = self.uc.context_save()
+        thread.state = ThreadState.STOPPED
+        thread.result = None
+        thread.fault = None
+        thread.steps = 0
+        thread.entry_va = entry_va
+
+    def _switch_to(self, thread: Thread | None) -> None:
+        if thread is not None and thread.context is not None:
+            self.uc.context_restore(thread.context)
+        self._current = thread
+
+    def run(self, thread: Thread, steps: int | None = None) -> ThreadState:
+        """Run ``thread`` for at most ``steps`` instructions (to its return without).
+
+        Ends in RETURNED (``thread.result``), FAULTED (``thread.fault``) or, when the
+        step budget ran out first, STOPPED at an instruction boundary.
+        """
+        if thread.state != ThreadState.STOPPED:
+            raise HPatchError(f"thread {thread.id} has no call in progress")
+        self._switch_to(thread)
+        budget = DEFAULT_STEP_LIMIT if steps is None else steps
+        pc = self.pc()
+        self._pending = None
+        self._fault = None
+        error: unicorn.UcError | None = None
+        if pc != self.return_va and budget > 0:
+            try:
+                self.uc.emu_start(pc, self.return_va, count=budget)
+            except unicorn.UcError as raised:
+                error = raised
+        thread.context = self.uc.context_save()
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            if isinstance(pending, HPatchError):
+                return self._faulted(
+                    thread, self._make_fault(str(pending), self.pc(), "execute", self.pc())
+                )
+            raise pending
+        if self._fault is not None:
+            return self._faulted(thread, self._fault)
+        if error is not None:
+            return self._faulted(
+                thread,
+                self._make_fault(f"emulation stopped: {error}", self.pc(), "execute", self.pc()),
+            )
+        if self.pc() == self.return_va:
+            thread.state = ThreadState.RETURNED
+            thread.result = self.uc.reg_read(self.convention.result)
+            return thread.state
+        if steps is None:
+            return self._faulted(
+                thread,
+                self._make_fault(
+                    f"still running after {budget} instructions", self.pc(), "execute", self.pc()
+                ),
+            )
+        return thread.state
+
+    def _faulted(self, thread: Thread, fault: EmulationFault) -> ThreadState:
+        thread.state = ThreadState.FAULTED
+        thread.fault = fault
+        return thread.state
+
+    def pc(self) -> int:
+        return self.uc.reg_read(self.convention.pc)
+
+    def registers(self, thread: Thread) -> dict[str, int]:
+        """The thread's saved registers by lower-case name (pc and sp always present)."""
+        self._switch_to(thread)
+        values = {name: self.uc.reg_read(r) for name, r in self.convention.names.items()}
+        if self.machine == Machine.AMD64:
+            values["pc"] = values["rip"]
+            values["sp"] = values["rsp"]
+        return values
+
+    def set_register(self, thread: Thread, name: str, value: int) -> None:
+        self._switch_to(thread)
+        self.uc.reg_write(self.convention.names[name], value & _MASK64)
+        thread.context = self.uc.context_save()
+
+    def finish(self, thread: Thread) -> None:
+        """Forget the thread's call (after it returned or faulted)."""
+        thread.state = ThreadState.IDLE
+        thread.context = None

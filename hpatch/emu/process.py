@@ -1,0 +1,315 @@
+"""An emulated Windows process: address space, CPU, loaded modules, host imports, calls."""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpatch.arch import Machine
+from hpatch.emu.cpu import Cpu, HostCall, HostFault, Thread, ThreadState
+from hpatch.emu.loader import Module, map_image
+from hpatch.emu.memory import PAGE_SIZE, AddressSpace, Protection, Region
+from hpatch.emu.tables import FunctionTables, read_entries
+from hpatch.errors import AddressSpaceError, EmulationFault, HPatchError
+from hpatch.image import PEImage, load_image
+from hpatch.image.model import Import
+
+_STUB_SIZE = 16
+_STUB_REGION_SIZE = 0x10000
+_RET = {Machine.AMD64: b"\xc3", Machine.ARM64: bytes.fromhex("c0035fd6")}
+_FILL = {Machine.AMD64: b"\xcc", Machine.ARM64: bytes.fromhex("000020d4")}  # int3 / brk #0
+_MAX_FORWARDS = 8
+_DLL_PROCESS_ATTACH = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ImportKey:
+    """An import as a DLL exports it: by name, or by ordinal when ``name`` is None."""
+
+    dll: str
+    name: str | None
+    ordinal: int | None
+
+    @classmethod
+    def of(cls, dll: str, symbol: str | int) -> ImportKey:
+        if isinstance(symbol, int):
+            return cls(dll.lower(), None, symbol)
+        return cls(dll.lower(), symbol, None)
+
+    def __str__(self) -> str:
+        return f"{self.dll}!{self.name if self.name is not None else f'#{self.ordinal}'}"
+
+
+class Process:
+    """One emulated process of ``machine``.
+
+    Imports resolve, in order, to a host function registered with ``host``, to a
+    module already loaded, to a DLL found in ``search_path`` (the loaded image's own
+    directory first, as Windows searches), and otherwise to a stub that stops the
+    call with a fault naming the import.
+    """
+
+    def __init__(
+        self, machine: Machine, *, search_path: Sequence[str | os.PathLike[str]] = ()
+    ) -> None:
+        self.machine = Machine(machine)
+        self.space = AddressSpace()
+        self.cpu = Cpu(self.machine, self.space)
+        self.cpu.describe = self.describe
+        self.modules: list[Module] = []
+        #: The first image loaded on request (not as a dependency): calls by name and
+        #: by RVA go to it unless told otherwise.
+        self.main_module: Module | None = None
+        self.search_path = [Path(p) for p in search_path]
+        self.host_functions: dict[ImportKey, HostCall] = {}
+        self.function_tables = FunctionTables()
+        self.main_thread = self.cpu.new_thread()
+        self._stubs: dict[ImportKey, int] = {}
+        self._stub_region: Region | None = None
+        self._stub_used = 0
+        self._loading: list[Path] = []
+
+    # imports ----------------------------------------------------------------------
+    def host(self, dll: str, symbol: str | int, call: HostCall) -> None:
+        """Serve ``dll!symbol`` (a name, or an ordinal) with a Python function."""
+        self.host_functions[ImportKey.of(dll, symbol)] = call
+
+    def _stub(self, key: ImportKey, call: HostCall) -> int:
+        if key in self._stubs:
+            return self._stubs[key]
+        if self._stub_region is None or self._stub_used + _STUB_SIZE > self._stub_region.size:
+            region = self.space.allocate(_STUB_REGION_SIZE, Protection.RW, "host stubs")
+            fill = _FILL[self.machine]
+            region.view[:] = fill * (region.size // len(fill))
+            self.space.protect(region.va, region.size, Protection.RX)
+            self.cpu.watch_stubs(region)
+            self._stub_region, self._stub_used = region, 0
+        va = self._stub_region.va + self._stub_used
+        self._stub_used += _STUB_SIZE
+        ret = _RET[self.machine]
+        offset = va - self._stub_region.va
+        self._stub_region.view[offset : offset + len(ret)] = ret
+        self.cpu.code_written(va, len(ret))
+        self.cpu.add_host_stub(va, str(key), call)
+        self._stubs[key] = va
+        return va
+
+    def _resolve(self, entry: Import, directory: Path | None) -> int:
+        key = ImportKey(entry.dll.lower(), entry.name, None if entry.name else entry.ordinal)
+        return self._resolve_key(key, directory, 0)
+
+    def _resolve_key(self, key: ImportKey, directory: Path | None, depth: int) -> int:
+        call = self.host_functions.get(key)
+        if call is not None:
+            return self._stub(key, call)
+        module = self.module(key.dll)
+        if module is None:
+            found = self._find_dll(key.dll, directory)
+            if found is not None and found not in self._loading:
+                module = self.load_image(found)
+        if module is not None:
+            rva = module.export_rva(key.name, key.ordinal)
+            if rva is not None:
+                return module.va(rva)
+            forwarder = module.forwarder(key.name, key.ordinal)
+            if forwarder and "." in forwarder and depth < _MAX_FORWARDS:
+                dll, _, symbol = forwarder.partition(".")
+                target = (
+                    ImportKey(f"{dll.lower()}.dll", None, int(symbol[1:]))
+                    if symbol.startswith("#") and symbol[1:].isdigit()
+                    else ImportKey(f"{dll.lower()}.dll", symbol, None)
+                )
+                return self._resolve_key(target, directory, depth + 1)
+
+        def unmodelled(cpu: Cpu, arguments: tuple[int, ...]) -> int:
+            raise HostFault(f"call to {key}, which nothing in this process models")
+
+        return self._stub(key, unmodelled)
+
+    def _find_dll(self, dll: str, directory: Path | None) -> Path | None:
+        for folder in ([directory] if directory else []) + self.search_path:
+            if folder is None or not folder.is_dir():
+                continue
+            for candidate in folder.iterdir():
+                if candidate.name.lower() == dll and candidate.is_file():
+                    return candidate
+        return None
+
+    # modules ----------------------------------------------------------------------
+    def load_image(
+        self,
+        source: str | os.PathLike[str] | PEImage,
+        *,
+        base: int | None = None,
+        name: str | None = None,
+        run_entry_point: bool = True,
+    ) -> Module:
+        """Map an image (a path or a parsed PEImage) and the DLLs it imports, then call
+        its entry point with DLL_PROCESS_ATTACH, dependencies first.
+
+        ``base`` loads it there instead of its preferred base (base relocations
+        applied); a preferred base already in use moves the image as Windows would.
+        """
+        path = None if isinstance(source, PEImage) else Path(source)
+        image = source if isinstance(source, PEImage) else load_image(source)
+        if image.identity.machine != self.machine:
+            raise HPatchError(
+                f"{image.name} is a {image.identity.machine.name} image; this process is "
+                f"{self.machine.name}"
+            )
+        name = name or image.name
+        if self.module(name) is not None:
+            raise HPatchError(f"a module named {name} is loaded already")
+        if base is None and not self.space.is_free(image.image_base, image.size_of_image):
+            base = self.space.find_free(image.size_of_image, alignment=0x10000)
+            if base is None:
+                raise AddressSpaceError(f"no room for {name}")
+        directory = path.parent if path is not None else None
+        if path is not None:
+            self._loading.append(path)
+        try:
+            module = map_image(
+                self.space,
+                image,
+                lambda entry: self._resolve(entry, directory),
+                base=base,
+                name=name,
+            )
+        finally:
+            if path is not None:
+                self._loading.remove(path)
+        self.modules.append(module)
+        self._register_pdata(module)
+        if self.main_module is None and not self._loading:
+            self.main_module = module
+        if run_entry_point and image.entry_rva:
+            try:
+                self.call(module.va(image.entry_rva), module.base, _DLL_PROCESS_ATTACH, 0)
+            except EmulationFault as fault:
+                raise EmulationFault(
+                    f"the entry point of {name} faulted: {fault}",
+                    address=fault.address,
+                    access=fault.access,
+                    pc=fault.pc,
+                ) from fault
+        return module
+
+    def _register_pdata(self, module: Module) -> None:
+        image = module.image
+        rva, size = image.exception_directory
+        if not rva or not size:
+            return
+        ends = {entry.begin_rva: entry.end_rva for entry in image.unwind_entries}
+        entry_size = 12 if self.machine == Machine.AMD64 else 8
+        entries = read_entries(
+            self.machine,
+            self.space.read,
+            module.base,
+            module.va(rva),
+            size // entry_size,
+            lambda begin, word: ends.get(begin, begin),
+        )
+        self.function_tables.add(module, entries)
+
+    def module(self, name: str) -> Module | None:
+        for module in self.modules:
+            if module.name.lower() == name.lower():
+                return module
+        return None
+
+    def module_at(self, va: int) -> Module | None:
+        for module in self.modules:
+            if module.contains(va):
+                return module
+        return None
+
+    def function_va(self, function: str | int, module: Module | None = None) -> int:
+        """The VA of an exported function (by name) or of an RVA of ``module`` (the first
+        loaded module by default)."""
+        module = module or self.main_module
+        if module is None:
+            raise HPatchError("no image is loaded")
+        if isinstance(function, int):
+            if not 0 <= function < module.image.size_of_image:
+                raise HPatchError(f"RVA 0x{function:x} is outside {module.name}")
+            return module.va(function)
+        rva = module.export_rva(function)
+        if rva is None:
+            for symbol in module.image.symbols:
+                if symbol.name == function and symbol.is_function:
+                    rva = symbol.rva
+                    break
+        if rva is None:
+            raise HPatchError(f"{module.name} has no function named {function}")
+        return module.va(rva)
+
+    def describe(self, va: int) -> str:
+        """``module!symbol+0xoffset`` for an address, as far as names are known."""
+        module = self.module_at(va)
+        if module is None:
+            region = self.space.region_at(va)
+            return f"{region.name}+0x{va - region.va:x}" if region else f"0x{va:x}"
+        rva = va - module.base
+        named = sorted(
+            [(e.rva, e.name) for e in module.image.exports if e.name and e.forwarder is None]
+            + [(s.rva, s.name) for s in module.image.symbols if s.is_function]
+        )
+        index = bisect.bisect_right(named, (rva, "\U0010ffff")) - 1
+        if index >= 0 and rva - named[index][0] < 0x10000:
+            start, symbol = named[index]
+            return f"{module.name}!{symbol}+0x{rva - start:x}"
+        return f"{module.name}+0x{rva:x}"
+
+    # memory for calls ---------------------------------------------------------------
+    def buffer(self, content: bytes | int, name: str = "buffer") -> int:
+        """A scratch buffer (its bytes, or that many zero bytes) ending right at a guard
+        page, so the first byte past its end faults; returns its VA."""
+        data = bytes(content)  # an int gives that many zero bytes
+        size = max(len(data), 1)
+        pages = (size + PAGE_SIZE - 1) // PAGE_SIZE
+        region = self.space.allocate(pages * PAGE_SIZE, Protection.RW, name, guard=True)
+        va = region.end - len(data)
+        region.view[va - region.va :] = data
+        return va
+
+    def free(self, va: int) -> None:
+        """Release a buffer from ``buffer``."""
+        region = self.space.region_at(va)
+        if region is None or region.guards == ():
+            raise HPatchError(f"0x{va:x} is not a scratch buffer")
+        self.space.unmap(region.va)
+
+    # calls --------------------------------------------------------------------------
+    def call(
+        self,
+        function: str | int,
+        *arguments: int,
+        module: Module | None = None,
+        thread: Thread | None = None,
+        steps: int | None = None,
+    ) -> int:
+        """Call a function (an export name, an RVA of ``module``, or a VA when no module
+        holds it as an RVA) with integer arguments; return its integer result, or raise
+        EmulationFault naming the address, access and function."""
+        va = function if isinstance(function, int) and self.module_at(function) else None
+        if va is None:
+            va = self.function_va(function, module)
+        thread = thread or self.main_thread
+        self.cpu.start(thread, va, arguments)
+        state = self.cpu.run(thread, steps)
+        fault, result = thread.fault, thread.result
+        if state == ThreadState.STOPPED:
+            raise HPatchError(
+                f"the call to {self.describe(va)} did not return within {steps} steps"
+            )
+        self.cpu.finish(thread)
+        if fault is not None:
+            raise fault
+        assert result is not None
+        return result
+
+    def new_thread(self) -> Thread:
+        return self.cpu.new_thread()

@@ -1,0 +1,89 @@
+"""The process's function tables: each module's .pdata and the tables registered for
+patch code (what RtlLookupFunctionEntry searches, and RtlAddFunctionTable extends)."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from hpatch.arch import Machine
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionEntry:
+    """One RUNTIME_FUNCTION in absolute addresses.
+
+    ``unwind_word`` is the entry's second word as stored: on x64 the UnwindInfoAddress
+    RVA; on ARM64 either packed unwind data (low two bits non-zero) or the .xdata RVA.
+    RVAs in it count from ``image_base``.
+    """
+
+    image_base: int
+    begin_va: int
+    end_va: int
+    unwind_word: int
+
+
+def read_entries(
+    machine: Machine,
+    read: Callable[[int, int], bytes],
+    image_base: int,
+    table_va: int,
+    count: int,
+    ends: Callable[[int, int], int],
+) -> list[FunctionEntry]:
+    """Decode ``count`` RUNTIME_FUNCTIONs at ``table_va``; ``ends(begin_rva, word)`` gives
+    an ARM64 entry's end RVA (its length lives in the unwind data)."""
+    size = 12 if machine == Machine.AMD64 else 8
+    raw = read(table_va, size * count)
+    entries = []
+    for index in range(count):
+        record = raw[index * size : (index + 1) * size]
+        begin = int.from_bytes(record[0:4], "little")
+        if machine == Machine.AMD64:
+            end = int.from_bytes(record[4:8], "little")
+            word = int.from_bytes(record[8:12], "little")
+        else:
+            word = int.from_bytes(record[4:8], "little")
+            end = ends(begin, word)
+        entries.append(FunctionEntry(image_base, image_base + begin, image_base + end, word))
+    return entries
+
+
+class FunctionTables:
+    """Registered tables, searched by address."""
+
+    def __init__(self) -> None:
+        self._tables: dict[object, list[FunctionEntry]] = {}
+        self._starts: list[int] = []
+        self._entries: list[FunctionEntry] = []
+
+    def add(self, key: object, entries: Iterable[FunctionEntry]) -> None:
+        """Register a table under ``key`` (replacing one registered under it)."""
+        self._tables[key] = sorted(entries, key=lambda e: e.begin_va)
+        self._rebuild()
+
+    def remove(self, key: object) -> None:
+        self._tables.pop(key, None)
+        self._rebuild()
+
+    def entries(self, key: object) -> tuple[FunctionEntry, ...] | None:
+        table = self._tables.get(key)
+        return None if table is None else tuple(table)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._tables
+
+    def _rebuild(self) -> None:
+        self._entries = sorted(
+            (e for table in self._tables.values() for e in table), key=lambda e: e.begin_va
+        )
+        self._starts = [e.begin_va for e in self._entries]
+
+    def lookup(self, pc: int) -> FunctionEntry | None:
+        """The entry whose [begin, end) holds ``pc``, or None (a leaf, or not code)."""
+        index = bisect.bisect_right(self._starts, pc) - 1
+        if index >= 0 and pc < self._entries[index].end_va:
+            return self._entries[index]
+        return None
