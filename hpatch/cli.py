@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hpatch import BACKEND, __version__
+from hpatch.cli_apply import apply_command
 from hpatch.diff import Status, diff_images
 from hpatch.errors import HPatchError, PackageFormatError
 from hpatch.image import load_image
@@ -414,6 +415,9 @@ def _print_diff(document: dict[str, Any]) -> None:
         console.print("[bold red]not hotpatchable[/bold red]: it needs a new baseline")
     else:
         console.print("[bold green]hotpatchable[/bold green]")
+
+
+cli.add_command(apply_command)
 
 
 def _run(command: Callable[..., Any], argv: list[str] | None) -> int:

@@ -71,6 +71,7 @@ class Process:
         self._stub_region: Region | None = None
         self._stub_used = 0
         self._loading: list[Path] = []
+        self._depth = 0
 
     # imports ----------------------------------------------------------------------
     def host(self, dll: str, symbol: str | int, call: HostCall) -> None:
@@ -168,6 +169,8 @@ class Process:
             if base is None:
                 raise AddressSpaceError(f"no room for {name}")
         directory = path.parent if path is not None else None
+        top_level = self._depth == 0
+        self._depth += 1
         if path is not None:
             self._loading.append(path)
         try:
@@ -179,11 +182,12 @@ class Process:
                 name=name,
             )
         finally:
+            self._depth -= 1
             if path is not None:
                 self._loading.remove(path)
         self.modules.append(module)
         self._register_pdata(module)
-        if self.main_module is None and not self._loading:
+        if self.main_module is None and top_level:
             self.main_module = module
         if run_entry_point and image.entry_rva:
             try:
