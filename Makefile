@@ -22,11 +22,18 @@ demo: $(STAMP)
 	@for image in $(DEMO_IMAGES); do $(BIN)/hpatch info $$image && $(BIN)/hpatch funcs $$image || exit 1; done
 	@# month 2 (cumulative security fixes): hotpatchable, exit 0
 	$(BIN)/hpatch diff $(DEMO_BUILD)/v1/sample.stripped.dll $(DEMO_BUILD)/v3/sample.stripped.dll
-	@# the same update as a signed package, and what it holds
+	@# the fixes as signed cumulative packages (month 1: v2, month 2: v3), and what one holds
 	@rm -f $(VENV)/demo.key $(VENV)/demo.key.pub
 	$(BIN)/hpatch keygen $(VENV)/demo.key
-	$(BIN)/hpatch diff $(DEMO_BUILD)/v1/sample.stripped.dll $(DEMO_BUILD)/v3/sample.stripped.dll -o $(VENV)/demo.hpk --sequence 2 --description "month 2 security fixes" --sign-key $(VENV)/demo.key > /dev/null
-	$(BIN)/hpatch inspect $(VENV)/demo.hpk --trust $(VENV)/demo.key.pub
+	$(BIN)/hpatch diff $(DEMO_BUILD)/v1/sample.stripped.dll $(DEMO_BUILD)/v2/sample.stripped.dll -o $(VENV)/demo-2.hpk --sequence 2 --supersedes 1-1 --description "month 1 security fixes" --sign-key $(VENV)/demo.key > /dev/null
+	$(BIN)/hpatch diff $(DEMO_BUILD)/v1/sample.stripped.dll $(DEMO_BUILD)/v3/sample.stripped.dll -o $(VENV)/demo-3.hpk --sequence 3 --supersedes 1-2 --description "month 2 security fixes" --sign-key $(VENV)/demo.key > /dev/null
+	$(BIN)/hpatch inspect $(VENV)/demo-3.hpk --trust $(VENV)/demo.key.pub
+	@# v1 in the emulator: the exploit input overruns dst (a guard-page fault), month 1 fixes it,
+	@# month 2 replaces month 1 in one step, and the rollback restores the baseline byte for byte
+	$(BIN)/hpatch apply $(DEMO_BUILD)/v1/sample.stripped.dll $(VENV)/demo-2.hpk $(VENV)/demo-3.hpk --trust $(VENV)/demo.key.pub --rollback --call hp_json_escape bytes:01 1 buffer:4 4
+	@# the same on ARM64, loaded away from its preferred base
+	$(BIN)/hpatch diff samples/bin/arm64-clang/v1/sample.stripped.dll samples/bin/arm64-clang/v3/sample.stripped.dll -o $(VENV)/demo-arm64.hpk --sequence 3 --sign-key $(VENV)/demo.key > /dev/null
+	$(BIN)/hpatch apply samples/bin/arm64-clang/v1/sample.stripped.dll $(VENV)/demo-arm64.hpk --base 0x7ff600000000 --trust $(VENV)/demo.key.pub --rollback --call hp_tlv_copy_string bytes:02040041424344 7 2 buffer:4 4
 	@# the feature update changes global data: not hotpatchable, exit 3 (expected here)
 	$(BIN)/hpatch diff $(DEMO_BUILD)/v1/sample.stripped.dll $(DEMO_BUILD)/v4/sample.stripped.dll || test $$? -eq 3
 
