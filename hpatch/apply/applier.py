@@ -13,6 +13,7 @@ import bisect
 import hashlib
 import time
 from dataclasses import dataclass, field
+from weakref import WeakKeyDictionary
 
 from hpatch.apply.safety import BusyThread, Range, busy_threads
 from hpatch.apply.state import ActivePatch, PlacedRedirect, active_patch, set_active
@@ -26,6 +27,7 @@ from hpatch.emu.memory import HIGHEST_VA, PAGE_SIZE, Protection, page_ceil
 from hpatch.emu.process import Process
 from hpatch.emu.tables import FunctionEntry
 from hpatch.errors import ApplyError, HPatchError
+from hpatch.image import BaseRelocationType, Function, PEImage
 from hpatch.package.bind import bind_region
 from hpatch.package.checks import CheckResult, check_prerequisites
 from hpatch.package.format import encode_package
@@ -34,6 +36,17 @@ from hpatch.package.signing import SignatureCheck, SignatureStatus, TrustStore
 
 #: Instructions a busy thread may run per round while the applier waits for it.
 _WAIT_SLICE = 10_000
+#: How each redirect fits its function, per baseline image: a fact of the immutable
+#: baseline, worked out once (it decodes the function) and reused by later packages.
+_FIT: WeakKeyDictionary[PEImage, dict[tuple[int, Redirect], str | None]] = WeakKeyDictionary()
+
+
+def _redirect_fit(image: PEImage, function: Function, strategy: Redirect) -> str | None:
+    known = _FIT.setdefault(image, {})
+    key = (function.rva, strategy)
+    if key not in known:
+        known[key] = redirect_problem(image, function, strategy)
+    return known[key]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,16 +102,27 @@ def _check(name: str, passed: bool, detail: str) -> CheckResult:
     return result
 
 
+_RELOCATIONS: WeakKeyDictionary[PEImage, tuple[list[tuple[int, int]], list[int]]] = (
+    WeakKeyDictionary()
+)
+
+
+def _relocation_index(image: PEImage) -> tuple[list[tuple[int, int]], list[int]]:
+    """(RVA, width) of every address-sized base relocation, sorted, and their RVAs."""
+    if image not in _RELOCATIONS:
+        widths = {BaseRelocationType.DIR64: 8, BaseRelocationType.HIGHLOW: 4}
+        fields = sorted((r.rva, widths[r.type]) for r in image.relocations if r.type in widths)
+        _RELOCATIONS[image] = (fields, [rva for rva, _ in fields])
+    return _RELOCATIONS[image]
+
+
 class _Baseline:
     """Reads a module's bytes as the baseline had them: what our redirects overwrote
     put back, and base relocations taken out when the image was rebased."""
 
     def __init__(self, process: Process, module: Module, active: ActivePatch | None) -> None:
         self.process, self.module, self.active = process, module, active
-        self.relocations = sorted(
-            (r.rva, 8 if r.type == 10 else 4) for r in module.image.relocations if r.type in (3, 10)
-        )
-        self.starts = [rva for rva, _ in self.relocations]
+        self.relocations, self.starts = _relocation_index(module.image)
 
     def read(self, rva: int, size: int) -> bytes:
         margin = 8
@@ -342,7 +366,7 @@ def apply_package(
         known = module.image.function_at(redirect.old_rva)
         if known is None or known.rva != redirect.old_rva:
             _check("redirect fit", False, f"RVA 0x{redirect.old_rva:x} is not a function entry")
-        problem = redirect_problem(module.image, known, redirect.strategy)
+        problem = _redirect_fit(module.image, known, redirect.strategy)
         if problem is not None:
             _check("redirect fit", False, f"{name}: {problem}")
         plans_input.append((redirect, name, span_rva, original))
