@@ -194,6 +194,9 @@ class Cpu:
 
     def protection_changed(self, va: int, size: int, protection: Protection) -> None:
         self.uc.mem_protect(va, size, _uc_protection(protection))
+        # Unicorn checks execute permission when it translates, not when it runs a
+        # translated block: code made non-executable must be translated afresh.
+        self.uc.ctl_remove_cache(va, va + size)
 
     def code_written(self, va: int, size: int) -> None:
         # Translated blocks over these bytes are stale now.

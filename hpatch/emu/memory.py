@@ -64,6 +64,8 @@ class Region:
         self.protections = [protection] * (size // PAGE_SIZE)
         #: Guard pages mapped with this region, unmapped with it.
         self.guards: tuple[int, ...] = ()
+        #: For a guard page: the region it guards.
+        self.guarding: Region | None = None
 
     @property
     def end(self) -> int:
@@ -166,14 +168,23 @@ class AddressSpace:
         region = self.region_at(va)
         if region is None or region.va != va:
             raise AddressSpaceError(f"no region starts at 0x{va:x}")
+        # Only guards still in place: a guard unmapped on its own may have made room
+        # for an unrelated region since.
+        guards = [self.region_at(guard) for guard in region.guards]
         self._announce("unmap")
+        self._remove(region)
+        for guard in guards:
+            if guard is not None and guard.guarding is region:
+                self._remove(guard)
+
+    def _remove(self, region: Region) -> None:
+        """Unmap ``region`` without announcing it (after the announcement, or to undo a
+        mapping the same call made)."""
         index = self._regions.index(region)
         del self._starts[index]
         del self._regions[index]
         for observer in self.observers:
             observer.region_unmapped(region)
-        for guard in region.guards:
-            self.unmap(guard)
 
     def protect(self, va: int, size: int, protection: Protection) -> None:
         """Set the protection of every page of [va, va+size) (one region)."""
@@ -195,10 +206,12 @@ class AddressSpace:
         highest: int = HIGHEST_VA,
         alignment: int = PAGE_SIZE,
         prefer_high: bool = False,
+        aligned_offset: int = 0,
     ) -> int | None:
-        """The lowest (or highest) ``alignment``-aligned va where ``size`` bytes fit inside
-        [lowest, highest) without touching a mapped region."""
-        size = page_ceil(size)
+        """The lowest (or highest) va where ``size`` bytes fit inside [lowest, highest)
+        without touching a mapped region, such that ``va + aligned_offset`` is
+        ``alignment``-aligned."""
+        size = page_ceil(max(size, 1))  # map() gives every region at least one page
         lowest = max(lowest, LOWEST_VA)
         highest = min(highest, HIGHEST_VA)
         gaps = []
@@ -213,11 +226,11 @@ class AddressSpace:
             start = max(gap_start, lowest)
             end = min(gap_end, highest)
             if prefer_high:
-                va = (end - size) & ~(alignment - 1)
+                va = ((end - size + aligned_offset) & ~(alignment - 1)) - aligned_offset
                 if va >= start:
                     return va
             else:
-                va = (start + alignment - 1) & ~(alignment - 1)
+                va = ((start + aligned_offset + alignment - 1) & ~(alignment - 1)) - aligned_offset
                 if va + size <= end:
                     return va
         return None
@@ -237,21 +250,34 @@ class AddressSpace:
         With ``guard``, an inaccessible page is mapped on either side, so running off
         either end faults."""
         lowest, highest = within if within is not None else (LOWEST_VA, HIGHEST_VA)
+        size = page_ceil(max(size, 1))
         extra = 2 * PAGE_SIZE if guard else 0
-        va = self.find_free(size + extra, lowest=lowest, highest=highest, alignment=alignment)
+        va = self.find_free(
+            size + extra,
+            lowest=lowest,
+            highest=highest,
+            alignment=alignment,
+            aligned_offset=PAGE_SIZE if guard else 0,  # the region, not its guard, is aligned
+        )
         if va is None:
             raise AddressSpaceError(
-                f"no free 0x{page_ceil(size):x} bytes between 0x{lowest:x} and 0x{highest:x}"
+                f"no free 0x{size:x} bytes between 0x{lowest:x} and 0x{highest:x}"
             )
         if not guard:
             return self.map(va, size, protection, name)
-        below = self.map(va, PAGE_SIZE, Protection.NONE, f"guard below {name}")
+        mapped: list[Region] = []
         try:
-            region = self.map(va + PAGE_SIZE, size, protection, name)
-            above = self.map(region.end, PAGE_SIZE, Protection.NONE, f"guard above {name}")
+            mapped.append(self.map(va, PAGE_SIZE, Protection.NONE, f"guard below {name}"))
+            mapped.append(self.map(va + PAGE_SIZE, size, protection, name))
+            mapped.append(
+                self.map(va + PAGE_SIZE + size, PAGE_SIZE, Protection.NONE, f"guard above {name}")
+            )
         except BaseException:
-            self.unmap(below.va)
+            for done in reversed(mapped):
+                self._remove(done)  # undoing our own mappings is not a new mutation
             raise
+        below, region, above = mapped
+        below.guarding = above.guarding = region
         region.guards = (below.va, above.va)
         return region
 
