@@ -350,11 +350,16 @@ class Cpu:
         thread.context = self.uc.context_save()
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            if isinstance(pending, HPatchError):
-                return self._faulted(
-                    thread, self._make_fault(str(pending), self.pc(), "execute", self.pc())
-                )
-            raise pending
+            what = (
+                str(pending)
+                if isinstance(pending, HPatchError)
+                else f"a host function raised {type(pending).__name__}: {pending}"
+            )
+            # The call cannot go on either way: the thread must not stay inside it.
+            self._faulted(thread, self._make_fault(what, self.pc(), "execute", self.pc()))
+            if not isinstance(pending, HPatchError):
+                raise pending
+            return thread.state
         if self._fault is not None:
             return self._faulted(thread, self._fault)
         if error is not None:

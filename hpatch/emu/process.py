@@ -283,6 +283,9 @@ class Process:
         """Release a buffer from ``buffer``."""
         region = self.space.region_at(va)
         if region is None or region.guards == ():
+            # An empty buffer's VA is the end of its region, the guard page above.
+            region = self.space.region_at(va - 1)
+        if region is None or region.guards == ():
             raise HPatchError(f"0x{va:x} is not a scratch buffer")
         self.space.unmap(region.va)
 
@@ -298,22 +301,33 @@ class Process:
         """Call a function (an export name, an RVA of ``module``, or a VA when no module
         holds it as an RVA) with integer arguments; return its integer result, or raise
         EmulationFault naming the address, access and function."""
-        va = function if isinstance(function, int) and self.module_at(function) else None
-        if va is None:
+        if isinstance(function, int) and (
+            self.module_at(function) is not None or not self._holds_rva(function, module)
+        ):
+            va = function
+        else:
             va = self.function_va(function, module)
         thread = thread or self.main_thread
         self.cpu.start(thread, va, arguments)
-        state = self.cpu.run(thread, steps)
-        fault, result = thread.fault, thread.result
+        try:
+            state = self.cpu.run(thread, steps)
+        finally:
+            # However the call ends, the thread is free for the next one.
+            fault, result = thread.fault, thread.result
+            self.cpu.finish(thread)
         if state == ThreadState.STOPPED:
             raise HPatchError(
                 f"the call to {self.describe(va)} did not return within {steps} steps"
             )
-        self.cpu.finish(thread)
         if fault is not None:
             raise fault
         assert result is not None
         return result
+
+    def _holds_rva(self, value: int, module: Module | None) -> bool:
+        """Whether ``value`` is an RVA inside ``module`` (the main module by default)."""
+        module = module or self.main_module
+        return module is not None and 0 <= value < module.image.size_of_image
 
     def new_thread(self) -> Thread:
         return self.cpu.new_thread()
