@@ -147,6 +147,11 @@ def map_image(
         for rva, length, protection in layout:
             space.protect(base + rva, length, protection)
     except BaseException:
-        space.unmap(base)
+        # Taking back our own mapping is no new step for the fault hook to fail.
+        hook, space.fault_hook = space.fault_hook, None
+        try:
+            space.unmap(base)
+        finally:
+            space.fault_hook = hook
         raise
     return Module(name=name or image.name, image=image, base=base, region=region)
