@@ -75,8 +75,14 @@ class Process:
 
     # imports ----------------------------------------------------------------------
     def host(self, dll: str, symbol: str | int, call: HostCall) -> None:
-        """Serve ``dll!symbol`` (a name, or an ordinal) with a Python function."""
-        self.host_functions[ImportKey.of(dll, symbol)] = call
+        """Serve ``dll!symbol`` (a name, or an ordinal) with a Python function: imports
+        bound from now on, and those already bound to a stub (an import nothing modelled,
+        or an earlier host function). Imports bound to a loaded DLL stay with it."""
+        key = ImportKey.of(dll, symbol)
+        self.host_functions[key] = call
+        if key in self._stubs:
+            # Stubs are shared by key: later images would get the old call otherwise.
+            self.cpu.add_host_stub(self._stubs[key], str(key), call)
 
     def _stub(self, key: ImportKey, call: HostCall) -> int:
         if key in self._stubs:

@@ -19,6 +19,7 @@ from hpatch.emu import Process, Protection, ThreadState
 from hpatch.emu.cpu import Cpu
 from hpatch.emu.memory import PAGE_SIZE
 from hpatch.errors import EmulationFault, HPatchError
+from hpatch.image import load_image
 
 from ..conftest import REPO, SAMPLES, read_truth
 
@@ -791,6 +792,39 @@ def test_hpatch_error_in_a_host_function_is_a_fault(build: str) -> None:
         process.call("hp_reset")
     assert process.describe(caught.value.pc).startswith("host stubs+0x")
     assert process.call("hp_zero") == 0
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_host_function_registered_later_serves_stubbed_imports(build: str) -> None:
+    process = Process(machine(build))
+    process.load_image(load_image(sample(build, "v1")))  # no directory: nothing to bind
+    with pytest.raises(EmulationFault, match="nothing in this process models"):
+        process.call("hp_reset")
+    process.host("samplehost.dll", "host_now", lambda cpu, arguments: 42)
+    assert process.call("hp_reset") == 42
+    later = process.load_image(load_image(sample(build, "v3")), name="v3.dll")
+    assert process.call("hp_reset", module=later) == 42
+    process.host("samplehost.dll", "host_now", lambda cpu, arguments: 43)  # replaced
+    assert process.call("hp_reset") == process.call("hp_reset", module=later) == 43
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_calls_through_bad_function_pointers_fault(build: str) -> None:
+    process = new_process(build)
+    data = process.buffer(assemble(process.machine, "ret", 0))  # code bytes, but RW
+    for target in (0x1234, data):
+        fsm = process.buffer(116)
+        process.call("hp_fsm_init", fsm)
+        name = b"go" if target == 0x1234 else b"gogo"
+        assert process.call("hp_cmd_register", process.buffer(name + b"\0"), target) >= 7
+        line = name + b"\n"
+        with pytest.raises(EmulationFault) as caught:
+            process.call("hp_fsm_feed", fsm, process.buffer(line), len(line))
+        assert (caught.value.access, caught.value.address, caught.value.pc) == (
+            "execute",
+            target,
+            target,
+        )
 
 
 # buffers and describe -----------------------------------------------------------------------
