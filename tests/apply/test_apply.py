@@ -88,3 +88,14 @@ def test_same_package_twice_is_a_no_op(build: str) -> None:
     again = apply_package(target, package(build, "v1", "v2", 2), options=ALLOW)
     assert again.outcome == "already applied" and again.redirects == ()
     assert target.space.state() == before
+
+
+@pytest.mark.parametrize("base", [None, REBASED], ids=["preferred", "rebased"])
+def test_rollback_restores_every_byte_and_protection(build: str, base: int | None) -> None:
+    target = process(build, "v1", base)
+    fresh = target.space.state()
+    apply_package(target, package(build, "v1", "v2", 2), options=ALLOW)
+    assert target.space.state() != fresh
+    apply_package(target, package(build, "v1", "v3", 3), options=ALLOW)
+    rollback(target)
+    assert target.space.state() == fresh
