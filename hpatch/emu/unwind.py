@@ -197,7 +197,8 @@ def walk_stack(
     sentinel return address of the outermost call; that frame is included) or, without
     a sentinel, when the stack top or a zero return address is reached. Where it cannot
     go on, it scans every aligned word from the last good sp to ``stack_top`` for which
-    ``is_code`` holds. Never raises for bad unwind data or a hostile stack.
+    ``is_code`` holds. Never raises for bad unwind data or a hostile stack (only
+    ValueError when the registers lack the pc or the stack pointer).
     """
     walk, _reason = walk_stack_explained(
         machine,
@@ -226,13 +227,19 @@ def walk_stack_explained(
     """``walk_stack``, plus why the walk stopped unwinding (for diagnostics)."""
     unwinder = _unwinder(machine)
     memory = Memory(read)
-    context = unwinder.context(registers)
+    try:
+        context = unwinder.context(registers)
+    except UnwindStop as exc:  # the caller's mistake, not the stack's
+        raise ValueError(str(exc)) from exc
     frames = [Frame(context.pc, context.sp, "registers")]
     if stop_at is not None and context.pc == stop_at:
         return StackWalk(tuple(frames), (), True), "the thread is at the sentinel"
     at_return = False
     while True:
-        if stop_at is None and context.sp >= stack_top:
+        if context.sp > stack_top:
+            reason = f"sp 0x{context.sp:x} is above the stack top 0x{stack_top:x}"
+            break
+        if stop_at is None and context.sp == stack_top:
             return StackWalk(tuple(frames), (), True), "reached the stack top"
         if len(frames) >= max(max_frames, 1):
             reason = f"more than {max_frames} frames"

@@ -141,17 +141,31 @@ def _restore(
     context.sp = (context.sp + writeback) & _MASK64
 
 
-def _sequence_length(codes: bytes, start: int) -> int:
-    """Instructions the codes from ``start`` to the next end / end_c describe."""
+def _sequence_length(codes: bytes, start: int, *, through_end_c: bool) -> int:
+    """Instructions the codes from ``start`` describe, up to ``end``.
+
+    A prolog ends at ``end_c`` too: what follows is a fragment's phantom prolog, run
+    by its parent. An epilog runs through it: a fragment that saved registers of its
+    own restores them, then runs its parent's epilog (the "shrink wrapping" example
+    of the ARM64 exception handling document). A sequence that starts at ``end_c``
+    describes no instruction of this fragment at all.
+    """
     count, at = 0, start
+    if through_end_c and at < len(codes) and codes[at] == END_C:
+        return 0
     while at < len(codes):
         first = codes[at]
-        if first in (END, END_C):
+        if first == END or (first == END_C and not through_end_c):
             break
-        if first & 0xF8 != 0xE8:  # custom stack codes describe no instruction
+        if _is_instruction(first):
             count += 1
         at += code_length(first)
     return count
+
+
+def _is_instruction(first: int) -> bool:
+    """Whether a code describes an instruction (not end_c, not a custom stack code)."""
+    return first != END_C and first & 0xF8 != 0xE8
 
 
 def _run_codes(
@@ -167,8 +181,8 @@ def _run_codes(
     while at < len(codes) and skip:
         if codes[at] == END:
             break
+        skip -= _is_instruction(codes[at])
         at += code_length(codes[at])
-        skip -= 1
     pairs = 2  # registers a paired save restores; each save_next before it adds two
     while at < len(codes):
         first = codes[at]
@@ -291,14 +305,14 @@ def _unwind_xdata(
         cursor += 4 * epilog_field
     codes = memory.bytes(cursor, 4 * code_words)
     if not body_only:
-        prolog = _sequence_length(codes, 0)
+        prolog = _sequence_length(codes, 0, through_end_c=False)
         if offset < prolog:
             # In the prolog: only the instructions before the pc have run.
             _run_codes(context, codes, 0, prolog - offset, memory, outcome)
             return
         if packed_epilog:
             start = epilog_field
-            size = _sequence_length(codes, start) + 1  # + the ret
+            size = _sequence_length(codes, start, through_end_c=True) + 1  # + the ret
             if start < len(codes) and function_length - size <= offset < function_length:
                 _run_codes(
                     context, codes, start, offset - (function_length - size), memory, outcome
@@ -311,7 +325,7 @@ def _unwind_xdata(
                 if start >= len(codes):
                     raise UnwindStop(f".xdata at 0x{va:x}: epilog index {start} is past its codes")
                 # The ret follows the codes' instructions and is part of the epilog.
-                if offset <= epilog_offset + _sequence_length(codes, start):
+                if offset <= epilog_offset + _sequence_length(codes, start, through_end_c=True):
                     _run_codes(context, codes, start, offset - epilog_offset, memory, outcome)
                     return
     _run_codes(context, codes, 0, 0, memory, outcome)
