@@ -258,6 +258,10 @@ class Cpu:
 
     def _on_interrupt(self, uc: unicorn.Uc, number: int, user: object) -> None:
         pc = uc.reg_read(self.convention.pc)
+        if self.machine == Machine.AMD64 and (number == 3 or number >= 32):
+            # int3 (CC), int 3 (CD 03) and int n (CD n: __fastfail is int 0x29) are traps:
+            # rip is past them already. The fault names the instruction, as faults do.
+            pc -= 1 if number == 3 and self.space.read(pc - 1, 1) == b"\xcc" else 2
         self._fault = self._make_fault(f"processor exception {number}", pc, "execute", pc)
         uc.emu_stop()
 

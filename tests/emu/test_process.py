@@ -827,6 +827,68 @@ def test_calls_through_bad_function_pointers_fault(build: str) -> None:
         )
 
 
+TRAPS = {
+    # (code, offset of the instruction that must be the fault's pc)
+    Machine.AMD64: [
+        ("nop; int3", 1),
+        ("nop; int 3", 1),
+        ("nop; int 0x29", 1),  # __fastfail
+        ("nop; xor ecx, ecx; div ecx", 3),
+        ("nop; ud2", 1),
+    ],
+    Machine.ARM64: [("nop; brk #0", 4), ("nop; .long 0", 4)],  # .long 0: udf #0
+}
+
+
+@pytest.mark.parametrize("build", ["x64-clang", "arm64-clang"])
+def test_processor_exceptions_fault_at_their_instruction(build: str) -> None:
+    process = new_process(build)
+    for source, offset in TRAPS[process.machine]:
+        code = code_page(process, source)
+        with pytest.raises(EmulationFault) as caught:
+            process.call(code)
+        assert (caught.value.access, caught.value.pc) == ("execute", code + offset), source
+        assert process.describe(caught.value.pc) in str(caught.value)
+
+
+def test_landing_in_hotpatch_padding_names_the_padding() -> None:
+    process = new_process("x64-clang-hotpatch")
+    function = process.function_va("hp_version")
+    assert process.space.read(function - 6, 6) == b"\xcc" * 6  # /functionpadmin:6
+    with pytest.raises(EmulationFault, match="processor exception 3") as caught:
+        process.call(function - 1)
+    assert caught.value.pc == function - 1
+    assert not process.describe(caught.value.pc).startswith("sample.dll!hp_version")
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_host_functions_may_allocate_free_and_write_emulated_memory(build: str) -> None:
+    freed: list[int] = []
+
+    def alloc(cpu: Cpu, arguments: tuple[int, ...]) -> int:
+        return process.buffer(arguments[0], "heap")
+
+    def free(cpu: Cpu, arguments: tuple[int, ...]) -> int:
+        freed.append(arguments[0])
+        process.free(arguments[0])
+        return 0
+
+    def log(cpu: Cpu, arguments: tuple[int, ...]) -> int:
+        cpu.space.write(journal, cstring(process, arguments[0])[:16])
+        return 0
+
+    process = new_process(build, hosts={"host_alloc": alloc, "host_free": free, "host_log": log})
+    journal = process.buffer(16)
+    quoted = process.call("hp_json_quote", process.buffer(b"hi\n\0"))
+    assert process.space.region_at(quoted).name == "heap"
+    assert cstring(process, quoted) == b'"hi\\n"'
+    assert quoted + len(b"hi\n") * 6 + 3 == process.space.region_at(quoted).end  # guarded
+    process.call("hp_release", quoted)
+    assert freed == [quoted] and process.space.region_at(quoted) is None
+    assert i32(process.call("hp_set_limit", 9, 1)) == -2
+    assert process.space.read(journal, 16) == b"limit: unknown l"
+
+
 # buffers and describe -----------------------------------------------------------------------
 
 
