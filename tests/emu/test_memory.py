@@ -287,6 +287,17 @@ def test_find_free_from_the_top() -> None:
         BASE + PAGE_SIZE
     )
     assert space.find_free(PAGE_SIZE, lowest=BASE, highest=BASE + PAGE_SIZE) is None
+    top = BASE + 0x25000
+    assert space.find_free(PAGE_SIZE, highest=top, alignment=0x10000, prefer_high=True) == (
+        BASE + 0x20000
+    )
+    # aligned_offset: the page after the one found is aligned (a region after its guard).
+    assert space.find_free(
+        PAGE_SIZE, highest=top, alignment=0x10000, prefer_high=True, aligned_offset=PAGE_SIZE
+    ) == (BASE + 0x1F000)
+    assert space.find_free(
+        PAGE_SIZE, lowest=BASE + PAGE_SIZE, alignment=0x10000, aligned_offset=PAGE_SIZE
+    ) == (BASE + 0xF000)
 
 
 # the fault hook -------------------------------------------------------------------------
