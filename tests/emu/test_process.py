@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from keystone import KS_ARCH_ARM64, KS_ARCH_X86, KS_MODE_64, KS_MODE_LITTLE_ENDI
 
 from hpatch.arch import Machine
 from hpatch.emu import Process, Protection, ThreadState
-from hpatch.emu.cpu import Cpu
+from hpatch.emu.cpu import Cpu, HostCall
 from hpatch.emu.memory import PAGE_SIZE
 from hpatch.errors import EmulationFault, HPatchError
 from hpatch.image import load_image
@@ -27,7 +26,6 @@ BUILDS = ("x64-gcc", "x64-clang", "x64-clang-hotpatch", "arm64-clang")
 REBASED = 0x7FF6_0000_0000
 BUGS = json.loads((REPO / "samples" / "bugs.json").read_text())["bugs"]
 M32 = 0xFFFF_FFFF
-HostCall = Callable[[Cpu, tuple[int, ...]], int]
 
 
 # helpers shared by the emu tests ----------------------------------------------------------
@@ -236,7 +234,7 @@ EXPECTED = {
     "ring write": 1,
     "ring read": (8, b"\x02\x03\x04\x05\x06\x07\x08a"),
     "ring pop empty": -8,
-    "ring default": (True, 256),
+    "ring default": (True, True, 256),
     "fsm init": 0,
     "fsm feed": (3, 3, 0, PONG),
     "cmd register": [7, 8, 9, -3],
@@ -400,6 +398,7 @@ def exercise(process: Process) -> dict[str, object]:
     default = call("hp_ring_default")
     results["ring default"] = (
         module.contains(default) and bool(space.protection_at(default) & Protection.W),
+        module.contains(space.read_u64(default)),  # its storage, also in the image's .bss
         int.from_bytes(space.read(default + 8, 4), "little"),
     )
 
