@@ -10,7 +10,7 @@ import pefile
 import pytest
 
 from hpatch.arch import Machine
-from hpatch.emu import AddressSpace, Process, Protection
+from hpatch.emu import AddressSpace, Process, Protection, ThreadState
 from hpatch.emu.loader import map_image
 from hpatch.emu.memory import PAGE_SIZE, page_ceil
 from hpatch.errors import AddressSpaceError, EmulationFault, HPatchError, UnsupportedError
@@ -409,3 +409,21 @@ def test_entry_points_run_dependencies_first_and_write_only_data(build: str) -> 
         if process.space.read(page, PAGE_SIZE) != quiet.space.read(page, PAGE_SIZE):
             changed.add(process.space.protection_at(page))
     assert changed == {Protection.RW}  # DllMain initialised the globals
+
+
+@pytest.mark.parametrize("build", ["x64-gcc", "arm64-clang"])
+def test_a_faulting_entry_point_is_reported_as_such(build: str) -> None:
+    def entry_in_data(pe: pefile.PE, data: bytearray) -> None:
+        _set_u32(
+            data,
+            pe.OPTIONAL_HEADER.get_field_absolute_offset("AddressOfEntryPoint"),
+            _section(pe, b".data").VirtualAddress,
+        )
+
+    image = _patched(build, entry_in_data)
+    process = Process(machine(build))
+    with pytest.raises(EmulationFault, match=r"the entry point of patched\.dll faulted") as caught:
+        process.load_image(image)
+    data = image.image_base + next(s.rva for s in image.sections if s.name == ".data")
+    assert (caught.value.access, caught.value.address, caught.value.pc) == ("execute", data, data)
+    assert process.main_thread.state == ThreadState.IDLE
