@@ -132,6 +132,16 @@ class Memory:
             return b""
 
 
+class UnwindContext(Protocol):
+    """The registers an unwinder tracks; ``pc`` and ``sp`` are always known."""
+
+    @property
+    def pc(self) -> int: ...
+
+    @property
+    def sp(self) -> int: ...
+
+
 class Unwinder(Protocol):
     """One machine's virtual unwinder (``X64Unwinder``, ``Arm64Unwinder``)."""
 
@@ -140,7 +150,9 @@ class Unwinder(Protocol):
     #: True where unwinding out of a frameless leaf may leave sp unchanged (ARM64: LR).
     leaf_keeps_sp: bool
 
-    def context(self, registers: Mapping[str, int]) -> UnwindContext: ...
+    def context(self, registers: Mapping[str, int]) -> UnwindContext:
+        """The unwind context of a thread's registers; UnwindStop without pc or sp."""
+        ...
 
     def step(
         self,
@@ -156,13 +168,6 @@ class Unwinder(Protocol):
     def extra_candidates(self, context: UnwindContext) -> Iterable[int]:
         """Registers that may hold the only copy of a return address (ARM64: LR)."""
         ...
-
-
-class UnwindContext(Protocol):
-    """The registers an unwinder tracks; ``pc`` and ``sp`` are always known."""
-
-    pc: int
-    sp: int
 
 
 def _unwinder(machine: Machine) -> Unwinder:

@@ -42,6 +42,7 @@ class Arm64Context:
     x: list[int | None]
 
     def copy(self) -> Arm64Context:
+        """An independent copy, for the caller's frame."""
         return Arm64Context(self.pc, self.sp, list(self.x))
 
 

@@ -51,11 +51,13 @@ class X64Context:
 
     @property
     def sp(self) -> int:
+        """rsp."""
         value = self.gpr[_RSP]
         assert value is not None  # rsp is always known; the constructor checks
         return value
 
     def copy(self) -> X64Context:
+        """An independent copy, for the caller's frame."""
         return X64Context(self.pc, list(self.gpr))
 
 
