@@ -7,10 +7,10 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "args.h"
 #include "arm64.h"
 
 #define RVA_LIMIT 0xFFFFFFFFLL
@@ -151,20 +151,6 @@ size_t arm64_normalise(const uint8_t *code, size_t len, int64_t code_rva, int64_
     return count;
 }
 
-/* An int argument as int64; one past that range saturates, which every range check
- * then refuses as the twin does. */
-static int int64_arg(PyObject *obj, void *out)
-{
-    int overflow;
-    long long value = PyLong_AsLongLongAndOverflow(obj, &overflow);
-    if (value == -1 && PyErr_Occurred())
-        return 0;
-    if (overflow)
-        value = overflow > 0 ? LLONG_MAX : LLONG_MIN;
-    *(long long *)out = value;
-    return 1;
-}
-
 static PyObject *refs_to_list(const arm64_ref_t *refs, size_t count)
 {
     PyObject *list = PyList_New((Py_ssize_t)count);
@@ -209,9 +195,10 @@ static PyObject *normalise_arm64(PyObject *self, PyObject *args)
     (void)self;
     Py_buffer code, relocated;
     long long code_rva, lo_rva, hi_rva, image_base;
-    if (!PyArg_ParseTuple(args, "y*O&O&O&y*O&:normalise_arm64", &code, int64_arg, &code_rva,
-                          int64_arg, &lo_rva, int64_arg, &hi_rva, &relocated, int64_arg,
-                          &image_base))
+    if (!PyArg_ParseTuple(args, "O&O&O&O&O&O&:normalise_arm64", hpatch_buffer_arg, &code,
+                          hpatch_int64_arg, &code_rva, hpatch_int64_arg, &lo_rva,
+                          hpatch_int64_arg, &hi_rva, hpatch_buffer_arg, &relocated,
+                          hpatch_int64_arg, &image_base))
         return NULL;
     PyObject *result = NULL, *normalised = NULL, *list = NULL;
     arm64_ref_t *refs = NULL;

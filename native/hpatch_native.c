@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "args.h"
 #include "rewrite.h"
 #include "x64.h"
 
@@ -140,7 +141,9 @@ static PyObject *scan_x64_sites(PyObject *self, PyObject *args)
     (void)self;
     Py_buffer code;
     long long code_rva, lo_rva, hi_rva;
-    if (!PyArg_ParseTuple(args, "y*LLL:scan_x64_sites", &code, &code_rva, &lo_rva, &hi_rva))
+    if (!PyArg_ParseTuple(args, "O&O&O&O&:scan_x64_sites", hpatch_buffer_arg, &code,
+                          hpatch_int64_arg, &code_rva, hpatch_int64_arg, &lo_rva,
+                          hpatch_int64_arg, &hi_rva))
         return NULL;
     if (check_rvas(code_rva, lo_rva, hi_rva, code.len) < 0) {
         PyBuffer_Release(&code);
@@ -222,7 +225,9 @@ static PyObject *scan_arm64_sites(PyObject *self, PyObject *args)
     (void)self;
     Py_buffer code;
     long long code_rva, lo_rva, hi_rva;
-    if (!PyArg_ParseTuple(args, "y*LLL:scan_arm64_sites", &code, &code_rva, &lo_rva, &hi_rva))
+    if (!PyArg_ParseTuple(args, "O&O&O&O&:scan_arm64_sites", hpatch_buffer_arg, &code,
+                          hpatch_int64_arg, &code_rva, hpatch_int64_arg, &lo_rva,
+                          hpatch_int64_arg, &hi_rva))
         return NULL;
     if (check_rvas(code_rva, lo_rva, hi_rva, code.len) < 0) {
         PyBuffer_Release(&code);
@@ -249,22 +254,47 @@ PyDoc_STRVAR(normalise_x64_doc,
 "[(site_rva, kind, target_rva), ...], instruction count); decoding stops at the\n"
 "first undecodable instruction.");
 
+/* One (site, kind, target) tuple. An ABSOLUTE reference holds the unsigned 64-bit
+ * field; its target is that value minus image_base, computed on Python ints as the
+ * twin does: any image base, and no 64-bit wrap-around. */
+static PyObject *x64_ref_tuple(const x64_ref_t *ref, PyObject *image_base)
+{
+    if (ref->kind != REF_ABSOLUTE)
+        return Py_BuildValue("(LiL)", (long long)ref->site, ref->kind, (long long)ref->target);
+    PyObject *value = PyLong_FromUnsignedLongLong((unsigned long long)(uint64_t)ref->target);
+    if (value == NULL)
+        return NULL;
+    PyObject *target = PyNumber_Subtract(value, image_base);
+    Py_DECREF(value);
+    if (target == NULL)
+        return NULL;
+    return Py_BuildValue("(LiN)", (long long)ref->site, ref->kind, target);
+}
+
 static PyObject *normalise_x64(PyObject *self, PyObject *args)
 {
     (void)self;
     Py_buffer code, relocated;
-    long long code_rva, lo_rva, hi_rva, image_base;
-    if (!PyArg_ParseTuple(args, "y*LLLy*L:normalise_x64", &code, &code_rva, &lo_rva, &hi_rva,
-                          &relocated, &image_base))
+    long long code_rva, lo_rva, hi_rva;
+    PyObject *image_base_arg;
+    if (!PyArg_ParseTuple(args, "O&O&O&O&O&O:normalise_x64", hpatch_buffer_arg, &code,
+                          hpatch_int64_arg, &code_rva, hpatch_int64_arg, &lo_rva,
+                          hpatch_int64_arg, &hi_rva, hpatch_buffer_arg, &relocated,
+                          &image_base_arg))
         return NULL;
     PyObject *result = NULL, *normalised = NULL, *list = NULL;
+    PyObject *image_base = PyNumber_Index(image_base_arg);
     x64_refs_t refs = {NULL, 0, 0};
     size_t count = 0;
+    if (image_base == NULL)
+        goto done;
     if (relocated.len % 4 != 0) {
         PyErr_SetString(PyExc_ValueError, "relocated must hold uint32 values");
         goto done;
     }
-    if (code_rva < 0 || code_rva + (long long)code.len > 0x100000000LL) {
+    /* lo_rva and hi_rva may be anything: targets lie within 2^34 of 0, so saturated
+     * bounds compare with them as the exact ones would. */
+    if (code_rva < 0 || code_rva > 0x100000000LL - (long long)code.len) {
         PyErr_SetString(PyExc_ValueError, "rva out of range");
         goto done;
     }
@@ -274,7 +304,7 @@ static PyObject *normalise_x64(PyObject *self, PyObject *args)
     int status;
     Py_BEGIN_ALLOW_THREADS
     status = x64_normalise((const uint8_t *)code.buf, (size_t)code.len, code_rva, lo_rva, hi_rva,
-                           (const uint32_t *)relocated.buf, (size_t)relocated.len / 4, image_base,
+                           (const uint8_t *)relocated.buf, (size_t)relocated.len / 4,
                            (uint8_t *)PyBytes_AS_STRING(normalised), &refs, &count);
     Py_END_ALLOW_THREADS
     if (status < 0) {
@@ -285,14 +315,14 @@ static PyObject *normalise_x64(PyObject *self, PyObject *args)
     if (list == NULL)
         goto done;
     for (size_t i = 0; i < refs.count; i++) {
-        PyObject *item = Py_BuildValue("(LiL)", (long long)refs.items[i].site, refs.items[i].kind,
-                                       (long long)refs.items[i].target);
+        PyObject *item = x64_ref_tuple(&refs.items[i], image_base);
         if (item == NULL)
             goto done;
         PyList_SET_ITEM(list, (Py_ssize_t)i, item);
     }
     result = Py_BuildValue("(OOn)", normalised, list, (Py_ssize_t)count);
 done:
+    Py_XDECREF(image_base);
     Py_XDECREF(normalised);
     Py_XDECREF(list);
     free(refs.items);

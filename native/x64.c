@@ -253,17 +253,26 @@ static int decode(const uint8_t *code, size_t len, insn_t *insn)
     return 1;
 }
 
-static int relocated_at(const uint32_t *relocated, size_t count, int64_t rva)
+/* The i-th uint32 (host order, as the twin's memoryview.cast("I") reads it) of a
+ * buffer with no alignment promised: any bytes-like object, a slice of one too. */
+static uint32_t relocated_item(const uint8_t *relocated, size_t i)
+{
+    uint32_t value;
+    memcpy(&value, relocated + 4 * i, 4);
+    return value;
+}
+
+static int relocated_at(const uint8_t *relocated, size_t count, int64_t rva)
 {
     size_t lo = 0, hi = count;
     if (rva < 0 || rva > 0xFFFFFFFFLL)
         return 0;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        if (relocated[mid] < (uint32_t)rva) lo = mid + 1;
+        if (relocated_item(relocated, mid) < (uint32_t)rva) lo = mid + 1;
         else hi = mid;
     }
-    return lo < count && relocated[lo] == (uint32_t)rva;
+    return lo < count && relocated_item(relocated, lo) == (uint32_t)rva;
 }
 
 static int add_ref(x64_refs_t *refs, int64_t site, int kind, int64_t target)
@@ -292,8 +301,8 @@ static int64_t sign_extend(uint64_t value, size_t size)
 }
 
 int x64_normalise(const uint8_t *code, size_t len, int64_t code_rva, int64_t lo, int64_t hi,
-                  const uint32_t *relocated, size_t relocated_count, int64_t image_base,
-                  uint8_t *out, x64_refs_t *refs, size_t *count)
+                  const uint8_t *relocated, size_t relocated_count, uint8_t *out,
+                  x64_refs_t *refs, size_t *count)
 {
     uint32_t image_base_registers = 0;
     size_t offset = 0;
@@ -307,16 +316,17 @@ int x64_normalise(const uint8_t *code, size_t len, int64_t code_rva, int64_t lo,
         int64_t site = code_rva + (int64_t)offset;
         int64_t next = site + (int64_t)insn.length;
         const uint8_t *base = code + offset;
+        /* An ABSOLUTE reference keeps the raw VA; the caller makes it an RVA. */
         if (insn.imm_size == 8 && !insn.moffs &&
             relocated_at(relocated, relocated_count, site + (int64_t)insn.imm_offset)) {
-            int64_t value = (int64_t)read_le(base + insn.imm_offset, 8);
+            uint64_t value = read_le(base + insn.imm_offset, 8);
             memset(out + offset + insn.imm_offset, 0, 8);
-            if (add_ref(refs, site, REF_ABSOLUTE, value - image_base) < 0) return -1;
+            if (add_ref(refs, site, REF_ABSOLUTE, (int64_t)value) < 0) return -1;
         } else if (insn.moffs &&
                    relocated_at(relocated, relocated_count, site + (int64_t)insn.imm_offset)) {
-            int64_t value = (int64_t)read_le(base + insn.imm_offset, 8);
+            uint64_t value = read_le(base + insn.imm_offset, 8);
             memset(out + offset + insn.imm_offset, 0, 8);
-            if (add_ref(refs, site, REF_ABSOLUTE, value - image_base) < 0) return -1;
+            if (add_ref(refs, site, REF_ABSOLUTE, (int64_t)value) < 0) return -1;
         } else if (insn.rel) {
             int64_t target = next + sign_extend(read_le(base + insn.imm_offset, insn.imm_size),
                                                 insn.imm_size);
