@@ -9,7 +9,7 @@ CORPUS_FETCH := ../shared/corpus/fetch.sh
 HPCORPUS ?= $(HOME)/.cache/hpatch-corpus
 DEMO_IMAGES := samples/bin/x64-clang/v1/sample.stripped.dll samples/bin/arm64-clang/v1/sample.stripped.dll
 
-.PHONY: demo test lint corpus bench clean
+.PHONY: demo test lint corpus bench clean sanitize fuzz
 
 $(STAMP): pyproject.toml setup.py native/*.c native/*.h
 	@$(PYTHON) -m venv $(VENV) || { echo "make: '$(PYTHON) -m venv' failed (Debian: apt-get install python3-venv python3-dev)" >&2; exit 1; }
@@ -51,6 +51,34 @@ corpus: $(STAMP)
 test: $(STAMP) lint corpus
 	HPATCH_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q
 	HPATCH_PURE_PYTHON=1 $(BIN)/python -m pytest -q
+
+# `make sanitize`: the C core built with AddressSanitizer and UndefinedBehaviorSanitizer
+# out of tree, its tests, then a bounded fuzz run against the pure-Python twin
+# (FUZZ_SECONDS in all; tests/fuzz/run.py). tests/fuzz/sanitized.py makes the sanitized
+# build the one imported and refuses to run otherwise. Python itself is not
+# instrumented, so the ASan runtime is preloaded (it comes with gcc: Debian's libasan8),
+# with libstdc++ so that ASan can intercept lief's C++ exceptions; CPython's own
+# allocations look like leaks at exit, hence detect_leaks=0.
+SAN_CC ?= gcc
+SAN_SO := $(VENV)/sanitize/_native.so
+SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g -O1
+SAN_ENV = HPATCH_SANITIZED_NATIVE=$(SAN_SO) HPATCH_REQUIRE_NATIVE=1 ASAN_OPTIONS=detect_leaks=0 \
+	UBSAN_OPTIONS=print_stacktrace=1 LD_PRELOAD="$$($(SAN_CC) -print-file-name=libasan.so) $$($(SAN_CC) -print-file-name=libstdc++.so.6)"
+SAN_TESTS := tests/test_native_parity.py tests/test_native_rewrite.py tests/arch tests/fuzz
+FUZZ_SECONDS ?= 60
+
+$(SAN_SO): $(STAMP) native/*.c native/*.h
+	@test -f "$$($(SAN_CC) -print-file-name=libasan.so)" || { echo "make: no libasan.so for $(SAN_CC) (Debian: libasan8, installed with gcc)" >&2; exit 1; }
+	@mkdir -p $(@D)
+	$(SAN_CC) -shared -fPIC -std=c99 -Wall -Wextra -Werror $(SAN_FLAGS) \
+		-I"$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" native/*.c -o $@
+
+sanitize: $(SAN_SO)
+	$(SAN_ENV) $(BIN)/python -m pytest -q -p tests.fuzz.sanitized $(SAN_TESTS)
+	$(SAN_ENV) $(BIN)/python -m tests.fuzz.run --seconds $(FUZZ_SECONDS)
+
+fuzz: $(SAN_SO)
+	$(SAN_ENV) $(BIN)/python -m tests.fuzz.run --seconds $(FUZZ_SECONDS)
 
 bench: $(STAMP) corpus
 	$(BIN)/python bench/bench_funcs.py
