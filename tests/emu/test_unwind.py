@@ -119,9 +119,11 @@ def test_sample_walks_equal_the_true_call_chain(sample: SampleProcess) -> None:
         depths.append(len(stop.chain))
         kinds.update(frame.how for frame in walk.frames[1:])
 
-    stops = run_workload(sample, check)
+    # The fixed versions differ in their error paths, which the short workload has.
+    full = sample.version == "v1"
+    stops = run_workload(sample, check, full=full)
     # The workload must really exercise deep recursion and leaf frames.
-    assert stops > 4000
+    assert stops > (4000 if full else 2000)
     assert max(depths) >= 10
     assert kinds == {"unwind", "leaf"}
 

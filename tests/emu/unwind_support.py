@@ -216,6 +216,7 @@ class SampleProcess:
     image: PEImage
     emulator: Machine64
     table: FunctionTable
+    version: str
 
     @classmethod
     def load(cls, build: str, version: str = "v1") -> SampleProcess:
@@ -233,7 +234,7 @@ class SampleProcess:
         table = FunctionTable.from_pdata(
             machine, base, image.read(pdata_rva, pdata_size), emulator.read
         )
-        return cls(image, emulator, table)
+        return cls(image, emulator, table, version)
 
     @property
     def machine(self) -> Machine:
