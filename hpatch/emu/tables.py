@@ -5,24 +5,9 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from hpatch.arch import Machine
-
-
-@dataclass(frozen=True, slots=True)
-class FunctionEntry:
-    """One RUNTIME_FUNCTION in absolute addresses.
-
-    ``unwind_word`` is the entry's second word as stored: on x64 the UnwindInfoAddress
-    RVA; on ARM64 either packed unwind data (low two bits non-zero) or the .xdata RVA.
-    RVAs in it count from ``image_base``.
-    """
-
-    image_base: int
-    begin_va: int
-    end_va: int
-    unwind_word: int
+from hpatch.emu.unwind import FunctionEntry
 
 
 def read_entries(
