@@ -170,7 +170,11 @@ def package_document(package: Package, data: bytes, check: SignatureCheck | None
                 "region_offset": function.entry_offset,
                 "redirect": redirect.strategy.name if redirect is not None else None,
                 "redirect_span": list(redirect.strategy.span) if redirect is not None else None,
-                "original_sha256": redirect.original_sha256.hex() if redirect else None,
+                "original_sha256": (
+                    redirect.original_sha256.hex()
+                    if redirect is not None and redirect.original_sha256
+                    else None
+                ),
                 "fixups": count,
             }
         )
@@ -204,7 +208,7 @@ def package_document(package: Package, data: bytes, check: SignatureCheck | None
             "size": package.region_size,
             "alignment": package.region_alignment,
             "blobs": [
-                {"kind": b.kind.name.lower(), "offset": b.offset, "size": len(b.data)}
+                {"kind": b.kind.name.lower(), "offset": b.offset, "size": b.size}
                 for b in package.blobs
             ],
         },
@@ -219,9 +223,7 @@ def package_document(package: Package, data: bytes, check: SignatureCheck | None
             for i in package.imports
         ],
         "data": [
-            {"offset": b.offset, "size": len(b.data)}
-            for b in package.blobs
-            if b.kind == BlobKind.RODATA
+            {"offset": b.offset, "size": b.size} for b in package.blobs if b.kind == BlobKind.RODATA
         ],
         "fixups": len(package.fixups),
         "unwind_records": len(package.unwind),

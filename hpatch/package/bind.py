@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hpatch.arch.rewrite import FixupRecord, apply_fixups
+from hpatch.errors import PackageFormatError
 from hpatch.package.model import Package, TargetKind
 
 
@@ -22,8 +23,15 @@ def bind_region(package: Package, image_va: int, region_va: int) -> bytearray:
     """The region's bytes for this placement, every fixup written.
 
     All or nothing: FixupError (naming the fixup) if any field cannot reach its target
-    from there; the caller's memory is untouched either way.
+    from there; the caller's memory is untouched either way. The package must be
+    resolved (``decode_package(data, baseline)`` or ``resolve_blobs``): PackageFormatError
+    otherwise.
     """
+    if not package.resolved_region:
+        raise PackageFormatError(
+            "the package's region is coded against its baseline: resolve it first "
+            "(decode_package(data, baseline) or resolve_blobs)"
+        )
     region = bytearray(package.region_size)
     for blob in package.blobs:
         region[blob.offset : blob.offset + len(blob.data)] = blob.data

@@ -24,6 +24,7 @@ from hpatch.diff.correlate import Correlator, Resolution
 from hpatch.diff.verdict import Blocker, BlockerKind, entry_room, function_label
 from hpatch.errors import NotHotpatchable
 from hpatch.image import DataKind, Function, PEImage
+from hpatch.package.format import code_region
 from hpatch.package.model import (
     FORMAT_VERSION,
     NO_RVA,
@@ -55,6 +56,8 @@ _PAGE_KINDS = (
     Fixup.ARM64_PAGEOFFSET_12A,
     Fixup.ARM64_PAGEOFFSET_12L,
 )
+_HINT_LIMIT = 1 << 20  # bytes of old code offered as the package's compression dictionary
+_HINT_WINDOW = 64 << 10
 _SHORT_REACH = {
     Fixup.ARM64_BRANCH19: 1 << 20,
     Fixup.ARM64_BRANCH14: 1 << 15,
@@ -532,9 +535,13 @@ class _Builder:
         table: list[UnwindRecord] = []
         entry_size = 12 if self.arch.machine == Machine.AMD64 else 8
         addr32nb = self._addr32nb()
+        # Fixups write every RVA; the unwind data's as the new build has it lets the
+        # format predict where its copy is (begin and end follow from the unwind record).
         table_bytes = b"".join(
-            bytes(4) + packed_word if packed_word else bytes(entry_size)
-            for *_, packed_word in records
+            struct.pack("<III", 0, 0, unwind_rva)
+            if self.arch.machine == Machine.AMD64
+            else bytes(4) + (packed_word or struct.pack("<I", unwind_rva))
+            for _begin, _end, unwind_rva, _copied, packed_word in records
         )
         if not records:
             return table
@@ -725,7 +732,38 @@ def build_package(
     ``sign`` (see hpatch.package.signing) adds a signature.
     """
     package = _Builder(diff, options or BuildOptions()).build()
+    package = code_region(package, diff.old.mapped, _dictionary_hints(diff.old, package))
     return sign(package) if sign is not None else package
+
+
+def _dictionary_hints(old: PEImage, package: Package) -> tuple[tuple[int, int], ...]:
+    """The baseline's code, or the code around the replaced functions in a large image:
+    new code often repeats old code beyond the function it replaces."""
+    code = [(s.rva, s.virtual_size) for s in old.sections if s.is_executable and s.virtual_size]
+    if sum(size for _, size in code) <= _HINT_LIMIT:
+        return tuple(code)
+    windows: list[list[int]] = []
+    for function in package.functions:
+        if function.status != FunctionStatus.MODIFIED:
+            continue
+        for rva, size in code:
+            if rva <= function.old_rva < rva + size:
+                low = max(rva, function.old_rva - _HINT_WINDOW)
+                high = min(rva + size, function.old_rva + function.old_size + _HINT_WINDOW)
+                windows.append([low, high])
+    merged: list[list[int]] = []
+    for low, high in sorted(windows):
+        if merged and low <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], high)
+        else:
+            merged.append([low, high])
+    chosen, total = [], 0
+    for low, high in merged:
+        if total + high - low > _HINT_LIMIT:
+            break
+        chosen.append((low, high - low))
+        total += high - low
+    return tuple(chosen)
 
 
 __all__ = ["BuildOptions", "PackageBlocked", "baseline_of", "build_package"]

@@ -1,29 +1,50 @@
-"""The ``.hpk`` byte format: ``encode_package`` and the defensive ``decode_package``.
+"""The ``.hpk`` byte format, version 2: ``encode_package``, the defensive
+``decode_package``, and ``resolve_blobs``.
 
-The layout is specified in docs/FORMAT.md. Encoding is canonical (records in a fixed
-order, no padding, no free-form slack), so ``encode(decode(data)) == data`` for every
-package the decoder accepts. The decoder checks every length and offset before use,
-caps every size, and reports any defect as PackageFormatError.
+The layout is specified in docs/FORMAT.md. The body is two LZMA2 streams: the
+*metadata* (identity, servicing, prerequisites, layout, functions, imports, fixup sites
+and kinds, redirect strategies, unwind records) and the *region stream* (the bytes of
+every blob, then one number per fixup from which its target follows), which is coded
+against a *dictionary* of baseline bytes: the old code of the functions the package
+replaces, and baseline ranges the metadata lists. The metadata pins the baseline's
+mapped image by its SHA-256, so an applier always holds the dictionary.
+
+Without the baseline a package decodes *unresolved* (see model.py): everything
+``hpatch inspect`` shows is there, but blobs know only their size, fixup targets are
+``UNRESOLVED`` and redirect digests are empty. ``decode_package(data, baseline)`` or
+``resolve_blobs(package, baseline)`` (``baseline``: the baseline's mapped image,
+``PEImage.mapped``) completes it, after checking the baseline is the package's.
+
+Encoding is canonical: the decoder checks that the metadata is the one encoding of
+what it says, and a package keeps its compressed streams (``Package.coding``), so
+``encode(decode(data)) == data`` for every package the decoder accepts. The decoder
+checks every length and offset before use, bounds every decompression by the sizes the
+metadata declares, and reports any defect as PackageFormatError.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import itertools
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from dataclasses import replace
 from typing import TypeVar
 
 from hpatch.arch import Machine
 from hpatch.arch.rewrite import Fixup, Redirect
 from hpatch.errors import PackageFormatError
+from hpatch.package import lzma2
 from hpatch.package.model import (
     FORMAT_VERSION,
     NO_RVA,
+    UNRESOLVED,
     Baseline,
     Blob,
     BlobKind,
+    BodyCoding,
     FixupEntry,
     Flag,
     FunctionStatus,
@@ -40,163 +61,1043 @@ from hpatch.package.model import (
 )
 
 MAGIC = b"\x89HPK\r\n\x1a\n"
-HEADER = struct.Struct("<8sHHIIHH")  # magic, version, machine, flags, body size, sections, 0
-SECTION = struct.Struct("<HHI")  # tag, reserved, length
+HEADER = struct.Struct("<8sHB")  # magic, version, flags
 DIGEST_SIZE = 32
 KEY_ID_SIZE = 8
 SIGNATURE_SIZE = 64
 MAX_PACKAGE_SIZE = 64 << 20
 MAX_REGION_SIZE = 64 << 20
+MAX_METADATA = 16 << 20
+MAX_DICTIONARY = 64 << 20
 MAX_STRING = 4096
 MAX_ALIGNMENT = 1 << 16
+_MAX_VARINT = 10  # bytes: every value below 2**70
 
 T = TypeVar("T")
 
-# Section tags, in the order they appear; each exactly once.
-TAG_BASELINE = 1
-TAG_SERVICING = 2
-TAG_PREREQUISITES = 3
-TAG_REGION = 4
-TAG_FUNCTIONS = 5
-TAG_IMPORTS = 6
-TAG_FIXUPS = 7
-TAG_REDIRECTS = 8
-TAG_UNWIND = 9
-TAGS = (
-    TAG_BASELINE,
-    TAG_SERVICING,
-    TAG_PREREQUISITES,
-    TAG_REGION,
-    TAG_FUNCTIONS,
-    TAG_IMPORTS,
-    TAG_FIXUPS,
-    TAG_REDIRECTS,
-    TAG_UNWIND,
+# region flags
+_CODE_BLOBS_IMPLIED = 0x1  # one CODE blob per function, spanning its parts
+_TABLES_IMPLIED = 0x2  # one FUNCTION_TABLE blob per run of adjacent unwind table entries
+_EXTENTS_IN_DICTIONARY = 0x4  # the dictionary ends with the replaced functions' old code
+_WHOLE_IMAGE_DICTIONARY = 0x8  # the dictionary starts with the whole baseline image
+_REGION_FLAGS = (
+    _CODE_BLOBS_IMPLIED | _TABLES_IMPLIED | _EXTENTS_IN_DICTIONARY | _WHOLE_IMAGE_DICTIONARY
 )
-TAG_NAMES = {
-    TAG_BASELINE: "baseline",
-    TAG_SERVICING: "servicing",
-    TAG_PREREQUISITES: "prerequisites",
-    TAG_REGION: "region",
-    TAG_FUNCTIONS: "functions",
-    TAG_IMPORTS: "imports",
-    TAG_FIXUPS: "fixups",
-    TAG_REDIRECTS: "redirects",
-    TAG_UNWIND: "unwind",
+# function record head byte
+_HEAD_STATUS = 0x03
+_HEAD_STRATEGY = 0x1C
+_ENTRY_AT_NEW_RVA = 0x20  # the entry part starts at the function's new RVA
+_ONE_PART = 0x40
+# target record: which fields equal the baseline's
+_SAME_NAME, _SAME_SIZE, _SAME_CHECKSUM, _SAME_BASE = 0x1, 0x2, 0x4, 0x8
+_SUPERSEDES = 0x1
+_MACHINE_TAGS = {Machine.AMD64: 0x100, Machine.ARM64: 0x200}
+_TABLE_ENTRY = {Machine.AMD64: 12, Machine.ARM64: 8}
+# LZMA literal/position settings the encoder tries, smallest output kept
+_SETTINGS = ((0, 0, 0), (3, 0, 0), (0, 0, 1))
+_TRY_ALL_SETTINGS = 64 << 10  # above this many bytes, code once with the first setting
+# dictionary search: 8-byte pieces of blobs found in the baseline, within a scan budget
+_GRAM = 8
+_SCAN_BUDGET = 256 << 20
+_WHOLE_IMAGE = 4 << 20  # a baseline up to this size is the dictionary whole
+_RANGE_MARGIN = 64
+
+
+# varints ----------------------------------------------------------------------------
+
+
+class _Writer:
+    """Little-endian fields and LEB128 varints (zigzag for signed values)."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+
+    def u8(self, value: int) -> None:
+        self.out.append(value)
+
+    def u32(self, value: int) -> None:
+        if not 0 <= value <= 0xFFFFFFFF:
+            raise PackageFormatError(f"{value} does not fit 32 bits")
+        self.out += struct.pack("<I", value)
+
+    def uv(self, value: int) -> None:
+        if not 0 <= value < 1 << 70:
+            raise PackageFormatError(f"{value} cannot be stored as a varint")
+        while value >= 0x80:
+            self.out.append((value & 0x7F) | 0x80)
+            value >>= 7
+        self.out.append(value)
+
+    def sv(self, value: int) -> None:
+        self.uv(value << 1 if value >= 0 else ((-value) << 1) - 1)
+
+    def raw(self, data: bytes) -> None:
+        self.out += data
+
+    def string(self, text: str) -> None:
+        raw = text.encode("utf-8")
+        if len(raw) > MAX_STRING:
+            raise PackageFormatError(f"string of {len(raw)} bytes exceeds {MAX_STRING}")
+        self.uv(len(raw))
+        self.out += raw
+
+
+class _Reader:
+    """Reads fields from ``data``, never past its end."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data, self.position, self.what = data, 0, what
+
+    def left(self) -> int:
+        return len(self.data) - self.position
+
+    def take(self, size: int) -> bytes:
+        if size < 0 or size > self.left():
+            raise PackageFormatError(
+                f"{self.what}: truncated at byte {self.position} (needs {size} more bytes)"
+            )
+        chunk = self.data[self.position : self.position + size]
+        self.position += size
+        return chunk
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u32(self) -> int:
+        return int(struct.unpack("<I", self.take(4))[0])
+
+    def uv(self, limit: int = 1 << 64) -> int:
+        value = shift = 0
+        for _ in range(_MAX_VARINT):
+            byte = self.u8()
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                if not byte and shift:
+                    raise PackageFormatError(f"{self.what}: a varint is not in its shortest form")
+                if value >= limit:
+                    raise PackageFormatError(f"{self.what}: value {value} out of range")
+                return value
+            shift += 7
+        raise PackageFormatError(f"{self.what}: a varint runs past {_MAX_VARINT} bytes")
+
+    def sv(self) -> int:
+        value = self.uv(1 << 70)
+        return value >> 1 if not value & 1 else -((value + 1) >> 1)
+
+    def string(self, field: str) -> str:
+        size = self.uv()
+        if size > MAX_STRING:
+            raise PackageFormatError(f"{self.what}: {field} is {size} bytes (limit {MAX_STRING})")
+        try:
+            return self.take(size).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PackageFormatError(f"{self.what}: {field} is not UTF-8") from exc
+
+    def count(self, minimum_record: int, what: str) -> int:
+        """A record count, refused unless that many minimal records fit in what is left."""
+        count = self.uv()
+        if count * minimum_record > self.left():
+            raise PackageFormatError(
+                f"{self.what}: {count} {what} cannot fit in {self.left()} bytes"
+            )
+        return count
+
+    def finish(self) -> None:
+        if self.position != len(self.data):
+            raise PackageFormatError(
+                f"{self.what}: {len(self.data) - self.position} unexpected bytes at its end"
+            )
+
+
+def _enum(kind: Callable[[int], T], value: int, what: str) -> T:
+    try:
+        return kind(value)
+    except ValueError:
+        raise PackageFormatError(f"unknown {what} {value}") from None
+
+
+# metadata ---------------------------------------------------------------------------
+
+#: Prerequisite values stored as one bit: what a builder writes for the machine.
+_DEFAULT_VALUES = {
+    Prerequisite.MACHINE: {Machine.AMD64: int(Machine.AMD64), Machine.ARM64: int(Machine.ARM64)},
+    Prerequisite.MIN_FORMAT_VERSION: {Machine.AMD64: FORMAT_VERSION, Machine.ARM64: FORMAT_VERSION},
+    Prerequisite.REGION_REACH: {Machine.AMD64: (1 << 31) - 64, Machine.ARM64: (1 << 27) - 64},
 }
 
-_BASELINE_FIXED = struct.Struct("<HHIIIQ32s")
-_SERVICING_FIXED = struct.Struct("<IIII")
-_PREREQUISITE = struct.Struct("<HHQ")
-_REGION_FIXED = struct.Struct("<III")
-_BLOB = struct.Struct("<B3sII")
-_FUNCTION_FIXED = struct.Struct("<BBHIII")
-_PART = struct.Struct("<III")
-_IMPORT_FIXED = struct.Struct("<HHI")
-_FIXUP = struct.Struct("<IHBBI")
-_REDIRECT = struct.Struct("<IB3sI32s")
-_UNWIND = struct.Struct("<III")
-_SUPERSEDES = 0x1
+
+def _default_value(machine: Machine, kind: Prerequisite) -> int:
+    return _DEFAULT_VALUES.get(kind, {}).get(machine, 0)
+
+
+def _implied_code_blobs(
+    functions: tuple[PatchFunction, ...] | list[PatchFunction],
+) -> list[tuple[int, int]]:
+    """(offset, size) of one CODE blob per function, spanning its parts, by offset."""
+    spans = []
+    for function in functions:
+        if not function.parts:
+            raise PackageFormatError(f"function at new RVA 0x{function.new_rva:x} has no parts")
+        start = min(p.offset for p in function.parts)
+        spans.append((start, max(p.offset + p.size for p in function.parts) - start))
+    return sorted(spans)
+
+
+def _implied_tables(
+    machine: Machine, unwind: tuple[UnwindRecord, ...] | list[UnwindRecord]
+) -> list[tuple[int, int]]:
+    """(offset, size) of one FUNCTION_TABLE blob per run of adjacent table entries."""
+    entry = _TABLE_ENTRY[machine]
+    runs: list[list[int]] = []
+    for record in unwind:
+        if runs and record.table_offset == runs[-1][1]:
+            runs[-1][1] += entry
+        else:
+            runs.append([record.table_offset, record.table_offset + entry])
+    return sorted((start, end - start) for start, end in runs)
+
+
+def _extents(package: Package) -> list[tuple[int, int]]:
+    """The old code (RVA, size) of every replaced function, in function order."""
+    return [
+        (f.old_rva, f.old_size)
+        for f in package.functions
+        if f.status == FunctionStatus.MODIFIED and f.old_size
+    ]
+
+
+def _write_scaled(out: _Writer, value: int, bits: int) -> None:
+    """``value``, shorter when a multiple of ``2**bits`` (page sizes, 64 KiB bases)."""
+    if value & ((1 << bits) - 1):
+        out.uv(value << 1 | 1)
+    else:
+        out.uv(value >> bits << 1)
+
+
+def _read_scaled(data: _Reader, bits: int, limit: int) -> int:
+    value = data.uv(limit << (bits + 1))
+    value = value >> 1 if value & 1 else value >> 1 << bits
+    if value >= limit:
+        raise PackageFormatError(f"{data.what}: value {value} out of range")
+    return value
+
+
+def _write_identity(out: _Writer, record: Baseline, reference: Baseline | None) -> None:
+    same = 0
+    if reference is not None:
+        same = (
+            (_SAME_NAME if record.file_name == reference.file_name else 0)
+            | (_SAME_SIZE if record.size_of_image == reference.size_of_image else 0)
+            | (_SAME_CHECKSUM if record.checksum == reference.checksum else 0)
+            | (_SAME_BASE if record.image_base == reference.image_base else 0)
+        )
+        out.u8(same)
+    if not same & _SAME_NAME:
+        out.string(record.file_name)
+    out.u32(record.time_date_stamp)
+    if not same & _SAME_SIZE:
+        _write_scaled(out, record.size_of_image, 12)
+    if not same & _SAME_CHECKSUM:
+        out.uv(record.checksum)
+    if not same & _SAME_BASE:
+        _write_scaled(out, record.image_base, 16)
+    out.raw(record.mapped_sha256)
+
+
+def _read_identity(data: _Reader, machine: Machine, reference: Baseline | None) -> Baseline:
+    same = data.u8() if reference is not None else 0
+    if same & ~(_SAME_NAME | _SAME_SIZE | _SAME_CHECKSUM | _SAME_BASE):
+        raise PackageFormatError("metadata: unknown target record flags")
+    name = reference.file_name if reference and same & _SAME_NAME else data.string("file name")
+    stamp = data.u32()
+    size = (
+        reference.size_of_image
+        if reference and same & _SAME_SIZE
+        else _read_scaled(data, 12, 1 << 32)
+    )
+    checksum = reference.checksum if reference and same & _SAME_CHECKSUM else data.uv(1 << 32)
+    base = (
+        reference.image_base if reference and same & _SAME_BASE else _read_scaled(data, 16, 1 << 64)
+    )
+    return Baseline(name, machine, stamp, size, checksum, base, data.take(DIGEST_SIZE))
+
+
+def _metadata(package: Package, dictionary: tuple[tuple[int, int], ...], extents: bool) -> bytes:
+    """The metadata section: everything but the region stream, canonical."""
+    out = _Writer()
+    out.u8(_MACHINE_TAGS[package.machine] >> 8)
+    _write_identity(out, package.baseline, None)
+    servicing = package.servicing
+    _write_identity(out, servicing.target, package.baseline)
+    out.uv(servicing.sequence)
+    out.uv(_SUPERSEDES if servicing.supersedes is not None else 0)
+    if servicing.supersedes is not None:
+        out.uv(servicing.supersedes[0])
+        out.uv(servicing.supersedes[1])
+    out.string(servicing.description)
+    out.string(servicing.advisory)
+    out.string(servicing.tool_version)
+    present = unusual = 0
+    for kind, value in package.prerequisites:
+        present |= 1 << (kind - 1)
+        if value != _default_value(package.machine, kind):
+            unusual |= 1 << (kind - 1)
+    out.uv(present)
+    out.uv(unusual)
+    for kind, value in package.prerequisites:
+        if unusual >> (kind - 1) & 1:
+            out.uv(value)
+
+    # the region's layout, and what its stream is coded against
+    def spans(kind: BlobKind) -> list[tuple[int, int]]:
+        return [(b.offset, b.size) for b in package.blobs if b.kind == kind]
+
+    implied = {
+        BlobKind.CODE: spans(BlobKind.CODE) == _implied_code_blobs(package.functions),
+        BlobKind.FUNCTION_TABLE: spans(BlobKind.FUNCTION_TABLE)
+        == _implied_tables(package.machine, package.unwind),
+    }
+    whole = dictionary == ((0, package.baseline.size_of_image),)
+    _write_scaled(out, package.region_size, 12)
+    out.u8(package.region_alignment.bit_length() - 1)
+    out.u8(
+        (_CODE_BLOBS_IMPLIED if implied[BlobKind.CODE] else 0)
+        | (_TABLES_IMPLIED if implied[BlobKind.FUNCTION_TABLE] else 0)
+        | (_EXTENTS_IN_DICTIONARY if extents else 0)
+        | (_WHOLE_IMAGE_DICTIONARY if whole else 0)
+    )
+    if not whole:
+        out.uv(len(dictionary))
+        end = 0
+        for rva, size in dictionary:
+            out.sv(rva - end)
+            out.uv(size)
+            end = rva + size
+    listed = [b for b in package.blobs if not implied.get(b.kind)]
+    out.uv(len(listed))
+    end = 0
+    for blob in listed:
+        out.u8(blob.kind)
+        out.uv(blob.offset - end)
+        out.uv(blob.size)
+        end = blob.offset + blob.size
+    strategies = {r.old_rva: r.strategy for r in package.redirects}
+    out.uv(len(package.functions))
+    previous_rva = end = 0
+    for function in package.functions:
+        modified = function.status == FunctionStatus.MODIFIED
+        parts = function.parts
+        at_entry = bool(parts) and parts[0].new_rva == function.new_rva
+        out.u8(
+            function.status
+            | (strategies[function.old_rva] << 2 if modified else 0)
+            | (_ENTRY_AT_NEW_RVA if at_entry else 0)
+            | (_ONE_PART if len(parts) == 1 else 0)
+        )
+        out.uv(function.new_rva - previous_rva)
+        previous_rva = function.new_rva
+        out.string(function.name)
+        if len(parts) != 1:
+            out.uv(len(parts))
+        for index, part in enumerate(parts):
+            out.sv(part.offset - end)
+            out.uv(part.size)
+            if index or not at_entry:
+                out.sv(part.new_rva - function.new_rva)
+            end = part.offset + part.size
+        if modified:
+            out.sv(function.old_rva - function.new_rva)
+            out.sv(function.old_size - function.new_size)
+    out.uv(len(package.imports))
+    for item in package.imports:
+        out.string(item.dll)
+        out.string(item.name)
+        out.uv(item.ordinal)
+        out.uv(item.old_iat_rva)
+    out.uv(len(package.fixups))
+    previous = 0
+    for fixup in package.fixups:
+        out.uv(fixup.offset - previous)
+        previous = fixup.offset
+    for fixup in package.fixups:
+        out.u8(fixup.kind.coff_type | fixup.target_kind << 5)
+    out.uv(len(package.unwind))
+    expected = end = 0
+    for record in package.unwind:
+        out.sv(record.table_offset - expected)
+        out.sv(record.begin_offset - end)
+        out.uv(record.end_offset - record.begin_offset)
+        expected = record.table_offset + _TABLE_ENTRY[package.machine]
+        end = record.end_offset
+    return bytes(out.out)
+
+
+def _read_metadata(data: bytes, flags: int) -> tuple[Package, tuple[tuple[int, int], ...], bool]:
+    """The package the metadata describes (unresolved), the dictionary's baseline ranges,
+    and whether the dictionary ends with the replaced functions' old code."""
+    meta = _Reader(data, "metadata")
+    code = meta.u8()
+    machine = next((m for m, tag in _MACHINE_TAGS.items() if tag >> 8 == code), None)
+    if machine is None:
+        raise PackageFormatError(f"unknown machine code {code}")
+    baseline = _read_identity(meta, machine, None)
+    target = _read_identity(meta, machine, baseline)
+    sequence = meta.uv(1 << 32)
+    service_flags = meta.uv()
+    if service_flags & ~_SUPERSEDES:
+        raise PackageFormatError("metadata: unknown servicing flags")
+    supersedes = (meta.uv(1 << 32), meta.uv(1 << 32)) if service_flags else None
+    servicing = Servicing(
+        sequence,
+        supersedes,
+        meta.string("description"),
+        meta.string("advisory"),
+        meta.string("tool version"),
+        target,
+    )
+    present, unusual = meta.uv(), meta.uv()
+    if unusual & ~present:
+        raise PackageFormatError("metadata: a value for a prerequisite that is not there")
+    prerequisites = []
+    for bit in range(present.bit_length()):
+        if present >> bit & 1:
+            kind = _enum(Prerequisite, bit + 1, "prerequisite")
+            value = meta.uv() if unusual >> bit & 1 else _default_value(machine, kind)
+            prerequisites.append((kind, value))
+    region_size = _read_scaled(meta, 12, MAX_REGION_SIZE + 1)
+    alignment_bits = meta.u8()
+    if alignment_bits > 16:
+        raise PackageFormatError(f"region alignment 2**{alignment_bits} is too large")
+    region_flags = meta.u8()
+    if region_flags & ~_REGION_FLAGS:
+        raise PackageFormatError("metadata: unknown region flags")
+    dictionary: list[tuple[int, int]] = []
+    if region_flags & _WHOLE_IMAGE_DICTIONARY:
+        dictionary.append((0, baseline.size_of_image))
+    else:
+        end = 0
+        for _ in range(meta.count(2, "dictionary ranges")):
+            rva = end + meta.sv()
+            size = meta.uv(MAX_DICTIONARY + 1)
+            dictionary.append((rva, size))
+            end = rva + size
+    blobs = []
+    end = 0
+    for _ in range(meta.count(3, "blobs")):
+        kind = _enum(BlobKind, meta.u8(), "blob kind")
+        offset = end + meta.uv(MAX_REGION_SIZE + 1)
+        size = meta.uv(MAX_REGION_SIZE + 1)
+        blobs.append(Blob(kind, offset, b"", unresolved_size=size))
+        end = offset + size
+    functions = []
+    strategies: list[tuple[int, Redirect]] = []
+    rva = end = 0
+    for _ in range(meta.count(4, "functions")):
+        head = meta.u8()
+        if head & ~(_HEAD_STATUS | _HEAD_STRATEGY | _ENTRY_AT_NEW_RVA | _ONE_PART):
+            raise PackageFormatError("metadata: unknown function flags")
+        status = _enum(FunctionStatus, head & _HEAD_STATUS, "function status")
+        rva += meta.uv(1 << 32)
+        name = meta.string("function name")
+        count = 1 if head & _ONE_PART else meta.count(2, "parts")
+        if count == 1 and not head & _ONE_PART:
+            raise PackageFormatError("metadata: a one-part function not marked so")
+        parts = []
+        for index in range(count):
+            offset = end + meta.sv()
+            size = meta.uv(1 << 32)
+            new_rva = rva if index == 0 and head & _ENTRY_AT_NEW_RVA else rva + meta.sv()
+            if index == 0 and new_rva == rva and not head & _ENTRY_AT_NEW_RVA:
+                raise PackageFormatError("metadata: an entry at the new RVA not marked so")
+            parts.append(Part(offset, size, new_rva))
+            end = offset + size
+        if not parts and head & _ENTRY_AT_NEW_RVA:
+            raise PackageFormatError("metadata: a function without parts marked at its entry")
+        strategy = (head & _HEAD_STRATEGY) >> 2
+        old_rva, old_size = NO_RVA, 0
+        if status == FunctionStatus.MODIFIED:
+            old_rva = rva + meta.sv()
+            old_size = sum(p.size for p in parts) + meta.sv()
+            strategies.append((old_rva, _enum(Redirect, strategy, "redirect strategy")))
+        elif strategy:
+            raise PackageFormatError("metadata: an added function with a redirect strategy")
+        functions.append(PatchFunction(status, old_rva, old_size, rva, name, tuple(parts)))
+    imports = tuple(
+        ImportRef(
+            meta.string("import dll"),
+            meta.string("import name"),
+            meta.uv(1 << 16),
+            meta.uv(1 << 32),
+        )
+        for _ in range(meta.count(4, "imports"))
+    )
+    count = meta.count(2, "fixups")
+    offsets = list(itertools.accumulate(meta.uv(1 << 32) for _ in range(count)))
+    tag = _MACHINE_TAGS[machine]
+    fixups = []
+    for offset in offsets:
+        code = meta.u8()
+        fixups.append(
+            FixupEntry(
+                offset,
+                _enum(Fixup, tag | (code & 0x1F), "fixup kind"),
+                _enum(TargetKind, code >> 5, "fixup target kind"),
+                UNRESOLVED,
+            )
+        )
+    unwind = []
+    expected = end = 0
+    for _ in range(meta.count(3, "unwind records")):
+        table = expected + meta.sv()
+        begin = end + meta.sv()
+        end = begin + meta.uv(1 << 32)
+        unwind.append(UnwindRecord(table, begin, end))
+        expected = table + _TABLE_ENTRY[machine]
+    meta.finish()
+    implied: list[tuple[BlobKind, tuple[int, int]]] = []
+    if region_flags & _CODE_BLOBS_IMPLIED:
+        implied += [(BlobKind.CODE, span) for span in _implied_code_blobs(functions)]
+    if region_flags & _TABLES_IMPLIED:
+        implied += [(BlobKind.FUNCTION_TABLE, span) for span in _implied_tables(machine, unwind)]
+    if implied:
+        by_offset = {b.offset: b for b in blobs}
+        for kind, (offset, size) in implied:
+            if offset in by_offset:
+                raise PackageFormatError(f"two blobs at region offset 0x{offset:x}")
+            by_offset[offset] = Blob(kind, offset, b"", unresolved_size=size)
+        blobs = [by_offset[offset] for offset in sorted(by_offset)]
+    entries: dict[int, int] = {}
+    for function in functions:
+        if function.parts:
+            entries.setdefault(function.old_rva, function.entry_offset)
+    redirects = tuple(
+        RedirectEntry(old_rva, strategy, entries.get(old_rva, -1), b"")
+        for old_rva, strategy in sorted(strategies, key=lambda item: item[0])
+    )
+    signature_placeholder = (
+        SignatureInfo(bytes(KEY_ID_SIZE), bytes(SIGNATURE_SIZE)) if flags & Flag.SIGNED else None
+    )
+    package = Package(
+        machine=machine,
+        baseline=baseline,
+        servicing=servicing,
+        prerequisites=tuple(prerequisites),
+        region_size=region_size,
+        region_alignment=1 << alignment_bits,
+        blobs=tuple(blobs),
+        functions=tuple(functions),
+        imports=imports,
+        fixups=tuple(fixups),
+        redirects=redirects,
+        unwind=tuple(unwind),
+        version=FORMAT_VERSION,
+        signature=signature_placeholder,
+    )
+    return package, tuple(dictionary), bool(region_flags & _EXTENTS_IN_DICTIONARY)
+
+
+# fixup targets ----------------------------------------------------------------------
+#
+# The region stream gives each fixup's target as a difference from the target the
+# field's own bytes name under a *virtual placement*: each replaced function at its old
+# RVA (so its fields read as the old code's do), everything else in the region from
+# ``virtual_base`` on, the image at 0. ``code_region`` writes every field so that the
+# difference is 0; binding overwrites fields anyway.
+
+
+def _sext(value: int, bits: int) -> int:
+    return value - (1 << bits) if (value >> (bits - 1)) & 1 else value
+
+
+def _adr_immediate(word: int) -> int:
+    return _sext(((word >> 29) & 3) | (((word >> 5) & 0x7FFFF) << 2), 21)
+
+
+def _with_adr_immediate(word: int, value: int) -> int:
+    value &= 0x1FFFFF
+    return (word & 0x9F00001F) | ((value & 3) << 29) | ((value >> 2) << 5)
+
+
+def _ldst_scale(word: int) -> int:
+    """log2 of the access size of an LDR/STR (unsigned offset) instruction."""
+    scale = word >> 30
+    if (word >> 26) & 1 and (word >> 23) & 1 and scale == 0:
+        scale = 4  # 128-bit SIMD&FP register
+    return scale
+
+
+def _fits(value: int, bits: int) -> bool:
+    return -(1 << (bits - 1)) <= value < 1 << (bits - 1)
+
+
+def _read_field(kind: Fixup, field: bytes, site: int) -> int:
+    """The address ``field`` names when it sits at ``site`` (ADRP: its page; ADD/LDR/STR:
+    the page offset)."""
+    value = int.from_bytes(field, "little")
+    if kind in _REL32:
+        return site + 4 + (kind - Fixup.X64_REL32) + _sext(value, 32)
+    if kind in _ABSOLUTE:
+        return value
+    if kind in _BRANCHES:
+        mask, shift, bits = _BRANCHES[kind]
+        return site + 4 * _sext((value >> shift) & mask, bits)
+    if kind == Fixup.ARM64_REL21:
+        return site + _adr_immediate(value)
+    if kind == Fixup.ARM64_PAGEBASE_REL21:
+        return (site & ~0xFFF) + 4096 * _adr_immediate(value)
+    if kind == Fixup.ARM64_PAGEOFFSET_12A:
+        return (value >> 10) & 0xFFF
+    return (((value >> 10) & 0xFFF) << _ldst_scale(value)) & 0xFFF
+
+
+def _write_field(kind: Fixup, field: bytes, site: int, target: int) -> bytes | None:
+    """``field`` rewritten to name ``target`` from ``site``; None if it cannot."""
+    size = len(field)
+    value = int.from_bytes(field, "little")
+    if kind in _REL32:
+        delta = target - (site + 4 + (kind - Fixup.X64_REL32))
+        return delta.to_bytes(4, "little", signed=True) if _fits(delta, 32) else None
+    if kind in _ABSOLUTE:
+        return target.to_bytes(size, "little") if 0 <= target < 1 << (8 * size) else None
+    if kind in _BRANCHES:
+        mask, shift, bits = _BRANCHES[kind]
+        delta = target - site
+        if delta % 4 or not _fits(delta // 4, bits):
+            return None
+        value = (value & ~(mask << shift)) | (((delta // 4) & mask) << shift)
+    elif kind == Fixup.ARM64_REL21:
+        if not _fits(target - site, 21):
+            return None
+        value = _with_adr_immediate(value, target - site)
+    elif kind == Fixup.ARM64_PAGEBASE_REL21:
+        pages = (target >> 12) - (site >> 12)
+        if not _fits(pages, 21):
+            return None
+        value = _with_adr_immediate(value, pages)
+    elif kind == Fixup.ARM64_PAGEOFFSET_12A:
+        value = (value & ~(0xFFF << 10)) | ((target & 0xFFF) << 10)
+    else:
+        scale = _ldst_scale(value)
+        if (target & 0xFFF) & ((1 << scale) - 1):
+            return None
+        value = (value & ~(0xFFF << 10)) | (((target & 0xFFF) >> scale) << 10)
+    return value.to_bytes(4, "little")
+
+
+_REL32 = frozenset(kind for kind in Fixup if kind.name.startswith("X64_REL32"))
+_ABSOLUTE = frozenset(
+    (Fixup.X64_ADDR64, Fixup.ARM64_ADDR64, Fixup.X64_ADDR32NB, Fixup.ARM64_ADDR32NB)
+)
+_BRANCHES = {  # mask, shift, bits of the word offset
+    Fixup.ARM64_BRANCH26: (0x3FFFFFF, 0, 26),
+    Fixup.ARM64_BRANCH19: (0x7FFFF, 5, 19),
+    Fixup.ARM64_BRANCH14: (0x3FFF, 5, 14),
+}
+_PAGE_OFFSETS = (Fixup.ARM64_PAGEOFFSET_12A, Fixup.ARM64_PAGEOFFSET_12L)
+
+
+def virtual_base(package: Package) -> int:
+    """Where the virtual placement puts the region: the baseline's end, 64 KiB aligned."""
+    return (package.baseline.size_of_image + 0xFFFF) & ~0xFFFF
+
+
+class _Placement:
+    """The virtual placement of a package's region (see above)."""
+
+    def __init__(self, package: Package) -> None:
+        self.base = virtual_base(package)
+        moved = [
+            (p.offset, p.size, f.old_rva + p.new_rva - f.new_rva)
+            for f in package.functions
+            if f.status == FunctionStatus.MODIFIED
+            for p in f.parts
+        ]
+        self.by_offset = sorted(moved)
+        self.offsets = [m[0] for m in self.by_offset]
+        self.by_address = sorted((address, size, offset) for offset, size, address in moved)
+        self.addresses = [m[0] for m in self.by_address]
+        self.slots: dict[int, int] = {}
+        for index, item in enumerate(package.imports):
+            self.slots.setdefault(item.old_iat_rva, index)
+        self.imports = package.imports
+
+    def address(self, offset: int) -> int:
+        """The virtual address of region ``offset``."""
+        index = bisect.bisect_right(self.offsets, offset) - 1
+        if index >= 0:
+            start, size, address = self.by_offset[index]
+            if offset < start + size:
+                return address + offset - start
+        return self.base + offset
+
+    def target_address(self, kind: TargetKind, target: int) -> int:
+        if kind == TargetKind.OLD_RVA:
+            return target
+        if kind == TargetKind.IMPORT:
+            return self.imports[target].old_iat_rva
+        return self.address(target)
+
+    def target_of(self, kind: TargetKind, address: int) -> int:
+        """The target (counted in ``kind``) a virtual address names; the inverse of
+        ``target_address`` where there is one."""
+        if kind == TargetKind.OLD_RVA:
+            return address
+        if kind == TargetKind.IMPORT:
+            return self.slots.get(address, 0)
+        index = bisect.bisect_right(self.addresses, address) - 1
+        if index >= 0:
+            start, size, offset = self.by_address[index]
+            if address < start + size:
+                return offset + address - start
+        return address - self.base
+
+
+def _field_reader(package: Package) -> Callable[[int, int], bytes]:
+    blob_starts = [b.offset for b in package.blobs]
+
+    def field(offset: int, size: int) -> bytes:
+        blob = package.blobs[bisect.bisect_right(blob_starts, offset) - 1]
+        return blob.data[offset - blob.offset : offset - blob.offset + size]
+
+    return field
+
+
+def _table_targets(package: Package) -> dict[int, int]:
+    """Function table fields whose target the unwind records give: begin, and on x64 end."""
+    given = {}
+    for record in package.unwind:
+        given[record.table_offset] = record.begin_offset
+        if package.machine == Machine.AMD64:
+            given[record.table_offset + 4] = record.end_offset
+    return given
+
+
+def _predictions(package: Package) -> list[int]:
+    """For every fixup, the target its field's bytes name under the virtual placement
+    (needs resolved blobs)."""
+    placement = _Placement(package)
+    field = _field_reader(package)
+    given = _table_targets(package)
+    fixups = package.fixups
+    words = [
+        int.from_bytes(field(f.offset, 4), "little") if f.kind.machine == Machine.ARM64 else 0
+        for f in fixups
+    ]
+    raw = [
+        _read_field(f.kind, field(f.offset, f.kind.field_size), placement.address(f.offset))
+        for f in fixups
+    ]
+    predictions = []
+    for index, fixup in enumerate(fixups):
+        value = raw[index]
+        if fixup.kind == Fixup.ARM64_PAGEBASE_REL21:
+            pair = _pair(fixups, words, index, 1)
+            if pair is not None:
+                value += raw[pair]
+        elif fixup.kind in _PAGE_OFFSETS:
+            pair = _pair(fixups, words, index, -1)
+            if pair is not None:
+                value += raw[pair] & ~0xFFF
+        if fixup.target_kind == TargetKind.REGION and fixup.offset in given:
+            predictions.append(given[fixup.offset])
+        else:
+            predictions.append(placement.target_of(fixup.target_kind, value))
+    return predictions
+
+
+_PAIR_WINDOW = 8  # fixups an ADRP and the ADD/LDR/STR completing it may lie apart
+
+
+def _pair(fixups: tuple[FixupEntry, ...], words: list[int], index: int, step: int) -> int | None:
+    """The ADRP fixup (``step`` -1) or the ADD/LDR/STR fixup (``step`` 1) nearest to
+    ``index`` that uses the same register: the page and the page offset of one address."""
+    register = words[index] & 31 if step > 0 else (words[index] >> 5) & 31
+    wanted = _PAGE_OFFSETS if step > 0 else (Fixup.ARM64_PAGEBASE_REL21,)
+    other = index + step
+    while 0 <= other < len(fixups) and abs(other - index) <= _PAIR_WINDOW:
+        if fixups[other].kind in wanted:
+            word = words[other]
+            if (word & 31 if step < 0 else (word >> 5) & 31) == register:
+                return other
+        other += step
+    return None
+
+
+def _normalize_fields(package: Package) -> Package:
+    """``package`` with every fixup field naming its target under the virtual placement
+    where it can (so the region stream holds no target differences), and the function
+    table fields the unwind records give zeroed."""
+    placement = _Placement(package)
+    given = _table_targets(package)
+    blobs = {b.offset: bytearray(b.data) for b in package.blobs}
+    starts = sorted(blobs)
+    for fixup in package.fixups:
+        start = starts[bisect.bisect_right(starts, fixup.offset) - 1]
+        data = blobs[start]
+        at = fixup.offset - start
+        field = bytes(data[at : at + fixup.kind.field_size])
+        if fixup.target_kind == TargetKind.REGION and fixup.offset in given:
+            written: bytes | None = bytes(len(field))
+            if fixup.kind.machine == Machine.ARM64 and fixup.kind not in _ABSOLUTE:
+                written = None
+        else:
+            written = _write_field(
+                fixup.kind,
+                field,
+                placement.address(fixup.offset),
+                placement.target_address(fixup.target_kind, fixup.target),
+            )
+        if written is not None:
+            data[at : at + len(written)] = written
+    return replace(
+        package, blobs=tuple(replace(b, data=bytes(blobs[b.offset])) for b in package.blobs)
+    )
+
+
+# the region stream ------------------------------------------------------------------
+
+
+def _region_plain(package: Package) -> bytes:
+    """The region stream before compression: blob bytes by offset, then target deltas."""
+    out = _Writer()
+    for blob in package.blobs:
+        out.raw(blob.data)
+    for fixup, predicted in zip(package.fixups, _predictions(package), strict=True):
+        out.sv(fixup.target - predicted)
+    return bytes(out.out)
+
+
+def _with_region(package: Package, plain: bytes) -> Package:
+    """``package`` with the blobs and fixup targets ``plain`` holds."""
+    data = _Reader(plain, "region stream")
+    blobs = tuple(replace(b, data=data.take(b.size), unresolved_size=0) for b in package.blobs)
+    if any(not b.data for b in blobs):
+        raise PackageFormatError("an empty blob")
+    deltas = [data.sv() for _ in package.fixups]
+    data.finish()
+    resolved = replace(package, blobs=blobs)
+    predictions = _predictions(resolved)
+    fixups = tuple(
+        replace(f, target=predicted + delta)
+        for f, predicted, delta in zip(package.fixups, predictions, deltas, strict=True)
+    )
+    for fixup in fixups:
+        if not 0 <= fixup.target <= 0xFFFFFFFF:
+            raise PackageFormatError(f"fixup at 0x{fixup.offset:x} has a target out of range")
+    return replace(resolved, fixups=fixups)
+
+
+def _dictionary_data(
+    package: Package,
+    dictionary: tuple[tuple[int, int], ...],
+    extents: bool,
+    baseline: bytes,
+) -> bytes:
+    ranges = list(dictionary) + (_extents(package) if extents else [])
+    if sum(size for _, size in ranges) > MAX_DICTIONARY:
+        raise PackageFormatError(f"the dictionary exceeds {MAX_DICTIONARY} bytes")
+    for rva, size in ranges:
+        if not (rva >= 0 and size > 0 and rva + size <= len(baseline)):
+            raise PackageFormatError(f"dictionary range 0x{rva:x}+0x{size:x} is outside the image")
+    return b"".join(baseline[rva : rva + size] for rva, size in ranges)
+
+
+def _dictionary_spec(
+    package: Package, dictionary: tuple[tuple[int, int], ...], extents: bool
+) -> bytes:
+    """What the dictionary is made of, as a digest (a coded region stays valid while it
+    is unchanged)."""
+    spec = repr(
+        (package.baseline.mapped_sha256, dictionary, extents, _extents(package) if extents else [])
+    )
+    return hashlib.sha256(spec.encode()).digest()
+
+
+def _choose_dictionary(
+    package: Package, baseline: bytes, hints: tuple[tuple[int, int], ...]
+) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
+    """The baseline ranges the dictionary starts with, and the ones worth searching for
+    matches: ``hints`` (the builder's: the old code around the replaced functions) and
+    where pieces of the blobs that are not replaced code (new data, unwind records, added
+    functions) occur in the baseline. A small baseline is taken whole (one range)."""
+    hints = tuple(
+        (rva, min(size, len(baseline) - rva))
+        for rva, size in hints
+        if 0 <= rva < len(baseline) and size > 0
+    )
+    covered = sorted((rva, rva + size) for rva, size in [*_extents(package), *hints])
+    replaced = {
+        min(p.offset for p in f.parts)
+        for f in package.functions
+        if f.status == FunctionStatus.MODIFIED
+    }
+    pieces = [b.data for b in package.blobs if b.offset not in replaced or b.kind != BlobKind.CODE]
+    searchable = sum(len(p) for p in pieces)
+    hits = []
+    if searchable and baseline:
+        stride = max(4, -(-searchable * len(baseline) // _SCAN_BUDGET))
+        for piece in pieces:
+            for start in range(0, len(piece) - _GRAM + 1, stride):
+                gram = piece[start : start + _GRAM]
+                if len(set(gram)) < 3:
+                    continue
+                at = baseline.find(gram)
+                if at < 0:
+                    continue
+                index = bisect.bisect_right(covered, (at, 1 << 62)) - 1
+                if index >= 0 and at < covered[index][1]:
+                    continue
+                low, high = at - _RANGE_MARGIN, at + _GRAM + _RANGE_MARGIN
+                hits.append((max(0, low), min(len(baseline), high)))
+    ranges: list[list[int]] = []
+    for low, high in sorted(hits):
+        if ranges and low <= ranges[-1][1]:
+            ranges[-1][1] = max(ranges[-1][1], high)
+        else:
+            ranges.append([low, high])
+    searched = list(hints) + [(low, high - low) for low, high in ranges]
+    if len(baseline) <= _WHOLE_IMAGE:
+        return ((0, len(baseline)),), tuple(searched)
+    total = 0
+    chosen = []
+    for rva, size in searched:
+        if total + size > _WHOLE_IMAGE:
+            break
+        chosen.append((rva, size))
+        total += size
+    return tuple(chosen), tuple(chosen)
+
+
+def _searched_positions(
+    package: Package,
+    dictionary: tuple[tuple[int, int], ...],
+    extents: bool,
+    searched: tuple[tuple[int, int], ...],
+) -> list[tuple[int, int]]:
+    """Where in the dictionary the ``searched`` baseline ranges lie, and the extents."""
+    found = []
+    at = 0
+    for rva, size in dictionary:
+        for low, length in searched:
+            start, end = max(low, rva), min(low + length, rva + size)
+            if start < end:
+                found.append((at + start - rva, at + end - rva))
+        at += size
+    tail = sum(size for _, size in _extents(package)) if extents else 0
+    found.append((at, at + tail))
+    return found
+
+
+def _compress(
+    plain: bytes, dictionary: bytes, searched: list[tuple[int, int]] | None = None
+) -> bytes:
+    settings = _SETTINGS if len(plain) <= _TRY_ALL_SETTINGS else _SETTINGS[:1]
+    streams = [
+        lzma2.compress(plain, dictionary, lc=lc, lp=lp, pb=pb, searched=searched)
+        for lc, lp, pb in settings
+    ]
+    return min(streams, key=len)
+
+
+@functools.lru_cache(maxsize=64)
+def _compress_metadata(metadata: bytes) -> bytes:
+    return _compress(metadata, b"")
+
+
+def code_region(
+    package: Package, baseline_mapped: bytes, hints: tuple[tuple[int, int], ...] = ()
+) -> Package:
+    """``package`` with its region coded against the baseline's mapped image (un-rebased,
+    ``PEImage.mapped``): what makes it small. ``build_package`` returns packages coded so;
+    ``hints`` are baseline ranges (RVA, size) worth putting in the dictionary first.
+    """
+    baseline = bytes(baseline_mapped)
+    _check_baseline(package, baseline)
+    validate_package(package)
+    if not package.resolved:
+        raise PackageFormatError("an unresolved package cannot be coded again")
+    package = _normalize_fields(package)
+    plain = _region_plain(package)
+    dictionary, searched = _choose_dictionary(package, baseline, hints)
+    extents = bool(_extents(package))
+    data = _dictionary_data(package, dictionary, extents, baseline)
+    positions = _searched_positions(package, dictionary, extents, searched)
+    coding = BodyCoding(
+        dictionary=dictionary,
+        dictionary_data=data,
+        metadata=None,
+        metadata_stream=None,
+        region_sha256=hashlib.sha256(plain).digest(),
+        region_size=len(plain),
+        region_stream=_compress(plain, data, positions),
+        spec=_dictionary_spec(package, dictionary, extents),
+        extents=extents,
+    )
+    return replace(package, coding=coding)
 
 
 # encoding ---------------------------------------------------------------------------
 
 
-def _string(text: str) -> bytes:
-    raw = text.encode("utf-8")
-    if len(raw) > MAX_STRING:
-        raise PackageFormatError(f"string of {len(raw)} bytes exceeds {MAX_STRING}")
-    return struct.pack("<H", len(raw)) + raw
-
-
-def _baseline(baseline: Baseline) -> bytes:
-    return _string(baseline.file_name) + _BASELINE_FIXED.pack(
-        baseline.machine,
-        0,
-        baseline.time_date_stamp,
-        baseline.size_of_image,
-        baseline.checksum,
-        baseline.image_base,
-        baseline.mapped_sha256,
+def _region_coding(package: Package) -> BodyCoding:
+    """The coded region stream of ``package``: the one it came with while its region is
+    unchanged, else coded afresh (against the same dictionary when its bytes are known,
+    else against none)."""
+    coding = package.coding
+    if coding is not None:
+        same_spec = coding.spec == _dictionary_spec(package, coding.dictionary, coding.extents)
+        if not any(b.resolved for b in package.blobs) and all(
+            f.target == UNRESOLVED for f in package.fixups
+        ):
+            if not same_spec:
+                raise PackageFormatError(
+                    "an unresolved package changed what its region is coded against"
+                )
+            return coding
+        if not package.resolved_region:
+            raise PackageFormatError("a package with some blobs or targets unresolved")
+        plain = _region_plain(package)
+        digest = hashlib.sha256(plain).digest()
+        if same_spec and digest == coding.region_sha256:
+            return coding
+        if same_spec and coding.dictionary_data is not None:
+            return replace(
+                coding,
+                region_sha256=digest,
+                region_size=len(plain),
+                region_stream=_compress(plain, coding.dictionary_data),
+            )
+    if not package.resolved_region:
+        raise PackageFormatError("a package with unresolved blobs and no coded region")
+    plain = _region_plain(package)
+    return BodyCoding(
+        dictionary=(),
+        dictionary_data=b"",
+        metadata=None,
+        metadata_stream=None,
+        region_sha256=hashlib.sha256(plain).digest(),
+        region_size=len(plain),
+        region_stream=_compress(plain, b""),
+        spec=_dictionary_spec(package, (), False),
+        extents=False,
     )
 
 
-def _counted(items: Iterable[bytes]) -> bytes:
-    encoded = list(items)
-    return struct.pack("<I", len(encoded)) + b"".join(encoded)
-
-
-def _sections(package: Package) -> list[tuple[int, bytes]]:
-    servicing = package.servicing
-    first, last = servicing.supersedes or (0, 0)
-    flags = _SUPERSEDES if servicing.supersedes is not None else 0
-    region = _REGION_FIXED.pack(
-        package.region_size, package.region_alignment, len(package.blobs)
-    ) + b"".join(
-        _BLOB.pack(b.kind, bytes(3), b.offset, len(b.data)) + b.data for b in package.blobs
-    )
-    functions = _counted(
-        _FUNCTION_FIXED.pack(f.status, 0, len(f.parts), f.old_rva, f.old_size, f.new_rva)
-        + _string(f.name)
-        + b"".join(_PART.pack(p.offset, p.size, p.new_rva) for p in f.parts)
-        for f in package.functions
-    )
-    return [
-        (TAG_BASELINE, _baseline(package.baseline)),
-        (
-            TAG_SERVICING,
-            _SERVICING_FIXED.pack(servicing.sequence, flags, first, last)
-            + _string(servicing.description)
-            + _string(servicing.advisory)
-            + _string(servicing.tool_version)
-            + _baseline(servicing.target),
-        ),
-        (
-            TAG_PREREQUISITES,
-            struct.pack("<H", len(package.prerequisites))
-            + b"".join(_PREREQUISITE.pack(k, 0, v) for k, v in package.prerequisites),
-        ),
-        (TAG_REGION, region),
-        (TAG_FUNCTIONS, functions),
-        (
-            TAG_IMPORTS,
-            _counted(
-                _string(i.dll) + _string(i.name) + _IMPORT_FIXED.pack(i.ordinal, 0, i.old_iat_rva)
-                for i in package.imports
-            ),
-        ),
-        (
-            TAG_FIXUPS,
-            _counted(
-                _FIXUP.pack(f.offset, f.kind, f.target_kind, 0, f.target) for f in package.fixups
-            ),
-        ),
-        (
-            TAG_REDIRECTS,
-            _counted(
-                _REDIRECT.pack(r.old_rva, r.strategy, bytes(3), r.target_offset, r.original_sha256)
-                for r in package.redirects
-            ),
-        ),
-        (
-            TAG_UNWIND,
-            _counted(
-                _UNWIND.pack(u.table_offset, u.begin_offset, u.end_offset) for u in package.unwind
-            ),
-        ),
-    ]
+def _body(package: Package) -> bytes:
+    validate_package(package)
+    coding = _region_coding(package)
+    metadata = _metadata(package, coding.dictionary, coding.extents)
+    if package.coding is not None and package.coding.metadata == metadata:
+        stream = package.coding.metadata_stream
+        assert stream is not None
+    else:
+        stream = _compress_metadata(metadata)
+    return stream + coding.region_stream
 
 
 def signed_message(package: Package) -> bytes:
     """Header and body: the bytes the digest and the signature cover."""
-    validate_package(package)
-    body = b"".join(
-        SECTION.pack(tag, 0, len(payload)) + payload for tag, payload in _sections(package)
-    )
-    header = HEADER.pack(
-        MAGIC, package.version, package.machine, package.flags, len(body), len(TAGS), 0
-    )
-    return header + body
+    return HEADER.pack(MAGIC, package.version, package.flags) + _body(package)
 
 
 def encode_package(package: Package) -> bytes:
@@ -214,243 +1115,138 @@ def encode_package(package: Package) -> bytes:
 # decoding ---------------------------------------------------------------------------
 
 
-class _Cursor:
-    """Reads little-endian fields from ``data[start:end]``, never past ``end``."""
-
-    def __init__(self, data: bytes, start: int, end: int, what: str) -> None:
-        self.data, self.position, self.end, self.what = data, start, end, what
-
-    def take(self, size: int) -> bytes:
-        if size < 0 or self.position + size > self.end:
-            raise PackageFormatError(
-                f"{self.what}: truncated at byte {self.position} (needs {size} more bytes)"
-            )
-        chunk = self.data[self.position : self.position + size]
-        self.position += size
-        return chunk
-
-    def unpack(self, layout: struct.Struct) -> tuple[int, ...]:
-        return layout.unpack(self.take(layout.size))
-
-    def u16(self) -> int:
-        return int(struct.unpack("<H", self.take(2))[0])
-
-    def u32(self) -> int:
-        return int(struct.unpack("<I", self.take(4))[0])
-
-    def string(self, field: str) -> str:
-        size = self.u16()
-        if size > MAX_STRING:
-            raise PackageFormatError(f"{self.what}: {field} is {size} bytes (limit {MAX_STRING})")
-        try:
-            return self.take(size).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise PackageFormatError(f"{self.what}: {field} is not UTF-8") from exc
-
-    def count(self, minimum_record: int) -> int:
-        """A record count, refused unless that many minimal records fit in what is left."""
-        count = self.u32()
-        self.ensure_fits(
-            count,
-            minimum_record,
-            f"{self.what}: {count} records cannot fit in {self.end - self.position} bytes",
+def _check_baseline(package: Package, baseline: bytes) -> None:
+    if (
+        len(baseline) != package.baseline.size_of_image
+        or hashlib.sha256(baseline).digest() != package.baseline.mapped_sha256
+    ):
+        raise PackageFormatError(
+            "the image given is not the package's baseline (its mapped SHA-256 differs)"
         )
-        return count
-
-    def ensure_fits(self, count: int, record_size: int, message: str) -> None:
-        """Refuse ``count`` records of ``record_size`` bytes that the rest cannot hold."""
-        if count * record_size > self.end - self.position:
-            raise PackageFormatError(message)
-
-    def records(self, minimum_record: int, read: Callable[[], T]) -> tuple[T, ...]:
-        return tuple(read() for _ in range(self.count(minimum_record)))
-
-    def finish(self) -> None:
-        if self.position != self.end:
-            raise PackageFormatError(
-                f"{self.what}: {self.end - self.position} unexpected bytes at its end"
-            )
 
 
-def _zero(cursor: _Cursor, reserved: int | bytes) -> None:
-    if any(reserved) if isinstance(reserved, bytes) else reserved:
-        raise PackageFormatError(f"{cursor.what}: reserved field is not zero")
-
-
-def _enum(kind: Callable[[int], T], value: int, what: str) -> T:
-    try:
-        return kind(value)
-    except ValueError:
-        raise PackageFormatError(f"unknown {what} {value}") from None
-
-
-def _read_baseline(cursor: _Cursor) -> Baseline:
-    name = cursor.string("file name")
-    machine, reserved, stamp, size, checksum, base, digest = cursor.unpack(_BASELINE_FIXED)
-    _zero(cursor, reserved)
-    return Baseline(
-        name, _enum(Machine, machine, "machine"), stamp, size, checksum, base, bytes(digest)
-    )
-
-
-def _read_servicing(cursor: _Cursor) -> Servicing:
-    sequence, flags, first, last = cursor.unpack(_SERVICING_FIXED)
-    if flags & ~_SUPERSEDES or (not flags and (first or last)):
-        raise PackageFormatError("servicing: unknown flags or a stray supersedes range")
-    supersedes = (first, last) if flags else None
-    description = cursor.string("description")
-    advisory = cursor.string("advisory")
-    tool_version = cursor.string("tool version")
-    target = _read_baseline(cursor)
-    return Servicing(sequence, supersedes, description, advisory, tool_version, target)
-
-
-def _read_prerequisites(cursor: _Cursor) -> tuple[tuple[Prerequisite, int], ...]:
-    count = cursor.u16()
-    items = []
-    for _ in range(count):
-        kind, reserved, value = cursor.unpack(_PREREQUISITE)
-        _zero(cursor, reserved)
-        items.append((_enum(Prerequisite, kind, "prerequisite"), value))
-    return tuple(items)
-
-
-def _read_region(cursor: _Cursor) -> tuple[int, int, tuple[Blob, ...]]:
-    size, alignment, count = cursor.unpack(_REGION_FIXED)
-    cursor.ensure_fits(count, _BLOB.size, f"region: {count} blobs cannot fit")
-    blobs = []
-    for _ in range(count):
-        kind, reserved, offset, length = cursor.unpack(_BLOB)
-        _zero(cursor, reserved)
-        blobs.append(Blob(_enum(BlobKind, kind, "blob kind"), offset, cursor.take(length)))
-    return size, alignment, tuple(blobs)
-
-
-def _read_function(cursor: _Cursor) -> PatchFunction:
-    status, reserved, part_count, old_rva, old_size, new_rva = cursor.unpack(_FUNCTION_FIXED)
-    _zero(cursor, reserved)
-    name = cursor.string("function name")
-    cursor.ensure_fits(part_count, _PART.size, f"functions: {part_count} parts cannot fit")
-    parts = tuple(Part(*cursor.unpack(_PART)) for _ in range(part_count))
-    return PatchFunction(
-        _enum(FunctionStatus, status, "function status"), old_rva, old_size, new_rva, name, parts
-    )
-
-
-def _read_import(cursor: _Cursor) -> ImportRef:
-    dll = cursor.string("import dll")
-    name = cursor.string("import name")
-    ordinal, reserved, slot = cursor.unpack(_IMPORT_FIXED)
-    _zero(cursor, reserved)
-    return ImportRef(dll, name, ordinal, slot)
-
-
-def _read_fixup(cursor: _Cursor) -> FixupEntry:
-    offset, kind, target_kind, reserved, target = cursor.unpack(_FIXUP)
-    _zero(cursor, reserved)
-    return FixupEntry(
-        offset,
-        _enum(Fixup, kind, "fixup kind"),
-        _enum(TargetKind, target_kind, "fixup target kind"),
-        target,
-    )
-
-
-def _read_redirect(cursor: _Cursor) -> RedirectEntry:
-    old_rva, strategy, reserved, target_offset, digest = cursor.unpack(_REDIRECT)
-    _zero(cursor, reserved)
-    return RedirectEntry(
-        old_rva, _enum(Redirect, strategy, "redirect strategy"), target_offset, bytes(digest)
-    )
-
-
-def _read_unwind(cursor: _Cursor) -> UnwindRecord:
-    return UnwindRecord(*cursor.unpack(_UNWIND))
-
-
-def decode_package(data: bytes) -> Package:
+def decode_package(data: bytes, baseline: bytes | None = None) -> Package:
     """Parse and check a package; PackageFormatError for anything malformed or corrupt.
 
-    The SHA-256 over header and body is checked here; whether the signature is
-    trusted is a separate question (hpatch.package.signing).
+    ``baseline`` is the baseline's mapped image (``PEImage.mapped``, un-rebased); with it
+    the package comes back resolved (see ``resolve_blobs``), without it unresolved. The
+    SHA-256 over header and body is checked here; whether the signature is trusted is a
+    separate question (hpatch.package.signing).
     """
     data = bytes(data)
     if len(data) > MAX_PACKAGE_SIZE:
         raise PackageFormatError(f"{len(data)} bytes exceeds the {MAX_PACKAGE_SIZE}-byte limit")
     if len(data) < HEADER.size or data[: len(MAGIC)] != MAGIC:
         raise PackageFormatError("not an hpatch package (bad magic)")
-    _magic, version, machine, flags, body_size, section_count, reserved = HEADER.unpack_from(data)
+    _magic, version, flags = HEADER.unpack_from(data)
     if version != FORMAT_VERSION:
         raise PackageFormatError(
             f"format version {version} is not supported (this hpatch reads {FORMAT_VERSION})"
         )
-    if flags & ~Flag.SIGNED or reserved:
+    if flags & ~Flag.SIGNED:
         raise PackageFormatError(f"unknown header flags 0x{flags:x}")
     trailer = DIGEST_SIZE + (KEY_ID_SIZE + SIGNATURE_SIZE if flags & Flag.SIGNED else 0)
-    message_end = HEADER.size + body_size
-    if message_end + trailer != len(data):
+    message_end = len(data) - trailer
+    if message_end < HEADER.size:
         raise PackageFormatError(
-            f"size mismatch: header and body take {message_end} bytes and the trailer "
-            f"{trailer}, but the package has {len(data)}"
+            f"size mismatch: {len(data)} bytes cannot hold the header and a {trailer}-byte trailer"
         )
     expected = hashlib.sha256(data[:message_end]).digest()
     if data[message_end : message_end + DIGEST_SIZE] != expected:
         raise PackageFormatError("integrity check failed: the SHA-256 does not match the content")
-    if section_count != len(TAGS):
-        raise PackageFormatError(f"{section_count} sections, expected {len(TAGS)}")
-    payloads: dict[int, _Cursor] = {}
-    position = HEADER.size
-    for expected_tag in TAGS:
-        tag, reserved, length = _Cursor(data, position, message_end, "section header").unpack(
-            SECTION
+    try:
+        metadata_stream, region_stream = lzma2.split(data[HEADER.size : message_end])
+        metadata_size = lzma2.unpacked_size(metadata_stream)
+        if metadata_size > MAX_METADATA:
+            raise ValueError(f"{metadata_size} bytes exceed the {MAX_METADATA}-byte limit")
+        metadata = lzma2.decompress(metadata_stream, b"", metadata_size)
+    except ValueError as exc:
+        raise PackageFormatError(f"metadata: {exc}") from None
+    package, dictionary, extents = _read_metadata(metadata, flags)
+    if _metadata(package, dictionary, extents) != metadata:
+        raise PackageFormatError("metadata: not in canonical form")
+    try:
+        region_size = lzma2.unpacked_size(region_stream)
+    except ValueError as exc:
+        raise PackageFormatError(f"region stream: {exc}") from None
+    blob_bytes = sum(b.size for b in package.blobs)
+    fixups = len(package.fixups)
+    if not blob_bytes + fixups <= region_size <= blob_bytes + _MAX_VARINT * fixups:
+        raise PackageFormatError(
+            f"a region stream of {region_size} bytes cannot hold {blob_bytes} blob bytes and "
+            f"{fixups} fixup targets"
         )
-        if tag != expected_tag or reserved:
-            raise PackageFormatError(
-                f"section {tag} where the {TAG_NAMES[expected_tag]} section belongs"
-            )
-        start = position + SECTION.size
-        if start + length > message_end:
-            raise PackageFormatError(f"{TAG_NAMES[tag]} section runs past the body")
-        payloads[tag] = _Cursor(data, start, start + length, TAG_NAMES[tag])
-        position = start + length
-    if position != message_end:
-        raise PackageFormatError(f"{message_end - position} unexpected bytes after the sections")
-
-    def parse(tag: int, read: Callable[[_Cursor], T]) -> T:
-        cursor = payloads[tag]
-        value = read(cursor)
-        cursor.finish()
-        return value
-
-    region_size, alignment, blobs = parse(TAG_REGION, _read_region)
     signature = None
     if flags & Flag.SIGNED:
         start = message_end + DIGEST_SIZE
         signature = SignatureInfo(
             data[start : start + KEY_ID_SIZE], data[start + KEY_ID_SIZE : len(data)]
         )
-    package = Package(
-        machine=_enum(Machine, machine, "machine"),
-        baseline=parse(TAG_BASELINE, _read_baseline),
-        servicing=parse(TAG_SERVICING, _read_servicing),
-        prerequisites=parse(TAG_PREREQUISITES, _read_prerequisites),
+    coding = BodyCoding(
+        dictionary=dictionary,
+        dictionary_data=None,
+        metadata=metadata,
+        metadata_stream=metadata_stream,
+        region_sha256=None,
         region_size=region_size,
-        region_alignment=alignment,
-        blobs=blobs,
-        functions=parse(
-            TAG_FUNCTIONS, lambda c: c.records(_FUNCTION_FIXED.size, lambda: _read_function(c))
-        ),
-        imports=parse(TAG_IMPORTS, lambda c: c.records(8, lambda: _read_import(c))),
-        fixups=parse(TAG_FIXUPS, lambda c: c.records(_FIXUP.size, lambda: _read_fixup(c))),
-        redirects=parse(
-            TAG_REDIRECTS, lambda c: c.records(_REDIRECT.size, lambda: _read_redirect(c))
-        ),
-        unwind=parse(TAG_UNWIND, lambda c: c.records(_UNWIND.size, lambda: _read_unwind(c))),
-        version=version,
-        signature=signature,
+        region_stream=region_stream,
+        spec=_dictionary_spec(package, dictionary, extents),
+        extents=extents,
     )
+    package = replace(package, signature=signature, coding=coding)
     validate_package(package)
+    if baseline is not None:
+        return resolve_blobs(package, baseline)
+    if not dictionary and not (extents and _extents(package)):
+        return _resolve_region(package, b"")
     return package
+
+
+def _resolve_region(package: Package, dictionary: bytes) -> Package:
+    coding = package.coding
+    assert coding is not None
+    try:
+        plain = lzma2.decompress(coding.region_stream, dictionary, coding.region_size)
+    except ValueError as exc:
+        raise PackageFormatError(f"region stream: {exc}") from None
+    resolved = _with_region(package, plain)
+    resolved = replace(
+        resolved,
+        coding=replace(
+            coding, dictionary_data=dictionary, region_sha256=hashlib.sha256(plain).digest()
+        ),
+    )
+    validate_package(resolved)
+    return resolved
+
+
+def resolve_blobs(package: Package, baseline_mapped: bytes) -> Package:
+    """``package`` with its blob bytes, fixup targets and redirect digests, which the file
+    codes against the baseline: ``baseline_mapped`` is the baseline's mapped image at its
+    preferred base (``PEImage.mapped``). PackageFormatError if it is not the package's
+    baseline, or the region stream does not decode against it.
+    """
+    baseline = bytes(baseline_mapped)
+    _check_baseline(package, baseline)
+    if not package.resolved_region:
+        coding = package.coding
+        if coding is None:
+            raise PackageFormatError("an unresolved package without its coded region")
+        package = _resolve_region(
+            package, _dictionary_data(package, coding.dictionary, coding.extents, baseline)
+        )
+    redirects = []
+    for redirect in package.redirects:
+        start, length = redirect.strategy.span
+        at = redirect.old_rva + start
+        digest = hashlib.sha256(baseline[at : at + length]).digest()
+        if redirect.original_sha256 and redirect.original_sha256 != digest:
+            raise PackageFormatError(
+                f"the redirect at old RVA 0x{redirect.old_rva:x} expects other bytes than the "
+                "baseline has"
+            )
+        redirects.append(replace(redirect, original_sha256=digest))
+    return replace(package, redirects=tuple(redirects))
 
 
 # consistency ------------------------------------------------------------------------
@@ -461,16 +1257,25 @@ def _fail(message: str) -> None:
 
 
 def validate_package(package: Package) -> None:
-    """Every cross-reference inside the package is consistent (shared by both directions).
+    """Every cross-reference inside the package is consistent (shared by both directions);
+    unresolved blobs and targets are checked for what is known of them.
 
     PackageFormatError names the first inconsistency.
     """
     machine = package.machine
+    if machine not in _MACHINE_TAGS:
+        _fail(f"machine {machine!r} is not supported")
+    if package.version != FORMAT_VERSION:
+        _fail(f"format version {package.version} is not {FORMAT_VERSION}")
     if package.baseline.machine != machine or package.servicing.target.machine != machine:
         _fail("the baseline's machine differs from the package's")
     for layout in (package.baseline, package.servicing.target):
-        if len(layout.mapped_sha256) != 32:
+        if len(layout.mapped_sha256) != DIGEST_SIZE:
             _fail("an image digest is not 32 bytes")
+        if not 0 <= layout.time_date_stamp <= 0xFFFFFFFF or not (
+            0 <= layout.checksum <= 0xFFFFFFFF and 0 < layout.size_of_image <= 0xFFFFFFFF
+        ):
+            _fail("an image identity field is out of range")
     if package.signature is not None and (
         len(package.signature.key_id) != KEY_ID_SIZE
         or len(package.signature.signature) != SIGNATURE_SIZE
@@ -492,16 +1297,18 @@ def validate_package(package: Package) -> None:
         _fail(f"region alignment {alignment} is not a power of two up to {MAX_ALIGNMENT}")
     end = 0
     for blob in package.blobs:
-        if blob.offset < end or not blob.data or blob.offset + len(blob.data) > size:
+        if (blob.unresolved_size > 0) == bool(blob.data) or blob.unresolved_size < 0:
+            _fail(f"blob at region offset 0x{blob.offset:x} is neither resolved nor unresolved")
+        if blob.offset < end or blob.offset + blob.size > size:
             _fail(f"blob at region offset 0x{blob.offset:x} overlaps, is empty or lies outside")
-        end = blob.offset + len(blob.data)
+        end = blob.offset + blob.size
     blob_starts = [b.offset for b in package.blobs]
 
     def blob_for(offset: int, length: int, kinds: tuple[BlobKind, ...], what: str) -> Blob:
         index = bisect.bisect_right(blob_starts, offset) - 1
         if index >= 0:
             blob = package.blobs[index]
-            if offset + length <= blob.offset + len(blob.data) and blob.kind in kinds:
+            if offset + length <= blob.offset + blob.size and blob.kind in kinds:
                 return blob
         _fail(f"{what} at region offset 0x{offset:x} is not inside a {kinds[0].name} blob")
         raise AssertionError  # unreachable
@@ -516,9 +1323,19 @@ def validate_package(package: Package) -> None:
             _fail(f"function at new RVA 0x{function.new_rva:x} has no parts")
         if (function.status == FunctionStatus.ADDED) != (function.old_rva == NO_RVA):
             _fail(f"function at new RVA 0x{function.new_rva:x}: status and old RVA disagree")
+        if function.status == FunctionStatus.ADDED and function.old_size:
+            _fail(f"added function at new RVA 0x{function.new_rva:x} has an old size")
+        if function.status == FunctionStatus.MODIFIED and not (
+            function.old_rva >= 0
+            and function.old_size >= 0
+            and function.old_rva + function.old_size <= package.baseline.size_of_image
+        ):
+            _fail(f"function at old RVA 0x{function.old_rva:x} lies outside the baseline image")
         for part in function.parts:
             if part.size == 0:
                 _fail("empty function part")
+            if not 0 <= part.new_rva <= 0xFFFFFFFF:
+                _fail(f"function part at new RVA 0x{part.new_rva:x} out of range")
             blob_for(part.offset, part.size, (BlobKind.CODE,), "function part")
         entries[function.entry_offset] = function
     for fixup in package.fixups:
@@ -529,15 +1346,16 @@ def validate_package(package: Package) -> None:
         _fail("fixups are not in offset order or repeat")
     for fixup in package.fixups:
         blob_for(fixup.offset, fixup.kind.field_size, tuple(BlobKind), "fixup")
-        if fixup.target_kind == TargetKind.IMPORT and fixup.target >= len(package.imports):
+        if fixup.target == UNRESOLVED:
+            continue
+        if fixup.target_kind == TargetKind.IMPORT and not 0 <= fixup.target < len(package.imports):
             _fail(
                 f"fixup at 0x{fixup.offset:x} names import {fixup.target} of {len(package.imports)}"
             )
-        if fixup.target_kind == TargetKind.REGION and fixup.target >= size:
+        if fixup.target_kind == TargetKind.REGION and not 0 <= fixup.target < size:
             _fail(f"fixup at 0x{fixup.offset:x} targets past the region")
-        if (
-            fixup.target_kind == TargetKind.OLD_RVA
-            and fixup.target >= package.baseline.size_of_image
+        if fixup.target_kind == TargetKind.OLD_RVA and not (
+            0 <= fixup.target < package.baseline.size_of_image
         ):
             _fail(f"fixup at 0x{fixup.offset:x} targets past the baseline image")
     for item in package.imports:
@@ -549,6 +1367,8 @@ def validate_package(package: Package) -> None:
     for redirect in package.redirects:
         if redirect.strategy.machine != machine:
             _fail(f"redirect {redirect.strategy.name} in a {machine.name} package")
+        if len(redirect.original_sha256) not in (0, DIGEST_SIZE):
+            _fail(f"redirect at old RVA 0x{redirect.old_rva:x} has a malformed digest")
         start, length = redirect.strategy.span
         if redirect.old_rva + start < max(previous_end, 0) or (
             redirect.old_rva + start + length > package.baseline.size_of_image
@@ -566,6 +1386,16 @@ def validate_package(package: Package) -> None:
     if modified != len(package.redirects):
         _fail(f"{modified} modified functions but {len(package.redirects)} redirects")
     for record in package.unwind:
-        if not record.begin_offset < record.end_offset <= size:
+        if not 0 <= record.begin_offset < record.end_offset <= size:
             _fail(f"unwind record at 0x{record.table_offset:x} has an empty or outside range")
-        blob_for(record.table_offset, 8, (BlobKind.FUNCTION_TABLE,), "unwind record")
+        blob_for(
+            record.table_offset, _TABLE_ENTRY[machine], (BlobKind.FUNCTION_TABLE,), "unwind record"
+        )
+    coding = package.coding
+    if coding is not None:
+        ranges = list(coding.dictionary) + (_extents(package) if coding.extents else [])
+        for rva, length in ranges:
+            if not (rva >= 0 and length > 0 and rva + length <= package.baseline.size_of_image):
+                _fail(f"dictionary range 0x{rva:x}+0x{length:x} lies outside the baseline image")
+        if sum(length for _, length in ranges) > MAX_DICTIONARY:
+            _fail(f"the dictionary exceeds {MAX_DICTIONARY} bytes")

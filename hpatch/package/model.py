@@ -1,15 +1,25 @@
-"""What a hotpatch package holds, as immutable records (the byte layout is in format.py)."""
+"""What a hotpatch package holds, as immutable records (the byte layout is in format.py).
+
+A package decoded without its baseline image is *unresolved*: the file codes the
+region's bytes against the baseline, so until ``hpatch.package.format.resolve_blobs``
+is given the baseline, blobs know only their size (``Blob.resolved`` is false), fixup
+targets are ``UNRESOLVED`` and redirect digests are empty. Everything else (identity,
+servicing, prerequisites, layout, functions, imports, fixup sites and kinds, redirect
+strategies, unwind records, the signature) is known without it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 from hpatch.arch import Machine
 from hpatch.arch.rewrite import Fixup, Redirect
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 NO_RVA = 0xFFFFFFFF
+#: The target of a fixup of an unresolved package (its value is coded against the baseline).
+UNRESOLVED = -1
 
 
 class Flag(IntEnum):
@@ -84,6 +94,17 @@ class Blob:
     kind: BlobKind
     offset: int
     data: bytes
+    #: The blob's size while its bytes are unknown (an unresolved package; ``data`` is
+    #: empty); 0 once they are known.
+    unresolved_size: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.unresolved_size or len(self.data)
+
+    @property
+    def resolved(self) -> bool:
+        return not self.unresolved_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +148,8 @@ class ImportRef:
 
 @dataclass(frozen=True, slots=True)
 class FixupEntry:
-    """Bind the field at region ``offset`` to ``target`` (counted in ``target_kind``)."""
+    """Bind the field at region ``offset`` to ``target`` (counted in ``target_kind``);
+    ``target`` is UNRESOLVED in an unresolved package."""
 
     offset: int
     kind: Fixup
@@ -140,7 +162,8 @@ class RedirectEntry:
     """Send the baseline function at ``old_rva`` to region ``target_offset``.
 
     ``original_sha256`` is the digest of the bytes the redirect overwrites in the
-    baseline (its span); the applier compares before writing.
+    baseline (its span); the applier compares before writing. It is empty in an
+    unresolved package (the file does not repeat the baseline's bytes).
     """
 
     old_rva: int
@@ -171,6 +194,29 @@ class SignatureInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class BodyCoding:
+    """How a package's body is compressed (see format.py), kept with a built or decoded
+    package so that it encodes to the same bytes again without the baseline at hand.
+
+    The region stream is coded against a dictionary: the baseline ranges (RVA, size) in
+    ``dictionary``, then, if ``extents``, the old code of every replaced function.
+    ``spec`` is a digest of what the dictionary is made of and ``dictionary_data`` its
+    bytes when known; ``metadata``/``metadata_stream`` and ``region_sha256``/
+    ``region_stream`` pair the plain and the compressed form of the two body parts.
+    """
+
+    dictionary: tuple[tuple[int, int], ...]
+    extents: bool
+    spec: bytes
+    dictionary_data: bytes | None
+    metadata: bytes | None
+    metadata_stream: bytes | None
+    region_sha256: bytes | None
+    region_size: int
+    region_stream: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Package:
     """A whole hotpatch package."""
 
@@ -188,7 +234,21 @@ class Package:
     unwind: tuple[UnwindRecord, ...]
     version: int = FORMAT_VERSION
     signature: SignatureInfo | None = None
+    #: The compressed form of the body (a representation, not content: not compared).
+    coding: BodyCoding | None = field(default=None, compare=False, repr=False)
 
     @property
     def flags(self) -> int:
         return Flag.SIGNED if self.signature is not None else 0
+
+    @property
+    def resolved_region(self) -> bool:
+        """Whether blob bytes and fixup targets are known (what binding the region needs)."""
+        return all(b.resolved for b in self.blobs) and all(
+            f.target != UNRESOLVED for f in self.fixups
+        )
+
+    @property
+    def resolved(self) -> bool:
+        """Whether blob bytes, fixup targets and redirect digests are all known."""
+        return self.resolved_region and all(r.original_sha256 for r in self.redirects)

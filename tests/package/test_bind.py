@@ -8,7 +8,7 @@ import pytest
 from capstone import arm64_const, x86_const
 
 from hpatch.arch import Machine
-from hpatch.errors import FixupError
+from hpatch.errors import FixupError, PackageFormatError
 from hpatch.package import decode_package
 from hpatch.package.bind import bind_region
 from hpatch.package.model import Package
@@ -60,7 +60,7 @@ def test_bound_code_matches_the_new_build_under_the_correspondence(
     case: tuple[str, str, str],
 ) -> None:
     diff = sample_diff(*case)
-    package = decode_package(sample_package(*case))
+    package = decode_package(sample_package(*case), diff.old.mapped)
     image_va = diff.old.image_base
     region_va = image_va + ((diff.old.size_of_image + 0xFFFF) & ~0xFFFF)
     region = bind_region(package, image_va, region_va)
@@ -114,9 +114,18 @@ def test_bound_code_matches_the_new_build_under_the_correspondence(
 
 def test_a_placement_out_of_reach_is_refused_naming_the_fixup() -> None:
     case = ("x64-clang", "v1", "v3")
-    package = decode_package(sample_package(*case))
-    image_va = sample_diff(*case).old.image_base
+    old = sample_diff(*case).old
+    package = decode_package(sample_package(*case), old.mapped)
+    image_va = old.image_base
     with pytest.raises(FixupError) as refused:
         bind_region(package, image_va, image_va + (1 << 33))
     assert refused.value.index >= 0
     assert f"fixup {refused.value.index}:" in str(refused.value)
+
+
+def test_an_unresolved_package_is_not_bound() -> None:
+    case = ("arm64-clang", "v1", "v2")
+    package = decode_package(sample_package(*case))
+    assert not package.resolved_region
+    with pytest.raises(PackageFormatError, match="resolve it first"):
+        bind_region(package, 0x180000000, 0x180010000)
