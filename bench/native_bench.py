@@ -8,18 +8,26 @@
 - normalisation: every function part (entry and fragments, as the fingerprints cut
   them) of the largest x64 binary of the real-world corpus through ``normalise_x64``,
   and of the largest ARM64 binary through ``normalise_arm64`` when both backends have
-  it. MB/s counts the code bytes normalised.
+  it. MB/s counts the code bytes normalised;
+- the whole command: ``hpatch diff --json OLD NEW`` on the largest corpus pair (by the
+  size of both files), as a subprocess with the C core and with
+  ``HPATCH_PURE_PYTHON=1``, runs alternating between the two, median of
+  ``--diff-runs`` each (0 skips it); the two JSON documents must be equal.
 
-The native figure is the best of N runs (the machine is shared: the minimum is the
-least disturbed run); the fallback, much slower, runs once.
+The native figure of the function rows is the best of N runs (the machine is shared:
+the minimum is the least disturbed run); the fallback, much slower, runs once.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import random
+import statistics
 import struct
+import subprocess
+import sys
 import time
 from array import array
 from collections.abc import Callable
@@ -167,11 +175,40 @@ def bench_normalise(name: str, path: Path, repeat: int) -> tuple[int, int, float
     return len(parts), size, timings[0], timings[1]
 
 
+def largest_pair() -> tuple[str, Path, Path] | None:
+    pairs = corpus_pairs()
+    if not pairs:
+        return None
+    return max(pairs, key=lambda p: (p[1].stat().st_size + p[2].stat().st_size, p[0]))
+
+
+def bench_cli_diff(old: Path, new: Path, runs: int) -> tuple[float, float]:
+    """Median wall time of ``hpatch diff --json old new`` with each core; the runs
+    alternate so that a change in the load of a shared machine hits both alike."""
+    timings: dict[str, list[float]] = {"0": [], "1": []}
+    outputs: dict[str, str] = {}
+    command = [sys.executable, "-m", "hpatch", "diff", "--json", str(old), str(new)]
+    for _ in range(runs):
+        for pure in ("0", "1"):
+            env = dict(
+                os.environ, HPATCH_PURE_PYTHON=pure, HPATCH_REQUIRE_NATIVE=str(1 - int(pure))
+            )
+            start = time.perf_counter()
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+            timings[pure].append(time.perf_counter() - start)
+            if done.returncode not in (0, 3):  # 3: not hotpatchable, still a full diff
+                raise SystemExit(f"hpatch diff failed ({done.returncode}): {done.stderr}")
+            outputs[pure] = done.stdout
+    assert outputs["0"] == outputs["1"], "the backends disagree"
+    return statistics.median(timings["0"]), statistics.median(timings["1"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="native runs (best of)")
     parser.add_argument("--fixups", type=int, default=1_000_000)
     parser.add_argument("--redirects", type=int, default=100_000)
+    parser.add_argument("--diff-runs", type=int, default=3, help="hpatch diff runs per core")
     args = parser.parse_args()
 
     print("| work | size | native | fallback | speedup | native throughput |")
@@ -216,6 +253,19 @@ def main() -> None:
             native,
             fallback,
             f"{size / native / 1e6:.0f} MB/s",
+        )
+    pair = largest_pair()
+    if args.diff_runs and pair is not None:
+        pair_id, old, new = pair
+        native, fallback = bench_cli_diff(old, new, args.diff_runs)
+        size = (old.stat().st_size + new.stat().st_size) / 1e6
+        print()
+        print("| command | pair | size (both files) | C core | pure Python | speedup |")
+        print("|---|---|---:|---:|---:|---:|")
+        print(
+            f"| `hpatch diff --json`, median of {args.diff_runs} | {pair_id} | {size:.1f} MB"
+            f" | {native:.2f} s | {fallback:.2f} s | {fallback / native:.1f}x |",
+            flush=True,
         )
 
 
