@@ -26,11 +26,11 @@ from hpatch.emu.loader import Module
 from hpatch.emu.memory import HIGHEST_VA, PAGE_SIZE, Protection, page_ceil
 from hpatch.emu.process import Process
 from hpatch.emu.tables import FunctionEntry
-from hpatch.errors import ApplyError, HPatchError
+from hpatch.errors import ApplyError, HPatchError, PackageFormatError
 from hpatch.image import BaseRelocationType, Function, PEImage
 from hpatch.package.bind import bind_region
 from hpatch.package.checks import CheckResult, check_prerequisites
-from hpatch.package.format import encode_package
+from hpatch.package.format import encode_package, resolve_blobs
 from hpatch.package.model import FunctionStatus, Package, Prerequisite
 from hpatch.package.signing import SignatureCheck, SignatureStatus, TrustStore
 
@@ -338,6 +338,13 @@ def apply_package(
     for result in checks:
         if not result.passed:
             raise _Refused(f"check '{result.name}' failed: {result.detail}")
+    if not package.resolved:
+        # The region and the redirect digests are coded against the baseline, which the
+        # checks above have just pinned.
+        try:
+            package = resolve_blobs(package, module.image.mapped)
+        except PackageFormatError as error:
+            raise _Refused(f"check 'package contents' failed: {error}") from error
     signature, signature_result = _signature(package, options)
     checks.append(signature_result)
     checks.append(_sequence(package, active))
