@@ -80,8 +80,13 @@ _CODE_BLOBS_IMPLIED = 0x1  # one CODE blob per function, spanning its parts
 _TABLES_IMPLIED = 0x2  # one FUNCTION_TABLE blob per run of adjacent unwind table entries
 _EXTENTS_IN_DICTIONARY = 0x4  # the dictionary ends with the replaced functions' old code
 _WHOLE_IMAGE_DICTIONARY = 0x8  # the dictionary starts with the whole baseline image
+_TABLE_FIXUPS_IMPLIED = 0x10  # the function table entries' RVA fixups are not listed
 _REGION_FLAGS = (
-    _CODE_BLOBS_IMPLIED | _TABLES_IMPLIED | _EXTENTS_IN_DICTIONARY | _WHOLE_IMAGE_DICTIONARY
+    _CODE_BLOBS_IMPLIED
+    | _TABLES_IMPLIED
+    | _EXTENTS_IN_DICTIONARY
+    | _WHOLE_IMAGE_DICTIONARY
+    | _TABLE_FIXUPS_IMPLIED
 )
 # function record head byte
 _HEAD_STATUS = 0x03
@@ -257,6 +262,24 @@ def _implied_tables(
     return sorted((start, end - start) for start, end in runs)
 
 
+def _implied_table_fixups(
+    machine: Machine, unwind: tuple[UnwindRecord, ...] | list[UnwindRecord]
+) -> list[FixupEntry]:
+    """The ADDR32NB fixups (REGION, target unresolved) every function table entry has:
+    begin on ARM64; begin, end and unwind data on AMD64 (an ARM64 entry's second word
+    may be packed unwind data, so its fixup is listed)."""
+    if machine == Machine.AMD64:
+        return [
+            FixupEntry(r.table_offset + at, Fixup.X64_ADDR32NB, TargetKind.REGION, UNRESOLVED)
+            for r in unwind
+            for at in (0, 4, 8)
+        ]
+    return [
+        FixupEntry(r.table_offset, Fixup.ARM64_ADDR32NB, TargetKind.REGION, UNRESOLVED)
+        for r in unwind
+    ]
+
+
 def _extents(package: Package) -> list[tuple[int, int]]:
     """The old code (RVA, size) of every replaced function, in function order."""
     return [
@@ -358,6 +381,14 @@ def _metadata(package: Package, dictionary: tuple[tuple[int, int], ...], extents
         == _implied_tables(package.machine, package.unwind),
     }
     whole = dictionary == ((0, package.baseline.size_of_image),)
+    sites = {(f.offset, f.kind, f.target_kind) for f in package.fixups}
+    table_fixups = {
+        f.offset
+        for f in _implied_table_fixups(package.machine, package.unwind)
+        if (f.offset, f.kind, f.target_kind) in sites
+    }
+    if len(table_fixups) != len(_implied_table_fixups(package.machine, package.unwind)):
+        table_fixups = set()
     _write_scaled(out, package.region_size, 12)
     out.u8(package.region_alignment.bit_length() - 1)
     out.u8(
@@ -365,6 +396,7 @@ def _metadata(package: Package, dictionary: tuple[tuple[int, int], ...], extents
         | (_TABLES_IMPLIED if implied[BlobKind.FUNCTION_TABLE] else 0)
         | (_EXTENTS_IN_DICTIONARY if extents else 0)
         | (_WHOLE_IMAGE_DICTIONARY if whole else 0)
+        | (_TABLE_FIXUPS_IMPLIED if table_fixups else 0)
     )
     if not whole:
         out.uv(len(dictionary))
@@ -414,12 +446,16 @@ def _metadata(package: Package, dictionary: tuple[tuple[int, int], ...], extents
         out.string(item.name)
         out.uv(item.ordinal)
         out.uv(item.old_iat_rva)
-    out.uv(len(package.fixups))
+    listed_fixups = [f for f in package.fixups if f.offset not in table_fixups]
+    out.uv(len(listed_fixups))
     previous = 0
-    for fixup in package.fixups:
-        out.uv(fixup.offset - previous)
+    for fixup in listed_fixups:
+        if package.machine == Machine.ARM64:  # fields are words: gaps are multiples of 4
+            _write_scaled(out, fixup.offset - previous, 2)
+        else:
+            out.uv(fixup.offset - previous)
         previous = fixup.offset
-    for fixup in package.fixups:
+    for fixup in listed_fixups:
         out.u8(fixup.kind.coff_type | fixup.target_kind << 5)
     out.uv(len(package.unwind))
     expected = end = 0
@@ -532,7 +568,12 @@ def _read_metadata(data: bytes, flags: int) -> tuple[Package, tuple[tuple[int, i
         for _ in range(meta.count(4, "imports"))
     )
     count = meta.count(2, "fixups")
-    offsets = list(itertools.accumulate(meta.uv(1 << 32) for _ in range(count)))
+    offsets = list(
+        itertools.accumulate(
+            _read_scaled(meta, 2, 1 << 32) if machine == Machine.ARM64 else meta.uv(1 << 32)
+            for _ in range(count)
+        )
+    )
     tag = _MACHINE_TAGS[machine]
     fixups = []
     for offset in offsets:
@@ -554,6 +595,11 @@ def _read_metadata(data: bytes, flags: int) -> tuple[Package, tuple[tuple[int, i
         unwind.append(UnwindRecord(table, begin, end))
         expected = table + _TABLE_ENTRY[machine]
     meta.finish()
+    if region_flags & _TABLE_FIXUPS_IMPLIED:
+        implied_fixups = _implied_table_fixups(machine, unwind)
+        if not implied_fixups:
+            raise PackageFormatError("metadata: implied table fixups without unwind records")
+        fixups = sorted([*fixups, *implied_fixups], key=lambda f: f.offset)
     implied: list[tuple[BlobKind, tuple[int, int]]] = []
     if region_flags & _CODE_BLOBS_IMPLIED:
         implied += [(BlobKind.CODE, span) for span in _implied_code_blobs(functions)]

@@ -21,6 +21,7 @@ from hpatch.package.format import (
     DIGEST_SIZE,
     HEADER,
     MAX_METADATA,
+    _implied_table_fixups,
     _predictions,
     _Reader,
     _Writer,
@@ -272,9 +273,13 @@ def test_truncations_are_refused() -> None:
 
 
 def _fixup_count_at(metadata: bytes) -> int:
-    """Where the fixup count sits in the sample's metadata (found by re-encoding)."""
+    """Where the fixup count sits in the sample's metadata: before the first listed
+    fixup's offset (the function table's fixups are implied, not listed)."""
     package = decode_package(_unsigned())
-    return metadata.index(bytes([len(package.fixups)]) + bytes([package.fixups[0].offset]))
+    implied = {f.offset for f in _implied_table_fixups(package.machine, package.unwind)}
+    listed = [f for f in package.fixups if f.offset not in implied]
+    assert len(listed) < 128 and listed[0].offset < 128
+    return metadata.index(bytes([len(listed), listed[0].offset]))
 
 
 def test_huge_counts_are_refused_before_allocating() -> None:
