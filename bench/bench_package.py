@@ -3,10 +3,11 @@
     python bench/bench_package.py
 
 For every sample pair of every build (stripped images) and every real-world corpus
-pair: the size of the hpatch package (unsigned; a signature adds 72 bytes), of the
-new binary compressed with zstd (level 19), and of a bsdiff4 delta from the old to
-the new binary. Blocked pairs (not hotpatchable) show their first blocker instead of a
-package size.
+pair: the size of the hpatch package (unsigned; a signature adds 72 bytes), and of its
+two compressed streams (metadata, and the region coded against the baseline; the other
+43 bytes are header and SHA-256), of the new binary compressed with zstd (level 19),
+and of a bsdiff4 delta from the old to the new binary. Blocked pairs (not
+hotpatchable) show their first blocker instead of a package size.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from corpus import corpus_pairs
 from hpatch.diff import diff_images
 from hpatch.image import load_image
 from hpatch.package import PackageBlocked, build_package, encode_package
+from hpatch.package.format import DIGEST_SIZE, HEADER
 
 REPO = Path(__file__).resolve().parent.parent
 BUILDS = ("x64-gcc", "x64-clang", "x64-clang-hotpatch", "arm64-clang")
@@ -42,27 +44,38 @@ def sample_pairs() -> list[tuple[str, Path, Path]]:
 
 
 def package_size(old: Path, new: Path) -> tuple[int | None, str]:
+    """The package's size and its streams' (metadata + region), or why there is none."""
     result = diff_images(load_image(old), load_image(new))
     if result.blockers:
         return None, f"blocked: {result.blockers[0].kind.value} ({len(result.blockers)})"
     try:
-        return len(encode_package(build_package(result))), ""
+        package = build_package(result)
     except PackageBlocked as blocked:
         return None, f"refused: {blocked.blockers[0].reason[:60]} ({len(blocked.blockers)})"
+    size = len(encode_package(package))
+    assert package.coding is not None
+    region = len(package.coding.region_stream)
+    return size, f"{size - HEADER.size - DIGEST_SIZE - region:,} + {region:,} B"
 
 
 def main() -> None:
     compressor = zstandard.ZstdCompressor(level=19)
-    print("| pair | new binary | zstd(new) | bsdiff4 delta | hpatch package | package / bsdiff4 |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| pair | new binary | zstd(new) | bsdiff4 delta | hpatch package "
+        "| metadata + region | package / bsdiff4 |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, old, new in sample_pairs() + corpus_pairs():
         old_bytes, new_bytes = old.read_bytes(), new.read_bytes()
         delta = len(bsdiff4.diff(old_bytes, new_bytes))
         packed = len(compressor.compress(new_bytes))
-        size, why = package_size(old, new)
-        shown = f"{size:,} B" if size is not None else why
+        size, detail = package_size(old, new)
+        shown, streams = (f"{size:,} B", detail) if size is not None else (detail, "-")
         ratio = f"{size / delta:.2f}" if size is not None else "-"
-        print(f"| {name} | {len(new_bytes):,} B | {packed:,} B | {delta:,} B | {shown} | {ratio} |")
+        print(
+            f"| {name} | {len(new_bytes):,} B | {packed:,} B | {delta:,} B | {shown} "
+            f"| {streams} | {ratio} |"
+        )
 
 
 if __name__ == "__main__":
