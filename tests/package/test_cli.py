@@ -98,6 +98,9 @@ def test_inspect_report_and_json(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert {f["redirect"] for f in document["functions"] if f["status"] == "modified"} == {
         "ARM64_B"
     }
+    # inspect reads the package without its baseline: the redirect digests come from it
+    assert {f["original_sha256"] for f in document["functions"]} == {None}
+    assert [b["size"] for b in document["region"]["blobs"]] == [b.size for b in package.blobs]
     assert document["signature"] == {"signed": False, "key_id": None, "status": "unsigned"}
 
 
