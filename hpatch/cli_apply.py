@@ -5,19 +5,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from hpatch.apply import ApplyOptions, ApplyReport, apply_package, rollback
-from hpatch.emu import Process
-from hpatch.emu.memory import Protection, RegionState
 from hpatch.errors import EmulationFault, HPatchError
 from hpatch.image import load_image
 from hpatch.package import decode_package
 from hpatch.package.signing import TrustStore
+
+if TYPE_CHECKING:  # the emulator (Unicorn) loads only when ``apply`` runs
+    from hpatch.apply import ApplyReport
+    from hpatch.emu import Process
+    from hpatch.emu.memory import Protection
 
 CALL_MARKER = "--call"
 
@@ -123,9 +125,11 @@ def _report_document(report: ApplyReport) -> dict[str, Any]:
 
 def _code_state(process: Process) -> list[tuple[int, tuple[Protection, ...], bytes]]:
     """Every page of the main module that is not writable: what a rollback restores."""
+    from hpatch.emu.memory import Protection
+
     module = process.main_module
     assert module is not None
-    state: RegionState = next(s for s in process.space.state() if s.va == module.base)
+    state = next(s for s in process.space.state() if s.va == module.base)
     pages = []
     for index, protection in enumerate(state.protections):
         if not protection & Protection.W:
@@ -171,7 +175,9 @@ def apply_command(
     baseline, after the packages, and after --rollback; ARG is an integer,
     bytes:HEX (copied into emulated memory, pointer passed) or buffer:N.
     """
+    from hpatch.apply import ApplyOptions, apply_package, rollback
     from hpatch.cli import _read_package_file  # the shared, size-capped reader
+    from hpatch.emu import Process
 
     paths, spec = _split_items(items)
     if len(paths) < 2:
