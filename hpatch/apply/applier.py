@@ -22,12 +22,12 @@ from hpatch.arch import Machine
 from hpatch.arch.rewrite import Redirect, encode_redirect
 from hpatch.diff.verdict import redirect_problem
 from hpatch.emu.cpu import ThreadState
-from hpatch.emu.loader import Module
+from hpatch.emu.loader import RELOCATION_WIDTHS, Module
 from hpatch.emu.memory import HIGHEST_VA, PAGE_SIZE, Protection, page_ceil
 from hpatch.emu.process import Process
 from hpatch.emu.tables import FunctionEntry
 from hpatch.errors import ApplyError, HPatchError, PackageFormatError
-from hpatch.image import BaseRelocationType, Function, PEImage
+from hpatch.image import Function, PEImage
 from hpatch.package.bind import bind_region
 from hpatch.package.checks import CheckResult, check_prerequisites
 from hpatch.package.format import encode_package, resolve_blobs
@@ -110,8 +110,11 @@ _RELOCATIONS: WeakKeyDictionary[PEImage, tuple[list[tuple[int, int]], list[int]]
 def _relocation_index(image: PEImage) -> tuple[list[tuple[int, int]], list[int]]:
     """(RVA, width) of every address-sized base relocation, sorted, and their RVAs."""
     if image not in _RELOCATIONS:
-        widths = {BaseRelocationType.DIR64: 8, BaseRelocationType.HIGHLOW: 4}
-        fields = sorted((r.rva, widths[r.type]) for r in image.relocations if r.type in widths)
+        fields = sorted(
+            (r.rva, RELOCATION_WIDTHS[r.type])
+            for r in image.relocations
+            if r.type in RELOCATION_WIDTHS
+        )
         _RELOCATIONS[image] = (fields, [rva for rva, _ in fields])
     return _RELOCATIONS[image]
 
@@ -228,13 +231,17 @@ def _placement_window(module: Module, package: Package, size: int) -> tuple[int,
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """The bytes a publish writes for one function: the union of its old and new spans."""
+    """The bytes a publish leaves at one function: over the union of its old and new
+    spans, a redirect (``installing``) or the baseline's bytes put back."""
 
-    function: str
     entry_va: int
     union_va: int
-    current: bytes
     final: bytes
+    installing: bool
+
+
+def _restore_plan(placed: PlacedRedirect) -> _Plan:
+    return _Plan(placed.old_va, placed.span_va, placed.original, installing=False)
 
 
 def _publish(transaction: Transaction, plans: list[_Plan]) -> None:
@@ -243,12 +250,12 @@ def _publish(transaction: Transaction, plans: list[_Plan]) -> None:
     either the old entry or a complete jump); restoring, the other way round."""
     for plan in plans:
         split = plan.entry_va - plan.union_va
-        before = (plan.union_va, plan.current[:split], plan.final[:split])
-        after = (plan.entry_va, plan.current[split:], plan.final[split:])
-        installing = after[2] != after[1]
-        order = (before, after) if installing else (after, before)
-        for va, current, final in order:
-            if current != final:
+        current = transaction.space.read(plan.union_va, len(plan.final))
+        before = (plan.union_va, current[:split], plan.final[:split])
+        after = (plan.entry_va, current[split:], plan.final[split:])
+        order = (before, after) if plan.installing else (after, before)
+        for va, present, final in order:
+            if present != final:
                 transaction.write(va, final)
 
 
@@ -349,19 +356,13 @@ def apply_package(
     checks.append(signature_result)
     checks.append(_sequence(package, active))
     baseline = _Baseline(process, module, active)
+    replaced = {f.old_rva: f for f in package.functions if f.status == FunctionStatus.MODIFIED}
     plans_input = []
     for redirect in package.redirects:
         start, length = redirect.strategy.span
         span_rva = redirect.old_rva + start
         original = baseline.read(span_rva, length)
-        function = next(
-            (
-                f
-                for f in package.functions
-                if f.old_rva == redirect.old_rva and f.status == FunctionStatus.MODIFIED
-            ),
-            None,
-        )
+        function = replaced.get(redirect.old_rva)
         name = _function_name(function.name if function else "", redirect.old_rva)
         if hashlib.sha256(original).digest() != redirect.original_sha256:
             _check(
@@ -487,31 +488,15 @@ def _plan_redirects(
         if previous is not None:
             lo = min(lo, previous.span_va)
             hi = max(hi, previous.span_va + len(previous.written))
-        current = module_read(module, lo, hi)
         final = bytearray(baseline.read(lo - module.base, hi - lo))
         final[span_va - lo : span_va - lo + len(written)] = written
         placed.append(
             PlacedRedirect(name, entry_va, target_va, redirect.strategy, span_va, original, written)
         )
-        plans.append(_Plan(name, entry_va, lo, current, bytes(final)))
+        plans.append(_Plan(entry_va, lo, bytes(final), installing=True))
     # Functions the active package redirected and this one no longer does: restored.
-    for previous in entries.values():
-        lo, hi = previous.span_va, previous.span_va + len(previous.written)
-        plans.append(
-            _Plan(
-                previous.function,
-                previous.old_va,
-                lo,
-                module_read(module, lo, hi),
-                previous.original,
-            )
-        )
+    plans.extend(_restore_plan(previous) for previous in entries.values())
     return placed, plans
-
-
-def module_read(module: Module, lo: int, hi: int) -> bytes:
-    offset = lo - module.region.va
-    return bytes(module.region.view[offset : offset + hi - lo])
 
 
 def rollback(process: Process, module: Module | None = None, *, wait_steps: int = 0) -> ApplyReport:
@@ -527,16 +512,7 @@ def rollback(process: Process, module: Module | None = None, *, wait_steps: int 
     _wait_until_safe(process, spans, code, wait_steps)
     transaction = Transaction(process.space, process.function_tables)
     try:
-        plans = [
-            _Plan(
-                p.function,
-                p.old_va,
-                p.span_va,
-                module_read(module, p.span_va, p.span_va + len(p.written)),
-                p.original,
-            )
-            for p in active.redirects
-        ]
+        plans = [_restore_plan(placed) for placed in active.redirects]
         started = time.perf_counter_ns()
         _publish(transaction, plans)
         publish_ns = time.perf_counter_ns() - started

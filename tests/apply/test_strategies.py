@@ -71,3 +71,25 @@ def test_strategy(build: str, strategy: Redirect) -> None:
         if not protection & 2:
             page = slice(index * 0x1000, (index + 1) * 0x1000)
             assert before_data[page] == after_data[page]
+
+
+def test_two_stage_installs_padding_first_and_restores_entry_first() -> None:
+    build, strategy = "x64-clang-hotpatch", Redirect.X64_TWO_STAGE
+    target = process(build)
+    writes: list[int] = []
+    write = target.space.write
+
+    def recording(va: int, data: bytes) -> None:
+        writes.append(va)
+        write(va, data)
+
+    target.space.write = recording  # type: ignore[method-assign]
+    report = apply_package(target, with_strategy(build, strategy), options=ALLOW)
+    entries = {r.old_va for r in report.redirects if r.strategy == strategy}
+    installed = [va for va in writes if va in entries or va + 5 in entries]
+    writes.clear()
+    rollback(target)
+    restored = [va for va in writes if va in entries or va + 5 in entries]
+    for entry in entries:
+        assert installed.index(entry - 5) < installed.index(entry)
+        assert restored.index(entry) < restored.index(entry - 5)
