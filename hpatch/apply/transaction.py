@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hpatch.emu.memory import AddressSpace, Protection, Region
+from hpatch.emu.memory import PAGE_SIZE, AddressSpace, Protection, Region, page_ceil, page_floor
 from hpatch.emu.tables import FunctionEntry, FunctionTables
 
 
@@ -70,12 +70,18 @@ class Transaction:
         self._log.append(_Mapped(region.va))
         return region
 
+    def _protections(self, va: int, size: int) -> tuple[int, tuple[Protection, ...]]:
+        """The first page of [va, va+size) and the protection of each of its pages."""
+        first = page_floor(va)
+        pages = range(first, page_ceil(va + size), PAGE_SIZE)
+        return first, tuple(self.space.protection_at(page) for page in pages)
+
+    def _restore_protections(self, first: int, protections: tuple[Protection, ...]) -> None:
+        for index, protection in enumerate(protections):
+            self.space.protect(first + index * PAGE_SIZE, 1, protection)
+
     def protect(self, va: int, size: int, protection: Protection) -> None:
-        first = va & ~0xFFF
-        pages = ((va + size + 0xFFF) & ~0xFFF) - first
-        before = tuple(
-            self.space.protection_at(page) for page in range(first, first + pages, 0x1000)
-        )
+        first, before = self._protections(va, size)
         self.space.protect(va, size, protection)
         self._log.append(_Protected(first, before))
 
@@ -83,17 +89,15 @@ class Transaction:
         """Write code or data: the pages are made writable for this write only, then given
         back their protection (W^X: never writable and executable at once)."""
         previous = self.space.read(va, len(data))
-        first = va & ~0xFFF
-        pages = range(first, va + len(data), 0x1000)
-        original = [self.space.protection_at(page) for page in pages]
+        first, original = self._protections(va, len(data))
         needs_flip = any(not p & Protection.W for p in original)
         if needs_flip:
             self.protect(va, len(data), Protection.RW)
         self.space.write(va, data)
         self._log.append(_Written(va, previous))
         if needs_flip:
-            for page, protection in zip(pages, original, strict=True):
-                self.protect(page, 1, protection)
+            for index, protection in enumerate(original):
+                self.protect(first + index * PAGE_SIZE, 1, protection)
 
     def free(self, region: Region) -> None:
         record = _Freed(
@@ -123,21 +127,12 @@ class Transaction:
                 if isinstance(entry, _Mapped):
                     self.space.unmap(entry.va)
                 elif isinstance(entry, _Protected):
-                    for index, protection in enumerate(entry.protections):
-                        self.space.protect(entry.va + index * 0x1000, 1, protection)
+                    self._restore_protections(entry.va, entry.protections)
                 elif isinstance(entry, _Written):
-                    region = self.space.region_at(entry.va)
-                    assert region is not None
-                    offset = entry.va - region.va
-                    region.view[offset : offset + len(entry.previous)] = entry.previous
-                    for observer in self.space.observers:
-                        observer.code_written(entry.va, len(entry.previous))
+                    self.space.poke(entry.va, entry.previous)
                 elif isinstance(entry, _Freed):
-                    region = self.space.map(
-                        entry.va, entry.size, Protection.NONE, entry.name, entry.data
-                    )
-                    for index, protection in enumerate(entry.protections):
-                        self.space.protect(entry.va + index * 0x1000, 1, protection)
+                    self.space.map(entry.va, entry.size, Protection.NONE, entry.name, entry.data)
+                    self._restore_protections(entry.va, entry.protections)
                 elif entry.previous is None:
                     self.tables.remove(entry.key)
                 else:

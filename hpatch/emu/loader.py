@@ -19,6 +19,9 @@ _MEM_EXECUTE = 0x20000000
 _MEM_READ = 0x40000000
 _MEM_WRITE = 0x80000000
 
+#: Bytes of the address field each base relocation type the loader applies adjusts.
+RELOCATION_WIDTHS = {BaseRelocationType.DIR64: 8, BaseRelocationType.HIGHLOW: 4}
+
 #: Resolves one import to the VA its IAT slot receives.
 ImportResolver = Callable[[Import], int]
 
@@ -91,7 +94,7 @@ def relocated_image(image: PEImage, base: int) -> bytearray:
     for relocation in image.relocations:
         if relocation.type == BaseRelocationType.ABSOLUTE:
             continue
-        width = {BaseRelocationType.DIR64: 8, BaseRelocationType.HIGHLOW: 4}.get(relocation.type)
+        width = RELOCATION_WIDTHS.get(relocation.type)
         if width is None:
             raise UnsupportedError(
                 f"base relocation type {relocation.type.name} at RVA 0x{relocation.rva:x}"

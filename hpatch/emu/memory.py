@@ -300,6 +300,15 @@ class AddressSpace:
         for observer in self.observers:
             observer.code_written(va, len(data))
 
+    def poke(self, va: int, data: bytes) -> None:
+        """Put ``data`` at ``va`` regardless of protection and without announcing it: the
+        host's own bytes (stubs it lays out, an undo putting back what was there)."""
+        region = self._span(va, len(data))
+        offset = va - region.va
+        region.view[offset : offset + len(data)] = data
+        for observer in self.observers:
+            observer.code_written(va, len(data))
+
     def read(self, va: int, size: int) -> bytes:
         """``size`` bytes at ``va`` from one mapped region (the host reads regardless of
         protection, as a debugger does)."""

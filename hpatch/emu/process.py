@@ -96,10 +96,7 @@ class Process:
             self._stub_region, self._stub_used = region, 0
         va = self._stub_region.va + self._stub_used
         self._stub_used += _STUB_SIZE
-        ret = _RET[self.machine]
-        offset = va - self._stub_region.va
-        self._stub_region.view[offset : offset + len(ret)] = ret
-        self.cpu.code_written(va, len(ret))
+        self.space.poke(va, _RET[self.machine])
         self.cpu.add_host_stub(va, str(key), call)
         self._stubs[key] = va
         return va
