@@ -19,7 +19,6 @@ from hpatch.package.signing import TrustStore
 if TYPE_CHECKING:  # the emulator (Unicorn) loads only when ``apply`` runs
     from hpatch.apply import ApplyReport
     from hpatch.emu import Process
-    from hpatch.emu.memory import Protection
 
 CALL_MARKER = "--call"
 
@@ -36,7 +35,7 @@ def _parse_int(text: str) -> int:
     try:
         return int(text, 0)
     except ValueError:
-        raise HPatchError(f"'{text}' is not an integer (nor bytes:HEX / buffer:N)") from None
+        raise HPatchError(f"'{text}' is not an integer") from None
 
 
 def _split_items(items: tuple[str, ...]) -> tuple[list[str], CallSpec | None]:
@@ -49,27 +48,6 @@ def _split_items(items: tuple[str, ...]) -> tuple[list[str], CallSpec | None]:
     return list(items[:at]), CallSpec(call[0], tuple(call[1:]))
 
 
-def _arguments(process: Process, spec: CallSpec) -> list[int]:
-    """Integers as given; ``bytes:HEX`` copied into emulated memory and ``buffer:N``
-    (N zero bytes) allocated, each ending at a guard page; their addresses passed."""
-    values = []
-    for text in spec.arguments:
-        if text.startswith("bytes:"):
-            try:
-                data = bytes.fromhex(text[6:])
-            except ValueError:
-                raise HPatchError(f"'{text}': bytes: takes hexadecimal digits") from None
-            values.append(process.buffer(data, "argument"))
-        elif text.startswith("buffer:"):
-            size = _parse_int(text[7:])
-            if not 0 <= size <= 1 << 24:
-                raise HPatchError(f"'{text}': a buffer holds 0 to 16 MiB")
-            values.append(process.buffer(size, "argument"))
-        else:
-            values.append(_parse_int(text))
-    return values
-
-
 def _function(spec: CallSpec) -> str | int:
     try:
         return int(spec.function, 0)
@@ -78,7 +56,7 @@ def _function(spec: CallSpec) -> str | int:
 
 
 def _call(process: Process, spec: CallSpec, when: str) -> dict[str, Any]:
-    arguments = _arguments(process, spec)
+    arguments = [process.argument(text) for text in spec.arguments]
     document: dict[str, Any] = {
         "when": when,
         "function": spec.function,
@@ -121,20 +99,6 @@ def _report_document(report: ApplyReport) -> dict[str, Any]:
             for r in report.redirects
         ],
     }
-
-
-def _code_state(process: Process) -> list[tuple[int, tuple[Protection, ...], bytes]]:
-    """Every page of the main module that is not writable: what a rollback restores."""
-    from hpatch.emu.memory import Protection
-
-    module = process.main_module
-    assert module is not None
-    state = next(s for s in process.space.state() if s.va == module.base)
-    pages = []
-    for index, protection in enumerate(state.protections):
-        if not protection & Protection.W:
-            pages.append((index, (protection,), state.data[index * 0x1000 : (index + 1) * 0x1000]))
-    return pages
 
 
 @click.command(
@@ -187,15 +151,13 @@ def apply_command(
     image = load_image(image_path)
     base = _parse_int(base_text) if base_text is not None else None
     process = Process(image.identity.machine, search_path=[Path(image_path).parent])
-    process.load_image(image, base=base)
-    loaded = _code_state(process)
+    module = process.load_image(image, base=base)
+    loaded = process.module_pages(module)
     options = ApplyOptions(
         trust=TrustStore.from_paths(list(trust)) if trust else None,
         allow_unsigned=allow_unsigned,
         wait_steps=wait_steps,
     )
-    module = process.main_module
-    assert module is not None
     document: dict[str, Any] = {
         "image": image.name,
         "machine": image.identity.machine.name,
@@ -229,7 +191,7 @@ def apply_command(
         show_call(_call(process, spec, "patched"))
     if then_rollback:
         report = rollback(process, module, wait_steps=wait_steps)
-        restored = _code_state(process) == loaded
+        restored = process.module_pages(module) == loaded
         document["rollback"] = {**_report_document(report), "code_identical_to_baseline": restored}
         if not as_json:
             console.print(

@@ -23,6 +23,7 @@ _RET = {Machine.AMD64: b"\xc3", Machine.ARM64: bytes.fromhex("c0035fd6")}
 _FILL = {Machine.AMD64: b"\xcc", Machine.ARM64: bytes.fromhex("000020d4")}  # int3 / brk #0
 _MAX_FORWARDS = 8
 _DLL_PROCESS_ATTACH = 1
+_MAX_ARGUMENT_BUFFER = 1 << 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +228,19 @@ class Process:
                 return module
         return None
 
+    def module_pages(self, module: Module) -> list[tuple[int, Protection, bytes]]:
+        """(index, protection, bytes) of every page of ``module`` that is not writable:
+        what patching changes and a rollback must restore exactly."""
+        return [
+            (
+                index,
+                protection,
+                bytes(module.region.view[index * PAGE_SIZE : (index + 1) * PAGE_SIZE]),
+            )
+            for index, protection in enumerate(module.region.protections)
+            if not protection & Protection.W
+        ]
+
     def module_at(self, va: int) -> Module | None:
         for module in self.modules:
             if module.contains(va):
@@ -281,6 +295,27 @@ class Process:
         va = region.end - len(data)
         region.view[va - region.va :] = data
         return va
+
+    def argument(self, value: int | str) -> int:
+        """An integer argument as it is passed: integers (and their text, any base)
+        as given; ``bytes:HEX`` copied into a fresh buffer and ``buffer:N`` (N zero
+        bytes) allocated, both ending at a guard page, their address passed."""
+        if isinstance(value, int):
+            return value
+        if value.startswith("bytes:"):
+            try:
+                return self.buffer(bytes.fromhex(value[6:]), "argument")
+            except ValueError:
+                raise HPatchError(f"'{value}': bytes: takes hexadecimal digits") from None
+        if value.startswith("buffer:"):
+            size = self.argument(value[7:])
+            if not 0 <= size <= _MAX_ARGUMENT_BUFFER:
+                raise HPatchError(f"'{value}': a buffer holds 0 to 16 MiB")
+            return self.buffer(size, "argument")
+        try:
+            return int(value, 0)
+        except ValueError:
+            raise HPatchError(f"'{value}' is not an integer (nor bytes:HEX / buffer:N)") from None
 
     def free(self, va: int) -> None:
         """Release a buffer from ``buffer``."""

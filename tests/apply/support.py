@@ -51,14 +51,7 @@ def process(build: str, version: str = "v1", base: int | None = None) -> Process
 def call(target: Process, function: str, arguments: list) -> object:
     """Call with ``bytes:HEX`` / ``buffer:N`` arguments made fresh; the int32 result,
     or ("fault", access) when the call faults."""
-    values = []
-    for argument in arguments:
-        if isinstance(argument, str) and argument.startswith("bytes:"):
-            values.append(target.buffer(bytes.fromhex(argument[6:])))
-        elif isinstance(argument, str) and argument.startswith("buffer:"):
-            values.append(target.buffer(int(argument[7:])))
-        else:
-            values.append(argument)
+    values = [target.argument(argument) for argument in arguments]
     try:
         result = target.call(function, *values) & 0xFFFFFFFF
     except EmulationFault as fault:

@@ -12,17 +12,6 @@ from .support import BUGS, BUILDS, REBASED, outcomes, package, process
 ALLOW = ApplyOptions(allow_unsigned=True)
 
 
-def code_pages(target) -> list[tuple[int, Protection, bytes]]:
-    """The main module's pages that are not writable: what patching touches."""
-    module = target.main_module
-    state = next(s for s in target.space.state() if s.va == module.base)
-    return [
-        (index, protection, state.data[index * 0x1000 : (index + 1) * 0x1000])
-        for index, protection in enumerate(state.protections)
-        if not protection & Protection.W
-    ]
-
-
 @pytest.fixture(scope="module", params=BUILDS)
 def build(request: pytest.FixtureRequest) -> str:
     return request.param
@@ -45,7 +34,7 @@ def test_apply_replace_rollback_match_v2_v3_v1(
     build: str, expected: dict, base: int | None
 ) -> None:
     target = process(build, "v1", base)
-    loaded = code_pages(target)
+    loaded = target.module_pages(target.main_module)
     assert outcomes(target) == expected["v1"]
 
     report = apply_package(target, package(build, "v1", "v2", 2), options=ALLOW)
@@ -63,7 +52,7 @@ def test_apply_replace_rollback_match_v2_v3_v1(
     rollback(target)
     assert active_patch(target.main_module) is None
     assert outcomes(target) == expected["v1"]
-    assert code_pages(target) == loaded
+    assert target.module_pages(target.main_module) == loaded
     assert not [r for r in target.space.regions if "package" in r.name]
 
 
