@@ -30,7 +30,7 @@ from hpatch.arch.rewrite import Fixup, Redirect
 from hpatch.diff.verdict import redirect_problem
 from hpatch.emu import Process
 from hpatch.image import PEImage, load_image
-from hpatch.package.build import REGION_ALIGNMENT, baseline_of
+from hpatch.package.build import REGION_ALIGNMENT, REGION_REACH, baseline_of
 from hpatch.package.model import (
     FORMAT_VERSION,
     Blob,
@@ -55,7 +55,6 @@ _STUB = {
     ),
 }
 _STRATEGY = {Machine.AMD64: Redirect.X64_JMP_REL32, Machine.ARM64: Redirect.ARM64_B}
-_REACH = {Machine.AMD64: (1 << 31) - 64, Machine.ARM64: (1 << 27) - 64}
 
 
 def synthetic_package(image: PEImage, count: int) -> Package:
@@ -97,7 +96,7 @@ def synthetic_package(image: PEImage, count: int) -> Package:
             (Prerequisite.BASELINE, 0),
             (Prerequisite.MIN_FORMAT_VERSION, FORMAT_VERSION),
             (Prerequisite.NOT_HYBRID, 0),
-            (Prerequisite.REGION_REACH, _REACH[machine]),
+            (Prerequisite.REGION_REACH, REGION_REACH[machine]),
         ),
         region_size=len(code),
         region_alignment=REGION_ALIGNMENT,

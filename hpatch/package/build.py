@@ -48,8 +48,9 @@ PAGE = 4096
 REGION_ALIGNMENT = PAGE
 _PART_ALIGNMENT = 16
 _MAX_CONSTANT = 1 << 16
-_X64_REACH = (1 << 31) - 64
-_ARM64_REACH = (1 << 27) - 64
+#: How far the patch region may lie from the image: direct redirect and call reach
+#: (rel32, B/BL imm26), less a margin for the span of the redirect itself.
+REGION_REACH = {Machine.AMD64: (1 << 31) - 64, Machine.ARM64: (1 << 27) - 64}
 _ADDR32NB = (Fixup.X64_ADDR32NB, Fixup.ARM64_ADDR32NB)
 _PAGE_KINDS = (
     Fixup.ARM64_PAGEBASE_REL21,
@@ -692,7 +693,7 @@ class _Builder:
             (Prerequisite.NOT_HYBRID, 0),
             (
                 Prerequisite.REGION_REACH,
-                _X64_REACH if self.arch.machine == Machine.AMD64 else _ARM64_REACH,
+                REGION_REACH[self.arch.machine],
             ),
         ]
         if any(f.kind in _ADDR32NB and f.target_kind == TargetKind.REGION for f in fixups):
