@@ -11,7 +11,7 @@ Unicorn is imported here only, so the rest of hpatch loads without it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 import unicorn
@@ -128,9 +128,7 @@ class Thread:
     context: object | None = None
     result: int | None = None
     fault: EmulationFault | None = None
-    steps: int = 0
     entry_va: int = 0
-    scratch: list[Region] = field(default_factory=list)
 
     @property
     def stack_top(self) -> int:
@@ -324,7 +322,6 @@ class Cpu:
         thread.state = ThreadState.STOPPED
         thread.result = None
         thread.fault = None
-        thread.steps = 0
         thread.entry_va = entry_va
 
     def _switch_to(self, thread: Thread | None) -> None:
