@@ -118,6 +118,18 @@ def scan_arm64_sites(
     return sites
 
 
+def _loads_image_base(insn: capstone.CsInsn, target_rva: int) -> bool:
+    """``lea reg64, [rip+disp]`` aimed at RVA 0: the image base, which MSVC jump tables
+    and RVA tables are indexed from."""
+    destination = insn.operands[0]
+    return (
+        target_rva == 0
+        and insn.id == x86_const.X86_INS_LEA
+        and destination.type == x86_const.X86_OP_REG
+        and destination.size == 8
+    )
+
+
 def _displacement_size(encoding: bytes, modrm_offset: int, reported: int) -> int:
     """Bytes of displacement, from the ModRM/SIB bytes themselves.
 
@@ -229,14 +241,8 @@ def normalise_x64(
         operand = memory[0]
         if operand.mem.base == x86_const.X86_REG_RIP:
             target = next_rva + operand.mem.disp
-            destination = insn.operands[0]
-            if (
-                target == 0
-                and insn.id == x86_const.X86_INS_LEA
-                and destination.type == x86_const.X86_OP_REG
-                and destination.size == 8
-            ):
-                base_registers.add(destination.reg)
+            if _loads_image_base(insn, target):
+                base_registers.add(insn.operands[0].reg)
             if not lo_rva <= target < hi_rva:
                 mask(insn.address, disp_rva, disp_size, REF_DATA, target)
         elif operand.mem.base in base_registers and disp_size == 4:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import capstone
 from capstone import x86_const
 
-from hpatch._fallback import _LOOPS, _displacement_size, _x64_decoder
+from hpatch._fallback import _LOOPS, _displacement_size, _loads_image_base, _x64_decoder
 from hpatch.arch.relocate import CodeFixup, RelocationError
 from hpatch.arch.rewrite import Fixup
 
@@ -120,14 +120,8 @@ class _Scan:
         operand = memory[0]
         if operand.mem.base == x86_const.X86_REG_RIP:
             target = position + operand.mem.disp
-            destination = insn.operands[0]
-            if (
-                target == 0
-                and insn.id == x86_const.X86_INS_LEA
-                and destination.type == x86_const.X86_OP_REG
-                and destination.size == 8
-            ):
-                self.base_registers.add(destination.reg)
+            if _loads_image_base(insn, target):
+                self.base_registers.add(insn.operands[0].reg)
             if self.lo <= target < self.hi:
                 return
             trailer = position - (disp_rva + 4)
