@@ -8,13 +8,11 @@ from collections.abc import Iterable, Sequence
 from hpatch._backend import core
 from hpatch.arch.arm64_relocate import arm64_code_fixups
 from hpatch.arch.base import (
-    REF_KINDS,
     Arch,
     CodeSite,
     Machine,
     NormalisedCode,
     ReadRva,
-    Reference,
     UnwindEntry,
 )
 from hpatch.arch.relocate import CodeFixup
@@ -144,13 +142,8 @@ class Arm64(Arch):
         relocated: bytes,
         image_base: int,
     ) -> NormalisedCode:
-        normalised, references, count = core.normalise_arm64(
-            code, code_rva, own_range[0], own_range[1], relocated, image_base
-        )
-        return NormalisedCode(
-            normalised,
-            tuple(Reference(site, REF_KINDS[kind], target) for site, kind, target in references),
-            count,
+        return NormalisedCode.from_core(
+            core.normalise_arm64(code, code_rva, own_range[0], own_range[1], relocated, image_base)
         )
 
     def code_extent(

@@ -71,6 +71,16 @@ class NormalisedCode:
     references: tuple[Reference, ...]
     instruction_count: int
 
+    @classmethod
+    def from_core(cls, result: tuple[bytes, list[tuple[int, int, int]], int]) -> NormalisedCode:
+        """From a core normaliser's (masked code, (site, kind, target) list, count)."""
+        code, references, count = result
+        return cls(
+            code,
+            tuple(Reference(site, REF_KINDS[kind], target) for site, kind, target in references),
+            count,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class UnwindEntry:

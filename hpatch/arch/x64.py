@@ -9,13 +9,11 @@ import capstone
 
 from hpatch._backend import core
 from hpatch.arch.base import (
-    REF_KINDS,
     Arch,
     CodeSite,
     Machine,
     NormalisedCode,
     ReadRva,
-    Reference,
     UnwindEntry,
 )
 from hpatch.arch.relocate import CodeFixup
@@ -143,13 +141,8 @@ class X64(Arch):
         relocated: bytes,
         image_base: int,
     ) -> NormalisedCode:
-        normalised, references, count = core.normalise_x64(
-            code, code_rva, own_range[0], own_range[1], relocated, image_base
-        )
-        return NormalisedCode(
-            normalised,
-            tuple(Reference(site, REF_KINDS[kind], target) for site, kind, target in references),
-            count,
+        return NormalisedCode.from_core(
+            core.normalise_x64(code, code_rva, own_range[0], own_range[1], relocated, image_base)
         )
 
     def code_extent(
