@@ -35,6 +35,8 @@ class BlockerKind(Enum):
     ENTRY_POINT = "entry_point"
     TOO_SMALL = "too_small"
     UNRESOLVED_REFERENCE = "unresolved_reference"
+    #: The package built, but its code failed translation validation or emulation.
+    UNVALIDATED = "unvalidated"
 
 
 @dataclass(frozen=True, slots=True)
