@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +50,16 @@ class Process:
     Imports resolve, in order, to a host function registered with ``host``, to a
     module already loaded, to a DLL found in ``search_path`` (the loaded image's own
     directory first, as Windows searches), and otherwise to a stub that stops the
-    call with a fault naming the import.
+    call with a fault naming the import, or, given ``unmodelled``, to the host function
+    it returns for that import.
     """
 
     def __init__(
-        self, machine: Machine, *, search_path: Sequence[str | os.PathLike[str]] = ()
+        self,
+        machine: Machine,
+        *,
+        search_path: Sequence[str | os.PathLike[str]] = (),
+        unmodelled: Callable[[ImportKey], HostCall] | None = None,
     ) -> None:
         self.machine = Machine(machine)
         self.space = AddressSpace()
@@ -66,6 +71,7 @@ class Process:
         self.main_module: Module | None = None
         self.search_path = [Path(p) for p in search_path]
         self.host_functions: dict[ImportKey, HostCall] = {}
+        self.unmodelled = unmodelled
         self.function_tables = FunctionTables()
         self.main_thread = self.cpu.new_thread()
         self._stubs: dict[ImportKey, int] = {}
@@ -128,6 +134,9 @@ class Process:
                     else ImportKey(f"{dll.lower()}.dll", symbol, None)
                 )
                 return self._resolve_key(target, directory, depth + 1)
+
+        if self.unmodelled is not None:
+            return self._stub(key, self.unmodelled(key))
 
         def unmodelled(cpu: Cpu, arguments: tuple[int, ...]) -> int:
             raise HostFault(f"call to {key}, which nothing in this process models")
