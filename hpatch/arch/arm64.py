@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 
+import capstone
+
 from hpatch._backend import core
 from hpatch.arch.arm64_relocate import arm64_code_fixups
 from hpatch.arch.base import (
@@ -256,3 +258,9 @@ class Arm64(Arch):
         self, room: int, padding_before: int, first_instruction: int
     ) -> Redirect | None:
         return Redirect.ARM64_B if room >= Redirect.ARM64_B.span[1] else None
+
+    def disassemble(self, code: bytes, va: int) -> tuple[int, str]:
+        decoder = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+        for insn in decoder.disasm(code, va, 1):
+            return insn.size, f"{insn.mnemonic} {insn.op_str}".strip()
+        return 0, "(bad)"

@@ -269,3 +269,8 @@ class Arch(ABC):
                 break
             size += 4
         return size if size >= 8 else 0
+
+    @abstractmethod
+    def disassemble(self, code: bytes, va: int) -> tuple[int, str]:
+        """(length, text) of the instruction at the start of ``code`` placed at ``va``;
+        (0, "(bad)") where no instruction decodes. For reports, not for analysis."""

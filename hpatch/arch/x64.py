@@ -286,3 +286,9 @@ class X64(Arch):
         if padding_before >= self.two_stage_padding and first_instruction >= self.two_stage_entry:
             return Redirect.X64_TWO_STAGE
         return None
+
+    def disassemble(self, code: bytes, va: int) -> tuple[int, str]:
+        decoder = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        for insn in decoder.disasm(code, va, 1):
+            return insn.size, f"{insn.mnemonic} {insn.op_str}".strip()
+        return 0, "(bad)"
