@@ -16,6 +16,7 @@ from rich.table import Table
 
 from hpatch import BACKEND, __version__
 from hpatch.cli_apply import apply_command
+from hpatch.cli_verify import verify_command
 from hpatch.diff import Status, diff_images
 from hpatch.errors import HPatchError, PackageFormatError
 from hpatch.image import load_image
@@ -178,6 +179,12 @@ def _supersedes(
     type=click.Path(dir_okay=False),
     help="Sign the package with this Ed25519 private key (see hpatch keygen).",
 )
+@click.option(
+    "--no-verify",
+    "no_verify",
+    is_flag=True,
+    help="With -o: skip translation validation of the package before it is written.",
+)
 def diff(
     old_path: str,
     new_path: str,
@@ -188,10 +195,13 @@ def diff(
     description: str,
     advisory: str,
     sign_key: str | None,
+    no_verify: bool,
 ) -> None:
     """Diff two builds of a PE image function by function; exit 3 if not hotpatchable.
 
-    With -o, also build the hotpatch package that turns OLD into NEW where it runs.
+    With -o, also build the hotpatch package that turns OLD into NEW where it runs,
+    after proving it by translation validation (a function that fails is a blocker
+    and nothing is written).
     """
     key = load_private_key(sign_key) if sign_key is not None else None
     old, new = load_image(old_path), load_image(new_path)
@@ -220,7 +230,13 @@ def diff(
         # The verdict holds only if every field of the changed code can be bound too.
         options = BuildOptions(sequence, supersedes, description, advisory)
         try:
-            package = build_package(result, options)
+            if output is not None:
+                # Proving the package runs the emulator: loaded only when it is needed.
+                from hpatch.verify import build_verified_package
+
+                package, _ = build_verified_package(result, options, validate=not no_verify)
+            else:
+                package = build_package(result, options)
         except PackageBlocked as blocked:
             document["hotpatchable"] = False
             document["blockers"] = [blocker_dict(b) for b in blocked.blockers]
@@ -418,6 +434,7 @@ def _print_diff(document: dict[str, Any]) -> None:
 
 
 cli.add_command(apply_command)
+cli.add_command(verify_command)
 
 
 def _run(command: Callable[..., Any], argv: list[str] | None) -> int:

@@ -1,0 +1,165 @@
+"""``hpatch verify``: prove a package against the build it claims to install."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from hpatch.errors import HPatchError
+from hpatch.image import load_image
+from hpatch.package import baseline_of, decode_package
+
+if TYPE_CHECKING:  # the emulator (Unicorn) loads only when ``verify`` runs
+    from hpatch.verify import VerifyReport
+
+EXIT_CHECK_FAILED = 4
+
+
+def verify_document(report: VerifyReport) -> dict[str, Any]:
+    """The document ``hpatch verify --json`` prints (without the identities)."""
+    functions = [
+        {
+            "name": f.name,
+            "status": f.status,
+            "old_rva": f.old_rva,
+            "new_rva": f.new_rva,
+            "translation": f.translation.value,
+            "mismatches": [
+                {
+                    "patched_va": m.patched_va,
+                    "new_va": m.new_va,
+                    "patched_instruction": m.patched_instruction,
+                    "new_instruction": m.new_instruction,
+                    "reason": m.reason,
+                }
+                for m in f.mismatches
+            ],
+            "emulation": {
+                "outcome": f.emulation.outcome.value,
+                "agreed": f.emulation.agreed,
+                "returned": f.emulation.returned,
+                "tried": f.emulation.tried,
+                "detail": f.emulation.detail,
+            },
+            "passed": f.passed,
+        }
+        for f in report.functions
+    ]
+
+    def count(key: str, value: str) -> int:
+        return sum(
+            1
+            for f in functions
+            if (f[key] if key == "translation" else f["emulation"]["outcome"]) == value
+        )
+
+    return {
+        "inputs": report.inputs,
+        "summary": {
+            "functions": len(functions),
+            "translation_passed": count("translation", "passed"),
+            "translation_failed": count("translation", "failed"),
+            "emulation_passed": count("emulation", "passed"),
+            "emulation_failed": count("emulation", "failed"),
+            "not_emulated": count("emulation", "not_emulated"),
+        },
+        "functions": functions,
+        "passed": report.passed,
+    }
+
+
+@click.command("verify")
+@click.argument("old_path", metavar="OLD", type=click.Path(dir_okay=False))
+@click.argument("new_path", metavar="NEW", type=click.Path(dir_okay=False))
+@click.argument("package_path", metavar="PKG", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of tables.")
+@click.option(
+    "--inputs",
+    type=click.IntRange(1, 100_000),
+    default=100,
+    show_default=True,
+    help="Random input sets each function is emulated with.",
+)
+def verify_command(
+    old_path: str, new_path: str, package_path: str, as_json: bool, inputs: int
+) -> None:
+    """Prove that PKG turns OLD into NEW: translation validation of every patched
+    function, then differential emulation of old+PKG against NEW. Exit 0 when every
+    function passes (or could not be emulated, with the reason), 4 when a check fails."""
+    from hpatch.cli import _read_package_file  # the shared, size-capped reader
+    from hpatch.diff import diff_images
+    from hpatch.verify import verify_package
+
+    data = _read_package_file(package_path)
+    package = decode_package(data)
+    old, new = load_image(old_path), load_image(new_path)
+    target = package.servicing.target
+    if target.mapped_sha256 != baseline_of(new).mapped_sha256:
+        raise HPatchError(
+            f"{new_path} is not the build the package installs (it installs "
+            f"{target.file_name} with mapped SHA-256 {target.mapped_sha256.hex()[:16]}...)"
+        )
+    report = verify_package(diff_images(old, new), package, inputs=inputs)
+    document = {
+        "old": {"path": old_path, "mapped_sha256": baseline_of(old).mapped_sha256.hex()},
+        "new": {"path": new_path, "mapped_sha256": target.mapped_sha256.hex()},
+        "package": {
+            "path": package_path,
+            "sequence": package.servicing.sequence,
+            "sha256": hashlib.sha256(data).hexdigest(),
+        },
+        **verify_document(report),
+    }
+    if as_json:
+        click.echo(json.dumps(document, indent=2))
+    else:
+        _print_report(document)
+    if not report.passed:
+        raise click.exceptions.Exit(EXIT_CHECK_FAILED)
+
+
+def _print_report(document: dict[str, Any]) -> None:
+    console = Console()
+    table = Table(title=f"package {document['package']['sequence']}: {document['package']['path']}")
+    for column in ("function", "status", "old RVA", "new RVA", "translation", "emulation"):
+        table.add_column(column)
+    for f in document["functions"]:
+        emulation = f["emulation"]
+        text = emulation["outcome"]
+        if emulation["outcome"] in ("passed", "failed", "not_emulated"):
+            text += f" ({emulation['agreed']}/{emulation['tried']})"
+        table.add_row(
+            f["name"],
+            f["status"],
+            f"0x{f['old_rva']:x}" if f["old_rva"] is not None else "-",
+            f"0x{f['new_rva']:x}",
+            f["translation"],
+            text,
+        )
+    console.print(table)
+    for f in document["functions"]:
+        for m in f["mismatches"]:
+            where = (
+                f"0x{m['patched_va']:x} `{m['patched_instruction']}` vs "
+                f"0x{m['new_va']:x} `{m['new_instruction']}`"
+                if m["patched_instruction"] or m["new_instruction"]
+                else f"0x{m['patched_va']:x} vs 0x{m['new_va']:x}"
+            )
+            console.print(f"[red]{f['name']}[/red]: {where}: {m['reason']}", highlight=False)
+        if f["emulation"]["detail"] and f["emulation"]["outcome"] != "skipped":
+            console.print(f"{f['name']}: {f['emulation']['detail']}", highlight=False)
+    summary = document["summary"]
+    verdict = "[green]verified[/green]" if document["passed"] else "[red]FAILED[/red]"
+    console.print(
+        f"{verdict}: {summary['functions']} functions; translation validation "
+        f"{summary['translation_passed']} passed, {summary['translation_failed']} failed; "
+        f"differential emulation ({document['inputs']} input sets) "
+        f"{summary['emulation_passed']} passed, {summary['emulation_failed']} failed, "
+        f"{summary['not_emulated']} not emulated",
+        highlight=False,
+    )

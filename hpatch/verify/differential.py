@@ -1,0 +1,328 @@
+"""Differential emulation: the patched old image and the new build, run side by side.
+
+Each function the package carries is called in both processes with the same inputs:
+integer and pointer arguments into identical scratch buffers (mapped at the same
+addresses on both sides), identical stubs for every import (each call is logged, and
+answered from the same pseudo-random sequence), and globals that start from each
+image's own initial data. The return value, every byte written to the scratch
+buffers, the stub heap and the image's writable sections, and the sequence of import
+calls must agree, pointers compared under the correspondence. Runs that cannot be
+compared (a side that does not return within the step bound) are not counted; a
+function with fewer comparable runs than asked for is reported as not emulated, with
+the reason, never as a pass.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections import Counter
+from dataclasses import dataclass
+
+from hpatch.emu import Process
+from hpatch.emu.cpu import ThreadState
+from hpatch.emu.memory import Protection
+from hpatch.emu.process import ImportKey
+from hpatch.errors import EmulationFault, HPatchError
+from hpatch.package.model import NO_RVA, FunctionStatus, PatchFunction
+from hpatch.verify.counterparts import Counterparts
+from hpatch.verify.model import EmulationSummary, Outcome
+from hpatch.verify.session import Session
+
+#: Instructions a call may take before it counts as not returning.
+STEP_LIMIT = 200_000
+#: Integer arguments passed (x64: four in registers, two on the stack; ARM64: six registers).
+_ARGUMENTS = 6
+#: Scratch buffers at fixed addresses (the same in both processes), each followed by
+#: an inaccessible page so that running off the end faults alike.
+_SCRATCH_VA = 0x0000_0040_0000_0000
+_SCRATCH_COUNT = 4
+_SCRATCH_SIZE = 0x1000
+_HEAP_VA = 0x0000_0041_0000_0000
+_HEAP_SIZE = 0x10000
+_HEAP_CHUNK = 0x100
+#: Import calls logged with this many arguments (those beyond a callee's real arity are
+#: leftovers of the same computation on both sides, so they compare too).
+_LOGGED_ARGUMENTS = 4
+#: Tries per comparable run asked for before a function counts as not emulated.
+_TRIES_PER_INPUT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """How one call ended on one side."""
+
+    kind: str  # "returned", "faulted", "stopped"
+    value: int = 0
+    fault: EmulationFault | None = None
+
+
+class DifferentialRunner:
+    """Runs the functions of one applied package on both sides and compares."""
+
+    def __init__(self, session: Session, counterparts: Counterparts, inputs: int) -> None:
+        self.session = session
+        self.counterparts = counterparts
+        self.inputs = inputs
+        self.log: dict[str, list[tuple[str, tuple[int, ...]]]] = {"patched": [], "new": []}
+        self._stub_random: dict[str, random.Random] = {}
+        self._heap_next: dict[str, int] = {}
+        self._initial: dict[str, list[tuple[int, bytes]]] = {}
+        for side, process in (("patched", session.patched), ("new", session.new)):
+            for index in range(_SCRATCH_COUNT):
+                va = _SCRATCH_VA + index * 2 * _SCRATCH_SIZE
+                process.space.map(va, _SCRATCH_SIZE, Protection.RW, f"scratch {index}")
+            process.space.map(_HEAP_VA, _HEAP_SIZE, Protection.RW, "stub heap")
+            module = session.module_of(side)
+            self._initial[side] = [
+                (module.va(section.rva), process.space.read(module.va(section.rva), size))
+                for section in module.image.sections
+                if section.is_writable and (size := _mapped_size(section.virtual_size)) > 0
+            ]
+
+    # --- import stubs --------------------------------------------------------------
+    def on_import(self, side: str, key: ImportKey, arguments: tuple[int, ...]) -> int:
+        """Log the call; answer with the side's next value of this run's shared sequence."""
+        self.log[side].append((str(key), arguments[:_LOGGED_ARGUMENTS]))
+        rng = self._stub_random.get(side)
+        if rng is None:
+            return 0
+        choice = rng.random()
+        if choice < 0.4:
+            return 0
+        if choice < 0.6:
+            return 1
+        if choice < 0.8 and self._heap_next[side] + _HEAP_CHUNK <= _HEAP_VA + _HEAP_SIZE:
+            va = self._heap_next[side]
+            self._heap_next[side] += _HEAP_CHUNK
+            return va
+        return rng.randrange(0, 64)
+
+    # --- one function --------------------------------------------------------------
+    def run(self, function: PatchFunction) -> EmulationSummary:
+        session = self.session
+        if function.status == FunctionStatus.MODIFIED and function.old_rva != NO_RVA:
+            patched_entry = session.old_base + function.old_rva
+        else:
+            copy = session.copy_of(function.new_rva)
+            assert copy is not None
+            patched_entry = copy
+        new_entry = session.new_base + function.new_rva
+        agreed = returned = tried = 0
+        skipped: Counter[str] = Counter()
+        first_fault = ""
+        for index in range(self.inputs * _TRIES_PER_INPUT):
+            if agreed >= self.inputs:
+                break
+            tried += 1
+            seed = f"{function.new_rva:x}/{index}"
+            patched = self._call("patched", session.patched, patched_entry, seed)
+            new = self._call("new", session.new, new_entry, seed)
+            if patched.kind == "stopped" or new.kind == "stopped":
+                skipped[f"does not return within {STEP_LIMIT} instructions"] += 1
+                continue
+            problem = self._compare(patched, new)
+            if problem is not None:
+                return EmulationSummary(
+                    Outcome.FAILED,
+                    agreed,
+                    returned,
+                    tried,
+                    f"input set {index} (seed {seed!r}): {problem}",
+                )
+            agreed += 1
+            if patched.kind == "returned":
+                returned += 1
+            elif not first_fault and new.fault is not None:
+                first_fault = str(new.fault)
+        if agreed < self.inputs:
+            reason = skipped.most_common(1)[0][0] if skipped else "too few comparable runs"
+            return EmulationSummary(
+                Outcome.NOT_EMULATED,
+                agreed,
+                returned,
+                tried,
+                f"{agreed} of {tried} input sets comparable: {reason}",
+            )
+        if returned == 0:
+            return EmulationSummary(
+                Outcome.NOT_EMULATED,
+                agreed,
+                returned,
+                tried,
+                f"faults alike on every random input (needs structured arguments): {first_fault}",
+            )
+        return EmulationSummary(Outcome.PASSED, agreed, returned, tried)
+
+    # --- running -------------------------------------------------------------------
+    def _prepare(self, side: str, process: Process, seed: str) -> list[int]:
+        """Reset the side's memory for the input set ``seed``; the arguments to pass."""
+        rng = random.Random(seed)
+        for index in range(_SCRATCH_COUNT):
+            va = _SCRATCH_VA + index * 2 * _SCRATCH_SIZE
+            style = rng.randrange(3)
+            if style == 0:
+                content = bytes(_SCRATCH_SIZE)
+            elif style == 1:
+                content = bytes(rng.randrange(16) for _ in range(_SCRATCH_SIZE))
+            else:
+                content = rng.randbytes(_SCRATCH_SIZE)
+            process.space.poke(va, content)
+        process.space.poke(_HEAP_VA, bytes(_HEAP_SIZE))
+        for va, data in self._initial[side]:
+            process.space.poke(va, data)
+        arguments = []
+        for _ in range(_ARGUMENTS):
+            choice = rng.random()
+            buffer = _SCRATCH_VA + rng.randrange(_SCRATCH_COUNT) * 2 * _SCRATCH_SIZE
+            if choice < 0.35:
+                arguments.append(buffer)
+            elif choice < 0.45:
+                arguments.append(buffer + rng.randrange(_SCRATCH_SIZE))
+            elif choice < 0.8:
+                arguments.append(rng.randrange(17))
+            elif choice < 0.9:
+                arguments.append(rng.randrange(256))
+            else:
+                arguments.append(rng.getrandbits(32))
+        self.log[side] = []
+        self._stub_random[side] = random.Random(f"{seed}/stubs")
+        self._heap_next[side] = _HEAP_VA
+        return arguments
+
+    def _call(self, side: str, process: Process, entry_va: int, seed: str) -> _Run:
+        arguments = self._prepare(side, process, seed)
+        thread = process.main_thread
+        process.cpu.start(thread, entry_va, arguments)
+        try:
+            state = process.cpu.run(thread, STEP_LIMIT)
+            fault, result = thread.fault, thread.result
+        finally:
+            process.cpu.finish(thread)
+        if state == ThreadState.STOPPED:
+            return _Run("stopped")
+        if fault is not None:
+            return _Run("faulted", fault=fault)
+        if result is None:
+            raise HPatchError(f"the call to 0x{entry_va:x} ended without a result")
+        return _Run("returned", value=result)
+
+    # --- comparing -----------------------------------------------------------------
+    def _compare(self, patched: _Run, new: _Run) -> str | None:
+        same = self.counterparts.same_value
+        if patched.kind != new.kind:
+            return f"the patched image {_describe(patched)}, the new build {_describe(new)}"
+        if patched.kind == "returned" and not same(patched.value, new.value):
+            return f"returned 0x{patched.value:x}, the new build 0x{new.value:x}"
+        if patched.kind == "faulted":
+            assert patched.fault is not None and new.fault is not None
+            if patched.fault.access != new.fault.access or not same(
+                patched.fault.address or 0, new.fault.address or 0
+            ):
+                return f"faulted with {patched.fault}, the new build with {new.fault}"
+        problem = self._compare_log()
+        if problem is not None:
+            return problem
+        return self._compare_memory()
+
+    def _compare_log(self) -> str | None:
+        patched, new = self.log["patched"], self.log["new"]
+        for index, (left, right) in enumerate(zip(patched, new, strict=False)):
+            if left[0] != right[0]:
+                return f"import call {index} is {left[0]}, the new build calls {right[0]}"
+            for position, (a, b) in enumerate(zip(left[1], right[1], strict=True)):
+                if not self.counterparts.same_value(a, b):
+                    return (
+                        f"import call {index} ({left[0]}) passes 0x{a:x} as argument "
+                        f"{position}, the new build 0x{b:x}"
+                    )
+        if len(patched) != len(new):
+            return f"{len(patched)} import calls, the new build makes {len(new)}"
+        return None
+
+    def _compare_memory(self) -> str | None:
+        session = self.session
+        areas = [
+            (
+                f"scratch buffer {i}",
+                _SCRATCH_VA + i * 2 * _SCRATCH_SIZE,
+                _SCRATCH_VA + i * 2 * _SCRATCH_SIZE,
+                _SCRATCH_SIZE,
+            )
+            for i in range(_SCRATCH_COUNT)
+        ]
+        areas.append(("the stub heap", _HEAP_VA, _HEAP_VA, _HEAP_SIZE))
+        for name, patched_va, new_va, size in areas:
+            problem = self._compare_area(
+                session.patched.space.read(patched_va, size), session.new.space.read(new_va, size)
+            )
+            if problem is not None:
+                return f"{name}: {problem}"
+        new_sections = {s.name: s for s in session.new_module.image.sections if s.is_writable}
+        for (patched_va, patched_before), section in zip(
+            self._initial["patched"],
+            [s for s in session.old_module.image.sections if s.is_writable],
+            strict=False,
+        ):
+            counterpart = new_sections.get(section.name)
+            if counterpart is None:
+                continue
+            new_va = session.new_module.va(counterpart.rva)
+            new_before = next(data for va, data in self._initial["new"] if va == new_va)
+            size = min(len(patched_before), len(new_before))
+            patched_after = session.patched.space.read(patched_va, len(patched_before))
+            new_after = session.new.space.read(new_va, len(new_before))
+            if patched_after == patched_before and new_after == new_before:
+                continue
+            problem = self._compare_writes(
+                patched_before[:size], patched_after[:size], new_before[:size], new_after[:size]
+            )
+            if problem is not None:
+                return f"{section.name}: {problem}"
+        return None
+
+    def _compare_area(self, patched: bytes, new: bytes) -> str | None:
+        if patched == new:
+            return None
+        for at in range(0, len(new), 8):
+            left, right = patched[at : at + 8], new[at : at + 8]
+            if left == right:
+                continue
+            (a,) = struct.unpack("<Q", left.ljust(8, b"\0"))
+            (b,) = struct.unpack("<Q", right.ljust(8, b"\0"))
+            if not self.counterparts.same_value(a, b):
+                return f"+0x{at:x} holds 0x{a:x}, the new build 0x{b:x}"
+        return None
+
+    def _compare_writes(
+        self, patched_before: bytes, patched_after: bytes, new_before: bytes, new_after: bytes
+    ) -> str | None:
+        """What the call wrote to a writable section, on both sides, compared word by word."""
+        for at in range(0, len(new_after), 8):
+            end = at + 8
+            changed = (
+                patched_before[at:end] != patched_after[at:end]
+                or new_before[at:end] != new_after[at:end]
+            )
+            if not changed:
+                continue
+            left, right = patched_after[at:end], new_after[at:end]
+            if left == right:
+                continue
+            (a,) = struct.unpack("<Q", left.ljust(8, b"\0"))
+            (b,) = struct.unpack("<Q", right.ljust(8, b"\0"))
+            if not self.counterparts.same_value(a, b):
+                return f"+0x{at:x} becomes 0x{a:x}, in the new build 0x{b:x}"
+        return None
+
+
+def _mapped_size(virtual_size: int) -> int:
+    return virtual_size
+
+
+def _describe(run: _Run) -> str:
+    if run.kind == "returned":
+        return f"returned 0x{run.value:x}"
+    if run.kind == "faulted":
+        return f"faulted ({run.fault})"
+    return "did not return"
