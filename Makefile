@@ -9,7 +9,7 @@ CORPUS_FETCH := ../shared/corpus/fetch.sh
 HPCORPUS ?= $(HOME)/.cache/hpatch-corpus
 DEMO_IMAGES := samples/bin/x64-clang/v1/sample.stripped.dll samples/bin/arm64-clang/v1/sample.stripped.dll
 
-.PHONY: demo test lint corpus bench clean sanitize fuzz
+.PHONY: demo test lint corpus bench clean sanitize fuzz realworld
 
 $(STAMP): pyproject.toml setup.py native/*.c native/*.h
 	@$(PYTHON) -m venv $(VENV) || { echo "make: '$(PYTHON) -m venv' failed (Debian: apt-get install python3-venv python3-dev)" >&2; exit 1; }
@@ -82,6 +82,13 @@ fuzz: $(SAN_SO)
 
 bench: $(STAMP) corpus
 	$(BIN)/python bench/bench_funcs.py
+
+# `make realworld`: funcs, diff, package and verify on every real-world pair; the table
+# goes to docs/realworld.md, its chart to docs/realworld.svg (bsdiff4 and zstd from the
+# bench extra).
+realworld: $(STAMP) corpus
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/realworld.py --markdown docs/realworld.md --svg docs/realworld.svg
 
 clean:
 	rm -rf $(VENV) build *.egg-info hpatch/_native*.so
