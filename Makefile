@@ -28,6 +28,8 @@ demo: $(STAMP)
 	$(BIN)/hpatch diff $(DEMO_BUILD)/v1/sample.stripped.dll $(DEMO_BUILD)/v2/sample.stripped.dll -o $(VENV)/demo-2.hpk --sequence 2 --supersedes 1-1 --description "month 1 security fixes" --sign-key $(VENV)/demo.key > /dev/null
 	$(BIN)/hpatch diff $(DEMO_BUILD)/v1/sample.stripped.dll $(DEMO_BUILD)/v3/sample.stripped.dll -o $(VENV)/demo-3.hpk --sequence 3 --supersedes 1-2 --description "month 2 security fixes" --sign-key $(VENV)/demo.key > /dev/null
 	$(BIN)/hpatch inspect $(VENV)/demo-3.hpk --trust $(VENV)/demo.key.pub
+	@# proof: translation validation and differential emulation against the v3 build
+	$(BIN)/hpatch verify $(DEMO_BUILD)/v1/sample.stripped.dll $(DEMO_BUILD)/v3/sample.stripped.dll $(VENV)/demo-3.hpk
 	@# v1 in the emulator: the exploit input overruns dst (a guard-page fault), month 1 fixes it,
 	@# month 2 replaces month 1 in one step, and the rollback restores the baseline byte for byte
 	$(BIN)/hpatch apply $(DEMO_BUILD)/v1/sample.stripped.dll $(VENV)/demo-2.hpk $(VENV)/demo-3.hpk --trust $(VENV)/demo.key.pub --rollback --call hp_json_escape bytes:01 1 buffer:4 4
