@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from weakref import WeakKeyDictionary
 
@@ -260,11 +261,15 @@ def _publish(transaction: Transaction, plans: list[_Plan]) -> None:
 
 
 def _wait_until_safe(
-    process: Process, spans: list[Range], functions: list[Range], wait_steps: int
+    process: Process,
+    spans: list[Range],
+    functions: list[Range],
+    wait_steps: int,
+    freed: Sequence[Range] = (),
 ) -> None:
     budget = wait_steps
     while True:
-        busy = busy_threads(process, spans, functions)
+        busy = busy_threads(process, spans, functions, freed)
         if not busy:
             return
         if budget <= 0:
@@ -388,11 +393,12 @@ def apply_package(
         for _, name, span_rva, original in plans_input
     ]
     functions = _function_ranges(module, package)
+    freed: list[Range] = []
     if active is not None:
-        active_spans, active_code = _active_ranges(module, active)
+        active_spans, freed = _active_ranges(module, active)
         spans += active_spans
-        functions += active_code
-    _wait_until_safe(process, spans, functions, options.wait_steps)
+        functions += freed
+    _wait_until_safe(process, spans, functions, options.wait_steps, freed)
     checks.append(CheckResult("thread safety", True, "no thread is in code being replaced"))
 
     size = page_ceil(max(package.region_size, 1))
@@ -508,8 +514,8 @@ def rollback(process: Process, module: Module | None = None, *, wait_steps: int 
     active = active_patch(module)
     if active is None:
         raise ApplyError(f"{module.name} runs no package; nothing to roll back")
-    spans, code = _active_ranges(module, active)
-    _wait_until_safe(process, spans, code, wait_steps)
+    spans, region = _active_ranges(module, active)
+    _wait_until_safe(process, spans, region, wait_steps, region)
     transaction = Transaction(process.space, process.function_tables)
     try:
         plans = [_restore_plan(placed) for placed in active.redirects]

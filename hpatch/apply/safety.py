@@ -6,13 +6,20 @@ thread would resume old code that then calls into new code (or the reverse), a m
 neither build was tested as. Return addresses come from walking each thread's stack
 with the unwind data; where a walk cannot finish, every code address on the rest of
 the stack counts (a conservative scan never misses a frame).
+
+A patch region about to be freed (a rollback, a replacement) must also not be pointed
+at from any thread's registers or live stack: patch code passes pointers to its own
+read-only data to code that is not patched (a message to a logging import, say), and a
+thread stopped there would read freed memory when it resumes. Every register and every
+aligned word from the stack pointer up counts, whether or not it is still used.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hpatch.emu.cpu import ThreadState
+from hpatch.emu.cpu import Thread, ThreadState
 from hpatch.emu.process import Process
 from hpatch.emu.unwind import walk_stack
 
@@ -38,9 +45,12 @@ class BusyThread:
     reason: str
 
 
-def busy_threads(process: Process, spans: list[Range], functions: list[Range]) -> list[BusyThread]:
-    """The threads that block changing ``spans`` (redirect bytes) and replacing
-    ``functions``; empty when the change is safe now."""
+def busy_threads(
+    process: Process, spans: list[Range], functions: list[Range], freed: Sequence[Range] = ()
+) -> list[BusyThread]:
+    """The threads that block changing ``spans`` (redirect bytes), replacing
+    ``functions`` and freeing ``freed`` (patch regions); empty when the change is safe
+    now."""
     busy = []
     cpu = process.cpu
     for thread in cpu.threads:
@@ -68,9 +78,31 @@ def busy_threads(process: Process, spans: list[Range], functions: list[Range]) -
                     )
                     reason = f"has a return address into {hit.name} (0x{address:x}, {how})"
                     break
+        if reason is None and freed:
+            reason = _pointer_reason(process, thread, registers, freed)
         if reason is not None:
             busy.append(BusyThread(thread.id, pc, f"thread {thread.id} {reason}"))
     return busy
+
+
+def _pointer_reason(
+    process: Process, thread: Thread, registers: dict[str, int], freed: Sequence[Range]
+) -> str | None:
+    for name, value in registers.items():
+        hit = next((r for r in freed if r.holds(value)), None)
+        if hit is not None:
+            return f"holds a pointer into {hit.name} (0x{value:x} in {name})"
+    stack = thread.stack
+    low = min(max(registers["sp"], stack.va), stack.end) & ~7
+    words = process.space.read(low, stack.end - low)
+    for offset in range(0, len(words) - 7, 8):
+        value = int.from_bytes(words[offset : offset + 8], "little")
+        hit = next((r for r in freed if r.holds(value)), None)
+        if hit is not None:
+            return (
+                f"holds a pointer into {hit.name} (0x{value:x} on its stack at 0x{low + offset:x})"
+            )
+    return None
 
 
 def _pc_reason(pc: int, spans: list[Range], functions: list[Range], process: Process) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hpatch.apply import ApplyOptions, apply_package, rollback
+from hpatch.apply.safety import Range, busy_threads
 from hpatch.emu import ThreadState
 from hpatch.errors import ApplyError
 
@@ -90,3 +91,27 @@ def test_rollback_waits_for_threads_in_patch_code(build: str) -> None:
         rollback(target)
     rollback(target, wait_steps=100_000)
     assert thread.state == ThreadState.RETURNED
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_rollback_waits_for_a_thread_holding_a_pointer_into_the_region(build: str) -> None:
+    """Patch code hands its own message strings to the host's logging import; a thread
+    stopped there has no patch code on its stack, only a pointer into the region, which
+    it would read after the region was freed (found by tests/reliability/load.py)."""
+    target = process(build)
+    report = apply_package(target, package(build, "v1", "v2", 2), options=ALLOW)
+    region = Range(report.region_va, report.region_va + report.region_size, "package 2's code")
+    host = target.module("samplehost.dll")
+    assert host is not None
+    thread = start(target, "hp_json_escape", target.buffer(b"\x01"), 1, target.buffer(8), 4)
+    while True:
+        assert target.cpu.run(thread, 1) == ThreadState.STOPPED, "never stopped in the host"
+        if host.contains(target.cpu.pc()) and not busy_threads(target, [], [region]):
+            break  # only the pointer ties the thread to the region
+    before = target.space.state()
+    with pytest.raises(ApplyError, match=f"thread {thread.id} holds a pointer into package 2"):
+        rollback(target)
+    assert target.space.state() == before
+    rollback(target, wait_steps=100_000)
+    assert thread.state == ThreadState.RETURNED
+    assert thread.result is not None and thread.result & 0xFFFF_FFFF == 0xFFFF_FFFD  # -3
