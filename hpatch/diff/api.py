@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from hpatch.diff.classify import Correspondence, FunctionChange, Status, classify
@@ -60,10 +62,30 @@ def diff_images(
             return None
         return lambda done, total: progress(name, done, total)
 
-    old_side = Side(old, fingerprint_image(old, stage("old")))
-    new_side = Side(new, fingerprint_image(new, stage("new")))
-    matches = match_functions(old_side, new_side)
-    correspondence = Correspondence(old_side, new_side, matches)
-    changes = classify(old_side, new_side, matches, correspondence)
-    blockers = find_blockers(old_side, new_side, correspondence, changes)
+    with _collector_paused():
+        old_side = Side(old, fingerprint_image(old, stage("old")))
+        new_side = Side(new, fingerprint_image(new, stage("new")))
+        matches = match_functions(old_side, new_side)
+        correspondence = Correspondence(old_side, new_side, matches)
+        changes = classify(old_side, new_side, matches, correspondence)
+        blockers = find_blockers(old_side, new_side, correspondence, changes)
     return DiffResult(old, new, changes, matches, blockers, correspondence)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Run without the cyclic garbage collector, then restore it as it was.
+
+    A diff allocates hundreds of thousands of objects that live until it ends (sites,
+    references, fingerprints, functions); every full collection those allocations
+    trigger rescans all of them, a fifth of the time of a large diff. None of them
+    needs the collector: reference counting frees them, and any cycle is collected
+    the next time the collector runs.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -59,8 +59,20 @@ class Correlator:
         self.new_imports = {i.iat_rva: i for i in new.image.imports}
         self.data_back = {new: old for old, new in correspondence.data.items()}
         self.moved_back = {new: old for old, new in correspondence.writable_moves.items()}
+        self._resolved: dict[tuple[int, RefKind], ResolvedReference] = {}
 
     def resolve(self, reference: Reference) -> ResolvedReference:
+        # What a reference binds to depends only on its target and kind, and changed
+        # code names the same callees and globals over and over.
+        key = (reference.target_rva, reference.kind)
+        known = self._resolved.get(key)
+        if known is None:
+            known = self._resolve(reference)
+            self._resolved[key] = known
+            return known
+        return ResolvedReference(reference, known.resolution, known.old_rva, known.detail)
+
+    def _resolve(self, reference: Reference) -> ResolvedReference:
         target = reference.target_rva
         image = self.new.image
         if 0 <= target < image.headers_end:

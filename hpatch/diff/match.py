@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -66,12 +66,9 @@ class Side:
         self.image = image
         self.fingerprints = {f.rva: f for f in fingerprints}
         starts = set(self.fingerprints)
+        call = RefKind.CALL
         self.callees = {
-            rva: [
-                r.target_rva
-                for r in f.references
-                if r.kind == RefKind.CALL and r.target_rva in starts
-            ]
+            rva: [target for _, kind, target in f.references if kind == call and target in starts]
             for rva, f in self.fingerprints.items()
         }
         self.callers: dict[int, list[int]] = defaultdict(list)
@@ -79,6 +76,8 @@ class Side:
             for target in targets:
                 self.callers[target].append(rva)
         self._signatures: dict[int, Hashable] = {}
+        #: target RVA -> digest of the read-only constant there, or None if none is.
+        self._constant_digests: dict[int, bytes | None] = {}
 
     def names(self) -> dict[int, str]:
         return {rva: f.function.name for rva, f in self.fingerprints.items() if f.function.name}
@@ -130,15 +129,25 @@ class Side:
 
     def _signature(self, rva: int) -> Hashable:
         fingerprint = self.fingerprints[rva]
-        constants = sorted(
-            hashlib.blake2b(c, digest_size=8).digest()
-            for r in fingerprint.references
-            if (c := self.constant(r.target_rva))
-        )
-        kinds = sorted(Counter(r.kind for r in fingerprint.references).items())
+        digests = self._constant_digests
+        constants = []
+        kinds: dict[RefKind, int] = {}
+        for _, kind, target in fingerprint.references:
+            kinds[kind] = kinds.get(kind, 0) + 1
+            if target in digests:
+                digest = digests[target]
+            else:
+                # A callee or a global is referenced by many functions: read it once.
+                content = self.constant(target)
+                digest = digests[target] = (
+                    hashlib.blake2b(content, digest_size=8).digest() if content else None
+                )
+            if digest is not None:
+                constants.append(digest)
+        constants.sort()
         return (
             fingerprint.instruction_count,
-            tuple(kinds),
+            tuple(sorted(kinds.items())),
             tuple(constants),
             len(self.callees[rva]),
             len(self.callers.get(rva, ())),
@@ -149,25 +158,56 @@ class Side:
 KeyOf = Callable[[int], Hashable | None]
 
 
-def _unique_pairs(
-    old: Iterable[int], new: Iterable[int], old_key: KeyOf, new_key: KeyOf
-) -> list[tuple[int, int]]:
-    """Pairs whose key is present exactly once on each side."""
-    old_groups: dict[Hashable, list[int]] = defaultdict(list)
-    new_groups: dict[Hashable, list[int]] = defaultdict(list)
-    for rva in old:
-        value = old_key(rva)
-        if value is not None:
-            old_groups[value].append(rva)
-    for rva in new:
-        value = new_key(rva)
-        if value is not None:
-            new_groups[value].append(rva)
-    return [
-        (olds[0], new_groups[value][0])
-        for value, olds in old_groups.items()
-        if len(olds) == 1 and len(new_groups.get(value, ())) == 1
-    ]
+class _KeyPass:
+    """One matching rule by key: the unmatched functions of each side grouped by key,
+    kept up to date as matches are taken instead of regrouped every round.
+
+    A pair is proposed when its key is present exactly once among the unmatched
+    functions of each side. Every such pair is taken when proposed, so a key can only
+    propose again once its groups lose members: only those keys are checked again.
+    """
+
+    def __init__(self, old: Iterable[int], new: Iterable[int], old_key: KeyOf, new_key: KeyOf):
+        self.old_groups, self.old_values = self._group(old, old_key)
+        self.new_groups, self.new_values = self._group(new, new_key)
+        #: Keys whose groups changed since they were last checked (at first, all).
+        self.dirty: set[Hashable] = set(self.old_groups)
+        #: How much of the matcher's log of taken pairs is reflected in the groups.
+        self.seen = 0
+
+    @staticmethod
+    def _group(
+        rvas: Iterable[int], key: KeyOf
+    ) -> tuple[dict[Hashable, set[int]], dict[int, Hashable]]:
+        groups: dict[Hashable, set[int]] = defaultdict(set)
+        values: dict[int, Hashable] = {}
+        for rva in rvas:
+            value = key(rva)
+            if value is not None:
+                groups[value].add(rva)
+                values[rva] = value
+        return groups, values
+
+    def pairs(self, taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Pairs whose key is present exactly once on each side, once ``taken`` (the
+        log of every pair matched so far) is no longer among the unmatched."""
+        for old_rva, new_rva in taken[self.seen :]:
+            for groups, values, rva in (
+                (self.old_groups, self.old_values, old_rva),
+                (self.new_groups, self.new_values, new_rva),
+            ):
+                value = values.pop(rva, None)
+                if value is not None:
+                    groups[value].discard(rva)
+                    self.dirty.add(value)
+        self.seen = len(taken)
+        found = []
+        for value in self.dirty:
+            olds, news = self.old_groups.get(value), self.new_groups.get(value)
+            if olds is not None and news is not None and len(olds) == 1 and len(news) == 1:
+                found.append((next(iter(olds)), next(iter(news))))
+        self.dirty = set()
+        return found
 
 
 class _Matcher:
@@ -175,6 +215,14 @@ class _Matcher:
         self.old, self.new = old, new
         self.forward: dict[int, Match] = {}
         self.backward: dict[int, int] = {}
+        #: Every pair taken, in order: what the incremental passes catch up on.
+        self.taken: list[tuple[int, int]] = []
+        self.key_passes: dict[MatchRule, _KeyPass] = {}
+        #: (old callee, new callee) at the same call position of matched callers,
+        #: both unmatched when last looked at; and how many pairs of ``taken`` were
+        #: already looked at as callers.
+        self.callee_pairs: list[tuple[int, int]] = []
+        self.callers_seen = 0
 
     def take(self, pairs: Iterable[tuple[int, int]], rule: MatchRule) -> int:
         taken = 0
@@ -183,6 +231,7 @@ class _Matcher:
                 continue
             self.forward[old_rva] = Match(old_rva, new_rva, rule, CONFIDENCE[rule])
             self.backward[new_rva] = old_rva
+            self.taken.append((old_rva, new_rva))
             taken += 1
         return taken
 
@@ -193,21 +242,33 @@ class _Matcher:
         )
 
     def by_key(self, keys: tuple[KeyOf, KeyOf], rule: MatchRule) -> int:
-        old, new = self.unmatched()
-        return self.take(_unique_pairs(old, new, keys[0], keys[1]), rule)
+        key_pass = self.key_passes.get(rule)
+        if key_pass is None:
+            # Built from the functions unmatched now: matches are never undone, so
+            # the others can never be proposed by this rule.
+            old, new = self.unmatched()
+            key_pass = self.key_passes[rule] = _KeyPass(old, new, keys[0], keys[1])
+            key_pass.seen = len(self.taken)
+        return self.take(sorted(key_pass.pairs(self.taken)), rule)
 
     def by_call_graph(self) -> int:
         """Callees at the same call position of matched callers, where no pair disagrees."""
+        for old_rva, new_rva in self.taken[self.callers_seen :]:
+            old_calls, new_calls = self.old.callees[old_rva], self.new.callees[new_rva]
+            if len(old_calls) == len(new_calls):
+                self.callee_pairs.extend(zip(old_calls, new_calls, strict=True))
+        self.callers_seen = len(self.taken)
+        # A pair with either callee matched can never be proposed again.
+        self.callee_pairs = [
+            (old_callee, new_callee)
+            for old_callee, new_callee in self.callee_pairs
+            if old_callee not in self.forward and new_callee not in self.backward
+        ]
         proposals: dict[int, set[int]] = defaultdict(set)
         reverse: dict[int, set[int]] = defaultdict(set)
-        for old_rva, match in self.forward.items():
-            old_calls, new_calls = self.old.callees[old_rva], self.new.callees[match.new_rva]
-            if len(old_calls) != len(new_calls):
-                continue
-            for old_callee, new_callee in zip(old_calls, new_calls, strict=True):
-                if old_callee not in self.forward and new_callee not in self.backward:
-                    proposals[old_callee].add(new_callee)
-                    reverse[new_callee].add(old_callee)
+        for old_callee, new_callee in self.callee_pairs:
+            proposals[old_callee].add(new_callee)
+            reverse[new_callee].add(old_callee)
         pairs = [
             (old_callee, next(iter(news)))
             for old_callee, news in proposals.items()

@@ -10,6 +10,7 @@ new baseline), not an error.
 from __future__ import annotations
 
 import struct
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -23,6 +24,9 @@ from hpatch.image import BaseRelocationType, Function, PEImage, Section
 
 _MAX_DATA_RANGES = 8
 _RANGE_JOIN = 8
+_TWO_INSTRUCTIONS = 32
+#: A global is named after the functions referencing less than this many bytes from it.
+_NEAR = 64
 
 
 class BlockerKind(Enum):
@@ -84,7 +88,11 @@ def entry_room(image: PEImage, function: Function) -> tuple[int, int, int]:
             data = image.read(function.rva - length, length)
             if image.arch.padding_length(data, 0) == length:
                 before = length
-    starts = sorted(image.arch.instruction_starts(image.read, function.rva, function.extent_end))
+    # Only the first two instructions matter, and two of any supported machine fit in
+    # _TWO_INSTRUCTIONS bytes (x64: at most 15 each): decoding the whole function for
+    # them made this the diff's slowest check.
+    window_end = min(function.extent_end, function.rva + _TWO_INSTRUCTIONS)
+    starts = sorted(image.arch.instruction_starts(image.read, function.rva, window_end))
     first = (starts[1] if len(starts) > 1 else function.extent_end) - function.rva
     return room, before, first
 
@@ -114,10 +122,17 @@ def redirect_problem(image: PEImage, function: Function, strategy: Redirect) -> 
         (f.rva, f.rva + f.size) for f in function.fragments
     ]
     for part_start, part_end in parts:
-        starts = image.arch.instruction_starts(image.read, part_start, part_end)
         code = image.read(part_start, part_end - part_start)
-        for site_rva, target_rva, kind in image.arch.scan_sites(code, part_start, lo, hi):
-            if site_rva in starts and kind in (SiteKind.JUMP, SiteKind.COND_JUMP):
+        branches = [
+            (site_rva, target_rva)
+            for site_rva, target_rva, kind in image.arch.scan_sites(code, part_start, lo, hi)
+            if kind in (SiteKind.JUMP, SiteKind.COND_JUMP)
+        ]
+        if not branches:
+            continue  # most parts have none: spare them a decode of every instruction
+        starts = image.arch.instruction_starts(image.read, part_start, part_end)
+        for site_rva, target_rva in branches:
+            if site_rva in starts:
                 return (
                     f"the branch at RVA 0x{site_rva:x} lands at 0x{target_rva:x}, inside the "
                     "bytes the redirect overwrites"
@@ -136,23 +151,44 @@ class Verdict:
     def block(self, kind: BlockerKind, where: str, reason: str) -> None:
         self.blockers.append(Blocker(kind, where, reason))
 
-    def data_name(self, image: PEImage, rva: int) -> str:
-        """The data symbol covering ``rva``, or the functions that reference it."""
+    def data_names(self, image: PEImage, rvas: list[int]) -> list[str]:
+        """For each of ``rvas``: the data symbol covering it, or the functions that
+        reference it."""
+        names: list[str | None] = [self.symbol_name(image, rva) for rva in rvas]
+        side = self.old if image is self.old.image else self.new
+        # One pass over every reference for all the unnamed places: each is near
+        # (less than _NEAR bytes from) targets in at most three _NEAR-byte buckets.
+        wanted: dict[int, list[int]] = defaultdict(list)
+        for index, rva in enumerate(rvas):
+            if names[index] is None:
+                for bucket in range((rva - _NEAR + 1) // _NEAR, (rva + _NEAR - 1) // _NEAR + 1):
+                    wanted[bucket].append(index)
+        users: list[set[str]] = [set() for _ in rvas]
+        if wanted:
+            for fingerprint in side.fingerprints.values():
+                for reference in fingerprint.references:
+                    target = reference.target_rva
+                    for index in wanted.get(target // _NEAR, ()):
+                        if abs(target - rvas[index]) < _NEAR:
+                            users[index].add(function_label(fingerprint.function))
+        return [
+            name
+            if name is not None
+            else "used by " + ", ".join(sorted(found)[:4])
+            if found
+            else "unreferenced"
+            for name, found in zip(names, users, strict=True)
+        ]
+
+    @staticmethod
+    def symbol_name(image: PEImage, rva: int) -> str | None:
+        """The data symbol covering ``rva``, if the image has one."""
         symbols = [s for s in image.symbols if not s.is_function and s.rva <= rva]
         section = image.section_at(rva)
         if symbols and section is not None and section.contains(symbols[-1].rva):
             symbol = symbols[-1]
             return symbol.name if symbol.rva == rva else f"{symbol.name}+0x{rva - symbol.rva:x}"
-        side = self.old if image is self.old.image else self.new
-        users = sorted(
-            {
-                function_label(f.function)
-                for f in side.fingerprints.values()
-                for r in f.references
-                if abs(r.target_rva - rva) < 64
-            }
-        )
-        return "used by " + ", ".join(users[:4]) if users else "unreferenced"
+        return None
 
     def check_writable_data(self) -> None:
         old_image, new_image = self.old.image, self.new.image
@@ -195,12 +231,13 @@ class Verdict:
             if old_data[offset] != new_data[offset] and offset not in pointer_bytes
         )
         ranges = _ranges(differing)
-        for start, end in ranges[:_MAX_DATA_RANGES]:
+        shown = ranges[:_MAX_DATA_RANGES]
+        names = self.data_names(self.old.image, [old_section.rva + start for start, _ in shown])
+        for (start, end), name in zip(shown, names, strict=True):
             rva = old_section.rva + start
             self.block(
                 BlockerKind.WRITABLE_DATA,
-                f"{old_section.name} 0x{rva:x}..0x{old_section.rva + end:x} "
-                f"({self.data_name(self.old.image, rva)})",
+                f"{old_section.name} 0x{rva:x}..0x{old_section.rva + end:x} ({name})",
                 "initial value of writable data changes; a running image keeps the old value",
             )
         if len(ranges) > _MAX_DATA_RANGES:
