@@ -35,13 +35,34 @@ if TYPE_CHECKING:
     from hpatch.image.reader import PEImage
 
 _MAX_ROUNDS = 16
-_SITE_EVIDENCE = {
-    SiteKind.CALL: Evidence.CALL,
-    SiteKind.JUMP: Evidence.JUMP,
-    SiteKind.COND_JUMP: Evidence.JUMP,
-    SiteKind.ADDRESS: Evidence.ADDRESS,
+# Evidence is collected as bit masks, one bit per kind in the order of Evidence (the
+# order a function lists its sources in): tens of thousands of targets gather it, and
+# sets of enum members hash each member through Python code.
+_BIT = {e: 1 << i for i, e in enumerate(Evidence)}
+_STRONG = sum(_BIT[e] for e in STRONG)
+_SITE_BIT = {
+    int(SiteKind.CALL): _BIT[Evidence.CALL],
+    int(SiteKind.JUMP): _BIT[Evidence.JUMP],
+    int(SiteKind.COND_JUMP): _BIT[Evidence.JUMP],
+    int(SiteKind.ADDRESS): _BIT[Evidence.ADDRESS],
 }
-_EVIDENCE_ORDER = {e: i for i, e in enumerate(Evidence)}
+_LOAD = int(SiteKind.LOAD)
+_ADDRESS = int(SiteKind.ADDRESS)
+_JUMP = int(SiteKind.JUMP)
+_COND_JUMP = int(SiteKind.COND_JUMP)
+_SOURCES: dict[int, tuple[Evidence, ...]] = {}
+
+
+def _mask(sources: Iterable[Evidence]) -> int:
+    return sum(_BIT[e] for e in set(sources))
+
+
+def _sources(mask: int) -> tuple[Evidence, ...]:
+    """The evidence a mask holds, in the order of Evidence."""
+    found = _SOURCES.get(mask)
+    if found is None:
+        found = _SOURCES[mask] = tuple(e for e in Evidence if mask & _BIT[e])
+    return found
 
 
 class _Discovery:
@@ -59,37 +80,38 @@ class _Discovery:
         self.pointers: list[int] = []
         #: PC-relative loads from code (literal pools), as (site, target) in site order.
         self.load_sites: list[tuple[int, int]] = []
+        #: Sites that load __ImageBase (an address of RVA 0): MSVC indexes tables of RVAs.
+        self.image_base_sites: list[int] = []
         if self.code_sections:
             lo = min(s.rva for s in self.code_sections)
             hi = max(s.end_rva for s in self.code_sections)
             self.pointers = relocated_pointers(image, lo, hi)
+            # One scan for the references into code and the loads of __ImageBase: a
+            # scanner's range only filters the targets it reports.
             scanned = [
                 site
                 for section in self.code_sections
-                for site in self.arch.scan_sites(section.data, section.rva, lo, hi)
+                for site in self.arch.scan_sites(section.data, section.rva, 0, hi)
             ]
+            self.image_base_sites = sorted(
+                site for site, target, kind in scanned if target == 0 and kind == _ADDRESS
+            )
             # References into code reveal functions; loads only lead to literal pools.
-            self.sites = [site for site in scanned if site[2] != SiteKind.LOAD]
-            if len(self.sites) != len(scanned):
-                self.load_sites = [(s, t) for s, t, k in scanned if k == SiteKind.LOAD]
-        #: (site, target) of every address taken in code, in site order.
-        self.address_sites = [(s, t) for s, t, k in self.sites if k == SiteKind.ADDRESS]
-        #: Sites that load __ImageBase (an address of RVA 0): MSVC indexes tables of RVAs.
-        self.image_base_sites = sorted(
-            site
-            for section in self.code_sections
-            for site, _, kind in self.arch.scan_sites(section.data, section.rva, 0, 1)
-            if kind == SiteKind.ADDRESS
-        )
+            self.sites = [site for site in scanned if site[1] >= lo and site[2] != _LOAD]
+            loads = [(s, t) for s, t, k in scanned if k == _LOAD and t >= lo]
+            if loads:
+                self.load_sites = loads
+        #: (site, target) of every address taken in code, in site order, and the sites.
+        self.address_sites = [(s, t) for s, t, k in self.sites if k == _ADDRESS]
+        self.address_site_rvas = [s for s, _ in self.address_sites]
         #: the sites again, ordered by target, and their targets, for lookups by bisection.
         self.by_target = sorted(self.sites, key=itemgetter(1))
         self.target_keys = [site[1] for site in self.by_target]
         self.primaries, self.fragments = pdata_functions(image, self.sites, self.referenced)
-        self.static_evidence: dict[int, set[Evidence]] = defaultdict(set)
-        for rva in self.pointers:
-            self.static_evidence[rva].add(Evidence.RELOC)
+        #: RVA -> evidence mask of the exact starts and the relocated pointers.
+        self.static_evidence: dict[int, int] = dict.fromkeys(self.pointers, _BIT[Evidence.RELOC])
         for rva, sources in self.exact.items():
-            self.static_evidence[rva].update(sources)
+            self.static_evidence[rva] = self.static_evidence.get(rva, 0) | _mask(sources)
 
     def covered(self, leaves: dict[int, int]) -> Ranges:
         ranges = list(self.primaries.items()) + list(leaves.items())
@@ -99,31 +121,36 @@ class _Discovery:
     def referenced(self) -> set[int]:
         """RVAs with evidence other than conditional jumps (asked only for frameless entries)."""
         found = set(self.exact) | set(self.pointers)
-        found.update(target for _, target, kind in self.sites if kind != SiteKind.COND_JUMP)
+        found.update(target for _, target, kind in self.sites if kind != _COND_JUMP)
         return found
 
     @cached_property
     def branch_targets(self) -> list[int]:
         """Targets of direct jumps, sorted."""
-        return sorted(
-            {t for _, t, kind in self.sites if kind in (SiteKind.JUMP, SiteKind.COND_JUMP)}
-        )
+        return sorted({t for _, t, kind in self.sites if kind in (_JUMP, _COND_JUMP)})
 
     def sites_to(self, target: int) -> list[CodeSite]:
         """The code references whose target is ``target``."""
         keys = self.target_keys
         return self.by_target[bisect.bisect_left(keys, target) : bisect.bisect_right(keys, target)]
 
-    def evidence_for(self, targets: Iterable[int], known: Ranges) -> dict[int, set[Evidence]]:
-        """Evidence for ``targets``: the exact and pointer evidence, plus each code
-        reference whose site lies in a function known so far."""
-        found: dict[int, set[Evidence]] = defaultdict(set)
-        for rva, sources in self.static_evidence.items():
-            found[rva].update(sources)
-        for target in targets:
-            for site_rva, _, kind in self.sites_to(target):
-                if known.find(site_rva) is not None:
-                    found[target].add(_SITE_EVIDENCE[kind])
+    def incoming(self, targets: Iterable[int]) -> list[tuple[int, int, int]]:
+        """(target, site, evidence bit) of every code reference to ``targets``."""
+        return [
+            (target, site_rva, _SITE_BIT[kind])
+            for target in targets
+            for site_rva, _, kind in self.sites_to(target)
+        ]
+
+    def evidence_for(self, incoming: list[tuple[int, int, int]], known: Ranges) -> dict[int, int]:
+        """Evidence masks: the exact and pointer evidence, plus each ``incoming``
+        reference (see ``incoming``) whose site lies in a function known so far."""
+        found = dict(self.static_evidence)
+        starts, ends = known.starts, known.ends
+        for target, site_rva, bit in incoming:
+            index = bisect.bisect_right(starts, site_rva) - 1
+            if index >= 0 and site_rva < ends[index]:
+                found[target] = found.get(target, 0) | bit
         return found
 
     def gaps(self, pdata: Ranges) -> list[tuple[Section, int, int]]:
@@ -165,8 +192,8 @@ class _Discovery:
 
     def addresses_from(self, start: int, end: int) -> list[tuple[int, int]]:
         """(site, target) of the addresses taken by code in [start, end), in site order."""
-        sites = self.address_sites
-        return sites[bisect.bisect_left(sites, (start,)) : bisect.bisect_left(sites, (end,))]
+        rvas = self.address_site_rvas
+        return self.address_sites[bisect.bisect_left(rvas, start) : bisect.bisect_left(rvas, end)]
 
     def table_roots(self, start: int, end: int, bound: int) -> set[int]:
         """Targets of the jump tables that the code in [start, end) addresses."""
@@ -211,13 +238,13 @@ class _Discovery:
         section: Section,
         gap_start: int,
         gap_end: int,
-        evidence: dict[int, set[Evidence]],
+        evidence: dict[int, int],
         targets: list[int],
     ) -> dict[int, int]:
         """Functions without unwind data in [gap_start, gap_end); ``targets`` are the
         candidate starts in the gap, sorted."""
         leaves: dict[int, int] = {}
-        exact_targets = [t for t in targets if evidence[t] & STRONG]
+        exact_targets = [t for t in targets if evidence[t] & _STRONG]
         index = 0
         previous_end = gap_start
         cursor = gap_start + self.padding_at(section, gap_start, gap_end)
@@ -238,7 +265,7 @@ class _Discovery:
             # A start may sit inside what looks like padding: a hotpatch-ready function
             # opens with a two-byte nop (66 90), the same bytes compilers pad with.
             plausible = target <= cursor or self.preceded_by_padding(section, target)
-            if not (evidence[target] & STRONG or plausible):
+            if not (evidence[target] & _STRONG or plausible):
                 continue
             next_exact = bisect.bisect_right(exact_targets, target)
             bound = exact_targets[next_exact] if next_exact < len(exact_targets) else gap_end
@@ -265,10 +292,11 @@ class _Discovery:
         gaps = self.gaps(pdata)
         # Only references into the gaps can reveal new functions; check them each round.
         gap_targets = [t for t in dict.fromkeys(self.target_keys) if pdata.find(t) is None]
+        gap_incoming = self.incoming(gap_targets)
         leaves: dict[int, int] = {}
         gap_results: dict[tuple[int, tuple[tuple[int, bool], ...]], dict[int, int]] = {}
         for _ in range(_MAX_ROUNDS):
-            evidence = self.evidence_for(gap_targets, self.covered(leaves))
+            evidence = self.evidence_for(gap_incoming, self.covered(leaves))
             ordered = sorted(evidence)
             found: dict[int, int] = {}
             for section, start, end in gaps:
@@ -277,7 +305,7 @@ class _Discovery:
                 targets = ordered[
                     bisect.bisect_left(ordered, start) : bisect.bisect_left(ordered, end)
                 ]
-                key = (start, tuple((t, bool(evidence[t] & STRONG)) for t in targets))
+                key = (start, tuple((t, bool(evidence[t] & _STRONG)) for t in targets))
                 if key not in gap_results:
                     gap_results[key] = self.leaves_in_gap(section, start, end, evidence, targets)
                 found.update(gap_results[key])
@@ -286,7 +314,7 @@ class _Discovery:
             leaves = found
         self.pre_entries = {p: e for p, e in self.pre_entries.items() if leaves.get(e) == p}
         starts = list(self.primaries) + list(leaves)
-        return self.build(leaves, self.evidence_for(starts, self.covered(leaves)))
+        return self.build(leaves, self.evidence_for(self.incoming(starts), self.covered(leaves)))
 
     def inline_data(
         self, start: int, end: int
@@ -490,9 +518,7 @@ class _Discovery:
                 part[2] = table_rva + size
                 return
 
-    def build(
-        self, leaves: dict[int, int], evidence: dict[int, set[Evidence]]
-    ) -> tuple[Function, ...]:
+    def build(self, leaves: dict[int, int], evidence: dict[int, int]) -> tuple[Function, ...]:
         # A .pdata function with an entry before its range starts at that entry.
         entry_of = {p: self.pre_entries.get(p, p) for p in self.primaries}
         bounds = {entry_of[p]: end for p, end in self.primaries.items()}
@@ -518,36 +544,41 @@ class _Discovery:
         code_ends = {part[0]: part[1] for part in parts}
         starts = sorted(bounds)
         functions = []
+        pdata_bit, thunk_bit = _BIT[Evidence.PDATA], _BIT[Evidence.IMPORT_THUNK]
         for position, start in enumerate(starts):
             pdata_start = pdata_of.get(start)
-            sources = set(evidence.get(start, ()))
+            sources = evidence.get(start, 0)
             if pdata_start is not None:
-                sources |= evidence.get(pdata_start, set()) | {Evidence.PDATA}
+                sources |= evidence.get(pdata_start, 0) | pdata_bit
             if start in self.thunk_names:
-                sources.add(Evidence.IMPORT_THUNK)
+                sources |= thunk_bit
             name = self.names.get(start) or self.names.get(pdata_start or start)
             section = self.image.section_at(start)
             assert section is not None
             limit = section.end_rva
             if position + 1 < len(starts):
                 limit = min(limit, starts[position + 1])
-            owned = sorted(
-                (Fragment(f.rva, code_ends[f.rva] - f.rva) for f in fragments.get(start, ())),
-                key=lambda f: f.rva,
-            )
-            # Each range belongs to the part it lies in or follows.
-            part_starts = sorted([(start, 0)] + [(f.rva, i) for i, f in enumerate(owned, 1)])
-            inline = tuple(
-                DataRange(t.rva, t.size, t.kind, _part_of(part_starts, t.rva))
-                for t in sorted(tables[start], key=lambda t: t.rva)
-            )
-            end = max([code_ends[start]] + [t.rva + t.size for t in inline if t.part == 0])
+            owned: list[Fragment] = []
+            inline: tuple[DataRange, ...] = ()
+            end = code_ends[start]
+            if fragments.get(start) or tables.get(start):  # most functions have neither
+                owned = sorted(
+                    (Fragment(f.rva, code_ends[f.rva] - f.rva) for f in fragments.get(start, ())),
+                    key=lambda f: f.rva,
+                )
+                # Each range belongs to the part it lies in or follows.
+                part_starts = sorted([(start, 0)] + [(f.rva, i) for i, f in enumerate(owned, 1)])
+                inline = tuple(
+                    DataRange(t.rva, t.size, t.kind, _part_of(part_starts, t.rva))
+                    for t in sorted(tables[start], key=lambda t: t.rva)
+                )
+                end = max([end] + [t.rva + t.size for t in inline if t.part == 0])
             functions.append(
                 Function(
                     rva=start,
                     size=code_ends[start] - start,
                     name=name or self.thunk_names.get(start),
-                    sources=tuple(sorted(sources, key=_EVIDENCE_ORDER.__getitem__)),
+                    sources=_sources(sources),
                     fragments=tuple(owned),
                     padding_after=self.padding_at(section, end, limit) if end < limit else 0,
                     inline_data=inline,
