@@ -81,6 +81,9 @@ class Correspondence:
         self.old_imports = {i.iat_rva: import_key(i) for i in old.image.imports}
         self.new_imports = {i.iat_rva: import_key(i) for i in new.image.imports}
         self._comparing: set[tuple[int, int]] = set()
+        #: Answers of ``same`` asked outside any comparison in progress: the same
+        #: callees, imports and globals come up in function after function.
+        self._same: dict[tuple[int, int], bool] = {}
         self.data = self._learn_data(matches)
         self.section_shift = self._learn_section_shifts()
         self.writable_moves = self._learn_writable_moves(matches)
@@ -146,6 +149,18 @@ class Correspondence:
         return {name: counter.most_common(1)[0][0] for name, counter in shifts.items()}
 
     def same(self, old_target: int, new_target: int) -> bool:
+        """True if ``old_target`` and ``new_target`` are the same thing."""
+        if self._comparing:
+            # Inside a cycle of pointers an answer may rest on the pair being
+            # compared; it is not kept.
+            return self._same_uncached(old_target, new_target)
+        pair = (old_target, new_target)
+        answer = self._same.get(pair)
+        if answer is None:
+            answer = self._same[pair] = self._same_uncached(old_target, new_target)
+        return answer
+
+    def _same_uncached(self, old_target: int, new_target: int) -> bool:
         if old_target < self.old.image.headers_end or new_target < self.new.image.headers_end:
             return old_target == new_target  # __ImageBase and the PE headers
         if old_target in self.old_imports or new_target in self.new_imports:

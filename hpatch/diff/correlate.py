@@ -62,15 +62,20 @@ class Correlator:
         self._resolved: dict[tuple[int, RefKind], ResolvedReference] = {}
 
     def resolve(self, reference: Reference) -> ResolvedReference:
+        known = self._resolution(reference)
+        if known.reference is reference:
+            return known
+        return ResolvedReference(reference, known.resolution, known.old_rva, known.detail)
+
+    def _resolution(self, reference: Reference) -> ResolvedReference:
+        """The resolution of the first reference seen with this target and kind."""
         # What a reference binds to depends only on its target and kind, and changed
         # code names the same callees and globals over and over.
         key = (reference.target_rva, reference.kind)
         known = self._resolved.get(key)
         if known is None:
-            known = self._resolve(reference)
-            self._resolved[key] = known
-            return known
-        return ResolvedReference(reference, known.resolution, known.old_rva, known.detail)
+            known = self._resolved[key] = self._resolve(reference)
+        return known
 
     def _resolve(self, reference: Reference) -> ResolvedReference:
         target = reference.target_rva
@@ -163,3 +168,13 @@ class Correlator:
         assert change.new is not None
         fingerprint = self.new.fingerprints[change.new.rva]
         return tuple(self.resolve(r) for r in fingerprint.references)
+
+    def unresolved(self, change: FunctionChange) -> list[ResolvedReference]:
+        """The references of ``change``'s new code that cannot be bound, in order."""
+        assert change.new is not None
+        found = []
+        for reference in self.new.fingerprints[change.new.rva].references:
+            known = self._resolution(reference)
+            if known.resolution == Resolution.UNRESOLVED:
+                found.append(self.resolve(reference))
+        return found

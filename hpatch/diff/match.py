@@ -78,6 +78,7 @@ class Side:
         self._signatures: dict[int, Hashable] = {}
         #: target RVA -> digest of the read-only constant there, or None if none is.
         self._constant_digests: dict[int, bytes | None] = {}
+        self._extents: dict[int, int] = {}
 
     def names(self) -> dict[int, str]:
         return {rva: f.function.name for rva, f in self.fingerprints.items() if f.function.name}
@@ -105,6 +106,12 @@ class Side:
 
     def data_extent(self, rva: int) -> int:
         """End of the object at ``rva``: the next label, within its section and 4 KiB."""
+        end = self._extents.get(rva)
+        if end is None:
+            end = self._extents[rva] = self._data_extent(rva)
+        return end
+
+    def _data_extent(self, rva: int) -> int:
         section = self.image.section_at(rva)
         if section is None:
             return rva

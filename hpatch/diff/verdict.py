@@ -18,7 +18,7 @@ from enum import Enum
 from hpatch.arch import SiteKind
 from hpatch.arch.rewrite import Redirect
 from hpatch.diff.classify import Correspondence, FunctionChange, Status, import_key
-from hpatch.diff.correlate import Correlator, Resolution
+from hpatch.diff.correlate import Correlator
 from hpatch.diff.match import Side
 from hpatch.image import BaseRelocationType, Function, PEImage, Section
 
@@ -311,15 +311,14 @@ class Verdict:
         for change in changes:
             if change.new is None or change.status not in (Status.MODIFIED, Status.ADDED):
                 continue
-            for resolved in correlator.resolve_function(change):
-                if resolved.resolution == Resolution.UNRESOLVED:
-                    self.block(
-                        BlockerKind.UNRESOLVED_REFERENCE,
-                        f"{function_label(change.new)} at 0x{resolved.reference.site_rva:x}",
-                        f"{resolved.reference.kind.name.lower()} reference to "
-                        f"0x{resolved.reference.target_rva:x} cannot be bound to the old image: "
-                        f"{resolved.detail}",
-                    )
+            for resolved in correlator.unresolved(change):
+                self.block(
+                    BlockerKind.UNRESOLVED_REFERENCE,
+                    f"{function_label(change.new)} at 0x{resolved.reference.site_rva:x}",
+                    f"{resolved.reference.kind.name.lower()} reference to "
+                    f"0x{resolved.reference.target_rva:x} cannot be bound to the old image: "
+                    f"{resolved.detail}",
+                )
 
 
 def find_blockers(
