@@ -9,7 +9,7 @@ CORPUS_FETCH := ../shared/corpus/fetch.sh
 HPCORPUS ?= $(HOME)/.cache/hpatch-corpus
 DEMO_IMAGES := samples/bin/x64-clang/v1/sample.stripped.dll samples/bin/arm64-clang/v1/sample.stripped.dll
 
-.PHONY: demo test lint corpus bench clean sanitize fuzz realworld
+.PHONY: demo test lint corpus bench clean sanitize fuzz realworld reliability
 
 $(STAMP): pyproject.toml setup.py native/*.c native/*.h
 	@$(PYTHON) -m venv $(VENV) || { echo "make: '$(PYTHON) -m venv' failed (Debian: apt-get install python3-venv python3-dev)" >&2; exit 1; }
@@ -81,6 +81,14 @@ sanitize: $(SAN_SO)
 
 fuzz: $(SAN_SO)
 	$(SAN_ENV) $(BIN)/python -m tests.fuzz.run --seconds $(FUZZ_SECONDS)
+
+# `make reliability`: the figures of docs/reliability.md at full scale (fuzzing for
+# RELIABILITY_SECONDS per target, every bit flip, every injected fault, 5,000
+# patch-under-load trials per architecture); `make test` runs bounded versions.
+RELIABILITY_SECONDS ?= 300
+
+reliability: $(STAMP) corpus
+	$(BIN)/python -m tests.reliability.figures --seconds $(RELIABILITY_SECONDS)
 
 bench: $(STAMP) corpus
 	$(BIN)/python bench/bench_funcs.py
