@@ -4,9 +4,12 @@ hpatch errors, in bounded time (the full run: figures.py)."""
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hpatch.arch import Machine
 from hpatch.emu import Process
@@ -23,7 +26,7 @@ IMAGE = "sample.stripped.dll"
 
 
 @pytest.mark.parametrize(
-    ("campaign", "cases"), [(reader(), 300), (loader(), 100)], ids=["reader", "loader"]
+    ("campaign", "cases"), [(reader(), 200), (loader(), 60)], ids=["reader", "loader"]
 )
 def test_hostile_images_give_only_hpatch_errors(campaign: Campaign, cases: int) -> None:
     tally = drive(campaign, SEED, count=cases)
@@ -34,6 +37,22 @@ def test_hostile_images_give_only_hpatch_errors(campaign: Campaign, cases: int) 
     # Every kind of targeted mutation was tried.
     kinds = {how.split(":")[0] for mutation in tally.hows for how in mutation.split("+")}
     assert kinds >= {"sections", "relocations", "pdata", "imports", "headers", "noise"}, kinds
+
+
+@pytest.mark.parametrize(
+    ("campaign", "cases"), [(reader(), 100), (loader(), 40)], ids=["reader", "loader"]
+)
+def test_hypothesis_drawn_images_give_only_hpatch_errors(campaign: Campaign, cases: int) -> None:
+    """The same mutators with hypothesis drawing every choice (failures shrink)."""
+
+    @settings(max_examples=cases, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(rng=st.randoms(use_true_random=False))
+    def check(rng: random.Random) -> None:
+        outcome, took = run_case(campaign, campaign.make(rng))
+        assert not outcome.startswith(("unexpected", "hang")), outcome
+        assert took < SLOW_SECONDS
+
+    check()
 
 
 @pytest.mark.parametrize("how", ["self", "entry"])

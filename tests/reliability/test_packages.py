@@ -4,21 +4,24 @@ in bounded time, and leave the process as it was (the full run: figures.py)."""
 from __future__ import annotations
 
 import os
+import random
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hpatch.errors import PackageFormatError
 from hpatch.package import decode_package
 from hpatch.package.format import MAX_PACKAGE_SIZE
 
-from .harness import SLOW_SECONDS, Campaign, drive
+from .harness import SLOW_SECONDS, Campaign, drive, run_case
 from .package_campaigns import APPLIER, READER
 from .samples import signed_bytes
 
 SEED = os.environ.get("HPATCH_RELIABILITY_SEED", "ci")
 #: Cases per campaign: making a mutant codes its package again (LZMA in pure Python),
 #: about 0.1 s each.
-CASES = int(os.environ.get("HPATCH_RELIABILITY_CASES", "30"))
+CASES = int(os.environ.get("HPATCH_RELIABILITY_CASES", "20"))
 
 
 @pytest.mark.parametrize("campaign", [READER, APPLIER], ids=lambda c: c.name)
@@ -30,6 +33,23 @@ def test_hostile_packages_are_refused_with_package_errors_only(campaign: Campaig
     # (so the applier's later checks were reached, not only the reader's).
     assert tally.outcomes["refused"] > 0 and tally.outcomes["accepted"] > 0, tally.outcomes
     assert len({how.split(":")[0] for how in tally.hows}) == 3, tally.hows
+
+
+@pytest.mark.parametrize("campaign", [READER, APPLIER], ids=lambda c: c.name)
+def test_hypothesis_drawn_mutants_are_refused_with_package_errors_only(
+    campaign: Campaign,
+) -> None:
+    """The same mutators with hypothesis drawing every choice, so that a failure
+    shrinks to the smallest mutation that shows it."""
+
+    @settings(max_examples=CASES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(rng=st.randoms(use_true_random=False))
+    def check(rng: random.Random) -> None:
+        outcome, took = run_case(campaign, campaign.make(rng))
+        assert not outcome.startswith(("unexpected", "hang")), outcome
+        assert took < SLOW_SECONDS
+
+    check()
 
 
 def test_an_oversized_package_is_refused_before_it_is_read() -> None:
