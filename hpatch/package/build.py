@@ -43,6 +43,14 @@ from hpatch.package.model import (
     TargetKind,
     UnwindRecord,
 )
+from hpatch.package.unwind_copy import (
+    HandlerDataError,
+    HandlerIdentity,
+    UnwindRecordLayout,
+    identify_handler,
+    record_fixups,
+    unwind_record_layout,
+)
 
 PAGE = 4096
 REGION_ALIGNMENT = PAGE
@@ -144,6 +152,7 @@ class _Builder:
         self.blobs: list[Blob] = []
         self.fixups: dict[int, FixupEntry] = {}
         self.imports: dict[tuple[str, str, int], ImportRef] = {}
+        self.handler_identities: dict[tuple[bool, int], HandlerIdentity] = {}
         self.relocated = diff.correspondence.new.relocated
         self.carried = sorted(
             (
@@ -520,19 +529,19 @@ class _Builder:
                             "the code carried",
                         )
                         continue
+                    # Offsets from the part itself: where functions are carried side by
+                    # side, an end is also the next function's beginning.
+                    begin = part.offset + entry.begin_rva - part.new_rva
+                    end = part.offset + entry.end_rva - part.new_rva
                     raw = self.raw_pdata_word(entry.begin_rva)
                     packed = self.arch.machine == Machine.ARM64 and raw is not None and raw & 3
                     if packed:
-                        records.append(
-                            (entry.begin_rva, entry.end_rva, 0, None, raw.to_bytes(4, "little"))
-                        )  # type: ignore[union-attr]
+                        records.append((begin, end, 0, None, raw.to_bytes(4, "little")))  # type: ignore[union-attr]
                         continue
                     assert entry.unwind_rva is not None
-                    copied = self.copy_unwind(where, entry.unwind_rva, copies)
+                    copied = self.copy_unwind(where, entry.unwind_rva, copies, function)
                     if copied is not None:
-                        records.append(
-                            (entry.begin_rva, entry.end_rva, entry.unwind_rva, copied, None)
-                        )
+                        records.append((begin, end, entry.unwind_rva, copied, None))
         table: list[UnwindRecord] = []
         entry_size = 12 if self.arch.machine == Machine.AMD64 else 8
         addr32nb = self._addr32nb()
@@ -547,11 +556,10 @@ class _Builder:
         if not records:
             return table
         table_offset = self.place(bytes(table_bytes), None, 4, BlobKind.FUNCTION_TABLE)
-        for index, (begin, end, _unwind_rva, copied, packed_word) in enumerate(records):
+        for index, (begin_offset, end_offset, _unwind_rva, copied, packed_word) in enumerate(
+            records
+        ):
             at = table_offset + index * entry_size
-            begin_offset = self.layout.locate(begin)
-            end_offset = self.layout.locate(end, end_ok=True)
-            assert begin_offset is not None and end_offset is not None
             self.fixups[at] = FixupEntry(at, addr32nb, TargetKind.REGION, begin_offset)
             if self.arch.machine == Machine.AMD64:
                 self.fixups[at + 4] = FixupEntry(at + 4, addr32nb, TargetKind.REGION, end_offset)
@@ -577,25 +585,34 @@ class _Builder:
             words.setdefault(begin, word)
         return words
 
-    def copy_unwind(self, where: str, unwind_rva: int, copies: dict[int, int]) -> int | None:
+    def copy_unwind(
+        self, where: str, unwind_rva: int, copies: dict[int, int], function: PatchFunction
+    ) -> int | None:
+        """Region offset of a copy of the unwind record at ``unwind_rva`` (of ``function``),
+        its handler and the handler's data bound to the old image; None if blocked."""
         if unwind_rva in copies:
             return copies[unwind_rva]
-        size, handler, chained = self.arch.unwind_record_size(self.new.read, unwind_rva)
-        if handler:
+        try:
+            record = unwind_record_layout(
+                self.arch, self.new.read, unwind_rva, lambda rva: self.handler_identity(False, rva)
+            )
+        except HandlerDataError as exc:
             self.block(
                 BlockerKind.UNRESOLVED_REFERENCE,
                 where,
-                f"the unwind record at 0x{unwind_rva:x} names an exception handler whose "
-                "data hpatch cannot translate",
+                f"the unwind record at 0x{unwind_rva:x} {exc}",
             )
             return None
-        offset = self.place(self.new.read(unwind_rva, size), unwind_rva, 4, BlobKind.UNWIND)
+        offset = self.place(self.new.read(unwind_rva, record.size), unwind_rva, 4, BlobKind.UNWIND)
         copies[unwind_rva] = offset
+        if record.handler is not None and not self.bind_handler(where, record, offset, function):
+            return None
+        chained = record.chained
         if chained is not None:
             begin, end, parent_unwind = struct.unpack("<III", self.new.read(chained, 12))
-            parent_copy = self.copy_unwind(where, parent_unwind & ~1, copies)
-            begin_offset = self.layout.locate(begin)
-            end_offset = self.layout.locate(end, end_ok=True)
+            parent_copy = self.copy_unwind(where, parent_unwind & ~1, copies, function)
+            begin_offset = self.in_function(function, begin, end_ok=False)
+            end_offset = self.in_function(function, end, end_ok=True)
             if parent_copy is None or begin_offset is None or end_offset is None:
                 self.block(
                     BlockerKind.UNRESOLVED_REFERENCE,
@@ -609,6 +626,70 @@ class _Builder:
                     at + delta, Fixup.X64_ADDR32NB, TargetKind.REGION, target
                 )
         return offset
+
+    def handler_identity(self, old: bool, rva: int) -> HandlerIdentity:
+        """Which exception handler ``rva`` is in the old or the new image (cached)."""
+        key = (old, rva)
+        if key not in self.handler_identities:
+            image = self.old if old else self.new
+            self.handler_identities[key] = identify_handler(image, rva)
+        return self.handler_identities[key]
+
+    def bind_handler(
+        self, where: str, record: UnwindRecordLayout, offset: int, function: PatchFunction
+    ) -> bool:
+        """Fixups for a copied record's handler and the RVAs in its data."""
+        assert record.handler is not None and record.handler_offset is not None
+        addr32nb = self._addr32nb()
+        handler_field = record.unwind_rva + record.handler_offset
+        identity = record.handler
+
+        def bind(field: int, target: int) -> tuple[TargetKind, int] | None:
+            bound = self.bind(where, CodeFixup(field, addr32nb, target, field))
+            if bound is None or field != handler_field or bound[0] != TargetKind.OLD_RVA:
+                return bound
+            # The data was read as the new image's handler reads it: the old image's
+            # handler the copy will name must be the same one.
+            counterpart = self.handler_identity(True, bound[1])
+            if counterpart.handler != identity.handler:
+                self.block(
+                    BlockerKind.UNRESOLVED_REFERENCE,
+                    where,
+                    f"the unwind record at 0x{record.unwind_rva:x} names "
+                    f"{identity.description}, but its counterpart at 0x{bound[1]:x} in the "
+                    f"old image is {counterpart.description}",
+                )
+                return None
+            return bound
+
+        try:
+            fixups = record_fixups(
+                record,
+                offset,
+                addr32nb,
+                bind,
+                lambda rva, end_ok: self.in_function(function, rva, end_ok=end_ok),
+            )
+        except HandlerDataError as exc:
+            self.block(
+                BlockerKind.UNRESOLVED_REFERENCE,
+                where,
+                f"the unwind record at 0x{record.unwind_rva:x} {exc}",
+            )
+            return False
+        if fixups is None:
+            return False
+        self.fixups.update((fixup.offset, fixup) for fixup in fixups)
+        return True
+
+    def in_function(self, function: PatchFunction, new_rva: int, *, end_ok: bool) -> int | None:
+        """Region offset of ``new_rva`` if it lies in a part of ``function`` (or, with
+        ``end_ok``, is the end of one)."""
+        for part in function.parts:
+            inside = new_rva - part.new_rva
+            if 0 <= inside < part.size or (end_ok and inside == part.size):
+                return part.offset + inside
+        return None
 
     # redirects ------------------------------------------------------------------------
 
