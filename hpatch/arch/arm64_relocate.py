@@ -6,6 +6,14 @@ the register flows. Each ADRP's register is followed along the control flow of t
 code (capstone reports which registers each instruction reads and writes) until it is
 overwritten or dies; every read on the way must be an ADD or a load/store that
 completes the address, or the code is refused: a copy could not be proven right.
+
+A page may also stay live in an argument register at a call (or a result register at
+a return, or across a branch out of the code): a compiler leaves such copies behind
+when it keeps the page in a callee-saved register. Whether the callee reads it is out
+of sight, so the fixups say where the page is handed on, and the builder accepts the
+copy only if every target keeps its page offset once bound (then any completion,
+seen or not, lands on the corresponding address). A page handed on that nothing in
+the code completes has no known target and is refused.
 """
 
 from __future__ import annotations
@@ -125,8 +133,9 @@ class _Flow:
         self.words, self.code_rva = words, code_rva
         self.indirect_targets = indirect_targets
 
-    def consumers(self, adrp_index: int, register: int) -> list[int]:
-        """Indices of the words that complete the ADRP at ``adrp_index``.
+    def consumers(self, adrp_index: int, register: int) -> tuple[list[int], int | None]:
+        """Indices of the words that complete the ADRP at ``adrp_index``, and the RVA
+        of the first place the page may be handed on beyond the code (None: nowhere).
 
         The page may be copied to other registers (``mov xD, xS``); each path carries
         the set of registers that hold it.
@@ -137,6 +146,7 @@ class _Flow:
             return RelocationError(f"the page address set at 0x{adrp_rva:x} {how} at 0x{rva:x}")
 
         found: set[int] = set()
+        passed_on: list[int] = []
         pending: list[tuple[int, frozenset[int]]] = [(adrp_index + 1, frozenset({register}))]
         visited: set[tuple[int, frozenset[int]]] = set()
         steps = 0
@@ -176,7 +186,7 @@ class _Flow:
                     is_return = (word & 0xFFFFFC1F) == 0xD65F0000
                     passed = _RESULT_REGISTERS if is_return else _ARGUMENT_REGISTERS
                     if holders & set(passed):
-                        raise refuse(rva, "may be passed on")
+                        passed_on.append(rva)
                     if _is_indirect_call(word):
                         holders = holders - set(_CALL_CLOBBERED)
                         index += 1
@@ -190,7 +200,7 @@ class _Flow:
                 target, continues, is_call = _branch(word, rva)
                 if is_call:
                     if holders & set(_ARGUMENT_REGISTERS):
-                        raise refuse(rva, "may be passed on")
+                        passed_on.append(rva)
                     holders = holders - set(_CALL_CLOBBERED)
                     index += 1
                     continue
@@ -198,11 +208,11 @@ class _Flow:
                     if self.code_rva <= target < self.code_rva + 4 * len(self.words):
                         pending.append(((target - self.code_rva) // 4, holders))
                     elif holders & set(_ARGUMENT_REGISTERS):
-                        raise refuse(rva, "may be passed on")
+                        passed_on.append(rva)
                     if not continues:
                         break
                 index += 1
-        return sorted(found)
+        return sorted(found), min(passed_on, default=None)
 
 
 def arm64_code_fixups(
@@ -244,7 +254,14 @@ def arm64_code_fixups(
         pages = _sign_extend((((word >> 5) & 0x7FFFF) << 2) | ((word >> 29) & 3), 21)
         page = (rva & ~0xFFF) + pages * 4096
         first_target = page
-        for position, consumer in enumerate(flow.consumers(index, word & 0x1F)):
+        consumers, passed_on = flow.consumers(index, word & 0x1F)
+        if passed_on is not None and not consumers:
+            raise RelocationError(
+                f"the page address set at 0x{rva:x} may be passed on at 0x{passed_on:x}, "
+                "and nothing in the code completes it: its target is unknown"
+            )
+        group_passed_on = -1 if passed_on is None else passed_on
+        for position, consumer in enumerate(consumers):
             consumer_word = words[consumer].word  # type: ignore[union-attr]
             kind, scale = _page_offset_kind(consumer_word)  # type: ignore[misc]
             target = page + (((consumer_word >> 10) & 0xFFF) << scale)
@@ -255,8 +272,10 @@ def arm64_code_fixups(
                     "of two ADRPs"
                 )
             site = code_rva + 4 * consumer
-            fixups.append(CodeFixup(site, kind, target, site, index))
-        fixups.append(CodeFixup(rva, Fixup.ARM64_PAGEBASE_REL21, first_target, rva, index))
+            fixups.append(CodeFixup(site, kind, target, site, index, group_passed_on))
+        fixups.append(
+            CodeFixup(rva, Fixup.ARM64_PAGEBASE_REL21, first_target, rva, index, group_passed_on)
+        )
     start = bisect.bisect_left(relocated, code_rva)
     stop = bisect.bisect_left(relocated, code_rva + len(code))
     for field in relocated[start:stop]:

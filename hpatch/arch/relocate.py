@@ -13,7 +13,10 @@ class CodeFixup(NamedTuple):
     The field at ``field_rva`` (of the image the code was copied from) belongs to the
     instruction or table at ``site_rva`` and names ``target_rva``. Fixups sharing a
     ``page_group`` other than -1 (an ARM64 ADRP and the page offsets completing it)
-    must bind to targets in one 4 KiB page.
+    must bind to targets in one 4 KiB page. ``passed_on`` (in such a group) is the RVA
+    of a call, return or branch where the page may still be live in a register handed
+    on beyond the code (-1: nowhere): what completes it there is out of sight, so every
+    target of the group must keep its page offset once bound.
     """
 
     field_rva: int
@@ -21,6 +24,7 @@ class CodeFixup(NamedTuple):
     target_rva: int
     site_rva: int
     page_group: int = -1
+    passed_on: int = -1
 
 
 class RelocationError(Exception):

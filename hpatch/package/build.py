@@ -487,9 +487,13 @@ class _Builder:
         self.fixups[field] = FixupEntry(field, fixup.kind, bound[0], bound[1])
         return bound
 
-    def check_pages(self, where: str, groups: dict[int, list[tuple[TargetKind, int]]]) -> None:
-        """An ADRP and its page offsets must still meet in one page once bound."""
-        for bounds in groups.values():
+    def check_pages(
+        self, where: str, groups: dict[int, list[tuple[CodeFixup, tuple[TargetKind, int]]]]
+    ) -> None:
+        """An ADRP and its page offsets must still meet in one page once bound; a page
+        handed on out of sight must keep every target's page offset."""
+        for members in groups.values():
+            bounds = [bound for _, bound in members]
             kinds = {
                 kind if kind != TargetKind.IMPORT else TargetKind.OLD_RVA for kind, _ in bounds
             }
@@ -502,6 +506,25 @@ class _Builder:
                     "bound to the old image",
                 )
                 return
+            passed_on = max(fixup.passed_on for fixup, _ in members)
+            if passed_on < 0:
+                continue
+            # What completes the page beyond the call adds the offset the new build's
+            # target has: it reaches the corresponding address only if that is unchanged.
+            adrp = next(f.site_rva for f, _ in members if f.kind == Fixup.ARM64_PAGEBASE_REL21)
+            for fixup, (kind, value) in members:
+                bound = self._old_rva_of(kind, value)
+                if bound % PAGE != fixup.target_rva % PAGE:
+                    self.block(
+                        BlockerKind.UNRESOLVED_REFERENCE,
+                        where,
+                        f"the page address set at 0x{adrp:x} may be passed on at "
+                        f"0x{passed_on:x}, beyond the code; its target 0x{fixup.target_rva:x} "
+                        f"binds to {kind.name.lower()} 0x{bound:x}, at another page offset "
+                        f"(0x{bound % PAGE:x}, not 0x{fixup.target_rva % PAGE:x}), so a "
+                        "completion out of sight would miss it",
+                    )
+                    return
 
     def _old_rva_of(self, kind: TargetKind, value: int) -> int:
         if kind == TargetKind.IMPORT:
@@ -732,11 +755,11 @@ class _Builder:
         self.place_constants(fixups_by_function)
         for rva, found in fixups_by_function.items():
             where = function_label(self.new.function_at(rva))  # type: ignore[arg-type]
-            groups: dict[int, list[tuple[TargetKind, int]]] = {}
+            groups: dict[int, list[tuple[CodeFixup, tuple[TargetKind, int]]]] = {}
             for fixup in found:
                 bound = self.add_fixup(where, fixup)
                 if bound is not None and fixup.page_group >= 0:
-                    groups.setdefault(fixup.page_group, []).append(bound)
+                    groups.setdefault(fixup.page_group, []).append((fixup, bound))
             self.check_pages(where, groups)
         unwind = self.unwind(functions)
         redirects = []
