@@ -105,3 +105,53 @@ def test_new_code_binds_to_where_a_moved_global_lives_in_the_old_image(build: st
         if r.resolution == Resolution.OLD_DATA and r.reference.target_rva == new_stats.rva
     ]
     assert bound and set(bound) == {old_stats.rva}
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_entry_room_reads_the_first_instruction_a_whole_decode_finds(build: str) -> None:
+    """entry_room decodes only the start of a function; a decode of all of it agrees."""
+    from hpatch.diff.verdict import entry_room
+
+    image = load_image(SAMPLES / build / "v1" / "sample.stripped.dll")
+    for function in image.functions:
+        whole = sorted(image.arch.instruction_starts(image.read, function.rva, function.extent_end))
+        expected = (whole[1] if len(whole) > 1 else function.extent_end) - function.rva
+        assert entry_room(image, function)[2] == expected, function
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_the_unresolved_references_are_those_resolve_leaves_unresolved(build: str) -> None:
+    from hpatch.diff.classify import Status
+    from hpatch.diff.correlate import Correlator, Resolution
+
+    result = sample_diff(build, "v1", "v4")
+    correspondence = result.correspondence
+    correlator = Correlator(correspondence.old, correspondence.new, correspondence, result.changes)
+    carried = [c for c in result.changes if c.status in (Status.MODIFIED, Status.ADDED)]
+    assert carried
+    for change in carried:
+        assert change.new is not None
+        resolved = correlator.resolve_function(change)
+        assert [r.reference for r in resolved] == list(
+            correspondence.new.fingerprints[change.new.rva].references
+        )
+        assert correlator.unresolved(change) == [
+            r for r in resolved if r.resolution == Resolution.UNRESOLVED
+        ]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_diff_leaves_the_garbage_collector_as_it_found_it(enabled: bool) -> None:
+    import gc
+
+    folder = SAMPLES / "x64-clang"
+    old, new = load_image(folder / "v1/sample.dll"), load_image(folder / "v2/sample.dll")
+    was = gc.isenabled()
+    try:
+        if not enabled:
+            gc.disable()
+        diff_images(old, new)
+        assert gc.isenabled() == enabled
+    finally:
+        if was:
+            gc.enable()
