@@ -123,6 +123,13 @@ def _report_document(report: ApplyReport) -> dict[str, Any]:
 @click.option(
     "--rollback", "then_rollback", is_flag=True, help="Roll back to the baseline at the end."
 )
+@click.option(
+    "--no-entry-point",
+    "no_entry_point",
+    is_flag=True,
+    help="Do not run the image's entry point (DllMain) when loading it; its globals keep "
+    "their initial data. For images whose start-up needs imports the emulator does not model.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of tables.")
 def apply_command(
     items: tuple[str, ...],
@@ -131,6 +138,7 @@ def apply_command(
     allow_unsigned: bool,
     wait_steps: int,
     then_rollback: bool,
+    no_entry_point: bool,
     as_json: bool,
 ) -> None:
     """Load IMAGE into an emulated process and apply each PKG in order.
@@ -151,7 +159,14 @@ def apply_command(
     image = load_image(image_path)
     base = _parse_int(base_text) if base_text is not None else None
     process = Process(image.identity.machine, search_path=[Path(image_path).parent])
-    module = process.load_image(image, base=base)
+    try:
+        module = process.load_image(image, base=base, run_entry_point=not no_entry_point)
+    except EmulationFault as fault:
+        if no_entry_point:
+            raise
+        raise HPatchError(
+            f"{fault} (--no-entry-point loads the image without running its entry point)"
+        ) from fault
     loaded = process.module_pages(module)
     options = ApplyOptions(
         trust=TrustStore.from_paths(list(trust)) if trust else None,

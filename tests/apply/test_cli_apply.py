@@ -81,3 +81,15 @@ def test_refusals_exit_1_with_one_line(capsys: pytest.CaptureFixture[str], packa
     assert code == 1 and err.startswith("hpatch: error:")
     code, _, err = run(capsys, "apply", image, str(month1), "--allow-unsigned", "--call", "hp_nope")
     assert code == 1 and "no function named hp_nope" in err
+
+
+def test_no_entry_point_loads_without_running_dllmain(
+    capsys: pytest.CaptureFixture[str], packages
+) -> None:
+    month1, _, public = packages
+    image = str(SAMPLES / "arm64-clang" / "v1" / IMAGE)
+    code, out, err = run(
+        capsys, "apply", image, str(month1), "--trust", str(public), "--no-entry-point", "--json"
+    )
+    assert code == 0, err
+    assert [p["outcome"] for p in json.loads(out)["packages"]] == ["applied"]
