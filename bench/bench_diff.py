@@ -4,8 +4,10 @@
 
 For every real-world corpus pair: hpatch with the C core and with the pure-Python
 twin, and bsdiff4 computing a delta of the same two files, median of N runs, in one
-run on one machine. With --scaling DIR: generated libraries of 1,000 to 20,000
-functions (bench/gen_sample.py, needs clang and lld-link) diffed with the C core.
+run on one machine. The C core's runs and bsdiff4's alternate in one process, pair by
+pair, so that a change in the load of a shared machine falls on both. With --scaling
+DIR: generated libraries of 1,000 to 20,000 functions (bench/gen_sample.py, needs
+clang and lld-link) diffed with the C core.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from corpus import corpus_pairs
@@ -25,13 +28,10 @@ REPO = Path(__file__).resolve().parent.parent
 SCALES = (1000, 2000, 5000, 10000, 20000)
 
 
-def median_seconds(action, repeat: int) -> float:  # type: ignore[no-untyped-def]
-    timings = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        action()
-        timings.append(time.perf_counter() - start)
-    return statistics.median(timings)
+def seconds(action: Callable[..., object], *args: object) -> float:
+    start = time.perf_counter()
+    action(*args)
+    return time.perf_counter() - start
 
 
 def hpatch_diff(old: Path, new: Path) -> None:
@@ -41,35 +41,54 @@ def hpatch_diff(old: Path, new: Path) -> None:
     diff_images(load_image(old.read_bytes()), load_image(new.read_bytes()))
 
 
-def worker(repeat: int, targets: list[tuple[str, str]]) -> None:
+def worker(repeat: int, reference: bool, targets: list[tuple[str, str]]) -> None:
+    """Print {old path: {"hpatch": median, "bsdiff4": median}} (bsdiff4 if ``reference``)."""
+    import hpatch.diff  # noqa: F401  (imports are not part of a diff's time)
+
     results = {}
     for old, new in targets:
-        results[old] = median_seconds(lambda o=Path(old), n=Path(new): hpatch_diff(o, n), repeat)
+        old_path, new_path = Path(old), Path(new)
+        timings: dict[str, list[float]] = {"hpatch": []}
+        if reference:
+            import bsdiff4
+
+            old_bytes, new_bytes = old_path.read_bytes(), new_path.read_bytes()
+            timings["bsdiff4"] = []
+        for _ in range(repeat):
+            timings["hpatch"].append(seconds(hpatch_diff, old_path, new_path))
+            if reference:
+                timings["bsdiff4"].append(seconds(bsdiff4.diff, old_bytes, new_bytes))
+        results[old] = {name: statistics.median(times) for name, times in timings.items()}
     print(json.dumps(results))
 
 
-def run_worker(repeat: int, pure: bool, targets: list[tuple[Path, Path]]) -> dict[str, float]:
+def run_worker(
+    repeat: int, pure: bool, targets: list[tuple[Path, Path]], reference: bool = False
+) -> dict[str, dict[str, float]]:
     env = dict(os.environ, HPATCH_PURE_PYTHON="1" if pure else "0")
     command = [sys.executable, __file__, "--worker", "--repeat", str(repeat)]
+    command += ["--reference"] if reference else []
     command += [str(p) for pair in targets for p in pair]
     output = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(output)
 
 
 def corpus_table(repeat: int) -> None:
-    import bsdiff4
-
     found = corpus_pairs()
     targets = [(old, new) for _, old, new in found]
-    native, pure = run_worker(repeat, False, targets), run_worker(repeat, True, targets)
-    print("| pair | size | hpatch diff (C core) | hpatch diff (pure Python) | bsdiff4 delta |")
-    print("|---|---:|---:|---:|---:|")
+    native = run_worker(repeat, False, targets, reference=True)
+    pure = run_worker(repeat, True, targets)
+    print(
+        "| pair | size | hpatch diff (C core) | hpatch diff (pure Python) | bsdiff4 delta"
+        " | C core / bsdiff4 |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     for pair_id, old, new in found:
-        old_bytes, new_bytes = old.read_bytes(), new.read_bytes()
-        reference = median_seconds(lambda a=old_bytes, b=new_bytes: bsdiff4.diff(a, b), repeat)
+        fast, slow = native[str(old)], pure[str(old)]
         print(
-            f"| {pair_id} | {len(new_bytes) / 1024:.0f} KiB | {native[str(old)]:.2f} s"
-            f" | {pure[str(old)]:.2f} s | {reference:.2f} s |"
+            f"| {pair_id} | {new.stat().st_size / 1024:.0f} KiB | {fast['hpatch']:.2f} s"
+            f" | {slow['hpatch']:.2f} s | {fast['bsdiff4']:.2f} s"
+            f" | {fast['hpatch'] / fast['bsdiff4']:.2f} |"
         )
 
 
@@ -82,23 +101,25 @@ def scaling_table(folder: Path, repeat: int) -> None:
                 [sys.executable, str(REPO / "bench" / "gen_sample.py"), str(count), str(target)],
                 check=True,
             )
-        seconds = run_worker(repeat, False, [(target / "old.dll", target / "new.dll")])
-        rows.append((count, seconds[str(target / "old.dll")]))
+        timed = run_worker(repeat, False, [(target / "old.dll", target / "new.dll")])
+        rows.append((count, timed[str(target / "old.dll")]["hpatch"]))
     print("| functions | hpatch diff (C core) | per 1,000 functions |")
     print("|---:|---:|---:|")
-    for count, seconds in rows:
-        print(f"| {count} | {seconds:.2f} s | {1000 * seconds / count:.3f} s |")
+    for count, taken in rows:
+        print(f"| {count} | {taken:.2f} s | {1000 * taken / count:.3f} s |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--scaling", type=Path, help="build and diff generated samples here")
     parser.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.repeat, list(zip(args.paths[::2], args.paths[1::2], strict=True)))
+        pairs = list(zip(args.paths[::2], args.paths[1::2], strict=True))
+        worker(args.repeat, args.reference, pairs)
         return
     corpus_table(args.repeat)
     if args.scaling:
