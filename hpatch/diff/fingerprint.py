@@ -16,7 +16,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hpatch.arch import Reference, RefKind
+from hpatch.arch import NormalisedCode, Reference, RefKind
 from hpatch.image import DataKind, Function, PEImage
 
 
@@ -45,31 +45,49 @@ def fingerprint_function(
     """The fingerprint of one function of ``image``."""
     if relocated is None:
         relocated = _relocated_fields(image)
+    return _fingerprint(image.arch.normalise, image.read, image.image_base, function, relocated)
+
+
+_PART_HEADER = struct.Struct("<qI")
+
+
+def _fingerprint(
+    normalise: Callable[[bytes, int, tuple[int, int], bytes, int], NormalisedCode],
+    read: Callable[[int, int], bytes],
+    image_base: int,
+    function: Function,
+    relocated: bytes,
+) -> FunctionFingerprint:
+    start, end = function.rva, function.rva + function.size
+    if function.size and not function.fragments and not function.inline_data:
+        # Most functions are one part and no data: their references are the part's.
+        normalised = normalise(read(start, end - start), start, (start, end), relocated, image_base)
+        digest = hashlib.blake2b(_PART_HEADER.pack(0, len(normalised.code)), digest_size=16)
+        digest.update(normalised.code)
+        return FunctionFingerprint(
+            function, digest.digest(), normalised.references, normalised.instruction_count
+        )
     entry_end = function.extent_end
     digest = hashlib.blake2b(digest_size=16)
     references: list[Reference] = []
     instructions = 0
-    parts = [(function.rva, function.end_rva, entry_end)]
+    parts = [(start, end, entry_end)]
     parts += [(f.rva, f.rva + f.size, f.rva + f.size) for f in function.fragments]
     for start, end, own_end in parts:
         # A displacement is position-independent only within one part: parts laid out
         # apart (gcc .cold, chained fragments) can move relative to each other.
-        normalised = image.arch.normalise(
-            image.read(start, end - start),
-            start,
-            (start, own_end),
-            relocated,
-            image.image_base,
+        normalised = normalise(
+            read(start, end - start), start, (start, own_end), relocated, image_base
         )
         # The part's offset from the entry matters (a branch into it keeps its bytes);
         # fragments elsewhere are compared by content only.
         relative = start - function.rva if start < entry_end else -1
-        digest.update(struct.pack("<qI", relative, len(normalised.code)))
+        digest.update(_PART_HEADER.pack(relative, len(normalised.code)))
         digest.update(normalised.code)
         references.extend(normalised.references)
         instructions += normalised.instruction_count
     for data in function.inline_data:
-        content = image.read(data.rva, data.size)
+        content = read(data.rva, data.size)
         if data.kind == DataKind.JUMP_TABLE_RVA:
             # entries are RVAs: keep where they point relative to the function
             offsets = [value - function.rva for (value,) in struct.iter_unpack("<I", content)]
@@ -77,7 +95,7 @@ def fingerprint_function(
             references.extend(
                 Reference(data.rva, RefKind.IMAGE_RVA, function.rva + offset) for offset in offsets
             )
-        digest.update(struct.pack("<qI", data.rva - function.rva, len(content)))
+        digest.update(_PART_HEADER.pack(data.rva - function.rva, len(content)))
         digest.update(data.kind.value.encode())
         digest.update(content)
     return FunctionFingerprint(function, digest.digest(), tuple(references), instructions)
@@ -92,9 +110,10 @@ def fingerprint_image(
     """
     relocated = _relocated_fields(image)
     functions = image.functions
+    normalise, read, image_base = image.arch.normalise, image.read, image.image_base
     fingerprints = []
     for index, function in enumerate(functions):
-        fingerprints.append(fingerprint_function(image, function, relocated))
+        fingerprints.append(_fingerprint(normalise, read, image_base, function, relocated))
         if progress is not None and (index % 256 == 0 or index + 1 == len(functions)):
             progress(index + 1, len(functions))
     return tuple(fingerprints)

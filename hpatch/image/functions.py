@@ -326,6 +326,8 @@ class _Discovery:
         (end, (), ()) when there are no tables.
         """
         addressed = {t for site, t in self.addresses_from(start, end) if site < t < end}
+        if not addressed:
+            return end, (), ()  # most functions address nothing of their own
         # Each table runs at most up to the next table its function addresses, and
         # stops at an entry that would point into the table itself.
         ordered = sorted(addressed)
