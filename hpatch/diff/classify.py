@@ -204,9 +204,11 @@ class Correspondence:
         if section is None:
             return False
         code = [s for s in image.sections if s.is_executable]
+        # Two entries make a table: reading on would only walk the rest of the section.
+        limit = min(section.end_rva, new_target + 8)
         for text in code:
             entries = image.arch.jump_table_targets(
-                image.read, new_target, text.rva, text.end_rva, section.end_rva
+                image.read, new_target, text.rva, text.end_rva, limit
             )
             if len(entries) >= 2:
                 return True

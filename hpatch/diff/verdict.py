@@ -104,8 +104,14 @@ def redirect_problem(image: PEImage, function: Function, strategy: Redirect) -> 
     in the padding before it and a first instruction of at least two bytes), and no
     branch of the function may land inside the bytes it overwrites after the entry.
     """
+    return _redirect_problem(image, function, strategy, entry_room(image, function))
+
+
+def _redirect_problem(
+    image: PEImage, function: Function, strategy: Redirect, room_before_first: tuple[int, int, int]
+) -> str | None:
     start, length = strategy.span
-    room, before, first = entry_room(image, function)
+    room, before, first = room_before_first
     if start < 0:
         if before < -start:
             return f"needs {-start} bytes of padding before the entry, has {before}"
@@ -296,7 +302,7 @@ class Verdict:
             room, before, first = entry_room(image, change.old)
             strategy = image.arch.redirect_strategy(room, before, first)
             if strategy is not None:
-                problem = redirect_problem(image, change.old, strategy)
+                problem = _redirect_problem(image, change.old, strategy, (room, before, first))
                 if problem is not None:
                     self.block(BlockerKind.TOO_SMALL, function_label(change.old), problem)
                 continue
