@@ -291,7 +291,7 @@ class _Discovery:
         pdata = self.covered({})
         gaps = self.gaps(pdata)
         # Only references into the gaps can reveal new functions; check them each round.
-        gap_targets = [t for t in dict.fromkeys(self.target_keys) if pdata.find(t) is None]
+        gap_targets = _outside(pdata, list(dict.fromkeys(self.target_keys)))
         gap_incoming = self.incoming(gap_targets)
         leaves: dict[int, int] = {}
         gap_results: dict[tuple[int, tuple[tuple[int, bool], ...]], dict[int, int]] = {}
@@ -587,6 +587,19 @@ class _Discovery:
                 )
             )
         return tuple(functions)
+
+
+def _outside(ranges: Ranges, values: list[int]) -> list[int]:
+    """The sorted ``values`` that no range holds: each range cuts its slice out by
+    bisection, instead of a lookup for each value."""
+    found: list[int] = []
+    position = 0
+    for start, end in zip(ranges.starts, ranges.ends, strict=True):
+        inside = bisect.bisect_left(values, start, position)
+        found += values[position:inside]
+        position = max(inside, bisect.bisect_left(values, end, inside))
+    found += values[position:]
+    return found
 
 
 def _part_of(part_starts: list[tuple[int, int]], rva: int) -> int:
