@@ -151,7 +151,8 @@ def pdata(data: bytes, rng: random.Random) -> tuple[bytearray, str]:
     rva, size = corrupt.directory(data, EXCEPTIONS)
     machine = struct.unpack_from("<H", data, corrupt.pe_offset(data) + 4)[0]
     step = 12 if machine == 0x8664 else 8
-    count = size // step
+    # The entries the file holds (an earlier mutation may have made the size huge).
+    count = min(size, len(data) - start) // step
     if count < 2:
         return directories(data, rng)
     index = rng.randrange(count - 1)

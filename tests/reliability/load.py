@@ -14,6 +14,7 @@ image ran while the call was in flight. A fault of any thread is a crash.
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -42,8 +43,6 @@ _ARRAY = bytes.fromhex("02000000040000004142434445464748")
 
 def _packet(payload: bytes) -> bytes:
     """An hp_pkt_build packet (flags 0): 'HP', version 1, flags, length, 0, CRC-32."""
-    import zlib
-
     return (
         b"HP\x01\x00"
         + len(payload).to_bytes(2, "little")

@@ -136,7 +136,8 @@ def _tuple(value: tuple, rng: random.Random) -> tuple:
     if pick == 3:
         return value[::-1]
     if pick == 4:
-        return value * rng.choice((2, 64))
+        # Grown, but not without bound: the mutant must still be quick to make.
+        return value * (rng.choice((2, 64)) if len(value) <= 16 else 2)
     left, right = rng.randrange(len(value)), rng.randrange(len(value))
     items = list(value)
     items[left], items[right] = items[right], items[left]
