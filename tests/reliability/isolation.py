@@ -122,8 +122,8 @@ def isolated(
             if lost > 0:
                 total.executions += lost
                 total.outcomes["not recorded (the child was killed)"] += lost
-            case = make_case(campaign(name, with_corpus), seed, index)
-            save(case, failure or f"crash: exit code {child.exitcode}", corpus_root)
+            reason = failure or f"crash: exit code {child.exitcode}"
+            _save_in_child(context, name, seed, index, with_corpus, corpus_root, reason)
             total.executions += 1
             if failure is not None and failure.startswith("memory"):
                 total.memory += 1
@@ -132,6 +132,29 @@ def isolated(
             else:
                 total.crashes += 1
             start = index + 1
+
+
+def _save_case(
+    name: str, seed: str, index: int, with_corpus: bool, corpus_root: str, reason: str
+) -> None:
+    save(make_case(campaign(name, with_corpus), seed, index), reason, Path(corpus_root))
+
+
+def _save_in_child(
+    context: multiprocessing.context.SpawnContext,
+    name: str,
+    seed: str,
+    index: int,
+    with_corpus: bool,
+    corpus_root: Path,
+    reason: str,
+) -> None:
+    """Make the failing case again and save it, in a child of its own: making it may be
+    what failed (a mutator that ran away), and must not take the run down with it."""
+    arguments = (name, seed, index, with_corpus, str(corpus_root), reason)
+    child = context.Process(target=_save_case, args=arguments)
+    child.start()
+    _watch(child, context.Value("q", index), MEMORY_MIB, HANG_SECONDS)
 
 
 def _watch(
