@@ -152,6 +152,18 @@ def markdown(results: list[PairResult], inputs: int, command: str) -> str:
             f"| {_size(r.zstd_size)} | {_size(r.bsdiff_size)} | {_size(r.package_size)} "
             f"| {r.translation} | {emulated} | {timing} |"
         )
+    verdicts = Counter(r.verdict.split(":")[0] for r in results)
+    lines += [
+        "",
+        f"{len(results)} pairs: "
+        + ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items()))
+        + ". A blocked pair is the expected answer for a feature release (it changes "
+        "writable data, TLS or imports, which only a new baseline can deliver); a refused "
+        "one passed the diff's verdict but holds code the builder cannot bind with "
+        "certainty (the reason names the instruction); every package written has passed "
+        "translation validation, and differential emulation ran on every function it "
+        "carries.",
+    ]
     packaged = [r for r in results if r.emulation]
     total = sum(sum(r.emulation.values()) for r in packaged)
     emulated = sum(r.emulation["passed"] + r.emulation["failed"] for r in packaged)
