@@ -149,7 +149,8 @@ def _displacement_size(encoding: bytes, modrm_offset: int, reported: int) -> int
         return 4
     if rm == 5:
         return 4
-    if rm == 4 and (encoding[modrm_offset + 1] & 7) == 5:
+    # MOV to or from CR/DR (0F 20-23) ignores mod: no SIB byte follows an rm of 4.
+    if rm == 4 and modrm_offset + 1 < len(encoding) and (encoding[modrm_offset + 1] & 7) == 5:
         return 4
     return 0
 
