@@ -77,7 +77,7 @@ class DifferentialRunner:
             self._initial[side] = [
                 (module.va(section.rva), process.space.read(module.va(section.rva), size))
                 for section in module.image.sections
-                if section.is_writable and (size := _mapped_size(section.virtual_size)) > 0
+                if section.is_writable and (size := section.virtual_size) > 0
             ]
 
     # --- import stubs --------------------------------------------------------------
@@ -314,10 +314,6 @@ class DifferentialRunner:
             if not self.counterparts.same_value(a, b):
                 return f"+0x{at:x} becomes 0x{a:x}, in the new build 0x{b:x}"
         return None
-
-
-def _mapped_size(virtual_size: int) -> int:
-    return virtual_size
 
 
 def _describe(run: _Run) -> str:
