@@ -172,13 +172,25 @@ class PEImage:
         return tuple(sections)
 
     def _check_image_size(self, alignment: int, sizeof_headers: int) -> None:
-        """SizeOfImage is what the sections need, rounded up to the section alignment.
+        """Every section starts at a multiple of the section alignment (code also at a
+        multiple of the machine's instruction alignment), and SizeOfImage is what the
+        sections need, rounded up to the section alignment.
 
-        Linkers write exactly that; a larger value is corrupt (and would make hpatch
-        map and hash memory no section describes).
+        Linkers write exactly that; a larger SizeOfImage is corrupt (and would make
+        hpatch map and hash memory no section describes), and code at a misaligned RVA
+        cannot be decoded.
         """
         if alignment == 0 or alignment & (alignment - 1):
             raise ImageFormatError(f"SectionAlignment 0x{alignment:x} is not a power of two")
+        for section in self.sections:
+            if section.rva % alignment or (
+                section.is_executable and section.rva % self.arch.instruction_alignment
+            ):
+                raise ImageFormatError(
+                    f"section {section.name!r} at rva 0x{section.rva:x} is misaligned "
+                    f"(SectionAlignment 0x{alignment:x}, instructions "
+                    f"{self.arch.instruction_alignment})"
+                )
         needed = max([sizeof_headers] + [s.end_rva for s in self.sections])
         needed += -needed % alignment
         if self.size_of_image > needed:

@@ -169,3 +169,25 @@ def test_unknown_base_relocation_type_is_an_error_not_a_warning(path: Path) -> N
         warnings.simplefilter("error")
         with pytest.raises(ImageFormatError, match="unknown type 8"):
             load_image(mutated)
+
+
+@pytest.mark.parametrize(
+    ("path", "section_alignment"),
+    [(CLANG_X64, None), (GCC_X64, None), (ARM64, None), (ARM64, 1)],
+    ids=["x64-clang", "x64-gcc", "arm64-clang", "arm64-clang-alignment-1"],
+)
+def test_misaligned_sections_are_refused(path: Path, section_alignment: int | None) -> None:
+    """The first section (.text) one byte off its alignment, or, with SectionAlignment 1,
+    off the instruction alignment: ARM64 function discovery raised ValueError on it
+    (found by tests/reliability; corpus/image-reader/b51b523c07cc2541)."""
+    data = path.read_bytes()
+    table = (
+        corrupt.optional_offset(data)
+        + struct.unpack_from("<H", data, corrupt.pe_offset(data) + 20)[0]
+    )
+    rva_at = table + 12  # the first section header's VirtualAddress
+    mutated = corrupt.set_u32(data, rva_at, struct.unpack_from("<I", data, rva_at)[0] + 1)
+    if section_alignment is not None:
+        mutated = corrupt.set_u32(mutated, corrupt.optional_offset(data) + 32, section_alignment)
+    with pytest.raises(ImageFormatError, match=r"section '\.text' at rva 0x1001 is misaligned"):
+        load_fully(mutated)
