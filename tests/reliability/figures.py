@@ -1,7 +1,8 @@
 """The reliability figures of docs/reliability.md, at full scale.
 
     python -m tests.reliability.figures [--seconds S] [--load-trials N] [--seed SEED]
-                                        [--only fuzz flips refusals faults load] [--json PATH]
+                                        [--only fuzz flips refusals faults load]
+                                        [--targets TARGET ...] [--json PATH]
 
 - fuzz: each campaign (package-reader, package-applier, image-reader, image-loader)
   for ``--seconds`` in isolated child processes (isolation.py); cases that fail are
@@ -38,9 +39,11 @@ from .tamper import FlipTally, flip_bits, refusals, refuse
 SECTIONS = ("fuzz", "flips", "refusals", "faults", "load")
 
 
-def fuzz(seconds: float, seed: str, with_corpus: bool) -> tuple[list[dict], int]:
+def fuzz(
+    seconds: float, seed: str, with_corpus: bool, targets: list[str]
+) -> tuple[list[dict], int]:
     rows, failures = [], 0
-    for name in TARGETS:
+    for name in targets:
         started = time.perf_counter()
         tally = isolated(name, seed, seconds=seconds, with_corpus=with_corpus)
         wall = time.perf_counter() - started
@@ -140,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-trials", type=int, default=5000, help="per architecture")
     parser.add_argument("--seed", default="reliability")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
     parser.add_argument("--no-corpus", action="store_true", help="samples only")
     parser.add_argument("--json", help="write every figure to this file too")
     arguments = parser.parse_args(argv)
@@ -151,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, object] = {}
     failures = 0
     if "fuzz" in arguments.only:
-        figures["fuzz"], count = fuzz(arguments.seconds, arguments.seed, not arguments.no_corpus)
+        figures["fuzz"], count = fuzz(
+            arguments.seconds, arguments.seed, not arguments.no_corpus, arguments.targets
+        )
         failures += count
     if "flips" in arguments.only:
         figures["flips"], count = flips()
