@@ -41,6 +41,8 @@ _SCRATCH_SIZE = 0x1000
 _HEAP_VA = 0x0000_0041_0000_0000
 _HEAP_SIZE = 0x10000
 _HEAP_CHUNK = 0x100
+#: Bytes below the top of the stack cleared before each call.
+_STACK_CLEARED = 0x10000
 #: Import calls logged with this many arguments (those beyond a callee's real arity are
 #: leftovers of the same computation on both sides, so they compare too).
 _LOGGED_ARGUMENTS = 4
@@ -169,6 +171,12 @@ class DifferentialRunner:
                 content = rng.randbytes(_SCRATCH_SIZE)
             process.space.poke(va, content)
         process.space.poke(_HEAP_VA, bytes(_HEAP_SIZE))
+        # A local the code reads before writing (an out-parameter a stub never fills)
+        # would otherwise hold what an earlier call left there, whose pointers differ
+        # between the sides.
+        stack = process.main_thread.stack
+        used = min(_STACK_CLEARED, stack.size)
+        process.space.poke(stack.end - used, bytes(used))
         for va, data in self._initial[side]:
             process.space.poke(va, data)
         arguments = []

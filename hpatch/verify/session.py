@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from hpatch.apply import ApplyOptions, apply_package
 from hpatch.apply.state import active_patch
 from hpatch.diff import DiffResult
-from hpatch.emu import Module, Process
+from hpatch.emu import Module, Process, Protection
 from hpatch.emu.cpu import Cpu, HostCall, ThreadState
+from hpatch.emu.memory import PAGE_SIZE
 from hpatch.emu.process import ImportKey
 from hpatch.errors import ApplyError, HPatchError
 from hpatch.package.model import FunctionStatus, Package, PatchFunction
@@ -79,6 +80,46 @@ class Session:
         ]
         self._landings: dict[int, int | None] = {}
         self._stepper = self.patched.new_thread()
+        self._mirror_layouts()
+        self.stub_keys = {
+            side: {va: key for key, va in process._stubs.items()}
+            for side, process in (("patched", self.patched), ("new", self.new))
+        }
+
+    def _mirror_layouts(self) -> None:
+        """Give both address spaces the same mapped ranges outside the two images and the
+        patch region (stacks, TEBs, stub pages): a pointer a run makes up then reads the
+        same bytes, or faults, alike on both sides. What one side lacks is copied from
+        the other, contents and page protections."""
+        own = {
+            "patched": (self.old_module.base, self.old_module.end),
+            "new": (self.new_module.base, self.new_module.end),
+        }
+        patch = (self.region_va, self.region_va + self.region_size)
+
+        def foreign(side: str, process: Process) -> list[tuple[int, int]]:
+            lo, hi = own[side]
+            return [
+                (r.va, r.size)
+                for r in process.space.regions
+                if not (lo <= r.va < hi) and not (patch[0] <= r.va < patch[1])
+            ]
+
+        patched, new = foreign("patched", self.patched), foreign("new", self.new)
+        for source, target, missing in (
+            (self.patched, self.new, set(patched) - set(new)),
+            (self.new, self.patched, set(new) - set(patched)),
+        ):
+            for va, size in sorted(missing):
+                region = source.space.region_at(va)
+                if region is None or not target.space.is_free(va, size):
+                    continue
+                copy = target.space.map(
+                    va, size, Protection.RW, f"mirror of {region.name}", bytes(region.view)
+                )
+                for index, protection in enumerate(region.protections):
+                    if protection != Protection.RW:
+                        target.space.protect(copy.va + index * PAGE_SIZE, PAGE_SIZE, protection)
 
     @property
     def old_base(self) -> int:

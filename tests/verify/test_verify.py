@@ -127,3 +127,22 @@ def _runner(diff, package):  # type: ignore[no-untyped-def]
         return None
     runner = DifferentialRunner(session, Counterparts(session), 10)
     return session, runner
+
+
+@pytest.mark.parametrize("build", ("x64-gcc", "arm64-clang"))
+def test_both_processes_map_the_same_ranges_outside_the_images(build: str) -> None:
+    """A pointer a run makes up must read the same bytes, or fault, on both sides."""
+    diff = sample_diff(build, "v1", "v2")
+    session = Session(diff, build_package(diff, OPTIONS), lambda side, key, arguments: 0)
+
+    def layout(process, module) -> list:  # type: ignore[no-untyped-def]
+        return [
+            (r.va, r.size, tuple(r.protections), bytes(r.view))
+            for r in process.space.regions
+            if not module.contains(r.va) and not session.in_region(r.va)
+        ]
+
+    patched = layout(session.patched, session.old_module)
+    assert patched == layout(session.new, session.new_module)
+    # the patched side has more than the new one of its own (the redirect stepper's stack)
+    assert any("mirror of" in r.name for r in session.new.space.regions)
