@@ -96,9 +96,13 @@ bench: $(STAMP) corpus
 # `make realworld`: funcs, diff, package and verify on every real-world pair; the table
 # goes to docs/realworld.md, its chart to docs/realworld.svg (bsdiff4 and zstd from the
 # bench extra).
+HPCORPUS_EXTRA ?= $(HOME)/.cache/hpatch-corpus-extra
 realworld: $(STAMP) corpus
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python bench/realworld.py --markdown docs/realworld.md --svg docs/realworld.svg
+	@if [ -f $(CORPUS_FETCH) ] && [ ! -s $(HPCORPUS_EXTRA)/pairs.tsv ]; then \
+		HPCORPUS=$(HPCORPUS_EXTRA) PYTHON=$(BIN)/python bash $(CORPUS_FETCH) $(CURDIR)/bench/realworld-pairs.tsv; \
+	fi
+	$(BIN)/python bench/realworld.py --extra $(HPCORPUS_EXTRA) --markdown docs/realworld.md --svg docs/realworld.svg
 
 clean:
 	rm -rf $(VENV) build *.egg-info hpatch/_native*.so

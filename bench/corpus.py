@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 
 
-def corpus_pairs() -> list[tuple[str, Path, Path]]:
-    """(pair id, old file, new file) for every fetched pair."""
-    root = Path(os.environ.get("HPCORPUS", Path.home() / ".cache" / "hpatch-corpus"))
+def corpus_pairs(root: Path | None = None) -> list[tuple[str, Path, Path]]:
+    """(pair id, old file, new file) for every pair fetched into ``root`` (by default
+    $HPCORPUS, else ~/.cache/hpatch-corpus)."""
+    if root is None:
+        root = Path(os.environ.get("HPCORPUS", Path.home() / ".cache" / "hpatch-corpus"))
     listing = root / "pairs.tsv"
     found = []
     if listing.is_file():

@@ -1,14 +1,16 @@
 """funcs -> diff -> package -> verify on every real-world pair, as one results table.
 
-    python bench/realworld.py [--inputs N] [--markdown docs/realworld.md] [--svg docs/realworld.svg]
+    python bench/realworld.py [--inputs N] [--extra DIR] [--markdown docs/realworld.md]
+                              [--svg docs/realworld.svg]
 
 Runs on the pairs ../shared/corpus/fetch.sh fetched (``make realworld`` fetches them
-first). For each pair: the functions of both builds, the diff's counts and verdict
-(or its blockers), the package built and proved by translation validation (or why it
-is refused), its size next to a bsdiff4 delta and the zstd-compressed new file,
-differential emulation's pass / fail / not-emulated counts over N input sets per
-function, and how long each stage took. Writes the table as Markdown and a bar chart
-of the sizes as SVG.
+first), and with ``--extra DIR`` on more pairs the same script fetched into DIR from
+bench/realworld-pairs.tsv (patch releases of more C extensions). For each pair: the
+functions of both builds, the diff's counts and verdict (or its blockers), the package
+built and proved by translation validation (or why it is refused), its size next to a
+bsdiff4 delta and the zstd-compressed new file, differential emulation's pass / fail /
+not-emulated counts over N input sets per function, and how long each stage took.
+Writes the tables as Markdown and a bar chart of the sizes as SVG.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ def run_pair(pair: str, old_path: Path, new_path: Path, inputs: int) -> PairResu
     if not diff.hotpatchable:
         result.verdict = _blocker_summary(diff.blockers)
         return result
+    if not result.counts["modified"] and not result.counts["added"]:
+        result.verdict = "no function changed"
+        return result
     started = time.perf_counter()
     try:
         package = build_package(diff, BuildOptions(sequence=1))
@@ -105,7 +110,10 @@ def run_pair(pair: str, old_path: Path, new_path: Path, inputs: int) -> PairResu
     for function in report.functions:
         result.emulation[function.emulation.outcome.value] += 1
         if function.emulation.outcome == Outcome.NOT_EMULATED:
-            result.not_emulated_reasons[function.emulation.detail.split(": ", 1)[-1][:60]] += 1
+            detail = function.emulation.detail
+            # "N of M input sets comparable: <why>", or "<why>: <the first fault>"
+            reason = detail.split(": ", 1)[1] if "comparable" in detail else detail.split(": ")[0]
+            result.not_emulated_reasons[reason] += 1
     result.verdict = (
         "hotpatchable" if not failed else "blocked: unvalidated (no package is written)"
     )
@@ -116,19 +124,8 @@ def _size(value: int | None) -> str:
     return "-" if value is None else f"{value:,} B"
 
 
-def markdown(results: list[PairResult], inputs: int, command: str) -> str:
-    today = datetime.date.today().isoformat()
+def _table(results: list[PairResult]) -> list[str]:
     lines = [
-        "# Real-world pairs",
-        "",
-        "funcs, diff, package, verify on consecutive releases of MSVC-built Windows",
-        "binaries from public wheels (`../shared/corpus/fetch.sh`), x64 and ARM64.",
-        "",
-        f"Command: `{command}` (recorded {today}, {platform.machine()}, Python "
-        f"{platform.python_version()}, {BACKEND} core; {inputs} input sets per function).",
-        "",
-        "![package size against bsdiff4 and zstd per pair](realworld.svg)",
-        "",
         "| pair | machine | functions old / new | unchanged / modified / added / removed "
         "| verdict | zstd(new) | bsdiff4 | package | translation validation "
         "| emulation passed / failed / not emulated | seconds (funcs, diff, package, verify) |",
@@ -157,28 +154,54 @@ def markdown(results: list[PairResult], inputs: int, command: str) -> str:
         "",
         f"{len(results)} pairs: "
         + ", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items()))
-        + ". A blocked pair is the expected answer for a feature release (it changes "
-        "writable data, TLS or imports, which only a new baseline can deliver); a refused "
-        "one passed the diff's verdict but holds code the builder cannot bind with "
-        "certainty (the reason names the instruction); every package written has passed "
-        "translation validation, and differential emulation ran on every function it "
-        "carries.",
+        + ".",
     ]
-    packaged = [r for r in results if r.emulation]
+    return lines
+
+
+def markdown(sections: list[tuple[str, str, list[PairResult]]], inputs: int, command: str) -> str:
+    today = datetime.date.today().isoformat()
+    lines = [
+        "# Real-world pairs",
+        "",
+        "funcs, diff, package, verify on consecutive releases of MSVC-built Windows",
+        "binaries from public wheels, x64 and ARM64.",
+        "",
+        f"Command: `{command}` (recorded {today}, {platform.machine()}, Python "
+        f"{platform.python_version()}, {BACKEND} core; {inputs} input sets per function).",
+        "",
+        "![package size against bsdiff4 and zstd per pair](realworld.svg)",
+    ]
+    every = []
+    for title, description, results in sections:
+        lines += ["", f"## {title}", "", description, "", *_table(results)]
+        every += results
+    lines += [
+        "",
+        "## Reading",
+        "",
+        "A blocked pair is the expected answer for a feature release (it changes writable "
+        "data, TLS or imports, which only a new baseline can deliver); a refused one passed "
+        "the diff's verdict but holds code the builder cannot bind with certainty (the "
+        "reason names the instruction). Every package written has passed translation "
+        "validation, and differential emulation ran on every function it carries.",
+    ]
+    packaged = [r for r in every if r.emulation]
     total = sum(sum(r.emulation.values()) for r in packaged)
     emulated = sum(r.emulation["passed"] + r.emulation["failed"] for r in packaged)
+    failed = sum(r.emulation["failed"] for r in packaged)
     lines += [
         "",
         f"Patched functions across emitted packages: {total}; emulated (passed or failed): "
-        f"{emulated}" + (f" ({100 * emulated / total:.0f}%)." if total else "."),
+        f"{emulated}"
+        + (f" ({100 * emulated / total:.0f}%)" if total else "")
+        + f"; failed: {failed}.",
     ]
-    reasons = Counter()
+    reasons: Counter[str] = Counter()
     for r in packaged:
         reasons.update(r.not_emulated_reasons)
     if reasons:
-        lines.append("")
-        lines.append("Why functions were not emulated:")
-        lines.append("")
+        lines += ["", "Why functions were not emulated:", ""]
         for reason, count in reasons.most_common():
             lines.append(f"- {count} x {reason}")
     return "\n".join(lines) + "\n"
@@ -236,27 +259,48 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--svg", type=Path)
     parser.add_argument("--only", nargs="*", default=(), help="pair ids containing these strings")
+    parser.add_argument(
+        "--extra", type=Path, help="a corpus fetched from bench/realworld-pairs.tsv"
+    )
     arguments = parser.parse_args()
-    pairs = corpus_pairs()
-    if arguments.only:
-        pairs = [p for p in pairs if any(s in p[0] for s in arguments.only)]
-    if not pairs:
-        sys.exit("no real-world pairs: run ../shared/corpus/fetch.sh (make corpus)")
-    results = []
-    for pair, old, new in pairs:
-        result = run_pair(pair, old, new, arguments.inputs)
-        print(
-            f"{pair}: {result.verdict}; package {_size(result.package_size)}, bsdiff4 "
-            f"{_size(result.bsdiff_size)}; translation {result.translation}; emulation "
-            f"{dict(result.emulation)}",
-            flush=True,
+    groups = [
+        (
+            "The public pairs",
+            "Fetched by `../shared/corpus/fetch.sh`.",
+            corpus_pairs(),
         )
-        results.append(result)
+    ]
+    if arguments.extra is not None:
+        groups.append(
+            (
+                "More pairs",
+                "Patch releases of more C extensions, fetched by the same script from "
+                "`bench/realworld-pairs.tsv`.",
+                corpus_pairs(arguments.extra),
+            )
+        )
+    sections = []
+    for title, description, pairs in groups:
+        if arguments.only:
+            pairs = [p for p in pairs if any(s in p[0] for s in arguments.only)]
+        results = []
+        for pair, old, new in pairs:
+            result = run_pair(pair, old, new, arguments.inputs)
+            print(
+                f"{pair}: {result.verdict}; package {_size(result.package_size)}, bsdiff4 "
+                f"{_size(result.bsdiff_size)}; translation {result.translation}; emulation "
+                f"{dict(result.emulation)}",
+                flush=True,
+            )
+            results.append(result)
+        sections.append((title, description, results))
+    if not any(results for _, _, results in sections):
+        sys.exit("no real-world pairs: run ../shared/corpus/fetch.sh (make corpus)")
     command = "make realworld"
     if arguments.markdown:
-        arguments.markdown.write_text(markdown(results, arguments.inputs, command))
+        arguments.markdown.write_text(markdown(sections, arguments.inputs, command))
     if arguments.svg:
-        arguments.svg.write_text(svg(results))
+        arguments.svg.write_text(svg([r for _, _, results in sections for r in results]))
 
 
 if __name__ == "__main__":
