@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
+import struct
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from functools import cached_property
 
 from hpatch.arch import RefKind
 from hpatch.diff.fingerprint import FunctionFingerprint
-from hpatch.image import PEImage
+from hpatch.image import BaseRelocationType, PEImage
 
 
 class MatchRule(Enum):
@@ -31,6 +32,7 @@ class MatchRule(Enum):
     FINGERPRINT = "fingerprint"
     STRUCTURE = "structure"
     CALL_GRAPH = "call_graph"
+    DATA_SLOT = "data_slot"
     NEIGHBOURHOOD = "neighbourhood"
 
 
@@ -40,6 +42,7 @@ CONFIDENCE = {
     MatchRule.FINGERPRINT: 0.95,
     MatchRule.STRUCTURE: 0.8,
     MatchRule.CALL_GRAPH: 0.7,
+    MatchRule.DATA_SLOT: 0.65,
     MatchRule.NEIGHBOURHOOD: 0.5,
 }
 #: Neighbours are paired only if their sizes in instructions are this close.
@@ -230,6 +233,9 @@ class _Matcher:
         #: already looked at as callers.
         self.callee_pairs: list[tuple[int, int]] = []
         self.callers_seen = 0
+        #: Functions held at the same data slot in both builds (computed on first use).
+        self.slot_pairs: list[tuple[int, int, int, int]] | None = None
+        self.slot_at: dict[tuple[int, int], tuple[int, int]] = {}
 
     def take(self, pairs: Iterable[tuple[int, int]], rule: MatchRule) -> int:
         taken = 0
@@ -282,6 +288,78 @@ class _Matcher:
             if len(news) == 1 and len(reverse[next(iter(news))]) == 1
         ]
         return self.take(pairs, MatchRule.CALL_GRAPH)
+
+    def data_slots(self) -> list[tuple[int, int, int, int]]:
+        """(old function, new function, old slot, new slot) for every pair of base-
+        relocated pointers to function entries at the same offset of same-named data
+        sections in both builds: method tables, vtables, callback arrays."""
+        old, new = self.old.image, self.new.image
+
+        def slots(image: PEImage, starts: dict[int, object]) -> dict[tuple[str, int], int]:
+            found = {}
+            for relocation in image.relocations:
+                if relocation.type != BaseRelocationType.DIR64:
+                    continue
+                section = image.section_at(relocation.rva)
+                if section is None or section.is_executable:
+                    continue
+                (value,) = struct.unpack("<Q", image.read(relocation.rva, 8))
+                target = value - image.image_base
+                if target in starts:
+                    found[(section.name, relocation.rva - section.rva)] = target
+            return found
+
+        old_slots = slots(old, self.old.fingerprints)
+        new_slots = slots(new, self.new.fingerprints)
+        old_sections = {s.name: s for s in old.sections}
+        new_sections = {s.name: s for s in new.sections}
+        return [
+            (
+                old_target,
+                new_slots[key],
+                old_sections[key[0]].rva + key[1],
+                new_sections[key[0]].rva + key[1],
+            )
+            for key, old_target in sorted(old_slots.items())
+            if key in new_slots
+        ]
+
+    def by_data_slot(self) -> int:
+        """Functions held at the same slot of the same data in both builds.
+
+        Writable data keeps its layout in any hotpatchable update (the verdict refuses
+        the rest), so a slot there is taken as it is; in read-only data, whose objects
+        may move, a slot counts only next to a slot whose functions are matched to each
+        other already.
+        """
+        if self.slot_pairs is None:
+            self.slot_pairs = self.data_slots()
+            self.slot_at = {(o, n): (a, b) for a, b, o, n in self.slot_pairs}
+        proposals: dict[int, set[int]] = defaultdict(set)
+        reverse: dict[int, set[int]] = defaultdict(set)
+        for old_target, new_target, old_slot, new_slot in self.slot_pairs:
+            if old_target in self.forward or new_target in self.backward:
+                continue
+            section = self.new.image.section_at(new_slot)
+            if section is None or not section.is_writable:
+                neighbours = (
+                    self.slot_at.get((old_slot + step, new_slot + step)) for step in (-8, 8)
+                )
+                if not any(
+                    pair is not None
+                    and self.forward.get(pair[0]) is not None
+                    and self.forward[pair[0]].new_rva == pair[1]
+                    for pair in neighbours
+                ):
+                    continue
+            proposals[old_target].add(new_target)
+            reverse[new_target].add(old_target)
+        pairs = [
+            (old_target, next(iter(news)))
+            for old_target, news in proposals.items()
+            if len(news) == 1 and len(reverse[next(iter(news))]) == 1
+        ]
+        return self.take(pairs, MatchRule.DATA_SLOT)
 
     def anchors(self) -> list[tuple[int, int]]:
         """Matched pairs in an order both builds agree on (longest increasing run)."""
@@ -342,6 +420,8 @@ class _Matcher:
             taken = self.by_key(digests, MatchRule.FINGERPRINT)
             taken += self.by_key(signatures, MatchRule.STRUCTURE)
             taken += self.by_call_graph()
+            if not taken:
+                taken = self.by_data_slot()
             if not taken:
                 taken = self.by_neighbourhood()
             if not taken:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hpatch.diff import MatchRule, Status, diff_images
+from hpatch.diff.match import _Matcher
 from hpatch.image import load_image
 
 from ..conftest import BUILDS, SAMPLES, read_truth
@@ -99,3 +100,20 @@ def test_growing_one_early_function_reports_only_that_function(build: str) -> No
         len(modified) == 1 and modified[0].match and modified[0].match.rule == MatchRule.ENTRY_POINT
     )
     assert result.hotpatchable
+
+
+@pytest.mark.parametrize("build", ["x64-gcc", "x64-clang", "x64-clang-hotpatch", "arm64-clang"])
+def test_functions_held_at_the_same_data_slot_are_paired_as_the_full_diff_pairs_them(
+    build: str,
+) -> None:
+    """The data-slot rule on its own (nothing matched before it) pairs the functions
+    the samples' handler tables in .data hold, exactly as the whole diff does."""
+    diff = sample_diff(build, "v1", "v3")
+    matcher = _Matcher(diff.correspondence.old, diff.correspondence.new)
+    slots = matcher.data_slots()
+    assert slots, "the samples keep function pointers in .data"
+    taken = matcher.by_data_slot()
+    assert taken == len({old for old, *_ in slots}) > 0
+    truth = {m.old_rva: m.new_rva for m in diff.matches}
+    assert all(truth[old] == match.new_rva for old, match in matcher.forward.items())
+    assert {m.rule for m in matcher.forward.values()} == {MatchRule.DATA_SLOT}
