@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from hpatch.image.reader import PEImage
 
 _MAX_ROUNDS = 16
+#: Bytes of the longest padding instruction (an x64 multi-byte nop), with room to spare.
+_LONGEST_PADDING = 16
 # Evidence is collected as bit masks, one bit per kind in the order of Evidence (the
 # order a function lists its sources in): tens of thousands of targets gather it, and
 # sets of enum members hash each member through Python code.
@@ -168,15 +170,24 @@ class _Discovery:
                 gaps.append((section, cursor, section.end_rva))
         return gaps
 
+    def padding_length(self, section: Section, offset: int, bound: int) -> int:
+        """The padding at ``offset`` of the section's data, looked at no further than
+        ``bound`` (plus the longest padding instruction, so that one across the bound
+        still counts). Unbounded, each call scanned to the end of a zero-filled section,
+        and discovery took time quadratic in its size."""
+        window = memoryview(section.data)[: max(bound, offset) + _LONGEST_PADDING]
+        return self.arch.padding_length(window, offset)
+
     def padding_at(self, section: Section, rva: int, limit: int) -> int:
-        return min(self.arch.padding_length(section.data, rva - section.rva), limit - rva)
+        offset = rva - section.rva
+        return min(self.padding_length(section, offset, limit - section.rva), limit - rva)
 
     def preceded_by_padding(self, section: Section, rva: int) -> bool:
         step = self.arch.instruction_alignment
         offset = rva - section.rva
         if offset < step:
             return False
-        return self.arch.padding_length(section.data, offset - step) >= step
+        return self.padding_length(section, offset - step, offset) >= step
 
     def thunk_at(self, rva: int, limit: int) -> int | None:
         """End of the import thunk at ``rva`` (recording its name), or None."""
@@ -460,7 +471,7 @@ class _Discovery:
             cursor = extent_end
             if (
                 code_end == extent_end
-                and self.arch.padding_length(section.data, cursor - section.rva) == 0
+                and self.padding_length(section, cursor - section.rva, cursor - section.rva) == 0
                 and self.arch.falls_through(self.image.read, start, code_end)
             ):
                 tail_end = self.arch.code_extent(self.image.read, code_end, limit)

@@ -191,3 +191,32 @@ def test_misaligned_sections_are_refused(path: Path, section_alignment: int | No
         mutated = corrupt.set_u32(mutated, corrupt.optional_offset(data) + 32, section_alignment)
     with pytest.raises(ImageFormatError, match=r"section '\.text' at rva 0x1001 is misaligned"):
         load_fully(mutated)
+
+
+@pytest.mark.parametrize("path", REAL_FILES, ids=lambda p: p.parent.parent.name)
+def test_zero_filled_code_is_looked_at_once(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """.text with most of its raw data cut off (the rest reads as zeros, which is
+    padding): each padding query scanned to the end of the section, so discovery took
+    time quadratic in its size (3.5 s on a 250 KiB corpus DLL; found by
+    tests/reliability). The padding looked at, summed over every query, stays within a
+    small multiple of the section."""
+    data = path.read_bytes()
+    table = (
+        corrupt.optional_offset(data)
+        + struct.unpack_from("<H", data, corrupt.pe_offset(data) + 20)[0]
+    )
+    cut = corrupt.set_u32(data, table + 16, 0x200)  # the first section's SizeOfRawData
+    image = load_image(cut)
+    text = image.sections[0]
+    assert text.name == ".text" and text.virtual_size > 0x2000
+    scanned: list[int] = []
+    measure = type(image.arch).padding_length
+
+    def counting(arch: object, window: bytes, offset: int) -> int:
+        length = measure(arch, window, offset)  # type: ignore[arg-type]
+        scanned.append(length)
+        return length
+
+    monkeypatch.setattr(type(image.arch), "padding_length", counting)
+    assert image.functions
+    assert sum(scanned) <= 4 * text.virtual_size, (len(scanned), sum(scanned))
