@@ -52,7 +52,7 @@ def fuzz(
         print(
             f"{name}: {tally.executions} executions in {wall:.0f} s (running the cases: "
             f"{tally.seconds:.0f} s, {1000 * per_case:.1f} ms each, slowest "
-            f"{tally.slowest:.2f} s; the rest is making them); "
+            f"{tally.slowest:.2f} s: {tally.slowest_case}; the rest is making them); "
             f"unexpected {len(tally.unexpected)}, hangs {tally.hangs}, crashes {tally.crashes}, "
             f"memory {tally.memory}, slow {tally.slow}; peak RSS {tally.peak_rss_kib // 1024} MiB; "
             f"outcomes {dict(tally.outcomes)}",

@@ -76,6 +76,7 @@ class Tally:
     executions: int = 0
     seconds: float = 0.0
     slowest: float = 0.0
+    slowest_case: str = ""  # which case that was, and how it was made
     outcomes: Counter[str] = field(default_factory=Counter)
     hows: Counter[str] = field(default_factory=Counter)
     unexpected: list[str] = field(default_factory=list)  # one line each
@@ -92,7 +93,8 @@ class Tally:
     def merge(self, other: Tally) -> None:
         self.executions += other.executions
         self.seconds += other.seconds
-        self.slowest = max(self.slowest, other.slowest)
+        if other.slowest > self.slowest:
+            self.slowest, self.slowest_case = other.slowest, other.slowest_case
         self.outcomes.update(other.outcomes)
         self.hows.update(other.hows)
         self.unexpected.extend(other.unexpected)
@@ -108,6 +110,7 @@ class Tally:
             "executions": self.executions,
             "seconds": self.seconds,
             "slowest": self.slowest,
+            "slowest_case": self.slowest_case,
             "outcomes": dict(self.outcomes),
             "hows": dict(self.hows),
             "unexpected": self.unexpected,
@@ -125,6 +128,7 @@ class Tally:
             setattr(tally, name, int(document[name]))
         tally.seconds = float(document["seconds"])
         tally.slowest = float(document["slowest"])
+        tally.slowest_case = str(document.get("slowest_case", ""))
         tally.outcomes = Counter(document["outcomes"])
         tally.hows = Counter(document["hows"])
         tally.unexpected = list(document["unexpected"])
@@ -176,7 +180,8 @@ def drive(
         outcome, took = run_case(campaign, case)
         tally.executions += 1
         tally.seconds += took
-        tally.slowest = max(tally.slowest, took)
+        if took > tally.slowest:
+            tally.slowest, tally.slowest_case = took, f"case {index} ({case.how})"
         tally.hows[case.how] += 1
         failure = None
         if outcome.startswith("hang"):
