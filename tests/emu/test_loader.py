@@ -13,7 +13,13 @@ from hpatch.arch import Machine
 from hpatch.emu import AddressSpace, Process, Protection, ThreadState
 from hpatch.emu.loader import map_image
 from hpatch.emu.memory import PAGE_SIZE, page_ceil
-from hpatch.errors import AddressSpaceError, EmulationFault, HPatchError, UnsupportedError
+from hpatch.errors import (
+    AddressSpaceError,
+    EmulationFault,
+    HPatchError,
+    ImageFormatError,
+    UnsupportedError,
+)
 from hpatch.image import PEImage, load_image
 
 from .test_process import BUILDS, REBASED, machine, new_process, sample
@@ -305,11 +311,10 @@ def _no_relocations(pe: pefile.PE, data: bytearray) -> None:
     [
         (_writable_text, None, "writable and executable"),
         (_executable_data, None, "writable and executable"),
-        (_unaligned_data, None, "not page-aligned"),
         (_no_relocations, REBASED, "no base relocations"),
         (lambda pe, data: None, REBASED + 0x1000, "not a multiple of 64 KiB"),
     ],
-    ids=["W+X .text", "W+X .data", "unaligned", "no relocations", "unaligned base"],
+    ids=["W+X .text", "W+X .data", "no relocations", "unaligned base"],
 )
 def test_unsupported_images_are_refused_and_leave_nothing_behind(
     build: str, edit, base: int | None, message: str
@@ -321,6 +326,13 @@ def test_unsupported_images_are_refused_and_leave_nothing_behind(
         process.load_image(image, base=base)
     assert process.space.state() == before
     assert process.modules == []
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_a_section_off_its_alignment_is_refused_before_loading(build: str) -> None:
+    """The reader refuses it (the Windows loader would too), so no process sees it."""
+    with pytest.raises(ImageFormatError, match="misaligned"):
+        _patched(build, _unaligned_data)
 
 
 def test_images_for_another_machine_or_twice_are_refused() -> None:
