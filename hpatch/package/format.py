@@ -1143,7 +1143,8 @@ def _body(package: Package) -> bytes:
 
 def signed_message(package: Package) -> bytes:
     """Header and body: the bytes the digest and the signature cover."""
-    return HEADER.pack(MAGIC, package.version, package.flags) + _body(package)
+    body = _body(package)  # validates the package, its version and flags included
+    return HEADER.pack(MAGIC, package.version, package.flags) + body
 
 
 def encode_package(package: Package) -> bytes:

@@ -3,6 +3,7 @@ baseline, and a defensive reader."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import struct
@@ -352,3 +353,10 @@ def test_blobs_are_resolved_or_not_never_both() -> None:
     ):
         with pytest.raises(PackageFormatError):
             encode_package(replace(package, blobs=(broken, *package.blobs[1:])))
+
+
+def test_the_writer_refuses_a_version_out_of_range() -> None:
+    """A version too large for the header's field is the package error, not a struct error."""
+    package = decode_package(_unsigned())
+    with pytest.raises(PackageFormatError, match="format version 70000"):
+        encode_package(dataclasses.replace(package, version=70000))
