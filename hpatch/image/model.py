@@ -215,6 +215,19 @@ class Function:
         """End of the entry part including the inline data that follows its code."""
         return max([self.end_rva] + [d.rva + d.size for d in self.inline_data if d.part == 0])
 
+    @property
+    def part_ranges(self) -> tuple[tuple[int, int, int], ...]:
+        """(start, end, end of instructions) of each part, the entry first; ``end``
+        includes the inline data after the part's code."""
+        code_ends = [self.end_rva] + [f.rva + f.size for f in self.fragments]
+        starts = [self.rva] + [f.rva for f in self.fragments]
+        ends = list(code_ends)
+        ends[0] = self.extent_end
+        for data in self.inline_data:
+            if data.part < len(ends):
+                ends[data.part] = max(ends[data.part], data.rva + data.size)
+        return tuple(zip(starts, ends, code_ends, strict=True))
+
     def contains(self, rva: int) -> bool:
         """True if ``rva`` lies in the entry part, a fragment or the function's data."""
         if self.rva <= rva < self.extent_end:

@@ -197,26 +197,13 @@ class _Builder:
             self.layout.add(_Piece(new_rva, len(data), offset))
         return offset
 
-    @staticmethod
-    def part_ranges(function: Function) -> list[tuple[int, int, int]]:
-        """(start, end, end of instructions) of each part of ``function``, the entry first;
-        ``end`` includes the inline data after the part's code."""
-        code_ends = [function.end_rva] + [f.rva + f.size for f in function.fragments]
-        starts = [function.rva] + [f.rva for f in function.fragments]
-        ends = list(code_ends)
-        ends[0] = function.extent_end
-        for data in function.inline_data:
-            if data.part < len(ends):
-                ends[data.part] = max(ends[data.part], data.rva + data.size)
-        return list(zip(starts, ends, code_ends, strict=True))
-
     def runs(self, function: Function) -> list[list[tuple[int, int, int]]]:
         """The parts grouped into runs that touch in the new image, the entry's run first.
 
         A run is copied whole, so references between its parts (MSVC splits functions
         into contiguous chained fragments) keep their bytes.
         """
-        ordered = sorted(self.part_ranges(function))
+        ordered = sorted(function.part_ranges)
         runs: list[list[tuple[int, int, int]]] = []
         for part in ordered:
             if runs and runs[-1][-1][1] == part[0]:

@@ -27,16 +27,6 @@ _MAX_DEPTH = 2
 _GLOBAL_WINDOW = 8
 
 
-def parts_of(function: Function) -> list[tuple[int, int]]:
-    """(start, end) of each part of ``function``, the entry first, inline data included."""
-    ends = [function.extent_end] + [f.rva + f.size for f in function.fragments]
-    starts = [function.rva] + [f.rva for f in function.fragments]
-    for data in function.inline_data:
-        if data.part < len(ends):
-            ends[data.part] = max(ends[data.part], data.rva + data.size)
-    return list(zip(starts, ends, strict=True))
-
-
 class Counterparts:
     """Decides whether patched-process addresses correspond to new-process addresses."""
 
@@ -121,8 +111,8 @@ class Counterparts:
         old_function = self.old.function_at(old_start)
         expected = None
         if old_function is not None and old_function.rva == old_start:
-            new_parts, old_parts = parts_of(function), parts_of(old_function)
-            for index, (start, end) in enumerate(new_parts):
+            new_parts, old_parts = function.part_ranges, old_function.part_ranges
+            for index, (start, end, _) in enumerate(new_parts):
                 if start <= new_rva < end and index < len(old_parts):
                     old_part = old_parts[index]
                     if old_part[0] + new_rva - start < old_part[1]:

@@ -18,7 +18,7 @@ from array import array
 from hpatch.arch import NormalisedCode
 from hpatch.image import DataKind, Function
 from hpatch.package.model import NO_RVA, FunctionStatus, PatchFunction
-from hpatch.verify.counterparts import Counterparts, parts_of
+from hpatch.verify.counterparts import Counterparts
 from hpatch.verify.model import Mismatch, Outcome
 from hpatch.verify.session import Session
 
@@ -61,7 +61,7 @@ class TranslationValidator:
                     )
                 )
                 return Outcome.FAILED, tuple(mismatches)
-        expected = sorted(parts_of(new_function))
+        expected = sorted((start, end) for start, end, _ in new_function.part_ranges)
         carried = sorted((p.new_rva, p.new_rva + p.size) for p in function.parts)
         if expected != carried:
             mismatches.append(
@@ -75,9 +75,8 @@ class TranslationValidator:
                 )
             )
             return Outcome.FAILED, tuple(mismatches)
-        code_ends = [new_function.end_rva] + [f.rva + f.size for f in new_function.fragments]
-        for (start, end), code_end in zip(parts_of(new_function), code_ends, strict=True):
-            self._part(new_function, start, end, code_end, mismatches)
+        for start, end, code_end in new_function.part_ranges:
+            self._part(start, end, code_end, mismatches)
             if len(mismatches) >= _MAX_MISMATCHES:
                 break
         self._inline_data(new_function, mismatches)
@@ -86,9 +85,7 @@ class TranslationValidator:
         )
 
     # --- code ----------------------------------------------------------------------
-    def _part(
-        self, function: Function, start: int, end: int, code_end: int, out: list[Mismatch]
-    ) -> None:
+    def _part(self, start: int, end: int, code_end: int, out: list[Mismatch]) -> None:
         session = self.session
         patched_va = session.copy_of(start)
         assert patched_va is not None
