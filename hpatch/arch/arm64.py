@@ -70,6 +70,9 @@ class Arm64(Arch):
     pdata_entry_size = 8
     redirect_size = 4  # B imm26
 
+    def __init__(self) -> None:
+        self._cs_lite = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+
     # .pdata -------------------------------------------------------------
 
     def _xdata_entry(self, read: ReadRva, begin: int, xdata_rva: int) -> UnwindEntry:
@@ -260,7 +263,6 @@ class Arm64(Arch):
         return Redirect.ARM64_B if room >= Redirect.ARM64_B.span[1] else None
 
     def disassemble(self, code: bytes, va: int) -> tuple[int, str]:
-        decoder = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
-        for insn in decoder.disasm(code, va, 1):
-            return insn.size, f"{insn.mnemonic} {insn.op_str}".strip()
+        for _, size, mnemonic, op_str in self._cs_lite.disasm_lite(code, va, 1):
+            return size, f"{mnemonic} {op_str}".strip()
         return 0, "(bad)"

@@ -288,7 +288,6 @@ class X64(Arch):
         return None
 
     def disassemble(self, code: bytes, va: int) -> tuple[int, str]:
-        decoder = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-        for insn in decoder.disasm(code, va, 1):
-            return insn.size, f"{insn.mnemonic} {insn.op_str}".strip()
+        for _, size, mnemonic, op_str in self._cs_lite.disasm_lite(code, va, 1):
+            return size, f"{mnemonic} {op_str}".strip()
         return 0, "(bad)"
