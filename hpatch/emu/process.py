@@ -75,6 +75,7 @@ class Process:
         self.function_tables = FunctionTables()
         self.main_thread = self.cpu.new_thread()
         self._stubs: dict[ImportKey, int] = {}
+        self._stub_imports: dict[int, ImportKey] = {}
         self._stub_region: Region | None = None
         self._stub_used = 0
         self._loading: list[Path] = []
@@ -106,7 +107,12 @@ class Process:
         self.space.poke(va, _RET[self.machine])
         self.cpu.add_host_stub(va, str(key), call)
         self._stubs[key] = va
+        self._stub_imports[va] = key
         return va
+
+    def import_at(self, va: int) -> ImportKey | None:
+        """The import whose host stub is at ``va``, if one is."""
+        return self._stub_imports.get(va)
 
     def _resolve(self, entry: Import, directory: Path | None) -> int:
         key = ImportKey(entry.dll.lower(), entry.name, None if entry.name else entry.ordinal)

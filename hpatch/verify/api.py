@@ -32,13 +32,7 @@ def verify_package(
     A function whose static check fails is not emulated. Raises HPatchError if the
     package does not apply to the old image at all.
     """
-    runner: DifferentialRunner | None = None
-    session = Session(diff, package, lambda side, key, arguments: runner_call(side, key, arguments))
-
-    def runner_call(side: str, key: object, arguments: tuple[int, ...]) -> int:
-        assert runner is not None
-        return runner.on_import(side, key, arguments)
-
+    session = Session(diff, package)
     counterparts = Counterparts(session)
     validator = TranslationValidator(session, counterparts)
     runner = DifferentialRunner(session, counterparts, inputs)

@@ -44,7 +44,7 @@ class Counterparts:
         self.old_slots = {import_key(i): i.iat_rva for i in self.old.imports}
         self.new_imports = {i.iat_rva: i for i in self.new.imports}
         self.carried = {f.new_rva: f for f in session.package.functions}
-        self.new_relocated = sorted(r.rva for r in self.new.relocations)
+        self.new_relocated = correspondence.new.relocated
         self._memo: dict[tuple[int, int, int], str | None] = {}
 
     # --- the predicate -------------------------------------------------------------
@@ -170,11 +170,9 @@ class Counterparts:
         old_section = self.old.section_at(old_rva)
         if old_section is not None:
             size = min(size, old_section.rva + old_section.virtual_size - old_rva)
-        problem = self._compare_bytes(
+        problem = self.compare_data(
             self.old.read(old_rva, size),
             self.new.read(new_rva, size),
-            session.old_base + old_rva,
-            new_va,
             new_rva,
             depth,
             rva_words=False,
@@ -203,24 +201,18 @@ class Counterparts:
             return f"the new build's data at RVA 0x{new_rva:x} is outside its sections"
         patched = session.patched.space.read(patched_va, size)
         new = session.new.space.read(new_va, size)
-        problem = self._compare_bytes(patched, new, patched_va, new_va, new_rva, depth, True)
+        problem = self.compare_data(patched, new, new_rva, depth, rva_words=True)
         if problem is not None:
             return f"the package's copy of the data at RVA 0x{new_rva:x}: {problem}"
         return None
 
-    def _compare_bytes(
-        self,
-        patched: bytes,
-        new: bytes,
-        patched_va: int,
-        new_va: int,
-        new_rva: int,
-        depth: int,
-        rva_words: bool,
+    def compare_data(
+        self, patched: bytes, new: bytes, new_rva: int, depth: int, *, rva_words: bool
     ) -> str | None:
-        """Entry by entry: equal bytes, except pointers (base-relocated 8-byte fields of
-        the new build, and, in carried tables, differing 4-byte image-relative words)
-        that must point at corresponding things."""
+        """Compare ``patched`` with the new build's bytes ``new`` (at ``new_rva``) entry
+        by entry: equal bytes, except pointers (base-relocated 8-byte fields of the new
+        build, and with ``rva_words`` differing 4-byte image-relative words) that must
+        point at corresponding things."""
         size = len(new)
         first = bisect.bisect_left(self.new_relocated, new_rva)
         pointers = []
@@ -268,8 +260,7 @@ class Counterparts:
         """Two integers a run produced agree: equal, or addresses of the same thing."""
         if patched_value == new_value:
             return True
-        stubs = self.session.stub_keys
-        patched_stub = stubs["patched"].get(patched_value)
-        if patched_stub is not None and patched_stub == stubs["new"].get(new_value):
+        patched_import = self.session.patched.import_at(patched_value)
+        if patched_import is not None and patched_import == self.session.new.import_at(new_value):
             return True  # the same import's stub, laid out elsewhere
         return self.check(patched_value, new_value, _MAX_DEPTH) is None

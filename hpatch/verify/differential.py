@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import struct
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hpatch.emu import Process
@@ -64,23 +65,28 @@ class DifferentialRunner:
 
     def __init__(self, session: Session, counterparts: Counterparts, inputs: int) -> None:
         self.session = session
+        session.on_import = self.on_import
         self.counterparts = counterparts
         self.inputs = inputs
         self.log: dict[str, list[tuple[str, tuple[int, ...]]]] = {"patched": [], "new": []}
         self._stub_random: dict[str, random.Random] = {}
         self._heap_next: dict[str, int] = {}
-        self._initial: dict[str, list[tuple[int, bytes]]] = {}
+        #: Per side, each writable section's name -> (VA, initial bytes).
+        self._initial: dict[str, dict[str, tuple[int, bytes]]] = {}
         for side, process in (("patched", session.patched), ("new", session.new)):
             for index in range(_SCRATCH_COUNT):
-                va = _SCRATCH_VA + index * 2 * _SCRATCH_SIZE
+                va = _scratch_va(index)
                 process.space.map(va, _SCRATCH_SIZE, Protection.RW, f"scratch {index}")
             process.space.map(_HEAP_VA, _HEAP_SIZE, Protection.RW, "stub heap")
             module = session.module_of(side)
-            self._initial[side] = [
-                (module.va(section.rva), process.space.read(module.va(section.rva), size))
+            self._initial[side] = {
+                section.name: (
+                    module.va(section.rva),
+                    process.space.read(module.va(section.rva), section.virtual_size),
+                )
                 for section in module.image.sections
-                if section.is_writable and (size := section.virtual_size) > 0
-            ]
+                if section.is_writable and section.virtual_size > 0
+            }
 
     # --- import stubs --------------------------------------------------------------
     def on_import(self, side: str, key: ImportKey, arguments: tuple[int, ...]) -> int:
@@ -161,7 +167,7 @@ class DifferentialRunner:
         """Reset the side's memory for the input set ``seed``; the arguments to pass."""
         rng = random.Random(seed)
         for index in range(_SCRATCH_COUNT):
-            va = _SCRATCH_VA + index * 2 * _SCRATCH_SIZE
+            va = _scratch_va(index)
             style = rng.randrange(3)
             if style == 0:
                 content = bytes(_SCRATCH_SIZE)
@@ -177,12 +183,12 @@ class DifferentialRunner:
         stack = process.main_thread.stack
         used = min(_STACK_CLEARED, stack.size)
         process.space.poke(stack.end - used, bytes(used))
-        for va, data in self._initial[side]:
+        for va, data in self._initial[side].values():
             process.space.poke(va, data)
         arguments = []
         for _ in range(_ARGUMENTS):
             choice = rng.random()
-            buffer = _SCRATCH_VA + rng.randrange(_SCRATCH_COUNT) * 2 * _SCRATCH_SIZE
+            buffer = _scratch_va(rng.randrange(_SCRATCH_COUNT))
             if choice < 0.35:
                 arguments.append(buffer)
             elif choice < 0.45:
@@ -251,77 +257,58 @@ class DifferentialRunner:
     def _compare_memory(self) -> str | None:
         session = self.session
         areas = [
-            (
-                f"scratch buffer {i}",
-                _SCRATCH_VA + i * 2 * _SCRATCH_SIZE,
-                _SCRATCH_VA + i * 2 * _SCRATCH_SIZE,
-                _SCRATCH_SIZE,
-            )
-            for i in range(_SCRATCH_COUNT)
+            (f"scratch buffer {i}", _scratch_va(i), _SCRATCH_SIZE) for i in range(_SCRATCH_COUNT)
         ]
-        areas.append(("the stub heap", _HEAP_VA, _HEAP_VA, _HEAP_SIZE))
-        for name, patched_va, new_va, size in areas:
-            problem = self._compare_area(
-                session.patched.space.read(patched_va, size), session.new.space.read(new_va, size)
-            )
-            if problem is not None:
-                return f"{name}: {problem}"
-        new_sections = {s.name: s for s in session.new_module.image.sections if s.is_writable}
-        for (patched_va, patched_before), section in zip(
-            self._initial["patched"],
-            [s for s in session.old_module.image.sections if s.is_writable],
-            strict=False,
-        ):
-            counterpart = new_sections.get(section.name)
-            if counterpart is None:
+        areas.append(("the stub heap", _HEAP_VA, _HEAP_SIZE))
+        for name, va, size in areas:
+            patched, new = session.patched.space.read(va, size), session.new.space.read(va, size)
+            if patched == new:
                 continue
-            new_va = session.new_module.va(counterpart.rva)
-            new_before = next(data for va, data in self._initial["new"] if va == new_va)
+            found = self._disagreement(patched, new, range(0, size, 8))
+            if found is not None:
+                at, a, b = found
+                return f"{name}: +0x{at:x} holds 0x{a:x}, the new build 0x{b:x}"
+        new_initial = self._initial["new"]
+        for name, (patched_va, patched_before) in self._initial["patched"].items():
+            if name not in new_initial:
+                continue
+            new_va, new_before = new_initial[name]
             size = min(len(patched_before), len(new_before))
-            patched_after = session.patched.space.read(patched_va, len(patched_before))
-            new_after = session.new.space.read(new_va, len(new_before))
-            if patched_after == patched_before and new_after == new_before:
+            patched_after = session.patched.space.read(patched_va, size)
+            new_after = session.new.space.read(new_va, size)
+            if patched_after == patched_before[:size] and new_after == new_before[:size]:
                 continue
-            problem = self._compare_writes(
-                patched_before[:size], patched_after[:size], new_before[:size], new_after[:size]
-            )
-            if problem is not None:
-                return f"{section.name}: {problem}"
+            # What the call wrote, on either side, compared word by word.
+            written = [
+                at
+                for at in range(0, size, 8)
+                if patched_before[at : at + 8] != patched_after[at : at + 8]
+                or new_before[at : at + 8] != new_after[at : at + 8]
+            ]
+            found = self._disagreement(patched_after, new_after, written)
+            if found is not None:
+                at, a, b = found
+                return f"{name}: +0x{at:x} becomes 0x{a:x}, in the new build 0x{b:x}"
         return None
 
-    def _compare_area(self, patched: bytes, new: bytes) -> str | None:
-        if patched == new:
-            return None
-        for at in range(0, len(new), 8):
+    def _disagreement(
+        self, patched: bytes, new: bytes, offsets: Iterable[int]
+    ) -> tuple[int, int, int] | None:
+        """The first 8-byte word at ``offsets`` whose values differ other than as
+        addresses of the same thing: (offset, patched value, new value)."""
+        for at in offsets:
             left, right = patched[at : at + 8], new[at : at + 8]
             if left == right:
                 continue
             (a,) = struct.unpack("<Q", left.ljust(8, b"\0"))
             (b,) = struct.unpack("<Q", right.ljust(8, b"\0"))
             if not self.counterparts.same_value(a, b):
-                return f"+0x{at:x} holds 0x{a:x}, the new build 0x{b:x}"
+                return at, a, b
         return None
 
-    def _compare_writes(
-        self, patched_before: bytes, patched_after: bytes, new_before: bytes, new_after: bytes
-    ) -> str | None:
-        """What the call wrote to a writable section, on both sides, compared word by word."""
-        for at in range(0, len(new_after), 8):
-            end = at + 8
-            changed = (
-                patched_before[at:end] != patched_after[at:end]
-                or new_before[at:end] != new_after[at:end]
-            )
-            if not changed:
-                continue
-            left, right = patched_after[at:end], new_after[at:end]
-            if left == right:
-                continue
-            (a,) = struct.unpack("<Q", left.ljust(8, b"\0"))
-            (b,) = struct.unpack("<Q", right.ljust(8, b"\0"))
-            if not self.counterparts.same_value(a, b):
-                return f"+0x{at:x} becomes 0x{a:x}, in the new build 0x{b:x}"
-        return None
+
+def _scratch_va(index: int) -> int:
+    return _SCRATCH_VA + index * 2 * _SCRATCH_SIZE
 
 
 def _describe(run: _Run) -> str:

@@ -38,19 +38,21 @@ class Copy:
 class Session:
     """The old image with the package applied, beside the new build.
 
-    Every import of either image goes to one host function, ``on_import``, told which
-    side called: identical stubs on both sides, so that their calls can be compared.
-    Entry points are not run: globals start from each image's own initial data.
+    Every import of either image goes to one host function, ``on_import`` (0 for every
+    call until someone sets it), told which side called: identical stubs on both
+    sides, so that their calls can be compared. Entry points are not run: globals start
+    from each image's own initial data.
     """
 
-    def __init__(self, diff: DiffResult, package: Package, on_import: ImportHook) -> None:
+    def __init__(self, diff: DiffResult, package: Package) -> None:
         self.diff = diff
+        self.on_import: ImportHook = lambda side, key, arguments: 0
         machine = diff.old.identity.machine
 
         def stubs(side: str) -> Callable[[ImportKey], HostCall]:
             def stub_for(key: ImportKey) -> HostCall:
                 def call(cpu: Cpu, arguments: tuple[int, ...]) -> int:
-                    return on_import(side, key, arguments)
+                    return self.on_import(side, key, arguments)
 
                 return call
 
@@ -81,10 +83,6 @@ class Session:
         self._landings: dict[int, int | None] = {}
         self._stepper = self.patched.new_thread()
         self._mirror_layouts()
-        self.stub_keys = {
-            side: {va: key for key, va in process._stubs.items()}
-            for side, process in (("patched", self.patched), ("new", self.new))
-        }
 
     def _mirror_layouts(self) -> None:
         """Give both address spaces the same mapped ranges outside the two images and the

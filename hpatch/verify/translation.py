@@ -33,8 +33,7 @@ class TranslationValidator:
         self.session = session
         self.counterparts = counterparts
         self.arch = session.diff.new.arch
-        new = session.diff.new
-        self.new_relocated = sorted(r.rva for r in new.relocations)
+        self.new_relocated = counterparts.new_relocated
 
     def validate(self, function: PatchFunction) -> tuple[Outcome, tuple[Mismatch, ...]]:
         mismatches: list[Mismatch] = []
@@ -192,9 +191,7 @@ class TranslationValidator:
                         )
                         return
                 continue
-            problem = self.counterparts._compare_bytes(
-                patched, new, patched_va, new_va, data.rva, 0, rva_words=False
-            )
+            problem = self.counterparts.compare_data(patched, new, data.rva, 0, rva_words=False)
             if problem is not None:
                 out.append(Mismatch(patched_va, new_va, "", "", f"inline data: {problem}"))
 

@@ -102,10 +102,10 @@ def test_emulation_catches_changed_behaviour(build: str) -> None:
             dataclasses.replace(b, data=bytes(data)) if b is code else b for b in package.blobs
         )
         changed = dataclasses.replace(package, blobs=blobs)
-        session_runner = _runner(diff, changed)
-        if session_runner is None:
+        runner = _runner(diff, changed)
+        if runner is None:
             continue
-        summary = session_runner[1].run(target)
+        summary = runner.run(target)
         outcomes.add(summary.outcome)
         if summary.outcome == Outcome.FAILED:
             assert "input set" in summary.detail
@@ -114,26 +114,19 @@ def test_emulation_catches_changed_behaviour(build: str) -> None:
     assert owner(package, target.entry_offset) == target
 
 
-def _runner(diff, package):  # type: ignore[no-untyped-def]
-    runner: DifferentialRunner | None = None
-
-    def on_import(side, key, arguments):  # type: ignore[no-untyped-def]
-        assert runner is not None
-        return runner.on_import(side, key, arguments)
-
+def _runner(diff, package) -> DifferentialRunner | None:  # type: ignore[no-untyped-def]
     try:
-        session = Session(diff, package, on_import)
+        session = Session(diff, package)
     except HPatchError:
         return None
-    runner = DifferentialRunner(session, Counterparts(session), 10)
-    return session, runner
+    return DifferentialRunner(session, Counterparts(session), 10)
 
 
 @pytest.mark.parametrize("build", ("x64-gcc", "arm64-clang"))
 def test_both_processes_map_the_same_ranges_outside_the_images(build: str) -> None:
     """A pointer a run makes up must read the same bytes, or fault, on both sides."""
     diff = sample_diff(build, "v1", "v2")
-    session = Session(diff, build_package(diff, OPTIONS), lambda side, key, arguments: 0)
+    session = Session(diff, build_package(diff, OPTIONS))
 
     def layout(process, module) -> list:  # type: ignore[no-untyped-def]
         return [
