@@ -12,7 +12,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
-import struct
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from functools import cached_property
 
 from hpatch.arch import RefKind
 from hpatch.diff.fingerprint import FunctionFingerprint
-from hpatch.image import BaseRelocationType, PEImage
+from hpatch.image import PEImage
 
 
 class MatchRule(Enum):
@@ -297,16 +296,10 @@ class _Matcher:
 
         def slots(image: PEImage, starts: dict[int, object]) -> dict[tuple[str, int], int]:
             found = {}
-            for relocation in image.relocations:
-                if relocation.type != BaseRelocationType.DIR64:
-                    continue
-                section = image.section_at(relocation.rva)
-                if section is None or section.is_executable:
-                    continue
-                (value,) = struct.unpack("<Q", image.read(relocation.rva, 8))
-                target = value - image.image_base
-                if target in starts:
-                    found[(section.name, relocation.rva - section.rva)] = target
+            for rva, target in image.pointers.items():
+                section = image.section_at(rva)
+                if section is not None and not section.is_executable and target in starts:
+                    found[(section.name, rva - section.rva)] = target
             return found
 
         old_slots = slots(old, self.old.fingerprints)

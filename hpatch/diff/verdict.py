@@ -9,7 +9,6 @@ new baseline), not an error.
 
 from __future__ import annotations
 
-import struct
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from hpatch.arch.rewrite import Redirect
 from hpatch.diff.classify import Correspondence, FunctionChange, Status, import_key
 from hpatch.diff.correlate import Correlator
 from hpatch.diff.match import Side
-from hpatch.image import BaseRelocationType, Function, PEImage, Section
+from hpatch.image import Function, PEImage, Section
 
 _MAX_DATA_RANGES = 8
 _RANGE_JOIN = 8
@@ -58,12 +57,9 @@ def function_label(function: Function) -> str:
 
 def _pointer_slots(image: PEImage, section: Section) -> dict[int, int]:
     """Offset in ``section`` -> RVA that the relocated pointer there holds."""
-    slots = {}
-    for relocation in image.relocations:
-        if section.contains(relocation.rva) and relocation.type == BaseRelocationType.DIR64:
-            (value,) = struct.unpack_from("<Q", section.data, relocation.rva - section.rva)
-            slots[relocation.rva - section.rva] = value - image.image_base
-    return slots
+    return {
+        rva - section.rva: target for rva, target in image.pointers.items() if section.contains(rva)
+    }
 
 
 def _ranges(offsets: Iterable[int]) -> list[tuple[int, int]]:

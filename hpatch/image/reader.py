@@ -228,6 +228,16 @@ class PEImage:
             return self.sections[index]
         return None
 
+    @cached_property
+    def pointers(self) -> dict[int, int]:
+        """RVA of each base-relocated 64-bit field -> the RVA its initial value points at."""
+        mapped, base = self.mapped, self.image_base
+        return {
+            r.rva: int.from_bytes(mapped[r.rva : r.rva + 8], "little") - base
+            for r in self.relocations
+            if r.type == BaseRelocationType.DIR64
+        }
+
     @property
     def executable_sections(self) -> tuple[Section, ...]:
         return tuple(s for s in self.sections if s.is_executable)
