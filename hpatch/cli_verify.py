@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -51,22 +52,17 @@ def verify_document(report: VerifyReport) -> dict[str, Any]:
         for f in report.functions
     ]
 
-    def count(key: str, value: str) -> int:
-        return sum(
-            1
-            for f in functions
-            if (f[key] if key == "translation" else f["emulation"]["outcome"]) == value
-        )
-
+    translation = Counter(f.translation.value for f in report.functions)
+    emulation = Counter(f.emulation.outcome.value for f in report.functions)
     return {
         "inputs": report.inputs,
         "summary": {
             "functions": len(functions),
-            "translation_passed": count("translation", "passed"),
-            "translation_failed": count("translation", "failed"),
-            "emulation_passed": count("emulation", "passed"),
-            "emulation_failed": count("emulation", "failed"),
-            "not_emulated": count("emulation", "not_emulated"),
+            "translation_passed": translation["passed"],
+            "translation_failed": translation["failed"],
+            "emulation_passed": emulation["passed"],
+            "emulation_failed": emulation["failed"],
+            "not_emulated": emulation["not_emulated"],
         },
         "functions": functions,
         "passed": report.passed,
