@@ -4,12 +4,9 @@ hpatch errors, in bounded time (the full run: figures.py)."""
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from hpatch.arch import Machine
 from hpatch.emu import Process
@@ -17,6 +14,7 @@ from hpatch.errors import ImageFormatError
 from hpatch.image import load_image
 
 from ..conftest import SAMPLES
+from .drawn import check_drawn_cases
 from .harness import SLOW_SECONDS, Campaign, Case, drive, run_case
 from .image_campaigns import loader, reader, run_loader, run_reader
 from .image_mutations import chain_loop
@@ -45,14 +43,7 @@ def test_hostile_images_give_only_hpatch_errors(campaign: Campaign, cases: int) 
 def test_hypothesis_drawn_images_give_only_hpatch_errors(campaign: Campaign, cases: int) -> None:
     """The same mutators with hypothesis drawing every choice (failures shrink)."""
 
-    @settings(max_examples=cases, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(rng=st.randoms(use_true_random=False))
-    def check(rng: random.Random) -> None:
-        outcome, took = run_case(campaign, campaign.make(rng))
-        assert not outcome.startswith(("unexpected", "hang")), outcome
-        assert took < SLOW_SECONDS
-
-    check()
+    check_drawn_cases(campaign, cases)
 
 
 @pytest.mark.parametrize("how", ["self", "entry"])

@@ -4,17 +4,15 @@ in bounded time, and leave the process as it was (the full run: figures.py)."""
 from __future__ import annotations
 
 import os
-import random
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from hpatch.errors import PackageFormatError
 from hpatch.package import decode_package
 from hpatch.package.format import MAX_PACKAGE_SIZE
 
-from .harness import SLOW_SECONDS, Campaign, drive, run_case
+from .drawn import check_drawn_cases
+from .harness import SLOW_SECONDS, Campaign, drive
 from .package_campaigns import APPLIER, READER
 from .samples import signed_bytes
 
@@ -42,14 +40,7 @@ def test_hypothesis_drawn_mutants_are_refused_with_package_errors_only(
     """The same mutators with hypothesis drawing every choice, so that a failure
     shrinks to the smallest mutation that shows it."""
 
-    @settings(max_examples=CASES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(rng=st.randoms(use_true_random=False))
-    def check(rng: random.Random) -> None:
-        outcome, took = run_case(campaign, campaign.make(rng))
-        assert not outcome.startswith(("unexpected", "hang")), outcome
-        assert took < SLOW_SECONDS
-
-    check()
+    check_drawn_cases(campaign, CASES)
 
 
 def test_an_oversized_package_is_refused_before_it_is_read() -> None:
