@@ -13,7 +13,7 @@ from rich.table import Table
 
 from hpatch.errors import HPatchError
 from hpatch.image import load_image
-from hpatch.package import baseline_of, decode_package
+from hpatch.package import baseline_of, decode_package, target_of
 
 if TYPE_CHECKING:  # the emulator (Unicorn) loads only when ``verify`` runs
     from hpatch.verify import VerifyReport
@@ -95,7 +95,7 @@ def verify_command(
     package = decode_package(data)
     old, new = load_image(old_path), load_image(new_path)
     target = package.servicing.target
-    if target.mapped_sha256 != baseline_of(new).mapped_sha256:
+    if target.mapped_sha256 != target_of(new).mapped_sha256:
         raise HPatchError(
             f"{new_path} is not the build the package installs (it installs "
             f"{target.file_name} with mapped SHA-256 {target.mapped_sha256.hex()[:16]}...)"
@@ -103,7 +103,7 @@ def verify_command(
     report = verify_package(diff_images(old, new), package, inputs=inputs)
     document = {
         "old": {"path": old_path, "mapped_sha256": baseline_of(old).mapped_sha256.hex()},
-        "new": {"path": new_path, "mapped_sha256": target.mapped_sha256.hex()},
+        "new": {"path": new_path, "mapped_sha256": baseline_of(new).mapped_sha256.hex()},
         "package": {
             "path": package_path,
             "sequence": package.servicing.sequence,

@@ -6,7 +6,13 @@ coded against the baseline); ``decode_package(data, baseline)`` or
 mapped image (``PEImage.mapped``).
 """
 
-from hpatch.package.build import BuildOptions, PackageBlocked, baseline_of, build_package
+from hpatch.package.build import (
+    BuildOptions,
+    PackageBlocked,
+    baseline_of,
+    build_package,
+    target_of,
+)
 from hpatch.package.format import decode_package, encode_package, resolve_blobs
 from hpatch.package.model import Package
 
@@ -19,4 +25,5 @@ __all__ = [
     "decode_package",
     "encode_package",
     "resolve_blobs",
+    "target_of",
 ]

@@ -11,7 +11,7 @@ import bisect
 import hashlib
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 from hpatch import __version__
@@ -28,6 +28,7 @@ from hpatch.package.format import code_region
 from hpatch.package.model import (
     FORMAT_VERSION,
     NO_RVA,
+    TARGET_DIGEST_SIZE,
     Baseline,
     Blob,
     BlobKind,
@@ -103,6 +104,12 @@ def baseline_of(image: PEImage) -> Baseline:
         image_base=identity.image_base,
         mapped_sha256=bytes.fromhex(identity.mapped_sha256),
     )
+
+
+def target_of(image: PEImage) -> Baseline:
+    """The target record of a package that installs ``image``."""
+    record = baseline_of(image)
+    return replace(record, mapped_sha256=record.mapped_sha256[:TARGET_DIGEST_SIZE])
 
 
 @dataclass(frozen=True, slots=True)
@@ -767,7 +774,7 @@ class _Builder:
         unwind: list[UnwindRecord],
         redirects: list[RedirectEntry],
     ) -> Package:
-        ordered = sorted(self.imports.values(), key=lambda i: (i.dll.lower(), i.name, i.ordinal))
+        ordered = sorted(self.imports.values(), key=lambda i: i.old_iat_rva)
         first_use = list(self.imports.values())
         renumber = {first_use.index(item): n for n, item in enumerate(ordered)}
         fixups = tuple(
@@ -799,7 +806,7 @@ class _Builder:
                 description=options.description,
                 advisory=options.advisory,
                 tool_version=__version__,
-                target=baseline_of(self.new),
+                target=target_of(self.new),
             ),
             prerequisites=tuple(prerequisites),
             region_size=size,
@@ -858,4 +865,4 @@ def _dictionary_hints(old: PEImage, package: Package) -> tuple[tuple[int, int], 
     return tuple(chosen)
 
 
-__all__ = ["BuildOptions", "PackageBlocked", "baseline_of", "build_package"]
+__all__ = ["BuildOptions", "PackageBlocked", "baseline_of", "build_package", "target_of"]

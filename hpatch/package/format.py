@@ -37,14 +37,17 @@ from hpatch.arch import Machine
 from hpatch.arch.rewrite import Fixup, Redirect
 from hpatch.errors import PackageFormatError
 from hpatch.package import lzma2
+from hpatch.package.baseline_imports import import_slots
 from hpatch.package.model import (
     FORMAT_VERSION,
     NO_RVA,
+    TARGET_DIGEST_SIZE,
     UNRESOLVED,
     Baseline,
     Blob,
     BlobKind,
     BodyCoding,
+    FixupCounts,
     FixupEntry,
     Flag,
     FunctionStatus,
@@ -59,6 +62,7 @@ from hpatch.package.model import (
     TargetKind,
     UnwindRecord,
 )
+from hpatch.package.site_prediction import predict_arm64, predict_x64
 
 MAGIC = b"\x89HPK\r\n\x1a\n"
 HEADER = struct.Struct("<8sHB")  # magic, version, flags
@@ -80,13 +84,8 @@ _CODE_BLOBS_IMPLIED = 0x1  # one CODE blob per function, spanning its parts
 _TABLES_IMPLIED = 0x2  # one FUNCTION_TABLE blob per run of adjacent unwind table entries
 _EXTENTS_IN_DICTIONARY = 0x4  # the dictionary ends with the replaced functions' old code
 _WHOLE_IMAGE_DICTIONARY = 0x8  # the dictionary starts with the whole baseline image
-_TABLE_FIXUPS_IMPLIED = 0x10  # the function table entries' RVA fixups are not listed
 _REGION_FLAGS = (
-    _CODE_BLOBS_IMPLIED
-    | _TABLES_IMPLIED
-    | _EXTENTS_IN_DICTIONARY
-    | _WHOLE_IMAGE_DICTIONARY
-    | _TABLE_FIXUPS_IMPLIED
+    _CODE_BLOBS_IMPLIED | _TABLES_IMPLIED | _EXTENTS_IN_DICTIONARY | _WHOLE_IMAGE_DICTIONARY
 )
 # function record head byte
 _HEAD_STATUS = 0x03
@@ -262,24 +261,6 @@ def _implied_tables(
     return sorted((start, end - start) for start, end in runs)
 
 
-def _implied_table_fixups(
-    machine: Machine, unwind: tuple[UnwindRecord, ...] | list[UnwindRecord]
-) -> list[FixupEntry]:
-    """The ADDR32NB fixups (REGION, target unresolved) every function table entry has:
-    begin on ARM64; begin, end and unwind data on AMD64 (an ARM64 entry's second word
-    may be packed unwind data, so its fixup is listed)."""
-    if machine == Machine.AMD64:
-        return [
-            FixupEntry(r.table_offset + at, Fixup.X64_ADDR32NB, TargetKind.REGION, UNRESOLVED)
-            for r in unwind
-            for at in (0, 4, 8)
-        ]
-    return [
-        FixupEntry(r.table_offset, Fixup.ARM64_ADDR32NB, TargetKind.REGION, UNRESOLVED)
-        for r in unwind
-    ]
-
-
 def _extents(package: Package) -> list[tuple[int, int]]:
     """The old code (RVA, size) of every replaced function, in function order."""
     return [
@@ -342,7 +323,8 @@ def _read_identity(data: _Reader, machine: Machine, reference: Baseline | None) 
     base = (
         reference.image_base if reference and same & _SAME_BASE else _read_scaled(data, 16, 1 << 64)
     )
-    return Baseline(name, machine, stamp, size, checksum, base, data.take(DIGEST_SIZE))
+    digest = data.take(DIGEST_SIZE if reference is None else TARGET_DIGEST_SIZE)
+    return Baseline(name, machine, stamp, size, checksum, base, digest)
 
 
 def _metadata(package: Package, dictionary: tuple[tuple[int, int], ...], extents: bool) -> bytes:
@@ -381,14 +363,7 @@ def _metadata(package: Package, dictionary: tuple[tuple[int, int], ...], extents
         == _implied_tables(package.machine, package.unwind),
     }
     whole = dictionary == ((0, package.baseline.size_of_image),)
-    sites = {(f.offset, f.kind, f.target_kind) for f in package.fixups}
-    table_fixups = {
-        f.offset
-        for f in _implied_table_fixups(package.machine, package.unwind)
-        if (f.offset, f.kind, f.target_kind) in sites
-    }
-    if len(table_fixups) != len(_implied_table_fixups(package.machine, package.unwind)):
-        table_fixups = set()
+    counts = package.fixup_counts
     _write_scaled(out, package.region_size, 12)
     out.u8(package.region_alignment.bit_length() - 1)
     out.u8(
@@ -396,7 +371,6 @@ def _metadata(package: Package, dictionary: tuple[tuple[int, int], ...], extents
         | (_TABLES_IMPLIED if implied[BlobKind.FUNCTION_TABLE] else 0)
         | (_EXTENTS_IN_DICTIONARY if extents else 0)
         | (_WHOLE_IMAGE_DICTIONARY if whole else 0)
-        | (_TABLE_FIXUPS_IMPLIED if table_fixups else 0)
     )
     if not whole:
         out.uv(len(dictionary))
@@ -416,7 +390,7 @@ def _metadata(package: Package, dictionary: tuple[tuple[int, int], ...], extents
     strategies = {r.old_rva: r.strategy for r in package.redirects}
     out.uv(len(package.functions))
     previous_rva = end = 0
-    for function in package.functions:
+    for function, fixups in zip(package.functions, counts.functions, strict=True):
         modified = function.status == FunctionStatus.MODIFIED
         parts = function.parts
         at_entry = bool(parts) and parts[0].new_rva == function.new_rva
@@ -440,23 +414,13 @@ def _metadata(package: Package, dictionary: tuple[tuple[int, int], ...], extents
         if modified:
             out.sv(function.old_rva - function.new_rva)
             out.sv(function.old_size - function.new_size)
+        out.uv(fixups)
     out.uv(len(package.imports))
-    for item in package.imports:
-        out.string(item.dll)
-        out.string(item.name)
-        out.uv(item.ordinal)
-        out.uv(item.old_iat_rva)
-    listed_fixups = [f for f in package.fixups if f.offset not in table_fixups]
-    out.uv(len(listed_fixups))
     previous = 0
-    for fixup in listed_fixups:
-        if package.machine == Machine.ARM64:  # fields are words: gaps are multiples of 4
-            _write_scaled(out, fixup.offset - previous, 2)
-        else:
-            out.uv(fixup.offset - previous)
-        previous = fixup.offset
-    for fixup in listed_fixups:
-        out.u8(fixup.kind.coff_type | fixup.target_kind << 5)
+    for item in package.imports:  # slots are 8 bytes apart: gaps are mostly one byte
+        _write_scaled(out, item.old_iat_rva - previous, 3)
+        previous = item.old_iat_rva
+    out.uv(counts.other)
     out.uv(len(package.unwind))
     expected = end = 0
     for record in package.unwind:
@@ -526,6 +490,7 @@ def _read_metadata(data: bytes, flags: int) -> tuple[Package, tuple[tuple[int, i
         blobs.append(Blob(kind, offset, b"", unresolved_size=size))
         end = offset + size
     functions = []
+    function_fixups = []
     strategies: list[tuple[int, Redirect]] = []
     rva = end = 0
     for _ in range(meta.count(4, "functions")):
@@ -558,34 +523,14 @@ def _read_metadata(data: bytes, flags: int) -> tuple[Package, tuple[tuple[int, i
         elif strategy:
             raise PackageFormatError("metadata: an added function with a redirect strategy")
         functions.append(PatchFunction(status, old_rva, old_size, rva, name, tuple(parts)))
+        function_fixups.append(meta.uv(MAX_REGION_SIZE))
     imports = tuple(
-        ImportRef(
-            meta.string("import dll"),
-            meta.string("import name"),
-            meta.uv(1 << 16),
-            meta.uv(1 << 32),
-        )
-        for _ in range(meta.count(4, "imports"))
-    )
-    count = meta.count(2, "fixups")
-    offsets = list(
-        itertools.accumulate(
-            _read_scaled(meta, 2, 1 << 32) if machine == Machine.ARM64 else meta.uv(1 << 32)
-            for _ in range(count)
+        ImportRef("", "", 0, slot)
+        for slot in itertools.accumulate(
+            _read_scaled(meta, 3, 1 << 32) for _ in range(meta.count(1, "imports"))
         )
     )
-    tag = _MACHINE_TAGS[machine]
-    fixups = []
-    for offset in offsets:
-        code = meta.u8()
-        fixups.append(
-            FixupEntry(
-                offset,
-                _enum(Fixup, tag | (code & 0x1F), "fixup kind"),
-                _enum(TargetKind, code >> 5, "fixup target kind"),
-                UNRESOLVED,
-            )
-        )
+    fixup_counts = FixupCounts(tuple(function_fixups), meta.uv(MAX_REGION_SIZE))
     unwind = []
     expected = end = 0
     for _ in range(meta.count(3, "unwind records")):
@@ -595,11 +540,6 @@ def _read_metadata(data: bytes, flags: int) -> tuple[Package, tuple[tuple[int, i
         unwind.append(UnwindRecord(table, begin, end))
         expected = table + _TABLE_ENTRY[machine]
     meta.finish()
-    if region_flags & _TABLE_FIXUPS_IMPLIED:
-        implied_fixups = _implied_table_fixups(machine, unwind)
-        if not implied_fixups:
-            raise PackageFormatError("metadata: implied table fixups without unwind records")
-        fixups = sorted([*fixups, *implied_fixups], key=lambda f: f.offset)
     implied: list[tuple[BlobKind, tuple[int, int]]] = []
     if region_flags & _CODE_BLOBS_IMPLIED:
         implied += [(BlobKind.CODE, span) for span in _implied_code_blobs(functions)]
@@ -633,11 +573,12 @@ def _read_metadata(data: bytes, flags: int) -> tuple[Package, tuple[tuple[int, i
         blobs=tuple(blobs),
         functions=tuple(functions),
         imports=imports,
-        fixups=tuple(fixups),
+        fixups=(),
         redirects=redirects,
         unwind=tuple(unwind),
         version=FORMAT_VERSION,
         signature=signature_placeholder,
+        stated_fixup_counts=fixup_counts,
     )
     return package, tuple(dictionary), bool(region_flags & _EXTENTS_IN_DICTIONARY)
 
@@ -783,6 +724,11 @@ class _Placement:
             return self.imports[target].old_iat_rva
         return self.address(target)
 
+    def moved(self, address: int) -> bool:
+        """Whether a virtual address lies in a part of a replaced function."""
+        index = bisect.bisect_right(self.addresses, address) - 1
+        return index >= 0 and address < self.by_address[index][0] + self.by_address[index][1]
+
     def target_of(self, kind: TargetKind, address: int) -> int:
         """The target (counted in ``kind``) a virtual address names; the inverse of
         ``target_address`` where there is one."""
@@ -818,13 +764,12 @@ def _table_targets(package: Package) -> dict[int, int]:
     return given
 
 
-def _predictions(package: Package) -> list[int]:
-    """For every fixup, the target its field's bytes name under the virtual placement
-    (needs resolved blobs)."""
-    placement = _Placement(package)
+def _addresses(
+    package: Package, placement: _Placement, fixups: tuple[FixupEntry, ...]
+) -> list[int]:
+    """For every fixup, the address its field's bytes name under the virtual placement,
+    an ADRP's and its page offset's completed by their pair (needs resolved blobs)."""
     field = _field_reader(package)
-    given = _table_targets(package)
-    fixups = package.fixups
     words = [
         int.from_bytes(field(f.offset, 4), "little") if f.kind.machine == Machine.ARM64 else 0
         for f in fixups
@@ -833,7 +778,7 @@ def _predictions(package: Package) -> list[int]:
         _read_field(f.kind, field(f.offset, f.kind.field_size), placement.address(f.offset))
         for f in fixups
     ]
-    predictions = []
+    addresses = []
     for index, fixup in enumerate(fixups):
         value = raw[index]
         if fixup.kind == Fixup.ARM64_PAGEBASE_REL21:
@@ -844,11 +789,87 @@ def _predictions(package: Package) -> list[int]:
             pair = _pair(fixups, words, index, -1)
             if pair is not None:
                 value += raw[pair] & ~0xFFF
-        if fixup.target_kind == TargetKind.REGION and fixup.offset in given:
-            predictions.append(given[fixup.offset])
+        addresses.append(value)
+    return addresses
+
+
+def _predictions(package: Package) -> list[int]:
+    """For every fixup, its predicted target: what its field's bytes name under the
+    virtual placement, or what the unwind records give (needs resolved blobs)."""
+    placement = _Placement(package)
+    given = _table_targets(package)
+    return [
+        given[fixup.offset]
+        if fixup.target_kind == TargetKind.REGION and fixup.offset in given
+        else placement.target_of(fixup.target_kind, address)
+        for fixup, address in zip(
+            package.fixups, _addresses(package, placement, package.fixups), strict=True
+        )
+    ]
+
+
+# fixup sites --------------------------------------------------------------------------
+#
+# The region stream lists a fixup only where the code does not predict it: each part of
+# each function is read by hpatch.package.site_prediction, each function table entry's
+# RVA fields are predicted (begin; on AMD64 end and unwind data; on ARM64 the second
+# word unless it is packed unwind data), and each predicted site's target kind follows
+# from the address its field names.
+
+_ADDR32NB = {Machine.AMD64: Fixup.X64_ADDR32NB, Machine.ARM64: Fixup.ARM64_ADDR32NB}
+_PREDICTORS = {Machine.AMD64: predict_x64, Machine.ARM64: predict_arm64}
+_AS_PREDICTED, _NOT_A_FIXUP = 0, 1  # site marks; any other mark is a fixup's code byte
+
+
+def _predicted_sites(package: Package) -> list[FixupEntry]:
+    """The fixups the region's bytes predict (target UNRESOLVED), by offset; needs
+    resolved blobs."""
+    field = _field_reader(package)
+    predictor = _PREDICTORS[package.machine]
+    sites: dict[int, Fixup] = {}
+    for function in package.functions:
+        for part in function.parts:
+            for at, kind in predictor(field(part.offset, part.size)):
+                sites.setdefault(part.offset + at, kind)
+    table: set[int] = set()
+    for record in package.unwind:
+        fields = [0, 4, 8] if package.machine == Machine.AMD64 else [0]
+        second = record.table_offset + 4
+        if package.machine == Machine.ARM64 and not field(second, 4)[0] & 3:
+            fields.append(4)
+        table.update(record.table_offset + at for at in fields)
+    for offset in table:
+        sites.setdefault(offset, _ADDR32NB[package.machine])
+    placement = _Placement(package)
+    found = tuple(
+        FixupEntry(offset, sites[offset], TargetKind.OLD_RVA, UNRESOLVED)
+        for offset in sorted(sites)
+    )
+    predicted = []
+    for fixup, address in zip(found, _addresses(package, placement, found), strict=True):
+        if fixup.offset in table:
+            kind = TargetKind.REGION
+        elif address in placement.slots:
+            kind = TargetKind.IMPORT
+        elif address >= placement.base or placement.moved(address):
+            kind = TargetKind.REGION
         else:
-            predictions.append(placement.target_of(fixup.target_kind, value))
-    return predictions
+            kind = TargetKind.OLD_RVA
+        predicted.append(replace(fixup, target_kind=kind))
+    return predicted
+
+
+def _fixup_code(fixup: FixupEntry) -> int:
+    return fixup.kind.coff_type | fixup.target_kind << 5
+
+
+def _fixup_from_code(machine: Machine, offset: int, code: int) -> FixupEntry:
+    return FixupEntry(
+        offset,
+        _enum(Fixup, _MACHINE_TAGS[machine] | (code & 0x1F), "fixup kind"),
+        _enum(TargetKind, code >> 5, "fixup target kind"),
+        UNRESOLVED,
+    )
 
 
 _PAIR_WINDOW = 8  # fixups an ADRP and the ADD/LDR/STR completing it may lie apart
@@ -903,13 +924,40 @@ def _normalize_fields(package: Package) -> Package:
 # the region stream ------------------------------------------------------------------
 
 
+def _write_gap(out: _Writer, machine: Machine, gap: int) -> None:
+    if machine == Machine.ARM64:  # fields are words: gaps are multiples of 4
+        _write_scaled(out, gap, 2)
+    else:
+        out.uv(gap)
+
+
 def _region_plain(package: Package) -> bytes:
-    """The region stream before compression: blob bytes by offset, then target deltas."""
+    """The region stream before compression: blob bytes by offset, a mark per predicted
+    fixup site, the fixups no site predicts, then every fixup's target delta."""
     out = _Writer()
     for blob in package.blobs:
         out.raw(blob.data)
-    for fixup, predicted in zip(package.fixups, _predictions(package), strict=True):
-        out.sv(fixup.target - predicted)
+    actual = {f.offset: f for f in package.fixups}
+    predicted = _predicted_sites(package)
+    for site in predicted:
+        fixup = actual.get(site.offset)
+        if fixup is None:
+            out.u8(_NOT_A_FIXUP)
+        elif (fixup.kind, fixup.target_kind) == (site.kind, site.target_kind):
+            out.u8(_AS_PREDICTED)
+        else:
+            out.u8(_fixup_code(fixup))
+    sites = {site.offset for site in predicted}
+    unpredicted = [f for f in package.fixups if f.offset not in sites]
+    out.uv(len(unpredicted))
+    previous = 0
+    for fixup in unpredicted:
+        _write_gap(out, package.machine, fixup.offset - previous)
+        previous = fixup.offset
+    for fixup in unpredicted:
+        out.u8(_fixup_code(fixup))
+    for fixup, predicted_target in zip(package.fixups, _predictions(package), strict=True):
+        out.sv(fixup.target - predicted_target)
     return bytes(out.out)
 
 
@@ -919,18 +967,46 @@ def _with_region(package: Package, plain: bytes) -> Package:
     blobs = tuple(replace(b, data=data.take(b.size), unresolved_size=0) for b in package.blobs)
     if any(not b.data for b in blobs):
         raise PackageFormatError("an empty blob")
-    deltas = [data.sv() for _ in package.fixups]
-    data.finish()
     resolved = replace(package, blobs=blobs)
-    predictions = _predictions(resolved)
+    machine = package.machine
+    found = []
+    for site in _predicted_sites(resolved):
+        mark = data.u8()
+        if mark == _AS_PREDICTED:
+            found.append(site)
+        elif mark != _NOT_A_FIXUP:
+            found.append(_fixup_from_code(machine, site.offset, mark))
+    sites = {site.offset for site in found}
+    offsets = []
+    previous = 0
+    for _ in range(data.count(2, "unpredicted fixups")):
+        gap = _read_scaled(data, 2, 1 << 32) if machine == Machine.ARM64 else data.uv(1 << 32)
+        if offsets and not gap:
+            raise PackageFormatError("region stream: two unpredicted fixups at one offset")
+        previous += gap
+        offsets.append(previous)
+    for offset in offsets:
+        if offset in sites:
+            raise PackageFormatError(f"region stream: fixup at 0x{offset:x} listed twice")
+        found.append(_fixup_from_code(machine, offset, data.u8()))
+    found.sort(key=lambda f: f.offset)
+    listed = replace(resolved, fixups=tuple(found), stated_fixup_counts=None)
+    stated = package.stated_fixup_counts
+    if stated is not None and listed.fixup_counts != stated:
+        raise PackageFormatError(
+            "region stream: the fixups differ from the counts the metadata states"
+        )
+    validate_package(listed)
+    deltas = [data.sv() for _ in found]
+    data.finish()
     fixups = tuple(
         replace(f, target=predicted + delta)
-        for f, predicted, delta in zip(package.fixups, predictions, deltas, strict=True)
+        for f, predicted, delta in zip(found, _predictions(listed), deltas, strict=True)
     )
     for fixup in fixups:
         if not 0 <= fixup.target <= 0xFFFFFFFF:
             raise PackageFormatError(f"fixup at 0x{fixup.offset:x} has a target out of range")
-    return replace(resolved, fixups=fixups)
+    return replace(resolved, fixups=fixups, stated_fixup_counts=None)
 
 
 def _dictionary_data(
@@ -1217,8 +1293,10 @@ def decode_package(data: bytes, baseline: bytes | None = None) -> Package:
     except ValueError as exc:
         raise PackageFormatError(f"region stream: {exc}") from None
     blob_bytes = sum(b.size for b in package.blobs)
-    fixups = len(package.fixups)
-    if not blob_bytes + fixups <= region_size <= blob_bytes + _MAX_VARINT * fixups:
+    fixups = package.fixup_counts.total
+    # blobs, a mark per predicted site (at most one a byte), the unpredicted fixups
+    # (count, gap, code) and a target delta per fixup
+    if not (blob_bytes + fixups <= region_size <= 2 * blob_bytes + _MAX_VARINT * (1 + 3 * fixups)):
         raise PackageFormatError(
             f"a region stream of {region_size} bytes cannot hold {blob_bytes} blob bytes and "
             f"{fixups} fixup targets"
@@ -1293,7 +1371,33 @@ def resolve_blobs(package: Package, baseline_mapped: bytes) -> Package:
                 "baseline has"
             )
         redirects.append(replace(redirect, original_sha256=digest))
-    return replace(package, redirects=tuple(redirects))
+    return replace(package, redirects=tuple(redirects), imports=_named_imports(package, baseline))
+
+
+def _named_imports(package: Package, baseline: bytes) -> tuple[ImportRef, ...]:
+    """The package's imports named as the baseline names its slots; a slot the baseline
+    does not import through is refused."""
+    if not package.imports:
+        return ()
+    slots = import_slots(baseline)
+    named = []
+    for item in package.imports:
+        held = slots.get(item.old_iat_rva)
+        if held is None:
+            raise PackageFormatError(
+                f"the import slot at 0x{item.old_iat_rva:x} is not an import slot of the baseline"
+            )
+        if item.dll and (item.dll.lower(), item.name, item.ordinal) != (
+            held[0].lower(),
+            held[1],
+            held[2],
+        ):
+            raise PackageFormatError(
+                f"the import slot at 0x{item.old_iat_rva:x} holds {held[0]}!{held[1] or held[2]} "
+                f"in the baseline, not {item.dll}!{item.name or item.ordinal}"
+            )
+        named.append(ImportRef(held[0], held[1], held[2], item.old_iat_rva))
+    return tuple(named)
 
 
 # consistency ------------------------------------------------------------------------
@@ -1316,9 +1420,11 @@ def validate_package(package: Package) -> None:
         _fail(f"format version {package.version} is not {FORMAT_VERSION}")
     if package.baseline.machine != machine or package.servicing.target.machine != machine:
         _fail("the baseline's machine differs from the package's")
+    if len(package.baseline.mapped_sha256) != DIGEST_SIZE:
+        _fail(f"the baseline's image digest is not {DIGEST_SIZE} bytes")
+    if len(package.servicing.target.mapped_sha256) != TARGET_DIGEST_SIZE:
+        _fail(f"the target's image digest is not {TARGET_DIGEST_SIZE} bytes")
     for layout in (package.baseline, package.servicing.target):
-        if len(layout.mapped_sha256) != DIGEST_SIZE:
-            _fail("an image digest is not 32 bytes")
         if not 0 <= layout.time_date_stamp <= 0xFFFFFFFF or not (
             0 <= layout.checksum <= 0xFFFFFFFF and 0 < layout.size_of_image <= 0xFFFFFFFF
         ):
@@ -1405,11 +1511,15 @@ def validate_package(package: Package) -> None:
             0 <= fixup.target < package.baseline.size_of_image
         ):
             _fail(f"fixup at 0x{fixup.offset:x} targets past the baseline image")
+    previous_slot = -1
     for item in package.imports:
-        if not item.dll:
-            _fail("import without a DLL name")
+        if item.old_iat_rva <= previous_slot:
+            _fail("imports are not in ascending order of their slots, or repeat one")
+        previous_slot = item.old_iat_rva
         if item.old_iat_rva >= package.baseline.size_of_image:
-            _fail(f"import {item.dll}!{item.name or item.ordinal} has its slot past the image")
+            _fail(f"the import slot at 0x{item.old_iat_rva:x} lies past the image")
+        if not item.dll and (item.name or item.ordinal):
+            _fail(f"the import slot at 0x{item.old_iat_rva:x} has a name but no DLL")
     previous_end = -1
     for redirect in package.redirects:
         if redirect.strategy.machine != machine:

@@ -1,22 +1,28 @@
 """What a hotpatch package holds, as immutable records (the byte layout is in format.py).
 
 A package decoded without its baseline image is *unresolved*: the file codes the
-region's bytes against the baseline, so until ``hpatch.package.format.resolve_blobs``
-is given the baseline, blobs know only their size (``Blob.resolved`` is false), fixup
-targets are ``UNRESOLVED`` and redirect digests are empty. Everything else (identity,
-servicing, prerequisites, layout, functions, imports, fixup sites and kinds, redirect
-strategies, unwind records, the signature) is known without it.
+region's bytes against the baseline, and the fixups' sites with them (most follow from
+the code), so until ``hpatch.package.format.resolve_blobs`` is given the baseline,
+blobs know only their size (``Blob.resolved`` is false), ``fixups`` is empty
+(``fixup_counts`` says how many each function has), redirect digests are empty and
+imports know their IAT slot only. Everything else (identity, servicing, prerequisites,
+layout, functions, redirect strategies, unwind records, the signature) is known
+without it.
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from enum import IntEnum
 
 from hpatch.arch import Machine
 from hpatch.arch.rewrite import Fixup, Redirect
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: A target record keeps this many leading bytes of its image's mapped SHA-256: it
+#: names the build a package installs (``hpatch verify`` checks it), it guards nothing.
+TARGET_DIGEST_SIZE = 16
 NO_RVA = 0xFFFFFFFF
 #: The target of a fixup of an unresolved package (its value is coded against the baseline).
 UNRESOLVED = -1
@@ -63,7 +69,8 @@ class FunctionStatus(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Baseline:
-    """The one image a package applies to."""
+    """The one image a package applies to (or, as a package's target, the build it
+    installs: then ``mapped_sha256`` holds the digest's first TARGET_DIGEST_SIZE bytes)."""
 
     file_name: str
     machine: Machine
@@ -138,7 +145,10 @@ class PatchFunction:
 
 @dataclass(frozen=True, slots=True)
 class ImportRef:
-    """An import the patch code calls through: by name, or by ordinal when name is empty."""
+    """An import the patch code calls through: by name, or by ordinal when name is empty.
+
+    The file stores the slot only; the baseline says what it holds, so the DLL, name and
+    ordinal are empty (``""``, ``""``, 0) in an unresolved package."""
 
     dll: str
     name: str
@@ -217,6 +227,40 @@ class BodyCoding:
 
 
 @dataclass(frozen=True, slots=True)
+class FixupCounts:
+    """How many fixups lie in each function's parts (in function order), and how many
+    elsewhere (data, unwind records, function tables): what the file says of its fixups
+    without the baseline."""
+
+    functions: tuple[int, ...]
+    other: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.functions) + self.other
+
+    @classmethod
+    def of(
+        cls, functions: tuple[PatchFunction, ...], fixups: tuple[FixupEntry, ...]
+    ) -> FixupCounts:
+        spans = sorted(
+            (part.offset, part.offset + part.size, index)
+            for index, function in enumerate(functions)
+            for part in function.parts
+        )
+        starts = [start for start, _, _ in spans]
+        counts = [0] * len(functions)
+        other = 0
+        for fixup in fixups:
+            at = bisect.bisect_right(starts, fixup.offset) - 1
+            if at >= 0 and fixup.offset < spans[at][1]:
+                counts[spans[at][2]] += 1
+            else:
+                other += 1
+        return cls(tuple(counts), other)
+
+
+@dataclass(frozen=True, slots=True)
 class Package:
     """A whole hotpatch package."""
 
@@ -236,6 +280,15 @@ class Package:
     signature: SignatureInfo | None = None
     #: The compressed form of the body (a representation, not content: not compared).
     coding: BodyCoding | None = field(default=None, compare=False, repr=False)
+    #: What the metadata says of the fixups: an unresolved package knows no more of them.
+    stated_fixup_counts: FixupCounts | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def fixup_counts(self) -> FixupCounts:
+        """Fixups per function and elsewhere: counted, or as stated while unresolved."""
+        if self.stated_fixup_counts is not None and not self.resolved_region:
+            return self.stated_fixup_counts
+        return FixupCounts.of(self.functions, self.fixups)
 
     @property
     def flags(self) -> int:
@@ -244,8 +297,13 @@ class Package:
     @property
     def resolved_region(self) -> bool:
         """Whether blob bytes and fixup targets are known (what binding the region needs)."""
-        return all(b.resolved for b in self.blobs) and all(
-            f.target != UNRESOLVED for f in self.fixups
+        return (
+            all(b.resolved for b in self.blobs)
+            and all(f.target != UNRESOLVED for f in self.fixups)
+            and (
+                self.stated_fixup_counts is None
+                or FixupCounts.of(self.functions, self.fixups) == self.stated_fixup_counts
+            )
         )
 
     @property

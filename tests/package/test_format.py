@@ -22,12 +22,11 @@ from hpatch.package.format import (
     DIGEST_SIZE,
     HEADER,
     MAX_METADATA,
-    _implied_table_fixups,
     _predictions,
     _Reader,
     _Writer,
 )
-from hpatch.package.model import UNRESOLVED, Blob
+from hpatch.package.model import FORMAT_VERSION, TARGET_DIGEST_SIZE, Blob
 
 from ..conftest import BUILDS, SAMPLES
 from ..diff.samples import sample_diff
@@ -79,7 +78,8 @@ def test_a_package_carries_exactly_the_changed_functions(case: tuple[str, str, s
         original = diff.old.read(redirect.old_rva + start, length)
         assert redirect.original_sha256 == hashlib.sha256(original).digest()
     assert package.baseline.mapped_sha256.hex() == diff.old.identity.mapped_sha256
-    assert package.servicing.target.mapped_sha256.hex() == diff.new.identity.mapped_sha256
+    target_digest = bytes.fromhex(diff.new.identity.mapped_sha256)[:TARGET_DIGEST_SIZE]
+    assert package.servicing.target.mapped_sha256 == target_digest
     assert (package.servicing.sequence, package.servicing.supersedes) == (2, (1, 1))
     # the package is small next to the image it patches, and every target is predicted
     assert len(sample_package(*case)) < diff.new.identity.file_size / 10
@@ -95,16 +95,20 @@ def test_without_the_baseline_a_package_is_unresolved(case: tuple[str, str, str]
     # everything hpatch inspect shows is there
     for field in ("machine", "baseline", "servicing", "prerequisites", "region_size"):
         assert getattr(package, field) == getattr(whole, field)
-    assert package.functions == whole.functions and package.imports == whole.imports
+    assert package.functions == whole.functions
+    # imports are slots until the baseline names them
+    assert [i.old_iat_rva for i in package.imports] == [i.old_iat_rva for i in whole.imports]
+    assert {(i.dll, i.name, i.ordinal) for i in package.imports} <= {("", "", 0)}
+    assert all(i.dll for i in whole.imports)
     assert package.unwind == whole.unwind
     assert [(b.kind, b.offset, b.size) for b in package.blobs] == [
         (b.kind, b.offset, b.size) for b in whole.blobs
     ]
     assert all(not b.resolved and not b.data for b in package.blobs)
-    assert [(f.offset, f.kind, f.target_kind) for f in package.fixups] == [
-        (f.offset, f.kind, f.target_kind) for f in whole.fixups
-    ]
-    assert {f.target for f in package.fixups} == {UNRESOLVED}
+    # fixup sites are coded with the code: without it, only how many each function has
+    assert package.fixups == () and whole.fixups
+    assert package.fixup_counts == whole.fixup_counts
+    assert package.fixup_counts.total == len(whole.fixups)
     assert [(r.old_rva, r.strategy, r.target_offset) for r in package.redirects] == [
         (r.old_rva, r.strategy, r.target_offset) for r in whole.redirects
     ]
@@ -273,19 +277,26 @@ def test_truncations_are_refused() -> None:
         decode_package(data + b"\0")
 
 
-def _fixup_count_at(metadata: bytes) -> int:
-    """Where the fixup count sits in the sample's metadata: before the first listed
-    fixup's offset (the function table's fixups are implied, not listed)."""
+def _unwind_count_at(metadata: bytes) -> int:
+    """Where the unwind record count sits in the sample's metadata: just before the
+    records, which end it."""
     package = decode_package(_unsigned())
-    implied = {f.offset for f in _implied_table_fixups(package.machine, package.unwind)}
-    listed = [f for f in package.fixups if f.offset not in implied]
-    assert len(listed) < 128 and listed[0].offset < 128
-    return metadata.index(bytes([len(listed), listed[0].offset]))
+    records = _Writer()
+    expected = end = 0
+    for record in package.unwind:
+        records.sv(record.table_offset - expected)
+        records.sv(record.begin_offset - end)
+        records.uv(record.end_offset - record.begin_offset)
+        expected, end = record.table_offset + 12, record.end_offset
+    assert 0 < len(package.unwind) < 128 and package.machine.name == "AMD64"
+    at = len(metadata) - len(records.out) - 1
+    assert metadata[at] == len(package.unwind) and metadata[at + 1 :] == bytes(records.out)
+    return at
 
 
 def test_huge_counts_are_refused_before_allocating() -> None:
     def huge_count(metadata: bytes) -> bytes:
-        at = _fixup_count_at(metadata)
+        at = _unwind_count_at(metadata)
         out = _Writer()
         out.uv(0xFFFFFFFF)
         return metadata[:at] + bytes(out.out) + metadata[at + 1 :]
@@ -311,7 +322,7 @@ def test_huge_sizes_are_refused_before_decompressing() -> None:
 
 def test_non_canonical_metadata_is_refused() -> None:
     def padded_varint(metadata: bytes) -> bytes:
-        at = _fixup_count_at(metadata)
+        at = _unwind_count_at(metadata)
         return metadata[:at] + bytes([metadata[at] | 0x80, 0]) + metadata[at + 1 :]
 
     with pytest.raises(PackageFormatError, match="shortest form"):
@@ -334,10 +345,11 @@ def test_varints_round_trip() -> None:
 
 
 def test_unknown_versions_and_flags_are_refused() -> None:
-    data = bytearray(_unsigned())
-    struct.pack_into("<H", data, 8, 3)
-    with pytest.raises(PackageFormatError, match="format version 3"):
-        decode_package(_reseal(data))
+    for version in (FORMAT_VERSION - 1, FORMAT_VERSION + 1):  # an older one is coded otherwise
+        data = bytearray(_unsigned())
+        struct.pack_into("<H", data, 8, version)
+        with pytest.raises(PackageFormatError, match=f"format version {version}"):
+            decode_package(_reseal(data))
     data = bytearray(_unsigned())
     data[10] = 0x80
     with pytest.raises(PackageFormatError, match="flags"):
