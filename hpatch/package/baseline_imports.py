@@ -58,6 +58,8 @@ def import_slots(image: bytes) -> dict[int, tuple[str, str, int]]:
     if not directory:
         return slots
     size = len(image)
+    if directory + _DESCRIPTOR.size > size:
+        raise PackageFormatError("baseline imports: the import directory lies past the image")
     for at in range(directory, size - _DESCRIPTOR.size + 1, _DESCRIPTOR.size):
         lookup, _stamp, _chain, name_rva, iat = _DESCRIPTOR.unpack_from(image, at)
         if not (lookup or name_rva or iat):
@@ -75,4 +77,6 @@ def import_slots(image: bytes) -> dict[int, tuple[str, str, int]]:
             else:
                 entry = (dll, _c_string(image, (thunk & 0x7FFFFFFF) + 2), 0)
             slots[iat + 8 * index] = entry
+    else:
+        raise PackageFormatError("baseline imports: the import directory does not end in the image")
     return slots

@@ -163,8 +163,8 @@ def _x64_instruction(code: bytes, at: int) -> tuple[int, int, int]:
         at += 1
     elif immediate == _I16:
         at += 2
-    elif immediate == _IZ:
-        at += 2 if operand16 else 4
+    elif immediate == _IZ:  # REX.W outranks the operand-size prefix
+        at += 2 if operand16 and not wide else 4
     elif immediate == _IV:
         at += 8 if wide else 2 if operand16 else 4
     elif immediate == _IW8:
