@@ -84,8 +84,13 @@ _CODE_BLOBS_IMPLIED = 0x1  # one CODE blob per function, spanning its parts
 _TABLES_IMPLIED = 0x2  # one FUNCTION_TABLE blob per run of adjacent unwind table entries
 _EXTENTS_IN_DICTIONARY = 0x4  # the dictionary ends with the replaced functions' old code
 _WHOLE_IMAGE_DICTIONARY = 0x8  # the dictionary starts with the whole baseline image
+_UNWIND_PER_PART = 0x10  # an unwind record per part but those listed, table entries in a row
 _REGION_FLAGS = (
-    _CODE_BLOBS_IMPLIED | _TABLES_IMPLIED | _EXTENTS_IN_DICTIONARY | _WHOLE_IMAGE_DICTIONARY
+    _CODE_BLOBS_IMPLIED
+    | _TABLES_IMPLIED
+    | _EXTENTS_IN_DICTIONARY
+    | _WHOLE_IMAGE_DICTIONARY
+    | _UNWIND_PER_PART
 )
 # function record head byte
 _HEAD_STATUS = 0x03
@@ -261,6 +266,35 @@ def _implied_tables(
     return sorted((start, end - start) for start, end in runs)
 
 
+def _records_per_part(
+    machine: Machine,
+    functions: tuple[PatchFunction, ...] | list[PatchFunction],
+    table: int,
+    skipped: set[int],
+) -> list[UnwindRecord]:
+    """One unwind record for each part (by region offset) but the ``skipped`` ones (by
+    index), whose table entries follow each other from ``table``: how nearly every
+    package's unwind records are laid out (x64 leaf functions have none)."""
+    parts = sorted((p.offset, p.offset + p.size) for f in functions for p in f.parts)
+    entry = _TABLE_ENTRY[machine]
+    covered = [span for index, span in enumerate(parts) if index not in skipped]
+    return [UnwindRecord(table + entry * i, begin, end) for i, (begin, end) in enumerate(covered)]
+
+
+def _parts_without_records(package: Package) -> set[int] | None:
+    """Indices of the parts (by region offset) without an unwind record, when the
+    records are one per part otherwise, in a row (see _records_per_part); else None."""
+    if not package.unwind:
+        return None
+    parts = sorted(p.offset for f in package.functions for p in f.parts)
+    begins = {r.begin_offset for r in package.unwind}
+    skipped = {index for index, offset in enumerate(parts) if offset not in begins}
+    laid_out = _records_per_part(
+        package.machine, package.functions, package.unwind[0].table_offset, skipped
+    )
+    return skipped if list(package.unwind) == laid_out else None
+
+
 def _extents(package: Package) -> list[tuple[int, int]]:
     """The old code (RVA, size) of every replaced function, in function order."""
     return [
@@ -364,6 +398,8 @@ def _metadata(package: Package, dictionary: tuple[tuple[int, int], ...], extents
     }
     whole = dictionary == ((0, package.baseline.size_of_image),)
     counts = package.fixup_counts
+    skipped_parts = _parts_without_records(package)
+    per_part = skipped_parts is not None
     _write_scaled(out, package.region_size, 12)
     out.u8(package.region_alignment.bit_length() - 1)
     out.u8(
@@ -371,6 +407,7 @@ def _metadata(package: Package, dictionary: tuple[tuple[int, int], ...], extents
         | (_TABLES_IMPLIED if implied[BlobKind.FUNCTION_TABLE] else 0)
         | (_EXTENTS_IN_DICTIONARY if extents else 0)
         | (_WHOLE_IMAGE_DICTIONARY if whole else 0)
+        | (_UNWIND_PER_PART if per_part else 0)
     )
     if not whole:
         out.uv(len(dictionary))
@@ -421,6 +458,14 @@ def _metadata(package: Package, dictionary: tuple[tuple[int, int], ...], extents
         _write_scaled(out, item.old_iat_rva - previous, 3)
         previous = item.old_iat_rva
     out.uv(counts.other)
+    if skipped_parts is not None:
+        out.uv(package.unwind[0].table_offset)
+        out.uv(len(skipped_parts))
+        previous = 0
+        for index in sorted(skipped_parts):
+            out.uv(index - previous)
+            previous = index + 1
+        return bytes(out.out)
     out.uv(len(package.unwind))
     expected = end = 0
     for record in package.unwind:
@@ -532,13 +577,23 @@ def _read_metadata(data: bytes, flags: int) -> tuple[Package, tuple[tuple[int, i
     )
     fixup_counts = FixupCounts(tuple(function_fixups), meta.uv(MAX_REGION_SIZE))
     unwind = []
-    expected = end = 0
-    for _ in range(meta.count(3, "unwind records")):
-        table = expected + meta.sv()
-        begin = end + meta.sv()
-        end = begin + meta.uv(1 << 32)
-        unwind.append(UnwindRecord(table, begin, end))
-        expected = table + _TABLE_ENTRY[machine]
+    if region_flags & _UNWIND_PER_PART:
+        table = meta.uv(MAX_REGION_SIZE)
+        skipped: set[int] = set()
+        following = 0
+        for _ in range(meta.count(1, "parts without unwind records")):
+            index = following + meta.uv(1 << 32)
+            skipped.add(index)
+            following = index + 1
+        unwind = _records_per_part(machine, functions, table, skipped)
+    else:
+        expected = end = 0
+        for _ in range(meta.count(3, "unwind records")):
+            table = expected + meta.sv()
+            begin = end + meta.sv()
+            end = begin + meta.uv(1 << 32)
+            unwind.append(UnwindRecord(table, begin, end))
+            expected = table + _TABLE_ENTRY[machine]
     meta.finish()
     implied: list[tuple[BlobKind, tuple[int, int]]] = []
     if region_flags & _CODE_BLOBS_IMPLIED:
