@@ -246,9 +246,10 @@ class PEImage:
 
     @cached_property
     def structure_bounds(self) -> tuple[int, ...]:
-        """Sorted RVAs where loader structures start and end: every data directory, and
-        the raw data of each debug entry. Data objects never straddle them."""
-        bounds: set[int] = set()
+        """Sorted RVAs where loader structures start and end: every data directory, the
+        raw data of each debug entry, and each unwind record .pdata names. Data objects
+        never straddle them."""
+        bounds: set[int] = {e.unwind_rva for e in self.unwind_entries if e.unwind_rva}
         for directory in self._binary.data_directories:
             if directory.rva and directory.size:
                 bounds.update((directory.rva, directory.rva + directory.size))

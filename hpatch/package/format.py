@@ -848,19 +848,64 @@ def _addresses(
     return addresses
 
 
-def _predictions(package: Package) -> list[int]:
-    """For every fixup, its predicted target: what its field's bytes name under the
-    virtual placement, or what the unwind records give (needs resolved blobs)."""
+def _unwind_data_fields(package: Package) -> set[int]:
+    """Function table fields that name unwind data: x64 UnwindData; on ARM64 the second
+    word (when it is an .xdata RVA rather than packed unwind data, it has a fixup)."""
+    at = 8 if package.machine == Machine.AMD64 else 4
+    return {record.table_offset + at for record in package.unwind}
+
+
+def _unwind_data_size(package: Package, offset: int) -> int:
+    """Bytes of the unwind data at region ``offset`` up to its handler's RVA, from its
+    header (language-specific data has no size there); 0 if no blob holds it."""
+    blob = next((b for b in package.blobs if b.offset <= offset < b.offset + b.size), None)
+    if blob is None or len(blob.data) < offset - blob.offset + 8:
+        return 0
+    header = blob.data[offset - blob.offset : offset - blob.offset + 8]
+    if package.machine == Machine.AMD64:
+        flags, codes = header[0] >> 3, header[2]
+        size = 4 + 2 * ((codes + 1) & ~1)
+        return size + (12 if flags & 4 else 4 if flags & 3 else 0)
+    word, extension = struct.unpack("<2I", header)
+    words, epilogs, size = word >> 27, (word >> 22) & 31, 4
+    if not words and not epilogs:
+        words, epilogs, size = (extension >> 16) & 0xFF, extension & 0xFFFF, 8
+    if not (word >> 21) & 1:
+        size += 4 * epilogs
+    return size + 4 * words + (4 if (word >> 20) & 1 else 0)
+
+
+def _walk_predictions(package: Package, actual: Callable[[int, int], int]) -> list[int]:
+    """Every fixup's predicted target, in order: what the unwind records give for a
+    function table's begin and end, the end of the unwind data the previous table entry
+    names for its unwind data field, else what the field's bytes name under the virtual
+    placement (needs resolved blobs). ``actual(index, predicted)`` is the fixup's target,
+    on which the next unwind data field's prediction builds."""
     placement = _Placement(package)
     given = _table_targets(package)
-    return [
-        given[fixup.offset]
-        if fixup.target_kind == TargetKind.REGION and fixup.offset in given
-        else placement.target_of(fixup.target_kind, address)
-        for fixup, address in zip(
-            package.fixups, _addresses(package, placement, package.fixups), strict=True
-        )
-    ]
+    chained = _unwind_data_fields(package)
+    unwind_blobs = [b.offset for b in package.blobs if b.kind == BlobKind.UNWIND]
+    following = unwind_blobs[0] if unwind_blobs else 0
+    predictions = []
+    addresses = _addresses(package, placement, package.fixups)
+    for index, (fixup, address) in enumerate(zip(package.fixups, addresses, strict=True)):
+        region = fixup.target_kind == TargetKind.REGION
+        if region and fixup.offset in given:
+            predicted = given[fixup.offset]
+        elif region and fixup.offset in chained:
+            predicted = following
+        else:
+            predicted = placement.target_of(fixup.target_kind, address)
+        predictions.append(predicted)
+        target = actual(index, predicted)
+        if region and fixup.offset in chained:
+            following = (target + _unwind_data_size(package, target) + 3) & ~3
+    return predictions
+
+
+def _predictions(package: Package) -> list[int]:
+    """For every fixup of a resolved package, its predicted target."""
+    return _walk_predictions(package, lambda index, _predicted: package.fixups[index].target)
 
 
 # fixup sites --------------------------------------------------------------------------
@@ -948,9 +993,9 @@ def _pair(fixups: tuple[FixupEntry, ...], words: list[int], index: int, step: in
 def _normalize_fields(package: Package) -> Package:
     """``package`` with every fixup field naming its target under the virtual placement
     where it can (so the region stream holds no target differences), and the function
-    table fields the unwind records give zeroed."""
+    table fields predicted otherwise (begin, end, unwind data) zeroed."""
     placement = _Placement(package)
-    given = _table_targets(package)
+    given = set(_table_targets(package)) | _unwind_data_fields(package)
     blobs = {b.offset: bytearray(b.data) for b in package.blobs}
     starts = sorted(blobs)
     for fixup in package.fixups:
@@ -1054,9 +1099,10 @@ def _with_region(package: Package, plain: bytes) -> Package:
     validate_package(listed)
     deltas = [data.sv() for _ in found]
     data.finish()
+    predictions = _walk_predictions(listed, lambda index, predicted: predicted + deltas[index])
     fixups = tuple(
         replace(f, target=predicted + delta)
-        for f, predicted, delta in zip(found, _predictions(listed), deltas, strict=True)
+        for f, predicted, delta in zip(found, predictions, deltas, strict=True)
     )
     for fixup in fixups:
         if not 0 <= fixup.target <= 0xFFFFFFFF:

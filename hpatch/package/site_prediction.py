@@ -2,7 +2,10 @@
 
 A function's fixups sit where its instructions reach outside the part that holds them:
 x64 `call`/`jmp`/`jcc rel32` and RIP-relative operands, ARM64 branches, literal loads,
-`ADR`, and `ADRP` with the `ADD`/`LDR`/`STR` that completes its page. A package lists
+`ADR`, and `ADRP` with the `ADD`/`LDR`/`STR` that completes its page. Calls are sites
+wherever they lead: a replaced function's part is read at its old address, where a
+longer new part overlaps the old code that follows, and calls into the part itself
+(recursion, through the redirect) are references too. A package lists
 only the fixups these rules do not predict (format version 3, docs/FORMAT.md), so what
 the rules say is fixed for the format version: the x64 instruction-length decoder below
 is the format's own, not capstone's nor the diff's, and a change to any rule here is a
@@ -10,8 +13,8 @@ new format version. The rules need not be right, only the same for writer and re
 a wrong prediction costs a byte, never a wrong fixup.
 
 Both predictors take a part's bytes and return ``(offset in the part, Fixup)`` in
-ascending order; a branch is internal when its target lies inside the part. They never
-raise: any bytes at all are decoded somehow.
+ascending order; a branch other than a call is internal when its target lies inside the
+part. They never raise: any bytes at all are decoded somehow.
 """
 
 from __future__ import annotations
@@ -185,8 +188,9 @@ _REL32_BY_TAIL = (
 
 
 def predict_x64(code: bytes) -> list[tuple[int, Fixup]]:
-    """Fixup sites of an x64 part: a linear sweep from its first byte; a rel32 branch
-    whose target lies outside the part, and every RIP-relative displacement."""
+    """Fixup sites of an x64 part: a linear sweep from its first byte; every rel32 call,
+    a rel32 jump whose target lies outside the part, and every RIP-relative
+    displacement."""
     size = len(code)
     padded = bytes(code) + bytes(16)
     sites: list[tuple[int, Fixup]] = []
@@ -199,7 +203,7 @@ def predict_x64(code: bytes) -> list[tuple[int, Fixup]]:
         if branch >= 0:
             field = at + branch
             target = end + int.from_bytes(padded[field : field + 4], "little", signed=True)
-            if not 0 <= target < size:
+            if padded[field - 1] == 0xE8 or not 0 <= target < size:
                 sites.append((field, Fixup.X64_REL32))
         elif rip >= 0 and end - (at + rip + 4) < len(_REL32_BY_TAIL):
             sites.append((at + rip, _REL32_BY_TAIL[end - (at + rip + 4)]))
@@ -215,8 +219,9 @@ _PAGE_PAIR_WINDOW = 8  # predicted sites an ADRP and the ADD/LDR/STR completing 
 
 
 def predict_arm64(code: bytes) -> list[tuple[int, Fixup]]:
-    """Fixup sites of an ARM64 part, word by word: B/BL, B.cond/CBZ/CBNZ/LDR literal,
-    TBZ/TBNZ and ADR whose target lies outside the part; every ADRP; an ADD (immediate)
+    """Fixup sites of an ARM64 part, word by word: every BL; B, B.cond/CBZ/CBNZ/LDR
+    literal, TBZ/TBNZ and ADR whose target lies outside the part; every ADRP; an ADD
+    (immediate)
     or LDR/STR (unsigned offset) whose base is the destination of an ADRP among the
     previous eight predicted sites."""
     count = len(code) // 4
@@ -252,6 +257,7 @@ def predict_arm64(code: bytes) -> list[tuple[int, Fixup]]:
                 kind = Fixup.ARM64_PAGEOFFSET_12A if add else Fixup.ARM64_PAGEOFFSET_12L
                 sites.append((offset, kind))
             continue
-        if kind is not None and reach is not None and not 0 <= offset + reach < 4 * count:
+        call = word & 0xFC000000 == 0x94000000
+        if reach is not None and kind is not None and (call or not 0 <= offset + reach < 4 * count):
             sites.append((offset, kind))
     return sites

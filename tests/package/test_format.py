@@ -22,6 +22,7 @@ from hpatch.package.format import (
     DIGEST_SIZE,
     HEADER,
     MAX_METADATA,
+    _parts_without_records,
     _predictions,
     _Reader,
     _Writer,
@@ -277,26 +278,25 @@ def test_truncations_are_refused() -> None:
         decode_package(data + b"\0")
 
 
-def _unwind_count_at(metadata: bytes) -> int:
-    """Where the unwind record count sits in the sample's metadata: just before the
-    records, which end it."""
+def _skipped_parts_count_at(metadata: bytes) -> int:
+    """Where the count of parts without an unwind record sits in the sample's metadata:
+    just before their index gaps, which end it."""
     package = decode_package(_unsigned())
-    records = _Writer()
-    expected = end = 0
-    for record in package.unwind:
-        records.sv(record.table_offset - expected)
-        records.sv(record.begin_offset - end)
-        records.uv(record.end_offset - record.begin_offset)
-        expected, end = record.table_offset + 12, record.end_offset
-    assert 0 < len(package.unwind) < 128 and package.machine.name == "AMD64"
-    at = len(metadata) - len(records.out) - 1
-    assert metadata[at] == len(package.unwind) and metadata[at + 1 :] == bytes(records.out)
+    skipped = sorted(_parts_without_records(package) or ())
+    gaps = _Writer()
+    following = 0
+    for index in skipped:
+        gaps.uv(index - following)
+        following = index + 1
+    assert 0 < len(skipped) < 128
+    at = len(metadata) - len(gaps.out) - 1
+    assert metadata[at] == len(skipped) and metadata[at + 1 :] == bytes(gaps.out)
     return at
 
 
 def test_huge_counts_are_refused_before_allocating() -> None:
     def huge_count(metadata: bytes) -> bytes:
-        at = _unwind_count_at(metadata)
+        at = _skipped_parts_count_at(metadata)
         out = _Writer()
         out.uv(0xFFFFFFFF)
         return metadata[:at] + bytes(out.out) + metadata[at + 1 :]
@@ -322,7 +322,7 @@ def test_huge_sizes_are_refused_before_decompressing() -> None:
 
 def test_non_canonical_metadata_is_refused() -> None:
     def padded_varint(metadata: bytes) -> bytes:
-        at = _unwind_count_at(metadata)
+        at = _skipped_parts_count_at(metadata)
         return metadata[:at] + bytes([metadata[at] | 0x80, 0]) + metadata[at + 1 :]
 
     with pytest.raises(PackageFormatError, match="shortest form"):

@@ -99,7 +99,8 @@ def capstone_x64_sites(code: bytes, instructions: list[capstone.CsInsn]) -> Site
         size, branch, relative = capstone_fields(instruction)
         if branch >= 0:
             target = instruction.operands[0].imm
-            if not 0 <= target < len(code):
+            call = instruction.group(capstone.CS_GRP_CALL)
+            if call or not 0 <= target < len(code):
                 sites.append((instruction.address + branch, Fixup.X64_REL32))
         elif relative >= 0:
             sites.append((instruction.address + relative, rel32_kind(size - relative - 4)))
@@ -233,14 +234,17 @@ def rel32_stream(opcode: str, target: int) -> bytes:
 
 @pytest.mark.parametrize("opcode", ["e8", "e9", "0f85", "2e0f84"])
 @pytest.mark.parametrize("target", [-0x1000, -1, 0, 8, 20, 21, 22, 23, 0x1000])
-def test_an_x64_branch_is_a_site_only_when_it_leaves_the_part(opcode: str, target: int) -> None:
+def test_an_x64_jump_is_a_site_only_when_it_leaves_the_part(opcode: str, target: int) -> None:
+    """A call is a site wherever it leads (a longer new part, read at the old address,
+    overlaps the old code after it); a jump only when it leaves the part."""
     code = rel32_stream(opcode, target)
     instructions = list(X64.disasm(code, 0))
     assert sum(i.size for i in instructions) == len(code) == 20 + len(opcode) // 2
     branch = next(i for i in instructions if i.address == 8)
     assert branch.operands[0].imm == target
     field = 8 + len(opcode) // 2
-    expected = [] if 0 <= target < len(code) else [(field, Fixup.X64_REL32)]
+    internal = 0 <= target < len(code) and opcode != "e8"
+    expected = [] if internal else [(field, Fixup.X64_REL32)]
     assert predict_x64(code) == expected == capstone_x64_sites(code, instructions)
 
 
@@ -322,9 +326,11 @@ OUTSIDE = (-0x4000, -4, PART_SIZE, 0x4000)
 def test_an_arm64_branch_or_literal_is_a_site_only_when_it_leaves_the_part(
     source: str, target: int
 ) -> None:
+    """BL, like an x64 call, is a site wherever it leads."""
     word = arm64(source.format(hex(ARM64_BASE + target)), AT)
     assert capstone_arm64_target(word, AT)[1] == target
-    expected = [] if target in INSIDE else [(AT, BRANCHES[source])]
+    internal = target in INSIDE and not source.startswith("bl ")
+    expected = [] if internal else [(AT, BRANCHES[source])]
     assert predict_arm64(in_part(word)) == expected
 
 
@@ -417,7 +423,7 @@ def capstone_arm64_site(word: bytes, at: int, size: int) -> Fixup | bool | None:
         kind = kinds.get(mnemonic)
     if kind is not None:
         target = capstone_arm64_target(word, at)[1]
-        return None if 0 <= target < size else kind
+        return None if 0 <= target < size and mnemonic != "bl" else kind
     if mnemonic in ("add", "mov", "prfm") or mnemonic.startswith(("ldr", "str")):
         return True
     return None
