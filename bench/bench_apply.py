@@ -90,7 +90,9 @@ def synthetic_package(image: PEImage, count: int) -> Package:
     return Package(
         machine=machine,
         baseline=baseline,
-        servicing=Servicing(1, None, "synthetic benchmark package", "", "bench", baseline),
+        servicing=Servicing(
+            1, None, "synthetic benchmark package", "", "bench", baseline.mapped_sha256[:8]
+        ),
         prerequisites=(
             (Prerequisite.MACHINE, int(machine)),
             (Prerequisite.BASELINE, 0),

@@ -330,8 +330,7 @@ def _print_package(document: dict[str, Any]) -> None:
         f"0x{baseline['time_date_stamp']:08x}  CheckSum 0x{baseline['checksum']:08x}  "
         f"SizeOfImage 0x{baseline['size_of_image']:x}\n"
         f"  mapped sha256 {baseline['mapped_sha256']}\n"
-        f"target   TimeDateStamp 0x{document['target']['time_date_stamp']:08x}  "
-        f"mapped sha256 {document['target']['mapped_sha256']}"
+        f"target   mapped sha256 {document['target']['mapped_sha256_prefix']}..."
     )
     supersedes = servicing["supersedes"]
     console.print(

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from hpatch.errors import HPatchError
 from hpatch.image import load_image
-from hpatch.package import baseline_of, decode_package, target_of
+from hpatch.package import baseline_of, decode_package, target_digest
 
 if TYPE_CHECKING:  # the emulator (Unicorn) loads only when ``verify`` runs
     from hpatch.verify import VerifyReport
@@ -94,11 +94,11 @@ def verify_command(
     data = _read_package_file(package_path)
     package = decode_package(data)
     old, new = load_image(old_path), load_image(new_path)
-    target = package.servicing.target
-    if target.mapped_sha256 != target_of(new).mapped_sha256:
+    target = package.servicing.target_sha256
+    if target != target_digest(new):
         raise HPatchError(
-            f"{new_path} is not the build the package installs (it installs "
-            f"{target.file_name} with mapped SHA-256 {target.mapped_sha256.hex()[:16]}...)"
+            f"{new_path} is not the build the package installs (it installs the image whose "
+            f"mapped SHA-256 begins {target.hex()})"
         )
     report = verify_package(diff_images(old, new), package, inputs=inputs)
     document = {

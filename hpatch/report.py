@@ -193,7 +193,7 @@ def package_document(package: Package, data: bytes, check: SignatureCheck | None
         "size": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "baseline": _baseline_dict(package.baseline),
-        "target": _baseline_dict(servicing.target),
+        "target": {"mapped_sha256_prefix": servicing.target_sha256.hex()},
         "servicing": {
             "sequence": servicing.sequence,
             "supersedes": list(servicing.supersedes) if servicing.supersedes else None,

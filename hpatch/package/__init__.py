@@ -11,7 +11,7 @@ from hpatch.package.build import (
     PackageBlocked,
     baseline_of,
     build_package,
-    target_of,
+    target_digest,
 )
 from hpatch.package.format import decode_package, encode_package, resolve_blobs
 from hpatch.package.model import Package
@@ -25,5 +25,5 @@ __all__ = [
     "decode_package",
     "encode_package",
     "resolve_blobs",
-    "target_of",
+    "target_digest",
 ]

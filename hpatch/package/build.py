@@ -11,7 +11,7 @@ import bisect
 import hashlib
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 
 from hpatch import __version__
@@ -106,10 +106,9 @@ def baseline_of(image: PEImage) -> Baseline:
     )
 
 
-def target_of(image: PEImage) -> Baseline:
-    """The target record of a package that installs ``image``."""
-    record = baseline_of(image)
-    return replace(record, mapped_sha256=record.mapped_sha256[:TARGET_DIGEST_SIZE])
+def target_digest(image: PEImage) -> bytes:
+    """How a package that installs ``image`` names it (Servicing.target_sha256)."""
+    return bytes.fromhex(image.identity.mapped_sha256)[:TARGET_DIGEST_SIZE]
 
 
 @dataclass(frozen=True, slots=True)
@@ -806,7 +805,7 @@ class _Builder:
                 description=options.description,
                 advisory=options.advisory,
                 tool_version=__version__,
-                target=target_of(self.new),
+                target_sha256=target_digest(self.new),
             ),
             prerequisites=tuple(prerequisites),
             region_size=size,
@@ -865,4 +864,4 @@ def _dictionary_hints(old: PEImage, package: Package) -> tuple[tuple[int, int], 
     return tuple(chosen)
 
 
-__all__ = ["BuildOptions", "PackageBlocked", "baseline_of", "build_package", "target_of"]
+__all__ = ["BuildOptions", "PackageBlocked", "baseline_of", "build_package", "target_digest"]

@@ -64,8 +64,8 @@ from hpatch.package.model import (
 )
 from hpatch.package.site_prediction import predict_arm64, predict_x64
 
-MAGIC = b"\x89HPK\r\n\x1a\n"
-HEADER = struct.Struct("<8sHB")  # magic, version, flags
+MAGIC = b"\x89HPK"
+HEADER = struct.Struct("<4sBB")  # magic, version, flags
 DIGEST_SIZE = 32
 KEY_ID_SIZE = 8
 SIGNATURE_SIZE = 64
@@ -97,8 +97,6 @@ _HEAD_STATUS = 0x03
 _HEAD_STRATEGY = 0x1C
 _ENTRY_AT_NEW_RVA = 0x20  # the entry part starts at the function's new RVA
 _ONE_PART = 0x40
-# target record: which fields equal the baseline's
-_SAME_NAME, _SAME_SIZE, _SAME_CHECKSUM, _SAME_BASE = 0x1, 0x2, 0x4, 0x8
 _SUPERSEDES = 0x1
 _MACHINE_TAGS = {Machine.AMD64: 0x100, Machine.ARM64: 0x200}
 _TABLE_ENTRY = {Machine.AMD64: 12, Machine.ARM64: 8}
@@ -320,54 +318,31 @@ def _read_scaled(data: _Reader, bits: int, limit: int) -> int:
     return value
 
 
-def _write_identity(out: _Writer, record: Baseline, reference: Baseline | None) -> None:
-    same = 0
-    if reference is not None:
-        same = (
-            (_SAME_NAME if record.file_name == reference.file_name else 0)
-            | (_SAME_SIZE if record.size_of_image == reference.size_of_image else 0)
-            | (_SAME_CHECKSUM if record.checksum == reference.checksum else 0)
-            | (_SAME_BASE if record.image_base == reference.image_base else 0)
-        )
-        out.u8(same)
-    if not same & _SAME_NAME:
-        out.string(record.file_name)
+def _write_identity(out: _Writer, record: Baseline) -> None:
+    out.string(record.file_name)
     out.u32(record.time_date_stamp)
-    if not same & _SAME_SIZE:
-        _write_scaled(out, record.size_of_image, 12)
-    if not same & _SAME_CHECKSUM:
-        out.uv(record.checksum)
-    if not same & _SAME_BASE:
-        _write_scaled(out, record.image_base, 16)
+    _write_scaled(out, record.size_of_image, 12)
+    out.uv(record.checksum)
+    _write_scaled(out, record.image_base, 16)
     out.raw(record.mapped_sha256)
 
 
-def _read_identity(data: _Reader, machine: Machine, reference: Baseline | None) -> Baseline:
-    same = data.u8() if reference is not None else 0
-    if same & ~(_SAME_NAME | _SAME_SIZE | _SAME_CHECKSUM | _SAME_BASE):
-        raise PackageFormatError("metadata: unknown target record flags")
-    name = reference.file_name if reference and same & _SAME_NAME else data.string("file name")
+def _read_identity(data: _Reader, machine: Machine) -> Baseline:
+    name = data.string("file name")
     stamp = data.u32()
-    size = (
-        reference.size_of_image
-        if reference and same & _SAME_SIZE
-        else _read_scaled(data, 12, 1 << 32)
-    )
-    checksum = reference.checksum if reference and same & _SAME_CHECKSUM else data.uv(1 << 32)
-    base = (
-        reference.image_base if reference and same & _SAME_BASE else _read_scaled(data, 16, 1 << 64)
-    )
-    digest = data.take(DIGEST_SIZE if reference is None else TARGET_DIGEST_SIZE)
-    return Baseline(name, machine, stamp, size, checksum, base, digest)
+    size = _read_scaled(data, 12, 1 << 32)
+    checksum = data.uv(1 << 32)
+    base = _read_scaled(data, 16, 1 << 64)
+    return Baseline(name, machine, stamp, size, checksum, base, data.take(DIGEST_SIZE))
 
 
 def _metadata(package: Package, dictionary: tuple[tuple[int, int], ...], extents: bool) -> bytes:
     """The metadata section: everything but the region stream, canonical."""
     out = _Writer()
     out.u8(_MACHINE_TAGS[package.machine] >> 8)
-    _write_identity(out, package.baseline, None)
+    _write_identity(out, package.baseline)
     servicing = package.servicing
-    _write_identity(out, servicing.target, package.baseline)
+    out.raw(servicing.target_sha256)
     out.uv(servicing.sequence)
     out.uv(_SUPERSEDES if servicing.supersedes is not None else 0)
     if servicing.supersedes is not None:
@@ -485,8 +460,8 @@ def _read_metadata(data: bytes, flags: int) -> tuple[Package, tuple[tuple[int, i
     machine = next((m for m, tag in _MACHINE_TAGS.items() if tag >> 8 == code), None)
     if machine is None:
         raise PackageFormatError(f"unknown machine code {code}")
-    baseline = _read_identity(meta, machine, None)
-    target = _read_identity(meta, machine, baseline)
+    baseline = _read_identity(meta, machine)
+    target = meta.take(TARGET_DIGEST_SIZE)
     sequence = meta.uv(1 << 32)
     service_flags = meta.uv()
     if service_flags & ~_SUPERSEDES:
@@ -1519,17 +1494,17 @@ def validate_package(package: Package) -> None:
         _fail(f"machine {machine!r} is not supported")
     if package.version != FORMAT_VERSION:
         _fail(f"format version {package.version} is not {FORMAT_VERSION}")
-    if package.baseline.machine != machine or package.servicing.target.machine != machine:
+    baseline = package.baseline
+    if baseline.machine != machine:
         _fail("the baseline's machine differs from the package's")
-    if len(package.baseline.mapped_sha256) != DIGEST_SIZE:
+    if len(baseline.mapped_sha256) != DIGEST_SIZE:
         _fail(f"the baseline's image digest is not {DIGEST_SIZE} bytes")
-    if len(package.servicing.target.mapped_sha256) != TARGET_DIGEST_SIZE:
+    if len(package.servicing.target_sha256) != TARGET_DIGEST_SIZE:
         _fail(f"the target's image digest is not {TARGET_DIGEST_SIZE} bytes")
-    for layout in (package.baseline, package.servicing.target):
-        if not 0 <= layout.time_date_stamp <= 0xFFFFFFFF or not (
-            0 <= layout.checksum <= 0xFFFFFFFF and 0 < layout.size_of_image <= 0xFFFFFFFF
-        ):
-            _fail("an image identity field is out of range")
+    if not 0 <= baseline.time_date_stamp <= 0xFFFFFFFF or not (
+        0 <= baseline.checksum <= 0xFFFFFFFF and 0 < baseline.size_of_image <= 0xFFFFFFFF
+    ):
+        _fail("an image identity field is out of range")
     if package.signature is not None and (
         len(package.signature.key_id) != KEY_ID_SIZE
         or len(package.signature.signature) != SIGNATURE_SIZE

@@ -20,9 +20,9 @@ from hpatch.arch import Machine
 from hpatch.arch.rewrite import Fixup, Redirect
 
 FORMAT_VERSION = 3
-#: A target record keeps this many leading bytes of its image's mapped SHA-256: it
-#: names the build a package installs (``hpatch verify`` checks it), it guards nothing.
-TARGET_DIGEST_SIZE = 16
+#: A package names the build it installs by this many leading bytes of that image's
+#: mapped SHA-256 (``hpatch verify`` checks it): an identifier, not a guard.
+TARGET_DIGEST_SIZE = 8
 NO_RVA = 0xFFFFFFFF
 #: The target of a fixup of an unresolved package (its value is coded against the baseline).
 UNRESOLVED = -1
@@ -69,8 +69,7 @@ class FunctionStatus(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Baseline:
-    """The one image a package applies to (or, as a package's target, the build it
-    installs: then ``mapped_sha256`` holds the digest's first TARGET_DIGEST_SIZE bytes)."""
+    """The one image a package applies to."""
 
     file_name: str
     machine: Machine
@@ -90,8 +89,9 @@ class Servicing:
     description: str
     advisory: str
     tool_version: str
-    #: The build the package turns the baseline into.
-    target: Baseline
+    #: The build the package turns the baseline into: the first TARGET_DIGEST_SIZE
+    #: bytes of its mapped image's SHA-256.
+    target_sha256: bytes
 
 
 @dataclass(frozen=True, slots=True)

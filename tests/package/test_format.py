@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import struct
 from dataclasses import replace
 
 import pytest
@@ -21,6 +20,7 @@ from hpatch.package import build_package, decode_package, encode_package, lzma2,
 from hpatch.package.format import (
     DIGEST_SIZE,
     HEADER,
+    MAGIC,
     MAX_METADATA,
     _parts_without_records,
     _predictions,
@@ -79,8 +79,8 @@ def test_a_package_carries_exactly_the_changed_functions(case: tuple[str, str, s
         original = diff.old.read(redirect.old_rva + start, length)
         assert redirect.original_sha256 == hashlib.sha256(original).digest()
     assert package.baseline.mapped_sha256.hex() == diff.old.identity.mapped_sha256
-    target_digest = bytes.fromhex(diff.new.identity.mapped_sha256)[:TARGET_DIGEST_SIZE]
-    assert package.servicing.target.mapped_sha256 == target_digest
+    new_digest = bytes.fromhex(diff.new.identity.mapped_sha256)
+    assert package.servicing.target_sha256 == new_digest[:TARGET_DIGEST_SIZE]
     assert (package.servicing.sequence, package.servicing.supersedes) == (2, (1, 1))
     # the package is small next to the image it patches, and every target is predicted
     assert len(sample_package(*case)) < diff.new.identity.file_size / 10
@@ -347,11 +347,11 @@ def test_varints_round_trip() -> None:
 def test_unknown_versions_and_flags_are_refused() -> None:
     for version in (FORMAT_VERSION - 1, FORMAT_VERSION + 1):  # an older one is coded otherwise
         data = bytearray(_unsigned())
-        struct.pack_into("<H", data, 8, version)
+        data[len(MAGIC)] = version
         with pytest.raises(PackageFormatError, match=f"format version {version}"):
             decode_package(_reseal(data))
     data = bytearray(_unsigned())
-    data[10] = 0x80
+    data[len(MAGIC) + 1] = 0x80
     with pytest.raises(PackageFormatError, match="flags"):
         decode_package(_reseal(data))
 
