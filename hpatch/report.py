@@ -214,11 +214,11 @@ def package_document(package: Package, data: bytes, check: SignatureCheck | None
         },
         "functions": functions,
         "imports": [
-            {
-                "dll": i.dll,
-                "name": i.name or None,
-                "ordinal": i.ordinal if not i.name else None,
+            {  # the file lists the slot; the baseline names it (null without it)
                 "old_iat_rva": i.old_iat_rva,
+                "dll": i.dll or None,
+                "name": i.name or None,
+                "ordinal": i.ordinal if i.dll and not i.name else None,
             }
             for i in package.imports
         ],
