@@ -1,17 +1,19 @@
 """Package sizes next to the full new binary (zstd) and a bsdiff4 delta of the same pair.
 
-    python bench/bench_package.py
+    python bench/bench_package.py [--extra DIR]
 
 For every sample pair of every build (stripped images) and every real-world corpus
-pair: the size of the hpatch package (unsigned; a signature adds 72 bytes), and of its
-two compressed streams (metadata, and the region coded against the baseline; the other
-43 bytes are header and SHA-256), of the new binary compressed with zstd (level 19),
+pair (with ``--extra DIR``, also those fetched into DIR from bench/realworld-pairs.tsv):
+the size of the hpatch package (unsigned; a signature adds 72 bytes), and of its two
+compressed streams (metadata, and the region coded against the baseline; the other
+38 bytes are header and SHA-256), of the new binary compressed with zstd (level 19),
 and of a bsdiff4 delta from the old to the new binary. Blocked pairs (not
 hotpatchable) show their first blocker instead of a package size.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import bsdiff4
@@ -19,6 +21,7 @@ import zstandard
 from corpus import corpus_pairs
 
 from hpatch.diff import diff_images
+from hpatch.errors import NotHotpatchable
 from hpatch.image import load_image
 from hpatch.package import PackageBlocked, build_package, encode_package
 from hpatch.package.format import DIGEST_SIZE, HEADER
@@ -52,6 +55,8 @@ def package_size(old: Path, new: Path) -> tuple[int | None, str]:
         package = build_package(result)
     except PackageBlocked as blocked:
         return None, f"refused: {blocked.blockers[0].reason[:60]} ({len(blocked.blockers)})"
+    except NotHotpatchable as nothing:
+        return None, str(nothing).split(":")[0]
     size = len(encode_package(package))
     assert package.coding is not None
     region = len(package.coding.region_stream)
@@ -59,13 +64,21 @@ def package_size(old: Path, new: Path) -> tuple[int | None, str]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--extra", type=Path, help="a corpus fetched from bench/realworld-pairs.tsv"
+    )
+    arguments = parser.parse_args()
+    pairs = sample_pairs() + corpus_pairs()
+    if arguments.extra is not None:
+        pairs += corpus_pairs(arguments.extra)
     compressor = zstandard.ZstdCompressor(level=19)
     print(
         "| pair | new binary | zstd(new) | bsdiff4 delta | hpatch package "
         "| metadata + region | package / bsdiff4 |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, old, new in sample_pairs() + corpus_pairs():
+    for name, old, new in pairs:
         old_bytes, new_bytes = old.read_bytes(), new.read_bytes()
         delta = len(bsdiff4.diff(old_bytes, new_bytes))
         packed = len(compressor.compress(new_bytes))
