@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 from typing import Any
 
@@ -151,13 +150,9 @@ def package_document(package: Package, data: bytes, check: SignatureCheck | None
     """
     servicing = package.servicing
     redirects = {r.target_offset: r for r in package.redirects}
-    fixup_offsets = [f.offset for f in package.fixups]
+    counts = package.fixup_counts  # what the metadata states, resolved or not
     functions = []
-    for function in package.functions:
-        count = 0
-        for part in function.parts:
-            low = bisect.bisect_left(fixup_offsets, part.offset)
-            count += bisect.bisect_left(fixup_offsets, part.offset + part.size) - low
+    for function, count in zip(package.functions, counts.functions, strict=True):
         redirect = redirects.get(function.entry_offset)
         functions.append(
             {
@@ -225,7 +220,7 @@ def package_document(package: Package, data: bytes, check: SignatureCheck | None
         "data": [
             {"offset": b.offset, "size": b.size} for b in package.blobs if b.kind == BlobKind.RODATA
         ],
-        "fixups": len(package.fixups),
+        "fixups": counts.total,
         "unwind_records": len(package.unwind),
         "signature": signature,
     }

@@ -10,6 +10,7 @@ import pytest
 from hpatch.package import decode_package
 
 from ..conftest import SAMPLES
+from ..diff.samples import sample_diff
 from ..test_cli import run
 from .packages import OPTIONS, sample_package
 
@@ -94,7 +95,23 @@ def test_inspect_report_and_json(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert document["machine"] == "ARM64"
     assert document["baseline"]["mapped_sha256"] == package.baseline.mapped_sha256.hex()
     assert [f["new_rva"] for f in document["functions"]] == [f.new_rva for f in package.functions]
-    assert sum(f["fixups"] for f in document["functions"]) <= document["fixups"]
+    # fixup counts without the image are those of the resolved package, function by function
+    resolved = decode_package(path.read_bytes(), sample_diff("arm64-clang", "v1", "v3").old.mapped)
+    per_function = [
+        sum(
+            1
+            for fixup in resolved.fixups
+            for part in function.parts
+            if part.offset <= fixup.offset < part.offset + part.size
+        )
+        for function in resolved.functions
+    ]
+    assert [f["fixups"] for f in document["functions"]] == per_function
+    assert document["fixups"] == len(resolved.fixups) > sum(per_function) > 0
+    assert [i["old_iat_rva"] for i in document["imports"]] == [
+        i.old_iat_rva for i in resolved.imports
+    ]
+    assert document["imports"] and all(i["dll"] is None for i in document["imports"])
     assert {f["redirect"] for f in document["functions"] if f["status"] == "modified"} == {
         "ARM64_B"
     }
