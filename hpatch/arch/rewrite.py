@@ -60,6 +60,17 @@ class Fixup(IntEnum):
         return 8 if self in (Fixup.X64_ADDR64, Fixup.ARM64_ADDR64) else 4
 
 
+#: X64_REL32 + n, by n: the instruction bytes that follow a rel32 field.
+X64_REL32_BY_TRAILER = (
+    Fixup.X64_REL32,
+    Fixup.X64_REL32_1,
+    Fixup.X64_REL32_2,
+    Fixup.X64_REL32_3,
+    Fixup.X64_REL32_4,
+    Fixup.X64_REL32_5,
+)
+
+
 class FixupRecord(NamedTuple):
     """One fixup as the native core applies it: write the field at ``offset`` of the
     buffer so that it reaches ``target_va``. A tuple: batches hold a million of them."""

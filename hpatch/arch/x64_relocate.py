@@ -15,16 +15,7 @@ from capstone import x86_const
 
 from hpatch._fallback import _LOOPS, _displacement_size, _loads_image_base, _x64_decoder
 from hpatch.arch.relocate import CodeFixup, RelocationError
-from hpatch.arch.rewrite import Fixup
-
-_REL32_BY_TRAILER = (
-    Fixup.X64_REL32,
-    Fixup.X64_REL32_1,
-    Fixup.X64_REL32_2,
-    Fixup.X64_REL32_3,
-    Fixup.X64_REL32_4,
-    Fixup.X64_REL32_5,
-)
+from hpatch.arch.rewrite import X64_REL32_BY_TRAILER, Fixup
 
 
 def x64_code_fixups(
@@ -125,10 +116,10 @@ class _Scan:
             if self.lo <= target < self.hi:
                 return
             trailer = position - (disp_rva + 4)
-            if disp_size != 4 or not 0 <= trailer < len(_REL32_BY_TRAILER):
+            if disp_size != 4 or not 0 <= trailer < len(X64_REL32_BY_TRAILER):
                 raise RelocationError(f"unexpected RIP-relative form at 0x{insn.address:x}")
             self.fixups.append(
-                CodeFixup(disp_rva, _REL32_BY_TRAILER[trailer], target, insn.address)
+                CodeFixup(disp_rva, X64_REL32_BY_TRAILER[trailer], target, insn.address)
             )
         elif operand.mem.base in self.base_registers and disp_size == 4:
             self.fixups.append(

@@ -19,7 +19,7 @@ part. They never raise: any bytes at all are decoded somehow.
 
 from __future__ import annotations
 
-from hpatch.arch.rewrite import Fixup
+from hpatch.arch.rewrite import X64_REL32_BY_TRAILER, Fixup
 
 # x64 one-byte opcode map, 64-bit mode: per opcode, how its operands extend it.
 _M = 0x10  # a ModRM byte follows
@@ -177,16 +177,6 @@ def _x64_instruction(code: bytes, at: int) -> tuple[int, int, int]:
     return at - start, -1, rip
 
 
-_REL32_BY_TAIL = (
-    Fixup.X64_REL32,
-    Fixup.X64_REL32_1,
-    Fixup.X64_REL32_2,
-    Fixup.X64_REL32_3,
-    Fixup.X64_REL32_4,
-    Fixup.X64_REL32_5,
-)
-
-
 def predict_x64(code: bytes) -> list[tuple[int, Fixup]]:
     """Fixup sites of an x64 part: a linear sweep from its first byte; every rel32 call,
     a rel32 jump whose target lies outside the part, and every RIP-relative
@@ -205,8 +195,8 @@ def predict_x64(code: bytes) -> list[tuple[int, Fixup]]:
             target = end + int.from_bytes(padded[field : field + 4], "little", signed=True)
             if padded[field - 1] == 0xE8 or not 0 <= target < size:
                 sites.append((field, Fixup.X64_REL32))
-        elif rip >= 0 and end - (at + rip + 4) < len(_REL32_BY_TAIL):
-            sites.append((at + rip, _REL32_BY_TAIL[end - (at + rip + 4)]))
+        elif rip >= 0 and end - (at + rip + 4) < len(X64_REL32_BY_TRAILER):
+            sites.append((at + rip, X64_REL32_BY_TRAILER[end - (at + rip + 4)]))
         at = end
     return sites
 
