@@ -778,7 +778,11 @@ def _field_reader(package: Package) -> Callable[[int, int], bytes]:
     blob_starts = [b.offset for b in package.blobs]
 
     def field(offset: int, size: int) -> bytes:
-        blob = package.blobs[bisect.bisect_right(blob_starts, offset) - 1]
+        """Up to ``size`` bytes from ``offset`` within the blob holding it; none if none."""
+        index = bisect.bisect_right(blob_starts, offset) - 1
+        if index < 0 or offset >= blob_starts[index] + package.blobs[index].size:
+            return b""
+        blob = package.blobs[index]
         return blob.data[offset - blob.offset : offset - blob.offset + size]
 
     return field
@@ -830,14 +834,12 @@ def _unwind_data_fields(package: Package) -> set[int]:
     return {record.table_offset + at for record in package.unwind}
 
 
-def _unwind_data_size(package: Package, offset: int) -> int:
-    """Bytes of the unwind data at region ``offset`` up to its handler's RVA, from its
-    header (language-specific data has no size there); 0 if no blob holds it."""
-    blob = next((b for b in package.blobs if b.offset <= offset < b.offset + b.size), None)
-    if blob is None or len(blob.data) < offset - blob.offset + 8:
+def _unwind_data_size(machine: Machine, header: bytes) -> int:
+    """Bytes of the unwind data whose first 8 bytes are ``header``, up to its handler's
+    RVA (language-specific data has no size there); 0 when there are not 8."""
+    if len(header) < 8:
         return 0
-    header = blob.data[offset - blob.offset : offset - blob.offset + 8]
-    if package.machine == Machine.AMD64:
+    if machine == Machine.AMD64:
         flags, codes = header[0] >> 3, header[2]
         size = 4 + 2 * ((codes + 1) & ~1)
         return size + (12 if flags & 4 else 4 if flags & 3 else 0)
@@ -857,6 +859,7 @@ def _walk_predictions(package: Package, actual: Callable[[int, int], int]) -> li
     placement (needs resolved blobs). ``actual(index, predicted)`` is the fixup's target,
     on which the next unwind data field's prediction builds."""
     placement = _Placement(package)
+    field = _field_reader(package)
     given = _table_targets(package)
     chained = _unwind_data_fields(package)
     unwind_blobs = [b.offset for b in package.blobs if b.kind == BlobKind.UNWIND]
@@ -874,7 +877,8 @@ def _walk_predictions(package: Package, actual: Callable[[int, int], int]) -> li
         predictions.append(predicted)
         target = actual(index, predicted)
         if region and fixup.offset in chained:
-            following = (target + _unwind_data_size(package, target) + 3) & ~3
+            header = field(target, 8)
+            following = (target + _unwind_data_size(package.machine, header) + 3) & ~3
     return predictions
 
 
