@@ -1,19 +1,21 @@
-"""The ``.hpk`` byte format, version 2: ``encode_package``, the defensive
+"""The ``.hpk`` byte format, version 3: ``encode_package``, the defensive
 ``decode_package``, and ``resolve_blobs``.
 
 The layout is specified in docs/FORMAT.md. The body is two LZMA2 streams: the
-*metadata* (identity, servicing, prerequisites, layout, functions, imports, fixup sites
-and kinds, redirect strategies, unwind records) and the *region stream* (the bytes of
-every blob, then one number per fixup from which its target follows), which is coded
-against a *dictionary* of baseline bytes: the old code of the functions the package
-replaces, and baseline ranges the metadata lists. The metadata pins the baseline's
-mapped image by its SHA-256, so an applier always holds the dictionary.
+*metadata* (identity, servicing, prerequisites, layout, functions and their fixup
+counts, import slots, redirect strategies, unwind records) and the *region stream*
+(the bytes of every blob, a mark for each fixup site the code predicts, the fixups no
+rule predicts, then one number per fixup from which its target follows), which is
+coded against a *dictionary* of baseline bytes: the old code of the functions the
+package replaces, and baseline ranges the metadata lists. The metadata pins the
+baseline's mapped image by its SHA-256, so an applier always holds the dictionary.
 
 Without the baseline a package decodes *unresolved* (see model.py): everything
-``hpatch inspect`` shows is there, but blobs know only their size, fixup targets are
-``UNRESOLVED`` and redirect digests are empty. ``decode_package(data, baseline)`` or
-``resolve_blobs(package, baseline)`` (``baseline``: the baseline's mapped image,
-``PEImage.mapped``) completes it, after checking the baseline is the package's.
+``hpatch inspect`` shows is there, but blobs know only their size, the fixups only
+their counts, imports only their slots, and redirect digests are empty.
+``decode_package(data, baseline)`` or ``resolve_blobs(package, baseline)``
+(``baseline``: the baseline's mapped image, ``PEImage.mapped``) completes it, after
+checking the baseline is the package's.
 
 Encoding is canonical: the decoder checks that the metadata is the one encoding of
 what it says, and a package keeps its compressed streams (``Package.coding``), so
