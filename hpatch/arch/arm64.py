@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 import capstone
 
 from hpatch._backend import core
-from hpatch.arch.arm64_relocate import arm64_code_fixups
+from hpatch.arch.arm64_relocate import arm64_code_fixups, direct_branch
 from hpatch.arch.base import (
     Arch,
     CodeSite,
@@ -41,16 +41,10 @@ def _is_trap_or_padding(word: int) -> bool:
 
 def _branch(word: int, rva: int) -> tuple[int | None, bool]:
     """(in-function target or None, stops fall-through) for a control-flow word."""
-    if (word & 0x7C000000) == 0x14000000:  # B / BL imm26
-        target = rva + 4 * _sign_extend(word & 0x03FFFFFF, 26)
-        is_call = bool(word & 0x80000000)
-        return (None if is_call else target), not is_call
-    if (word & 0xFF000010) == 0x54000000:  # B.cond imm19
-        return rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19), False
-    if (word & 0x7E000000) == 0x34000000:  # CBZ / CBNZ imm19
-        return rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19), False
-    if (word & 0x7E000000) == 0x36000000:  # TBZ / TBNZ imm14
-        return rva + 4 * _sign_extend((word >> 5) & 0x3FFF, 14), False
+    direct = direct_branch(word, rva)
+    if direct is not None:
+        target, conditional, call = direct
+        return (None if call else target), not (conditional or call)
     if (word & 0xFE1FFC1F) == 0xD61F0000:  # BR / RET / ERET-class register branches
         opc = (word >> 21) & 0xF
         return None, opc in (0, 2)  # BR, RET (BLR continues)

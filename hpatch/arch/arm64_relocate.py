@@ -96,16 +96,26 @@ def _page_offset_kind(word: int) -> tuple[Fixup, int] | None:
     return None
 
 
+def direct_branch(word: int, rva: int) -> tuple[int, bool, bool] | None:
+    """(target, is conditional, is a call) of a B, BL, B.cond, CBZ/CBNZ or TBZ/TBNZ word
+    at ``rva``; None for any other word."""
+    if (word & 0x7C000000) == 0x14000000:  # B / BL imm26
+        call = bool(word & 0x80000000)
+        return rva + 4 * _sign_extend(word & 0x03FFFFFF, 26), False, call
+    if (word & 0xFF000010) == 0x54000000 or (word & 0x7E000000) == 0x34000000:  # imm19
+        return rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19), True, False
+    if (word & 0x7E000000) == 0x36000000:  # TBZ / TBNZ imm14
+        return rva + 4 * _sign_extend((word >> 5) & 0x3FFF, 14), True, False
+    return None
+
+
 def _branch(word: int, rva: int) -> tuple[int | None, bool, bool]:
     """(direct target, continues to the next word, is a call) of a control-flow word."""
-    if (word & 0x7C000000) == 0x14000000:
-        target = rva + 4 * _sign_extend(word & 0x03FFFFFF, 26)
-        return target, bool(word & 0x80000000), bool(word & 0x80000000)
-    if (word & 0xFF000010) == 0x54000000 or (word & 0x7E000000) == 0x34000000:
-        return rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19), True, False
-    if (word & 0x7E000000) == 0x36000000:
-        return rva + 4 * _sign_extend((word >> 5) & 0x3FFF, 14), True, False
-    return None, True, False
+    direct = direct_branch(word, rva)
+    if direct is None:
+        return None, True, False
+    target, conditional, call = direct
+    return target, conditional or call, call
 
 
 def _is_indirect_call(word: int) -> bool:
