@@ -19,6 +19,9 @@ part. They never raise: any bytes at all are decoded somehow.
 
 from __future__ import annotations
 
+from collections import deque
+
+from hpatch._fallback import _sign_extend
 from hpatch.arch.rewrite import X64_REL32_BY_TRAILER, Fixup
 
 # x64 one-byte opcode map, 64-bit mode: per opcode, how its operands extend it.
@@ -201,40 +204,36 @@ def predict_x64(code: bytes) -> list[tuple[int, Fixup]]:
     return sites
 
 
-def _sext(value: int, bits: int) -> int:
-    return value - (1 << bits) if (value >> (bits - 1)) & 1 else value
-
-
 _PAGE_PAIR_WINDOW = 8  # predicted sites an ADRP and the ADD/LDR/STR completing it lie apart
 
 
 def predict_arm64(code: bytes) -> list[tuple[int, Fixup]]:
     """Fixup sites of an ARM64 part, word by word: every BL; B, B.cond/CBZ/CBNZ/LDR
     literal, TBZ/TBNZ and ADR whose target lies outside the part; every ADRP; an ADD
-    (immediate)
-    or LDR/STR (unsigned offset) whose base is the destination of an ADRP among the
-    previous eight predicted sites."""
+    (immediate) or LDR/STR (unsigned offset) whose base is the destination of an ADRP
+    among the previous eight predicted sites."""
     count = len(code) // 4
     sites: list[tuple[int, Fixup]] = []
-    pages: list[tuple[int, int]] = []  # (index in sites, destination) of predicted ADRPs
+    # (index in sites, destination) of the predicted ADRPs still within the window
+    pages: deque[tuple[int, int]] = deque()
     for index in range(count):
         word = int.from_bytes(code[4 * index : 4 * index + 4], "little")
         offset = 4 * index
         reach = None
         kind = None
         if word & 0x7C000000 == 0x14000000:  # B, BL
-            reach, kind = 4 * _sext(word & 0x3FFFFFF, 26), Fixup.ARM64_BRANCH26
+            reach, kind = 4 * _sign_extend(word & 0x3FFFFFF, 26), Fixup.ARM64_BRANCH26
         elif (
             word & 0xFF000010 == 0x54000000  # B.cond
             or word & 0x7E000000 == 0x34000000  # CBZ, CBNZ
             or (word & 0x3B000000 == 0x18000000 and word & 0xC0000000 != 0xC0000000)  # LDR
         ):
-            reach, kind = 4 * _sext((word >> 5) & 0x7FFFF, 19), Fixup.ARM64_BRANCH19
+            reach, kind = 4 * _sign_extend((word >> 5) & 0x7FFFF, 19), Fixup.ARM64_BRANCH19
         elif word & 0x7E000000 == 0x36000000:
-            reach, kind = 4 * _sext((word >> 5) & 0x3FFF, 14), Fixup.ARM64_BRANCH14
+            reach, kind = 4 * _sign_extend((word >> 5) & 0x3FFF, 14), Fixup.ARM64_BRANCH14
         elif word & 0x9F000000 == 0x10000000:
             immediate = ((word >> 29) & 3) | (((word >> 5) & 0x7FFFF) << 2)
-            reach, kind = _sext(immediate, 21), Fixup.ARM64_REL21
+            reach, kind = _sign_extend(immediate, 21), Fixup.ARM64_REL21
         elif word & 0x9F000000 == 0x90000000:
             pages.append((len(sites), word & 31))
             sites.append((offset, Fixup.ARM64_PAGEBASE_REL21))
@@ -242,7 +241,9 @@ def predict_arm64(code: bytes) -> list[tuple[int, Fixup]]:
         elif word & 0x7FC00000 == 0x11000000 or word & 0x3B000000 == 0x39000000:
             base = (word >> 5) & 31
             recent = len(sites) - _PAGE_PAIR_WINDOW
-            if any(at >= recent and register == base for at, register in pages):
+            while pages and pages[0][0] < recent:  # sites only grow: they stay out of reach
+                pages.popleft()
+            if any(register == base for _, register in pages):
                 add = word & 0x7FC00000 == 0x11000000
                 kind = Fixup.ARM64_PAGEOFFSET_12A if add else Fixup.ARM64_PAGEOFFSET_12L
                 sites.append((offset, kind))
