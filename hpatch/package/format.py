@@ -1012,6 +1012,10 @@ def _write_gap(out: _Writer, machine: Machine, gap: int) -> None:
         out.uv(gap)
 
 
+def _read_gap(data: _Reader, machine: Machine) -> int:
+    return _read_scaled(data, 2, 1 << 32) if machine == Machine.ARM64 else data.uv(1 << 32)
+
+
 def _region_plain(package: Package) -> bytes:
     """The region stream before compression: blob bytes by offset, a mark per predicted
     fixup site, the fixups no site predicts, then every fixup's target delta."""
@@ -1051,24 +1055,28 @@ def _with_region(package: Package, plain: bytes) -> Package:
     resolved = replace(package, blobs=blobs)
     machine = package.machine
     found = []
-    for site in _predicted_sites(resolved):
+    predicted = _predicted_sites(resolved)
+    for site in predicted:
         mark = data.u8()
         if mark == _AS_PREDICTED:
             found.append(site)
         elif mark != _NOT_A_FIXUP:
             found.append(_fixup_from_code(machine, site.offset, mark))
-    sites = {site.offset for site in found}
+    sites = {site.offset for site in predicted}  # a site's fixup is its mark, never listed
     offsets = []
     previous = 0
     for _ in range(data.count(2, "unpredicted fixups")):
-        gap = _read_scaled(data, 2, 1 << 32) if machine == Machine.ARM64 else data.uv(1 << 32)
+        gap = _read_gap(data, machine)
         if offsets and not gap:
             raise PackageFormatError("region stream: two unpredicted fixups at one offset")
         previous += gap
         offsets.append(previous)
     for offset in offsets:
         if offset in sites:
-            raise PackageFormatError(f"region stream: fixup at 0x{offset:x} listed twice")
+            raise PackageFormatError(
+                f"region stream: fixup at 0x{offset:x} listed at a predicted site (its mark "
+                "says what the site holds)"
+            )
         found.append(_fixup_from_code(machine, offset, data.u8()))
     found.sort(key=lambda f: f.offset)
     listed = replace(resolved, fixups=tuple(found), stated_fixup_counts=None)

@@ -18,9 +18,13 @@ from hpatch.package.format import (
     DIGEST_SIZE,
     HEADER,
     _compress,
+    _fixup_code,
     _parts_without_records,
     _predicted_sites,
+    _predictions,
     _region_plain,
+    _write_gap,
+    _Writer,
 )
 from hpatch.package.model import BlobKind, FixupEntry, Package, TargetKind
 
@@ -47,6 +51,13 @@ def with_region_stream(data: bytes, region: bytes) -> bytes:
     """``data`` (unsigned) with its region stream replaced, resealed."""
     metadata, _ = lzma2.split(data[HEADER.size : -DIGEST_SIZE])
     return reseal(data[: HEADER.size] + metadata + region + bytes(DIGEST_SIZE))
+
+
+def with_fixup(
+    fixups: tuple[FixupEntry, ...], index: int, fixup: FixupEntry
+) -> tuple[FixupEntry, ...]:
+    """``fixups`` with the one at ``index`` replaced by ``fixup``."""
+    return (*fixups[:index], fixup, *fixups[index + 1 :])
 
 
 def code_fixups(package: Package) -> list[FixupEntry]:
@@ -82,9 +93,7 @@ def test_a_fixup_of_another_target_kind_at_a_predicted_site_round_trips(
     fixup = package.fixups[index]
     other = TargetKind.REGION if fixup.target_kind != TargetKind.REGION else TargetKind.OLD_RVA
     moved = replace(fixup, target_kind=other, target=16)
-    changed = replace(
-        package, fixups=(*package.fixups[:index], moved, *package.fixups[index + 1 :])
-    )
+    changed = replace(package, fixups=with_fixup(package.fixups, index, moved))
     assert round_trip(case, changed) == changed
 
 
@@ -118,9 +127,7 @@ def test_unwind_data_off_the_predicted_chain_round_trips(case: tuple[str, str, s
     first, second = (package.fixups[i] for i in unwind_fields[:2])
     shared = replace(second, target=first.target)
     index = unwind_fields[1]
-    changed = replace(
-        package, fixups=(*package.fixups[:index], shared, *package.fixups[index + 1 :])
-    )
+    changed = replace(package, fixups=with_fixup(package.fixups, index, shared))
     assert round_trip(case, changed) == changed
 
 
@@ -160,6 +167,38 @@ def test_a_mark_that_names_no_fixup_kind_is_refused(mark: int) -> None:
     region = _compress(bytes(plain), package.coding.dictionary_data)
     data = with_region_stream(sample_package(*case), region)
     with pytest.raises(PackageFormatError, match=r"fixup (target )?kind"):
+        decode_package(data, sample_diff(*case).old.mapped)
+
+
+def test_a_fixup_listed_at_a_predicted_site_is_refused() -> None:
+    """The site's mark says what it holds: marked empty and listed as well is not the
+    one coding of the package, even though it names the same fixups."""
+    case = CASES[0]
+    package = resolved(case)
+    assert package.coding is not None and package.coding.dictionary_data
+    predicted = _predicted_sites(package)
+    fixups = {f.offset: f for f in package.fixups}
+    moved = next(site for site in predicted if site.offset in fixups)
+    blob_bytes = sum(b.size for b in package.blobs)
+    plain = _region_plain(package)
+    marks = bytearray(plain[blob_bytes : blob_bytes + len(predicted)])
+    marks[predicted.index(moved)] = 1  # "no fixup here"
+    sites = {site.offset for site in predicted} - {moved.offset}
+    unpredicted = [f for f in package.fixups if f.offset not in sites]
+    out = _Writer()
+    out.uv(len(unpredicted))
+    previous = 0
+    for fixup in unpredicted:
+        _write_gap(out, package.machine, fixup.offset - previous)
+        previous = fixup.offset
+    for fixup in unpredicted:
+        out.u8(_fixup_code(fixup))
+    for fixup, predicted_target in zip(package.fixups, _predictions(package), strict=True):
+        out.sv(fixup.target - predicted_target)
+    coded = plain[:blob_bytes] + bytes(marks) + bytes(out.out)
+    region = _compress(coded, package.coding.dictionary_data)
+    data = with_region_stream(sample_package(*case), region)
+    with pytest.raises(PackageFormatError, match="listed at a predicted site"):
         decode_package(data, sample_diff(*case).old.mapped)
 
 
