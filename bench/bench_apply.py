@@ -30,7 +30,7 @@ from hpatch.arch.rewrite import Fixup, Redirect
 from hpatch.diff.verdict import redirect_problem
 from hpatch.emu import Process
 from hpatch.image import PEImage, load_image
-from hpatch.package.build import REGION_ALIGNMENT, REGION_REACH, baseline_of
+from hpatch.package.build import REGION_ALIGNMENT, REGION_REACH, baseline_of, target_digest
 from hpatch.package.model import (
     FORMAT_VERSION,
     Blob,
@@ -91,7 +91,7 @@ def synthetic_package(image: PEImage, count: int) -> Package:
         machine=machine,
         baseline=baseline,
         servicing=Servicing(
-            1, None, "synthetic benchmark package", "", "bench", baseline.mapped_sha256[:8]
+            1, None, "synthetic benchmark package", "", "bench", target_digest(image)
         ),
         prerequisites=(
             (Prerequisite.MACHINE, int(machine)),
