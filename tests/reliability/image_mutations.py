@@ -51,15 +51,18 @@ def _section_table(data: bytes) -> int:
     return corrupt.optional_offset(data) + optional_size
 
 
-def _directory_offset(data: bytes, index: int) -> int | None:
-    """File offset of directory ``index``'s content, or None when it is absent."""
-    rva, size = corrupt.directory(data, index)
-    if not rva or not size:
-        return None
+def _file_offset(data: bytes, rva: int) -> int | None:
+    """File offset of ``rva``, or None when no section's raw data holds it."""
     try:
         return corrupt.rva_to_offset(data, rva)
     except ValueError:
         return None
+
+
+def _directory_offset(data: bytes, index: int) -> int | None:
+    """File offset of directory ``index``'s content, or None when it is absent."""
+    rva, size = corrupt.directory(data, index)
+    return _file_offset(data, rva) if rva and size else None
 
 
 def section_table(data: bytes, rng: random.Random) -> tuple[bytearray, str]:
@@ -238,9 +241,8 @@ def imports(data: bytes, rng: random.Random) -> tuple[bytearray, str]:
         return out, "imports:thunks-are-descriptors"
     if pick == 2:
         thunks = _u32(data, first) or _u32(data, first + 16)
-        try:
-            thunk_at = corrupt.rva_to_offset(data, thunks)
-        except ValueError:
+        thunk_at = _file_offset(data, thunks)
+        if thunk_at is None:
             return out, "imports:thunk-loop"
         # A hint/name entry that points at the thunk itself, or an unterminated array.
         if rng.random() < 0.5:
@@ -256,10 +258,8 @@ def imports(data: bytes, rng: random.Random) -> tuple[bytearray, str]:
         _put(out, first + 12, value)
         return out, "imports:name"
     if pick == 4:
-        thunks = _u32(data, first) or _u32(data, first + 16)
-        try:
-            thunk_at = corrupt.rva_to_offset(data, thunks)
-        except ValueError:
+        thunk_at = _file_offset(data, _u32(data, first) or _u32(data, first + 16))
+        if thunk_at is None:
             return out, "imports:ordinal"
         _put(out, thunk_at, (1 << 63) | rng.choice((0, 1, 0xFFFF, 0x10000, 0xFFFF_FFFF)), 8)
         return out, "imports:ordinal"
