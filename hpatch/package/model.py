@@ -285,8 +285,9 @@ class Package:
 
     @property
     def fixup_counts(self) -> FixupCounts:
-        """Fixups per function and elsewhere: counted, or as stated while unresolved."""
-        if self.stated_fixup_counts is not None and not self.resolved_region:
+        """Fixups per function and elsewhere: as stated (a resolved region agrees with the
+        statement, see resolved_region), else counted."""
+        if self.stated_fixup_counts is not None:
             return self.stated_fixup_counts
         return FixupCounts.of(self.functions, self.fixups)
 
