@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
 
-from hpatch.arch import Machine
+from hpatch.arch import Arch, Machine, arch_for
 from hpatch.arch.rewrite import Fixup, Redirect
 from hpatch.errors import PackageFormatError
 from hpatch.package import lzma2
@@ -836,22 +836,16 @@ def _unwind_data_fields(package: Package) -> set[int]:
     return {record.table_offset + at for record in package.unwind}
 
 
-def _unwind_data_size(machine: Machine, header: bytes) -> int:
-    """Bytes of the unwind data whose first 8 bytes are ``header``, up to its handler's
-    RVA (language-specific data has no size there); 0 when there are not 8."""
+def _unwind_data_size(arch: Arch, header: bytes) -> int:
+    """Bytes of the unwind data whose first 8 bytes are ``header``, up to and with its
+    handler's RVA (language-specific data has no size there), as the machine's unwind
+    format sizes it; 0 when there are not 8."""
     if len(header) < 8:
         return 0
-    if machine == Machine.AMD64:
-        flags, codes = header[0] >> 3, header[2]
-        size = 4 + 2 * ((codes + 1) & ~1)
-        return size + (12 if flags & 4 else 4 if flags & 3 else 0)
-    word, extension = struct.unpack("<2I", header)
-    words, epilogs, size = word >> 27, (word >> 22) & 31, 4
-    if not words and not epilogs:
-        words, epilogs, size = (extension >> 16) & 0xFF, extension & 0xFFFF, 8
-    if not (word >> 21) & 1:
-        size += 4 * epilogs
-    return size + 4 * words + (4 if (word >> 20) & 1 else 0)
+    size, has_handler, _chained = arch.unwind_record_size(
+        lambda offset, count: header[offset : offset + count], 0
+    )
+    return size + (4 if has_handler else 0)
 
 
 def _walk_predictions(package: Package, actual: Callable[[int, int], int]) -> list[int]:
@@ -864,6 +858,7 @@ def _walk_predictions(package: Package, actual: Callable[[int, int], int]) -> li
     field = _field_reader(package)
     given = _table_targets(package)
     chained = _unwind_data_fields(package)
+    arch = arch_for(package.machine)
     unwind_blobs = [b.offset for b in package.blobs if b.kind == BlobKind.UNWIND]
     following = unwind_blobs[0] if unwind_blobs else 0
     predictions = []
@@ -879,8 +874,7 @@ def _walk_predictions(package: Package, actual: Callable[[int, int], int]) -> li
         predictions.append(predicted)
         target = actual(index, predicted)
         if region and fixup.offset in chained:
-            header = field(target, 8)
-            following = (target + _unwind_data_size(package.machine, header) + 3) & ~3
+            following = (target + _unwind_data_size(arch, field(target, 8)) + 3) & ~3
     return predictions
 
 
