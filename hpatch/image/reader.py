@@ -58,8 +58,9 @@ def _u32(data: bytes, offset: int) -> int:
     return struct.unpack_from("<I", data, offset)[0]
 
 
-def _check_headers(data: bytes) -> tuple[int, int]:
-    """Checks lief does not make for us; returns (machine, offset of the optional header)."""
+def check_headers(data: bytes) -> tuple[int, int]:
+    """Checks lief does not make for us, on a file or a mapped image (both start with
+    the headers); returns (machine, offset of the optional header)."""
     if len(data) < 0x40 or data[:2] != b"MZ":
         raise ImageFormatError("not a PE file: no MZ header")
     pe_offset = _u32(data, 0x3C)
@@ -84,7 +85,7 @@ class PEImage:
 
     def __init__(self, data: bytes, name: str) -> None:
         self.name = name
-        machine, _ = _check_headers(data)
+        machine, _ = check_headers(data)
         self.arch: Arch = arch_for(machine)
         try:
             config = lief.PE.ParserConfig()

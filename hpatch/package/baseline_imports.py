@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import struct
 
-from hpatch.errors import PackageFormatError
+from hpatch.errors import ImageFormatError, PackageFormatError, UnsupportedError
+from hpatch.image.reader import check_headers
 
-_PE32_PLUS = 0x20B
 _IMPORT_DIRECTORY = 1
 _DESCRIPTOR = struct.Struct("<5I")
 _ORDINAL_FLAG = 1 << 63
 _MAX_NAME = 4096
-
-
-def _u16(image: bytes, rva: int) -> int:
-    return int.from_bytes(image[rva : rva + 2], "little")
 
 
 def _u32(image: bytes, rva: int) -> int:
@@ -38,12 +34,12 @@ def _c_string(image: bytes, rva: int) -> str:
 
 def _import_directory(image: bytes) -> tuple[int, int]:
     """(RVA, size) of the import directory; (0, 0) when there is none."""
-    header = _u32(image, 0x3C)
-    optional = header + 24
-    if image[header : header + 4] != b"PE\0\0" or optional + 112 > len(image):
-        raise PackageFormatError("baseline imports: no PE header in the mapped image")
-    if _u16(image, optional) != _PE32_PLUS:
-        raise PackageFormatError("baseline imports: not a PE32+ image")
+    try:
+        _machine, optional = check_headers(image)
+    except (ImageFormatError, UnsupportedError) as exc:
+        raise PackageFormatError(f"baseline imports: {exc}") from None
+    if optional + 112 > len(image):
+        raise PackageFormatError("baseline imports: the optional header is cut short")
     if _u32(image, optional + 108) <= _IMPORT_DIRECTORY:
         return 0, 0
     entry = optional + 112 + 8 * _IMPORT_DIRECTORY
