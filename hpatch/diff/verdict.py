@@ -1,10 +1,11 @@
-"""Can the update be delivered as a hotpatch? Blockers, each with a kind, a place and a reason.
+"""Can the update be delivered as a hotpatch? Blockers: what blocks it, as data.
 
 Windows-style: only code (and new read-only data) can change. Writable globals that
 change layout or initial value, imports the old image cannot satisfy, changed exports,
 TLS or entry point, a changed function too small to redirect, and a reference that
-cannot be bound to the old image all block. A blocked update is an answer (it needs a
-new baseline), not an error.
+cannot be bound to the old image all block. A blocked update is an answer, not an
+error: each blocker's cause says whether the update itself needs a new baseline (a
+hazard) or hpatch cannot prove or bind it yet (a limitation).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from enum import Enum
 from hpatch.arch import SiteKind
 from hpatch.arch.rewrite import Redirect
 from hpatch.diff.classify import Correspondence, FunctionChange, Status, import_key
-from hpatch.diff.correlate import Correlator
+from hpatch.diff.correlate import Correlator, Resolution, ResolvedReference
 from hpatch.diff.match import Side
-from hpatch.image import Function, PEImage, Section
+from hpatch.image import Function, Import, PEImage, Section, Symbol
 
 _MAX_DATA_RANGES = 8
 _RANGE_JOIN = 8
@@ -29,7 +30,7 @@ _NEAR = 64
 
 
 class BlockerKind(Enum):
-    """Why an update cannot be hotpatched."""
+    """What part of the update blocks it."""
 
     WRITABLE_DATA = "writable_data"
     IMPORTS = "imports"
@@ -42,17 +43,144 @@ class BlockerKind(Enum):
     UNVALIDATED = "unvalidated"
 
 
-@dataclass(frozen=True, slots=True)
+class BlockerClass(Enum):
+    """Whose the obstacle is: the update's, or hpatch's."""
+
+    #: The update itself needs a new baseline: no hotpatch of the running image can
+    #: deliver it.
+    HAZARD = "hazard"
+    #: hpatch cannot prove or bind it yet; the update could be a hotpatch.
+    LIMITATION = "limitation"
+
+
+_HAZARD, _LIMITATION = BlockerClass.HAZARD, BlockerClass.LIMITATION
+
+
+class BlockerCause(Enum):
+    """Why exactly an update is blocked: a stable code, and the class it belongs to.
+
+    Each member is declared with its class, so a blocker's class follows from its
+    cause and the two can never disagree.
+    """
+
+    blocker_class: BlockerClass
+
+    def __new__(cls, value: str, blocker_class: BlockerClass) -> BlockerCause:
+        member = object.__new__(cls)
+        member._value_ = value
+        member.blocker_class = blocker_class
+        return member
+
+    # hazards: the update changes what a running image cannot change
+    WRITABLE_SECTION_ADDED = "writable_section_added", _HAZARD
+    WRITABLE_SECTION_REMOVED = "writable_section_removed", _HAZARD
+    WRITABLE_DATA_RESIZED = "writable_data_resized", _HAZARD
+    WRITABLE_INITIAL_VALUE = "writable_initial_value", _HAZARD
+    EXPORT_ADDED = "export_added", _HAZARD
+    EXPORT_REMOVED = "export_removed", _HAZARD
+    TLS_CHANGED = "tls_changed", _HAZARD
+    ENTRY_POINT_MOVED = "entry_point_moved", _HAZARD
+    # limitations: the imports
+    NEW_IMPORT = "new_import", _LIMITATION
+    # limitations: redirecting a changed function
+    NO_REDIRECT_ROOM = "no_redirect_room", _LIMITATION
+    BRANCH_INTO_REDIRECT = "branch_into_redirect", _LIMITATION
+    # limitations: binding a reference of the carried code to the old image
+    CODE_OUTSIDE_FUNCTION = "code_outside_function", _LIMITATION
+    UNMATCHED_FUNCTION = "unmatched_function", _LIMITATION
+    FRAGMENT_OF_UNCHANGED_FUNCTION = "fragment_of_unchanged_function", _LIMITATION
+    CARRIED_CODE_NOT_COPIED = "carried_code_not_copied", _LIMITATION
+    UNKNOWN_DATA = "unknown_data", _LIMITATION
+    PAST_OLD_SECTION = "past_old_section", _LIMITATION
+    NO_OLD_SECTION = "no_old_section", _LIMITATION
+    NEW_DATA_NOT_CARRIED = "new_data_not_carried", _LIMITATION
+    # limitations: building the package
+    FIELD_NOT_LOCATED = "field_not_located", _LIMITATION
+    RELOCATION_ERROR = "relocation_error", _LIMITATION
+    RODATA_JUMP_TABLE = "rodata_jump_table", _LIMITATION
+    SHORT_REFERENCE_OUT_OF_REACH = "short_reference_out_of_reach", _LIMITATION
+    ADRP_PAGE_SPLIT = "adrp_page_split", _LIMITATION
+    PAGE_PASSED_ON = "page_passed_on", _LIMITATION
+    NEW_DATA_TOO_LARGE = "new_data_too_large", _LIMITATION
+    NEW_DATA_POINTER_STRADDLES = "new_data_pointer_straddles", _LIMITATION
+    UNWIND_RECORD_UNBOUND = "unwind_record_unbound", _LIMITATION
+    UNWIND_HANDLER_DATA = "unwind_handler_data", _LIMITATION
+    UNWIND_HANDLER_DIFFERS = "unwind_handler_differs", _LIMITATION
+    # limitations: proving the package
+    TRANSLATION_FAILED = "translation_failed", _LIMITATION
+    EMULATION_DIVERGED = "emulation_diverged", _LIMITATION
+
+
+class Build(Enum):
+    """Which build a blocker's RVAs are in."""
+
+    OLD = "old"
+    NEW = "new"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Blocker:
-    """One reason the update needs a new baseline."""
+    """One reason the update cannot be delivered as a hotpatch, as data.
+
+    ``where`` and ``reason`` are for people; the rest is for programs. ``rva`` is the
+    site (or the start of a data range ending at ``end_rva``) in the ``build`` named.
+    """
 
     kind: BlockerKind
+    cause: BlockerCause
     where: str
     reason: str
+    #: The function the site is in (name, or sub_<rva>).
+    function: str | None = None
+    rva: int | None = None
+    end_rva: int | None = None
+    section: str | None = None
+    #: The data symbol, import (DLL!name) or export the blocker is about.
+    symbol: str | None = None
+    #: What the reference at ``rva`` names, for a reference that cannot be bound.
+    target_rva: int | None = None
+    build: Build | None = None
+
+    @property
+    def blocker_class(self) -> BlockerClass:
+        return self.cause.blocker_class
+
+
+#: How the correlator's detail of an unresolved reference begins, and its cause.
+_UNRESOLVED_DETAILS = (
+    ("new import ", BlockerCause.NEW_IMPORT),
+    ("code outside any function", BlockerCause.CODE_OUTSIDE_FUNCTION),
+    ("unmatched function", BlockerCause.UNMATCHED_FUNCTION),
+    ("a fragment of an unchanged function", BlockerCause.FRAGMENT_OF_UNCHANGED_FUNCTION),
+    ("unknown data ", BlockerCause.UNKNOWN_DATA),
+    ("past the end of the old ", BlockerCause.PAST_OLD_SECTION),
+    ("no writable ", BlockerCause.NO_OLD_SECTION),
+)
+#: Resolved, but to something the package did not copy (so the field has nowhere to go).
+_NOT_COPIED = {
+    Resolution.PATCHED_CODE: BlockerCause.CARRIED_CODE_NOT_COPIED,
+    Resolution.NEW_CONSTANT: BlockerCause.NEW_DATA_NOT_CARRIED,
+}
+
+
+def unresolved_cause(resolved: ResolvedReference) -> BlockerCause:
+    """The cause of a reference the package cannot bind to the old image."""
+    not_copied = _NOT_COPIED.get(resolved.resolution)
+    if not_copied is not None:
+        return not_copied
+    for prefix, cause in _UNRESOLVED_DETAILS:
+        if resolved.detail.startswith(prefix):
+            return cause
+    raise LookupError(f"no blocker cause for an unresolved reference to {resolved.detail!r}")
 
 
 def function_label(function: Function) -> str:
     return function.name or f"sub_{function.rva:x}"
+
+
+def import_label(imported: Import) -> str:
+    """DLL!name, or DLL!#ordinal."""
+    return f"{imported.dll}!{imported.name or f'#{imported.ordinal}'}"
 
 
 def _pointer_slots(image: PEImage, section: Section) -> dict[int, int]:
@@ -100,22 +228,29 @@ def redirect_problem(image: PEImage, function: Function, strategy: Redirect) -> 
     in the padding before it and a first instruction of at least two bytes), and no
     branch of the function may land inside the bytes it overwrites after the entry.
     """
-    return _redirect_problem(image, function, strategy, entry_room(image, function))
+    problem = _redirect_problem(image, function, strategy, entry_room(image, function))
+    return problem[1] if problem is not None else None
 
 
 def _redirect_problem(
     image: PEImage, function: Function, strategy: Redirect, room_before_first: tuple[int, int, int]
-) -> str | None:
+) -> tuple[BlockerCause, str] | None:
     start, length = strategy.span
     room, before, first = room_before_first
+    no_room = BlockerCause.NO_REDIRECT_ROOM
     if start < 0:
         if before < -start:
-            return f"needs {-start} bytes of padding before the entry, has {before}"
+            return no_room, f"needs {-start} bytes of padding before the entry, has {before}"
         if first < start + length:
-            return f"its first instruction is {first} bytes, the redirect needs {start + length}"
+            return (
+                no_room,
+                f"its first instruction is {first} bytes, the redirect needs {start + length}",
+            )
     elif start + length > room:
         return (
-            f"the {length}-byte redirect is longer than the function and its padding ({room} bytes)"
+            no_room,
+            f"the {length}-byte redirect is longer than the function and its padding ({room} "
+            "bytes)",
         )
     lo, hi = function.rva + 1, function.rva + start + length
     if hi <= lo:
@@ -136,8 +271,9 @@ def _redirect_problem(
         for site_rva, target_rva in branches:
             if site_rva in starts:
                 return (
+                    BlockerCause.BRANCH_INTO_REDIRECT,
                     f"the branch at RVA 0x{site_rva:x} lands at 0x{target_rva:x}, inside the "
-                    "bytes the redirect overwrites"
+                    "bytes the redirect overwrites",
                 )
     return None
 
@@ -149,9 +285,6 @@ class Verdict:
         self.old, self.new = old, new
         self.correspondence = correspondence
         self.blockers: list[Blocker] = []
-
-    def block(self, kind: BlockerKind, where: str, reason: str) -> None:
-        self.blockers.append(Blocker(kind, where, reason))
 
     def data_names(self, image: PEImage, rvas: list[int]) -> list[str]:
         """For each of ``rvas``: the data symbol covering it, or the functions that
@@ -183,30 +316,58 @@ class Verdict:
         ]
 
     @staticmethod
-    def symbol_name(image: PEImage, rva: int) -> str | None:
+    def data_symbol(image: PEImage, rva: int) -> Symbol | None:
         """The data symbol covering ``rva``, if the image has one."""
         symbols = [s for s in image.symbols if not s.is_function and s.rva <= rva]
         section = image.section_at(rva)
         if symbols and section is not None and section.contains(symbols[-1].rva):
-            symbol = symbols[-1]
-            return symbol.name if symbol.rva == rva else f"{symbol.name}+0x{rva - symbol.rva:x}"
+            return symbols[-1]
         return None
+
+    @classmethod
+    def symbol_name(cls, image: PEImage, rva: int) -> str | None:
+        """The data symbol covering ``rva`` (plus the offset into it), if the image has one."""
+        symbol = cls.data_symbol(image, rva)
+        if symbol is None:
+            return None
+        return symbol.name if symbol.rva == rva else f"{symbol.name}+0x{rva - symbol.rva:x}"
 
     def check_writable_data(self) -> None:
         old_image, new_image = self.old.image, self.new.image
         old_sections = {s.name: s for s in old_image.sections if s.is_writable}
         new_sections = {s.name: s for s in new_image.sections if s.is_writable}
         for name in sorted(set(old_sections) ^ set(new_sections)):
-            state = "appears" if name in new_sections else "disappears"
-            self.block(BlockerKind.WRITABLE_DATA, f"section {name}", f"writable section {state}")
+            added = name in new_sections
+            section = new_sections[name] if added else old_sections[name]
+            self.blockers.append(
+                Blocker(
+                    kind=BlockerKind.WRITABLE_DATA,
+                    cause=BlockerCause.WRITABLE_SECTION_ADDED
+                    if added
+                    else BlockerCause.WRITABLE_SECTION_REMOVED,
+                    where=f"section {name}",
+                    reason=f"writable section {'appears' if added else 'disappears'}",
+                    rva=section.rva,
+                    end_rva=section.rva + section.virtual_size,
+                    section=name,
+                    build=Build.NEW if added else Build.OLD,
+                )
+            )
         for name in sorted(set(old_sections) & set(new_sections)):
             old_section, new_section = old_sections[name], new_sections[name]
             if old_section.virtual_size != new_section.virtual_size:
-                self.block(
-                    BlockerKind.WRITABLE_DATA,
-                    f"section {name}",
-                    f"writable data changes size (0x{old_section.virtual_size:x} -> "
-                    f"0x{new_section.virtual_size:x} bytes): globals move or grow",
+                self.blockers.append(
+                    Blocker(
+                        kind=BlockerKind.WRITABLE_DATA,
+                        cause=BlockerCause.WRITABLE_DATA_RESIZED,
+                        where=f"section {name}",
+                        reason=f"writable data changes size (0x{old_section.virtual_size:x} -> "
+                        f"0x{new_section.virtual_size:x} bytes): globals move or grow",
+                        rva=old_section.rva,
+                        end_rva=old_section.rva + old_section.virtual_size,
+                        section=name,
+                        build=Build.OLD,
+                    )
                 )
             self.compare_initial_values(old_section, new_section)
 
@@ -234,19 +395,36 @@ class Verdict:
         )
         ranges = _ranges(differing)
         shown = ranges[:_MAX_DATA_RANGES]
-        names = self.data_names(self.old.image, [old_section.rva + start for start, _ in shown])
+        image, base = self.old.image, old_section.rva
+        names = self.data_names(image, [base + start for start, _ in shown])
         for (start, end), name in zip(shown, names, strict=True):
-            rva = old_section.rva + start
-            self.block(
-                BlockerKind.WRITABLE_DATA,
-                f"{old_section.name} 0x{rva:x}..0x{old_section.rva + end:x} ({name})",
-                "initial value of writable data changes; a running image keeps the old value",
+            symbol = self.data_symbol(image, base + start)
+            self.blockers.append(
+                Blocker(
+                    kind=BlockerKind.WRITABLE_DATA,
+                    cause=BlockerCause.WRITABLE_INITIAL_VALUE,
+                    where=f"{old_section.name} 0x{base + start:x}..0x{base + end:x} ({name})",
+                    reason="initial value of writable data changes; a running image keeps the "
+                    "old value",
+                    rva=base + start,
+                    end_rva=base + end,
+                    section=old_section.name,
+                    symbol=symbol.name if symbol is not None else None,
+                    build=Build.OLD,
+                )
             )
         if len(ranges) > _MAX_DATA_RANGES:
-            self.block(
-                BlockerKind.WRITABLE_DATA,
-                f"section {old_section.name}",
-                f"{len(ranges) - _MAX_DATA_RANGES} more changed ranges of writable data",
+            self.blockers.append(
+                Blocker(
+                    kind=BlockerKind.WRITABLE_DATA,
+                    cause=BlockerCause.WRITABLE_INITIAL_VALUE,
+                    where=f"section {old_section.name}",
+                    reason=f"{len(ranges) - _MAX_DATA_RANGES} more changed ranges of writable data",
+                    rva=base + ranges[_MAX_DATA_RANGES][0],
+                    end_rva=base + ranges[-1][1],
+                    section=old_section.name,
+                    build=Build.OLD,
+                )
             )
 
     def check_interfaces(self) -> None:
@@ -254,11 +432,17 @@ class Verdict:
         old_imports = {import_key(i) for i in old_image.imports}
         for imported in new_image.imports:
             if import_key(imported) not in old_imports:
-                name = imported.name or f"#{imported.ordinal}"
-                self.block(
-                    BlockerKind.IMPORTS,
-                    f"{imported.dll}!{name}",
-                    "new import: the old image has no IAT slot for it",
+                label = import_label(imported)
+                self.blockers.append(
+                    Blocker(
+                        kind=BlockerKind.IMPORTS,
+                        cause=BlockerCause.NEW_IMPORT,
+                        where=label,
+                        reason="new import: the old image has no IAT slot for it",
+                        rva=imported.iat_rva,
+                        symbol=label,
+                        build=Build.NEW,
+                    )
                 )
 
         def exported(image: PEImage) -> set[tuple[int, str | None, str | None]]:
@@ -267,15 +451,24 @@ class Verdict:
         for ordinal, name, forwarder in sorted(
             exported(old_image) ^ exported(new_image), key=lambda e: e[0]
         ):
-            state = "added" if (ordinal, name, forwarder) in exported(new_image) else "removed"
-            self.block(
-                BlockerKind.EXPORTS,
-                name or f"ordinal {ordinal}",
-                f"export {state}: exports are fixed",
+            added = (ordinal, name, forwarder) in exported(new_image)
+            self.blockers.append(
+                Blocker(
+                    kind=BlockerKind.EXPORTS,
+                    cause=BlockerCause.EXPORT_ADDED if added else BlockerCause.EXPORT_REMOVED,
+                    where=name or f"ordinal {ordinal}",
+                    reason=f"export {'added' if added else 'removed'}: exports are fixed",
+                    symbol=name or f"ordinal {ordinal}",
+                )
             )
         if old_image.tls != new_image.tls:
-            self.block(
-                BlockerKind.TLS, "TLS directory", "thread-local storage layout or callbacks change"
+            self.blockers.append(
+                Blocker(
+                    kind=BlockerKind.TLS,
+                    cause=BlockerCause.TLS_CHANGED,
+                    where="TLS directory",
+                    reason="thread-local storage layout or callbacks change",
+                )
             )
         old_entry = old_image.function_at(old_image.entry_rva) if old_image.entry_rva else None
         new_entry = new_image.function_at(new_image.entry_rva) if new_image.entry_rva else None
@@ -284,10 +477,16 @@ class Verdict:
             and new_entry is not None
             and self.correspondence.matched.get(old_entry.rva) != new_entry.rva
         ):
-            self.block(
-                BlockerKind.ENTRY_POINT,
-                "AddressOfEntryPoint",
-                "the entry point moves to another function",
+            self.blockers.append(
+                Blocker(
+                    kind=BlockerKind.ENTRY_POINT,
+                    cause=BlockerCause.ENTRY_POINT_MOVED,
+                    where="AddressOfEntryPoint",
+                    reason="the entry point moves to another function",
+                    function=function_label(new_entry) if new_entry is not None else None,
+                    rva=new_image.entry_rva or None,
+                    build=Build.NEW if new_image.entry_rva else None,
+                )
             )
 
     def check_redirects(self, changes: tuple[FunctionChange, ...]) -> None:
@@ -299,27 +498,48 @@ class Verdict:
             strategy = image.arch.redirect_strategy(room, before, first)
             if strategy is not None:
                 problem = _redirect_problem(image, change.old, strategy, (room, before, first))
-                if problem is not None:
-                    self.block(BlockerKind.TOO_SMALL, function_label(change.old), problem)
-                continue
-            self.block(
-                BlockerKind.TOO_SMALL,
-                function_label(change.old),
-                f"{room} bytes at the entry and {before} of padding before it: no room for a "
-                f"{image.arch.redirect_size}-byte redirect",
+                if problem is None:
+                    continue
+                cause, reason = problem
+            else:
+                cause, reason = (
+                    BlockerCause.NO_REDIRECT_ROOM,
+                    f"{room} bytes at the entry and {before} of padding before it: no room for "
+                    f"a {image.arch.redirect_size}-byte redirect",
+                )
+            label = function_label(change.old)
+            self.blockers.append(
+                Blocker(
+                    kind=BlockerKind.TOO_SMALL,
+                    cause=cause,
+                    where=label,
+                    reason=reason,
+                    function=label,
+                    rva=change.old.rva,
+                    build=Build.OLD,
+                )
             )
 
     def check_references(self, correlator: Correlator, changes: tuple[FunctionChange, ...]) -> None:
         for change in changes:
             if change.new is None or change.status not in (Status.MODIFIED, Status.ADDED):
                 continue
+            label = function_label(change.new)
             for resolved in correlator.unresolved(change):
-                self.block(
-                    BlockerKind.UNRESOLVED_REFERENCE,
-                    f"{function_label(change.new)} at 0x{resolved.reference.site_rva:x}",
-                    f"{resolved.reference.kind.name.lower()} reference to "
-                    f"0x{resolved.reference.target_rva:x} cannot be bound to the old image: "
-                    f"{resolved.detail}",
+                reference = resolved.reference
+                self.blockers.append(
+                    Blocker(
+                        kind=BlockerKind.UNRESOLVED_REFERENCE,
+                        cause=unresolved_cause(resolved),
+                        where=f"{label} at 0x{reference.site_rva:x}",
+                        reason=f"{reference.kind.name.lower()} reference to "
+                        f"0x{reference.target_rva:x} cannot be bound to the old image: "
+                        f"{resolved.detail}",
+                        function=label,
+                        rva=reference.site_rva,
+                        target_rva=reference.target_rva,
+                        build=Build.NEW,
+                    )
                 )
 
 
@@ -337,9 +557,14 @@ def find_blockers(
 
 __all__ = [
     "Blocker",
+    "BlockerCause",
+    "BlockerClass",
     "BlockerKind",
+    "Build",
     "entry_room",
     "find_blockers",
     "function_label",
+    "import_label",
     "redirect_problem",
+    "unresolved_cause",
 ]

@@ -21,7 +21,15 @@ from hpatch.arch.rewrite import Fixup
 from hpatch.diff.api import DiffResult
 from hpatch.diff.classify import FunctionChange, Status
 from hpatch.diff.correlate import Correlator, Resolution
-from hpatch.diff.verdict import Blocker, BlockerKind, entry_room, function_label
+from hpatch.diff.verdict import (
+    Blocker,
+    BlockerCause,
+    BlockerKind,
+    Build,
+    entry_room,
+    function_label,
+    unresolved_cause,
+)
 from hpatch.errors import NotHotpatchable
 from hpatch.image import DataKind, Function, PEImage
 from hpatch.package.format import code_region
@@ -176,8 +184,39 @@ class _Builder:
 
     # blockers -------------------------------------------------------------------------
 
-    def block(self, kind: BlockerKind, where: str, reason: str) -> None:
-        self.blockers.append(Blocker(kind, where, reason))
+    def block(
+        self,
+        kind: BlockerKind,
+        cause: BlockerCause,
+        where: str,
+        reason: str,
+        *,
+        function: str | None = None,
+        rva: int | None = None,
+        end_rva: int | None = None,
+        section: str | None = None,
+        target_rva: int | None = None,
+    ) -> None:
+        """A blocker whose places are in the new build (a redirect's alone is in the old)."""
+        self.blockers.append(
+            Blocker(
+                kind=kind,
+                cause=cause,
+                where=where,
+                reason=reason,
+                function=function,
+                rva=rva,
+                end_rva=end_rva,
+                section=section,
+                target_rva=target_rva,
+                build=Build.NEW if rva is not None else None,
+            )
+        )
+
+    def function_of(self, new_rva: int) -> str | None:
+        """The label of the new build's function holding ``new_rva``, if one does."""
+        function = self.new.function_at(new_rva)
+        return function_label(function) if function is not None else None
 
     # layout ---------------------------------------------------------------------------
 
@@ -330,9 +369,13 @@ class _Builder:
                 continue  # site and target are copied together: the bytes stay right
             self.block(
                 BlockerKind.UNRESOLVED_REFERENCE,
+                BlockerCause.FIELD_NOT_LOCATED,
                 f"{function_label(function)} at 0x{reference.site_rva:x}",
                 f"the {reference.kind.name.lower()} reference to 0x{reference.target_rva:x} has "
                 "no field hpatch can locate to rebind",
+                function=function_label(function),
+                rva=reference.site_rva,
+                target_rva=reference.target_rva,
             )
             return False
         return True
@@ -362,9 +405,13 @@ class _Builder:
             # a verbatim copy would lead into the carried code.
             self.block(
                 BlockerKind.UNRESOLVED_REFERENCE,
+                BlockerCause.RODATA_JUMP_TABLE,
                 where,
                 f"the jump table at 0x{fixup.target_rva:x} lies in read-only data; hpatch "
                 "does not rewrite such tables for carried code",
+                function=self.function_of(fixup.site_rva),
+                rva=fixup.site_rva,
+                target_rva=fixup.target_rva,
             )
             return None
         resolved = self.correlator.resolve(self.reference_of(fixup))
@@ -382,9 +429,13 @@ class _Builder:
         detail = resolved.detail or resolved.resolution.value
         self.block(
             BlockerKind.UNRESOLVED_REFERENCE,
+            unresolved_cause(resolved),
             where,
             f"the field at 0x{fixup.field_rva:x} names 0x{fixup.target_rva:x}, which cannot "
             f"be bound to the old image ({detail})",
+            function=self.function_of(fixup.site_rva),
+            rva=fixup.site_rva,
+            target_rva=fixup.target_rva,
         )
         return None
 
@@ -432,8 +483,12 @@ class _Builder:
             if end - target > _MAX_CONSTANT:
                 self.block(
                     BlockerKind.UNRESOLVED_REFERENCE,
+                    BlockerCause.NEW_DATA_TOO_LARGE,
                     f"new data at 0x{target:x}",
                     f"new read-only data of more than {_MAX_CONSTANT} bytes has no provable end",
+                    rva=target,
+                    end_rva=end,
+                    section=section.name,
                 )
                 continue
             if spans and target <= spans[-1][1]:
@@ -450,8 +505,12 @@ class _Builder:
                 if field + 8 > end:
                     self.block(
                         BlockerKind.UNRESOLVED_REFERENCE,
+                        BlockerCause.NEW_DATA_POINTER_STRADDLES,
                         f"new data at 0x{start:x}",
                         f"a pointer at 0x{field:x} straddles the end of the data copied",
+                        rva=start,
+                        end_rva=end,
+                        section=self.new.section_at(start).name,  # type: ignore[union-attr]
                     )
                     continue
                 value = int.from_bytes(self.new.read(field, 8), "little") - self.new.image_base
@@ -472,9 +531,13 @@ class _Builder:
         ):
             self.block(
                 BlockerKind.UNRESOLVED_REFERENCE,
+                BlockerCause.SHORT_REFERENCE_OUT_OF_REACH,
                 where,
                 f"the short-range {fixup.kind.name} at 0x{fixup.site_rva:x} leaves the code the "
                 "package carries and cannot be proven to reach",
+                function=self.function_of(fixup.site_rva),
+                rva=fixup.site_rva,
+                target_rva=fixup.target_rva,
             )
             return None
         self.fixups[field] = FixupEntry(field, fixup.kind, bound[0], bound[1])
@@ -491,12 +554,19 @@ class _Builder:
                 kind if kind != TargetKind.IMPORT else TargetKind.OLD_RVA for kind, _ in bounds
             }
             pages = {self._old_rva_of(kind, value) // PAGE for kind, value in bounds}
+            adrp = next(
+                (f.site_rva for f, _ in members if f.kind == Fixup.ARM64_PAGEBASE_REL21),
+                members[0][0].site_rva,
+            )
             if len(kinds) > 1 or len(pages) > 1:
                 self.block(
                     BlockerKind.UNRESOLVED_REFERENCE,
+                    BlockerCause.ADRP_PAGE_SPLIT,
                     where,
                     "an ADRP page and the offsets completing it land in different pages once "
                     "bound to the old image",
+                    function=self.function_of(adrp),
+                    rva=adrp,
                 )
                 return
             passed_on = max(fixup.passed_on for fixup, _ in members)
@@ -504,18 +574,21 @@ class _Builder:
                 continue
             # What completes the page beyond the call adds the offset the new build's
             # target has: it reaches the corresponding address only if that is unchanged.
-            adrp = next(f.site_rva for f, _ in members if f.kind == Fixup.ARM64_PAGEBASE_REL21)
             for fixup, (kind, value) in members:
                 bound = self._old_rva_of(kind, value)
                 if bound % PAGE != fixup.target_rva % PAGE:
                     self.block(
                         BlockerKind.UNRESOLVED_REFERENCE,
+                        BlockerCause.PAGE_PASSED_ON,
                         where,
                         f"the page address set at 0x{adrp:x} may be passed on at "
                         f"0x{passed_on:x}, beyond the code; its target 0x{fixup.target_rva:x} "
                         f"binds to {kind.name.lower()} 0x{bound:x}, at another page offset "
                         f"(0x{bound % PAGE:x}, not 0x{fixup.target_rva % PAGE:x}), so a "
                         "completion out of sight would miss it",
+                        function=self.function_of(adrp),
+                        rva=adrp,
+                        target_rva=fixup.target_rva,
                     )
                     return
 
@@ -536,13 +609,17 @@ class _Builder:
                 low = bisect.bisect_left(begins, part.new_rva)
                 high = bisect.bisect_left(begins, part.new_rva + part.size)
                 for entry in entries[low:high]:
-                    where = f"{function.name or f'sub_{function.new_rva:x}'} unwind"
+                    where = f"{_label(function)} unwind"
                     if entry.end_rva > part.new_rva + part.size:
                         self.block(
                             BlockerKind.UNRESOLVED_REFERENCE,
+                            BlockerCause.UNWIND_RECORD_UNBOUND,
                             where,
                             f"unwind range 0x{entry.begin_rva:x}..0x{entry.end_rva:x} runs past "
                             "the code carried",
+                            function=_label(function),
+                            rva=entry.begin_rva,
+                            end_rva=entry.end_rva,
                         )
                         continue
                     # Offsets from the part itself: where functions are carried side by
@@ -615,8 +692,11 @@ class _Builder:
         except HandlerDataError as exc:
             self.block(
                 BlockerKind.UNRESOLVED_REFERENCE,
+                BlockerCause.UNWIND_HANDLER_DATA,
                 where,
                 f"the unwind record at 0x{unwind_rva:x} {exc}",
+                function=_label(function),
+                rva=unwind_rva,
             )
             return None
         offset = self.place(self.new.read(unwind_rva, record.size), unwind_rva, 4, BlobKind.UNWIND)
@@ -632,8 +712,11 @@ class _Builder:
             if parent_copy is None or begin_offset is None or end_offset is None:
                 self.block(
                     BlockerKind.UNRESOLVED_REFERENCE,
+                    BlockerCause.UNWIND_RECORD_UNBOUND,
                     where,
                     f"the unwind record at 0x{unwind_rva:x} chains to code that is not carried",
+                    function=_label(function),
+                    rva=unwind_rva,
                 )
                 return None
             at = offset + (chained - unwind_rva)
@@ -670,10 +753,14 @@ class _Builder:
             if counterpart.handler != identity.handler:
                 self.block(
                     BlockerKind.UNRESOLVED_REFERENCE,
+                    BlockerCause.UNWIND_HANDLER_DIFFERS,
                     where,
                     f"the unwind record at 0x{record.unwind_rva:x} names "
                     f"{identity.description}, but its counterpart at 0x{bound[1]:x} in the "
                     f"old image is {counterpart.description}",
+                    function=_label(function),
+                    rva=record.unwind_rva,
+                    target_rva=target,
                 )
                 return None
             return bound
@@ -687,10 +774,14 @@ class _Builder:
                 lambda rva, end_ok: self.in_function(function, rva, end_ok=end_ok),
             )
         except HandlerDataError as exc:
+            # record_fixups refuses only fields that must lie in the function's own copy
             self.block(
                 BlockerKind.UNRESOLVED_REFERENCE,
+                BlockerCause.UNWIND_RECORD_UNBOUND,
                 where,
                 f"the unwind record at 0x{record.unwind_rva:x} {exc}",
+                function=_label(function),
+                rva=record.unwind_rva,
             )
             return False
         if fixups is None:
@@ -714,10 +805,17 @@ class _Builder:
         assert function is not None
         strategy = self.arch.redirect_strategy(*entry_room(self.old, function))
         if strategy is None:
-            self.block(
-                BlockerKind.TOO_SMALL,
-                function_label(function),
-                "no redirect form fits the function's entry",
+            # the one blocker about the old build: the function the redirect overwrites
+            self.blockers.append(
+                Blocker(
+                    kind=BlockerKind.TOO_SMALL,
+                    cause=BlockerCause.NO_REDIRECT_ROOM,
+                    where=function_label(function),
+                    reason="no redirect form fits the function's entry",
+                    function=function_label(function),
+                    rva=function.rva,
+                    build=Build.OLD,
+                )
             )
             return None
         start, length = strategy.span
@@ -741,7 +839,14 @@ class _Builder:
             try:
                 found = self.code_fixups(change)
             except RelocationError as exc:
-                self.block(BlockerKind.UNRESOLVED_REFERENCE, where, str(exc))
+                self.block(
+                    BlockerKind.UNRESOLVED_REFERENCE,
+                    BlockerCause.RELOCATION_ERROR,
+                    where,
+                    str(exc),
+                    function=where,
+                    rva=change.new.rva,
+                )
                 continue
             if self.check_against_fingerprint(change, found):
                 fixups_by_function[change.new.rva] = found
@@ -817,6 +922,10 @@ class _Builder:
             redirects=tuple(sorted(redirects, key=lambda r: r.old_rva)),
             unwind=tuple(unwind),
         )
+
+
+def _label(function: PatchFunction) -> str:
+    return function.name or f"sub_{function.new_rva:x}"
 
 
 def build_package(

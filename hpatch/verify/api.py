@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hpatch.diff import DiffResult
-from hpatch.diff.verdict import Blocker, BlockerKind
+from hpatch.diff.verdict import Blocker, BlockerCause, BlockerKind, Build
 from hpatch.package import BuildOptions, PackageBlocked, build_package
 from hpatch.package.model import NO_RVA, FunctionStatus, Package
 from hpatch.verify.counterparts import Counterparts
@@ -68,10 +68,26 @@ def validation_blockers(report: VerifyReport) -> tuple[Blocker, ...]:
     for function in report.failed:
         if function.translation != Outcome.PASSED:
             first = function.mismatches[0].describe() if function.mismatches else "no detail"
-            reason = f"translation validation failed: {first}"
+            cause, reason = (
+                BlockerCause.TRANSLATION_FAILED,
+                f"translation validation failed: {first}",
+            )
         else:
-            reason = f"differential emulation failed: {function.emulation.detail}"
-        blockers.append(Blocker(BlockerKind.UNVALIDATED, function.name, reason))
+            cause, reason = (
+                BlockerCause.EMULATION_DIVERGED,
+                f"differential emulation failed: {function.emulation.detail}",
+            )
+        blockers.append(
+            Blocker(
+                kind=BlockerKind.UNVALIDATED,
+                cause=cause,
+                where=function.name,
+                reason=reason,
+                function=function.name,
+                rva=function.new_rva,
+                build=Build.NEW,
+            )
+        )
     return tuple(blockers)
 
 
