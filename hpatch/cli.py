@@ -420,14 +420,25 @@ def _print_diff(document: dict[str, Any]) -> None:
                 f["reason"] or "",
             )
         console.print(table)
-    if document["blockers"]:
+    blockers = document["blockers"]
+    if blockers:
         table = Table(title="blockers", title_justify="left")
-        for column in ("kind", "where", "reason"):
+        for column in ("class", "cause", "where", "reason"):
             table.add_column(column)
-        for blocker in document["blockers"]:
-            table.add_row(blocker["kind"], blocker["where"], blocker["reason"])
+        for blocker in blockers:
+            table.add_row(blocker["class"], blocker["cause"], blocker["where"], blocker["reason"])
         console.print(table)
-        console.print("[bold red]not hotpatchable[/bold red]: it needs a new baseline")
+        hazards = sum(1 for b in blockers if b["class"] == "hazard")
+        limitations = len(blockers) - hazards
+        counts = (
+            f"{hazards} hazard{'s' * (hazards != 1)}, "
+            f"{limitations} limitation{'s' * (limitations != 1)}"
+        )
+        if hazards:
+            verdict = f"the update needs a new baseline ({counts})"
+        else:
+            verdict = f"hpatch cannot package it yet ({counts})"
+        console.print(f"[bold red]not hotpatchable[/bold red]: {verdict}", highlight=False)
     else:
         console.print("[bold green]hotpatchable[/bold green]")
 

@@ -11,6 +11,9 @@ from hpatch.image import Function, PEImage
 from hpatch.package.model import NO_RVA, Baseline, BlobKind, Package
 from hpatch.package.signing import SignatureCheck
 
+#: The ``hpatch diff --json`` document's schema. 2: blockers gained class, cause and
+#: their place as data (function, rva, end_rva, section, symbol, target_rva, build).
+DIFF_SCHEMA = "hpatch.diff/2"
 _STATUS_ORDER = {Status.MODIFIED: 0, Status.ADDED: 1, Status.REMOVED: 2, Status.UNCHANGED: 3}
 
 
@@ -117,6 +120,7 @@ def diff_document(result: DiffResult) -> dict[str, Any]:
         key=lambda c: (_STATUS_ORDER[c.status], (c.new or c.old).rva if (c.new or c.old) else 0),
     )
     return {
+        "schema": DIFF_SCHEMA,
         "old": identity_dict(result.old),
         "new": identity_dict(result.new),
         "summary": result.summary(),
@@ -127,8 +131,21 @@ def diff_document(result: DiffResult) -> dict[str, Any]:
 
 
 def blocker_dict(blocker: Blocker) -> dict[str, Any]:
-    """One blocker as JSON-ready data."""
-    return {"kind": blocker.kind.value, "where": blocker.where, "reason": blocker.reason}
+    """One blocker as JSON-ready data: every key always present, null where it does not apply."""
+    return {
+        "kind": blocker.kind.value,
+        "class": blocker.blocker_class.value,
+        "cause": blocker.cause.value,
+        "where": blocker.where,
+        "function": blocker.function,
+        "rva": blocker.rva,
+        "end_rva": blocker.end_rva,
+        "section": blocker.section,
+        "symbol": blocker.symbol,
+        "target_rva": blocker.target_rva,
+        "build": blocker.build.value if blocker.build is not None else None,
+        "reason": blocker.reason,
+    }
 
 
 def _baseline_dict(baseline: Baseline) -> dict[str, Any]:

@@ -64,7 +64,16 @@ def test_diff_command_json_and_exit_codes(capsys: pytest.CaptureFixture[str]) ->
     )
     document = json.loads(out)
     assert code == 0 and document["hotpatchable"] is True and document["blockers"] == []
-    assert set(document) == {"old", "new", "summary", "functions", "hotpatchable", "blockers"}
+    assert list(document) == [
+        "schema",
+        "old",
+        "new",
+        "summary",
+        "functions",
+        "hotpatchable",
+        "blockers",
+    ]
+    assert document["schema"] == "hpatch.diff/2"
     assert document["summary"]["modified"] == 3 and document["summary"]["added"] == 1
     statuses = [f["status"] for f in document["functions"]]
     assert statuses.count("unchanged") == document["summary"]["unchanged"]
