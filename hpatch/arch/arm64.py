@@ -55,6 +55,67 @@ def _branch(word: int, rva: int) -> tuple[int | None, bool]:
     return None, False
 
 
+#: How far before a table's dispatch the bounds check and the table's address may be.
+_DISPATCH_WINDOW = 16
+
+
+def _compressed_table(
+    words: Sequence[int], br: int, code_rva: int
+) -> tuple[int, int, int, int] | None:
+    """(table RVA, base RVA, entry width, entry count) of the compressed jump table
+    that the BR at ``words[br]`` dispatches through (see Arm64.dispatch_targets)."""
+    target_register = words[br] >> 5 & 0x1F
+    add = words[br - 1]
+    # ADD xD, xB, xE, LSL #2 (shifted register), or ADD xD, xB, wE, UXTW #2.
+    if add & 0xFFE0FC00 not in (0x8B000800, 0x8B204800) or add & 0x1F != target_register:
+        return None
+    base_register, entry_register = add >> 5 & 0x1F, add >> 16 & 0x1F
+    load = base_rva = None
+    table_register = index_register = width = 0
+    lo = max(0, br - _DISPATCH_WINDOW)
+    for at in range(br - 2, lo - 1, -1):
+        word = words[at]
+        # LDRB wE, [xT, xK] or LDRH wE, [xT, xK, LSL #1]
+        kind = word & 0xFFE0FC00
+        if load is None and word & 0x1F == entry_register and kind in (0x38606800, 0x78607800):
+            load = at
+            width = 1 if kind == 0x38606800 else 2
+            table_register, index_register = word >> 5 & 0x1F, word >> 16 & 0x1F
+        if base_rva is None and (word & 0x9F00001F) == 0x10000000 | base_register:  # ADR xB
+            offset = ((word >> 5 & 0x7FFFF) << 2) | (word >> 29 & 3)
+            base_rva = code_rva + 4 * at + _sign_extend(offset, 21)
+    if load is None or base_rva is None:
+        return None
+    table_rva = offset = count = None
+    for at in range(load - 1, lo - 1, -1):
+        word = words[at]
+        if (
+            offset is None
+            and (word & 0xFFC003FF) == 0x91000000 | table_register << 5 | table_register
+        ):
+            offset = word >> 10 & 0xFFF  # ADD xT, xT, #:lo12:table
+        elif (
+            table_rva is None
+            and offset is not None
+            and (word & 0x9F00001F) == (0x90000000 | table_register)
+        ):  # ADRP xT, table
+            pages = _sign_extend(((word >> 5 & 0x7FFFF) << 2) | (word >> 29 & 3), 21)
+            table_rva = ((code_rva + 4 * at) & ~0xFFF) + pages * 4096 + offset
+        # CMP xK, #imm / CMP wK, #imm (SUBS into the zero register, unshifted), then
+        # B.HI past the last entry or B.HS at the first one past the table.
+        if (
+            count is None
+            and (word & 0x7FC0001F) == 0x7100001F
+            and word >> 5 & 0x1F == index_register
+        ):
+            condition = words[at + 1] & 0xFF00001F
+            if condition in (0x54000008, 0x54000002):
+                count = (word >> 10 & 0xFFF) + (condition == 0x54000008)
+    if table_rva is None or count is None:
+        return None
+    return table_rva, base_rva, width, count
+
+
 class Arm64(Arch):
     """The ARM64 (AArch64) architecture."""
 
@@ -175,6 +236,42 @@ class Arm64(Arch):
                     break
                 rva += 4
         return end
+
+    def dispatch_targets(
+        self, read: ReadRva, start_rva: int, end_rva: int, bound_rva: int
+    ) -> list[int]:
+        """clang's compressed tables: unsigned byte or halfword entries counting words
+        from a label the code takes with ADR, ``count`` of them as a ``cmp`` bounds::
+
+            cmp   xK, #count-1 ; b.hi default
+            adrp  xT, table ; add xT, xT, :lo12:table
+            adr   xB, base
+            ldrb  wE, [xT, xK]            (ldrh wE, [xT, xK, lsl #1])
+            add   xD, xB, xE, lsl #2
+            br    xD
+        """
+        start_rva += -start_rva % 4
+        count = (end_rva - start_rva) // 4
+        if count < 4:
+            return []
+        words = struct.unpack(f"<{count}I", read(start_rva, 4 * count))
+        found: list[int] = []
+        for index, word in enumerate(words):
+            if (word & 0xFFFFFC1F) != 0xD61F0000 or index < 3:  # BR xD
+                continue
+            table = _compressed_table(words, index, start_rva)
+            if table is None:
+                continue
+            table_rva, base_rva, width, count = table
+            try:
+                raw = read(table_rva, width * count)
+            except ImageFormatError:
+                continue
+            entries = raw if width == 1 else struct.unpack(f"<{count}H", raw)
+            found.extend(
+                t for t in (base_rva + 4 * e for e in entries) if start_rva <= t < bound_rva
+            )
+        return sorted(set(found))
 
     def instruction_starts(self, read: ReadRva, start_rva: int, end_rva: int) -> frozenset[int]:
         return frozenset(range(start_rva - start_rva % 4 + (4 if start_rva % 4 else 0), end_rva, 4))

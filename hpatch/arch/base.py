@@ -247,6 +247,14 @@ class Arch(ABC):
             targets.append(target)
         return targets
 
+    def dispatch_targets(
+        self, read: ReadRva, start_rva: int, end_rva: int, bound_rva: int
+    ) -> list[int]:
+        """Targets in [start, bound) of the jump tables the code of [start, end) indexes
+        in a form of the machine's own, with the table's length taken from the code
+        (``jump_table_targets`` reads int32 tables, which need neither); none here."""
+        return []
+
     def jump_table_size(
         self, read: ReadRva, table_rva: int, code_start: int, limit_rva: int
     ) -> int:
