@@ -20,7 +20,7 @@ from hpatch.arch.rewrite import Redirect
 from hpatch.diff.classify import Correspondence, FunctionChange, Status, import_key
 from hpatch.diff.correlate import Correlator, Resolution, ResolvedReference
 from hpatch.diff.match import Side
-from hpatch.image import Function, Import, PEImage, Section, Symbol
+from hpatch.image import Export, Function, Import, PEImage, Section, Symbol
 
 _MAX_DATA_RANGES = 8
 _RANGE_JOIN = 8
@@ -78,10 +78,12 @@ class BlockerCause(Enum):
     WRITABLE_INITIAL_VALUE = "writable_initial_value", _HAZARD
     EXPORT_ADDED = "export_added", _HAZARD
     EXPORT_REMOVED = "export_removed", _HAZARD
+    EXPORT_CHANGED = "export_changed", _HAZARD
     TLS_CHANGED = "tls_changed", _HAZARD
     ENTRY_POINT_MOVED = "entry_point_moved", _HAZARD
     # limitations: the imports
     NEW_IMPORT = "new_import", _LIMITATION
+    IMPORT_DLL_CHANGED = "import_dll_changed", _LIMITATION
     # limitations: redirecting a changed function
     NO_REDIRECT_ROOM = "no_redirect_room", _LIMITATION
     BRANCH_INTO_REDIRECT = "branch_into_redirect", _LIMITATION
@@ -199,6 +201,16 @@ def _ranges(offsets: Iterable[int]) -> list[tuple[int, int]]:
         else:
             ranges.append([offset, offset + 1])
     return [(a, b) for a, b in ranges]
+
+
+def _export_key(export: Export) -> tuple[str, str | int]:
+    """What identifies an export across builds: its name, or its ordinal if it has none.
+    A named export's ordinal is not compared: one name inserted renumbers the rest."""
+    return ("name", export.name) if export.name is not None else ("ordinal", export.ordinal)
+
+
+def _export_label(export: Export) -> str:
+    return export.name if export.name is not None else f"ordinal {export.ordinal}"
 
 
 def entry_room(image: PEImage, function: Function) -> tuple[int, int, int]:
@@ -427,40 +439,126 @@ class Verdict:
                 )
             )
 
-    def check_interfaces(self) -> None:
-        old_image, new_image = self.old.image, self.new.image
-        old_imports = {import_key(i) for i in old_image.imports}
-        for imported in new_image.imports:
-            if import_key(imported) not in old_imports:
-                label = import_label(imported)
+    def check_imports(self) -> None:
+        old_imports, new_imports = self.old.image.imports, self.new.image.imports
+        old_keys = {import_key(i) for i in old_imports}
+        new_keys = {import_key(i) for i in new_imports}
+        # The same symbol from another DLL (a versioned DLL name): the slot that bound it
+        # is the old counterpart, or else the one old import of it the new build dropped.
+        dropped: dict[str | int, list[Import]] = defaultdict(list)
+        for imported in old_imports:
+            if import_key(imported) not in new_keys:
+                dropped[import_key(imported)[1]].append(imported)
+        for imported in new_imports:
+            if import_key(imported) in old_keys:
+                continue
+            label = import_label(imported)
+            candidates = dropped.get(import_key(imported)[1], [])
+            same_slot = [c for c in candidates if c.iat_rva == imported.iat_rva]
+            counterpart = same_slot[0] if same_slot else None
+            if counterpart is None and len(candidates) == 1:
+                counterpart = candidates[0]
+            if counterpart is not None:
+                slot = f"IAT slot 0x{imported.iat_rva:x}"
+                if counterpart.iat_rva != imported.iat_rva:
+                    slot += f" (0x{counterpart.iat_rva:x} in the old build)"
                 self.blockers.append(
                     Blocker(
                         kind=BlockerKind.IMPORTS,
-                        cause=BlockerCause.NEW_IMPORT,
-                        where=label,
-                        reason="new import: the old image has no IAT slot for it",
+                        cause=BlockerCause.IMPORT_DLL_CHANGED,
+                        where=f"{slot}: {import_label(counterpart)} -> {label}",
+                        reason="the import comes from another DLL: the old image binds it to "
+                        f"{counterpart.dll}",
                         rva=imported.iat_rva,
                         symbol=label,
                         build=Build.NEW,
                     )
                 )
-
-        def exported(image: PEImage) -> set[tuple[int, str | None, str | None]]:
-            return {(e.ordinal, e.name, e.forwarder) for e in image.exports}
-
-        for ordinal, name, forwarder in sorted(
-            exported(old_image) ^ exported(new_image), key=lambda e: e[0]
-        ):
-            added = (ordinal, name, forwarder) in exported(new_image)
+                continue
             self.blockers.append(
                 Blocker(
-                    kind=BlockerKind.EXPORTS,
-                    cause=BlockerCause.EXPORT_ADDED if added else BlockerCause.EXPORT_REMOVED,
-                    where=name or f"ordinal {ordinal}",
-                    reason=f"export {'added' if added else 'removed'}: exports are fixed",
-                    symbol=name or f"ordinal {ordinal}",
+                    kind=BlockerKind.IMPORTS,
+                    cause=BlockerCause.NEW_IMPORT,
+                    where=label,
+                    reason=f"new import {label}: the old image has no IAT slot for it",
+                    rva=imported.iat_rva,
+                    symbol=label,
+                    build=Build.NEW,
                 )
             )
+
+    def check_exports(self) -> None:
+        old_image, new_image = self.old.image, self.new.image
+        old_exports = {_export_key(e): e for e in old_image.exports}
+        new_exports = {_export_key(e): e for e in new_image.exports}
+        for key in sorted(old_exports.keys() | new_exports.keys()):
+            old, new = old_exports.get(key), new_exports.get(key)
+            if old is None or new is None:
+                export, added = (new, True) if old is None else (old, False)
+                assert export is not None
+                self.blockers.append(
+                    Blocker(
+                        kind=BlockerKind.EXPORTS,
+                        cause=BlockerCause.EXPORT_ADDED if added else BlockerCause.EXPORT_REMOVED,
+                        where=_export_label(export),
+                        reason=f"export {'added' if added else 'removed'}: a running image's "
+                        "exports are fixed",
+                        rva=export.rva if export.forwarder is None else None,
+                        symbol=_export_label(export),
+                        build=(Build.NEW if added else Build.OLD)
+                        if export.forwarder is None
+                        else None,
+                    )
+                )
+                continue
+            change = self.export_change(old, new)
+            if change is not None:
+                self.blockers.append(
+                    Blocker(
+                        kind=BlockerKind.EXPORTS,
+                        cause=BlockerCause.EXPORT_CHANGED,
+                        where=_export_label(new),
+                        reason=f"export changes: {change}; a running image's exports are fixed",
+                        rva=new.rva if new.forwarder is None else None,
+                        symbol=_export_label(new),
+                        build=Build.NEW if new.forwarder is None else None,
+                    )
+                )
+
+    def export_change(self, old: Export, new: Export) -> str | None:
+        """How an export that both builds have changed meaningfully, or None.
+
+        Its RVA moving is no change (functions move); leading to another function is.
+        """
+        if old.forwarder != new.forwarder:
+            if old.forwarder is None:
+                return f"it becomes a forwarder to {new.forwarder}"
+            if new.forwarder is None:
+                return f"it is no longer a forwarder to {old.forwarder}"
+            return f"it forwards to {new.forwarder} instead of {old.forwarder}"
+        if old.forwarder is not None:
+            return None
+        old_function = self.old.image.function_at(old.rva)
+        new_function = self.new.image.function_at(new.rva)
+        if (
+            old_function is None
+            or new_function is None
+            or old_function.rva != old.rva
+            or new_function.rva != new.rva
+        ):
+            return None  # data, or code hpatch does not know as a function: moves are fine
+        counterpart = self.correspondence.matched.get(old_function.rva)
+        if counterpart is None or counterpart == new_function.rva:
+            return None
+        return (
+            f"it names {function_label(new_function)}, not the counterpart of "
+            f"{function_label(old_function)}"
+        )
+
+    def check_interfaces(self) -> None:
+        self.check_imports()
+        self.check_exports()
+        old_image, new_image = self.old.image, self.new.image
         if old_image.tls != new_image.tls:
             self.blockers.append(
                 Blocker(
