@@ -212,17 +212,28 @@ class _Discovery:
         # Tables usually live in data, which the code-wide scan leaves out: rescan the
         # function's own bytes for every address it takes.
         code = self.image.read(start, end - start)
-        for _, table_rva, kind in self.arch.scan_sites(code, start, 0, self.image.size_of_image):
-            if kind != SiteKind.ADDRESS:
-                continue
+        addressed = sorted(
+            {
+                table_rva
+                for _, table_rva, kind in self.arch.scan_sites(
+                    code, start, 0, self.image.size_of_image
+                )
+                if kind == SiteKind.ADDRESS and not start <= table_rva < end
+            }
+        )
+        for index, table_rva in enumerate(addressed):
             section = self.image.section_at(table_rva)
-            if section is None or start <= table_rva < end:
+            if section is None:
                 continue
-            targets = self.arch.jump_table_targets(
-                self.image.read, table_rva, start, bound, min(section.end_rva, table_rva + 4096)
-            )
+            # A switch's tables lie side by side: each ends where the next one the
+            # function addresses begins, or its entries run on into the next table's.
+            limit = min(section.end_rva, table_rva + 4096)
+            if index + 1 < len(addressed):
+                limit = min(limit, addressed[index + 1])
+            targets = self.arch.jump_table_targets(self.image.read, table_rva, start, bound, limit)
             if len(targets) >= 2:
                 roots.update(targets)
+        roots.update(self.arch.dispatch_targets(self.image.read, start, end, bound))
         return roots
 
     def leaf_extent(self, start: int, bound: int) -> int | None:
