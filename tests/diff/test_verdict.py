@@ -9,6 +9,7 @@ import pytest
 
 from hpatch.cli import main
 from hpatch.diff import BlockerKind, diff_images
+from hpatch.diff.verdict import BlockerCause
 from hpatch.errors import UnsupportedError
 from hpatch.image import load_image
 
@@ -30,7 +31,10 @@ def test_the_feature_update_is_blocked_by_its_data(build: str) -> None:
     assert not stripped.hotpatchable
     kinds = {b.kind for b in stripped.blockers}
     assert BlockerKind.WRITABLE_DATA in kinds
-    assert any(b.where == "section .data" and "changes size" in b.reason for b in stripped.blockers)
+    assert any(
+        b.section == ".data" and b.cause == BlockerCause.WRITABLE_DATA_RESIZED
+        for b in stripped.blockers
+    )
     # With the symbol table the blocker names the global; without it, its users.
     named = sample_diff(build, "v1", "v4", stripped=False)
     wheres = " ".join(b.where for b in named.blockers if b.kind == BlockerKind.WRITABLE_DATA)
