@@ -426,7 +426,10 @@ class _Builder:
             offset = self.layout.locate(fixup.target_rva)
             if offset is not None:
                 return TargetKind.REGION, offset
-        detail = resolved.detail or resolved.resolution.value
+        detail = resolved.detail or {
+            Resolution.PATCHED_CODE: "in a carried function, outside the bytes copied for it",
+            Resolution.NEW_CONSTANT: "new read-only data the package does not carry",
+        }.get(resolved.resolution, resolved.resolution.value)
         self.block(
             BlockerKind.UNRESOLVED_REFERENCE,
             unresolved_cause(resolved),

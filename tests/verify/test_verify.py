@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from hpatch.diff import BlockerKind
+from hpatch.diff.verdict import BlockerCause, BlockerClass, Build, function_label
 from hpatch.errors import HPatchError
 from hpatch.package import BuildOptions, PackageBlocked, build_package
 from hpatch.package.model import BlobKind
@@ -66,10 +67,16 @@ def test_no_package_is_built_for_a_function_that_fails(build: str) -> None:
     swapped, caller = swap_callee(sample_diff(build, "v1", "v3"))
     with pytest.raises(PackageBlocked) as blocked:
         build_verified_package(swapped, OPTIONS)
-    kinds = {b.kind for b in blocked.value.blockers}
-    assert kinds == {BlockerKind.UNVALIDATED}
-    assert caller in {b.where for b in blocked.value.blockers}
-    assert all("translation validation failed" in b.reason for b in blocked.value.blockers)
+    blockers = blocked.value.blockers
+    assert {(b.kind, b.cause) for b in blockers} == {
+        (BlockerKind.UNVALIDATED, BlockerCause.TRANSLATION_FAILED)
+    }
+    assert all(b.blocker_class == BlockerClass.LIMITATION for b in blockers)
+    assert caller in {b.where for b in blockers}
+    functions = {f.rva: f for f in swapped.new.functions}
+    for blocker in blockers:
+        assert blocker.build == Build.NEW and blocker.rva in functions
+        assert blocker.function == blocker.where == function_label(functions[blocker.rva])
 
 
 def test_a_verified_package_is_the_package_built() -> None:
