@@ -9,13 +9,14 @@ content.
 from __future__ import annotations
 
 import bisect
+import struct
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 
 from hpatch.arch import Reference
-from hpatch.diff.match import Match, Side
+from hpatch.diff.match import Match, Side, c_string
 from hpatch.image import Function, Import, PEImage, Section
 
 #: Bytes on either side of a moved writable reference that must have moved with it.
@@ -65,6 +66,19 @@ def _part_position(image: PEImage, rva: int) -> tuple[int, int, int] | None:
     return None
 
 
+def beyond_section(image: PEImage, rva: int) -> tuple[str, int] | None:
+    """(name of the section, bytes past its end) for an address in the gap after a
+    section: linkers name section ends (``__RUNTIME_PSEUDO_RELOC_LIST_END__``, the end
+    of ``.rdata``), and code compares against them."""
+    found = None
+    for section in image.sections:
+        if section.end_rva <= rva and (found is None or section.end_rva > found.end_rva):
+            found = section
+    if found is None or image.section_at(rva) is not None:
+        return None
+    return found.name, rva - found.end_rva
+
+
 def _fields_in(fields: list[int], start: int, end: int) -> list[int]:
     """The relocated fields lying wholly in [start, end)."""
     low = bisect.bisect_left(fields, start)
@@ -87,10 +101,6 @@ class Correspondence:
         self.data = self._learn_data(matches)
         self.section_shift = self._learn_section_shifts()
         self.writable_moves = self._learn_writable_moves(matches)
-
-    def _is_code(self, side: Side, rva: int) -> bool:
-        section = side.image.section_at(rva)
-        return section is not None and section.is_executable
 
     def _identical_code_references(
         self, matches: tuple[Match, ...]
@@ -165,33 +175,36 @@ class Correspondence:
             return old_target == new_target  # __ImageBase and the PE headers
         if old_target in self.old_imports or new_target in self.new_imports:
             return self.old_imports.get(old_target) == self.new_imports.get(new_target)
-        old_code, new_code = (
-            self._is_code(self.old, old_target),
-            self._is_code(self.new, new_target),
-        )
+        old_section = self.old.image.section_at(old_target)
+        new_section = self.new.image.section_at(new_target)
+        if old_section is None or new_section is None:
+            # Section ends: the same number of bytes past the end of the same section.
+            past = beyond_section(self.old.image, old_target)
+            return past is not None and past == beyond_section(self.new.image, new_target)
+        old_code, new_code = old_section.is_executable, new_section.is_executable
         if old_code or new_code:
             a = _part_position(self.old.image, old_target)
             b = _part_position(self.new.image, new_target)
+            if a is None and b is None and old_code and new_code:
+                # Data that code sections hold outside every function (mingw's
+                # constructor and destructor lists): compared as a constant is.
+                return self.same_constant(old_target, new_target)
             return (
                 a is not None
                 and b is not None
                 and self.matched.get(a[0]) == b[0]
                 and a[1:] == b[1:]
             )
-        old_section = self.old.image.section_at(old_target)
-        new_section = self.new.image.section_at(new_target)
-        if old_section is not None and old_section.is_writable:
-            return (
-                new_section is not None
-                and new_section.name == old_section.name
-                and self._same_global(old_section, old_target, new_section, new_target)
+        if old_section.is_writable:
+            return new_section.name == old_section.name and self._same_global(
+                old_section, old_target, new_section, new_target
             )
         if self.same_constant(old_target, new_target):
             return True
         # Position says they are the same object; its bytes may still differ only because
         # they are a jump table (offsets into code that moved), which the code compares.
         learned = self.data.get(old_target)
-        shift = self.section_shift.get(old_section.name) if old_section is not None else None
+        shift = self.section_shift.get(old_section.name)
         positional = learned == new_target or (
             learned is None and shift is not None and old_target + shift == new_target
         )
@@ -248,7 +261,19 @@ class Correspondence:
             )
             old_bytes[offset : offset + 8] = new_bytes[offset : offset + 8] = bytes(8)
         if old_bytes != new_bytes:
-            return False
+            if old_fields:
+                return False
+            relative = self._relative_table(old_target, new_target, old_bytes, new_bytes)
+            if relative is None:
+                return False
+            # Strings a table selects are compared as text: nothing labels their ends.
+            pointers = []
+            for a, b in relative:
+                text = self._string_pair(a, b)
+                if text is False:
+                    return False
+                if text is None:
+                    pointers.append((a, b))
         pair = (old_target, new_target)
         if pair in self._comparing:
             return True  # a cycle of pointers: the same unless something else differs
@@ -257,6 +282,43 @@ class Correspondence:
             return all(self.same(a, b) for a, b in pointers)
         finally:
             self._comparing.discard(pair)
+
+    def _relative_table(
+        self, old_target: int, new_target: int, old_bytes: bytes, new_bytes: bytes
+    ) -> list[tuple[int, int]] | None:
+        """The (old, new) targets of a table of 32-bit offsets from the table itself, or
+        None if the bytes are not one in both builds.
+
+        clang turns lookup tables of pointers into such tables (``azType.rel``,
+        ``switch.table.rel``): they need no relocations, and their bytes change whenever
+        what they select moves. They are the same table when every entry leads to the
+        same thing.
+        """
+        if len(old_bytes) % 4 or len(old_bytes) < 8:
+            return None
+        count = len(old_bytes) // 4
+        targets = []
+        for side, table, content in (
+            (self.old, old_target, old_bytes),
+            (self.new, new_target, new_bytes),
+        ):
+            found = []
+            for entry in struct.unpack(f"<{count}i", content):
+                target = table + entry
+                section = side.image.section_at(target)
+                if section is None or section.is_writable or table <= target < table + len(content):
+                    return None
+                found.append(target)
+            targets.append(found)
+        return list(zip(targets[0], targets[1], strict=True))
+
+    def _string_pair(self, old_target: int, new_target: int) -> bool | None:
+        """For two C strings: whether their text is equal; None if either is not one."""
+        old_text = c_string(self.old.image, old_target)
+        new_text = c_string(self.new.image, new_target)
+        if old_text is None or new_text is None:
+            return None
+        return old_text == new_text
 
     def _same_global(
         self, old_section: Section, old_target: int, new_section: Section, new_target: int

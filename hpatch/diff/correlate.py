@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from enum import Enum
 
 from hpatch.arch import Reference, RefKind
-from hpatch.diff.classify import Correspondence, FunctionChange, Status, import_key
+from hpatch.diff.classify import (
+    Correspondence,
+    FunctionChange,
+    Status,
+    beyond_section,
+    import_key,
+)
 from hpatch.diff.match import Side
 from hpatch.image import Section
 
@@ -93,7 +99,9 @@ class Correlator:
                 )
             return ResolvedReference(reference, Resolution.IMPORT, slot)
         section = image.section_at(target)
-        if section is not None and section.is_executable:
+        if section is None:
+            return self.past_section_end(reference)
+        if section.is_executable:
             function = image.function_at(target)
             if function is None and reference.kind == RefKind.LITERAL:
                 # a literal pool no function claims: data the load reads, copied along
@@ -115,15 +123,14 @@ class Correlator:
                     reference, Resolution.UNRESOLVED, None, "a fragment of an unchanged function"
                 )
             return ResolvedReference(reference, Resolution.OLD_FUNCTION, old_rva + offset)
-        if section is not None and section.is_writable:
+        if section.is_writable:
             return self.writable(reference, section)
         # Read-only data binds to the old image only where the old bytes are the same
         # object: learned from unchanged code, or where the section's shift puts it.
         candidates = [self.data_back.get(target)]
-        if section is not None:
-            shift = self.correspondence.section_shift.get(section.name)
-            if shift is not None:
-                candidates.append(target - shift)
+        shift = self.correspondence.section_shift.get(section.name)
+        if shift is not None:
+            candidates.append(target - shift)
         for old_rva in candidates:
             if (
                 old_rva is not None
@@ -131,14 +138,25 @@ class Correlator:
                 and self.correspondence.same_constant(old_rva, target)
             ):
                 return ResolvedReference(reference, Resolution.OLD_DATA, old_rva)
-        if (
-            section is not None
-            and not section.is_writable
-            and self.new.constant(target) is not None
-        ):
+        if self.new.constant(target) is not None:
             return ResolvedReference(reference, Resolution.NEW_CONSTANT, None)
-        where = section.name if section is not None else "outside every section"
-        return ResolvedReference(reference, Resolution.UNRESOLVED, None, f"unknown data in {where}")
+        return ResolvedReference(
+            reference, Resolution.UNRESOLVED, None, f"unknown data in {section.name}"
+        )
+
+    def past_section_end(self, reference: Reference) -> ResolvedReference:
+        """An address in the gap after a section (a linker's end-of-section symbol) binds
+        to as many bytes past the end of the same section of the old image."""
+        past = beyond_section(self.new.image, reference.target_rva)
+        if past is not None:
+            name, offset = past
+            for old_section in self.old.image.sections:
+                old_rva = old_section.end_rva + offset
+                if old_section.name == name and beyond_section(self.old.image, old_rva) == past:
+                    return ResolvedReference(reference, Resolution.OLD_DATA, old_rva)
+        return ResolvedReference(
+            reference, Resolution.UNRESOLVED, None, "unknown data outside every section"
+        )
 
     def writable(self, reference: Reference, section: Section) -> ResolvedReference:
         """Writable data binds to where the global lives in the old image: where it moved
