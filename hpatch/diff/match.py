@@ -49,6 +49,31 @@ _SIZE_RATIO = 2.0
 _MAX_ROUNDS = 32
 _CONSTANT_BYTES = 64
 _MAX_OBJECT = 4096
+#: Bytes a C string may run past a label inside it before its NUL.
+_MAX_STRING = 1024
+_CONTROL = bytes(c for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)) + b"\x7f"
+
+
+def _is_text(data: bytes) -> bool:
+    """Valid UTF-8 without control characters (but tabs and line breaks)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return len(data.translate(None, _CONTROL)) == len(data)
+
+
+def c_string(image: PEImage, rva: int) -> bytes | None:
+    """The text of the C string at ``rva`` in read-only data (without its NUL), or None
+    if the bytes there are not text ending in a NUL within _MAX_STRING bytes."""
+    section = image.section_at(rva)
+    if section is None or section.is_executable or section.is_writable:
+        return None
+    text = section.data[rva - section.rva : rva - section.rva + _MAX_STRING]
+    end = text.find(b"\0")
+    if end < 0 or not _is_text(bytes(text[:end])):
+        return None
+    return bytes(text[:end])
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +98,18 @@ class Side:
             rva: [target for _, kind, target in f.references if kind == call and target in starts]
             for rva, f in self.fingerprints.items()
         }
+        #: Every function entry each function names, with the reference's kind, in
+        #: order: calls, tail jumps and addresses taken (callbacks handed on).
+        self.entries_named = {
+            rva: [(kind, target) for _, kind, target in f.references if target in starts]
+            for rva, f in self.fingerprints.items()
+        }
+        #: The functions that name each function entry (the reverse of entries_named).
+        self.namers: dict[int, set[int]] = defaultdict(set)
+        for rva, named in self.entries_named.items():
+            for _, target in named:
+                if target != rva:
+                    self.namers[target].add(rva)
         self.callers: dict[int, list[int]] = defaultdict(list)
         for rva, targets in self.callees.items():
             for target in targets:
@@ -119,7 +156,20 @@ class Side:
             return rva
         index = bisect.bisect_right(self.labels, rva)
         end = self.labels[index] if index < len(self.labels) else section.end_rva
-        return min(end, section.rva + section.virtual_size, rva + _MAX_OBJECT)
+        end = min(end, section.rva + section.virtual_size, rva + _MAX_OBJECT)
+        if section.is_executable or section.is_writable:
+            return end
+        # A C string runs to its NUL, whatever points into it: code may name a
+        # place inside one (sqlite3's 20+sqlite3_sourceid()), and that label must
+        # not cut off the rest of the text the function returns.
+        head = section.data[rva - section.rva : end - section.rva]
+        if not head or b"\0" in head or not _is_text(bytes(head)):
+            return end
+        tail = section.data[end - section.rva : end - section.rva + _MAX_STRING]
+        nul = tail.find(b"\0")
+        if nul < 0 or not _is_text(bytes(tail[:nul])):
+            return end
+        return end + nul + 1
 
     def constant(self, rva: int) -> bytes | None:
         """Bytes of the read-only data at ``rva`` (up to a NUL), or None if not read-only."""
@@ -232,6 +282,8 @@ class _Matcher:
         #: already looked at as callers.
         self.callee_pairs: list[tuple[int, int]] = []
         self.callers_seen = 0
+        #: Matched pairs that name different numbers of functions (see between_anchors).
+        self.uneven_callers: list[tuple[int, int]] = []
         #: Functions held at the same data slot in both builds (computed on first use).
         self.slot_pairs: list[tuple[int, int, int, int]] | None = None
         self.slot_at: dict[tuple[int, int], tuple[int, int]] = {}
@@ -264,12 +316,21 @@ class _Matcher:
         return self.take(sorted(key_pass.pairs(self.taken)), rule)
 
     def by_call_graph(self) -> int:
-        """Callees at the same call position of matched callers, where no pair disagrees."""
+        """Functions named at the same position by matched functions (called, jumped to
+        or taken as an address), where no pair disagrees."""
         for old_rva, new_rva in self.taken[self.callers_seen :]:
-            old_calls, new_calls = self.old.callees[old_rva], self.new.callees[new_rva]
-            if len(old_calls) == len(new_calls):
-                self.callee_pairs.extend(zip(old_calls, new_calls, strict=True))
+            old_named, new_named = self.old.entries_named[old_rva], self.new.entries_named[new_rva]
+            if len(old_named) == len(new_named):
+                self.callee_pairs.extend(
+                    (a, b)
+                    for (a_kind, a), (b_kind, b) in zip(old_named, new_named, strict=True)
+                    if a_kind == b_kind
+                )
+            else:
+                self.uneven_callers.append((old_rva, new_rva))
         self.callers_seen = len(self.taken)
+        for old_rva, new_rva in self.uneven_callers:
+            self.callee_pairs.extend(self.between_anchors(old_rva, new_rva))
         # A pair with either callee matched can never be proposed again.
         self.callee_pairs = [
             (old_callee, new_callee)
@@ -287,6 +348,30 @@ class _Matcher:
             if len(news) == 1 and len(reverse[next(iter(news))]) == 1
         ]
         return self.take(pairs, MatchRule.CALL_GRAPH)
+
+    def between_anchors(self, old_rva: int, new_rva: int) -> list[tuple[int, int]]:
+        """For a matched pair naming different numbers of functions: the functions each
+        names between two it names in the same order (already matched to each other),
+        where exactly one unmatched function lies there on each side. A rewritten
+        callee next to a new helper is still the one callee between the same two."""
+        old_named = [t for _, t in self.old.entries_named[old_rva]]
+        new_named = [t for _, t in self.new.entries_named[new_rva]]
+        found = []
+        old_from = new_from = 0
+        for old_index in range(len(old_named) + 1):
+            if old_index < len(old_named):
+                match = self.forward.get(old_named[old_index])
+                if match is None or match.new_rva not in new_named[new_from:]:
+                    continue
+                new_index = new_named.index(match.new_rva, new_from)
+            else:
+                new_index = len(new_named)
+            olds = {t for t in old_named[old_from:old_index] if t not in self.forward}
+            news = {t for t in new_named[new_from:new_index] if t not in self.backward}
+            if len(olds) == 1 and len(news) == 1:
+                found.append((olds.pop(), news.pop()))
+            old_from, new_from = old_index + 1, new_index + 1
+        return found
 
     def data_slots(self) -> list[tuple[int, int, int, int]]:
         """(old function, new function, old slot, new slot) for every pair of base-
@@ -354,6 +439,39 @@ class _Matcher:
         ]
         return self.take(pairs, MatchRule.DATA_SLOT)
 
+    def by_callers(self) -> int:
+        """Unmatched functions named by the same matched functions: when every function
+        that names an old function is matched, and their counterparts are exactly
+        the functions that name one new function, the pair is taken where no other
+        pair shares that set. A callee rewritten beyond recognition keeps its callers."""
+
+        def keys(
+            side: Side, rvas: list[int], counterpart: Callable[[int], int | None]
+        ) -> dict[frozenset[int | None], list[int]]:
+            found: dict[frozenset[int | None], list[int]] = defaultdict(list)
+            for rva in rvas:
+                callers = side.namers.get(rva)
+                if not callers:
+                    continue
+                mapped = frozenset(counterpart(c) for c in callers)
+                if None not in mapped:
+                    found[mapped].append(rva)
+            return found
+
+        old_unmatched, new_unmatched = self.unmatched()
+        old_keys = keys(
+            self.old,
+            old_unmatched,
+            lambda rva: self.forward[rva].new_rva if rva in self.forward else None,
+        )
+        new_keys = keys(self.new, new_unmatched, lambda rva: rva if rva in self.backward else None)
+        pairs = [
+            (olds[0], new_keys[key][0])
+            for key, olds in old_keys.items()
+            if len(olds) == 1 and len(new_keys.get(key, ())) == 1
+        ]
+        return self.take(sorted(pairs), MatchRule.CALL_GRAPH)
+
     def anchors(self) -> list[tuple[int, int]]:
         """Matched pairs in an order both builds agree on (longest increasing run)."""
         pairs = sorted((m.old_rva, m.new_rva) for m in self.forward.values())
@@ -415,6 +533,8 @@ class _Matcher:
             taken += self.by_call_graph()
             if not taken:
                 taken = self.by_data_slot()
+            if not taken:
+                taken = self.by_callers()
             if not taken:
                 taken = self.by_neighbourhood()
             if not taken:
