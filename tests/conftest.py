@@ -70,3 +70,38 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"hpatch backend: {hpatch.BACKEND}; real-world corpus: " + (
         f"{len(corpus)} binaries" if corpus else "absent (run ../shared/corpus/fetch.sh)"
     )
+
+
+@dataclass(frozen=True)
+class CvePair:
+    """One pair of the CVE corpus (../shared/cves): stripped DLLs and their ground truth."""
+
+    pair_id: str
+    arch: str
+    old: Path
+    new: Path
+    truth: Path
+    kind: str
+
+
+def cve_root() -> Path:
+    return Path(os.environ.get("HPCVES", Path.home() / ".cache" / "hpatch-cves"))
+
+
+def cve_pairs() -> list[CvePair]:
+    """Every pair of the built CVE corpus whose files are present (none when not built)."""
+    listing = cve_root() / "pairs.tsv"
+    if not listing.is_file():
+        return []
+    pairs = []
+    for line in listing.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) != 6:
+            continue
+        pair = CvePair(fields[0], fields[1], *(Path(f) for f in fields[2:5]), fields[5])
+        if pair.old.is_file() and pair.new.is_file() and pair.truth.is_file():
+            pairs.append(pair)
+    return pairs
+
+
+CVE_ABSENT = "CVE corpus absent: build it with ../shared/cves/build.sh (make cves does)"
