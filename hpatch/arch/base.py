@@ -159,6 +159,13 @@ class Arch(ABC):
         turns the addresses they hold into RVAs.
         """
 
+    def canonical_code(self, normalised: NormalisedCode, code_rva: int) -> bytes:
+        """The masked code with every out-of-part branch in one encoding, for comparing
+        two builds: a linker or assembler picks a short or a near form by distance, and
+        the two forms of a branch to the same place do the same thing. Machines with one
+        form per branch return the masked code as it is."""
+        return normalised.code
+
     @abstractmethod
     def code_extent(
         self, read: ReadRva, start_rva: int, bound_rva: int, roots: Sequence[int] = ()

@@ -14,6 +14,7 @@ from hpatch.arch.base import (
     Machine,
     NormalisedCode,
     ReadRva,
+    RefKind,
     UnwindEntry,
 )
 from hpatch.arch.relocate import CodeFixup
@@ -144,6 +145,32 @@ class X64(Arch):
         return NormalisedCode.from_core(
             core.normalise_x64(code, code_rva, own_range[0], own_range[1], relocated, image_base)
         )
+
+    def canonical_code(self, normalised: NormalisedCode, code_rva: int) -> bytes:
+        # The masked short forms (EB rel8, 7x rel8) become their near forms (E9 rel32,
+        # 0F 8x rel32); their displacements are zero either way.
+        code = normalised.code
+        pieces = []
+        position = 0
+        for reference in normalised.references:
+            if reference.kind != RefKind.BRANCH:
+                continue
+            offset = reference.site_rva - code_rva
+            if not 0 <= offset < len(code) or offset < position:
+                continue
+            opcode = code[offset]
+            if opcode == 0xEB:
+                near = b"\xe9\0\0\0\0"
+            elif 0x70 <= opcode <= 0x7F:
+                near = bytes((0x0F, opcode + 0x10)) + bytes(4)
+            else:
+                continue
+            pieces += [code[position:offset], near]
+            position = offset + 2
+        if not pieces:
+            return code
+        pieces.append(code[position:])
+        return b"".join(pieces)
 
     def code_extent(
         self, read: ReadRva, start_rva: int, bound_rva: int, roots: Sequence[int] = ()

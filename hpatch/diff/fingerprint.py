@@ -16,7 +16,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hpatch.arch import NormalisedCode, Reference, RefKind
+from hpatch.arch import Arch, Reference, RefKind
 from hpatch.image import DataKind, Function, PEImage
 
 
@@ -45,25 +45,27 @@ def fingerprint_function(
     """The fingerprint of one function of ``image``."""
     if relocated is None:
         relocated = _relocated_fields(image)
-    return _fingerprint(image.arch.normalise, image.read, image.image_base, function, relocated)
+    return _fingerprint(image.arch, image.read, image.image_base, function, relocated)
 
 
 _PART_HEADER = struct.Struct("<qI")
 
 
 def _fingerprint(
-    normalise: Callable[[bytes, int, tuple[int, int], bytes, int], NormalisedCode],
+    arch: Arch,
     read: Callable[[int, int], bytes],
     image_base: int,
     function: Function,
     relocated: bytes,
 ) -> FunctionFingerprint:
     start, end = function.rva, function.rva + function.size
+    normalise, canonical = arch.normalise, arch.canonical_code
     if function.size and not function.fragments and not function.inline_data:
         # Most functions are one part and no data: their references are the part's.
         normalised = normalise(read(start, end - start), start, (start, end), relocated, image_base)
-        digest = hashlib.blake2b(_PART_HEADER.pack(0, len(normalised.code)), digest_size=16)
-        digest.update(normalised.code)
+        code = canonical(normalised, start)
+        digest = hashlib.blake2b(_PART_HEADER.pack(0, len(code)), digest_size=16)
+        digest.update(code)
         return FunctionFingerprint(
             function, digest.digest(), normalised.references, normalised.instruction_count
         )
@@ -82,8 +84,9 @@ def _fingerprint(
         # The part's offset from the entry matters (a branch into it keeps its bytes);
         # fragments elsewhere are compared by content only.
         relative = start - function.rva if start < entry_end else -1
-        digest.update(_PART_HEADER.pack(relative, len(normalised.code)))
-        digest.update(normalised.code)
+        code = canonical(normalised, start)
+        digest.update(_PART_HEADER.pack(relative, len(code)))
+        digest.update(code)
         references.extend(normalised.references)
         instructions += normalised.instruction_count
     for data in function.inline_data:
@@ -110,10 +113,10 @@ def fingerprint_image(
     """
     relocated = _relocated_fields(image)
     functions = image.functions
-    normalise, read, image_base = image.arch.normalise, image.read, image.image_base
+    arch, read, image_base = image.arch, image.read, image.image_base
     fingerprints = []
     for index, function in enumerate(functions):
-        fingerprints.append(_fingerprint(normalise, read, image_base, function, relocated))
+        fingerprints.append(_fingerprint(arch, read, image_base, function, relocated))
         if progress is not None and (index % 256 == 0 or index + 1 == len(functions)):
             progress(index + 1, len(functions))
     return tuple(fingerprints)
