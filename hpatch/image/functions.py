@@ -48,6 +48,18 @@ _SITE_BIT = {
     int(SiteKind.COND_JUMP): _BIT[Evidence.JUMP],
     int(SiteKind.ADDRESS): _BIT[Evidence.ADDRESS],
 }
+#: Private bits after those of Evidence (a function's sources never list them):
+#: ``_ENTRY``, a reference that only a function entry explains: a call, or a jump or
+#: an address taken from outside the referencing function (a tail call, a function
+#: pointer), its site checked to be an instruction; ``_FOREIGN``, such a reference
+#: that is a call or comes from a function other than the code right before the target.
+_ENTRY = 1 << len(Evidence)
+_FOREIGN = _ENTRY << 1
+_CALL = _BIT[Evidence.CALL]
+_NOT_A_JUMP = _CALL | _BIT[Evidence.ADDRESS]
+_ACCEPTED = _STRONG | _ENTRY
+#: The bits that decide what a gap holds.
+_DECISIVE = _STRONG | _ENTRY | _FOREIGN
 _LOAD = int(SiteKind.LOAD)
 _ADDRESS = int(SiteKind.ADDRESS)
 _JUMP = int(SiteKind.JUMP)
@@ -73,6 +85,8 @@ class _Discovery:
         self.arch = image.arch
         self.code_sections = image.executable_sections
         self.extents: dict[tuple[int, int], int | None] = {}
+        #: (start, end) -> sites of the references a linear decode of the range finds.
+        self.decoded: dict[tuple[int, int], set[int]] = {}
         self.exact, self.names = exact_starts(image)
         self.iat_slots = {i.iat_rva: i for i in image.imports}
         self.thunk_names: dict[int, str] = {}
@@ -114,6 +128,10 @@ class _Discovery:
         self.static_evidence: dict[int, int] = dict.fromkeys(self.pointers, _BIT[Evidence.RELOC])
         for rva, sources in self.exact.items():
             self.static_evidence[rva] = self.static_evidence.get(rva, 0) | _mask(sources)
+        self.pdata_starts_by_end = {end: start for start, end in self.primaries.items()}
+        self.pdata_starts_by_end.update(
+            (f.rva + f.size, f.rva) for parts in self.fragments.values() for f in parts
+        )
 
     def covered(self, leaves: dict[int, int]) -> Ranges:
         ranges = list(self.primaries.items()) + list(leaves.items())
@@ -144,16 +162,50 @@ class _Discovery:
             for site_rva, _, kind in self.sites_to(target)
         ]
 
-    def evidence_for(self, incoming: list[tuple[int, int, int]], known: Ranges) -> dict[int, int]:
+    def evidence_for(
+        self, incoming: list[tuple[int, int, int]], known: Ranges, entries: bool = False
+    ) -> dict[int, int]:
         """Evidence masks: the exact and pointer evidence, plus each ``incoming``
-        reference (see ``incoming``) whose site lies in a function known so far."""
+        reference (see ``incoming``) whose site lies in a function known so far.
+
+        With ``entries``, a reference counts only when its site is an instruction of
+        that function, and the references only an entry explains set ``_ENTRY``
+        (and ``_FOREIGN``, see there).
+        """
         found = dict(self.static_evidence)
         starts, ends = known.starts, known.ends
+        # (target, bits) -> (function start, end, site) of the sites that would give the
+        # target those bits once checked.
+        unchecked: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)
         for target, site_rva, bit in incoming:
             index = bisect.bisect_right(starts, site_rva) - 1
-            if index >= 0 and site_rva < ends[index]:
-                found[target] = found.get(target, 0) | bit
+            if index < 0 or site_rva >= ends[index]:
+                continue
+            start, end = starts[index], ends[index]
+            if entries and (bit == _CALL or not start <= target < end):
+                bit |= _ENTRY
+                # A jump from the code right before the target may reach the
+                # function's own block laid out after its last instruction.
+                if bit & _NOT_A_JUMP or bisect.bisect_right(starts, target) - 1 != index:
+                    bit |= _FOREIGN
+                unchecked[target, bit].append((start, end, site_rva))
+                continue
+            found[target] = found.get(target, 0) | bit
+        for (target, bit), sites in unchecked.items():
+            have = found.get(target, 0)
+            if have & bit != bit and any(self.is_reference_site(*site) for site in sites):
+                found[target] = have | bit
         return found
+
+    def is_reference_site(self, start: int, end: int, site_rva: int) -> bool:
+        """True if a linear decode of [start, end) has a reference at ``site_rva`` (a
+        byte-level scan also reports matches inside other instructions)."""
+        sites = self.decoded.get((start, end))
+        if sites is None:
+            code = self.image.read(start, end - start)
+            normalised = self.arch.normalise(code, start, (start, start), b"", 0)
+            sites = self.decoded[start, end] = {r.site_rva for r in normalised.references}
+        return site_rva in sites
 
     def gaps(self, pdata: Ranges) -> list[tuple[Section, int, int]]:
         """Parts of the code sections not covered by .pdata ranges."""
@@ -181,13 +233,6 @@ class _Discovery:
     def padding_at(self, section: Section, rva: int, limit: int) -> int:
         offset = rva - section.rva
         return min(self.padding_length(section, offset, limit - section.rva), limit - rva)
-
-    def preceded_by_padding(self, section: Section, rva: int) -> bool:
-        step = self.arch.instruction_alignment
-        offset = rva - section.rva
-        if offset < step:
-            return False
-        return self.padding_length(section, offset - step, offset) >= step
 
     def thunk_at(self, rva: int, limit: int) -> int | None:
         """End of the import thunk at ``rva`` (recording its name), or None."""
@@ -265,8 +310,29 @@ class _Discovery:
     ) -> dict[int, int]:
         """Functions without unwind data in [gap_start, gap_end); ``targets`` are the
         candidate starts in the gap, sorted."""
+        leaves = self.referenced_in_gap(section, gap_start, gap_end, evidence, targets)
+        return leaves
+
+    def referenced_in_gap(
+        self,
+        section: Section,
+        gap_start: int,
+        gap_end: int,
+        evidence: dict[int, int],
+        targets: list[int],
+    ) -> dict[int, int]:
+        """The functions of the gap that references or stated starts reveal.
+
+        A candidate is a function when the image states it (``_STRONG``) or a reference
+        only an entry explains points at it (``_ENTRY``). Right after the previous
+        function's code, with no padding between, it must be stated or reached from
+        elsewhere (``_FOREIGN``), and code that falls through into it owns it. Each
+        function ends where its code does, at the latest at the next candidate its
+        code does not run into.
+        """
         leaves: dict[int, int] = {}
-        exact_targets = [t for t in targets if evidence[t] & _STRONG]
+        align = self.arch.instruction_alignment
+        entries = [t for t in targets if evidence[t] & _ACCEPTED and not t % align]
         index = 0
         previous_end = gap_start
         cursor = gap_start + self.padding_at(section, gap_start, gap_end)
@@ -282,16 +348,19 @@ class _Discovery:
                 return leaves
             target = targets[index]
             index += 1
-            if target % self.arch.instruction_alignment:
+            mask = evidence[target]
+            if target % align or not mask & _ACCEPTED:
                 continue
-            # A start may sit inside what looks like padding: a hotpatch-ready function
-            # opens with a two-byte nop (66 90), the same bytes compilers pad with.
-            plausible = target <= cursor or self.preceded_by_padding(section, target)
-            if not (evidence[target] & _STRONG or plausible):
+            if target == previous_end and not self.may_follow(gap_start, previous_end, mask):
                 continue
-            next_exact = bisect.bisect_right(exact_targets, target)
-            bound = exact_targets[next_exact] if next_exact < len(exact_targets) else gap_end
-            end = self.leaf_extent(target, bound)
+            next_entry = bisect.bisect_right(entries, target)
+            while True:
+                bound = entries[next_entry] if next_entry < len(entries) else gap_end
+                end = self.leaf_extent(target, bound)
+                if end is not None or bound == gap_end or evidence[bound] & _STRONG:
+                    break
+                # The code runs on into the next candidate: not an entry after all.
+                next_entry += 1
             # Straight-line code that runs into a .pdata range is that function's real
             # entry: MSVC ARM64 shrink-wraps, leaving the instructions before the
             # prolog outside the unwind range.
@@ -309,6 +378,21 @@ class _Discovery:
             leaves[target] = previous_end = end
             cursor = end + self.padding_at(section, end, gap_end)
 
+    def may_follow(self, gap_start: int, previous_end: int, mask: int) -> bool:
+        """Whether a candidate with evidence ``mask`` may start right at ``previous_end``,
+        where the code before it ends with no padding between: the image states it,
+        or it is reached from elsewhere and the code before does not run on into it
+        (a function found in the gap ends where its code stops)."""
+        if mask & _STRONG:
+            return True
+        if previous_end == gap_start:
+            start = self.pdata_starts_by_end.get(gap_start)
+            if start is None:
+                return True  # the section starts here
+            if self.arch.falls_through(self.image.read, start, gap_start):
+                return False
+        return bool(mask & _FOREIGN)
+
     def run(self) -> tuple[Function, ...]:
         pdata = self.covered({})
         gaps = self.gaps(pdata)
@@ -316,18 +400,18 @@ class _Discovery:
         gap_targets = _outside(pdata, list(dict.fromkeys(self.target_keys)))
         gap_incoming = self.incoming(gap_targets)
         leaves: dict[int, int] = {}
-        gap_results: dict[tuple[int, tuple[tuple[int, bool], ...]], dict[int, int]] = {}
+        gap_results: dict[tuple[int, tuple[tuple[int, int], ...]], dict[int, int]] = {}
         for _ in range(_MAX_ROUNDS):
-            evidence = self.evidence_for(gap_incoming, self.covered(leaves))
+            evidence = self.evidence_for(gap_incoming, self.covered(leaves), entries=True)
             ordered = sorted(evidence)
             found: dict[int, int] = {}
             for section, start, end in gaps:
-                # A gap whose candidates did not change since the last round gives the
-                # same answer: evidence only grows, and so does what it validates.
+                # A gap whose candidates and their decisive evidence did not change
+                # since the last round gives the same answer.
                 targets = ordered[
                     bisect.bisect_left(ordered, start) : bisect.bisect_left(ordered, end)
                 ]
-                key = (start, tuple((t, bool(evidence[t] & _STRONG)) for t in targets))
+                key = (start, tuple((t, evidence[t] & _DECISIVE) for t in targets))
                 if key not in gap_results:
                     gap_results[key] = self.leaves_in_gap(section, start, end, evidence, targets)
                 found.update(gap_results[key])
