@@ -9,7 +9,7 @@ CORPUS_FETCH := ../shared/corpus/fetch.sh
 HPCORPUS ?= $(HOME)/.cache/hpatch-corpus
 DEMO_IMAGES := samples/bin/x64-clang/v1/sample.stripped.dll samples/bin/arm64-clang/v1/sample.stripped.dll
 
-.PHONY: demo test lint corpus bench clean sanitize fuzz realworld reliability
+.PHONY: demo test lint corpus cves bench clean sanitize fuzz realworld reliability
 
 $(STAMP): pyproject.toml setup.py native/*.c native/*.h
 	@$(PYTHON) -m venv $(VENV) || { echo "make: '$(PYTHON) -m venv' failed (Debian: apt-get install python3-venv python3-dev)" >&2; exit 1; }
@@ -51,8 +51,21 @@ corpus: $(STAMP)
 	fi
 
 test: $(STAMP) lint corpus
-	HPATCH_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q
-	HPATCH_PURE_PYTHON=1 $(BIN)/python -m pytest -q
+	HPATCH_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q --ignore=tests/cves
+	HPATCH_PURE_PYTHON=1 $(BIN)/python -m pytest -q --ignore=tests/cves
+
+# `make cves`: the CVE corpus (real security fixes built as DLLs for the four builds,
+# with ground truth; ../shared/cves/build.sh, about 10 minutes on 2 cores the first
+# time) and the tests that hold hpatch to it (tests/cves: self and rebased diffs, the
+# modified sets against the truth, packages and their proofs). The tests skip, saying
+# so, when the corpus is absent.
+CVES_BUILD := ../shared/cves/build.sh
+HPCVES ?= $(HOME)/.cache/hpatch-cves
+cves: $(STAMP)
+	@if [ -f $(CVES_BUILD) ] && [ ! -s $(HPCVES)/pairs.tsv ]; then \
+		HPCVES=$(HPCVES) PYTHON=$(BIN)/python bash $(CVES_BUILD) || echo "make: CVE corpus build failed; its tests will skip" >&2; \
+	fi
+	HPCVES=$(HPCVES) HPATCH_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q tests/cves
 
 # `make sanitize`: the C core built with AddressSanitizer and UndefinedBehaviorSanitizer
 # out of tree, its tests, then a bounded fuzz run against the pure-Python twin
