@@ -166,6 +166,12 @@ class Arch(ABC):
         form per branch return the masked code as it is."""
         return normalised.code
 
+    def access_size(self, read: ReadRva, site_rva: int) -> int | None:
+        """Bytes the memory operand of the instruction at ``site_rva`` loads or stores,
+        or None when it does not access memory there (an address taken) or the machine
+        cannot tell from that instruction alone."""
+        return None
+
     @abstractmethod
     def code_extent(
         self, read: ReadRva, start_rva: int, bound_rva: int, roots: Sequence[int] = ()

@@ -6,6 +6,7 @@ import struct
 from collections.abc import Iterable, Sequence
 
 import capstone
+from capstone import x86_const
 
 from hpatch._backend import core
 from hpatch.arch.base import (
@@ -68,6 +69,8 @@ class X64(Arch):
 
     def __init__(self) -> None:
         self._cs_lite = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        self._cs_detail = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        self._cs_detail.detail = True
 
     # .pdata -------------------------------------------------------------
 
@@ -145,6 +148,23 @@ class X64(Arch):
         return NormalisedCode.from_core(
             core.normalise_x64(code, code_rva, own_range[0], own_range[1], relocated, image_base)
         )
+
+    def access_size(self, read: ReadRva, site_rva: int) -> int | None:
+        try:
+            code = read(site_rva, 15)
+        except ImageFormatError:
+            return None
+        decoder = self._cs_detail
+        for insn in decoder.disasm(code, site_rva, 1):
+            if insn.id == x86_const.X86_INS_LEA:
+                return None
+            for operand in insn.operands:
+                if (
+                    operand.type == x86_const.X86_OP_MEM
+                    and operand.mem.base == x86_const.X86_REG_RIP
+                ):
+                    return operand.size or None
+        return None
 
     def canonical_code(self, normalised: NormalisedCode, code_rva: int) -> bytes:
         # The masked short forms (EB rel8, 7x rel8) become their near forms (E9 rel32,

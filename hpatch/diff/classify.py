@@ -244,6 +244,11 @@ class Correspondence:
         )
         if longer.strip(b"\0"):
             return False
+        return self.same_content(old_target, new_target, size)
+
+    def same_content(self, old_target: int, new_target: int, size: int) -> bool:
+        """``size`` bytes at each target are the same: equal, with the relocated pointers
+        among them (or the entries of a relative table) leading to the same things."""
         old_end, new_end = old_target + size, new_target + size
         old_bytes = bytearray(self.old.image.read(old_target, size))
         new_bytes = bytearray(self.new.image.read(new_target, size))
@@ -339,6 +344,23 @@ class Correspondence:
         new_bytes = new_section.data[new_offset - window : new_offset + window]
         return len(old_bytes) == 2 * window and old_bytes == new_bytes
 
+    def _same_access(self, old: Reference, new: Reference) -> bool:
+        """Two loads or stores of read-only data that touch the same bytes: as many as
+        the instruction accesses (an 8-byte load of mingw's ``.refptr.X`` reads that
+        pointer, not the compiler ident strings after it up to the next label)."""
+        old_size = self.old.image.arch.access_size(self.old.image.read, old.site_rva)
+        if old_size is None:
+            return False
+        if old_size != self.new.image.arch.access_size(self.new.image.read, new.site_rva):
+            return False
+        for side, target in ((self.old, old.target_rva), (self.new, new.target_rva)):
+            section = side.image.section_at(target)
+            if section is None or section.is_writable or section.is_executable:
+                return False
+            if target + old_size > section.rva + section.virtual_size:
+                return False
+        return self.same_content(old.target_rva, new.target_rva, old_size)
+
     def references_agree(
         self, old: tuple[Reference, ...], new: tuple[Reference, ...]
     ) -> tuple[str, tuple[Reference, Reference] | None]:
@@ -348,7 +370,7 @@ class Correspondence:
         for a, b in zip(old, new, strict=True):
             if a.kind != b.kind:
                 return f"a {a.kind.name.lower()} reference became {b.kind.name.lower()}", (a, b)
-            if not self.same(a.target_rva, b.target_rva):
+            if not self.same(a.target_rva, b.target_rva) and not self._same_access(a, b):
                 return (
                     f"the {a.kind.name.lower()} reference at 0x{a.site_rva:x} points elsewhere "
                     f"(0x{a.target_rva:x} -> 0x{b.target_rva:x})",
