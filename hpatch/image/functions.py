@@ -2,7 +2,8 @@
 
 .pdata ranges (hpatch.image.pdata) and the starts the image states outright
 (hpatch.image.evidence) come first; leaf functions without unwind data are then found
-in the gaps from references in code and data, repeating until nothing changes; last,
+in the gaps from references in code and data, and dead code from its shape alone,
+repeating until nothing changes; last,
 each function's inline data, fall-through tails and padding are claimed. The rules are
 described in docs/image-model.md.
 """
@@ -120,6 +121,10 @@ class _Discovery:
         #: (site, target) of every address taken in code, in site order, and the sites.
         self.address_sites = [(s, t) for s, t, k in self.sites if k == _ADDRESS]
         self.address_site_rvas = [s for s, _ in self.address_sites]
+        #: Where code takes an address or loads from, sorted.
+        self.data_targets = sorted(
+            {t for _, t in self.address_sites} | {t for _, t in self.load_sites}
+        )
         #: the sites again, ordered by target, and their targets, for lookups by bisection.
         self.by_target = sorted(self.sites, key=itemgetter(1))
         self.target_keys = [site[1] for site in self.by_target]
@@ -128,6 +133,7 @@ class _Discovery:
         self.static_evidence: dict[int, int] = dict.fromkeys(self.pointers, _BIT[Evidence.RELOC])
         for rva, sources in self.exact.items():
             self.static_evidence[rva] = self.static_evidence.get(rva, 0) | _mask(sources)
+        self.pdata_ranges = self.covered({})
         self.pdata_starts_by_end = {end: start for start, end in self.primaries.items()}
         self.pdata_starts_by_end.update(
             (f.rva + f.size, f.rva) for parts in self.fragments.values() for f in parts
@@ -311,6 +317,7 @@ class _Discovery:
         """Functions without unwind data in [gap_start, gap_end); ``targets`` are the
         candidate starts in the gap, sorted."""
         leaves = self.referenced_in_gap(section, gap_start, gap_end, evidence, targets)
+        leaves.update(self.unreferenced_in_gap(section, gap_start, gap_end, leaves))
         return leaves
 
     def referenced_in_gap(
@@ -378,6 +385,95 @@ class _Discovery:
             leaves[target] = previous_end = end
             cursor = end + self.padding_at(section, end, gap_end)
 
+    def unreferenced_in_gap(
+        self, section: Section, gap_start: int, gap_end: int, leaves: dict[int, int]
+    ) -> dict[int, int]:
+        """Functions nothing references (dead code the linker kept) between the ones found.
+
+        A run of code after a function that does not run on into it becomes functions
+        when it decodes into whole functions back to back, each ending in a return, a
+        jump or a trap, with only padding between them and up to the next function,
+        and each jumping out of itself only where a tail call may go. A run that
+        something addresses or loads from holds data, and one after a function that
+        indexes tables through ``__ImageBase`` may hold its table: both are left alone.
+        """
+        found: dict[int, int] = {}
+        # Each run follows the .pdata range before the gap (none at a section's start)
+        # or a function found in the gap, and ends where the next one starts.
+        runs = [(self.pdata_starts_by_end.get(gap_start), gap_start)]
+        runs += sorted(leaves.items())
+        next_starts = [*sorted(leaves), gap_end]
+        for (previous, run_start), run_end in zip(runs, next_starts, strict=True):
+            cursor = run_start + self.padding_at(section, run_start, run_end)
+            if cursor >= run_end or self.data_inside(cursor, run_end):
+                continue
+            if previous is not None and (
+                self.loads_image_base(previous, run_start)
+                # A function found in the gap ends where its code stops; a range may not.
+                or (
+                    run_start == gap_start
+                    and self.arch.falls_through(self.image.read, previous, run_start)
+                )
+            ):
+                continue
+            cursor = self.entry_in_padding(run_start, cursor)
+            pieces: dict[int, int] = {}
+            while cursor < run_end:
+                piece_end = (
+                    None
+                    if cursor % self.arch.instruction_alignment
+                    else self.thunk_at(cursor, run_end) or self.leaf_extent(cursor, run_end)
+                )
+                if piece_end is None or piece_end <= cursor:
+                    pieces = {}
+                    break
+                pieces[cursor] = piece_end
+                cursor = piece_end + self.padding_at(section, piece_end, run_end)
+                cursor = self.entry_in_padding(piece_end, cursor)
+            if pieces and self.jumps_only_to_starts(pieces, leaves, gap_start, gap_end):
+                found.update(pieces)
+        return found
+
+    def jumps_only_to_starts(
+        self, pieces: dict[int, int], leaves: dict[int, int], gap_start: int, gap_end: int
+    ) -> bool:
+        """True if every direct jump out of each piece may be a tail call: to a start
+        found in the gap, or out of the gap but not into the middle of a .pdata range.
+        Blocks of a function whose jump table went unread jump back into its middle."""
+        pdata = self.pdata_ranges
+        for start, end in pieces.items():
+            first = bisect.bisect_left(self.sites, (start,))
+            last = bisect.bisect_left(self.sites, (end,))
+            for site, target, kind in self.sites[first:last]:
+                if kind not in (_JUMP, _COND_JUMP) or start <= target < end:
+                    continue
+                if not self.is_reference_site(start, end, site):
+                    continue  # a match inside another instruction
+                if gap_start <= target < gap_end:
+                    if target not in pieces and target not in leaves:
+                        return False
+                else:
+                    index = pdata.find(target)
+                    if index is not None and pdata.starts[index] != target:
+                        return False
+        return True
+
+    def entry_in_padding(self, start: int, end: int) -> int:
+        """Where a function preceded by the padding [start, end) begins: after the last
+        trap in it, else at its end. A hotpatch-ready function opens with the two-byte
+        nop (66 90) that compilers also pad with, right after the traps before it."""
+        step = self.arch.instruction_alignment
+        for rva in range(end - step, max(start, end - _LONGEST_PADDING) - 1, -step):
+            # Code that stops before its first instruction is a trap.
+            if self.arch.code_extent(self.image.read, rva, rva + step) == rva:
+                return rva + step
+        return end
+
+    def data_inside(self, start: int, end: int) -> bool:
+        """True if code addresses or loads from somewhere in [start, end)."""
+        index = bisect.bisect_left(self.data_targets, start)
+        return index < len(self.data_targets) and self.data_targets[index] < end
+
     def may_follow(self, gap_start: int, previous_end: int, mask: int) -> bool:
         """Whether a candidate with evidence ``mask`` may start right at ``previous_end``,
         where the code before it ends with no padding between: the image states it,
@@ -394,7 +490,7 @@ class _Discovery:
         return bool(mask & _FOREIGN)
 
     def run(self) -> tuple[Function, ...]:
-        pdata = self.covered({})
+        pdata = self.pdata_ranges
         gaps = self.gaps(pdata)
         # Only references into the gaps can reveal new functions; check them each round.
         gap_targets = _outside(pdata, list(dict.fromkeys(self.target_keys)))
