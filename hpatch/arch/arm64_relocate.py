@@ -3,17 +3,20 @@
 Branches, ADR and literal loads carry their own displacement. ADRP is the hard case:
 it names a 4 KiB page, and the instructions that add the page offset can be anywhere
 the register flows. Each ADRP's register is followed along the control flow of the
-code (capstone reports which registers each instruction reads and writes) until it is
-overwritten or dies; every read on the way must be an ADD or a load/store that
-completes the address, or the code is refused: a copy could not be proven right.
+code until it is overwritten or dies, through copies (``mov``) and across calls when
+the register is callee-saved; every read on the way must be an ADD or a load/store
+that completes the address, or the code is refused: a copy could not be proven right.
+Which registers an instruction reads and writes comes from its encoding
+(``_gpr_access``), checked against capstone's decode; an instruction neither models
+refuses a page live across it.
 
 A page may also stay live in an argument register at a call (or a result register at
-a return, or across a branch out of the code): a compiler leaves such copies behind
-when it keeps the page in a callee-saved register. Whether the callee reads it is out
-of sight, so the fixups say where the page is handed on, and the builder accepts the
-copy only if every target keeps its page offset once bound (then any completion,
-seen or not, lands on the corresponding address). A page handed on that nothing in
-the code completes has no known target and is refused.
+a return, or across a branch out of the code): a compiler leaves such
+copies behind when it keeps the page in a callee-saved register. Whether the callee
+reads it is out of sight, so the fixups say where the page is handed on, and the
+builder accepts the copy only if every target keeps its page offset once bound (then
+any completion, seen or not, lands on the corresponding address). A page handed on
+that nothing in the code completes has no known target and is refused.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ from hpatch.arch.relocate import CodeFixup, RelocationError
 from hpatch.arch.rewrite import Fixup
 
 _MAX_WALK = 1 << 16
-_ARGUMENT_REGISTERS = range(0, 8)
-_RESULT_REGISTERS = range(0, 2)
-_CALL_CLOBBERED = range(0, 19)
+_ARGUMENT_REGISTERS = frozenset(range(0, 8))
+_RESULT_REGISTERS = frozenset(range(0, 2))
+_CALL_CLOBBERED = frozenset(range(0, 19))
 
 
 @cache
@@ -54,33 +57,208 @@ def _register_number(name: str) -> int | None:
 
 
 class _Word:
-    """One decoded instruction word: what it does with control flow and registers."""
+    """One decoded instruction word: what it does with control flow and registers
+    (``modelled`` False: hpatch does not know which registers it uses)."""
 
-    __slots__ = ("reads", "word", "writes")
+    __slots__ = ("modelled", "reads", "word", "writes")
 
-    def __init__(self, word: int, reads: frozenset[int], writes: frozenset[int]) -> None:
-        self.word, self.reads, self.writes = word, reads, writes
+    def __init__(
+        self, word: int, reads: frozenset[int], writes: frozenset[int], modelled: bool
+    ) -> None:
+        self.word, self.reads, self.writes, self.modelled = word, reads, writes, modelled
+
+
+_NO_REGISTERS: frozenset[int] = frozenset()
+
+
+def _registers(*numbers: int) -> frozenset[int]:
+    """General-purpose register numbers, without 31 (SP or the zero register)."""
+    return frozenset(n for n in numbers if n != 31)
+
+
+def _touched(word: int, *extra: int) -> tuple[frozenset[int], frozenset[int]]:
+    """Every register field of ``word`` taken as read and none as written: an
+    instruction modelled no closer than that refuses any page it touches."""
+    rt, rn, rt2, rs = word & 31, (word >> 5) & 31, (word >> 10) & 31, (word >> 16) & 31
+    return _registers(rt, rn, rt2, rs, *extra), _NO_REGISTERS
+
+
+def _gpr_access(word: int) -> tuple[frozenset[int], frozenset[int]] | None:
+    """(read, written) general-purpose registers of an A64 instruction word, None for
+    one hpatch does not model (SVE, SME, system calls, unallocated space).
+
+    A register written must really be overwritten on every execution: a page wrongly
+    taken as overwritten would hide its later completions. A register read may be
+    over-reported (it only refuses more); where the encoding is not modelled field by
+    field, every register field counts as read.
+    """
+    rd, rn, rm = word & 31, (word >> 5) & 31, (word >> 16) & 31
+    group = (word >> 25) & 0xF
+    if group in (0b1000, 0b1001):  # data processing, immediate
+        op = (word >> 23) & 7
+        if op in (0, 1):  # ADR, ADRP
+            return _NO_REGISTERS, _registers(rd)
+        if op in (2, 4):  # add/sub, logical
+            return _registers(rn), _registers(rd)
+        if op == 5:  # move wide: MOVN, MOVZ, MOVK (which keeps the other bits)
+            opc = (word >> 29) & 3
+            if opc == 1:
+                return None
+            return (_registers(rd) if opc == 3 else _NO_REGISTERS), _registers(rd)
+        if op == 6:  # bitfield: SBFM, BFM (which keeps bits of Rd), UBFM
+            opc = (word >> 29) & 3
+            if opc == 3:
+                return None
+            return (_registers(rn, rd) if opc == 1 else _registers(rn)), _registers(rd)
+        if op == 7:  # EXTR
+            return _registers(rn, rm), _registers(rd)
+        return _touched(word)  # add/sub with tags
+    if group in (0b1010, 0b1011):  # branches, exception generation, system
+        if (word & 0x7C000000) == 0x14000000:  # B, BL
+            return _NO_REGISTERS, (_registers(30) if word >> 31 else _NO_REGISTERS)
+        if (word & 0x7C000000) == 0x34000000:  # CBZ/CBNZ, TBZ/TBNZ
+            return _registers(rd), _NO_REGISTERS
+        if (word & 0xFE000000) == 0x54000000:  # B.cond
+            return _NO_REGISTERS, _NO_REGISTERS
+        if (word & 0xFFE0001F) == 0xD4200000:  # BRK
+            return _NO_REGISTERS, _NO_REGISTERS
+        if (word & 0xFFFFF01F) == 0xD503201F:  # hints
+            crm, op2 = (word >> 8) & 0xF, (word >> 5) & 7
+            if crm == 1:  # PAC and AUT on x17 with x16
+                return _registers(16, 17), _NO_REGISTERS
+            if crm == 3 or (crm == 0 and op2 == 7):  # PAC and AUT on x30, XPACLRI
+                return _registers(30), _NO_REGISTERS
+            return _NO_REGISTERS, _NO_REGISTERS
+        if (word & 0xFFC00000) == 0xD5000000:  # system
+            if word & 0x00200000 and word & 0x00180000:  # MRS, SYSL
+                return _NO_REGISTERS, _registers(rd)
+            return _registers(rd), _NO_REGISTERS  # barriers, MSR, SYS
+        if (word & 0xFE000000) == 0xD6000000:  # branch to register
+            opc = (word >> 21) & 0xF
+            written = _registers(30) if opc in (1, 9) else _NO_REGISTERS
+            if opc in (0, 1, 2) and (word & 0xFC1F) == 0:  # BR, BLR, RET
+                return _registers(rn), written
+            return _registers(rn, rd, 30), written  # the authenticated forms
+        return None
+    if group & 0b0101 == 0b0100:  # loads and stores
+        return _load_store_access(word)
+    if group in (0b0101, 0b1101):  # data processing, register
+        return _register_access(word)
+    if group in (0b0111, 0b1111):  # scalar floating point and Advanced SIMD
+        if (word & 0x5F20FC00) == 0x1E200000:  # conversion with an integer register
+            opcode = (word >> 16) & 7
+            if opcode in (2, 3, 7):  # SCVTF, UCVTF, FMOV from a general register
+                return _registers(rn), _NO_REGISTERS
+            return _NO_REGISTERS, _registers(rd)
+        if (word & 0x5F200000) == 0x1E000000:  # conversion with a fixed-point integer
+            opcode = (word >> 16) & 7
+            if opcode in (2, 3):
+                return _registers(rn), _NO_REGISTERS
+            return _NO_REGISTERS, _registers(rd)
+        if (word & 0x9FE08400) == 0x0E000400:  # Advanced SIMD copy
+            imm4 = (word >> 11) & 0xF
+            if not word & 0x20000000 and imm4 in (1, 3):  # DUP, INS from a general register
+                return _registers(rn), _NO_REGISTERS
+            if not word & 0x20000000 and imm4 in (5, 7):  # SMOV, UMOV
+                return _NO_REGISTERS, _registers(rd)
+        return _NO_REGISTERS, _NO_REGISTERS
+    return None  # reserved, SME, SVE, unallocated
+
+
+def _load_store_access(word: int) -> tuple[frozenset[int], frozenset[int]]:
+    rt, rn, rm, rt2 = word & 31, (word >> 5) & 31, (word >> 16) & 31, (word >> 10) & 31
+    vector = bool(word & 0x04000000)
+    if (word & 0xBE000000) == 0x0C000000:  # Advanced SIMD structures
+        if word & 0x00800000:  # post-indexed: the base moves
+            return _registers(rn, rm), _registers(rn)
+        return _registers(rn), _NO_REGISTERS
+    if (word & 0x3B000000) == 0x18000000:  # load literal
+        if vector or word >> 30 == 3:  # into a vector register, PRFM
+            return _NO_REGISTERS, _NO_REGISTERS
+        return _NO_REGISTERS, _registers(rt)
+    if (word & 0x38000000) == 0x28000000:  # register pairs
+        mode, load, opc = (word >> 23) & 3, bool(word & 0x00400000), word >> 30
+        if not vector and opc == 3:
+            return _touched(word)
+        moved = _registers(rn) if mode in (1, 3) else _NO_REGISTERS
+        if vector:
+            return _registers(rn), moved
+        if load:
+            return _registers(rn), _registers(rt, rt2) | moved
+        return _registers(rn, rt, rt2), moved
+    if (word & 0x38000000) == 0x38000000:  # single registers
+        size, opc = word >> 30, (word >> 22) & 3
+        if word & 0x01000000:  # unsigned offset
+            base, moved = _registers(rn), _NO_REGISTERS
+        elif not word & 0x00200000:  # unscaled, pre- or post-indexed, unprivileged
+            indexed = (word >> 10) & 3 in (1, 3)
+            base, moved = _registers(rn), (_registers(rn) if indexed else _NO_REGISTERS)
+        elif (word >> 10) & 3 == 2:  # register offset
+            base, moved = _registers(rn, rm), _NO_REGISTERS
+        else:  # atomics, LD64B/ST64B (eight registers), pointer-authenticated loads
+            return _touched(word, *range(rt, min(rt + 8, 31)))
+        if vector:
+            return base, moved
+        if opc == 0:  # store
+            return base | _registers(rt), moved
+        if opc == 2 and size == 3:  # PRFM
+            return base, moved
+        if opc == 3 and size >= 2:
+            return _touched(word)
+        return base, moved | _registers(rt)
+    return _touched(word, rm + 1 if rm < 31 else 31, rt + 1 if rt < 31 else 31)
+
+
+def _register_access(word: int) -> tuple[frozenset[int], frozenset[int]]:
+    rd, rn, rm, ra = word & 31, (word >> 5) & 31, (word >> 16) & 31, (word >> 10) & 31
+    if not word & 0x10000000:  # logical, add/sub (shifted or extended register)
+        return _registers(rn, rm), _registers(rd)
+    op2 = (word >> 21) & 0xF
+    if op2 == 0 and (word >> 10) & 0x3F == 0:  # add/sub with carry
+        return _registers(rn, rm), _registers(rd)
+    if op2 == 2:  # conditional compare (register or immediate)
+        return _registers(rn) | (_NO_REGISTERS if word & 0x800 else _registers(rm)), _NO_REGISTERS
+    if op2 == 4:  # conditional select
+        return _registers(rn, rm), _registers(rd)
+    if op2 == 6:  # two sources, or one (PAC and AUT keep bits of Rd)
+        if word & 0x40000000:
+            return _registers(rn, rd), _registers(rd)
+        return _registers(rn, rm), _registers(rd)
+    if op2 & 8:  # three sources
+        return _registers(rn, rm, ra), _registers(rd)
+    return _touched(word)
 
 
 def _decode_words(
     code: bytes, code_rva: int, instructions: Sequence[tuple[int, int]]
 ) -> list[_Word | None]:
-    """Each word of ``code``, decoded where it lies in an instruction range, else None."""
+    """Each word of ``code``, decoded where it lies in an instruction range, else None.
+
+    The registers come from the encoding (``_gpr_access``); capstone decodes each word
+    too, and a register it names that the encoding does not is a disagreement: the
+    word counts as not modelled. (Capstone's own read/write split is not used: it
+    takes ``asr w8, w27, #1`` to read w8 and ``cmp x8, #0`` to write x8.)
+    """
     count = len(code) // 4
     words = struct.unpack_from(f"<{count}I", code)
     decoded: list[_Word | None] = [None] * count
     decoder = _decoder()
     for start, end in instructions:
         for index in range((start - code_rva) // 4, (end - code_rva) // 4):
-            reads: set[int] = set()
-            writes: set[int] = set()
+            word = words[index]
+            access = _gpr_access(word)
+            named: set[int] = set()
             for insn in decoder.disasm(code[4 * index : 4 * index + 4], code_rva + 4 * index):
                 read, written = insn.regs_access()
-                reads = {n for r in read if (n := _register_number(insn.reg_name(r))) is not None}
-                writes = {
-                    n for r in written if (n := _register_number(insn.reg_name(r))) is not None
+                named = {
+                    n
+                    for r in (*read, *written)
+                    if (n := _register_number(insn.reg_name(r))) is not None
                 }
-            decoded[index] = _Word(words[index], frozenset(reads), frozenset(writes))
+            if access is None or not named <= access[0] | access[1]:
+                decoded[index] = _Word(word, frozenset(named), _NO_REGISTERS, False)
+            else:
+                decoded[index] = _Word(word, access[0], access[1], True)
     return decoded
 
 
@@ -93,6 +271,13 @@ def _page_offset_kind(word: int) -> tuple[Fixup, int] | None:
         if word & 0x04000000 and size == 0 and word & 0x00800000:
             return Fixup.ARM64_PAGEOFFSET_12L, 4  # 128-bit Q register
         return Fixup.ARM64_PAGEOFFSET_12L, size
+    return None
+
+
+def _stored_register(word: int) -> int | None:
+    """The general-purpose register a STR (unsigned immediate) writes to memory."""
+    if (word & 0x3B000000) == 0x39000000 and not word & 0x04000000 and not word & 0x00C00000:
+        return word & 0x1F
     return None
 
 
@@ -174,7 +359,13 @@ class _Flow:
                 visited.add((index, holders))
                 rva = self.code_rva + 4 * index
                 word = item.word
+                if _is_trap(word):
+                    break
+                if not item.modelled:
+                    raise refuse(rva, "is live at an instruction hpatch does not model")
                 if _page_offset_kind(word) is not None and (word >> 5) & 0x1F in holders:
+                    if _stored_register(word) in holders:
+                        raise refuse(rva, "is stored to memory")
                     found.add(index)
                     holders = holders - item.writes
                     index += 1
@@ -190,15 +381,15 @@ class _Flow:
                 if holders & item.reads:
                     raise refuse(rva, "is used in a way hpatch cannot rebind")
                 holders = holders - item.writes
-                if not holders or _is_trap(word):
+                if not holders:
                     break
                 if _is_return_or_jump(word) or _is_indirect_call(word):
                     is_return = (word & 0xFFFFFC1F) == 0xD65F0000
                     passed = _RESULT_REGISTERS if is_return else _ARGUMENT_REGISTERS
-                    if holders & set(passed):
+                    if holders & passed:
                         passed_on.append(rva)
                     if _is_indirect_call(word):
-                        holders = holders - set(_CALL_CLOBBERED)
+                        holders = holders - _CALL_CLOBBERED
                         index += 1
                         continue
                     if (word & 0xFFFFFC1F) == 0xD61F0000:  # BR: a jump table's dispatch
@@ -209,15 +400,15 @@ class _Flow:
                     break
                 target, continues, is_call = _branch(word, rva)
                 if is_call:
-                    if holders & set(_ARGUMENT_REGISTERS):
+                    if holders & _ARGUMENT_REGISTERS:
                         passed_on.append(rva)
-                    holders = holders - set(_CALL_CLOBBERED)
+                    holders = holders - _CALL_CLOBBERED
                     index += 1
                     continue
                 if target is not None:
                     if self.code_rva <= target < self.code_rva + 4 * len(self.words):
                         pending.append(((target - self.code_rva) // 4, holders))
-                    elif holders & set(_ARGUMENT_REGISTERS):
+                    elif holders & _ARGUMENT_REGISTERS:
                         passed_on.append(rva)
                     if not continues:
                         break
