@@ -8,10 +8,11 @@ the register is callee-saved; every read on the way must be an ADD or a load/sto
 that completes the address, or the code is refused: a copy could not be proven right.
 Which registers an instruction reads and writes comes from its encoding
 (``_gpr_access``), checked against capstone's decode; an instruction neither models
-refuses a page live across it.
+refuses a page live across it. Each completion must be reached by a page on every
+path (``_Flow.other_values``), else rewriting its offset would break the other paths.
 
 A page may also stay live in an argument register at a call (or a result register at
-a return, or across a branch out of the code): a compiler leaves such
+a return, or in any register across a jump out of the code): a compiler leaves such
 copies behind when it keeps the page in a callee-saved register. Whether the callee
 reads it is out of sight, so the fixups say where the page is handed on, and the
 builder accepts the copy only if every target keeps its page offset once bound (then
@@ -33,9 +34,12 @@ from hpatch.arch.relocate import CodeFixup, RelocationError
 from hpatch.arch.rewrite import Fixup
 
 _MAX_WALK = 1 << 16
-_ARGUMENT_REGISTERS = frozenset(range(0, 8))
+#: Where a call may read what the caller left: x0-x7, and x8 (the address of a result
+#: returned in memory).
+_ARGUMENT_REGISTERS = frozenset(range(0, 9))
 _RESULT_REGISTERS = frozenset(range(0, 2))
-_CALL_CLOBBERED = frozenset(range(0, 19))
+#: What a call leaves undefined: x0-x18 by the calling convention, and x30 (the link).
+_CALL_CLOBBERED = frozenset((*range(0, 19), 30))
 
 
 @cache
@@ -383,20 +387,26 @@ class _Flow:
                 holders = holders - item.writes
                 if not holders:
                     break
-                if _is_return_or_jump(word) or _is_indirect_call(word):
-                    is_return = (word & 0xFFFFFC1F) == 0xD65F0000
-                    passed = _RESULT_REGISTERS if is_return else _ARGUMENT_REGISTERS
-                    if holders & passed:
+                if _is_indirect_call(word):
+                    if holders & _ARGUMENT_REGISTERS:
                         passed_on.append(rva)
-                    if _is_indirect_call(word):
-                        holders = holders - _CALL_CLOBBERED
-                        index += 1
-                        continue
-                    if (word & 0xFFFFFC1F) == 0xD61F0000:  # BR: a jump table's dispatch
+                    holders = holders - _CALL_CLOBBERED
+                    index += 1
+                    continue
+                if _is_return_or_jump(word):
+                    if (word & 0xFFFFFC1F) == 0xD65F0000:  # RET
+                        if holders & _RESULT_REGISTERS:
+                            passed_on.append(rva)
+                    elif self.indirect_targets and (word & 0xFFFFFC1F) == 0xD61F0000:
+                        # BR: a jump table's dispatch
+                        if holders & _ARGUMENT_REGISTERS:
+                            passed_on.append(rva)
                         pending.extend(
                             ((t - self.code_rva) // 4, holders)
                             for t in sorted(self.indirect_targets)
                         )
+                    else:  # a jump out of the code, to anywhere
+                        passed_on.append(rva)
                     break
                 target, continues, is_call = _branch(word, rva)
                 if is_call:
@@ -408,12 +418,75 @@ class _Flow:
                 if target is not None:
                     if self.code_rva <= target < self.code_rva + 4 * len(self.words):
                         pending.append(((target - self.code_rva) // 4, holders))
-                    elif holders & _ARGUMENT_REGISTERS:
+                    else:
+                        # Another function (a tail call) or another part of this one,
+                        # which may complete the page in any register.
                         passed_on.append(rva)
                     if not continues:
                         break
                 index += 1
         return sorted(found), min(passed_on, default=None)
+
+    def other_values(self) -> list[int]:
+        """For each word, the registers (a bit mask) that may reach it holding
+        something other than a page an ADRP of the code set: the page a completion
+        adds to must be one on every path, or the walk took a path the code does not
+        (into the tables of another dispatch, past a call that does not return).
+
+        Code no path from the start reaches (an exception handler, which the system
+        enters) starts with every register unknown.
+        """
+        unknown = (1 << 31) - 1
+        clobbered = sum(1 << n for n in _CALL_CLOBBERED)
+        masks = [-1] * len(self.words)
+        pending = [(0, unknown)]
+        seed = 0
+        while True:
+            while pending:
+                index, mask = pending.pop()
+                while 0 <= index < len(self.words) and self.words[index] is not None:
+                    if masks[index] >= 0 and masks[index] | mask == masks[index]:
+                        break
+                    mask = masks[index] = max(masks[index], 0) | mask
+                    item = self.words[index]
+                    assert item is not None
+                    word = item.word
+                    rva = self.code_rva + 4 * index
+                    if not item.modelled:
+                        mask = unknown
+                    elif (word & 0x9F000000) == 0x90000000:  # ADRP
+                        mask &= ~(1 << (word & 0x1F))
+                    elif (word & 0xFFE0FFE0) == 0xAA0003E0:  # mov xD, xS
+                        source, destination = (word >> 16) & 0x1F, word & 0x1F
+                        mask = mask & ~(1 << destination) | ((mask >> source) & 1) << destination
+                    else:
+                        mask |= sum(1 << n for n in item.writes)
+                    if _is_trap(word):
+                        break
+                    if _is_indirect_call(word):
+                        mask |= clobbered
+                    elif _is_return_or_jump(word):
+                        if self.indirect_targets and (word & 0xFFFFFC1F) == 0xD61F0000:
+                            pending.extend(
+                                ((t - self.code_rva) // 4, mask)
+                                for t in sorted(self.indirect_targets)
+                            )
+                        break
+                    else:
+                        target, continues, is_call = _branch(word, rva)
+                        if is_call:
+                            mask |= clobbered
+                        elif target is not None:
+                            if self.code_rva <= target < self.code_rva + 4 * len(self.words):
+                                pending.append(((target - self.code_rva) // 4, mask))
+                            if not continues:
+                                break
+                    index += 1
+            while seed < len(self.words) and (self.words[seed] is None or masks[seed] >= 0):
+                seed += 1
+            if seed == len(self.words):
+                return [max(mask, 0) for mask in masks]
+            pending.append((seed, unknown))
 
 
 def arm64_code_fixups(
@@ -440,6 +513,7 @@ def arm64_code_fixups(
     flow = _Flow(words, code_rva, frozenset(indirect_targets))
     fixups: list[CodeFixup] = []
     completed_by: dict[int, int] = {}  # consumer index -> the address it completes
+    other_values: list[int] | None = None
     for index, item in enumerate(words):
         if item is None:
             continue
@@ -473,9 +547,16 @@ def arm64_code_fixups(
                     "of two ADRPs"
                 )
             site = code_rva + 4 * consumer
-            fixups.append(CodeFixup(site, kind, target, site, index, group_passed_on))
+            other_values = flow.other_values() if other_values is None else other_values
+            base = (consumer_word >> 5) & 0x1F
+            if other_values[consumer] >> base & 1:
+                raise RelocationError(
+                    f"the page offset at 0x{site:x} completes the page set at 0x{rva:x} on "
+                    f"one path and another value of x{base} on another"
+                )
+            fixups.append(CodeFixup(site, kind, target, site, rva, group_passed_on))
         fixups.append(
-            CodeFixup(rva, Fixup.ARM64_PAGEBASE_REL21, first_target, rva, index, group_passed_on)
+            CodeFixup(rva, Fixup.ARM64_PAGEBASE_REL21, first_target, rva, rva, group_passed_on)
         )
     start = bisect.bisect_left(relocated, code_rva)
     stop = bisect.bisect_left(relocated, code_rva + len(code))

@@ -136,6 +136,46 @@ def test_a_page_read_other_than_by_its_completions_is_refused(use: str, how: str
         fixups(lines)
 
 
+def test_a_completion_reached_by_another_value_on_another_path_is_refused() -> None:
+    # The page reaches the load from one side only: rewriting its offset would break
+    # the other side, where x8 is an argument.
+    lines: list[str | int] = [
+        "mov x8, x1",
+        "cbz x0, {3}",
+        adrp(8, CODE_RVA + 8),
+        "ldr x0, [x8, #0x10]",
+        "ret",
+    ]
+    with pytest.raises(RelocationError, match="0x600c completes the page set at 0x6008 on one"):
+        fixups(lines)
+
+
+def test_two_adrps_of_one_page_may_meet_at_their_completion() -> None:
+    lines: list[str | int] = [
+        "cbz x0, {3}",
+        adrp(8, CODE_RVA + 4),
+        "b {4}",
+        adrp(8, CODE_RVA + 12),
+        "ldr x0, [x8, #0x10]",
+        "ret",
+    ]
+    assert completions(lines) == {4: DATA_PAGE + 0x10}
+    groups = {f.page_group for f in fixups(lines) if f.page_group >= 0}
+    assert groups == {CODE_RVA + 4, CODE_RVA + 12}  # named by the ADRP's RVA
+
+
+def test_a_page_live_in_any_register_at_a_jump_out_of_the_code_is_marked() -> None:
+    # Another part of the same function may complete x19 where the jump lands.
+    lines: list[str | int] = [adrp(19, CODE_RVA), "ldr x0, [x19, #0x10]", "b #0x9000"]
+    assert {f.passed_on for f in fixups(lines) if f.page_group >= 0} == {CODE_RVA + 8}
+
+
+def test_a_page_left_in_x8_at_a_call_is_marked() -> None:
+    # x8 carries the address of a result returned in memory.
+    lines: list[str | int] = [adrp(8, CODE_RVA), "ldr w0, [x8, #0x10]", "bl #0x9000", "ret"]
+    assert {f.passed_on for f in fixups(lines) if f.page_group >= 0} == {CODE_RVA + 8}
+
+
 def test_the_diffs_linear_scan_may_see_a_completion_the_control_flow_rules_out() -> None:
     """The fingerprint takes x22 for the page past the ADRP in address order, although
     the load is reached only from the path where x22 is the first argument; the

@@ -55,7 +55,7 @@ def test_a_page_left_in_an_argument_register_at_a_call_is_marked() -> None:
     ]
     found = fixups(lines)
     call = CODE_RVA + 12
-    group = [f for f in found if f.page_group == 0]
+    group = [f for f in found if f.page_group == CODE_RVA]
     assert {(f.field_rva, f.kind) for f in group} == {
         (CODE_RVA, Fixup.ARM64_PAGEBASE_REL21),
         (CODE_RVA + 16, Fixup.ARM64_PAGEOFFSET_12L),
@@ -75,7 +75,7 @@ def test_a_page_no_longer_held_at_the_call_is_not_marked(clobber: str) -> None:
     lines: list[str | int] = [adrp(3, CODE_RVA), "mov x23, x3", clobber, "blr x8"]
     lines += ["ldr x8, [x23, #0x1c8]", "ret"]
     found = fixups(lines)
-    assert [f for f in found if f.page_group == 0]
+    assert [f for f in found if f.page_group == CODE_RVA]
     assert all(f.passed_on == -1 for f in found)
 
 
@@ -83,13 +83,13 @@ def test_a_page_in_a_callee_saved_register_across_a_call_is_not_marked() -> None
     lines: list[str | int] = [adrp(23, CODE_RVA), "blr x8", "ldr x0, [x23, #0x20]", "ret"]
     found = fixups(lines)
     assert {f.passed_on for f in found} == {-1}
-    assert {f.target_rva for f in found if f.page_group == 0} == {DATA_PAGE + 0x20}
+    assert {f.target_rva for f in found if f.page_group == CODE_RVA} == {DATA_PAGE + 0x20}
 
 
 def test_a_page_returned_is_marked_at_the_return() -> None:
     lines: list[str | int] = [adrp(1, CODE_RVA), "ldr x0, [x1, #0x40]", "ret"]
     found = fixups(lines)
-    assert {f.passed_on for f in found if f.page_group == 0} == {CODE_RVA + 8}
+    assert {f.passed_on for f in found if f.page_group == CODE_RVA} == {CODE_RVA + 8}
 
 
 def test_a_page_passed_on_that_nothing_completes_is_refused() -> None:
