@@ -402,13 +402,15 @@ class _Builder:
             and self.diff.correspondence.is_jump_table(fixup.target_rva)
         ):
             # Its entries are offsets from the table to code: neither the old table nor
-            # a verbatim copy would lead into the carried code.
+            # a verbatim copy would lead into the carried code, and place_constants
+            # copied (and rewrote) only the tables that lead nowhere else.
             self.block(
                 BlockerKind.UNRESOLVED_REFERENCE,
                 BlockerCause.RODATA_JUMP_TABLE,
                 where,
-                f"the jump table at 0x{fixup.target_rva:x} lies in read-only data; hpatch "
-                "does not rewrite such tables for carried code",
+                f"the jump table at 0x{fixup.target_rva:x} lies in read-only data and leads "
+                "out of the code the package carries; hpatch rewrites only tables whose "
+                "every entry leads into it",
                 function=self.function_of(fixup.site_rva),
                 rva=fixup.site_rva,
                 target_rva=fixup.target_rva,
@@ -466,9 +468,16 @@ class _Builder:
 
     def place_constants(self, fixups_by_function: dict[int, list[CodeFixup]]) -> None:
         targets: set[int] = set()
+        tables: dict[int, list[int]] = {}
         for fixups in fixups_by_function.values():
             for fixup in fixups:
                 if self.layout.locate(fixup.target_rva) is not None:
+                    continue
+                entries = self.jump_table_entries(fixup.target_rva)
+                if entries is not None:
+                    if entries:  # else it leads out of the carried code: bind refuses it
+                        tables[fixup.target_rva] = entries
+                        targets.add(fixup.target_rva)
                     continue
                 resolved = self.correlator.resolve(self.reference_of(fixup))
                 if resolved.resolution == Resolution.NEW_CONSTANT:
@@ -519,6 +528,49 @@ class _Builder:
                 value = int.from_bytes(self.new.read(field, 8), "little") - self.new.image_base
                 addr64 = Fixup.X64_ADDR64 if not page_runs else Fixup.ARM64_ADDR64
                 self.add_fixup(f"new data at 0x{start:x}", CodeFixup(field, addr64, value, field))
+        if tables:
+            self.rewrite_jump_tables(tables)
+
+    def jump_table_entries(self, table_rva: int) -> list[int] | None:
+        """For a jump table in read-only data (int32 offsets from the table to code, as
+        clang and gcc emit on x64): the region offsets of the carried code its entries
+        lead to; [] if one leads elsewhere; None if there is no such table."""
+        section = self.new.section_at(table_rva)
+        if (
+            section is None
+            or section.is_executable
+            or section.is_writable
+            or not self.diff.correspondence.is_jump_table(table_rva)
+        ):
+            return None
+        labels = self.labels()
+        index = bisect.bisect_right(labels, table_rva)
+        limit = min(labels[index], section.end_rva) if index < len(labels) else section.end_rva
+        for text in self.new.sections:
+            if not text.is_executable:
+                continue
+            targets = self.arch.jump_table_targets(
+                self.new.read, table_rva, text.rva, text.end_rva, limit
+            )
+            if len(targets) >= 2:
+                located = [self.layout.locate(target) for target in targets]
+                return [] if None in located else located  # type: ignore[misc]
+        return None
+
+    def rewrite_jump_tables(self, tables: dict[int, list[int]]) -> None:
+        """Point each copied table's entries at the copies of their targets: the copy lies
+        at another distance from the carried code than the table from the new code."""
+        for table_rva, entries in tables.items():
+            at = self.layout.locate(table_rva)
+            assert at is not None
+            for index, target in enumerate(entries):
+                self.region[at + 4 * index : at + 4 * index + 4] = struct.pack("<i", target - at)
+        self.blobs = [
+            Blob(b.kind, b.offset, bytes(self.region[b.offset : b.offset + len(b.data)]))
+            if b.kind == BlobKind.RODATA
+            else b
+            for b in self.blobs
+        ]
 
     # fixups ---------------------------------------------------------------------------
 

@@ -25,6 +25,8 @@ from hpatch.verify.session import Session
 _MAX_DEPTH = 2
 #: Bytes of a writable global compared at a referenced address (its initial value).
 _GLOBAL_WINDOW = 8
+#: Entries that make read-only data a jump table (as ``Correspondence.is_jump_table``).
+_MIN_TABLE_ENTRIES = 2
 
 
 class Counterparts:
@@ -45,6 +47,7 @@ class Counterparts:
         self.new_imports = {i.iat_rva: i for i in self.new.imports}
         self.carried = {f.new_rva: f for f in session.package.functions}
         self.new_relocated = correspondence.new.relocated
+        self.new_code = [(s.rva, s.end_rva) for s in self.new.sections if s.is_executable]
         self._memo: dict[tuple[int, int, int], str | None] = {}
 
     # --- the predicate -------------------------------------------------------------
@@ -199,11 +202,60 @@ class Counterparts:
         size = min(blob.offset + blob.size - offset, limit - new_rva)
         if size <= 0:
             return f"the new build's data at RVA 0x{new_rva:x} is outside its sections"
+        # A table runs to the next label, however long (data_extent stops at 4 KiB).
+        labels = self.correspondence.new.labels
+        index = bisect.bisect_right(labels, new_rva)
+        table_end = labels[index] if index < len(labels) else new_rva + size
+        entries = self.table_entries(
+            new_rva, min(table_end, new_rva + blob.offset + blob.size - offset)
+        )
+        if entries:
+            # Equal bytes are not enough: each entry is an offset from the table, so a
+            # verbatim copy leads wherever the copy's distance to the code takes it.
+            problem = self._compare_table(patched_va, new_va, entries, depth)
+            if problem is None and 4 * entries < size:  # what follows the table
+                problem = self._carried_data(
+                    patched_va + 4 * entries, new_va + 4 * entries, new_rva + 4 * entries, depth
+                )
+            if problem is not None:
+                return f"the package's copy of the jump table at RVA 0x{new_rva:x}: {problem}"
+            return None
         patched = session.patched.space.read(patched_va, size)
         new = session.new.space.read(new_va, size)
         problem = self.compare_data(patched, new, new_rva, depth, rva_words=True)
         if problem is not None:
             return f"the package's copy of the data at RVA 0x{new_rva:x}: {problem}"
+        return None
+
+    # --- jump tables ---------------------------------------------------------------
+    def table_entries(self, new_rva: int, limit_rva: int) -> int:
+        """Entries of the jump table at ``new_rva`` in the new build (int32 offsets from
+        the table into its code, the form clang and gcc use on x64), up to
+        ``limit_rva``; 0 if the data there is no such table."""
+        section = self.new.section_at(new_rva)
+        if section is None or section.is_executable or section.is_writable:
+            return 0
+        for lo, hi in self.new_code:
+            count = len(self.new.arch.jump_table_targets(self.new.read, new_rva, lo, hi, limit_rva))
+            if count >= _MIN_TABLE_ENTRIES:
+                return count
+        return 0
+
+    def _compare_table(self, patched_va: int, new_va: int, entries: int, depth: int) -> str | None:
+        """Each of ``entries`` int32 offsets from the table at ``patched_va`` must lead to
+        what the same entry of the new build's table at ``new_va`` leads to."""
+        session = self.session
+        patched = session.patched.space.read(patched_va, 4 * entries)
+        new = session.new.space.read(new_va, 4 * entries)
+        for index in range(entries):
+            (patched_offset,) = struct.unpack_from("<i", patched, 4 * index)
+            (new_offset,) = struct.unpack_from("<i", new, 4 * index)
+            # Entries lead into code, which is compared without reading further data.
+            problem = self.check(
+                patched_va + patched_offset, new_va + new_offset, min(depth + 1, _MAX_DEPTH)
+            )
+            if problem is not None:
+                return f"entry {index}: {problem}"
         return None
 
     def compare_data(

@@ -74,3 +74,16 @@ def swap_callee(diff: DiffResult) -> tuple[DiffResult, str]:
     swapped = dataclasses.replace(diff, matches=matches, correspondence=correspondence)
     name = change.new.name or f"sub_{change.new.rva:x}"
     return swapped, name
+
+
+def carry(diff: DiffResult, new_rva: int) -> DiffResult:
+    """The diff with the unchanged function at ``new_rva`` counted as modified, so that
+    its package carries it (as an update that changes it would)."""
+    changes = tuple(
+        dataclasses.replace(c, status=Status.MODIFIED, reason="carried on purpose")
+        if c.new is not None and c.new.rva == new_rva and c.status == Status.UNCHANGED
+        else c
+        for c in diff.changes
+    )
+    assert changes != diff.changes, f"no unchanged function at 0x{new_rva:x}"
+    return dataclasses.replace(diff, changes=changes)

@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from hpatch.diff import BlockerKind
+from hpatch.diff import BlockerKind, DiffResult, Status
 from hpatch.diff.verdict import BlockerCause, BlockerClass, Build, function_label
 from hpatch.errors import HPatchError
 from hpatch.package import BuildOptions, PackageBlocked, build_package
-from hpatch.package.model import BlobKind
+from hpatch.package.model import BlobKind, TargetKind
 from hpatch.verify import Outcome, build_verified_package, verify_package
 from hpatch.verify.counterparts import Counterparts
 from hpatch.verify.differential import DifferentialRunner
@@ -18,7 +18,7 @@ from hpatch.verify.session import Session
 
 from ..conftest import BUILDS
 from ..diff.samples import sample_diff
-from .tampering import corrupt_fixup, owner, swap_callee
+from .tampering import carry, corrupt_fixup, owner, swap_callee
 
 PAIRS = (("v1", "v2"), ("v1", "v3"), ("v2", "v3"))
 OPTIONS = BuildOptions(sequence=2)
@@ -146,3 +146,83 @@ def test_both_processes_map_the_same_ranges_outside_the_images(build: str) -> No
     assert patched == layout(session.new, session.new_module)
     # the patched side has more than the new one of its own (the redirect stepper's stack)
     assert any("mirror of" in r.name for r in session.new.space.regions)
+
+
+def _jump_table_users(diff: DiffResult) -> list[tuple[int, int]]:
+    """(function, table) new RVAs: unchanged functions whose code reads a jump table in
+    read-only data (int32 offsets from the table into the code)."""
+    found = []
+    for change in diff.with_status(Status.UNCHANGED):
+        assert change.new is not None
+        for reference in diff.correspondence.new.fingerprints[change.new.rva].references:
+            section = diff.new.section_at(reference.target_rva)
+            if (
+                section is not None
+                and not section.is_executable
+                and not section.is_writable
+                and diff.correspondence.is_jump_table(reference.target_rva)
+            ):
+                found.append((change.new.rva, reference.target_rva))
+    return found
+
+
+def test_a_carried_jump_table_leads_into_the_carried_code() -> None:
+    """gcc (as clang on the CVE corpus) puts a switch's table of offsets from the table
+    to its cases in .rdata. A function carried with its table must reach the copies of
+    its cases: the package's copy of the table is rewritten, and both checks pass."""
+    diff = sample_diff("x64-gcc", "v1", "v3")
+    users = _jump_table_users(diff)
+    assert users, "fsm_step's switch is a jump table in .rdata"
+    function_rva = users[0][0]
+    carried = carry(diff, function_rva)
+    report = verify_package(carried, build_package(carried, OPTIONS), inputs=100)
+    (checked,) = [f for f in report.functions if f.new_rva == function_rva]
+    assert checked.translation == Outcome.PASSED, checked.mismatches
+    assert checked.emulation.outcome == Outcome.PASSED, checked.emulation
+    assert report.passed
+
+
+def test_a_verbatim_copy_of_a_jump_table_fails_validation() -> None:
+    """Equal bytes are not the same table: a verbatim copy's entries lead from the copy
+    as far as from the new build's table, not to the carried cases."""
+    diff = sample_diff("x64-gcc", "v1", "v3")
+    function_rva = _jump_table_users(diff)[0][0]
+    table_rva = min(table for user, table in _jump_table_users(diff) if user == function_rva)
+    carried = carry(diff, function_rva)
+    package = build_package(carried, OPTIONS)
+    (function,) = [f for f in package.functions if f.new_rva == function_rva]
+    rodata = [b for b in package.blobs if b.kind == BlobKind.RODATA]
+    # The carried code names its tables' copies through fixups into the region's data,
+    # laid out in the new build's order.
+    table_offset = min(
+        f.target
+        for f in package.fixups
+        if f.target_kind == TargetKind.REGION
+        and any(p.offset <= f.offset < p.offset + p.size for p in function.parts)
+        and any(b.offset <= f.target < b.offset + b.size for b in rodata)
+    )
+    blob = next(b for b in rodata if b.offset <= table_offset < b.offset + b.size)
+    at = table_offset - blob.offset
+    entries = diff.new.read(table_rva, 8)  # the new build's first two entries, as they are
+    assert blob.data[at : at + 8] != entries
+    verbatim = dataclasses.replace(blob, data=blob.data[:at] + entries + blob.data[at + 8 :])
+    tampered = dataclasses.replace(
+        package, blobs=tuple(verbatim if b is blob else b for b in package.blobs)
+    )
+    report = verify_package(carried, tampered, emulate=False)
+    (checked,) = [f for f in report.functions if f.new_rva == function_rva]
+    assert checked.translation == Outcome.FAILED
+    assert "jump table" in checked.mismatches[0].reason, checked.mismatches
+
+
+def test_a_moved_jump_table_of_unchanged_code_corresponds() -> None:
+    diff = sample_diff("x64-gcc", "v1", "v3")
+    session = Session(diff, build_package(diff, OPTIONS))
+    counterparts = Counterparts(session)
+    back = {new: old for old, new in diff.correspondence.data.items()}
+    tables = sorted({table for _, table in _jump_table_users(diff)})
+    assert len(tables) >= 2
+    for table in tables:
+        assert back[table] != table  # .rdata grew in front of it: its bytes changed
+        assert counterparts.check(session.old_base + back[table], session.new_base + table) is None
+    assert counterparts.check(session.old_base + back[tables[0]], session.new_base + tables[1])
