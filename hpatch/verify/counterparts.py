@@ -48,6 +48,7 @@ class Counterparts:
         self.carried = {f.new_rva: f for f in session.package.functions}
         self.new_relocated = correspondence.new.relocated
         self.new_code = [(s.rva, s.end_rva) for s in self.new.sections if s.is_executable]
+        self._learned_old = sorted(correspondence.data)
         self._memo: dict[tuple[int, int, int], str | None] = {}
 
     # --- the predicate -------------------------------------------------------------
@@ -149,6 +150,15 @@ class Counterparts:
         if not 0 <= old_rva < self.old.size_of_image:
             return f"the patched code names 0x{patched_va:x}, outside the old image and the package"
         resolved = self.correlator.resolve(Reference(new_rva, RefKind.DATA, new_rva))
+        if (
+            resolved.old_rva is None
+            and self._read_only(old_rva, new_rva)
+            and self._learned(old_rva, new_rva)
+            and self.correspondence.same_constant(old_rva, new_rva)
+        ):
+            # Data that only other data points at (the name in a table of structures)
+            # is learned from no code; it lies where its learned neighbours put it.
+            return None
         if resolved.resolution != Resolution.OLD_DATA or resolved.old_rva != old_rva:
             expected = (
                 f"RVA 0x{resolved.old_rva:x}"
@@ -257,6 +267,37 @@ class Counterparts:
             if problem is not None:
                 return f"entry {index}: {problem}"
         return None
+
+    def _learned(self, old_rva: int, new_rva: int) -> bool:
+        """The diff's data correspondence puts ``old_rva`` where ``new_rva`` is: learned
+        from unchanged code, else shifted as the nearest learned address before or after
+        it in its section (objects move in runs, each behind the last insertion), else
+        as its section's most common shift."""
+        data = self.correspondence.data
+        learned = data.get(old_rva)
+        if learned is not None:
+            return learned == new_rva
+        section = self.old.section_at(old_rva)
+        if section is None:
+            return False
+        index = bisect.bisect_left(self._learned_old, old_rva)
+        neighbours = [
+            self._learned_old[at]
+            for at in (index - 1, index)
+            if 0 <= at < len(self._learned_old)
+            and section.rva <= self._learned_old[at] < section.end_rva
+        ]
+        if neighbours:
+            return any(old_rva + data[at] - at == new_rva for at in neighbours)
+        shift = self.correspondence.section_shift.get(section.name)
+        return shift is not None and old_rva + shift == new_rva
+
+    def _read_only(self, old_rva: int, new_rva: int) -> bool:
+        """Both addresses are in data sections neither writable nor executable."""
+        return all(
+            section is not None and not section.is_writable and not section.is_executable
+            for section in (self.old.section_at(old_rva), self.new.section_at(new_rva))
+        )
 
     def compare_data(
         self, patched: bytes, new: bytes, new_rva: int, depth: int, *, rva_words: bool

@@ -226,3 +226,48 @@ def test_a_moved_jump_table_of_unchanged_code_corresponds() -> None:
         assert back[table] != table  # .rdata grew in front of it: its bytes changed
         assert counterparts.check(session.old_base + back[table], session.new_base + table) is None
     assert counterparts.check(session.old_base + back[tables[0]], session.new_base + tables[1])
+
+
+def _names_in_writable_tables(diff: DiffResult) -> list[tuple[int, int]]:
+    """(old, new) RVAs of read-only data that the same pointer field of a writable
+    section points at in either build (hp_fsm's command table names its commands)."""
+    old, new = diff.old, diff.new
+    found = []
+    for section in new.sections:
+        old_section = next((s for s in old.sections if s.name == section.name), None)
+        if not section.is_writable or old_section is None:
+            continue
+        for field in diff.correspondence.new.relocated:
+            offset = field - section.rva
+            if not 0 <= offset <= min(section.virtual_size, old_section.virtual_size) - 8:
+                continue
+            new_target = int.from_bytes(new.read(field, 8), "little") - new.image_base
+            old_target = (
+                int.from_bytes(old.read(old_section.rva + offset, 8), "little") - old.image_base
+            )
+            target_section = new.section_at(new_target)
+            if target_section is not None and not (
+                target_section.is_writable or target_section.is_executable
+            ):
+                found.append((old_target, new_target))
+    return found
+
+
+def test_data_only_data_names_lies_where_its_learned_neighbours_put_it() -> None:
+    """The names in hp_fsm's command table are reached from no code, so the diff learns
+    nothing of them, and they moved by other than .rdata's most common shift. A run
+    that passes one to a callee passes the old build's copy of the same string."""
+    diff = sample_diff("x64-clang", "v1", "v3")
+    session = Session(diff, build_package(diff, OPTIONS))
+    counterparts = Counterparts(session)
+    correspondence = diff.correspondence
+    names = _names_in_writable_tables(diff)
+    shift = correspondence.section_shift[".rdata"]
+    unlearned = [
+        (old, new) for old, new in names if old not in correspondence.data and old + shift != new
+    ]
+    assert len(unlearned) >= 2
+    for old, new in names:
+        assert counterparts.check(session.old_base + old, session.new_base + new) is None
+    (first, _), (_, second) = unlearned[:2]
+    assert counterparts.check(session.old_base + first, session.new_base + second) is not None
