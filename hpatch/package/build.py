@@ -355,8 +355,16 @@ class _Builder:
         assert function is not None
         fingerprint = self.diff.correspondence.new.fingerprints[function.rva]
         by_site: dict[int, set[int]] = {}
+        kinds: dict[int, set[Fixup]] = {}
         for fixup in fixups:
             by_site.setdefault(fixup.site_rva, set()).add(fixup.target_rva)
+            kinds.setdefault(fixup.site_rva, set()).add(fixup.kind)
+        runs = [(run[0][0], run[-1][1]) for run in self.runs(function)]
+        pages = [
+            (fixup.site_rva, fixup.target_rva // PAGE)
+            for fixup in fixups
+            if fixup.kind == Fixup.ARM64_PAGEBASE_REL21
+        ]
         for reference in fingerprint.references:
             targets = by_site.get(reference.site_rva, set())
             if reference.target_rva in targets:
@@ -367,6 +375,24 @@ class _Builder:
                 continue
             if not targets and self._own(function, reference):
                 continue  # site and target are copied together: the bytes stay right
+            # The fingerprint takes a register for an ADRP's page until the next write
+            # in address order; the relocator follows the page along the control flow.
+            # Where they part at a site the relocator completes some other page, or
+            # none, after an ADRP of the fingerprint's page, the scan went on along a
+            # path the code does not take (the register is set anew on every path to
+            # the site): the relocator's answer stands.
+            start = next((lo for lo, hi in runs if lo <= reference.site_rva < hi), None)
+            if (
+                reference.kind == RefKind.ADDRESS
+                and start is not None
+                and kinds.get(reference.site_rva, set())
+                <= {Fixup.ARM64_PAGEOFFSET_12A, Fixup.ARM64_PAGEOFFSET_12L}
+                and any(
+                    start <= site < reference.site_rva and page == reference.target_rva // PAGE
+                    for site, page in pages
+                )
+            ):
+                continue
             self.block(
                 BlockerKind.UNRESOLVED_REFERENCE,
                 BlockerCause.FIELD_NOT_LOCATED,
