@@ -49,6 +49,47 @@ _STACK_CLEARED = 0x10000
 _LOGGED_ARGUMENTS = 4
 #: Tries per comparable run asked for before a function counts as not emulated.
 _TRIES_PER_INPUT = 3
+#: Maps a byte to its low four bits.
+_LOW_NIBBLE = bytes(value & 0x0F for value in range(256))
+
+
+@dataclass(frozen=True, slots=True)
+class _InputSet:
+    """One input set, drawn once from its seed and given to both sides alike."""
+
+    seed: str
+    scratch: tuple[bytes, ...]  # the contents of each scratch buffer
+    arguments: tuple[int, ...]
+
+    @classmethod
+    def draw(cls, seed: str) -> _InputSet:
+        rng = random.Random(seed)
+        scratch = []
+        for _ in range(_SCRATCH_COUNT):
+            style = rng.randrange(3)
+            if style == 0:
+                scratch.append(bytes(_SCRATCH_SIZE))
+            elif style == 1:
+                # Small values, 0 to 15: drawn as whole bytes and masked (a draw per
+                # byte made up nearly all the time emulation took).
+                scratch.append(rng.randbytes(_SCRATCH_SIZE).translate(_LOW_NIBBLE))
+            else:
+                scratch.append(rng.randbytes(_SCRATCH_SIZE))
+        arguments = []
+        for _ in range(_ARGUMENTS):
+            choice = rng.random()
+            buffer = _scratch_va(rng.randrange(_SCRATCH_COUNT))
+            if choice < 0.35:
+                arguments.append(buffer)
+            elif choice < 0.45:
+                arguments.append(buffer + rng.randrange(_SCRATCH_SIZE))
+            elif choice < 0.8:
+                arguments.append(rng.randrange(17))
+            elif choice < 0.9:
+                arguments.append(rng.randrange(256))
+            else:
+                arguments.append(rng.getrandbits(32))
+        return cls(seed, tuple(scratch), tuple(arguments))
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +165,9 @@ class DifferentialRunner:
                 break
             tried += 1
             seed = f"{function.new_rva:x}/{index}"
-            patched = self._call("patched", session.patched, patched_entry, seed)
-            new = self._call("new", session.new, new_entry, seed)
+            inputs = _InputSet.draw(seed)
+            patched = self._call("patched", session.patched, patched_entry, inputs)
+            new = self._call("new", session.new, new_entry, inputs)
             if patched.kind == "stopped" or new.kind == "stopped":
                 skipped[f"does not return within {STEP_LIMIT} instructions"] += 1
                 continue
@@ -163,19 +205,10 @@ class DifferentialRunner:
         return EmulationSummary(Outcome.PASSED, agreed, returned, tried)
 
     # --- running -------------------------------------------------------------------
-    def _prepare(self, side: str, process: Process, seed: str) -> list[int]:
-        """Reset the side's memory for the input set ``seed``; the arguments to pass."""
-        rng = random.Random(seed)
-        for index in range(_SCRATCH_COUNT):
-            va = _scratch_va(index)
-            style = rng.randrange(3)
-            if style == 0:
-                content = bytes(_SCRATCH_SIZE)
-            elif style == 1:
-                content = bytes(rng.randrange(16) for _ in range(_SCRATCH_SIZE))
-            else:
-                content = rng.randbytes(_SCRATCH_SIZE)
-            process.space.poke(va, content)
+    def _prepare(self, side: str, process: Process, inputs: _InputSet) -> None:
+        """Reset the side's memory for the input set ``inputs``."""
+        for index, content in enumerate(inputs.scratch):
+            process.space.poke(_scratch_va(index), content)
         process.space.poke(_HEAP_VA, bytes(_HEAP_SIZE))
         # A local the code reads before writing (an out-parameter a stub never fills)
         # would otherwise hold what an earlier call left there, whose pointers differ
@@ -185,29 +218,14 @@ class DifferentialRunner:
         process.space.poke(stack.end - used, bytes(used))
         for va, data in self._initial[side].values():
             process.space.poke(va, data)
-        arguments = []
-        for _ in range(_ARGUMENTS):
-            choice = rng.random()
-            buffer = _scratch_va(rng.randrange(_SCRATCH_COUNT))
-            if choice < 0.35:
-                arguments.append(buffer)
-            elif choice < 0.45:
-                arguments.append(buffer + rng.randrange(_SCRATCH_SIZE))
-            elif choice < 0.8:
-                arguments.append(rng.randrange(17))
-            elif choice < 0.9:
-                arguments.append(rng.randrange(256))
-            else:
-                arguments.append(rng.getrandbits(32))
         self.log[side] = []
-        self._stub_random[side] = random.Random(f"{seed}/stubs")
+        self._stub_random[side] = random.Random(f"{inputs.seed}/stubs")
         self._heap_next[side] = _HEAP_VA
-        return arguments
 
-    def _call(self, side: str, process: Process, entry_va: int, seed: str) -> _Run:
-        arguments = self._prepare(side, process, seed)
+    def _call(self, side: str, process: Process, entry_va: int, inputs: _InputSet) -> _Run:
+        self._prepare(side, process, inputs)
         thread = process.main_thread
-        process.cpu.start(thread, entry_va, arguments)
+        process.cpu.start(thread, entry_va, list(inputs.arguments))
         try:
             state = process.cpu.run(thread, STEP_LIMIT)
             fault, result = thread.fault, thread.result
