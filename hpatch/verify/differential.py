@@ -171,6 +171,9 @@ class DifferentialRunner:
             if patched.kind == "stopped" or new.kind == "stopped":
                 skipped[f"does not return within {STEP_LIMIT} instructions"] += 1
                 continue
+            if self._laid_out_differently(patched, new):
+                skipped["reads past an image, where only one process maps something"] += 1
+                continue
             problem = self._compare(patched, new)
             if problem is not None:
                 return EmulationSummary(
@@ -240,6 +243,39 @@ class DifferentialRunner:
         return _Run("returned", value=result)
 
     # --- comparing -----------------------------------------------------------------
+    def _same_fault(self, patched: EmulationFault, new: EmulationFault) -> bool:
+        """Two faults of one access happened alike: at corresponding addresses, or, where
+        both addresses are wild (in neither image nor the patch region, as a random index
+        makes them), at corresponding instructions."""
+        same = self.counterparts.same_value
+        if same(patched.address, new.address):
+            return True
+        session = self.session
+        wild = not (
+            session.old_module.contains(patched.address)
+            or session.in_region(patched.address)
+            or session.new_module.contains(new.address)
+        )
+        return wild and patched.pc != patched.address and same(patched.pc, new.pc)
+
+    def _laid_out_differently(self, patched: _Run, new: _Run) -> bool:
+        """One side faulted where the other process maps its own image or the patch
+        region (which lies just past the old image): the two address spaces differ
+        there by construction, so a run that strays there (an index past the end of a
+        global array) says nothing about the package."""
+        session = self.session
+
+        def own(side: str, va: int) -> bool:
+            if side == "patched":
+                return session.old_module.contains(va) or session.in_region(va)
+            return session.new_module.contains(va)
+
+        for side, other, run in (("patched", "new", patched), ("new", "patched", new)):
+            fault = run.fault
+            if fault is not None and own(other, fault.address) and not own(side, fault.address):
+                return True
+        return False
+
     def _compare(self, patched: _Run, new: _Run) -> str | None:
         same = self.counterparts.same_value
         if patched.kind != new.kind:
@@ -248,8 +284,8 @@ class DifferentialRunner:
             return f"returned 0x{patched.value:x}, the new build 0x{new.value:x}"
         if patched.kind == "faulted":
             assert patched.fault is not None and new.fault is not None
-            if patched.fault.access != new.fault.access or not same(
-                patched.fault.address or 0, new.fault.address or 0
+            if patched.fault.access != new.fault.access or not self._same_fault(
+                patched.fault, new.fault
             ):
                 return f"faulted with {patched.fault}, the new build with {new.fault}"
         problem = self._compare_log()
