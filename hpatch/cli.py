@@ -180,10 +180,18 @@ def _supersedes(
     help="Sign the package with this Ed25519 private key (see hpatch keygen).",
 )
 @click.option(
+    "--inputs",
+    type=click.IntRange(1, 100_000),
+    default=100,
+    show_default=True,
+    help="With -o: random input sets each function is emulated with before writing.",
+)
+@click.option(
     "--no-verify",
     "no_verify",
     is_flag=True,
-    help="With -o: skip translation validation of the package before it is written.",
+    help="With -o: write the package without proving it (no translation validation, "
+    "no differential emulation).",
 )
 def diff(
     old_path: str,
@@ -195,13 +203,15 @@ def diff(
     description: str,
     advisory: str,
     sign_key: str | None,
+    inputs: int,
     no_verify: bool,
 ) -> None:
     """Diff two builds of a PE image function by function; exit 3 if not hotpatchable.
 
     With -o, also build the hotpatch package that turns OLD into NEW where it runs,
-    after proving it by translation validation (a function that fails is a blocker
-    and nothing is written).
+    after proving it as ``hpatch verify`` does: translation validation, then
+    differential emulation (a function that fails either is a blocker and nothing
+    is written).
     """
     key = load_private_key(sign_key) if sign_key is not None else None
     old, new = load_image(old_path), load_image(new_path)
@@ -234,7 +244,9 @@ def diff(
                 # Proving the package runs the emulator: loaded only when it is needed.
                 from hpatch.verify import build_verified_package
 
-                package, _ = build_verified_package(result, options, validate=not no_verify)
+                package, _ = build_verified_package(
+                    result, options, validate=not no_verify, inputs=inputs
+                )
             else:
                 package = build_package(result, options)
         except PackageBlocked as blocked:

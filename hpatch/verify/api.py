@@ -92,15 +92,24 @@ def validation_blockers(report: VerifyReport) -> tuple[Blocker, ...]:
 
 
 def build_verified_package(
-    diff: DiffResult, options: BuildOptions, *, validate: bool = True
+    diff: DiffResult,
+    options: BuildOptions,
+    *,
+    validate: bool = True,
+    inputs: int = DEFAULT_INPUTS,
 ) -> tuple[Package, VerifyReport | None]:
-    """Build the package of ``diff`` and, with ``validate``, prove it by translation
-    validation before anyone may write it: a function that fails makes the update
-    blocked (PackageBlocked names it), so no package carries code that failed."""
+    """Build the package of ``diff`` and, with ``validate``, prove it before anyone may
+    write it: translation validation, then differential emulation over ``inputs`` input
+    sets (0: none). A function that fails either makes the update blocked
+    (PackageBlocked names it), so no package carries code that failed.
+
+    The input sets are those ``verify_package`` draws for as many inputs: a package
+    built with the same count passes ``hpatch verify`` with it.
+    """
     package = build_package(diff, options)
     if not validate:
         return package, None
-    report = verify_package(diff, package, emulate=False)
+    report = verify_package(diff, package, inputs=inputs, emulate=inputs > 0)
     blockers = validation_blockers(report)
     if blockers:
         raise PackageBlocked(blockers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 from hpatch.arch import RefKind
@@ -87,3 +88,12 @@ def carry(diff: DiffResult, new_rva: int) -> DiffResult:
     )
     assert changes != diff.changes, f"no unchanged function at 0x{new_rva:x}"
     return dataclasses.replace(diff, changes=changes)
+
+
+def misplace_global(diff: DiffResult, new_rva: int, old_rva: int) -> DiffResult:
+    """The diff with the writable global at ``new_rva`` taken for the one at ``old_rva``
+    of the old image, as if the global had moved there (a wrong correlation that the
+    initial values cannot show: both hold the same bytes)."""
+    correspondence = copy.copy(diff.correspondence)
+    correspondence.writable_moves = {**correspondence.writable_moves, old_rva: new_rva}
+    return dataclasses.replace(diff, correspondence=correspondence)

@@ -12,10 +12,12 @@ from hpatch.package import encode_package
 from ..conftest import SAMPLES
 from ..diff.samples import sample_diff
 from ..test_cli import run
-from .tampering import corrupt_fixup
+from .tampering import corrupt_fixup, misplace_global
 from .test_verify import OPTIONS
 
 IMAGE = "sample.stripped.dll"
+#: A counter of g_hp_stats (x64-clang v2) that hp_json_escape increments.
+STATS_FIELD = 0x60DC
 
 
 def images(build: str, old: str, new: str) -> tuple[str, str]:
@@ -85,3 +87,37 @@ def test_diff_validates_by_default_and_no_verify_writes_the_same_bytes(
     assert run(capsys, "diff", old, new, "-o", str(checked))[0] == 0
     assert run(capsys, "diff", old, new, "-o", str(unchecked), "--no-verify")[0] == 0
     assert checked.read_bytes() == unchecked.read_bytes()
+
+
+def test_diff_writes_nothing_that_emulation_fails(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A diff that takes one zero-initialised field of g_hp_stats for its neighbour makes
+    a package translation validation accepts (the correlation names the place, and the
+    initial values agree) but that counts into the wrong field: differential emulation
+    finds it, so ``diff -o`` refuses it as ``verify`` would fail it."""
+    import hpatch.cli
+
+    old, new = images("x64-clang", "v1", "v2")
+    real = hpatch.cli.diff_images
+    monkeypatch.setattr(
+        hpatch.cli,
+        "diff_images",
+        lambda *args: misplace_global(real(*args), STATS_FIELD, STATS_FIELD - 4),
+    )
+    output = tmp_path / "p.hpk"
+    code, out, err = run(capsys, "diff", old, new, "-o", str(output), "--json")
+    assert code == 3, err
+    document = json.loads(out)
+    assert document["hotpatchable"] is False and document["package"] is None
+    assert not output.exists()
+    (blocker,) = document["blockers"]
+    assert blocker["cause"] == "emulation_diverged" and blocker["kind"] == "unvalidated"
+    assert blocker["function"] == "hp_json_escape"
+    assert blocker["reason"].startswith("differential emulation failed: input set ")
+    code, _, err = run(capsys, "diff", old, new, "-o", str(output), "--no-verify")
+    assert code == 0, err
+    # verify diffs the builds itself, correctly: the package fails it too
+    code, out, err = run(capsys, "verify", old, new, str(output), "--json")
+    assert code == 4, err
+    assert "hp_json_escape" in {f["name"] for f in json.loads(out)["functions"] if not f["passed"]}
