@@ -10,7 +10,9 @@ functions of both builds, the diff's counts and verdict (or its blockers), the p
 built and proved by translation validation (or why it is refused), its size next to a
 bsdiff4 delta and the zstd-compressed new file, differential emulation's pass / fail /
 not-emulated counts over N input sets per function, and how long each stage took.
-Writes the tables as Markdown and a bar chart of the sizes as SVG.
+Whatever blocks a pair (the diff's verdict, the builder's refusal or a failed check) is
+counted by class and cause. Writes the tables, every remaining blocker by class and
+cause with why hpatch cannot lift each limitation yet, and a bar chart of the sizes.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import argparse
 import datetime
 import math
 import platform
+import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,11 +36,97 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import corpus_pairs
 
 from hpatch import BACKEND
-from hpatch.diff import Status, diff_images
+from hpatch.diff import Blocker, Status, diff_images
+from hpatch.diff.verdict import BlockerCause, BlockerClass
 from hpatch.errors import HPatchError
 from hpatch.image import load_image
 from hpatch.package import BuildOptions, PackageBlocked, build_package, encode_package
-from hpatch.verify import Outcome, verify_package
+from hpatch.verify import Outcome, validation_blockers, verify_package
+
+HERE = Path(__file__).resolve().parent
+
+#: Why hpatch cannot lift each limitation yet: the mechanism it lacks. A cause missing
+#: here is printed with PLACEHOLDER, so the gap shows in the document.
+WHY_NOT_YET: dict[BlockerCause, str] = {
+    BlockerCause.NEW_IMPORT: (
+        "Data of the new build (a table of function pointers) names the new import's IAT "
+        "slot; the package carries slots only for imports its own code calls, and "
+        "pointing the running image's data at one would need writable data patched in "
+        "place, which hpatch does not do."
+    ),
+    BlockerCause.IMPORT_DLL_CHANGED: (
+        "The process has the old DLL loaded under its old name (often one with a version "
+        "or hash in it), so loading the new one beside it would run two copies of the "
+        "library, and binding the old one is right only once that DLL is itself brought "
+        "up to date: that needs one update servicing a DLL and its importers together, "
+        "which hpatch does not have."
+    ),
+    BlockerCause.NO_REDIRECT_ROOM: (
+        "A redirect goes only at the entry (in the function, its trailing padding or the "
+        "padding before it); redirecting the callers instead (every call site and stored "
+        "address of the function) is not implemented."
+    ),
+    BlockerCause.CODE_OUTSIDE_FUNCTION: (
+        "hpatch binds code only through matched functions, so code that function "
+        "discovery leaves outside every function has no proven counterpart in the old "
+        "image until discovery claims it and matching pairs it."
+    ),
+    BlockerCause.FRAGMENT_OF_UNCHANGED_FUNCTION: (
+        "An unchanged function's place in the old image is proven from its entry to the "
+        "end of its extent only: binding a target in another of its parts (a chained "
+        "fragment, a `.cold` part, a literal pool there) needs the parts of matched "
+        "functions paired one by one, which matching does not do yet."
+    ),
+    BlockerCause.UNKNOWN_DATA: (
+        "An address outside every section, or read-only data neither proven the same "
+        "object in the old image nor a constant hpatch can carry, has nothing to bind to; "
+        "a target far outside the image usually comes from bytes after a function's last "
+        "return that decode as a branch, and hpatch has no proof that such bytes never "
+        "run, which would let it carry them unbound."
+    ),
+    BlockerCause.PAST_OLD_SECTION: (
+        "A global past the end of the old section has no memory in the running image, "
+        "and a package carries no writable data of its own (memory the applier would "
+        "allocate, initialise and bind)."
+    ),
+    BlockerCause.NO_OLD_SECTION: (
+        "The running image has no memory for a writable section the old build lacks, "
+        "and a package carries no writable data of its own (memory the applier would "
+        "allocate, initialise and bind)."
+    ),
+    BlockerCause.NEW_DATA_NOT_CARRIED: (
+        "The builder copies new read-only data that carried code names, up to the next "
+        "label and at most 64 KiB; following pointers from new data to more new data, "
+        "and sizing an object past that bound, are missing."
+    ),
+    BlockerCause.RELOCATION_ERROR: (
+        "The relocator rebinds only the instruction forms and register flows it models "
+        "(an ARM64 page is followed through moves and the instructions completing it); "
+        "each form outside them needs the relocator extended to it."
+    ),
+    BlockerCause.RODATA_JUMP_TABLE: (
+        "A read-only jump table is rewritten only when every entry leads into the carried "
+        "code; a table leading out of it as well would need a copy whose entries are "
+        "rebound one by one, which the builder does not make."
+    ),
+    BlockerCause.SHORT_REFERENCE_OUT_OF_REACH: (
+        "The relocator keeps short ARM64 branches and ADR in their short form; one that "
+        "leaves the carried code would need rewriting into a longer sequence (an "
+        "inverted branch over a B, ADRP and ADD) or a veneer, which it does not do."
+    ),
+    BlockerCause.PAGE_PASSED_ON: (
+        "hpatch follows an ADRP's page only through the carried code; where the register "
+        "still holds it at a call, return or jump out of that code, proving the code "
+        "beyond never reads it (a liveness analysis of the callee) is missing, so the "
+        "target bound in the old image must keep the new build's offset in the page."
+    ),
+    BlockerCause.NEW_DATA_TOO_LARGE: (
+        "New read-only data is copied up to the next label, at most 64 KiB; sizing an "
+        "object by its symbol or by the accesses of the code that uses it is missing."
+    ),
+}
+assert all(c.blocker_class == BlockerClass.LIMITATION for c in WHY_NOT_YET)
+PLACEHOLDER = "**Placeholder:** what hpatch lacks to lift this is not written down yet."
 
 
 @dataclass
@@ -55,11 +145,25 @@ class PairResult:
     emulation: Counter[str] = field(default_factory=Counter)
     not_emulated_reasons: Counter[str] = field(default_factory=Counter)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: What still blocks the pair (from the verdict, the builder or validation), by cause.
+    blockers: Counter[BlockerCause] = field(default_factory=Counter)
 
 
-def _blocker_summary(blockers) -> str:  # type: ignore[no-untyped-def]
-    kinds = Counter(b.kind.value for b in blockers)
-    return "blocked: " + ", ".join(f"{kind} ({count})" for kind, count in sorted(kinds.items()))
+_CAUSE_ORDER = {cause: index for index, cause in enumerate(BlockerCause)}
+
+
+def _by_class(causes: Iterable[BlockerCause]) -> list[BlockerCause]:
+    """Hazards before limitations, each in the order the causes are declared."""
+    return sorted(causes, key=lambda c: (c.blocker_class != BlockerClass.HAZARD, _CAUSE_ORDER[c]))
+
+
+def _record_blockers(result: PairResult, label: str, blockers: Iterable[Blocker]) -> None:
+    """``label: hazard writable_initial_value (3), limitation new_import (1)``."""
+    result.blockers = Counter(b.cause for b in blockers)
+    result.verdict = f"{label}: " + ", ".join(
+        f"{cause.blocker_class.value} {cause.value} ({result.blockers[cause]})"
+        for cause in _by_class(result.blockers)
+    )
 
 
 def run_pair(pair: str, old_path: Path, new_path: Path, inputs: int) -> PairResult:
@@ -79,7 +183,7 @@ def run_pair(pair: str, old_path: Path, new_path: Path, inputs: int) -> PairResu
     result.bsdiff_size = len(bsdiff4.diff(old_data, new_data))
     result.seconds["bsdiff4"] = time.perf_counter() - started
     if not diff.hotpatchable:
-        result.verdict = _blocker_summary(diff.blockers)
+        _record_blockers(result, "blocked", diff.blockers)
         return result
     if not result.counts["modified"] and not result.counts["added"]:
         result.verdict = "no function changed"
@@ -89,7 +193,7 @@ def run_pair(pair: str, old_path: Path, new_path: Path, inputs: int) -> PairResu
         package = build_package(diff, BuildOptions(sequence=1))
     except PackageBlocked as blocked:
         result.seconds["package"] = time.perf_counter() - started
-        result.verdict = "refused: " + blocked.blockers[0].reason
+        _record_blockers(result, "refused", blocked.blockers)
         return result
     result.seconds["package"] = time.perf_counter() - started
     result.package_size = len(encode_package(package))
@@ -107,6 +211,7 @@ def run_pair(pair: str, old_path: Path, new_path: Path, inputs: int) -> PairResu
         if not failed
         else f"{len(failed)} FAILED"
     )
+    unvalidated = validation_blockers(report)
     for function in report.functions:
         result.emulation[function.emulation.outcome.value] += 1
         if function.emulation.outcome == Outcome.NOT_EMULATED:
@@ -114,9 +219,11 @@ def run_pair(pair: str, old_path: Path, new_path: Path, inputs: int) -> PairResu
             # "N of M input sets comparable: <why>", or "<why>: <the first fault>"
             reason = detail.split(": ", 1)[1] if "comparable" in detail else detail.split(": ")[0]
             result.not_emulated_reasons[reason] += 1
-    result.verdict = (
-        "hotpatchable" if not failed else "blocked: unvalidated (no package is written)"
-    )
+    if unvalidated:
+        # hpatch diff -o writes no package that fails either check
+        _record_blockers(result, "unvalidated", unvalidated)
+    else:
+        result.verdict = "hotpatchable"
     return result
 
 
@@ -144,8 +251,8 @@ def _table(results: list[PairResult]) -> list[str]:
         )
         lines.append(
             f"| {r.pair} | {r.machine} | {r.functions_old:,} / {r.functions_new:,} "
-            f"| {counts.get('unchanged', 0):,} / {counts.get('modified', 0)} / "
-            f"{counts.get('added', 0)} / {counts.get('removed', 0)} | {r.verdict} "
+            f"| {counts.get('unchanged', 0):,} / {counts.get('modified', 0):,} / "
+            f"{counts.get('added', 0):,} / {counts.get('removed', 0):,} | {r.verdict} "
             f"| {_size(r.zstd_size)} | {_size(r.bsdiff_size)} | {_size(r.package_size)} "
             f"| {r.translation} | {emulated} | {timing} |"
         )
@@ -159,16 +266,60 @@ def _table(results: list[PairResult]) -> list[str]:
     return lines
 
 
-def markdown(sections: list[tuple[str, str, list[PairResult]]], inputs: int, command: str) -> str:
+def _blocker_table(results: list[PairResult]) -> list[str]:
+    """Every remaining blocker over all pairs, by class and cause, then why hpatch cannot
+    lift each limitation yet."""
+    pairs: dict[BlockerCause, Counter[str]] = {}
+    for r in results:
+        for cause, count in r.blockers.items():
+            pairs.setdefault(cause, Counter())[r.pair] += count
+    if not pairs:
+        return ["No pair is blocked."]
+    lines = [
+        "| class | cause | blockers | pairs (blockers in each) |",
+        "|---|---|---:|---|",
+    ]
+    for cause in _by_class(pairs):
+        where = ", ".join(f"{pair} ({count})" for pair, count in sorted(pairs[cause].items()))
+        lines.append(
+            f"| {cause.blocker_class.value} | `{cause.value}` | {sum(pairs[cause].values()):,} "
+            f"| {where} |"
+        )
+    blocked = [r for r in results if r.blockers]
+    only_limited = [
+        r for r in blocked if all(c.blocker_class == BlockerClass.LIMITATION for c in r.blockers)
+    ]
+    per_class = Counter()
+    for cause, found in pairs.items():
+        per_class[cause.blocker_class] += sum(found.values())
+    lines += [
+        "",
+        f"{sum(per_class.values()):,} blockers in {len(blocked)} pairs: "
+        f"{per_class[BlockerClass.HAZARD]:,} hazards (the update needs a new baseline) and "
+        f"{per_class[BlockerClass.LIMITATION]:,} limitations (hpatch cannot prove or bind it "
+        f"yet). {len(only_limited)} of the {len(blocked)} pairs are blocked by limitations "
+        "alone: a better hpatch could package them.",
+    ]
+    limitations = [c for c in _by_class(pairs) if c.blocker_class == BlockerClass.LIMITATION]
+    if limitations:
+        lines += ["", "Why hpatch cannot lift each limitation yet:", ""]
+        lines += [f"- `{c.value}`: {WHY_NOT_YET.get(c, PLACEHOLDER)}" for c in limitations]
+    return lines
+
+
+def markdown(
+    sections: list[tuple[str, str, list[PairResult]]], inputs: int, command: str, minutes: float
+) -> str:
     today = datetime.date.today().isoformat()
     lines = [
         "# Real-world pairs",
         "",
-        "funcs, diff, package, verify on consecutive releases of MSVC-built Windows",
-        "binaries from public wheels, x64 and ARM64.",
+        "funcs, diff, package, verify on consecutive releases of Windows binaries from",
+        "public wheels (C extensions and the DLLs they ship), x64 and ARM64.",
         "",
         f"Command: `{command}` (recorded {today}, {platform.machine()}, Python "
-        f"{platform.python_version()}, {BACKEND} core; {inputs} input sets per function).",
+        f"{platform.python_version()}, {BACKEND} core; {inputs} input sets per function; "
+        f"{max(1, round(minutes))} min in all).",
         "",
         "![package size against bsdiff4 and zstd per pair](realworld.svg)",
     ]
@@ -176,15 +327,22 @@ def markdown(sections: list[tuple[str, str, list[PairResult]]], inputs: int, com
     for title, description, results in sections:
         lines += ["", f"## {title}", "", description, "", *_table(results)]
         every += results
+    lines += ["", "## Blockers", "", *_blocker_table(every)]
     lines += [
         "",
         "## Reading",
         "",
-        "A blocked pair is the expected answer for a feature release (it changes writable "
-        "data, TLS or imports, which only a new baseline can deliver); a refused one passed "
-        "the diff's verdict but holds code the builder cannot bind with certainty (the "
-        "reason names the instruction). Every package written has passed translation "
-        "validation, and differential emulation ran on every function it carries.",
+        "A pair is blocked by the diff's verdict, refused by the package builder (it passed "
+        "the verdict but holds code the builder cannot bind with certainty), or unvalidated "
+        "(the package built, but a function failed translation validation or differential "
+        "emulation, so `hpatch diff -o` writes nothing). Each names its blockers by class "
+        "and cause, with how many: a `hazard` is the update's (it changes writable data, "
+        "exports, TLS or the entry point, which only a new baseline can deliver), a "
+        "`limitation` is hpatch's (see [cli.md](cli.md) for every cause). The verdict "
+        "reports at most nine `writable_initial_value` blockers per section (eight ranges, "
+        "then one for the rest), and an import that blocks counts once for the import and "
+        "once per site that uses it. Every package counted as hotpatchable passed both "
+        "checks on every function it carries.",
     ]
     packaged = [r for r in every if r.emulation]
     total = sum(sum(r.emulation.values()) for r in packaged)
@@ -192,7 +350,7 @@ def markdown(sections: list[tuple[str, str, list[PairResult]]], inputs: int, com
     failed = sum(r.emulation["failed"] for r in packaged)
     lines += [
         "",
-        f"Patched functions across emitted packages: {total}; emulated (passed or failed): "
+        f"Patched functions across the packages built: {total}; emulated (passed or failed): "
         f"{emulated}"
         + (f" ({100 * emulated / total:.0f}%)" if total else "")
         + f"; failed: {failed}.",
@@ -253,7 +411,24 @@ def svg(results: list[PairResult]) -> str:
     return "\n".join(out) + "\n"
 
 
+def unfetched(listing: Path, pairs: list[tuple[str, Path, Path]]) -> list[str]:
+    """The pair ids ``listing`` names that were not fetched (named as fetch.sh names them)."""
+    have = {pair for pair, _, _ in pairs}
+    missing = []
+    for line in listing.read_text().splitlines():
+        fields = line.split("\t")
+        if line.startswith("#") or len(fields) != 5:
+            continue
+        package, old, new, platform_tag, member = fields
+        pair = re.sub(r"[^A-Za-z0-9._-]", "_", f"{package}-{old}-{new}-{platform_tag}-")
+        pair = (pair + re.sub(r"[^A-Za-z0-9._-]", "_", Path(member).name)).rstrip("_")
+        if pair not in have:
+            missing.append(pair)
+    return missing
+
+
 def main() -> None:
+    begun = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", type=int, default=100)
     parser.add_argument("--markdown", type=Path)
@@ -271,11 +446,20 @@ def main() -> None:
         )
     ]
     if arguments.extra is not None:
+        missing = unfetched(HERE / "realworld-pairs.tsv", corpus_pairs(arguments.extra))
+        if missing:
+            print(
+                f"{len(missing)} pairs of bench/realworld-pairs.tsv are not fetched (the first: "
+                f"{missing[0]}): HPCORPUS={arguments.extra} bash ../shared/corpus/fetch.sh "
+                "bench/realworld-pairs.tsv fetches them (make realworld only fetches into an "
+                "empty corpus)",
+                file=sys.stderr,
+            )
         groups.append(
             (
                 "More pairs",
-                "Patch releases of more C extensions, fetched by the same script from "
-                "`bench/realworld-pairs.tsv`.",
+                "Patch releases of more C extensions and of the DLLs they ship, fetched by "
+                "the same script from `bench/realworld-pairs.tsv`.",
                 corpus_pairs(arguments.extra),
             )
         )
@@ -297,8 +481,10 @@ def main() -> None:
     if not any(results for _, _, results in sections):
         sys.exit("no real-world pairs: run ../shared/corpus/fetch.sh (make corpus)")
     command = "make realworld"
+    minutes = (time.perf_counter() - begun) / 60
+    print(f"{minutes:.1f} minutes", flush=True)
     if arguments.markdown:
-        arguments.markdown.write_text(markdown(sections, arguments.inputs, command))
+        arguments.markdown.write_text(markdown(sections, arguments.inputs, command, minutes))
     if arguments.svg:
         arguments.svg.write_text(svg([r for _, _, results in sections for r in results]))
 
