@@ -46,7 +46,6 @@ CONFIDENCE = {
 }
 #: Neighbours are paired only if their sizes in instructions are this close.
 _SIZE_RATIO = 2.0
-_MAX_ROUNDS = 32
 _CONSTANT_BYTES = 64
 _MAX_OBJECT = 4096
 #: Bytes a C string may run past a label inside it before its NUL.
@@ -527,7 +526,11 @@ class _Matcher:
         new_digests = {rva: f.digest for rva, f in self.new.fingerprints.items()}
         digests = (old_digests.__getitem__, new_digests.__getitem__)
         signatures = (self.old.signature, self.new.signature)
-        for _ in range(_MAX_ROUNDS):
+        # Every round but the last takes a pair, so there are at most as many rounds as
+        # functions; a long call chain takes one link a round, and the weaker rules
+        # run only once the stronger ones find nothing more (a fixed number of rounds
+        # ended large images before they ever ran).
+        for _ in range(min(len(self.old.fingerprints), len(self.new.fingerprints)) + 1):
             taken = self.by_key(digests, MatchRule.FINGERPRINT)
             taken += self.by_key(signatures, MatchRule.STRUCTURE)
             taken += self.by_call_graph()
