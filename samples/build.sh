@@ -141,6 +141,8 @@ for build in $BUILDS; do
     # v1 with one early function (DllMain) grown, so that everything after it moves:
     # a diff against v1 must report that one function and nothing else.
     build_sample $o/grown-v1 bin/$build/grown-v1 "-DHP_VERSION=1 -DHP_GROW=1"
+    # v3 with a fix that calls a host function no version imports: a new import.
+    build_sample $o/import-v3 bin/$build/import-v3 "-DHP_VERSION=3 -DHP_NEW_IMPORT=1"
 done
 
 $PYTHON tools/verify.py bin

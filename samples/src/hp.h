@@ -204,4 +204,9 @@ HP_API int         hp_set_limit(u32 which, u32 value);
 HP_API u32         hp_get_limit(u32 which);
 HP_API int         hp_reset(void);
 
+/* The import-v3 variant's new import (declared last: the other builds' line
+ * numbers, hashed into their /brepro stamps through the debug links, stay put). */
+#ifdef HP_NEW_IMPORT
+HP_IMPORT u32 host_log_count(void);
+#endif
 #endif /* HP_H */

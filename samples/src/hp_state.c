@@ -43,6 +43,15 @@ static HP_NOINLINE void stats_note_error(int code)
 int hp_fail(int code, const char *what)
 {
     stats_note_error(code);
+#ifdef HP_NEW_IMPORT
+    /* The import variant's fix: a caller failing on purpose could flood the host's
+     * log, so logging stops once it holds 64 lines. host_log_count is imported by
+     * no version: the fix adds an import. (#line keeps the other builds' line
+     * numbers, hashed into their /brepro stamps, as they were.) */
+    if (host_log_count() >= 64u)
+        return code;
+#endif
+#line 46
     host_log(what, code);
     return code;
 }
