@@ -51,22 +51,32 @@ class Module:
 
     def export_rva(self, name: str | None = None, ordinal: int | None = None) -> int | None:
         """The RVA an export names (by name, or by ordinal), or None."""
-        for export in self.image.exports:
-            if export.forwarder is not None:
-                continue
-            if (name is not None and export.name == name) or (
-                name is None and ordinal is not None and export.ordinal == ordinal
-            ):
-                return export.rva
-        return None
+        return export_rva(self.image, name, ordinal)
 
     def forwarder(self, name: str | None = None, ordinal: int | None = None) -> str | None:
-        for export in self.image.exports:
-            if (name is not None and export.name == name) or (
-                name is None and ordinal is not None and export.ordinal == ordinal
-            ):
-                return export.forwarder
-        return None
+        return export_forwarder(self.image, name, ordinal)
+
+
+def export_rva(image: PEImage, name: str | None, ordinal: int | None) -> int | None:
+    """The RVA an export of ``image`` names (by name, or by ordinal), or None."""
+    for export in image.exports:
+        if export.forwarder is not None:
+            continue
+        if (name is not None and export.name == name) or (
+            name is None and ordinal is not None and export.ordinal == ordinal
+        ):
+            return export.rva
+    return None
+
+
+def export_forwarder(image: PEImage, name: str | None, ordinal: int | None) -> str | None:
+    """The forwarder string of the export of ``image`` so named, or None."""
+    for export in image.exports:
+        if (name is not None and export.name == name) or (
+            name is None and ordinal is not None and export.ordinal == ordinal
+        ):
+            return export.forwarder
+    return None
 
 
 def section_protection(characteristics: int) -> Protection:

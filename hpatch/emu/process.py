@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hpatch.arch import Machine
 from hpatch.emu.cpu import Cpu, HostCall, HostFault, Thread, ThreadState
-from hpatch.emu.loader import Module, map_image
+from hpatch.emu.loader import Module, export_forwarder, export_rva, map_image
 from hpatch.emu.memory import PAGE_SIZE, AddressSpace, Protection, Region
 from hpatch.emu.tables import FunctionTables, read_entries
 from hpatch.errors import AddressSpaceError, EmulationFault, HPatchError
@@ -79,6 +79,7 @@ class Process:
         self._stub_region: Region | None = None
         self._stub_used = 0
         self._loading: list[Path] = []
+        self._directories: dict[Module, Path | None] = {}
         self._depth = 0
 
     # imports ----------------------------------------------------------------------
@@ -116,22 +117,42 @@ class Process:
 
     def _resolve(self, entry: Import, directory: Path | None) -> int:
         key = ImportKey(entry.dll.lower(), entry.name, None if entry.name else entry.ordinal)
-        return self._resolve_key(key, directory, 0)
+        return self._resolve_key(key, directory)
 
-    def _resolve_key(self, key: ImportKey, directory: Path | None, depth: int) -> int:
+    def _resolve_key(self, key: ImportKey, directory: Path | None) -> int:
+        va = self._lookup(key, directory, 0, load=True)
+        if va is not None:
+            return va
+
+        def unmodelled(cpu: Cpu, arguments: tuple[int, ...]) -> int:
+            raise HostFault(f"call to {key}, which nothing in this process models")
+
+        return self._stub(key, unmodelled)
+
+    def _lookup(self, key: ImportKey, directory: Path | None, depth: int, load: bool) -> int | None:
+        """The VA ``key`` binds to: a host function, a loaded module's export (forwarders
+        followed), a DLL found beside the image or on the search path (loaded for it), or
+        the ``unmodelled`` handler; None when nothing serves it. Without ``load`` nothing
+        changes: a DLL not loaded yet is read, not mapped, and what would serve the import
+        is 0 (a stub is not made either)."""
         call = self.host_functions.get(key)
         if call is not None:
-            return self._stub(key, call)
+            return self._stub(key, call) if load else 0
         module = self.module(key.dll)
+        image = module.image if module is not None else None
         if module is None:
             found = self._find_dll(key.dll, directory)
             if found is not None and found not in self._loading:
-                module = self.load_image(found)
-        if module is not None:
-            rva = module.export_rva(key.name, key.ordinal)
+                if load:
+                    module = self.load_image(found)
+                    image = module.image
+                else:
+                    image = load_image(found)
+        if image is not None:
+            rva = export_rva(image, key.name, key.ordinal)
             if rva is not None:
-                return module.va(rva)
-            forwarder = module.forwarder(key.name, key.ordinal)
+                return module.va(rva) if module is not None else 0
+            forwarder = export_forwarder(image, key.name, key.ordinal)
             if forwarder and "." in forwarder and depth < _MAX_FORWARDS:
                 dll, _, symbol = forwarder.partition(".")
                 target = (
@@ -139,15 +160,31 @@ class Process:
                     if symbol.startswith("#") and symbol[1:].isdigit()
                     else ImportKey(f"{dll.lower()}.dll", symbol, None)
                 )
-                return self._resolve_key(target, directory, depth + 1)
-
+                return self._lookup(target, directory, depth + 1, load)
         if self.unmodelled is not None:
-            return self._stub(key, self.unmodelled(key))
+            return self._stub(key, self.unmodelled(key)) if load else 0
+        return None
 
-        def unmodelled(cpu: Cpu, arguments: tuple[int, ...]) -> int:
-            raise HostFault(f"call to {key}, which nothing in this process models")
+    def import_address(
+        self, dll: str, symbol: str | int, *, beside: Module | None = None, load: bool = True
+    ) -> int | None:
+        """Where an import of ``dll!symbol`` (a name, or an ordinal) binds in this process,
+        as ``load_image`` binds an image's imports (a DLL searched for beside ``beside``'s
+        image first), or None when nothing serves it, where an image's own import would
+        get a stub that faults naming it. ``load=False`` only asks: nothing is loaded or
+        made, and an import that would bind gives 0."""
+        directory = self._directories.get(beside) if beside is not None else None
+        return self._lookup(ImportKey.of(dll, symbol), directory, 0, load)
 
-        return self._stub(key, unmodelled)
+    def unload(self, module: Module) -> None:
+        """Take a module out of the process (its pages, unwind table and name), without
+        calling its entry point: what undoing a load that nothing has used yet needs."""
+        self.modules.remove(module)
+        self._directories.pop(module, None)
+        self.function_tables.remove(module)
+        self.space.unmap(module.base)
+        if self.main_module is module:
+            self.main_module = None
 
     def _find_dll(self, dll: str, directory: Path | None) -> Path | None:
         for folder in ([directory] if directory else []) + self.search_path:
@@ -205,6 +242,7 @@ class Process:
             if path is not None:
                 self._loading.remove(path)
         self.modules.append(module)
+        self._directories[module] = directory
         self._register_pdata(module)
         if self.main_module is None and top_level:
             self.main_module = module
