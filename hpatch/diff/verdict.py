@@ -1,11 +1,12 @@
 """Can the update be delivered as a hotpatch? Blockers: what blocks it, as data.
 
 Windows-style: only code (and new read-only data) can change. Writable globals that
-change layout or initial value, imports the old image cannot satisfy, changed exports,
-TLS or entry point, a changed function too small to redirect, and a reference that
-cannot be bound to the old image all block. A blocked update is an answer, not an
-error: each blocker's cause says whether the update itself needs a new baseline (a
-hazard) or hpatch cannot prove or bind it yet (a limitation).
+change layout or initial value (the import directory's tables are not globals), imports
+the old image cannot satisfy, changed exports, TLS or entry point, a changed function
+too small to redirect, and a reference that cannot be bound to the old image all block.
+A blocked update is an answer, not an error: each blocker's cause says whether the
+update itself needs a new baseline (a hazard) or hpatch cannot prove or bind it yet (a
+limitation).
 """
 
 from __future__ import annotations
@@ -192,6 +193,28 @@ def _pointer_slots(image: PEImage, section: Section) -> dict[int, int]:
     }
 
 
+def _import_offsets(image: PEImage, section: Section) -> list[tuple[int, int]]:
+    """The import directory's tables in ``section``, as [start, end) section offsets."""
+    end = section.rva + section.virtual_size
+    return [
+        (max(start, section.rva) - section.rva, min(stop, end) - section.rva)
+        for start, stop in image.import_ranges
+        if start < end and stop > section.rva
+    ]
+
+
+def _outside(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """The [start, end) ranges of [0, size) that ``ranges`` (sorted) leave uncovered."""
+    found, at = [], 0
+    for start, end in ranges:
+        if start > at:
+            found.append((at, min(start, size)))
+        at = max(at, end)
+    if at < size:
+        found.append((at, size))
+    return [(start, end) for start, end in found if start < end]
+
+
 def _ranges(offsets: Iterable[int]) -> list[tuple[int, int]]:
     """Sorted offsets joined into [start, end) ranges, closing gaps under _RANGE_JOIN bytes."""
     ranges: list[list[int]] = []
@@ -367,7 +390,15 @@ class Verdict:
             )
         for name in sorted(set(old_sections) & set(new_sections)):
             old_section, new_section = old_sections[name], new_sections[name]
-            if old_section.virtual_size != new_section.virtual_size:
+            # The import directory's tables (GNU ld's writable .idata) grow with a new
+            # import; only the rest of the section holds globals.
+            old_globals = _outside(
+                _import_offsets(old_image, old_section), old_section.virtual_size
+            )
+            new_globals = _outside(
+                _import_offsets(new_image, new_section), new_section.virtual_size
+            )
+            if old_section.virtual_size != new_section.virtual_size and old_globals != new_globals:
                 self.blockers.append(
                     Blocker(
                         kind=BlockerKind.WRITABLE_DATA,
@@ -405,6 +436,10 @@ class Verdict:
             for offset in range(size)
             if old_data[offset] != new_data[offset] and offset not in pointer_bytes
         )
+        # The diff compares IAT slots by import; the import tables are not globals.
+        for image, section in ((self.old.image, old_section), (self.new.image, new_section)):
+            for start, end in _import_offsets(image, section):
+                differing.difference_update(range(start, end))
         ranges = _ranges(differing)
         shown = ranges[:_MAX_DATA_RANGES]
         image, base = self.old.image, old_section.rva

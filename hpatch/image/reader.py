@@ -277,6 +277,74 @@ class PEImage:
             return 0, 0
         return self._directory(_EXCEPTION_DIRECTORY)
 
+    @cached_property
+    def import_ranges(self) -> tuple[tuple[int, int], ...]:
+        """[start, end) RVAs the import directory's own tables take: the descriptors,
+        each DLL's lookup table and IAT (with their terminators), the hint/name entries,
+        the DLL names and the IAT directory, joined across what lies between them when
+        that is zero bytes, or words holding a descriptor's RVA (GNU import libraries
+        leave one per import, linking it to its DLL's descriptor; the loader never reads
+        them), and the zero padding after them up to 16-byte alignment. Loader data,
+        not globals: a linker lays them out anew when an import is added."""
+        mapped, size = self.mapped, self.size_of_image
+        ranges: list[tuple[int, int]] = []
+
+        def string_end(rva: int, extra: int = 1) -> int:
+            end = mapped.find(b"\0", rva, min(size, rva + 4096))
+            return end + extra if end >= 0 else rva
+
+        def thunks(rva: int, names: bool) -> None:
+            at = rva
+            while at > 0 and at + 8 <= size:
+                thunk = int.from_bytes(mapped[at : at + 8], "little")
+                at += 8
+                if not thunk:
+                    break
+                if names and not thunk >> 63 and (name := thunk & 0x7FFFFFFF) + 2 < size:
+                    end = string_end(name + 2)
+                    ranges.append((name, end + (end - name) % 2))
+            ranges.append((rva, at))
+
+        directory, _ = self._directory(1) if len(self._binary.data_directories) > 1 else (0, 0)
+        at = directory
+        descriptors = set()
+        while at > 0 and at + 20 <= size:
+            descriptors.add(at)
+            lookup, _stamp, _chain, name, iat = struct.unpack_from("<5I", mapped, at)
+            at += 20
+            if not (lookup or name or iat):
+                break
+            if 0 < name < size:
+                ranges.append((name, string_end(name)))
+            thunks(lookup, names=True)
+            thunks(iat, names=not lookup)
+        if directory:
+            ranges.append((directory, at))
+        if len(self._binary.data_directories) > 12:
+            rva, length = self._directory(12)
+            if rva and length:
+                ranges.append((rva, min(rva + length, size)))
+
+        def filler(start: int, end: int) -> bool:
+            first, last = min((start + 3) & ~3, end), max(end & ~3, start)
+            words = struct.unpack_from(f"<{max(last - first, 0) // 4}I", mapped, first)
+            return all(w == 0 or w in descriptors for w in words) and not (
+                mapped[start:first].strip(b"\0") or mapped[max(last, first) : end].strip(b"\0")
+            )
+
+        joined: list[list[int]] = []
+        for start, end in sorted(r for r in ranges if r[0] < r[1]):
+            if joined and (start <= joined[-1][1] or filler(joined[-1][1], start)):
+                joined[-1][1] = max(joined[-1][1], end)
+            else:
+                joined.append([start, end])
+        for span in joined:  # and the zero padding that aligns what follows in the section
+            section = self.section_at(span[0])
+            limit = section.rva + section.virtual_size if section is not None else size
+            while span[1] % 16 and span[1] < limit and not mapped[span[1]]:
+                span[1] += 1
+        return tuple((start, end) for start, end in joined)
+
     def _directory(self, index: int) -> tuple[int, int]:
         directory = self._binary.data_directories[index]
         return directory.rva, directory.size
