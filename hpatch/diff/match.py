@@ -471,6 +471,39 @@ class _Matcher:
         ]
         return self.take(sorted(pairs), MatchRule.CALL_GRAPH)
 
+    def by_callees(self) -> int:
+        """Unmatched functions with the same code that name the same matched functions in
+        the same order: two wrappers identical but for the function each tail-calls
+        (sqlite3's UTF-8 converters) are told apart by what they call, not by where they
+        lie."""
+
+        def keys(
+            side: Side, rvas: list[int], counterpart: Callable[[int], int | None]
+        ) -> dict[tuple[object, ...], list[int]]:
+            found: dict[tuple[object, ...], list[int]] = defaultdict(list)
+            for rva in rvas:
+                named = side.entries_named[rva]
+                if not named:
+                    continue
+                mapped = tuple((kind, counterpart(target)) for kind, target in named)
+                if all(target is not None for _, target in mapped):
+                    found[(side.fingerprints[rva].digest, mapped)].append(rva)
+            return found
+
+        old_unmatched, new_unmatched = self.unmatched()
+        old_keys = keys(
+            self.old,
+            old_unmatched,
+            lambda rva: self.forward[rva].new_rva if rva in self.forward else None,
+        )
+        new_keys = keys(self.new, new_unmatched, lambda rva: rva if rva in self.backward else None)
+        pairs = [
+            (olds[0], new_keys[key][0])
+            for key, olds in old_keys.items()
+            if len(olds) == 1 and len(new_keys.get(key, ())) == 1
+        ]
+        return self.take(sorted(pairs), MatchRule.CALL_GRAPH)
+
     def anchors(self) -> list[tuple[int, int]]:
         """Matched pairs in an order both builds agree on (longest increasing run)."""
         pairs = sorted((m.old_rva, m.new_rva) for m in self.forward.values())
@@ -537,7 +570,7 @@ class _Matcher:
             if not taken:
                 taken = self.by_data_slot()
             if not taken:
-                taken = self.by_callers()
+                taken = self.by_callees() + self.by_callers()
             if not taken:
                 taken = self.by_neighbourhood()
             if not taken:
