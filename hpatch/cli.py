@@ -385,6 +385,11 @@ def _print_package(document: dict[str, Any]) -> None:
         f"{document['fixups']} fixups; {len(document['imports'])} imports; "
         f"{document['unwind_records']} unwind records; region {document['region']['size']} bytes"
     )
+    for item in document["new_imports"]:
+        symbol = item["name"] or f"#{item['ordinal']}"
+        console.print(
+            f"new import {item['dll']}!{symbol}: slot at region offset {item['slot_offset']:#x}"
+        )
     if signature["signed"]:
         console.print(f"signature: Ed25519 by key {signature['key_id']} ({signature['status']})")
     else:

@@ -234,6 +234,15 @@ def package_document(package: Package, data: bytes, check: SignatureCheck | None
             }
             for i in package.imports
         ],
+        "new_imports": [
+            {  # imports the baseline lacks: the package names them and carries their slots
+                "dll": i.dll,
+                "name": i.name or None,
+                "ordinal": i.ordinal or None,
+                "slot_offset": i.slot_offset,
+            }
+            for i in package.new_imports
+        ],
         "data": [
             {"offset": b.offset, "size": b.size} for b in package.blobs if b.kind == BlobKind.RODATA
         ],

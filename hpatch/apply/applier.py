@@ -1,10 +1,13 @@
 """Apply a package to a module of an emulated process, replace it, roll it back.
 
 Order of an apply: every check first (prerequisites, signature, sequence, the bytes
-each redirect overwrites, how each redirect fits its function), then the safety check
-on every thread, then the patch region (allocated near the image, bound, unwind table
-registered, made RX), then the redirects, published last. Every change goes through a
-Transaction; any failure undoes all of it, so the image is as it was.
+each redirect overwrites, how each redirect fits its function, whether the process can
+bind every import the package adds), then the safety check on every thread, then the
+new imports bound as the loader binds an image's (a DLL they need is loaded), then the
+patch region (allocated near the image, bound, unwind table registered, made RX), then
+the redirects, published last. Every change goes through a Transaction, and a DLL
+loaded for an import is unloaded again; any failure undoes all of it, so the image is
+as it was.
 """
 
 from __future__ import annotations
@@ -215,6 +218,50 @@ def _sequence(package: Package, active: ActivePatch | None) -> CheckResult:
     return CheckResult("sequence", True, f"package {sequence} replaces package {active.sequence}")
 
 
+def _new_imports(process: Process, module: Module, package: Package) -> CheckResult:
+    """Whether the process can bind every import the package adds, as the loader binds
+    the image's own: asked, nothing loaded yet."""
+    if not package.new_imports:
+        return CheckResult("new imports", True, "the package adds no import")
+    missing = []
+    for item in package.new_imports:
+        symbol = item.name or item.ordinal
+        try:
+            found = process.import_address(item.dll, symbol, beside=module, load=False)
+        except HPatchError as error:  # a DLL beside the image that does not parse
+            return _check("new imports", False, f"{item.label}: {error}")
+        if found is None:
+            missing.append(item.label)
+    if missing:
+        return _check(
+            "new imports",
+            False,
+            f"nothing in the process exports {', '.join(missing)} (no host function, loaded "
+            f"module or DLL beside {module.name} serves it)",
+        )
+    labels = ", ".join(item.label for item in package.new_imports)
+    return CheckResult("new imports", True, f"the process binds {labels}")
+
+
+def _bind_new_imports(
+    process: Process, module: Module, package: Package, loaded: list[Module]
+) -> list[int]:
+    """The address each new import binds to, in the package's order; a DLL loaded for
+    one is added to ``loaded`` (for the caller to unload if the apply fails). A host
+    function's stub made for one stays: stubs are the process's, shared by its images."""
+    before = set(process.modules)
+    addresses = []
+    try:
+        for item in package.new_imports:
+            va = process.import_address(item.dll, item.name or item.ordinal, beside=module)
+            if va is None:  # the check found it; a DLL loaded for another one changed that
+                raise _Refused(f"check 'new imports' failed: nothing exports {item.label}")
+            addresses.append(va)
+    finally:
+        loaded.extend(m for m in process.modules if m not in before)
+    return addresses
+
+
 def _placement_window(module: Module, package: Package, size: int) -> tuple[int, int]:
     """Where the patch region may lie: every byte within reach of every byte of the
     image, and above the image base when RVA fixups point into it."""
@@ -387,6 +434,7 @@ def apply_package(
         CheckResult("original bytes", True, f"{len(package.redirects)} redirect sites match")
     )
     checks.append(CheckResult("redirect fit", True, "every redirect fits its function"))
+    checks.append(_new_imports(process, module, package))
 
     spans = [
         Range(module.va(span_rva), module.va(span_rva + len(original)), name)
@@ -405,7 +453,9 @@ def apply_package(
     alignment = max(package.region_alignment, PAGE_SIZE)
     lowest, highest = _placement_window(module, package, size)
     transaction = Transaction(process.space, process.function_tables)
+    loaded: list[Module] = []
     try:
+        import_vas = _bind_new_imports(process, module, package, loaded)
         region = transaction.allocate(
             size,
             Protection.RW,
@@ -414,7 +464,7 @@ def apply_package(
         )
         if region.va % alignment:
             raise ApplyError(f"the patch region at 0x{region.va:x} is not {alignment}-aligned")
-        bound = bind_region(package, module.base, region.va)
+        bound = bind_region(package, module.base, region.va, import_vas)
         transaction.write(region.va, bytes(bound))
         transaction.register_table(
             ("patch", module.base),
@@ -431,6 +481,8 @@ def apply_package(
                 transaction.free(freed)
     except BaseException as error:
         transaction.undo()
+        for dll in reversed(loaded):
+            process.unload(dll)
         if isinstance(error, ApplyError):
             raise
         if isinstance(error, HPatchError):

@@ -53,6 +53,31 @@ def import_key(imported: Import) -> tuple[str, str | int]:
     )
 
 
+def dll_changed_imports(
+    old_imports: tuple[Import, ...], new_imports: tuple[Import, ...]
+) -> dict[int, Import]:
+    """New-build IAT slot -> the old build's import of the same symbol from another DLL
+    (a versioned DLL name): the old import at the same slot, or else the one old import
+    of that symbol the new build dropped."""
+    old_keys = {import_key(i) for i in old_imports}
+    new_keys = {import_key(i) for i in new_imports}
+    dropped: dict[str | int, list[Import]] = defaultdict(list)
+    for imported in old_imports:
+        if import_key(imported) not in new_keys:
+            dropped[import_key(imported)[1]].append(imported)
+    found = {}
+    for imported in new_imports:
+        if import_key(imported) in old_keys:
+            continue
+        candidates = dropped.get(import_key(imported)[1], [])
+        same_slot = [c for c in candidates if c.iat_rva == imported.iat_rva]
+        if same_slot:
+            found[imported.iat_rva] = same_slot[0]
+        elif len(candidates) == 1:
+            found[imported.iat_rva] = candidates[0]
+    return found
+
+
 def _part_position(image: PEImage, rva: int) -> tuple[int, int, int] | None:
     """(function rva, part index, offset in part) of a code address, if in a function."""
     function = image.function_at(rva)

@@ -16,10 +16,11 @@ from hpatch.diff.classify import (
     FunctionChange,
     Status,
     beyond_section,
+    dll_changed_imports,
     import_key,
 )
 from hpatch.diff.match import Side
-from hpatch.image import Section
+from hpatch.image import Function, Section
 
 
 class Resolution(Enum):
@@ -28,6 +29,7 @@ class Resolution(Enum):
     OLD_FUNCTION = "old_function"  # code of an unchanged function of the old image
     PATCHED_CODE = "patched_code"  # code the package carries (a modified or added function)
     IMPORT = "import"  # the old image's IAT slot for the same import
+    NEW_IMPORT = "new_import"  # an import the old image lacks: the package carries its slot
     OLD_DATA = "old_data"  # the same global in the old image
     NEW_CONSTANT = "new_constant"  # read-only data the package must carry (a new literal)
     UNRESOLVED = "unresolved"
@@ -63,6 +65,7 @@ class Correlator:
         }
         self.old_slots = {import_key(i): i.iat_rva for i in old.image.imports}
         self.new_imports = {i.iat_rva: i for i in new.image.imports}
+        self.dll_changed = dll_changed_imports(old.image.imports, new.image.imports)
         self.data_back = {new: old for old, new in correspondence.data.items()}
         self.moved_back = {new: old for old, new in correspondence.writable_moves.items()}
         self._resolved: dict[tuple[int, RefKind], ResolvedReference] = {}
@@ -92,12 +95,21 @@ class Correlator:
         if target in self.new_imports:
             imported = self.new_imports[target]
             slot = self.old_slots.get(import_key(imported))
-            if slot is None:
-                name = imported.name or f"#{imported.ordinal}"
+            if slot is not None:
+                return ResolvedReference(reference, Resolution.IMPORT, slot)
+            label = f"{imported.dll}!{imported.name or f'#{imported.ordinal}'}"
+            moved = self.dll_changed.get(target)
+            if moved is not None:
+                # Binding the other DLL would run a second copy of a library beside the
+                # one the image uses (see BlockerCause.IMPORT_DLL_CHANGED).
                 return ResolvedReference(
-                    reference, Resolution.UNRESOLVED, None, f"new import {imported.dll}!{name}"
+                    reference,
+                    Resolution.UNRESOLVED,
+                    None,
+                    f"an import from another DLL: {label}, which the old image binds to "
+                    f"{moved.dll}",
                 )
-            return ResolvedReference(reference, Resolution.IMPORT, slot)
+            return ResolvedReference(reference, Resolution.NEW_IMPORT, None, f"new import {label}")
         section = image.section_at(target)
         if section is None:
             return self.past_section_end(reference)
@@ -117,12 +129,11 @@ class Correlator:
                 return ResolvedReference(
                     reference, Resolution.UNRESOLVED, None, "unmatched function"
                 )
-            offset = target - function.rva
-            if not function.rva <= target < function.extent_end:
+            if function.rva <= target < function.extent_end:
                 return ResolvedReference(
-                    reference, Resolution.UNRESOLVED, None, "a fragment of an unchanged function"
+                    reference, Resolution.OLD_FUNCTION, old_rva + target - function.rva
                 )
-            return ResolvedReference(reference, Resolution.OLD_FUNCTION, old_rva + offset)
+            return self.old_fragment(reference, function, old_rva)
         if section.is_writable:
             return self.writable(reference, section)
         # Read-only data binds to the old image only where the old bytes are the same
@@ -142,6 +153,27 @@ class Correlator:
             return ResolvedReference(reference, Resolution.NEW_CONSTANT, None)
         return ResolvedReference(
             reference, Resolution.UNRESOLVED, None, f"unknown data in {section.name}"
+        )
+
+    def old_fragment(
+        self, reference: Reference, function: Function, old_rva: int
+    ) -> ResolvedReference:
+        """A place in a fragment (a ``.cold`` part, a chained part) of an unchanged
+        function binds to the same place of the same fragment of its old counterpart:
+        unchanged code has its parts one for one."""
+        target = reference.target_rva
+        old_function = self.old.image.function_at(old_rva)
+        for index, fragment in enumerate(function.fragments):
+            if not fragment.rva <= target < fragment.rva + fragment.size:
+                continue
+            if old_function is not None and len(old_function.fragments) == len(function.fragments):
+                old_part = old_function.fragments[index]
+                if old_part.size == fragment.size:
+                    return ResolvedReference(
+                        reference, Resolution.OLD_FUNCTION, old_part.rva + target - fragment.rva
+                    )
+        return ResolvedReference(
+            reference, Resolution.UNRESOLVED, None, "a fragment of an unchanged function"
         )
 
     def past_section_end(self, reference: Reference) -> ResolvedReference:

@@ -1,12 +1,13 @@
 """Can the update be delivered as a hotpatch? Blockers: what blocks it, as data.
 
 Windows-style: only code (and new read-only data) can change. Writable globals that
-change layout or initial value (the import directory's tables are not globals), imports
-the old image cannot satisfy, changed exports, TLS or entry point, a changed function
-too small to redirect, and a reference that cannot be bound to the old image all block.
-A blocked update is an answer, not an error: each blocker's cause says whether the
-update itself needs a new baseline (a hazard) or hpatch cannot prove or bind it yet (a
-limitation).
+change layout or initial value (the import directory's tables are not globals), an
+import the package cannot carry, changed exports, TLS or entry point, a changed
+function too small to redirect, and a reference that cannot be bound to the old image
+all block. A new import only carried code uses is carried: the package binds a slot
+for it, as a hotpatch image's own import table does. A blocked update is an answer,
+not an error: each blocker's cause says whether the update itself needs a new baseline
+(a hazard) or hpatch cannot prove or bind it yet (a limitation).
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from enum import Enum
 
 from hpatch.arch import SiteKind
 from hpatch.arch.rewrite import Redirect
-from hpatch.diff.classify import Correspondence, FunctionChange, Status, import_key
+from hpatch.diff.classify import (
+    Correspondence,
+    FunctionChange,
+    Status,
+    dll_changed_imports,
+    import_key,
+)
 from hpatch.diff.correlate import Correlator, Resolution, ResolvedReference
 from hpatch.diff.match import Side
 from hpatch.image import Export, Function, Import, PEImage, Section, Symbol
@@ -151,7 +158,7 @@ class Blocker:
 
 #: How the correlator's detail of an unresolved reference begins, and its cause.
 _UNRESOLVED_DETAILS = (
-    ("new import ", BlockerCause.NEW_IMPORT),
+    ("an import from another DLL", BlockerCause.IMPORT_DLL_CHANGED),
     ("code outside any function", BlockerCause.CODE_OUTSIDE_FUNCTION),
     ("unmatched function", BlockerCause.UNMATCHED_FUNCTION),
     ("a fragment of an unchanged function", BlockerCause.FRAGMENT_OF_UNCHANGED_FUNCTION),
@@ -477,22 +484,20 @@ class Verdict:
     def check_imports(self) -> None:
         old_imports, new_imports = self.old.image.imports, self.new.image.imports
         old_keys = {import_key(i) for i in old_imports}
-        new_keys = {import_key(i) for i in new_imports}
-        # The same symbol from another DLL (a versioned DLL name): the slot that bound it
-        # is the old counterpart, or else the one old import of it the new build dropped.
-        dropped: dict[str | int, list[Import]] = defaultdict(list)
-        for imported in old_imports:
-            if import_key(imported) not in new_keys:
-                dropped[import_key(imported)[1]].append(imported)
+        moved = dll_changed_imports(old_imports, new_imports)
+        added = {i.iat_rva for i in new_imports if import_key(i) not in old_keys}
+        # A slot data points at: the running image's data does not, and the package
+        # binds only the references of the code it carries.
+        named_by_data = {
+            target: rva
+            for rva, target in sorted(self.new.image.pointers.items(), reverse=True)
+            if target in added
+        }
         for imported in new_imports:
-            if import_key(imported) in old_keys:
+            if imported.iat_rva not in added:
                 continue
             label = import_label(imported)
-            candidates = dropped.get(import_key(imported)[1], [])
-            same_slot = [c for c in candidates if c.iat_rva == imported.iat_rva]
-            counterpart = same_slot[0] if same_slot else None
-            if counterpart is None and len(candidates) == 1:
-                counterpart = candidates[0]
+            counterpart = moved.get(imported.iat_rva)
             if counterpart is not None:
                 slot = f"IAT slot 0x{imported.iat_rva:x}"
                 if counterpart.iat_rva != imported.iat_rva:
@@ -503,19 +508,24 @@ class Verdict:
                         cause=BlockerCause.IMPORT_DLL_CHANGED,
                         where=f"{slot}: {import_label(counterpart)} -> {label}",
                         reason="the import comes from another DLL: the old image binds it to "
-                        f"{counterpart.dll}",
+                        f"{counterpart.dll}, and binding {imported.dll} beside it would run "
+                        "two copies of the library",
                         rva=imported.iat_rva,
                         symbol=label,
                         build=Build.NEW,
                     )
                 )
                 continue
+            data = named_by_data.get(imported.iat_rva)
+            if data is None:
+                continue  # used by carried code only, or by nothing: the package carries it
             self.blockers.append(
                 Blocker(
                     kind=BlockerKind.IMPORTS,
                     cause=BlockerCause.NEW_IMPORT,
                     where=label,
-                    reason=f"new import {label}: the old image has no IAT slot for it",
+                    reason=f"new import {label}: data at RVA 0x{data:x} names its IAT slot, "
+                    "and the running image's data cannot be made to name the package's",
                     rva=imported.iat_rva,
                     symbol=label,
                     build=Build.NEW,

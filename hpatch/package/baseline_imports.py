@@ -14,6 +14,7 @@ import struct
 
 from hpatch.errors import ImageFormatError, PackageFormatError, UnsupportedError
 from hpatch.image.reader import check_headers
+from hpatch.package.model import ImportRef, Package
 
 _IMPORT_DIRECTORY = 1
 _DESCRIPTOR = struct.Struct("<5I")
@@ -76,3 +77,36 @@ def import_slots(image: bytes) -> dict[int, tuple[str, str, int]]:
     else:
         raise PackageFormatError("baseline imports: the import directory does not end in the image")
     return slots
+
+
+def named_imports(package: Package, baseline: bytes) -> tuple[ImportRef, ...]:
+    """The package's imports named as the baseline names its slots; a slot the baseline
+    does not import through is refused, and so is a new import the baseline has."""
+    if not package.imports and not package.new_imports:
+        return ()
+    slots = import_slots(baseline)
+    imported = {(dll.lower(), name or ordinal) for dll, name, ordinal in slots.values()}
+    for added in package.new_imports:
+        if (added.dll.lower(), added.name or added.ordinal) in imported:
+            raise PackageFormatError(
+                f"the new import {added.label} is one the baseline imports: it binds to the "
+                "baseline's slot"
+            )
+    named = []
+    for item in package.imports:
+        held = slots.get(item.old_iat_rva)
+        if held is None:
+            raise PackageFormatError(
+                f"the import slot at 0x{item.old_iat_rva:x} is not an import slot of the baseline"
+            )
+        if item.dll and (item.dll.lower(), item.name, item.ordinal) != (
+            held[0].lower(),
+            held[1],
+            held[2],
+        ):
+            raise PackageFormatError(
+                f"the import slot at 0x{item.old_iat_rva:x} holds {held[0]}!{held[1] or held[2]} "
+                f"in the baseline, not {item.dll}!{item.name or item.ordinal}"
+            )
+        named.append(ImportRef(held[0], held[1], held[2], item.old_iat_rva))
+    return tuple(named)

@@ -43,6 +43,7 @@ from hpatch.package.model import (
     FixupEntry,
     FunctionStatus,
     ImportRef,
+    NewImport,
     Package,
     Part,
     PatchFunction,
@@ -166,6 +167,7 @@ class _Builder:
         self.blobs: list[Blob] = []
         self.fixups: dict[int, FixupEntry] = {}
         self.imports: dict[tuple[str, str, int], ImportRef] = {}
+        self.new_imports: list[NewImport] = []
         self.handler_identities: dict[tuple[bool, int], HandlerIdentity] = {}
         self.relocated = diff.correspondence.new.relocated
         self.carried = sorted(
@@ -450,6 +452,8 @@ class _Builder:
             imported = self.new_import(fixup.target_rva)
             assert resolved.old_rva is not None and imported is not None
             return TargetKind.IMPORT, self.import_index(imported, resolved.old_rva)
+        if resolved.resolution == Resolution.NEW_IMPORT:
+            return TargetKind.REGION, self.new_import_slot(fixup.target_rva)
         if resolved.resolution == Resolution.NEW_CONSTANT:
             offset = self.layout.locate(fixup.target_rva)
             if offset is not None:
@@ -485,6 +489,19 @@ class _Builder:
         """Index of the import in order of first use (renumbered once imports are sorted)."""
         self.imports.setdefault(key, ImportRef(key[0], key[1], key[2], old_slot))
         return list(self.imports).index(key)
+
+    def new_import_slot(self, iat_rva: int) -> int:
+        """Region offset of the slot the package carries for the new build's import at
+        ``iat_rva``, placed on first use (later references find it in the layout): on
+        ARM64 at the IAT slot's offset in its page, as data is, so a page completed out of
+        sight still reaches it."""
+        item = next(i for i in self.new.imports if i.iat_rva == iat_rva)
+        alignment = PAGE if self.arch.machine == Machine.ARM64 else 8
+        offset = self.place(bytes(8), iat_rva, alignment, BlobKind.IMPORT_SLOTS)
+        self.new_imports.append(
+            NewImport(item.dll, item.name or "", 0 if item.name else item.ordinal or 0, offset)
+        )
+        return offset
 
     # constants ------------------------------------------------------------------------
 
@@ -1002,6 +1019,7 @@ class _Builder:
             fixups=fixups,
             redirects=tuple(sorted(redirects, key=lambda r: r.old_rva)),
             unwind=tuple(unwind),
+            new_imports=tuple(sorted(self.new_imports, key=lambda i: i.slot_offset)),
         )
 
 

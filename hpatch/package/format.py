@@ -1,4 +1,4 @@
-"""The ``.hpk`` byte format, version 3: ``encode_package``, the defensive
+"""The ``.hpk`` byte format, version 4: ``encode_package``, the defensive
 ``decode_package``, and ``resolve_blobs``.
 
 The layout is specified in docs/FORMAT.md. The body is two LZMA2 streams: the
@@ -38,8 +38,8 @@ from typing import TypeVar
 from hpatch.arch import Arch, Machine, arch_for
 from hpatch.arch.rewrite import Fixup, Redirect
 from hpatch.errors import PackageFormatError
-from hpatch.package import lzma2
-from hpatch.package.baseline_imports import import_slots
+from hpatch.package import lzma2, new_imports
+from hpatch.package.baseline_imports import named_imports
 from hpatch.package.model import (
     FORMAT_VERSION,
     NO_RVA,
@@ -372,6 +372,7 @@ def _metadata(package: Package, dictionary: tuple[tuple[int, int], ...], extents
         BlobKind.CODE: spans(BlobKind.CODE) == _implied_code_blobs(package.functions),
         BlobKind.FUNCTION_TABLE: spans(BlobKind.FUNCTION_TABLE)
         == _implied_tables(package.machine, package.unwind),
+        BlobKind.IMPORT_SLOTS: True,  # the new imports' slots, never listed
     }
     whole = dictionary == ((0, package.baseline.size_of_image),)
     counts = package.fixup_counts
@@ -434,6 +435,7 @@ def _metadata(package: Package, dictionary: tuple[tuple[int, int], ...], extents
     for item in package.imports:  # slots are 8 bytes apart: gaps are mostly one byte
         _write_scaled(out, item.old_iat_rva - previous, 3)
         previous = item.old_iat_rva
+    new_imports.write(out, package.new_imports)
     out.uv(counts.other)
     if skipped_parts is not None:
         out.uv(package.unwind[0].table_offset)
@@ -552,6 +554,7 @@ def _read_metadata(data: bytes, flags: int) -> tuple[Package, tuple[tuple[int, i
             _read_scaled(meta, 3, 1 << 32) for _ in range(meta.count(1, "imports"))
         )
     )
+    added = new_imports.read(meta, MAX_REGION_SIZE)
     fixup_counts = FixupCounts(tuple(function_fixups), meta.uv(MAX_REGION_SIZE))
     unwind = []
     if region_flags & _UNWIND_PER_PART:
@@ -577,6 +580,7 @@ def _read_metadata(data: bytes, flags: int) -> tuple[Package, tuple[tuple[int, i
         implied += [(BlobKind.CODE, span) for span in _implied_code_blobs(functions)]
     if region_flags & _TABLES_IMPLIED:
         implied += [(BlobKind.FUNCTION_TABLE, span) for span in _implied_tables(machine, unwind)]
+    implied += [(BlobKind.IMPORT_SLOTS, span) for span in new_imports.slot_blobs(added)]
     if implied:
         by_offset = {b.offset: b for b in blobs}
         for kind, (offset, size) in implied:
@@ -608,6 +612,7 @@ def _read_metadata(data: bytes, flags: int) -> tuple[Package, tuple[tuple[int, i
         fixups=(),
         redirects=redirects,
         unwind=tuple(unwind),
+        new_imports=added,
         version=FORMAT_VERSION,
         signature=signature_placeholder,
         stated_fixup_counts=fixup_counts,
@@ -1455,33 +1460,7 @@ def resolve_blobs(package: Package, baseline_mapped: bytes) -> Package:
                 "baseline has"
             )
         redirects.append(replace(redirect, original_sha256=digest))
-    return replace(package, redirects=tuple(redirects), imports=_named_imports(package, baseline))
-
-
-def _named_imports(package: Package, baseline: bytes) -> tuple[ImportRef, ...]:
-    """The package's imports named as the baseline names its slots; a slot the baseline
-    does not import through is refused."""
-    if not package.imports:
-        return ()
-    slots = import_slots(baseline)
-    named = []
-    for item in package.imports:
-        held = slots.get(item.old_iat_rva)
-        if held is None:
-            raise PackageFormatError(
-                f"the import slot at 0x{item.old_iat_rva:x} is not an import slot of the baseline"
-            )
-        if item.dll and (item.dll.lower(), item.name, item.ordinal) != (
-            held[0].lower(),
-            held[1],
-            held[2],
-        ):
-            raise PackageFormatError(
-                f"the import slot at 0x{item.old_iat_rva:x} holds {held[0]}!{held[1] or held[2]} "
-                f"in the baseline, not {item.dll}!{item.name or item.ordinal}"
-            )
-        named.append(ImportRef(held[0], held[1], held[2], item.old_iat_rva))
-    return tuple(named)
+    return replace(package, redirects=tuple(redirects), imports=named_imports(package, baseline))
 
 
 # consistency ------------------------------------------------------------------------
@@ -1640,3 +1619,4 @@ def validate_package(package: Package) -> None:
                 _fail(f"dictionary range 0x{rva:x}+0x{length:x} lies outside the baseline image")
         if sum(length for _, length in ranges) > MAX_DICTIONARY:
             _fail(f"the dictionary exceeds {MAX_DICTIONARY} bytes")
+    new_imports.validate(package)

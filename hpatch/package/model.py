@@ -5,7 +5,8 @@ region's bytes against the baseline, and the fixups' sites with them (most follo
 the code), so until ``hpatch.package.format.resolve_blobs`` is given the baseline,
 blobs know only their size (``Blob.resolved`` is false), ``fixups`` is empty
 (``fixup_counts`` says how many each function has), redirect digests are empty and
-imports know their IAT slot only. Everything else (identity, servicing, prerequisites,
+imports know their IAT slot only (new imports, which the package names itself, are
+complete). Everything else (identity, servicing, prerequisites,
 layout, functions, redirect strategies, unwind records, the signature) is known
 without it.
 """
@@ -19,7 +20,7 @@ from enum import IntEnum
 from hpatch.arch import Machine
 from hpatch.arch.rewrite import Fixup, Redirect
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: A package names the build it installs by this many leading bytes of that image's
 #: mapped SHA-256 (``hpatch verify`` checks it): an identifier, not a guard.
 TARGET_DIGEST_SIZE = 8
@@ -60,6 +61,7 @@ class BlobKind(IntEnum):
     RODATA = 2  # read-only data new code references
     UNWIND = 3  # unwind records (x64 UNWIND_INFO, ARM64 .xdata)
     FUNCTION_TABLE = 4  # RUNTIME_FUNCTION entries for the patch code
+    IMPORT_SLOTS = 5  # 8-byte slots of new imports, which the applier binds
 
 
 class FunctionStatus(IntEnum):
@@ -154,6 +156,25 @@ class ImportRef:
     name: str
     ordinal: int
     old_iat_rva: int  # the slot in the baseline the import binds to
+
+
+@dataclass(frozen=True, slots=True)
+class NewImport:
+    """An import the baseline does not have, by name, or by ordinal when name is empty.
+
+    The package carries its 8-byte slot at region ``slot_offset`` (a REGION fixup of the
+    carried code names it, as the new build's code names its IAT slot); the applier
+    binds the slot as the loader binds an image's imports, before any redirect."""
+
+    dll: str
+    name: str
+    ordinal: int
+    slot_offset: int
+
+    @property
+    def label(self) -> str:
+        """DLL!name, or DLL!#ordinal."""
+        return f"{self.dll}!{self.name or f'#{self.ordinal}'}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +297,8 @@ class Package:
     fixups: tuple[FixupEntry, ...]
     redirects: tuple[RedirectEntry, ...]
     unwind: tuple[UnwindRecord, ...]
+    #: Imports the baseline lacks, by slot offset: their slots are in IMPORT_SLOTS blobs.
+    new_imports: tuple[NewImport, ...] = ()
     version: int = FORMAT_VERSION
     signature: SignatureInfo | None = None
     #: The compressed form of the body (a representation, not content: not compared).

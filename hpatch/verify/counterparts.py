@@ -45,6 +45,11 @@ class Counterparts:
         self.new_to_old = {m.new_rva: m.old_rva for m in diff.matches}
         self.old_slots = {import_key(i): i.iat_rva for i in self.old.imports}
         self.new_imports = {i.iat_rva: i for i in self.new.imports}
+        #: The package's slots for imports the old image lacks, by region VA.
+        self.import_slots = {
+            session.region_va + i.slot_offset: (i.dll.lower(), i.name or i.ordinal)
+            for i in session.package.new_imports
+        }
         self.carried = {f.new_rva: f for f in session.package.functions}
         self.new_relocated = correspondence.new.relocated
         self.new_code = [(s.rva, s.end_rva) for s in self.new.sections if s.is_executable]
@@ -77,7 +82,12 @@ class Counterparts:
             slot = self.old_slots.get(import_key(imported))
             name = f"{imported.dll}!{imported.name or f'#{imported.ordinal}'}"
             if slot is None:
-                return f"{name} is not imported by the old image"
+                if self.import_slots.get(patched_va) == import_key(imported):
+                    return None  # the slot the package carries for it
+                return (
+                    f"{name} is not imported by the old image, and 0x{patched_va:x} is not "
+                    "the package's slot for it"
+                )
             if old_rva != slot:
                 return f"{name} is the old IAT slot at RVA 0x{slot:x}, not 0x{old_rva:x}"
             return None

@@ -103,7 +103,7 @@ def test_every_unresolved_detail_of_the_correlator_has_a_cause() -> None:
         for detail in details
     }
     assert all(cause.blocker_class == BlockerClass.LIMITATION for cause in causes)
-    assert {BlockerCause.NEW_IMPORT, BlockerCause.UNMATCHED_FUNCTION} <= causes
+    assert {BlockerCause.IMPORT_DLL_CHANGED, BlockerCause.UNMATCHED_FUNCTION} <= causes
     with pytest.raises(LookupError):
         unresolved_cause(ResolvedReference(reference, Resolution.UNRESOLVED, None, "no such"))
 

@@ -22,11 +22,12 @@ def interface_blockers(
     old_exports: tuple[Export, ...] | None = None,
     new_exports: tuple[Export, ...] | None = None,
     new_imports: tuple[Import, ...] | None = None,
+    new_pointers: dict[int, int] | None = None,
 ) -> list[Blocker]:
     """check_interfaces over the diff's builds, with the listed tables of either replaced."""
     correspondence = diff.correspondence
 
-    def side_with(side: Side, **tables: tuple[Export, ...] | tuple[Import, ...] | None) -> Side:
+    def side_with(side: Side, **tables: object) -> Side:
         image: PEImage = copy.copy(side.image)
         for name, table in tables.items():
             if table is not None:
@@ -37,7 +38,9 @@ def interface_blockers(
 
     verdict = Verdict(
         side_with(correspondence.old, exports=old_exports),
-        side_with(correspondence.new, exports=new_exports, imports=new_imports),
+        side_with(
+            correspondence.new, exports=new_exports, imports=new_imports, pointers=new_pointers
+        ),
         correspondence,
     )
     verdict.check_interfaces()
@@ -123,22 +126,21 @@ def test_a_changed_forwarder_or_target_is_a_change_a_move_is_not(build: str) -> 
 
 
 @pytest.mark.parametrize("build", BUILDS)
-def test_a_new_import_is_named_and_a_changed_dll_names_both_sides(build: str) -> None:
+def test_a_new_import_blocks_only_when_data_names_it_a_changed_dll_names_both_sides(
+    build: str,
+) -> None:
     diff = sample_diff(build, "v1", "v2")
     imports = diff.new.imports
     first = imports[0]
     renamed = dataclasses.replace(first, dll="samplehost-2.dll")
     new_slot = max(i.iat_rva for i in imports) + 8
     added = Import("kernel32.dll", "Sleep", None, new_slot)
-    blockers = interface_blockers(diff, new_imports=(renamed, *imports[1:], added))
-    by_cause = {b.cause: b for b in blockers}
-    assert set(by_cause) == {BlockerCause.IMPORT_DLL_CHANGED, BlockerCause.NEW_IMPORT}
-    assert len(blockers) == 2
-    new = by_cause[BlockerCause.NEW_IMPORT]
-    assert new.kind == BlockerKind.IMPORTS and new.blocker_class == BlockerClass.LIMITATION
-    assert new.where == new.symbol == "kernel32.dll!Sleep"
-    assert new.rva == new_slot and new.build == Build.NEW
-    moved = by_cause[BlockerCause.IMPORT_DLL_CHANGED]
+    table = (renamed, *imports[1:], added)
+    # Nothing names the new import (carried code would, and the package carries its slot).
+    blockers = interface_blockers(diff, new_imports=table)
+    assert [b.cause for b in blockers] == [BlockerCause.IMPORT_DLL_CHANGED]
+    (moved,) = blockers
+    assert moved.blocker_class == BlockerClass.LIMITATION
     old_slot = next(i for i in diff.old.imports if i.name == first.name)
     expected = f"IAT slot 0x{first.iat_rva:x}"
     if old_slot.iat_rva != first.iat_rva:
@@ -147,3 +149,14 @@ def test_a_new_import_is_named_and_a_changed_dll_names_both_sides(build: str) ->
         f"{expected}: samplehost.dll!{first.name} -> samplehost-2.dll!{first.name}"
     )
     assert moved.symbol == f"samplehost-2.dll!{first.name}"
+    # Data naming its slot is what a package cannot change.
+    data = next(s for s in diff.new.sections if s.name == ".data")
+    pointers = {**diff.new.pointers, data.rva + 8: new_slot}
+    blockers = interface_blockers(diff, new_imports=table, new_pointers=pointers)
+    by_cause = {b.cause: b for b in blockers}
+    assert set(by_cause) == {BlockerCause.IMPORT_DLL_CHANGED, BlockerCause.NEW_IMPORT}
+    new = by_cause[BlockerCause.NEW_IMPORT]
+    assert new.kind == BlockerKind.IMPORTS and new.blocker_class == BlockerClass.LIMITATION
+    assert new.where == new.symbol == "kernel32.dll!Sleep"
+    assert new.rva == new_slot and new.build == Build.NEW
+    assert f"data at RVA 0x{data.rva + 8:x}" in new.reason

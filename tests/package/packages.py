@@ -13,6 +13,8 @@ from ..diff.samples import sample_diff
 
 #: (old, new) pairs whose diff is hotpatchable in every build.
 HOTPATCHABLE_PAIRS = (("v1", "v2"), ("v1", "v3"), ("v2", "v3"))
+#: A small pair, hotpatchable in every build, whose fix adds an import.
+IMPORT_PAIR = ("v3", "import-v3")
 OPTIONS = BuildOptions(
     sequence=2, supersedes=(1, 1), description="sample fixes", advisory="CVE-0000-0001"
 )

@@ -63,7 +63,13 @@ def test_bound_code_matches_the_new_build_under_the_correspondence(
     package = decode_package(sample_package(*case), diff.old.mapped)
     image_va = diff.old.image_base
     region_va = image_va + ((diff.old.size_of_image + 0xFFFF) & ~0xFFFF)
-    region = bind_region(package, image_va, region_va)
+    # where the process would bind the imports the package adds (their slots hold it)
+    import_vas = [0x7FF0_0000_0000 + 0x10 * n for n in range(len(package.new_imports))]
+    region = bind_region(package, image_va, region_va, import_vas)
+    slots = {region_va + i.slot_offset: i for i in package.new_imports}
+    for item, va in zip(package.new_imports, import_vas, strict=True):
+        assert region[item.slot_offset : item.slot_offset + 8] == va.to_bytes(8, "little")
+    new_imports = {i.iat_rva: i for i in diff.new.imports}
     decoder = _decoder(package.machine)
     fixed = {f.offset for f in package.fixups}
     checked = 0
@@ -96,7 +102,10 @@ def test_bound_code_matches_the_new_build_under_the_correspondence(
                 continue
             for new_target, bound in zip(expected, actual, strict=True):
                 checked += 1
-                if region_va <= bound < region_va + package.region_size:
+                if bound in slots:  # the new build's IAT slot of the same import
+                    imported = new_imports[new_target]
+                    assert slots[bound].label == f"{imported.dll}!{imported.name}"
+                elif region_va <= bound < region_va + package.region_size:
                     back = _region_to_new(package, bound - region_va)
                     if back is not None:
                         assert back == new_target
@@ -121,6 +130,15 @@ def test_a_placement_out_of_reach_is_refused_naming_the_fixup() -> None:
         bind_region(package, image_va, image_va + (1 << 33))
     assert refused.value.index >= 0
     assert f"fixup {refused.value.index}:" in str(refused.value)
+
+
+def test_every_new_import_needs_its_address() -> None:
+    case = ("x64-clang", "v3", "import-v3")
+    old = sample_diff(*case).old
+    package = decode_package(sample_package(*case), old.mapped)
+    assert [i.label for i in package.new_imports] == ["samplehost.dll!host_log_count"]
+    with pytest.raises(PackageFormatError, match="1 new imports to bind, 0 addresses"):
+        bind_region(package, old.image_base, old.image_base + 0x10000)
 
 
 def test_an_unresolved_package_is_not_bound() -> None:

@@ -31,9 +31,9 @@ from hpatch.package.model import FORMAT_VERSION, TARGET_DIGEST_SIZE, Blob
 
 from ..conftest import BUILDS, SAMPLES
 from ..diff.samples import sample_diff
-from .packages import HOTPATCHABLE_PAIRS, OPTIONS, sample_package
+from .packages import HOTPATCHABLE_PAIRS, IMPORT_PAIR, OPTIONS, sample_package
 
-CASES = [(build, old, new) for build in BUILDS for old, new in HOTPATCHABLE_PAIRS]
+CASES = [(build, old, new) for build in BUILDS for old, new in (*HOTPATCHABLE_PAIRS, IMPORT_PAIR)]
 
 
 def case_id(case: tuple[str, str, str]) -> str:
@@ -102,6 +102,7 @@ def test_without_the_baseline_a_package_is_unresolved(case: tuple[str, str, str]
     assert {(i.dll, i.name, i.ordinal) for i in package.imports} <= {("", "", 0)}
     assert all(i.dll for i in whole.imports)
     assert package.unwind == whole.unwind
+    assert package.new_imports == whole.new_imports  # the package names them itself
     assert [(b.kind, b.offset, b.size) for b in package.blobs] == [
         (b.kind, b.offset, b.size) for b in whole.blobs
     ]
