@@ -20,7 +20,7 @@ from hpatch.diff.classify import (
     import_key,
 )
 from hpatch.diff.match import Side
-from hpatch.image import Section
+from hpatch.image import Function, Section
 
 
 class Resolution(Enum):
@@ -129,12 +129,11 @@ class Correlator:
                 return ResolvedReference(
                     reference, Resolution.UNRESOLVED, None, "unmatched function"
                 )
-            offset = target - function.rva
-            if not function.rva <= target < function.extent_end:
+            if function.rva <= target < function.extent_end:
                 return ResolvedReference(
-                    reference, Resolution.UNRESOLVED, None, "a fragment of an unchanged function"
+                    reference, Resolution.OLD_FUNCTION, old_rva + target - function.rva
                 )
-            return ResolvedReference(reference, Resolution.OLD_FUNCTION, old_rva + offset)
+            return self.old_fragment(reference, function, old_rva)
         if section.is_writable:
             return self.writable(reference, section)
         # Read-only data binds to the old image only where the old bytes are the same
@@ -154,6 +153,27 @@ class Correlator:
             return ResolvedReference(reference, Resolution.NEW_CONSTANT, None)
         return ResolvedReference(
             reference, Resolution.UNRESOLVED, None, f"unknown data in {section.name}"
+        )
+
+    def old_fragment(
+        self, reference: Reference, function: Function, old_rva: int
+    ) -> ResolvedReference:
+        """A place in a fragment (a ``.cold`` part, a chained part) of an unchanged
+        function binds to the same place of the same fragment of its old counterpart:
+        unchanged code has its parts one for one."""
+        target = reference.target_rva
+        old_function = self.old.image.function_at(old_rva)
+        for index, fragment in enumerate(function.fragments):
+            if not fragment.rva <= target < fragment.rva + fragment.size:
+                continue
+            if old_function is not None and len(old_function.fragments) == len(function.fragments):
+                old_part = old_function.fragments[index]
+                if old_part.size == fragment.size:
+                    return ResolvedReference(
+                        reference, Resolution.OLD_FUNCTION, old_part.rva + target - fragment.rva
+                    )
+        return ResolvedReference(
+            reference, Resolution.UNRESOLVED, None, "a fragment of an unchanged function"
         )
 
     def past_section_end(self, reference: Reference) -> ResolvedReference:

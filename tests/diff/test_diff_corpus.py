@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hpatch.diff import Status, diff_images, fingerprint_function
+from hpatch.diff.verdict import BlockerCause
 from hpatch.image import load_image
 
 from ..conftest import corpus_binaries
@@ -26,6 +27,8 @@ def test_corpus_pair_diffs_with_evidence(pair_id: str, folder: Path) -> None:
     assert summary["unchanged"] + summary["modified"] + summary["added"] == len(new.functions)
     for blocker in result.blockers:
         assert blocker.where and blocker.reason
+        # A fragment of an unchanged function binds to its old counterpart's fragment.
+        assert blocker.cause != BlockerCause.FRAGMENT_OF_UNCHANGED_FUNCTION, blocker
     modified = list(result.with_status(Status.MODIFIED))
     for change in random.Random(pair_id).sample(modified, min(25, len(modified))):
         assert change.old is not None and change.new is not None
