@@ -668,6 +668,8 @@ class _Discovery:
                 tail_end = self.arch.code_extent(self.image.read, code_end, limit)
                 if tail_end is not None:
                     part[1] = part[2] = cursor = tail_end
+            if self.claim_index_table(cursor, limit, part, owners[owner], tables[owner]):
+                continue
             cursor += self.padding_at(section, cursor, limit)
             cursor += -cursor % 4
             if cursor < limit:
@@ -679,6 +681,8 @@ class _Discovery:
                     cursor += -cursor % 4
             if cursor < limit:
                 self.claim_table(cursor, limit, part, owners[owner], tables[owner])
+                if part[2] > cursor:
+                    self.claim_index_table(part[2], limit, part, owners[owner], tables[owner])
 
     def literal_pool(self, pool_rva: int, limit: int, owner: list[int]) -> DataRange | None:
         """The constants at ``pool_rva`` that the owning function's code loads, if any."""
@@ -721,6 +725,26 @@ class _Discovery:
                 tables.append(DataRange(table_rva, size, kind))
                 part[2] = table_rva + size
                 return
+
+    def claim_index_table(
+        self, table_rva: int, limit: int, part: list[int], owner: list[int], tables: list[DataRange]
+    ) -> bool:
+        """Claim the byte index table of an MSVC x64 two-level switch right after a part:
+        the owner's code indexes it from __ImageBase (its RVA is a displacement there),
+        and it runs up to the padding before the next part. It may start with a zero
+        byte, which would otherwise pass for padding."""
+        start, code_end = owner[0], owner[1]
+        if not self.loads_image_base(start, code_end):
+            return False
+        if struct.pack("<I", table_rva) not in self.image.read(start, code_end - start):
+            return False
+        data = self.image.read(table_rva, limit - table_rva)
+        end = table_rva + len(data.rstrip(b"\xcc"))
+        if end <= table_rva:
+            return False
+        tables.append(DataRange(table_rva, end - table_rva, DataKind.DATA))
+        part[2] = end
+        return True
 
     def build(self, leaves: dict[int, int], evidence: dict[int, int]) -> tuple[Function, ...]:
         # A .pdata function with an entry before its range starts at that entry.
