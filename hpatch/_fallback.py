@@ -6,10 +6,12 @@ Same signatures, same results, same errors; the parity tests hold them to it.
 from __future__ import annotations
 
 import bisect
+import heapq
 import operator
 import re
 import struct
-from functools import cache
+from collections.abc import Sequence
+from functools import cache, lru_cache
 
 import capstone
 from capstone import x86_const
@@ -267,9 +269,324 @@ def _page_offset(word: int) -> int | None:
     return None
 
 
-def _is_store(word: int) -> bool:
-    """STR/STRB/STRH (unsigned immediate) and STP: the low register field is read, not written."""
-    return (word & 0x3B400000) == 0x39000000 or (word & 0x3A400000) == 0x28000000
+#: General-purpose registers as bits: x0..x30 (31, SP or the zero register, never
+#: holds a page).
+_ALL_REGISTERS = 0x7FFFFFFF
+#: What a call leaves undefined: x0-x18 by the calling convention, and x30 (the link).
+_CALL_CLOBBERED = 0x7FFFF | 1 << 30
+
+
+def _reg(number: int) -> int:
+    return 1 << number if number < 31 else 0
+
+
+def _fields(word: int) -> int:
+    """Every register field of the word (Rt, Rn, Rt2, Rs): what an instruction whose
+    shape is known but not its every form may write."""
+    return (
+        _reg(word & 31) | _reg((word >> 5) & 31) | _reg((word >> 10) & 31) | _reg((word >> 16) & 31)
+    )
+
+
+def _load_store_written(word: int) -> int:
+    rt, rn = word & 31, (word >> 5) & 31
+    vector = bool(word & 0x04000000)
+    if (word & 0xBE000000) == 0x0C000000:  # Advanced SIMD structures
+        return _reg(rn) if word & 0x00800000 else 0  # post-indexed: the base moves
+    if (word & 0x3B000000) == 0x18000000:  # load literal; vector, PRFM
+        return 0 if vector or word >> 30 == 3 else _reg(rt)
+    if (word & 0x38000000) == 0x28000000:  # register pairs
+        moved = _reg(rn) if (word >> 23) & 3 in (1, 3) else 0
+        if not vector and word >> 30 == 3:
+            return _fields(word)
+        if vector or not word & 0x00400000:  # a vector pair, or a store
+            return moved
+        return moved | _reg(rt) | _reg((word >> 10) & 31)
+    if (word & 0x38000000) == 0x38000000:  # single registers
+        size, opc = word >> 30, (word >> 22) & 3
+        moved = 0
+        if word & 0x01000000:  # unsigned offset
+            pass
+        elif not word & 0x00200000:  # unscaled, pre- or post-indexed, unprivileged
+            moved = _reg(rn) if (word >> 10) & 3 in (1, 3) else 0
+        elif (word >> 10) & 3 != 2:  # atomics, LD64B (eight registers), LDRAA
+            return _fields(word) | ((0xFF << rt) & _ALL_REGISTERS)
+        if vector or opc == 0 or (opc == 2 and size == 3):  # vector, store, PRFM
+            return moved
+        if opc == 3 and size >= 2:
+            return _fields(word)
+        return moved | _reg(rt)
+    # exclusives, CASP (Rs and Rs+1, Rt and Rt+1), tag stores
+    return _fields(word) | _reg(rt + 1) | _reg(((word >> 16) & 31) + 1)
+
+
+def _register_written(word: int) -> int:
+    rd, op2 = word & 31, (word >> 21) & 0xF
+    if not word & 0x10000000:  # logical, add/sub (shifted or extended register)
+        return _reg(rd)
+    if op2 == 0 and (word >> 10) & 0x3F == 0:  # add/sub with carry
+        return _reg(rd)
+    if op2 == 2:  # conditional compare
+        return 0
+    if op2 in (4, 6) or op2 & 8:  # select; one or two sources; three
+        return _reg(rd)
+    return _fields(word)
+
+
+@lru_cache(maxsize=1 << 16)
+def _arm64_written(word: int) -> int:
+    """The general-purpose registers (bits) an A64 word may change: exact where
+    hpatch.arch.arm64_relocate models the instruction (every register it takes as
+    written is in here), every register field where it knows the shape only, every
+    register where it does not model the word at all (SVC, SVE, SME, unallocated)."""
+    rd, group = word & 31, (word >> 25) & 0xF
+    if group in (8, 9):  # data processing, immediate
+        op, opc = (word >> 23) & 7, (word >> 29) & 3
+        if op == 3:  # add/sub with tags
+            return _fields(word)
+        if (op == 5 and opc == 1) or (op == 6 and opc == 3):
+            return _ALL_REGISTERS
+        return _reg(rd)
+    if group in (10, 11):  # branches, exception generation, system
+        if (word & 0x7C000000) == 0x14000000:  # B, BL
+            return _reg(30) if word >> 31 else 0
+        if (
+            (word & 0x7C000000) == 0x34000000
+            or (word & 0xFE000000) == 0x54000000
+            or (word & 0xFFE0001F) == 0xD4200000
+        ):  # CBZ, TBZ, B.cond, BRK
+            return 0
+        if (word & 0xFFFFF01F) == 0xD503201F:  # hints
+            crm, op2 = (word >> 8) & 0xF, (word >> 5) & 7
+            if crm == 1:  # PAC and AUT of x17
+                return _reg(17)
+            if crm == 3 or (crm == 0 and op2 == 7):  # PAC and AUT of x30, XPACLRI
+                return _reg(30)
+            return 0
+        if (word & 0xFFC00000) == 0xD5000000:  # system: MRS and SYSL write Rt
+            return _reg(rd) if word & 0x00200000 and word & 0x00180000 else 0
+        if (word & 0xFE000000) == 0xD6000000:  # branch to register
+            return _reg(30) if (word >> 21) & 0xF in (1, 9) else 0
+        return _ALL_REGISTERS
+    if group & 5 == 4:  # loads and stores
+        return _load_store_written(word)
+    if group in (5, 13):  # data processing, register
+        return _register_written(word)
+    if group in (7, 15):  # scalar floating point and Advanced SIMD
+        if (word & 0x5F20FC00) == 0x1E200000:  # conversion with a general register
+            return 0 if (word >> 16) & 7 in (2, 3, 7) else _reg(rd)
+        if (word & 0x5F200000) == 0x1E000000:  # conversion with a fixed-point integer
+            return 0 if (word >> 16) & 7 in (2, 3) else _reg(rd)
+        if (word & 0x9FE08400) == 0x0E000400 and not word & 0x20000000:  # SIMD copy
+            return _reg(rd) if (word >> 11) & 0xF in (5, 7) else 0  # SMOV, UMOV
+        return 0
+    return _ALL_REGISTERS  # reserved, SME, SVE, unallocated
+
+
+def _local_target(word: int, rva: int) -> int | None:
+    """The RVA a B, B.cond, CBZ/CBNZ or TBZ/TBNZ (not BL) at ``rva`` leads to."""
+    if (word & 0xFC000000) == 0x14000000:
+        return rva + 4 * _sign_extend(word & 0x03FFFFFF, 26)
+    if (word & 0xFF000010) == 0x54000000 or (word & 0x7E000000) == 0x34000000:
+        return rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19)
+    if (word & 0x7E000000) == 0x36000000:
+        return rva + 4 * _sign_extend((word >> 5) & 0x3FFF, 14)
+    return None
+
+
+# What a word does to the control flow, for the walk of _link_pages.
+_GOES_ON, _CALLS, _ENDS, _DISPATCHES = 0, 1, 2, 3
+#: A register's value where no path from the part's start leads.
+_NOTHING = -2
+
+
+def _control(word: int) -> int:
+    if (word & 0xFC000000) == 0x94000000:  # BL
+        return _CALLS
+    if (word & 0xFE000000) == 0xD6000000:  # branch to register
+        opc = (word >> 21) & 0xF
+        if opc in (1, 9):  # BLR and its authenticated forms return
+            return _CALLS
+        # BR and its authenticated forms (a jump table's dispatch, or a tail call);
+        # RET and ERET leave for good
+        return _DISPATCHES if opc in (0, 8) else _ENDS
+    if (word & 0xFFFF0000) == 0 or (word & 0xFFE0001F) == 0xD4200000:  # UDF, BRK
+        return _ENDS
+    if (word & 0xFC000000) == 0x14000000:  # B
+        return _ENDS
+    return _GOES_ON
+
+
+def _link_pages(words: Sequence[int], code_rva: int, lo_rva: int, hi_rva: int) -> list[int]:
+    """For each word: a completion (an ADD/LDR/STR whose base register holds an ADRP's
+    page on every path to it) -> the index of an ADRP of that page; an ADRP -> the
+    index of the completion that gives its target; -1 otherwise.
+
+    The pages are followed along the control flow of the part: fall-through, and the
+    direct branches that stay in the code and in [lo, hi); a call (BL, BLR) keeps
+    x19-x28 and x29 and clobbers the rest; a RET, BR or branch out of the part has no
+    successor here. A register holds the page of one ADRP, or of one of several
+    ADRPs of the same page (a class, named after the first ADRP of the part with that
+    page), or something unknown, or nothing (no path from the part's start leads
+    there). A head (a word where paths join) takes the meet of the states that reach
+    it: a register keeps its ADRP if every path brings that ADRP (or nothing), the
+    class if every path brings one of its ADRPs, else it is unknown. A register goes
+    down at most three times, so a head is walked at most 94 times.
+
+    The part's start takes every register unknown. Code that no path from it reaches
+    takes what registers hold at every BR of the part (the cases of a jump table), or
+    nothing: a handler the system enters, or padding, completes only the pages it
+    sets itself and takes none away from the code it leads into. An ADRP's target is
+    its first completion in address order, else the first completion of its class
+    that a join reached.
+    """
+    count = len(words)
+    end_rva = min(hi_rva, code_rva + 4 * count)
+    targets = [-1] * count
+    for w, word in enumerate(words):
+        target = _local_target(word, code_rva + 4 * w)
+        if target is not None and code_rva <= target < end_rva and target >= lo_rva:
+            targets[w] = (target - code_rva) // 4
+    controls = [_control(word) for word in words]
+    # Heads: where branches lead, and where code that no path falls into starts.
+    is_head = bytearray(count)
+    for w in range(count):
+        if targets[w] >= 0:
+            is_head[targets[w]] = 1
+        if controls[w] >= _ENDS and w + 1 < count:
+            is_head[w + 1] = 1
+    if count:
+        is_head[0] = 1
+    completes = [_page_offset(word) is not None for word in words]
+    # Each ADRP's class: the first ADRP of the part with the same page.
+    first_of_page: dict[int, int] = {}
+    classes: dict[int, int] = {}
+    for w, word in enumerate(words):
+        if (word & 0x9F000000) == 0x90000000:
+            classes[w] = first_of_page.setdefault(_adrp_page(word, code_rva + 4 * w), w)
+    link = [-1] * count
+    visited = bytearray(count)
+    # A register's value: an ADRP's index, _NOTHING, or _NOTHING - 1 - its class
+    # (absent: unknown).
+    states: dict[int, dict[int, int]] = {}
+    pending: list[int] = []
+    queued: set[int] = set()
+    dispatch = count  # the head standing for the targets of every BR
+    seeds: list[int] = []
+
+    def merge(head: int, incoming: dict[int, int]) -> None:
+        state = states.get(head)
+        if state is None:
+            states[head] = dict(incoming)
+        else:
+            changed = False
+            for r, value in list(state.items()):
+                other = incoming.get(r)
+                if other in (value, _NOTHING):
+                    continue
+                if other is None:
+                    del state[r]
+                elif value == _NOTHING:
+                    state[r] = other
+                else:
+                    kind = classes[value] if value >= 0 else _NOTHING - 1 - value
+                    if kind != (classes[other] if other >= 0 else _NOTHING - 1 - other):
+                        del state[r]
+                    elif value >= 0:  # two ADRPs of one page: the class
+                        state[r] = _NOTHING - 1 - kind
+                    else:
+                        continue  # already the class
+                changed = True
+            if not changed:
+                return
+        if head not in queued:
+            queued.add(head)
+            heapq.heappush(pending, head)
+
+    def walk(w: int, state: dict[int, int]) -> None:
+        while True:
+            word = words[w]
+            visited[w] = 1
+            if completes[w]:
+                value = state.get((word >> 5) & 31, -1)
+                link[w] = -1 if value == _NOTHING else value
+            rd = word & 31
+            if (word & 0x9F000000) == 0x90000000:  # ADRP
+                if rd < 31:
+                    state[rd] = w
+            elif (word & 0xFFE0FFE0) == 0xAA0003E0:  # mov xD, xS: the page is copied
+                if rd < 31:
+                    source = state.get((word >> 16) & 31)
+                    if source is None:
+                        state.pop(rd, None)
+                    else:
+                        state[rd] = source
+            elif state:
+                lost = _arm64_written(word)
+                if lost:
+                    for r in [r for r in state if lost >> r & 1]:
+                        del state[r]
+            control = controls[w]
+            if control == _CALLS:
+                for r in [r for r in state if _CALL_CLOBBERED >> r & 1]:
+                    del state[r]
+            elif targets[w] >= 0:
+                merge(targets[w], state)
+            elif control == _DISPATCHES:
+                merge(dispatch, state)
+            if control >= _ENDS:
+                return
+            w += 1
+            if w >= count:
+                return
+            if is_head[w]:
+                merge(w, state)
+                return
+
+    following = 0
+    while True:
+        while pending:
+            head = heapq.heappop(pending)
+            queued.discard(head)
+            if head == dispatch:
+                for seed in seeds:
+                    merge(seed, states[dispatch])
+            else:
+                walk(head, dict(states[head]))
+        while following < count and visited[following]:
+            following += 1
+        if following == count:
+            break
+        # Code no path from the part's start reaches (the word is a head: the one
+        # before it does not fall through); the start itself.
+        seeds.append(following)
+        if not following:
+            merge(following, {})
+        elif dispatch in states:
+            merge(following, states[dispatch])
+        else:
+            merge(following, dict.fromkeys(range(31), _NOTHING))
+    first_of_class: dict[int, int] = {}
+    for w in range(count):
+        value = link[w]
+        if completes[w]:
+            if value >= 0:
+                if link[value] < 0:
+                    link[value] = w
+            elif value < _NOTHING:
+                first_of_class.setdefault(_NOTHING - 1 - value, w)
+    for w in range(count):
+        if completes[w]:
+            if link[w] < _NOTHING:
+                link[w] = _NOTHING - 1 - link[w]
+        elif w in classes and link[w] < 0:
+            link[w] = first_of_class.get(classes[w], -1)
+    return link
+
+
+def _adrp_page(word: int, rva: int) -> int:
+    pages = _sign_extend((((word >> 5) & 0x7FFFF) << 2) | ((word >> 29) & 3), 21)
+    return (rva & ~0xFFF) + pages * 4096
 
 
 def normalise_arm64(
@@ -286,7 +603,9 @@ def normalise_arm64(
     A B/BL, B.cond, CBZ/CBNZ or TBZ/TBNZ whose target is outside [lo, hi) becomes a
     CALL (BL) or BRANCH reference; every ADR an ADDRESS reference to its target, every
     ADRP an ADDRESS reference to the page, or to the address of the first ADD/LDR/STR
-    that completes it (each completion is an ADDRESS reference too); LDR (literal) a
+    that completes it in address order (each completion is an ADDRESS reference too:
+    an ADD (immediate, 64-bit) or LDR/STR (unsigned immediate) whose base register
+    holds the ADRP's page on every path to it, see ``_link_pages``); LDR (literal) a
     LITERAL reference. Masked fields become zero bits; a trailing partial word is kept.
     Instruction words hold no base-relocated fields: ``relocated`` and ``image_base``
     are checked and otherwise unused.
@@ -300,14 +619,12 @@ def normalise_arm64(
         raise ValueError("relocated must hold uint32 values")
     _check_rvas(code_rva, lo_rva, hi_rva, len(data))
     count = len(data) // 4
-    words = list(struct.unpack_from(f"<{count}I", data))
+    data_words = struct.unpack_from(f"<{count}I", data)
+    words = list(data_words)
     references: list[tuple[int, int, int]] = []
-    # register -> (index in references of its ADRP, page address)
-    pages: dict[int, tuple[int, int]] = {}
-    completed: set[int] = set()
+    link = _link_pages(data_words, code_rva, lo_rva, hi_rva)
     for index, word in enumerate(words):
         rva = code_rva + 4 * index
-        written = word & 0x1F
         if (word & 0x7C000000) == 0x14000000:  # B / BL imm26
             target = rva + 4 * _sign_extend(word & 0x03FFFFFF, 26)
             if not lo_rva <= target < hi_rva:
@@ -327,33 +644,25 @@ def normalise_arm64(
                 references.append((rva, REF_BRANCH, target))
             continue
         if (word & 0x1F000000) == 0x10000000:  # ADR / ADRP
-            immediate = _sign_extend((((word >> 5) & 0x7FFFF) << 2) | ((word >> 29) & 3), 21)
             words[index] = word & ~((0x7FFFF << 5) | (3 << 29))
             if word & 0x80000000:
-                page = (rva & ~0xFFF) + immediate * 4096
-                pages[written] = (len(references), page)
-                references.append((rva, REF_ADDRESS, page))
+                # the ADRP names the page; what it means is its first completion
+                target = _adrp_page(word, rva)
+                if link[index] >= 0:
+                    target += _page_offset(data_words[link[index]]) or 0
             else:
-                pages.pop(written, None)
-                references.append((rva, REF_ADDRESS, rva + immediate))
+                immediate = _sign_extend((((word >> 5) & 0x7FFFF) << 2) | ((word >> 29) & 3), 21)
+                target = rva + immediate
+            references.append((rva, REF_ADDRESS, target))
             continue
         if (word & 0x3B000000) == 0x18000000 and (word & 0xC4000000) != 0xC0000000:
             target = rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19)  # LDR literal
             words[index] = word & ~(0x7FFFF << 5)
             references.append((rva, REF_LITERAL, target))
-            pages.pop(written, None)
             continue
-        offset = _page_offset(word)
-        base = (word >> 5) & 0x1F
-        if offset is not None and base in pages:
-            adrp_index, page = pages[base]
-            target = page + offset
+        adrp = link[index]
+        if adrp >= 0:  # an ADD/LDR/STR completing the page of the ADRP at words[adrp]
+            page = _adrp_page(data_words[adrp], code_rva + 4 * adrp)
             words[index] = word & ~(0xFFF << 10)
-            references.append((rva, REF_ADDRESS, target))
-            if adrp_index not in completed:
-                # the ADRP names the page; what it means is its first completion
-                completed.add(adrp_index)
-                references[adrp_index] = (references[adrp_index][0], REF_ADDRESS, target)
-        if not _is_store(word):
-            pages.pop(written, None)
+            references.append((rva, REF_ADDRESS, page + (_page_offset(word) or 0)))
     return struct.pack(f"<{count}I", *words) + data[4 * count :], references, count

@@ -17,11 +17,12 @@ typedef struct {
 
 /* Normalise the len / 4 whole words of code at code_rva into out (len bytes; a
  * trailing partial word is copied as it is): see normalise_arm64 in
- * hpatch/_fallback.py for the rules. Branches into [lo, hi) keep their bits. refs
- * must have room for len / 4 entries: a word names at most one reference, and an
- * ADRP's entry may be rewritten by a later word that completes it. Returns the
- * number of references written. */
-size_t arm64_normalise(const uint8_t *code, size_t len, int64_t code_rva, int64_t lo, int64_t hi,
-                       uint8_t *out, arm64_ref_t *refs);
+ * hpatch/_fallback.py for the rules. Branches into [lo, hi) keep their bits, and the
+ * pages ADRPs set are followed along them (within the code) to the ADD/LDR/STR that
+ * complete them. refs must have room for len / 4 entries: a word names at most one
+ * reference. Returns the number of references written, or -1 when memory runs out
+ * (the work space is about 10 bytes a word and 140 bytes a branch target). */
+ptrdiff_t arm64_normalise(const uint8_t *code, size_t len, int64_t code_rva, int64_t lo,
+                          int64_t hi, uint8_t *out, arm64_ref_t *refs);
 
 #endif

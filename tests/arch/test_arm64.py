@@ -1,14 +1,18 @@
-"""ARM64 decoding: .pdata in packed and .xdata forms, code extents, padding, thunks."""
+"""ARM64 decoding: .pdata in packed and .xdata forms, code extents, padding, thunks, and
+the pairing of ADRPs with the words that complete them."""
 
 from __future__ import annotations
 
+import random
 import struct
 
 import capstone
 import keystone
 import pytest
 
-from hpatch.arch import Machine, SiteKind, arch_for
+from hpatch._fallback import _arm64_written
+from hpatch.arch import Machine, RefKind, SiteKind, arch_for
+from hpatch.arch.arm64_relocate import _gpr_access
 from hpatch.errors import ImageFormatError
 
 from .memory import FakeImage
@@ -167,3 +171,121 @@ def test_falls_through(source: str, falls: bool) -> None:
     image = FakeImage()
     image.put(0x1000, code)
     assert ARM64.falls_through(image.read, 0x1000, 0x1000 + len(code)) is falls
+
+
+# ADRP pairing along the control flow ---------------------------------------------
+
+
+def completions(source: str, rva: int = 0x1000) -> dict[int, int]:
+    """The ADDRESS references of the code ``source`` assembles to, as one part:
+    {site: target}."""
+    code = assemble(source, rva)
+    normalised = ARM64.normalise(code, rva, (rva, rva + len(code)), b"", 0)
+    return {r.site_rva: r.target_rva for r in normalised.references if r.kind == RefKind.ADDRESS}
+
+
+def test_a_completion_reached_by_a_branch_over_code_that_reuses_the_register() -> None:
+    # libpng's png_do_read_transformations: the page is set, a branch jumps over code
+    # that takes x15 for something else, and the load at the target completes it.
+    refs = completions(
+        "adrp x15, #0x3000; b.hs #0x1018;"
+        " movz x15, #5; ldr x0, [x15, #8]; ret;"
+        " ldp x1, x2, [sp], #16; ldr q2, [x15, #0x1d0]; ret"
+    )
+    assert refs == {0x1000: 0x31D0, 0x1018: 0x31D0}
+
+
+def test_paths_that_join_with_different_pages_are_not_paired() -> None:
+    refs = completions(
+        "cbz x0, #0x100c; adrp x8, #0x3000; b #0x1010; adrp x8, #0x4000; ldr x1, [x8, #0x10]; ret"
+    )
+    assert refs == {0x1004: 0x3000, 0x100C: 0x4000}
+
+
+def test_paths_that_join_with_adrps_of_one_page_are_paired() -> None:
+    # Each ADRP takes the first completion that a join of its page reached.
+    refs = completions(
+        "cbz x0, #0x100c; adrp x8, #0x3000; b #0x1010; adrp x8, #0x3000;"
+        " ldr x1, [x8, #0x10]; ldr x2, [x8, #0x18]; ret"
+    )
+    assert refs == {0x1004: 0x3010, 0x100C: 0x3010, 0x1010: 0x3010, 0x1014: 0x3018}
+
+
+def test_a_call_keeps_callee_saved_registers_and_clobbers_the_others() -> None:
+    refs = completions(
+        "adrp x19, #0x3000; adrp x8, #0x4000; adrp x18, #0x5000; bl #0x8000;"
+        " ldr x0, [x19, #0x20]; ldr x1, [x8, #0x30]; ldr x2, [x18, #0x40];"
+        " adrp x20, #0x6000; blr x3; add x0, x20, #0x50; ldr x1, [x30, #8]; ret"
+    )
+    assert refs == {
+        0x1000: 0x3020,
+        0x1004: 0x4000,
+        0x1008: 0x5000,
+        0x1010: 0x3020,
+        0x101C: 0x6050,
+        0x1024: 0x6050,
+    }
+
+
+def test_words_that_only_read_the_page_register_keep_it() -> None:
+    # CBZ/TBZ test it, CMP/TST write the zero register, stores read it (the indexed
+    # ones write their base), FMOV and DUP write a vector register.
+    refs = completions(
+        "adrp x8, #0x3000; cbz x8, #0x1040; cmp x8, #0; tst x8, #1;"
+        " stp x8, x9, [sp, #16]; str x8, [x10], #8; stur x8, [x10, #-8];"
+        " fmov d8, x8; dup v8.2d, x8; tbz w8, #3, #0x1040; b.eq #0x1040;"
+        " ldr x0, [x8, #0x40]; ldr x8, [x8, #0x48]; ldr x1, [x8, #0x50]; nop; nop; ret"
+    )
+    assert refs == {0x1000: 0x3040, 0x102C: 0x3040, 0x1030: 0x3048}
+
+
+def test_a_copy_carries_the_page_and_a_write_ends_it() -> None:
+    refs = completions(
+        "adrp x8, #0x3000; mov x9, x8; lsr x8, x8, #1; ldr x0, [x9, #0x10];"
+        " ldr x1, [x8, #0x18]; ldp x10, x9, [sp]; ldr x2, [x9, #0x20]; ret"
+    )
+    assert refs == {0x1000: 0x3010, 0x100C: 0x3010}
+
+
+def test_jump_table_cases_take_what_registers_hold_at_the_dispatch() -> None:
+    # Cases no direct branch reaches; the code after a RET (no BR before it) starts
+    # with nothing known, and takes nothing away from the code it falls into.
+    refs = completions(
+        "adrp x20, #0x3000; ldr x9, [x1]; add x9, x9, x0, lsl #2; br x9;"
+        " ldr x0, [x20, #0x10]; ret; ldr x1, [x20, #0x18]; ret"
+    )
+    assert refs == {0x1000: 0x3010, 0x1010: 0x3010, 0x1018: 0x3018}
+    refs = completions(
+        "adrp x20, #0x3000; cbz x0, #0x1010; ret; nop; ldr x0, [x20, #0x10];"
+        " ldr x1, [x21, #0x18]; ret; adrp x21, #0x4000; nop; ret"
+    )
+    assert refs == {0x1000: 0x3010, 0x1010: 0x3010, 0x101C: 0x4000}
+
+
+def test_pairing_is_bounded_on_hostile_code() -> None:
+    # Every word a branch target and a join of many pages: the states only go down.
+    rva, count = 0x10000, 1 << 14
+    words = []
+    for index in range(count):
+        if index % 3 == 0:
+            words.append(0x90000000 | (index % 31) | ((index % 7) << 5))  # ADRP
+        elif index % 3 == 1:  # B.NE back to the start
+            words.append(0x54000001 | ((-index & 0x7FFFF) << 5))
+        else:
+            words.append(0xF9400000 | ((index % 31) << 5) | ((index * 7) % 31))  # LDR
+    code = struct.pack(f"<{count}I", *words)
+    normalised = ARM64.normalise(code, rva, (rva, rva + len(code)), b"", 0)
+    assert normalised.instruction_count == count
+
+
+def test_the_normaliser_forgets_every_register_the_relocator_takes_as_written() -> None:
+    # Where the relocator sees a page overwritten, the fingerprint must not complete it
+    # further on: the builder would find no field for that reference. (The C core's
+    # write set is its twin's, which the parity tests hold it to.)
+    rng = random.Random(0x5EED)
+    for _ in range(100_000):
+        word = rng.getrandbits(32)
+        access = _gpr_access(word)
+        if access is not None:
+            written = sum(1 << n for n in access[1])
+            assert written & ~_arm64_written(word) == 0, hex(word)

@@ -176,10 +176,11 @@ def test_a_page_left_in_x8_at_a_call_is_marked() -> None:
     assert {f.passed_on for f in fixups(lines) if f.page_group >= 0} == {CODE_RVA + 8}
 
 
-def test_the_diffs_linear_scan_may_see_a_completion_the_control_flow_rules_out() -> None:
-    """The fingerprint takes x22 for the page past the ADRP in address order, although
-    the load is reached only from the path where x22 is the first argument; the
-    builder accepts the relocator's answer (tests/package/test_fingerprint_pages.py)."""
+def test_the_diff_sees_no_completion_the_control_flow_rules_out() -> None:
+    """The load past the ADRP in address order is reached only from the path where
+    x22 is the first argument: the fingerprint follows the flow as the relocator
+    does (where the two would part, the builder takes the relocator's answer:
+    tests/package/test_fingerprint_pages.py)."""
     lines: list[str | int] = [
         "mov x22, x0",
         "cbz x1, {5}",
@@ -193,5 +194,5 @@ def test_the_diffs_linear_scan_may_see_a_completion_the_control_flow_rules_out()
     end = CODE_RVA + len(code)
     normalised = arch_for(Machine.ARM64).normalise(code, CODE_RVA, (CODE_RVA, end), b"", 0)
     seen = {r.site_rva: r.target_rva for r in normalised.references}
-    assert seen[CODE_RVA + 20] == DATA_PAGE
+    assert seen == {CODE_RVA + 8: DATA_PAGE + 4, CODE_RVA + 12: DATA_PAGE + 4}
     assert completions(lines) == {3: DATA_PAGE + 4}
