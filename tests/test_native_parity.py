@@ -142,25 +142,43 @@ ARM64_CLASSES = (
     (0x91000000, 0xFFC00000),  # ADD (immediate)
     (0x39000000, 0x3B000000),  # LDR / STR (unsigned immediate)
     (0x28000000, 0x3A000000),  # STP / LDP
+    (0x38000000, 0x3A000000),  # loads and stores of one register, any addressing
+    (0xAA0003E0, 0xFFE0FFE0),  # MOV (register), which copies a page
+    (0xD61F0000, 0xFF9FFC1F),  # BR, BLR, RET
+    (0xD4200000, 0xFFE0001F),  # BRK
 )
+# The classes whose immediate is a branch offset, and its field (shift, bits).
+ARM64_BRANCHES = {
+    0x14000000: (0, 26),
+    0x94000000: (0, 26),
+    0x54000000: (5, 19),
+    0x34000000: (5, 19),
+    0x36000000: (5, 14),
+}
 
 
 def _random_arm64_words(seed: int, chunks: int) -> list[int]:
     """Random words, mostly of a class normalisation handles, and ADRPs followed by
     words that use their register as a base; on few registers, so that the writes
-    that end an ADRP chain meet it. The bits come from a seeded generator: hypothesis'
-    own integers lean to zero bits, which leave most of the decoding untried."""
+    that end an ADRP chain meet it; branches that half the time land in the code, so
+    that paths join. The bits come from a seeded generator: hypothesis' own integers
+    lean to zero bits, which leave most of the decoding untried."""
     rng = random.Random(seed)
     words: list[int] = []
     for _ in range(chunks):
         chunk = []
         for _ in range(rng.randint(1, 4)):
             word = rng.getrandbits(32)
+            fixed = None
             if rng.randrange(4):
                 fixed, mask = rng.choice(ARM64_CLASSES)
                 word = fixed | (word & ~mask & 0xFFFFFFFF)
             if rng.randrange(4):
                 word = (word & ~0x3FF) | (rng.choice((1, 2, 31)) << 5) | rng.choice((1, 2, 31))
+            if fixed in ARM64_BRANCHES and rng.randrange(2):  # into the code, mostly
+                shift, bits = ARM64_BRANCHES[fixed]
+                field = ((1 << bits) - 1) << shift
+                word = word & ~field | (rng.randint(-chunks * 4, chunks * 4) << shift) & field
             chunk.append(word)
         if rng.randrange(2):
             base = rng.choice((1, 2, 31))
@@ -194,6 +212,7 @@ def _assert_same_arm64(native: tuple, twin: tuple, code_rva: int) -> None:  # ty
     span=st.integers(0, 0x8000),
     relocated=st.lists(st.integers(0, 0xFFFFFFFF), max_size=8),
     image_base=st.integers(0, (1 << 64) - 1),
+    whole=st.booleans(),
 )
 def test_arm64_normalisation_agrees_on_random_code(
     seed: int,
@@ -204,11 +223,14 @@ def test_arm64_normalisation_agrees_on_random_code(
     span: int,
     relocated: list[int],
     image_base: int,
+    whole: bool,
 ) -> None:
     base -= base % 4
     words = _random_arm64_words(seed, chunks)
     code = struct.pack(f"<{len(words)}I", *words) + tail
     lo = max(0, base + lo)  # ranges around the code, so branches land on both sides
+    if whole:  # the code is the part, as the fingerprint normalises it
+        lo, span = base, len(code)
     fields = array("I", sorted(relocated)).tobytes()
     native, twin = _both("normalise_arm64", code, base, lo, lo + span, fields, image_base)
     assert native[0] == twin[0] == "ok", (native, twin)
