@@ -96,8 +96,8 @@ WHY_NOT_YET: dict[BlockerCause, str] = {
     ),
     BlockerCause.NEW_DATA_NOT_CARRIED: (
         "The builder copies new read-only data that carried code names, up to the next "
-        "label and at most 64 KiB; following pointers from new data to more new data, "
-        "and sizing an object past that bound, are missing."
+        "label and at most 64 KiB, and the new data its pointers name in turn, 4 MiB in "
+        "all; sizing an object past those bounds is missing."
     ),
     BlockerCause.RELOCATION_ERROR: (
         "The relocator rebinds only the instruction forms and register flows it models "
@@ -110,9 +110,11 @@ WHY_NOT_YET: dict[BlockerCause, str] = {
         "rebound one by one, which the builder does not make."
     ),
     BlockerCause.SHORT_REFERENCE_OUT_OF_REACH: (
-        "The relocator keeps short ARM64 branches and ADR in their short form; one that "
-        "leaves the carried code would need rewriting into a longer sequence (an "
-        "inverted branch over a B, ADRP and ADD) or a veneer, which it does not do."
+        "A short branch that leaves the carried code for a function's entry (a tail "
+        "call) goes through a veneer beside the copy; one into the middle of other code "
+        "(the veneer would run in the caller's frame, outside every unwind record), a "
+        "literal load or an ADR would need unwind data for the veneer or a rewrite into "
+        "a longer sequence (ADRP and ADD), which the builder does not make."
     ),
     BlockerCause.PAGE_PASSED_ON: (
         "hpatch follows an ADRP's page only through the carried code; where the register "

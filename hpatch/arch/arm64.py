@@ -17,8 +17,8 @@ from hpatch.arch.base import (
     ReadRva,
     UnwindEntry,
 )
-from hpatch.arch.relocate import CodeFixup
-from hpatch.arch.rewrite import Redirect
+from hpatch.arch.relocate import CodeFixup, ShortBranch
+from hpatch.arch.rewrite import Fixup, Redirect
 from hpatch.errors import ImageFormatError
 
 PDATA_UNPACKED, PDATA_PACKED, PDATA_PACKED_FRAGMENT, PDATA_RESERVED = 0, 1, 2, 3
@@ -333,10 +333,30 @@ class Arm64(Arch):
         relocated: Sequence[int],
         image_base: int,
         indirect_targets: Iterable[int] = (),
+        short_branches: list[ShortBranch] | None = None,
     ) -> list[CodeFixup]:
+        # Every ARM64 branch field has a fixup kind: short ones come back as fixups.
         return arm64_code_fixups(
             code, code_rva, instructions, own_range, relocated, image_base, indirect_targets
         )
+
+    def veneer(self) -> tuple[bytes, int, Fixup]:
+        return _WORD.pack(0x14000000), 0, Fixup.ARM64_BRANCH26  # B
+
+    def veneer_target(self, code: bytes, va: int) -> int | None:
+        if len(code) < 4:
+            return None
+        (word,) = _WORD.unpack_from(code)
+        if word & 0xFC000000 != 0x14000000:
+            return None
+        return va + 4 * _sign_extend(word & 0x3FFFFFF, 26)
+
+    def extends_through_veneer(self, read: ReadRva, fixup: CodeFixup) -> bool:
+        if fixup.kind not in (Fixup.ARM64_BRANCH19, Fixup.ARM64_BRANCH14):
+            return False
+        (word,) = _WORD.unpack(read(fixup.field_rva, 4))
+        branch = direct_branch(word, fixup.field_rva)
+        return branch is not None and branch[1]  # conditional: not a literal load
 
     def unwind_record_size(self, read: ReadRva, unwind_rva: int) -> tuple[int, bool, int | None]:
         (header,) = _WORD.unpack(read(unwind_rva, 4))

@@ -10,8 +10,8 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from hpatch.arch.relocate import CodeFixup
-    from hpatch.arch.rewrite import Redirect
+    from hpatch.arch.relocate import CodeFixup, ShortBranch
+    from hpatch.arch.rewrite import Fixup, Redirect
 
 ReadRva = Callable[[int, int], bytes]
 """Reads ``size`` bytes at an RVA of the mapped image; raises ImageFormatError out of range."""
@@ -220,15 +220,39 @@ class Arch(ABC):
         relocated: Sequence[int],
         image_base: int,
         indirect_targets: Iterable[int] = (),
+        short_branches: list[ShortBranch] | None = None,
     ) -> list[CodeFixup]:
         """The fields of ``code`` to rebind when it is copied elsewhere.
 
         ``instructions`` are the [start, end) ranges of instructions (the rest is
         data); references into ``own_range`` keep their bytes when it moves whole.
         ``relocated`` lists the sorted RVAs of base-relocated fields;
-        ``indirect_targets`` the in-code targets of the code's jump tables.
-        RelocationError when the copy could not be proven right.
+        ``indirect_targets`` the in-code targets of the code's jump tables. A branch
+        leaving the code whose field no fixup kind writes (x64 rel8) is appended to
+        ``short_branches`` when it is given, for the caller to send through a veneer;
+        a machine whose short branches have fixup kinds of their own (ARM64 BRANCH19,
+        BRANCH14) reports them as fixups. RelocationError when the copy could not be
+        proven right.
         """
+
+    @abstractmethod
+    def veneer(self) -> tuple[bytes, int, Fixup]:
+        """A range-extension veneer: the bytes of an unconditional direct jump of the
+        machine's longest direct reach, the offset of its field in them, and the fixup
+        kind that binds the field to the jump's target."""
+
+    @abstractmethod
+    def veneer_target(self, code: bytes, va: int) -> int | None:
+        """Where the veneer at the start of ``code`` (placed at ``va``) jumps; None when
+        ``code`` starts with anything but the form ``veneer`` makes."""
+
+    def extends_through_veneer(self, read: ReadRva, fixup: CodeFixup) -> bool:
+        """Whether ``fixup`` is the field of a direct branch whose kind reaches less far
+        than the patch region may lie from the image, and which a veneer beside the
+        copy can extend (ARM64 B.cond, CBZ/CBNZ, TBZ/TBNZ; not a literal load or an
+        ADR, which name data). False where narrow branches have no fixup kind (x64
+        reports them as ShortBranch)."""
+        return False
 
     @abstractmethod
     def unwind_record_size(self, read: ReadRva, unwind_rva: int) -> tuple[int, bool, int | None]:

@@ -27,5 +27,18 @@ class CodeFixup(NamedTuple):
     passed_on: int = -1
 
 
+class ShortBranch(NamedTuple):
+    """A direct branch leaving the code whose displacement no fixup kind writes (x64
+    rel8: ``jmp``, ``jcc``, ``loop``, ``jrcxz``): the signed ``field_size``-byte field at
+    ``field_rva``, counted from the field's end, names ``target_rva``. From the patch
+    region it reaches no farther than it did, so the builder sends it through a
+    range-extension veneer beside the copy (see docs/FORMAT.md)."""
+
+    field_rva: int
+    field_size: int
+    target_rva: int
+    site_rva: int
+
+
 class RelocationError(Exception):
     """The code cannot be copied with certainty; the message says why and where."""

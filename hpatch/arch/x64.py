@@ -18,8 +18,8 @@ from hpatch.arch.base import (
     RefKind,
     UnwindEntry,
 )
-from hpatch.arch.relocate import CodeFixup
-from hpatch.arch.rewrite import Redirect
+from hpatch.arch.relocate import CodeFixup, ShortBranch
+from hpatch.arch.rewrite import Fixup, Redirect
 from hpatch.arch.x64_relocate import x64_code_fixups
 from hpatch.errors import ImageFormatError
 
@@ -314,8 +314,19 @@ class X64(Arch):
         relocated: Sequence[int],
         image_base: int,
         indirect_targets: Iterable[int] = (),
+        short_branches: list[ShortBranch] | None = None,
     ) -> list[CodeFixup]:
-        return x64_code_fixups(code, code_rva, instructions, own_range, relocated, image_base)
+        return x64_code_fixups(
+            code, code_rva, instructions, own_range, relocated, image_base, short_branches
+        )
+
+    def veneer(self) -> tuple[bytes, int, Fixup]:
+        return b"\xe9" + bytes(4), 1, Fixup.X64_REL32  # jmp rel32
+
+    def veneer_target(self, code: bytes, va: int) -> int | None:
+        if len(code) < 5 or code[0] != 0xE9:
+            return None
+        return va + 5 + struct.unpack_from("<i", code, 1)[0]
 
     def unwind_record_size(self, read: ReadRva, unwind_rva: int) -> tuple[int, bool, int | None]:
         flags_version, _prolog, count, _frame = read(unwind_rva, 4)

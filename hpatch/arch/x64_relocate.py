@@ -14,7 +14,7 @@ import capstone
 from capstone import x86_const
 
 from hpatch._fallback import _LOOPS, _displacement_size, _loads_image_base, _x64_decoder
-from hpatch.arch.relocate import CodeFixup, RelocationError
+from hpatch.arch.relocate import CodeFixup, RelocationError, ShortBranch
 from hpatch.arch.rewrite import X64_REL32_BY_TRAILER, Fixup
 
 
@@ -25,17 +25,19 @@ def x64_code_fixups(
     own_range: tuple[int, int],
     relocated: Sequence[int],
     image_base: int,
+    short_branches: list[ShortBranch] | None = None,
 ) -> list[CodeFixup]:
     """The fields of ``code`` (at ``code_rva``) to rebind when it is copied elsewhere.
 
     ``instructions`` are the [start, end) RVA ranges holding instructions; the rest of
     ``code`` is data, of which only relocated fields are fixed up (the caller adds the
     jump-table entries it knows about). Branches and RIP-relative operands that leave
-    ``own_range`` are fixed up, as is every relocated field. RelocationError if an
-    instruction cannot be decoded or a reference cannot be rebound (a rel8 branch
-    leaving the code).
+    ``own_range`` are fixed up, as is every relocated field. A rel8 branch leaving the
+    code is appended to ``short_branches`` when it is given (the caller sends it through
+    a veneer). RelocationError if an instruction cannot be decoded or a reference cannot
+    be rebound (a rel8 branch leaving the code, without ``short_branches``).
     """
-    scan = _Scan(code, code_rva, own_range, relocated, image_base)
+    scan = _Scan(code, code_rva, own_range, relocated, image_base, short_branches)
     for start, end in instructions:
         position = start
         chunk = code[start - code_rva : end - code_rva]
@@ -66,8 +68,10 @@ class _Scan:
         own_range: tuple[int, int],
         relocated: Sequence[int],
         image_base: int,
+        short_branches: list[ShortBranch] | None,
     ) -> None:
         self.code, self.code_rva, self.image_base = code, code_rva, image_base
+        self.short_branches = short_branches
         self.lo, self.hi = own_range
         low = bisect.bisect_left(relocated, code_rva)
         high = bisect.bisect_left(relocated, code_rva + len(code))
@@ -98,6 +102,9 @@ class _Scan:
         if insn.imm_size and (is_call or is_jump) and insn.operands[0].type == x86_const.X86_OP_IMM:
             target = insn.operands[0].imm
             if self.lo <= target < self.hi:
+                return
+            if insn.imm_size == 1 and imm_rva + 1 == position and self.short_branches is not None:
+                self.short_branches.append(ShortBranch(imm_rva, 1, target, insn.address))
                 return
             if insn.imm_size != 4 or imm_rva + 4 != position:
                 raise RelocationError(

@@ -16,7 +16,7 @@ from functools import cached_property
 
 from hpatch import __version__
 from hpatch.arch import Machine, Reference, RefKind
-from hpatch.arch.relocate import CodeFixup, RelocationError
+from hpatch.arch.relocate import CodeFixup, RelocationError, ShortBranch
 from hpatch.arch.rewrite import Fixup
 from hpatch.diff.api import DiffResult
 from hpatch.diff.classify import FunctionChange, Status
@@ -66,6 +66,8 @@ PAGE = 4096
 REGION_ALIGNMENT = PAGE
 _PART_ALIGNMENT = 16
 _MAX_CONSTANT = 1 << 16
+#: New read-only data carried in all, with the new data its pointers name in turn.
+_MAX_CONSTANT_CLOSURE = 1 << 22
 #: How far the patch region may lie from the image: direct redirect and call reach
 #: (rel32, B/BL imm26), less a margin for the span of the redirect itself.
 REGION_REACH = {Machine.AMD64: (1 << 31) - 64, Machine.ARM64: (1 << 27) - 64}
@@ -153,6 +155,18 @@ class _Layout:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Veneer:
+    """A range-extension veneer in the region: an unconditional jump to ``target_rva``
+    of the new image, at region ``offset``, for the short branches beside it that
+    cannot reach their target from the patch region (``site_rva``: the first of them)."""
+
+    offset: int
+    target_rva: int
+    site_rva: int
+    field_rva: int
+
+
 class _Builder:
     def __init__(self, diff: DiffResult, options: BuildOptions) -> None:
         self.diff, self.options = diff, options
@@ -169,6 +183,11 @@ class _Builder:
         self.imports: dict[tuple[str, str, int], ImportRef] = {}
         self.new_imports: list[NewImport] = []
         self.handler_identities: dict[tuple[bool, int], HandlerIdentity] = {}
+        self.veneers: list[_Veneer] = []
+        #: The region offset of the veneer each short branch (by field RVA) goes through.
+        self.veneer_of: dict[int, int] = {}
+        #: Where the last veneer placed after a function's runs ends, by new RVA.
+        self.veneers_end: dict[int, int] = {}
         self.relocated = diff.correspondence.new.relocated
         self.carried = sorted(
             (
@@ -260,7 +279,9 @@ class _Builder:
         runs.sort(key=lambda run: not any(p[0] == function.rva for p in run))
         return runs
 
-    def place_code(self) -> list[PatchFunction]:
+    def place_code(self, far: dict[int, list[ShortBranch | CodeFixup]]) -> list[PatchFunction]:
+        """Every carried function's runs, each followed by the veneers of the branches in
+        it that ``far`` (by function new RVA) sends through one."""
         functions = []
         for change in self.carried:
             function = change.new
@@ -272,6 +293,10 @@ class _Builder:
                     self.new.read(start, end - start), start, _PART_ALIGNMENT, BlobKind.CODE
                 )
                 parts += [Part(offset + p[0] - start, p[1] - p[0], p[0]) for p in run]
+                leaving = [b for b in far.get(function.rva, ()) if start <= b.site_rva < end]
+                if leaving:
+                    self.place_veneers(leaving, offset - start)
+                    self.veneers_end[function.rva] = len(self.region)
             parts.sort(key=lambda p: p.new_rva != function.rva)
             old = change.old
             functions.append(
@@ -296,15 +321,123 @@ class _Builder:
         for function in functions:
             start = min(p.offset for p in function.parts)
             end = max(p.offset + p.size for p in function.parts)
+            end = max(end, self.veneers_end.get(function.new_rva, end))
             joined.append(Blob(BlobKind.CODE, start, bytes(self.region[start:end])))
         return joined
 
+    def far_branches(
+        self, fixups: list[CodeFixup], short: list[ShortBranch]
+    ) -> list[ShortBranch | CodeFixup]:
+        """The branches of a carried function that go through a veneer: each short branch
+        no fixup kind writes (x64 rel8), and each conditional branch whose kind reaches
+        less far than the region may lie from the image (ARM64 B.cond, CBZ/CBNZ,
+        TBZ/TBNZ) to code the package does not carry, when it leads to a function's
+        entry. That is a tail call, made with the caller's frame gone: the veneer, which
+        no unwind record covers, runs where the stack is as a leaf's, which is how an
+        unwinder takes code outside every record. A short branch into the middle of
+        other code keeps its blocker."""
+        far: list[ShortBranch | CodeFixup] = []
+        for branch in short:
+            if self.at_entry(branch.target_rva):
+                far.append(branch)
+                continue
+            self.block(
+                BlockerKind.UNRESOLVED_REFERENCE,
+                BlockerCause.SHORT_REFERENCE_OUT_OF_REACH,
+                self.function_of(branch.site_rva) or f"0x{branch.site_rva:x}",
+                f"the {8 * branch.field_size}-bit branch at 0x{branch.site_rva:x} leaves the "
+                f"code for 0x{branch.target_rva:x}, no function's entry, and cannot reach a "
+                "copy",
+                function=self.function_of(branch.site_rva),
+                rva=branch.site_rva,
+                target_rva=branch.target_rva,
+            )
+        for fixup in fixups:
+            if (
+                self.arch.extends_through_veneer(self.new.read, fixup)
+                and not self.is_carried(fixup.target_rva)
+                and self.at_entry(fixup.target_rva)
+            ):
+                far.append(fixup)
+        return far
+
+    def at_entry(self, new_rva: int) -> bool:
+        """Whether ``new_rva`` is the entry of one of the new build's functions."""
+        function = self.new.function_at(new_rva)
+        return function is not None and function.rva == new_rva
+
+    @cached_property
+    def carried_ranges(self) -> list[tuple[int, int]]:
+        """The new RVA ranges of every carried function's parts, sorted."""
+        return sorted(
+            (start, end)
+            for change in self.carried
+            for start, end, _ in change.new.part_ranges  # type: ignore[union-attr]
+        )
+
+    def is_carried(self, new_rva: int) -> bool:
+        """Whether ``new_rva`` lies in a part of a function the package carries."""
+        index = bisect.bisect_right(self.carried_ranges, (new_rva, 1 << 62)) - 1
+        return index >= 0 and new_rva < self.carried_ranges[index][1]
+
+    def bind_veneer(self, veneer: _Veneer) -> None:
+        """The fixup that sends a veneer to its target, bound as the branch's would be."""
+        _code, at, kind = self.arch.veneer()
+        where = self.function_of(veneer.site_rva) or f"0x{veneer.site_rva:x}"
+        bound = self.bind(
+            where, CodeFixup(veneer.field_rva, kind, veneer.target_rva, veneer.site_rva)
+        )
+        if bound is not None:
+            offset = veneer.offset + at
+            self.fixups[offset] = FixupEntry(offset, kind, bound[0], bound[1])
+
+    def place_veneers(self, branches: list[ShortBranch | CodeFixup], delta: int) -> None:
+        """Range-extension veneers right after the run just placed (``delta``: its region
+        offset less its new RVA), one per target, for ``branches`` in it. A field no
+        fixup kind writes (x64 rel8) is pointed at its veneer here; any other is bound
+        to it as a REGION fixup (add_fixup)."""
+        code, _at, _kind = self.arch.veneer()
+        placed: dict[int, int] = {}
+        for branch in sorted(branches, key=lambda b: (b.target_rva, b.field_rva)):
+            offset = placed.get(branch.target_rva)
+            if offset is None:
+                offset = self.place(code, None, self.arch.instruction_alignment, BlobKind.CODE)
+                placed[branch.target_rva] = offset
+                self.veneers.append(
+                    _Veneer(offset, branch.target_rva, branch.site_rva, branch.field_rva)
+                )
+            self.veneer_of[branch.field_rva] = offset
+            if not isinstance(branch, ShortBranch):
+                continue
+            field = branch.field_rva + delta
+            distance = offset - (field + branch.field_size)
+            limit = 1 << (8 * branch.field_size - 1)
+            if not -limit <= distance < limit:
+                self.block(
+                    BlockerKind.UNRESOLVED_REFERENCE,
+                    BlockerCause.SHORT_REFERENCE_OUT_OF_REACH,
+                    self.function_of(branch.site_rva) or f"0x{branch.site_rva:x}",
+                    f"the {8 * branch.field_size}-bit branch at 0x{branch.site_rva:x} leaves "
+                    f"the code for 0x{branch.target_rva:x}, and the veneer after its copy "
+                    "lies out of its reach",
+                    function=self.function_of(branch.site_rva),
+                    rva=branch.site_rva,
+                    target_rva=branch.target_rva,
+                )
+                continue
+            self.region[field : field + branch.field_size] = distance.to_bytes(
+                branch.field_size, "little", signed=True
+            )
+
     # code fixups ----------------------------------------------------------------------
 
-    def code_fixups(self, change: FunctionChange) -> list[CodeFixup]:
+    def code_fixups(self, change: FunctionChange) -> tuple[list[CodeFixup], list[ShortBranch]]:
+        """The fields of a carried function to rebind, and its short branches that leave
+        the code with no fixup kind to write them (x64 rel8)."""
         function = change.new
         assert function is not None
         found: list[CodeFixup] = []
+        short: list[ShortBranch] = []
         indirect: set[int] = set()
         for data in function.inline_data:
             if data.kind == DataKind.JUMP_TABLE:
@@ -337,6 +470,7 @@ class _Builder:
                     self.relocated,
                     self.new.image_base,
                     indirect,
+                    short,
                 )
             )
             for data in inside:
@@ -346,13 +480,16 @@ class _Builder:
                         found.append(
                             CodeFixup(data.rva + 4 * index, self._addr32nb(), value, data.rva)
                         )
-        return found
+        return found, short
 
     def _addr32nb(self) -> Fixup:
         return Fixup.X64_ADDR32NB if self.arch.machine == Machine.AMD64 else Fixup.ARM64_ADDR32NB
 
-    def check_against_fingerprint(self, change: FunctionChange, fixups: list[CodeFixup]) -> bool:
-        """The fixups (an independent decode) cover every reference the diff saw."""
+    def check_against_fingerprint(
+        self, change: FunctionChange, fixups: list[CodeFixup], short: list[ShortBranch]
+    ) -> bool:
+        """The fixups and short branches (an independent decode) cover every reference
+        the diff saw."""
         function = change.new
         assert function is not None
         fingerprint = self.diff.correspondence.new.fingerprints[function.rva]
@@ -361,6 +498,8 @@ class _Builder:
         for fixup in fixups:
             by_site.setdefault(fixup.site_rva, set()).add(fixup.target_rva)
             kinds.setdefault(fixup.site_rva, set()).add(fixup.kind)
+        for branch in short:
+            by_site.setdefault(branch.site_rva, set()).add(branch.target_rva)
         runs = [(run[0][0], run[-1][1]) for run in self.runs(function)]
         pages = [
             (fixup.site_rva, fixup.target_rva // PAGE)
@@ -527,33 +666,13 @@ class _Builder:
                     targets.add(fixup.target_rva)
         if not targets:
             return
-        labels = self.labels()
-        spans: list[list[int]] = []
-        for target in sorted(targets):
-            section = self.new.section_at(target)
-            assert section is not None
-            index = bisect.bisect_right(labels, target)
-            end = labels[index] if index < len(labels) else section.end_rva
-            end = min(end, section.rva + section.virtual_size)
-            if end - target > _MAX_CONSTANT:
-                self.block(
-                    BlockerKind.UNRESOLVED_REFERENCE,
-                    BlockerCause.NEW_DATA_TOO_LARGE,
-                    f"new data at 0x{target:x}",
-                    f"new read-only data of more than {_MAX_CONSTANT} bytes has no provable end",
-                    rva=target,
-                    end_rva=end,
-                    section=section.name,
-                )
-                continue
-            if spans and target <= spans[-1][1]:
-                spans[-1][1] = max(spans[-1][1], end)
-            else:
-                spans.append([target, end])
+        spans = self.constant_spans(targets)
         page_runs = self.arch.machine == Machine.ARM64
         for start, end in spans:
             alignment = PAGE if page_runs else _PART_ALIGNMENT
             self.place(self.new.read(start, end - start), start, alignment, BlobKind.RODATA)
+        # Bound once every span is placed: a pointer may name data copied after its own.
+        for start, end in spans:
             for field in self.relocated[
                 bisect.bisect_left(self.relocated, start) : bisect.bisect_left(self.relocated, end)
             ]:
@@ -568,11 +687,99 @@ class _Builder:
                         section=self.new.section_at(start).name,  # type: ignore[union-attr]
                     )
                     continue
-                value = int.from_bytes(self.new.read(field, 8), "little") - self.new.image_base
                 addr64 = Fixup.X64_ADDR64 if not page_runs else Fixup.ARM64_ADDR64
-                self.add_fixup(f"new data at 0x{start:x}", CodeFixup(field, addr64, value, field))
+                self.add_fixup(
+                    f"new data at 0x{start:x}",
+                    CodeFixup(field, addr64, self.pointer_at(field), field),
+                )
         if tables:
             self.rewrite_jump_tables(tables)
+
+    def pointer_at(self, field: int) -> int:
+        """The RVA the relocated 8-byte field at ``field`` of the new image holds."""
+        return int.from_bytes(self.new.read(field, 8), "little") - self.new.image_base
+
+    def constant_spans(self, targets: set[int]) -> list[list[int]]:
+        """The [start, end) ranges of new read-only data to carry for ``targets``, each
+        object up to the next label, and with them the closure: new read-only data that
+        a pointer in carried data names is carried too (bound as a REGION fixup like
+        the code's), taken in rounds, each in address order, up to _MAX_CONSTANT_CLOSURE
+        bytes in all."""
+        labels = self.labels()
+        ends: dict[int, int] = {}
+        starts: list[int] = []  # of ends, sorted
+        seen = set(targets)
+        total = 0
+        pending = sorted(targets)
+        while pending:
+            found: set[int] = set()
+            for target in pending:
+                section = self.new.section_at(target)
+                assert section is not None
+                index = bisect.bisect_right(labels, target)
+                end = labels[index] if index < len(labels) else section.end_rva
+                end = min(end, section.rva + section.virtual_size)
+                if end - target > _MAX_CONSTANT:
+                    self.block(
+                        BlockerKind.UNRESOLVED_REFERENCE,
+                        BlockerCause.NEW_DATA_TOO_LARGE,
+                        f"new data at 0x{target:x}",
+                        f"new read-only data of more than {_MAX_CONSTANT} bytes has no "
+                        "provable end",
+                        rva=target,
+                        end_rva=end,
+                        section=section.name,
+                    )
+                    continue
+                total += end - target
+                if total > _MAX_CONSTANT_CLOSURE:
+                    self.block(
+                        BlockerKind.UNRESOLVED_REFERENCE,
+                        BlockerCause.NEW_DATA_TOO_LARGE,
+                        f"new data at 0x{target:x}",
+                        f"the new read-only data the code names, and the new data it points "
+                        f"at in turn, exceed {_MAX_CONSTANT_CLOSURE} bytes",
+                        rva=target,
+                        end_rva=end,
+                        section=section.name,
+                    )
+                    return []
+                ends[target] = end
+                bisect.insort(starts, target)
+                for field in self.relocated[
+                    bisect.bisect_left(self.relocated, target) : bisect.bisect_left(
+                        self.relocated, end - 7
+                    )
+                ]:
+                    pointed = self.pointer_at(field)
+                    if pointed in seen or not self.carries_new_data(field, pointed):
+                        continue
+                    seen.add(pointed)
+                    found.add(pointed)
+            # What lies in data already taken is carried with it.
+            pending = []
+            for target in sorted(found):
+                index = bisect.bisect_right(starts, target) - 1
+                if index < 0 or target >= ends[starts[index]]:
+                    pending.append(target)
+        spans: list[list[int]] = []
+        for target in sorted(ends):
+            if spans and target <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], ends[target])
+            else:
+                spans.append([target, ends[target]])
+        return spans
+
+    def carries_new_data(self, field: int, target: int) -> bool:
+        """Whether the pointer at ``field`` of carried data names new read-only data that
+        is to be carried with it (the data bind would find nowhere in the old image)."""
+        if self.layout.locate(target) is not None:
+            return False
+        section = self.new.section_at(target)
+        if section is None or section.is_executable or section.is_writable:
+            return False
+        reference = Reference(field, RefKind.DATA, target)
+        return self.correlator.resolve(reference).resolution == Resolution.NEW_CONSTANT
 
     def jump_table_entries(self, table_rva: int) -> list[int] | None:
         """For a jump table in read-only data (int32 offsets from the table to code, as
@@ -620,7 +827,8 @@ class _Builder:
     def add_fixup(self, where: str, fixup: CodeFixup) -> tuple[TargetKind, int] | None:
         field = self.layout.locate(fixup.field_rva)
         assert field is not None, "fixup fields are in copied code or data"
-        bound = self.bind(where, fixup)
+        veneer = self.veneer_of.get(fixup.field_rva)
+        bound = (TargetKind.REGION, veneer) if veneer is not None else self.bind(where, fixup)
         if bound is None:
             return None
         reach = _SHORT_REACH.get(fixup.kind)
@@ -929,13 +1137,13 @@ class _Builder:
             raise PackageBlocked(self.diff.blockers)
         if not self.carried:
             raise NotHotpatchable("no function changed: there is nothing to package")
-        functions = self.place_code()
         fixups_by_function: dict[int, list[CodeFixup]] = {}
+        far: dict[int, list[ShortBranch | CodeFixup]] = {}
         for change in self.carried:
             assert change.new is not None
             where = function_label(change.new)
             try:
-                found = self.code_fixups(change)
+                found, short = self.code_fixups(change)
             except RelocationError as exc:
                 self.block(
                     BlockerKind.UNRESOLVED_REFERENCE,
@@ -946,8 +1154,10 @@ class _Builder:
                     rva=change.new.rva,
                 )
                 continue
-            if self.check_against_fingerprint(change, found):
+            if self.check_against_fingerprint(change, found, short):
                 fixups_by_function[change.new.rva] = found
+                far[change.new.rva] = self.far_branches(found, short)
+        functions = self.place_code(far)
         self.place_constants(fixups_by_function)
         for rva, found in fixups_by_function.items():
             where = function_label(self.new.function_at(rva))  # type: ignore[arg-type]
@@ -957,6 +1167,8 @@ class _Builder:
                 if bound is not None and fixup.page_group >= 0:
                     groups.setdefault(fixup.page_group, []).append((fixup, bound))
             self.check_pages(where, groups)
+        for veneer in self.veneers:
+            self.bind_veneer(veneer)
         unwind = self.unwind(functions)
         redirects = []
         by_entry = {f.new_rva: f for f in functions}

@@ -99,6 +99,23 @@ class Counterparts:
         return self._data(patched_va, new_va, new_rva, depth)
 
     # --- code ----------------------------------------------------------------------
+    def through_veneer(self, patched_va: int) -> int:
+        """Where a branch to ``patched_va`` leads: through a range-extension veneer of
+        the package (the machine's plain direct jump, in a code blob outside every part)
+        to the veneer's target; else ``patched_va`` itself."""
+        session = self.session
+        if not session.in_region(patched_va) or session.copy_at(patched_va) is not None:
+            return patched_va
+        offset = patched_va - session.region_va
+        if not any(
+            b.kind == BlobKind.CODE and b.offset <= offset < b.offset + b.size
+            for b in session.package.blobs
+        ):
+            return patched_va
+        code = session.patched.space.read(patched_va, 16)
+        target = self.new.arch.veneer_target(code, patched_va)
+        return patched_va if target is None else target
+
     def _code(self, patched_va: int, new_rva: int, function: Function, depth: int) -> str | None:
         session = self.session
         label = function_label(function)

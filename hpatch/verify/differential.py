@@ -349,16 +349,36 @@ class DifferentialRunner:
         self, patched: bytes, new: bytes, offsets: Iterable[int]
     ) -> tuple[int, int, int] | None:
         """The first 8-byte word at ``offsets`` whose values differ other than as
-        addresses of the same thing: (offset, patched value, new value)."""
+        addresses of the same thing: (offset, patched value, new value). An address
+        stored off the word grid (a structure at an odd offset in a buffer) spans two
+        words: a byte that differs may lie in any 8 bytes around it that hold
+        addresses of the same thing."""
         for at in offsets:
             left, right = patched[at : at + 8], new[at : at + 8]
             if left == right:
                 continue
             (a,) = struct.unpack("<Q", left.ljust(8, b"\0"))
             (b,) = struct.unpack("<Q", right.ljust(8, b"\0"))
-            if not self.counterparts.same_value(a, b):
+            if self.counterparts.same_value(a, b):
+                continue
+            if not all(
+                self._in_address(patched, new, at + index)
+                for index in range(len(left))
+                if left[index] != right[index]
+            ):
                 return at, a, b
         return None
+
+    def _in_address(self, patched: bytes, new: bytes, at: int) -> bool:
+        """Whether byte ``at`` lies in 8 bytes, at some offset, that hold addresses of
+        the same thing on both sides."""
+        for start in range(max(0, at - 7), min(at, len(new) - 8) + 1):
+            left, right = patched[start : start + 8], new[start : start + 8]
+            if left != right and self.counterparts.same_value(
+                int.from_bytes(left, "little"), int.from_bytes(right, "little")
+            ):
+                return True
+        return False
 
 
 def _scratch_va(index: int) -> int:

@@ -137,6 +137,13 @@ class Session:
                 return copy.patched_va + new_rva - copy.new_rva
         return None
 
+    def copy_at(self, patched_va: int) -> Copy | None:
+        """The copy of a part that holds region VA ``patched_va``, if one does."""
+        for copy in self.copies:
+            if copy.patched_va <= patched_va < copy.patched_va + copy.size:
+                return copy
+        return None
+
     def landing(self, entry_va: int) -> int | None:
         """Where a call to ``entry_va`` in the patched process first reaches code outside
         the old module (the patch region, through a redirect); None if it does not

@@ -15,7 +15,7 @@ import bisect
 import struct
 from array import array
 
-from hpatch.arch import NormalisedCode
+from hpatch.arch import NormalisedCode, RefKind
 from hpatch.image import DataKind, Function
 from hpatch.package.model import NO_RVA, FunctionStatus, PatchFunction
 from hpatch.verify.counterparts import Counterparts
@@ -152,6 +152,9 @@ class TranslationValidator:
                 continue
             patched_target = session.old_base + patched_refs[key].target_rva
             new_target = session.new_base + new_refs[key].target_rva
+            if key[1] == RefKind.BRANCH:
+                # A short branch reaches the code it leaves for through a veneer.
+                patched_target = self.counterparts.through_veneer(patched_target)
             problem = self.counterparts.check(patched_target, new_target)
             if problem is not None:
                 out.append(

@@ -92,3 +92,15 @@ def test_a_blocked_diff_is_refused_with_its_own_blockers(build: str) -> None:
         build_package(diff)
     assert blocked.value.blockers == diff.blockers
     assert all(b.blocker_class == BlockerClass.HAZARD for b in blocked.value.blockers)
+
+
+@pytest.mark.parametrize("build", ["x64-gcc", "arm64-clang"])
+def test_carried_data_has_a_bound(build: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """New data, and the new data it points at in turn, is carried up to a bound."""
+    monkeypatch.setattr(hpatch.package.build, "_MAX_CONSTANT_CLOSURE", 0)
+    with pytest.raises(PackageBlocked) as blocked:
+        build_package(sample_diff(build, "v1", "v3"))
+    causes = [b.cause for b in blocked.value.blockers]
+    assert set(causes) == {BlockerCause.NEW_DATA_TOO_LARGE, BlockerCause.NEW_DATA_NOT_CARRIED}
+    (too_large,) = [b for b in blocked.value.blockers if b.cause == BlockerCause.NEW_DATA_TOO_LARGE]
+    assert "in turn, exceed 0 bytes" in too_large.reason
