@@ -111,6 +111,7 @@ class BlockerCause(Enum):
     SHORT_REFERENCE_OUT_OF_REACH = "short_reference_out_of_reach", _LIMITATION
     ADRP_PAGE_SPLIT = "adrp_page_split", _LIMITATION
     PAGE_PASSED_ON = "page_passed_on", _LIMITATION
+    PAGE_ACROSS_PARTS = "page_across_parts", _LIMITATION
     NEW_DATA_TOO_LARGE = "new_data_too_large", _LIMITATION
     NEW_DATA_POINTER_STRADDLES = "new_data_pointer_straddles", _LIMITATION
     UNWIND_RECORD_UNBOUND = "unwind_record_unbound", _LIMITATION

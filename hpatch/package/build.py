@@ -849,6 +849,16 @@ class _Builder:
         self.fixups[field] = FixupEntry(field, fixup.kind, bound[0], bound[1])
         return bound
 
+    def _part_index(self, rva: int) -> int:
+        """Which part of its function the code at ``rva`` lies in (0: the entry's)."""
+        function = self.new.function_at(rva)
+        if function is None or function.rva <= rva < function.extent_end:
+            return 0
+        for index, fragment in enumerate(function.fragments, start=1):
+            if fragment.rva <= rva < fragment.rva + fragment.size:
+                return index
+        return -1
+
     def check_pages(
         self, where: str, groups: dict[int, list[tuple[CodeFixup, tuple[TargetKind, int]]]]
     ) -> None:
@@ -871,6 +881,17 @@ class _Builder:
                     where,
                     "an ADRP page and the offsets completing it land in different pages once "
                     "bound to the old image",
+                    function=self.function_of(adrp),
+                    rva=adrp,
+                )
+                return
+            if len({self._part_index(fixup.site_rva) for fixup, _ in members}) > 1:
+                self.block(
+                    BlockerKind.UNRESOLVED_REFERENCE,
+                    BlockerCause.PAGE_ACROSS_PARTS,
+                    where,
+                    f"the page address set at 0x{adrp:x} is completed in another part of the "
+                    "function; translation validation proves one part at a time",
                     function=self.function_of(adrp),
                     rva=adrp,
                 )
