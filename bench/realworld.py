@@ -77,6 +77,18 @@ WHY_NOT_YET: dict[BlockerCause, str] = {
         "fragment, a `.cold` part, a literal pool there) needs the parts of matched "
         "functions paired one by one, which matching does not do yet."
     ),
+    BlockerCause.PAGE_ACROSS_PARTS: (
+        "Translation validation compares a function one part at a time, so an ADRP in one "
+        "part whose page another part completes (MSVC's chained fragments) cannot be "
+        "proven bound right; it needs validation that follows a page across the parts of "
+        "a function, as the builder's relocator already does."
+    ),
+    BlockerCause.EMULATION_DIVERGED: (
+        "The patched code and the new build did different things on the same inputs "
+        "(here the module's initialiser leaves a global with another value), and hpatch "
+        "cannot yet tell a difference the update itself makes in state the old image "
+        "already holds, which only a new baseline delivers, from a fault of its own."
+    ),
     BlockerCause.UNKNOWN_DATA: (
         "An address outside every section, or read-only data neither proven the same "
         "object in the old image nor a constant hpatch can carry, has nothing to bind to; "
