@@ -885,15 +885,22 @@ class _Builder:
                     rva=adrp,
                 )
                 return
-            if len({self._part_index(fixup.site_rva) for fixup, _ in members}) > 1:
+            elsewhere = [
+                fixup
+                for fixup, _ in members
+                if self._part_index(fixup.site_rva) != self._part_index(adrp)
+            ]
+            if elsewhere:
                 self.block(
                     BlockerKind.UNRESOLVED_REFERENCE,
                     BlockerCause.PAGE_ACROSS_PARTS,
                     where,
-                    f"the page address set at 0x{adrp:x} is completed in another part of the "
-                    "function; translation validation proves one part at a time",
+                    f"the page address set at 0x{adrp:x} is completed at "
+                    f"0x{elsewhere[0].site_rva:x}, in another part of the function; "
+                    "translation validation proves one part at a time",
                     function=self.function_of(adrp),
                     rva=adrp,
+                    target_rva=elsewhere[0].target_rva,
                 )
                 return
             passed_on = max(fixup.passed_on for fixup, _ in members)
