@@ -329,7 +329,8 @@ def markdown(
         "# Real-world pairs",
         "",
         "funcs, diff, package, verify on consecutive releases of Windows binaries from",
-        "public wheels (C extensions and the DLLs they ship), x64 and ARM64.",
+        "public wheels (C extensions and the DLLs they ship), x64 and ARM64. Real",
+        "security fixes with ground truth, the CVE corpus, are scored in [cves.md](cves.md).",
         "",
         f"Command: `{command}` (recorded {today}, {platform.machine()}, Python "
         f"{platform.python_version()}, {BACKEND} core; {inputs} input sets per function; "
