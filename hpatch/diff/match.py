@@ -438,23 +438,22 @@ class _Matcher:
         ]
         return self.take(pairs, MatchRule.DATA_SLOT)
 
-    def by_callers(self) -> int:
-        """Unmatched functions named by the same matched functions: when every function
-        that names an old function is matched, and their counterparts are exactly
-        the functions that name one new function, the pair is taken where no other
-        pair shares that set. A callee rewritten beyond recognition keeps its callers."""
+    def by_counterparts(
+        self, key_of: Callable[[Side, int, Callable[[int], int | None]], Hashable | None]
+    ) -> int:
+        """Pair the unmatched functions whose keys agree once each side's matched
+        functions are named alike (the old by their counterparts, the new as they are),
+        where the key is unique on both sides. ``key_of(side, rva, counterpart)`` is
+        None for a function it cannot key (one naming something unmatched)."""
 
         def keys(
             side: Side, rvas: list[int], counterpart: Callable[[int], int | None]
-        ) -> dict[frozenset[int | None], list[int]]:
-            found: dict[frozenset[int | None], list[int]] = defaultdict(list)
+        ) -> dict[Hashable, list[int]]:
+            found: dict[Hashable, list[int]] = defaultdict(list)
             for rva in rvas:
-                callers = side.namers.get(rva)
-                if not callers:
-                    continue
-                mapped = frozenset(counterpart(c) for c in callers)
-                if None not in mapped:
-                    found[mapped].append(rva)
+                key = key_of(side, rva, counterpart)
+                if key is not None:
+                    found[key].append(rva)
             return found
 
         old_unmatched, new_unmatched = self.unmatched()
@@ -470,6 +469,23 @@ class _Matcher:
             if len(olds) == 1 and len(new_keys.get(key, ())) == 1
         ]
         return self.take(sorted(pairs), MatchRule.CALL_GRAPH)
+
+    def by_callers(self) -> int:
+        """Unmatched functions named by the same matched functions: when every function
+        that names an old function is matched, and their counterparts are exactly
+        the functions that name one new function, the pair is taken where no other
+        pair shares that set. A callee rewritten beyond recognition keeps its callers."""
+
+        def callers(
+            side: Side, rva: int, counterpart: Callable[[int], int | None]
+        ) -> Hashable | None:
+            namers = side.namers.get(rva)
+            if not namers:
+                return None
+            mapped = frozenset(counterpart(c) for c in namers)
+            return None if None in mapped else mapped
+
+        return self.by_counterparts(callers)
 
     def by_callees(self) -> int:
         """Unmatched functions with the same code that name the same matched functions in
@@ -477,32 +493,18 @@ class _Matcher:
         (sqlite3's UTF-8 converters) are told apart by what they call, not by where they
         lie."""
 
-        def keys(
-            side: Side, rvas: list[int], counterpart: Callable[[int], int | None]
-        ) -> dict[tuple[object, ...], list[int]]:
-            found: dict[tuple[object, ...], list[int]] = defaultdict(list)
-            for rva in rvas:
-                named = side.entries_named[rva]
-                if not named:
-                    continue
-                mapped = tuple((kind, counterpart(target)) for kind, target in named)
-                if all(target is not None for _, target in mapped):
-                    found[(side.fingerprints[rva].digest, mapped)].append(rva)
-            return found
+        def callees(
+            side: Side, rva: int, counterpart: Callable[[int], int | None]
+        ) -> Hashable | None:
+            named = side.entries_named[rva]
+            if not named:
+                return None
+            mapped = tuple((kind, counterpart(target)) for kind, target in named)
+            if any(target is None for _, target in mapped):
+                return None
+            return side.fingerprints[rva].digest, mapped
 
-        old_unmatched, new_unmatched = self.unmatched()
-        old_keys = keys(
-            self.old,
-            old_unmatched,
-            lambda rva: self.forward[rva].new_rva if rva in self.forward else None,
-        )
-        new_keys = keys(self.new, new_unmatched, lambda rva: rva if rva in self.backward else None)
-        pairs = [
-            (olds[0], new_keys[key][0])
-            for key, olds in old_keys.items()
-            if len(olds) == 1 and len(new_keys.get(key, ())) == 1
-        ]
-        return self.take(sorted(pairs), MatchRule.CALL_GRAPH)
+        return self.by_counterparts(callees)
 
     def anchors(self) -> list[tuple[int, int]]:
         """Matched pairs in an order both builds agree on (longest increasing run)."""
