@@ -7,7 +7,6 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
@@ -16,10 +15,11 @@ from rich.table import Table
 
 from hpatch import BACKEND, __version__
 from hpatch.cli_apply import apply_command
+from hpatch.cli_inputs import read_image, read_package_file
 from hpatch.cli_verify import verify_command
 from hpatch.diff import Status, diff_images
-from hpatch.errors import HPatchError, PackageFormatError
-from hpatch.image import load_image
+from hpatch.errors import HPatchError
+from hpatch.files import check_output, write_output
 from hpatch.package import (
     BuildOptions,
     PackageBlocked,
@@ -27,7 +27,6 @@ from hpatch.package import (
     decode_package,
     encode_package,
 )
-from hpatch.package.format import MAX_PACKAGE_SIZE
 from hpatch.package.signing import (
     TrustStore,
     generate_key,
@@ -43,10 +42,12 @@ from hpatch.report import (
     info_document,
     package_document,
 )
+from hpatch.text import markup, path_text, plain
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_NOT_HOTPATCHABLE = 3
+MAX_SEQUENCE = 0xFFFFFFFF
 
 
 def _print_json(document: Any) -> None:
@@ -56,7 +57,8 @@ def _print_json(document: Any) -> None:
 def _identity_lines(document: dict[str, Any]) -> str:
     image = document["image"]
     return (
-        f"[bold]{image['name']}[/bold]  {image['machine']}  base 0x{image['image_base']:x}  "
+        f"[bold]{markup(image['name'])}[/bold]  {image['machine']}  "
+        f"base 0x{image['image_base']:x}  "
         f"SizeOfImage 0x{image['size_of_image']:x}  "
         f"TimeDateStamp 0x{image['time_date_stamp']:08x}  CheckSum 0x{image['checksum']:08x}\n"
         f"file sha256 {image['file_sha256']}\nmapped sha256 {image['mapped_sha256']}"
@@ -74,7 +76,7 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of a table.")
 def funcs(image_path: str, as_json: bool) -> None:
     """List the functions of IMAGE: RVA, size, name and the evidence for each."""
-    image = load_image(image_path)
+    image = read_image(image_path)
     document = funcs_document(image)
     if as_json:
         _print_json(document)
@@ -92,7 +94,7 @@ def funcs(image_path: str, as_json: bool) -> None:
             f"0x{function['rva']:08x}",
             str(function["size"]),
             str(function["padding_after"]),
-            function["name"] or "",
+            markup(function["name"] or ""),
             ",".join(function["sources"]) + fragments,
         )
     console.print(table)
@@ -103,7 +105,7 @@ def funcs(image_path: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of tables.")
 def info(image_path: str, as_json: bool) -> None:
     """Show IMAGE's identity, sections, imports and exports."""
-    document = info_document(load_image(image_path))
+    document = info_document(read_image(image_path))
     if as_json:
         _print_json(document)
         return
@@ -114,7 +116,7 @@ def info(image_path: str, as_json: bool) -> None:
         sections.add_column(column)
     for s in document["sections"]:
         sections.add_row(
-            s["name"],
+            markup(s["name"]),
             f"0x{s['rva']:x}",
             f"0x{s['virtual_size']:x}",
             f"0x{s['raw_size']:x}",
@@ -126,13 +128,17 @@ def info(image_path: str, as_json: bool) -> None:
         imports.add_column(column)
     for i in document["imports"]:
         label = i["name"] if i["name"] is not None else f"#{i['ordinal']}"
-        imports.add_row(i["dll"], label, f"0x{i['iat_rva']:x}")
+        imports.add_row(markup(i["dll"]), markup(label), f"0x{i['iat_rva']:x}")
     console.print(imports)
     exports = Table(title=f"{len(document['exports'])} exports", title_justify="left")
     for column in ("ordinal", "name", "RVA"):
         exports.add_column(column)
     for e in document["exports"]:
-        exports.add_row(str(e["ordinal"]), e["name"] or "", e["forwarder"] or f"0x{e['rva']:x}")
+        exports.add_row(
+            str(e["ordinal"]),
+            markup(e["name"] or ""),
+            markup(e["forwarder"]) if e["forwarder"] else f"0x{e['rva']:x}",
+        )
     console.print(exports)
 
 
@@ -141,11 +147,17 @@ def _supersedes(
 ) -> tuple[int, int] | None:
     if value is None:
         return None
-    first, _, last = value.partition("-")
+    first_text, _, last_text = value.partition("-")
     try:
-        return int(first), int(last or first)
+        first, last = int(first_text), int(last_text or first_text)
     except ValueError:
         raise click.BadParameter("expected FIRST-LAST, for example 1-3") from None
+    # Sequences count from 1 and are 32-bit (FORMAT.md): a range outside is no range.
+    if not 1 <= first <= last <= MAX_SEQUENCE:
+        raise click.BadParameter(
+            f"expected FIRST-LAST with 1 <= FIRST <= LAST <= {MAX_SEQUENCE}, got {value}"
+        )
+    return first, last
 
 
 @cli.command()
@@ -160,8 +172,13 @@ def _supersedes(
     help="Write the hotpatch package here (nothing is written for a blocked update).",
 )
 @click.option(
+    "--force",
+    is_flag=True,
+    help="With -o: replace an existing package file (never an input, never a non-regular file).",
+)
+@click.option(
     "--sequence",
-    type=click.IntRange(1, 0xFFFFFFFF),
+    type=click.IntRange(1, MAX_SEQUENCE),
     default=1,
     show_default=True,
     help="The package's place in the baseline's servicing line.",
@@ -198,6 +215,7 @@ def diff(
     new_path: str,
     as_json: bool,
     output: str | None,
+    force: bool,
     sequence: int,
     supersedes: tuple[int, int] | None,
     description: str,
@@ -213,8 +231,12 @@ def diff(
     differential emulation (a function that fails either is a blocker and nothing
     is written).
     """
+    sources = [old_path, new_path] + ([sign_key] if sign_key is not None else [])
+    if output is not None:
+        # Refused before the work, not after it: the output may not be an input.
+        check_output(output, sources, force=force)
     key = load_private_key(sign_key) if sign_key is not None else None
-    old, new = load_image(old_path), load_image(new_path)
+    old, new = read_image(old_path), read_image(new_path)
     errors = Console(stderr=True)
     if errors.is_terminal and not as_json:
         from rich.progress import Progress
@@ -257,9 +279,9 @@ def diff(
                 if key is not None:
                     package = sign_package(package, key)
                 data = encode_package(package)
-                _write_atomically(output, data)
+                write_output(output, data, sources, force=force)
                 written = {
-                    "path": output,
+                    "path": path_text(output),
                     "size": len(data),
                     "sha256": hashlib.sha256(data).hexdigest(),
                 }
@@ -270,21 +292,11 @@ def diff(
     else:
         _print_diff(document)
         if written is not None:
-            _console().print(f"package written to {output} ({written['size']} bytes)")
+            _console().print(
+                f"package written to {markup(written['path'])} ({written['size']} bytes)"
+            )
     if not document["hotpatchable"]:
         raise click.exceptions.Exit(EXIT_NOT_HOTPATCHABLE)
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    """Write the whole file or nothing: a temporary file beside it, renamed over it."""
-    target = Path(path)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, target)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise HPatchError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 @cli.command()
@@ -293,7 +305,10 @@ def keygen(key_path: str) -> None:
     """Create an Ed25519 signing key: KEY (private) and KEY.pub (public)."""
     public_path = generate_key(key_path)
     key = load_public_key(public_path)
-    click.echo(f"private key {key_path}\npublic key {public_path}\nkey id {key_id(key).hex()}")
+    click.echo(
+        f"private key {plain(path_text(key_path))}\npublic key {plain(path_text(public_path))}\n"
+        f"key id {key_id(key).hex()}"
+    )
 
 
 @cli.command()
@@ -308,7 +323,7 @@ def keygen(key_path: str) -> None:
 )
 def inspect(package_path: str, as_json: bool, trust: tuple[str, ...]) -> None:
     """Show what a hotpatch package holds; works without the target image."""
-    data = _read_package_file(package_path)
+    data = read_package_file(package_path)
     package = decode_package(data)
     check = TrustStore.from_paths(list(trust)).check(package) if trust else None
     document = package_document(package, data, check)
@@ -316,17 +331,6 @@ def inspect(package_path: str, as_json: bool, trust: tuple[str, ...]) -> None:
         _print_json(document)
     else:
         _print_package(document)
-
-
-def _read_package_file(path: str) -> bytes:
-    try:
-        with open(path, "rb") as stream:
-            data = stream.read(MAX_PACKAGE_SIZE + 1)
-    except OSError as exc:
-        raise HPatchError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    if len(data) > MAX_PACKAGE_SIZE:
-        raise PackageFormatError(f"{path} is larger than the {MAX_PACKAGE_SIZE}-byte limit")
-    return data
 
 
 def _print_package(document: dict[str, Any]) -> None:
@@ -338,7 +342,7 @@ def _print_package(document: dict[str, Any]) -> None:
         f"{document['machine']}, {document['size']} bytes, sha256 {document['sha256']}"
     )
     console.print(
-        f"baseline [bold]{baseline['name']}[/bold]  TimeDateStamp "
+        f"baseline [bold]{markup(baseline['name'])}[/bold]  TimeDateStamp "
         f"0x{baseline['time_date_stamp']:08x}  CheckSum 0x{baseline['checksum']:08x}  "
         f"SizeOfImage 0x{baseline['size_of_image']:x}\n"
         f"  mapped sha256 {baseline['mapped_sha256']}\n"
@@ -348,11 +352,11 @@ def _print_package(document: dict[str, Any]) -> None:
     console.print(
         f"sequence {servicing['sequence']}"
         + (f", supersedes {supersedes[0]}-{supersedes[1]}" if supersedes else "")
-        + (f", advisory {servicing['advisory']}" if servicing["advisory"] else "")
-        + f", built by hpatch {servicing['tool_version']}"
+        + (f", advisory {markup(servicing['advisory'])}" if servicing["advisory"] else "")
+        + f", built by hpatch {markup(servicing['tool_version'])}"
     )
     if servicing["description"]:
-        console.print(f"description: {servicing['description']}")
+        console.print(f"description: {markup(servicing['description'])}")
     console.print(
         "prerequisites: "
         + ", ".join(
@@ -367,8 +371,9 @@ def _print_package(document: dict[str, Any]) -> None:
         table.add_row(
             f["status"],
             f"0x{f['old_rva']:x}" if f["old_rva"] is not None else "",
-            f["name"]
-            or (
+            markup(f["name"])
+            if f["name"]
+            else (
                 f"sub_{f['old_rva']:x}"
                 if f["old_rva"] is not None
                 else f"new at 0x{f['new_rva']:x}"
@@ -388,7 +393,8 @@ def _print_package(document: dict[str, Any]) -> None:
     for item in document["new_imports"]:
         symbol = item["name"] or f"#{item['ordinal']}"
         console.print(
-            f"new import {item['dll']}!{symbol}: slot at region offset {item['slot_offset']:#x}"
+            f"new import {markup(item['dll'])}!{markup(symbol)}: "
+            f"slot at region offset {item['slot_offset']:#x}"
         )
     if signature["signed"]:
         console.print(f"signature: Ed25519 by key {signature['key_id']} ({signature['status']})")
@@ -406,7 +412,8 @@ def _print_diff(document: dict[str, Any]) -> None:
     console = _console()
     summary = document["summary"]
     console.print(
-        f"[bold]{document['old']['name']}[/bold] -> [bold]{document['new']['name']}[/bold]  "
+        f"[bold]{markup(document['old']['name'])}[/bold] -> "
+        f"[bold]{markup(document['new']['name'])}[/bold]  "
         f"{document['old']['machine']}: {summary['functions_old']} -> {summary['functions_new']} "
         f"functions; {summary['unchanged']} unchanged, {summary['modified']} modified, "
         f"{summary['added']} added, {summary['removed']} removed"
@@ -432,9 +439,9 @@ def _print_diff(document: dict[str, Any]) -> None:
                 f"0x{f['new_rva']:x}" if f["new_rva"] is not None else "",
                 str(f["old_size"] or ""),
                 str(f["new_size"] or ""),
-                f["label"],
+                markup(f["label"]),
                 f"{f['match']} ({f['confidence']:.2f})" if f["match"] else "",
-                f["reason"] or "",
+                markup(f["reason"] or ""),
             )
         console.print(table)
     blockers = document["blockers"]
@@ -443,7 +450,12 @@ def _print_diff(document: dict[str, Any]) -> None:
         for column in ("class", "cause", "where", "reason"):
             table.add_column(column)
         for blocker in blockers:
-            table.add_row(blocker["class"], blocker["cause"], blocker["where"], blocker["reason"])
+            table.add_row(
+                blocker["class"],
+                blocker["cause"],
+                markup(blocker["where"]),
+                markup(blocker["reason"]),
+            )
         console.print(table)
         hazards = sum(1 for b in blockers if b["class"] == "hazard")
         limitations = len(blockers) - hazards
@@ -472,16 +484,18 @@ def _run(command: Callable[..., Any], argv: list[str] | None) -> int:
         click.echo("hpatch: aborted", err=True)
         return EXIT_ERROR
     except click.ClickException as exc:
+        exc.message = plain(exc.message)
         exc.show()
         return exc.exit_code
     except HPatchError as exc:
-        click.echo(f"hpatch: error: {exc}", err=True)
+        # Messages quote names and paths from the inputs: shown escaped, as everywhere.
+        click.echo(f"hpatch: error: {plain(exc)}", err=True)
         return EXIT_ERROR
     except Exception as exc:  # a bug, not bad input: say so without a traceback
         if os.environ.get("HPATCH_DEBUG"):
             raise
         click.echo(
-            f"hpatch: internal error: {type(exc).__name__}: {exc} "
+            f"hpatch: internal error: {type(exc).__name__}: {plain(exc)} "
             "(set HPATCH_DEBUG=1 for a traceback)",
             err=True,
         )

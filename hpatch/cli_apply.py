@@ -11,16 +11,23 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from hpatch.errors import EmulationFault, HPatchError
-from hpatch.image import load_image
-from hpatch.package import decode_package
+from hpatch.cli_inputs import read_image, read_package_file
+from hpatch.errors import ApplyError, EmulationFault, HPatchError
+from hpatch.image import PEImage, SectionFlags
+from hpatch.package import Package, decode_package, target_digest
+from hpatch.package.checks import check_prerequisites
 from hpatch.package.signing import TrustStore
+from hpatch.text import markup, path_text, plain
 
 if TYPE_CHECKING:  # the emulator (Unicorn) loads only when ``apply`` runs
     from hpatch.apply import ApplyReport
     from hpatch.emu import Process
 
 CALL_MARKER = "--call"
+#: The ``hpatch apply --json`` document's schema. 1: the first with a schema, an
+#: ``error`` and the ``rolled_back`` record of a run that failed.
+APPLY_SCHEMA = "hpatch.apply/1"
+_WORD = 1 << 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +38,24 @@ class CallSpec:
     arguments: tuple[str, ...]
 
 
-def _parse_int(text: str) -> int:
+def _parse_int(text: str, what: str) -> int:
     try:
         return int(text, 0)
     except ValueError:
-        raise HPatchError(f"'{text}' is not an integer") from None
+        raise HPatchError(f"{what} '{plain(text)}' is not an integer") from None
+
+
+def _base(text: str | None) -> int | None:
+    """--base: a 64 KiB-aligned address the image can start at (Windows' granularity)."""
+    if text is None:
+        return None
+    base = _parse_int(text, "--base")
+    if base <= 0 or base >= _WORD or base % 0x10000:
+        raise HPatchError(
+            f"--base {plain(text)}: expected a non-zero address below 2^64 that is a "
+            "multiple of 64 KiB (0x10000)"
+        )
+    return base
 
 
 def _split_items(items: tuple[str, ...]) -> tuple[list[str], CallSpec | None]:
@@ -48,14 +68,42 @@ def _split_items(items: tuple[str, ...]) -> tuple[list[str], CallSpec | None]:
     return list(items[:at]), CallSpec(call[0], tuple(call[1:]))
 
 
-def _function(spec: CallSpec) -> str | int:
+def _check_arguments(spec: CallSpec) -> None:
+    """Integer arguments are 64-bit words: -2^63 .. 2^64-1, never silently wrapped."""
+    for text in spec.arguments:
+        if text.startswith(("bytes:", "buffer:")):
+            continue
+        value = _parse_int(text, "--call argument")
+        if not -(1 << 63) <= value < _WORD:
+            raise HPatchError(
+                f"--call argument {plain(text)} does not fit 64 bits (-2^63 .. 2^64-1)"
+            )
+
+
+def _code_rva(image: PEImage, spec: CallSpec, base: int) -> int | None:
+    """FUNC given as a number: the RVA (or a VA of the loaded image) of executable
+    code; None when FUNC is a name."""
     try:
-        return int(spec.function, 0)
+        value = int(spec.function, 0)
     except ValueError:
-        return spec.function
+        return None
+    shown = plain(spec.function)
+    if value < 0:
+        raise HPatchError(f"--call {shown}: an RVA is not negative")
+    rva = value if value < image.identity.size_of_image else value - base
+    if not 0 <= rva < image.identity.size_of_image:
+        raise HPatchError(f"--call {shown}: neither an RVA nor an address of {plain(image.name)}")
+    for section in image.sections:
+        if section.rva <= rva < section.rva + section.virtual_size:
+            if section.characteristics & SectionFlags.MEM_EXECUTE:
+                return rva
+            raise HPatchError(
+                f"--call {shown}: RVA 0x{rva:x} is in {plain(section.name)}, which is not code"
+            )
+    raise HPatchError(f"--call {shown}: RVA 0x{rva:x} is in no section of {plain(image.name)}")
 
 
-def _call(process: Process, spec: CallSpec, when: str) -> dict[str, Any]:
+def _call(process: Process, spec: CallSpec, when: str, target: str | int) -> dict[str, Any]:
     arguments = [process.argument(text) for text in spec.arguments]
     document: dict[str, Any] = {
         "when": when,
@@ -63,7 +111,7 @@ def _call(process: Process, spec: CallSpec, when: str) -> dict[str, Any]:
         "arguments": list(spec.arguments),
     }
     try:
-        result = process.call(_function(spec), *arguments)
+        result = process.call(target, *arguments)
     except EmulationFault as fault:
         document["fault"] = {
             "message": str(fault),
@@ -76,6 +124,21 @@ def _call(process: Process, spec: CallSpec, when: str) -> dict[str, Any]:
     document["result"] = result
     document["result_int32"] = low - (1 << 32) if low & 0x80000000 else low
     return document
+
+
+def check_before_loading(image: PEImage, path: str, package: Package) -> None:
+    """The package's prerequisites (machine, baseline identity, format) against the
+    file, before the emulator runs anything of it."""
+    for result in check_prerequisites(package, image):
+        if result.passed:
+            continue
+        detail = result.detail
+        if result.name == "baseline" and target_digest(image) == package.servicing.target_sha256:
+            detail = (
+                f"this image is already the package's target build "
+                f"(sequence {package.servicing.sequence} installs it); {detail}"
+            )
+        raise ApplyError(f"{path_text(path)}: check '{result.name}' failed: {detail}")
 
 
 def _report_document(report: ApplyReport) -> dict[str, Any]:
@@ -143,73 +206,154 @@ def apply_command(
 ) -> None:
     """Load IMAGE into an emulated process and apply each PKG in order.
 
-    With --call FUNC ARG ..., FUNC (an export name or an RVA) is called on the
-    baseline, after the packages, and after --rollback; ARG is an integer,
-    bytes:HEX (copied into emulated memory, pointer passed) or buffer:N.
+    All or nothing: when a package fails, the ones this run applied are rolled back
+    and the image is left as it was loaded. With --call FUNC ARG ..., FUNC (an export
+    name or the RVA of code) is called on the baseline, after the packages, and after
+    --rollback; ARG is an integer, bytes:HEX (copied into emulated memory, pointer
+    passed) or buffer:N.
     """
-    from hpatch.apply import ApplyOptions, apply_package, rollback
-    from hpatch.cli import _read_package_file  # the shared, size-capped reader
-    from hpatch.emu import Process
-
     paths, spec = _split_items(items)
     if len(paths) < 2:
         raise click.UsageError("apply needs an IMAGE and at least one PKG")
-    image_path, package_paths = paths[0], paths[1:]
-    packages = [decode_package(_read_package_file(p)) for p in package_paths]
-    image = load_image(image_path)
-    base = _parse_int(base_text) if base_text is not None else None
-    process = Process(image.identity.machine, search_path=[Path(image_path).parent])
-    try:
-        module = process.load_image(image, base=base, run_entry_point=not no_entry_point)
-    except EmulationFault as fault:
-        if no_entry_point:
-            raise
-        raise HPatchError(
-            f"{fault} (--no-entry-point loads the image without running its entry point)"
-        ) from fault
-    loaded = process.module_pages(module)
-    options = ApplyOptions(
-        trust=TrustStore.from_paths(list(trust)) if trust else None,
-        allow_unsigned=allow_unsigned,
-        wait_steps=wait_steps,
-    )
     document: dict[str, Any] = {
-        "image": image.name,
-        "machine": image.identity.machine.name,
-        "base": module.base,
-        "rebased": module.rebased,
+        "schema": APPLY_SCHEMA,
+        "image": None,
+        "machine": None,
+        "base": None,
+        "rebased": None,
         "packages": [],
         "calls": [],
+        "error": None,
+        "rolled_back": None,
     }
-    console = Console(highlight=False, soft_wrap=True)
-
-    def show_call(entry: dict[str, Any]) -> None:
-        document["calls"].append(entry)
+    run = _Run(document, as_json, Console(highlight=False, soft_wrap=True))
+    try:
+        run.apply(
+            paths[0],
+            paths[1:],
+            spec,
+            _base(base_text),
+            trust,
+            allow_unsigned,
+            wait_steps,
+            then_rollback,
+            no_entry_point,
+        )
+    except HPatchError as error:
+        document["error"] = str(error)
+        raise
+    finally:
+        # The document is printed however the run ends: what was applied, what undone.
         if as_json:
-            return
-        head = f"{entry['when']}: {entry['function']}({', '.join(entry['arguments'])})"
-        if "fault" in entry:
-            console.print(f"{head} -> [bold red]fault[/bold red]: {entry['fault']['message']}")
-        else:
-            console.print(f"{head} -> {entry['result_int32']} (0x{entry['result']:x})")
+            click.echo(json.dumps(document, indent=2, sort_keys=True))
 
-    if not as_json:
-        console.print(f"loaded {image.name} ({image.identity.machine.name}) at 0x{module.base:x}")
-    if spec is not None:
-        show_call(_call(process, spec, "baseline"))
-    for path, package in zip(package_paths, packages, strict=True):
-        report = apply_package(process, package, module=module, options=options)
-        document["packages"].append({"path": path, **_report_document(report)})
-        if not as_json:
-            _print_report(console, report)
-    if spec is not None:
-        show_call(_call(process, spec, "patched"))
-    if then_rollback:
-        report = rollback(process, module, wait_steps=wait_steps)
-        restored = process.module_pages(module) == loaded
-        document["rollback"] = {**_report_document(report), "code_identical_to_baseline": restored}
-        if not as_json:
-            console.print(
+
+class _Run:
+    """One ``hpatch apply``: fills the document as it goes, prints the text form."""
+
+    def __init__(self, document: dict[str, Any], as_json: bool, console: Console) -> None:
+        self.document = document
+        self.as_json = as_json
+        self.console = console
+
+    def say(self, text: str) -> None:
+        if not self.as_json:
+            self.console.print(text)
+
+    def show_call(self, entry: dict[str, Any]) -> None:
+        self.document["calls"].append(entry)
+        head = (
+            f"{entry['when']}: {markup(entry['function'])}({markup(', '.join(entry['arguments']))})"
+        )
+        if "fault" in entry:
+            self.say(f"{head} -> [bold red]fault[/bold red]: {markup(entry['fault']['message'])}")
+        else:
+            self.say(f"{head} -> {entry['result_int32']} (0x{entry['result']:x})")
+
+    def apply(
+        self,
+        image_path: str,
+        package_paths: list[str],
+        spec: CallSpec | None,
+        base: int | None,
+        trust: tuple[str, ...],
+        allow_unsigned: bool,
+        wait_steps: int,
+        then_rollback: bool,
+        no_entry_point: bool,
+    ) -> None:
+        from hpatch.apply import ApplyOptions, active_patch, apply_package, rollback
+        from hpatch.emu import Process
+
+        document = self.document
+        packages = [decode_package(read_package_file(p)) for p in package_paths]
+        image = read_image(image_path)
+        document.update(image=image.name, machine=image.identity.machine.name)
+        for path, package in zip(package_paths, packages, strict=True):
+            check_before_loading(image, path, package)
+        if spec is not None:
+            _check_arguments(spec)
+            # Numbers are checked against the file now; the VA form needs the base.
+            _code_rva(image, spec, base if base is not None else image.identity.image_base)
+        options = ApplyOptions(
+            trust=TrustStore.from_paths(list(trust)) if trust else None,
+            allow_unsigned=allow_unsigned,
+            wait_steps=wait_steps,
+        )
+        process = Process(image.identity.machine, search_path=[Path(image_path).parent])
+        try:
+            module = process.load_image(image, base=base, run_entry_point=not no_entry_point)
+        except EmulationFault as fault:
+            if no_entry_point:
+                raise
+            raise HPatchError(
+                f"{fault} (--no-entry-point loads the image without running its entry point)"
+            ) from fault
+        loaded = process.module_pages(module)
+        document.update(base=module.base, rebased=module.rebased)
+        target: str | int = spec.function if spec is not None else ""
+        if spec is not None:
+            rva = _code_rva(image, spec, module.base)
+            target = module.base + rva if rva is not None else spec.function
+        self.say(
+            f"loaded {markup(image.name)} ({image.identity.machine.name}) at 0x{module.base:x}"
+        )
+        if spec is not None:
+            self.show_call(_call(process, spec, "baseline", target))
+        for path, package in zip(package_paths, packages, strict=True):
+            try:
+                report = apply_package(process, package, module=module, options=options)
+            except HPatchError as error:
+                message = f"{path_text(path)}: {error}"
+                if active_patch(module) is not None:
+                    # All or nothing: what this run applied goes, the image is as loaded.
+                    undone = rollback(process, module, wait_steps=wait_steps)
+                    restored = process.module_pages(module) == loaded
+                    document["rolled_back"] = {
+                        **_report_document(undone),
+                        "code_identical_to_baseline": restored,
+                    }
+                    self.say(
+                        f"rolled back package {undone.replaced_sequence}, which this run "
+                        "applied: the image is as it was loaded"
+                    )
+                    message += (
+                        f"; rolled back package {undone.replaced_sequence}, which this run applied"
+                    )
+                raise HPatchError(message) from error
+            document["packages"].append({"path": path_text(path), **_report_document(report)})
+            if not self.as_json:
+                _print_report(self.console, report)
+        if spec is not None:
+            self.show_call(_call(process, spec, "patched", target))
+        if then_rollback:
+            report = rollback(process, module, wait_steps=wait_steps)
+            restored = process.module_pages(module) == loaded
+            document["rollback"] = {
+                **_report_document(report),
+                "code_identical_to_baseline": restored,
+            }
+            self.say(
                 f"rolled back package {report.replaced_sequence}: code and protections "
                 + (
                     "identical to the freshly loaded image"
@@ -217,12 +361,10 @@ def apply_command(
                     else "[bold red]DIFFER[/bold red] from the loaded image"
                 )
             )
-        if spec is not None:
-            show_call(_call(process, spec, "rolled back"))
-        if not restored:
-            raise HPatchError("the rolled-back image differs from the baseline")
-    if as_json:
-        click.echo(json.dumps(document, indent=2, sort_keys=True))
+            if spec is not None:
+                self.show_call(_call(process, spec, "rolled back", target))
+            if not restored:
+                raise HPatchError("the rolled-back image differs from the baseline")
 
 
 def _print_report(console: Console, report: ApplyReport) -> None:
@@ -236,7 +378,7 @@ def _print_report(console: Console, report: ApplyReport) -> None:
     )
     signature = report.signature.status.value if report.signature else "-"
     console.print(
-        f"applied package {report.sequence} to {report.module}{replaced}: region "
+        f"applied package {report.sequence} to {markup(report.module)}{replaced}: region "
         f"0x{report.region_va:x} (0x{report.region_size:x} bytes), signature {signature}"
     )
     table = Table(box=None, pad_edge=False)
@@ -244,7 +386,7 @@ def _print_report(console: Console, report: ApplyReport) -> None:
         table.add_column(column)
     for redirect in report.redirects:
         table.add_row(
-            redirect.function,
+            markup(redirect.function),
             f"0x{redirect.old_va:x}",
             f"0x{redirect.new_va:x}",
             redirect.strategy.name,

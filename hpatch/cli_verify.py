@@ -11,9 +11,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from hpatch.cli_apply import check_before_loading
+from hpatch.cli_inputs import read_image, read_package_file
 from hpatch.errors import HPatchError
-from hpatch.image import load_image
 from hpatch.package import baseline_of, decode_package, target_digest
+from hpatch.text import markup, path_text
 
 if TYPE_CHECKING:  # the emulator (Unicorn) loads only when ``verify`` runs
     from hpatch.verify import VerifyReport
@@ -87,25 +89,29 @@ def verify_command(
     """Prove that PKG turns OLD into NEW: translation validation of every patched
     function, then differential emulation of old+PKG against NEW. Exit 0 when every
     function passes (or could not be emulated, with the reason), 4 when a check fails."""
-    from hpatch.cli import _read_package_file  # the shared, size-capped reader
     from hpatch.diff import diff_images
     from hpatch.verify import verify_package
 
-    data = _read_package_file(package_path)
+    data = read_package_file(package_path)
     package = decode_package(data)
-    old, new = load_image(old_path), load_image(new_path)
+    old, new = read_image(old_path), read_image(new_path)
     target = package.servicing.target_sha256
     if target != target_digest(new):
         raise HPatchError(
-            f"{new_path} is not the build the package installs (it installs the image whose "
-            f"mapped SHA-256 begins {target.hex()})"
+            f"{path_text(new_path)} is not the build the package installs (it installs the "
+            f"image whose mapped SHA-256 begins {target.hex()})"
         )
+    # OLD is held to the package's baseline before anything of it is emulated.
+    try:
+        check_before_loading(old, old_path, package)
+    except HPatchError as error:
+        raise HPatchError(f"the package does not apply to the old image: {error}") from error
     report = verify_package(diff_images(old, new), package, inputs=inputs)
     document = {
-        "old": {"path": old_path, "mapped_sha256": baseline_of(old).mapped_sha256.hex()},
-        "new": {"path": new_path, "mapped_sha256": baseline_of(new).mapped_sha256.hex()},
+        "old": {"path": path_text(old_path), "mapped_sha256": baseline_of(old).mapped_sha256.hex()},
+        "new": {"path": path_text(new_path), "mapped_sha256": baseline_of(new).mapped_sha256.hex()},
         "package": {
-            "path": package_path,
+            "path": path_text(package_path),
             "sequence": package.servicing.sequence,
             "sha256": hashlib.sha256(data).hexdigest(),
         },
@@ -121,7 +127,8 @@ def verify_command(
 
 def _print_report(document: dict[str, Any]) -> None:
     console = Console()
-    table = Table(title=f"package {document['package']['sequence']}: {document['package']['path']}")
+    package = document["package"]
+    table = Table(title=f"package {package['sequence']}: {markup(package['path'])}")
     for column in ("function", "status", "old RVA", "new RVA", "translation", "emulation"):
         table.add_column(column)
     for f in document["functions"]:
@@ -130,25 +137,30 @@ def _print_report(document: dict[str, Any]) -> None:
         if emulation["outcome"] in ("passed", "failed", "not_emulated"):
             text += f" ({emulation['agreed']}/{emulation['tried']})"
         table.add_row(
-            f["name"],
+            markup(f["name"]),
             f["status"],
             f"0x{f['old_rva']:x}" if f["old_rva"] is not None else "-",
             f"0x{f['new_rva']:x}",
             f["translation"],
-            text,
+            markup(text),
         )
     console.print(table)
     for f in document["functions"]:
         for m in f["mismatches"]:
             where = (
-                f"0x{m['patched_va']:x} `{m['patched_instruction']}` vs "
-                f"0x{m['new_va']:x} `{m['new_instruction']}`"
+                f"0x{m['patched_va']:x} `{markup(m['patched_instruction'])}` vs "
+                f"0x{m['new_va']:x} `{markup(m['new_instruction'])}`"
                 if m["patched_instruction"] or m["new_instruction"]
                 else f"0x{m['patched_va']:x} vs 0x{m['new_va']:x}"
             )
-            console.print(f"[red]{f['name']}[/red]: {where}: {m['reason']}", highlight=False)
+            console.print(
+                f"[red]{markup(f['name'])}[/red]: {where}: {markup(m['reason'])}",
+                highlight=False,
+            )
         if f["emulation"]["detail"] and f["emulation"]["outcome"] != "skipped":
-            console.print(f"{f['name']}: {f['emulation']['detail']}", highlight=False)
+            console.print(
+                f"{markup(f['name'])}: {markup(f['emulation']['detail'])}", highlight=False
+            )
     summary = document["summary"]
     verdict = "[green]verified[/green]" if document["passed"] else "[red]FAILED[/red]"
     console.print(

@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from hpatch.errors import HPatchError
+from hpatch.files import MAX_KEY_FILE, create_exclusive, read_input
 from hpatch.package.format import KEY_ID_SIZE, SIGNATURE_SIZE, signed_message
 from hpatch.package.model import Package, SignatureInfo
-
-_MAX_KEY_FILE = 64 << 10
+from hpatch.text import path_text
 
 
 class KeyFileError(HPatchError):
@@ -61,12 +61,13 @@ def key_id(key: Ed25519PublicKey) -> bytes:
 
 def generate_key(private_path: str | os.PathLike[str]) -> Path:
     """Write a new private key to ``private_path`` (mode 0600) and its public key beside it
-    as ``<name>.pub``; refuses to overwrite either. Returns the public key's path."""
+    as ``<name>.pub`` (mode 0644); refuses to overwrite either, or to follow a symbolic
+    link (even a dangling one) at either path. Returns the public key's path."""
     private_path = Path(private_path)
     public_path = private_path.with_name(private_path.name + ".pub")
     for path in (private_path, public_path):
-        if path.exists():
-            raise KeyFileError(f"{path} exists; refusing to overwrite a key")
+        if os.path.lexists(path):
+            raise KeyFileError(f"{path_text(path)} exists; refusing to overwrite a key")
     key = Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -77,22 +78,23 @@ def generate_key(private_path: str | os.PathLike[str]) -> Path:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     try:
-        descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(private_pem)
-        public_path.write_bytes(public_pem)
+        create_exclusive(private_path, private_pem, 0o600)
     except OSError as exc:
-        raise KeyFileError(f"cannot write the key: {exc}") from exc
+        raise KeyFileError(f"cannot write the key {path_text(private_path)}: {exc}") from exc
+    try:
+        create_exclusive(public_path, public_pem, 0o644)
+    except OSError as exc:
+        # No half pair: a private key whose public half was never written is removed.
+        private_path.unlink()
+        raise KeyFileError(f"cannot write the key {path_text(public_path)}: {exc}") from exc
     return public_path
 
 
 def _read_key_file(path: Path) -> bytes:
     try:
-        if path.stat().st_size > _MAX_KEY_FILE:
-            raise KeyFileError(f"{path} is too large to be a key")
-        return path.read_bytes()
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key {path}: {exc.strerror or exc}") from exc
+        return read_input(path, MAX_KEY_FILE, "key")
+    except HPatchError as exc:
+        raise KeyFileError(str(exc)) from exc
 
 
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
@@ -101,9 +103,9 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"{path} is not an unencrypted PEM private key") from exc
+        raise KeyFileError(f"{path_text(path)} is not an unencrypted PEM private key") from exc
     if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError(f"{path} is not an Ed25519 key")
+        raise KeyFileError(f"{path_text(path)} is not an Ed25519 key")
     return key
 
 
@@ -113,9 +115,9 @@ def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"{path} is not a PEM public key") from exc
+        raise KeyFileError(f"{path_text(path)} is not a PEM public key") from exc
     if not isinstance(key, Ed25519PublicKey):
-        raise KeyFileError(f"{path} is not an Ed25519 key")
+        raise KeyFileError(f"{path_text(path)} is not an Ed25519 key")
     return key
 
 
@@ -131,7 +133,12 @@ class TrustStore:
         keys = []
         for path in map(Path, paths):
             if path.is_dir():
-                keys.extend(load_public_key(p) for p in sorted(path.glob("*.pub")))
+                found = sorted(path.glob("*.pub"))
+                if not found:
+                    raise KeyFileError(
+                        f"the trust directory {path_text(path)} holds no *.pub public key"
+                    )
+                keys.extend(load_public_key(p) for p in found)
             else:
                 keys.append(load_public_key(path))
         return cls(keys)

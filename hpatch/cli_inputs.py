@@ -1,0 +1,21 @@
+"""The command line's readers: every input file is checked and size-capped the same way."""
+
+from __future__ import annotations
+
+import os
+
+from hpatch.files import MAX_IMAGE_FILE, read_input
+from hpatch.image import PEImage, load_image
+from hpatch.package.format import MAX_PACKAGE_SIZE
+from hpatch.text import file_name
+
+
+def read_image(path: str | os.PathLike[str]) -> PEImage:
+    """The PE image in the regular file at ``path`` (at most MAX_IMAGE_FILE bytes),
+    named by its file name decoded as ``hpatch.text.file_name`` decodes it."""
+    return load_image(read_input(path, MAX_IMAGE_FILE, "PE image"), name=file_name(path))
+
+
+def read_package_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of the package file at ``path`` (at most MAX_PACKAGE_SIZE bytes)."""
+    return read_input(path, MAX_PACKAGE_SIZE, "package")
