@@ -10,8 +10,8 @@ Unicorn is imported here only, so the rest of hpatch loads without it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
 from enum import Enum
 
 import unicorn
@@ -38,6 +38,11 @@ class Convention:
     stack_arguments_at: int
     link: int | None  # ARM64: the return address goes in LR; x64 pushes it
     names: dict[str, int]
+    #: Floating-point arguments of a function that takes only such (x64: XMM0-3,
+    #: ARM64: D0-7), and where a floating-point result goes (XMM0, D0).
+    float_arguments: tuple[int, ...]
+    #: PROCESSOR_ARCHITECTURE_* of the machine, as GetSystemInfo reports it.
+    processor_architecture: int
 
 
 def _x64() -> Convention:
@@ -71,6 +76,8 @@ def _x64() -> Convention:
         stack_arguments_at=8 + 32,  # return address, then the callee's home space
         link=None,
         names=names,
+        float_arguments=tuple(getattr(x86_const, f"UC_X86_REG_XMM{i}") for i in range(4)),
+        processor_architecture=9,
     )
 
 
@@ -90,6 +97,8 @@ def _arm64() -> Convention:
         stack_arguments_at=0,
         link=names["lr"],
         names=names,
+        float_arguments=tuple(getattr(arm64_const, f"UC_ARM64_REG_D{i}") for i in range(8)),
+        processor_architecture=12,
     )
 
 
@@ -129,15 +138,35 @@ class Thread:
     result: int | None = None
     fault: EmulationFault | None = None
     entry_va: int = 0
+    #: Host functions in progress on this thread that call back into emulated code,
+    #: innermost last.
+    host_frames: list[HostFrame] = field(default_factory=list)
 
     @property
     def stack_top(self) -> int:
         return self.stack.end
 
 
+#: A call a host function makes into emulated code: the VA and its integer arguments.
+Callback = tuple[int, tuple[int, ...]]
+
+#: A host function that calls back into emulated code (``_initterm`` calls every entry of
+#: a table): it yields each call, is sent that call's integer result, and returns its own.
+HostCalls = Generator[Callback, int, int]
+
 #: A host function: gets the CPU and the call's first eight integer arguments, returns
-#: the integer result.
-HostCall = Callable[["Cpu", tuple[int, ...]], int]
+#: the integer result, or a generator (``HostCalls``) when it calls emulated code.
+HostCall = Callable[["Cpu", tuple[int, ...]], "int | HostCalls"]
+
+
+@dataclass(eq=False)
+class HostFrame:
+    """A host function in the middle of a call back into emulated code: its generator
+    and how its own caller entered it (stack pointer, return address)."""
+
+    calls: HostCalls
+    sp: int
+    return_va: int
 
 
 class HostFault(HPatchError):
@@ -154,6 +183,9 @@ class Cpu:
         self.uc = unicorn.Uc(*_UC_MODE[machine])
         self.threads: list[Thread] = []
         self.host_stubs: dict[int, tuple[str, HostCall]] = {}
+        #: Where calls a host function makes return to (a ``ret`` in a watched region;
+        #: see ``set_continuation``).
+        self.continuation_va: int | None = None
         self._pending: BaseException | None = None
         self._fault: EmulationFault | None = None
         self._current: Thread | None = None
@@ -210,18 +242,68 @@ class Cpu:
         own ``ret`` then returns the result to the caller)."""
         self.host_stubs[va] = (name, call)
 
+    def set_continuation(self, va: int) -> None:
+        """Calls host functions make return to ``va``: a ``ret`` in a watched region, kept
+        for this (its host function resumes whoever made the call)."""
+        self.continuation_va = va
+
     def _on_code(self, uc: unicorn.Uc, address: int, size: int, user: object) -> None:
-        stub = self.host_stubs.get(address)
-        if stub is None:
-            return
-        _name, call = stub
         try:
+            if address == self.continuation_va and self._current is not None:
+                frames = self._current.host_frames
+                if frames:
+                    self._advance(frames[-1], uc.reg_read(self.convention.result))
+                return
+            stub = self.host_stubs.get(address)
+            if stub is None:
+                return
+            _name, call = stub
             result = call(self, self.arguments(8))
+            if isinstance(result, Generator):
+                frame = HostFrame(result, self.uc.reg_read(self.convention.sp), 0)
+                frame.return_va = self._return_address(frame.sp)
+                assert self._current is not None
+                self._current.host_frames.append(frame)
+                self._advance(frame, None)
+                return
+            uc.reg_write(self.convention.result, result & _MASK64)
         except BaseException as error:  # re-raised once emu_start returns
             self._pending = error
             uc.emu_stop()
+
+    def _return_address(self, sp: int) -> int:
+        link = self.convention.link
+        return self.uc.reg_read(link) if link is not None else self.space.read_u64(sp)
+
+    def _advance(self, frame: HostFrame, value: int | None) -> None:
+        """Resume ``frame``'s host function with the result of its last call: set up its
+        next call, returning to the continuation, or return its result to its caller as
+        if the stub had been entered (the ``ret`` under the hook then returns it)."""
+        convention = self.convention
+        try:
+            target, arguments = frame.calls.send(value)  # type: ignore[arg-type]
+        except StopIteration as done:
+            assert self._current is not None
+            self._current.host_frames.pop()
+            self._enter_as(frame.sp, frame.return_va)
+            self.uc.reg_write(convention.result, int(done.value or 0) & _MASK64)
             return
-        uc.reg_write(self.convention.result, result & _MASK64)
+        if len(arguments) > len(convention.arguments):
+            raise HPatchError("a host function's call takes register arguments only")
+        assert self.continuation_va is not None
+        for register, argument in zip(convention.arguments, arguments, strict=False):
+            self.uc.reg_write(register, argument & _MASK64)
+        self._enter_as(frame.sp, self.continuation_va)
+        self.uc.reg_write(convention.pc, target & _MASK64)
+
+    def _enter_as(self, sp: int, return_va: int) -> None:
+        """The stack pointer and return address a call has at its first instruction."""
+        link = self.convention.link
+        self.uc.reg_write(self.convention.sp, sp)
+        if link is not None:
+            self.uc.reg_write(link, return_va)
+        else:
+            self.space.write(sp, return_va.to_bytes(8, "little"))
 
     def arguments(self, count: int) -> tuple[int, ...]:
         """The first ``count`` integer arguments of the call being entered."""
@@ -235,6 +317,16 @@ class Cpu:
             except EmulationFault:
                 values.append(0)
         return tuple(values)
+
+    def float_arguments(self, count: int) -> tuple[int, ...]:
+        """The first ``count`` floating-point arguments of a function that takes only
+        such, as the 64 bits of each register's low half (a float in its low 32)."""
+        return tuple(self.uc.reg_read(r) & _MASK64 for r in self.convention.float_arguments[:count])
+
+    def set_float_result(self, bits: int) -> None:
+        """Return ``bits`` (a double's, or a float's in the low 32) in the floating-point
+        result register."""
+        self.uc.reg_write(self.convention.float_arguments[0], bits & _MASK64)
 
     # faults -----------------------------------------------------------------------
     def _on_invalid_access(
@@ -389,6 +481,11 @@ class Cpu:
     def pc(self) -> int:
         return self.uc.reg_read(self.convention.pc)
 
+    @property
+    def current_thread(self) -> Thread | None:
+        """The thread running now (inside a host function, the one that called it)."""
+        return self._current
+
     def registers(self, thread: Thread) -> dict[str, int]:
         """The thread's saved registers by lower-case name (pc and sp always present)."""
         self._switch_to(thread)
@@ -407,3 +504,5 @@ class Cpu:
         """Forget the thread's call (after it returned or faulted)."""
         thread.state = ThreadState.IDLE
         thread.context = None
+        while thread.host_frames:
+            thread.host_frames.pop().calls.close()

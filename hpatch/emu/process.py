@@ -12,6 +12,7 @@ from hpatch.arch import Machine
 from hpatch.emu.cpu import Cpu, HostCall, HostFault, Thread, ThreadState
 from hpatch.emu.loader import Module, export_forwarder, export_rva, map_image
 from hpatch.emu.memory import PAGE_SIZE, AddressSpace, Protection, Region
+from hpatch.emu.startup import Startup
 from hpatch.emu.tables import FunctionTables, read_entries
 from hpatch.errors import AddressSpaceError, EmulationFault, HPatchError
 from hpatch.image import PEImage, load_image
@@ -49,9 +50,10 @@ class Process:
 
     Imports resolve, in order, to a host function registered with ``host``, to a
     module already loaded, to a DLL found in ``search_path`` (the loaded image's own
-    directory first, as Windows searches), and otherwise to a stub that stops the
-    call with a fault naming the import, or, given ``unmodelled``, to the host function
-    it returns for that import.
+    directory first, as Windows searches), given ``unmodelled``, to the host function
+    it returns for that import, to the modelled start-up surface of Windows and its C
+    runtimes (``hpatch.emu.startup``), and otherwise to a stub that stops the call with
+    a fault naming the import.
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class Process:
         self.host_functions: dict[ImportKey, HostCall] = {}
         self.unmodelled = unmodelled
         self.function_tables = FunctionTables()
+        self.startup = Startup(self)
         self.main_thread = self.cpu.new_thread()
         self._stubs: dict[ImportKey, int] = {}
         self._stub_imports: dict[int, ImportKey] = {}
@@ -103,6 +106,11 @@ class Process:
             self.space.protect(region.va, region.size, Protection.RX)
             self.cpu.watch_stubs(region)
             self._stub_region, self._stub_used = region, 0
+            if self.cpu.continuation_va is None:
+                # The first slot is where host functions' calls into emulated code return.
+                self.space.poke(region.va, _RET[self.machine])
+                self.cpu.set_continuation(region.va)
+                self._stub_used = _STUB_SIZE
         va = self._stub_region.va + self._stub_used
         self._stub_used += _STUB_SIZE
         self.space.poke(va, _RET[self.machine])
@@ -163,6 +171,9 @@ class Process:
                 return self._lookup(target, directory, depth + 1, load)
         if self.unmodelled is not None:
             return self._stub(key, self.unmodelled(key)) if load else 0
+        modelled = self.startup.host_call(key)
+        if modelled is not None:
+            return self._stub(key, modelled) if load else 0
         return None
 
     def import_address(
