@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -42,7 +41,7 @@ from hpatch.report import (
     info_document,
     package_document,
 )
-from hpatch.text import markup, path_text, plain
+from hpatch.text import json_text, markup, path_text, plain
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -51,7 +50,7 @@ MAX_SEQUENCE = 0xFFFFFFFF
 
 
 def _print_json(document: Any) -> None:
-    click.echo(json.dumps(document, indent=2))
+    click.echo(json_text(document))
 
 
 def _identity_lines(document: dict[str, Any]) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,7 @@ from hpatch.image import PEImage, SectionFlags
 from hpatch.package import Package, decode_package, target_digest
 from hpatch.package.checks import check_prerequisites
 from hpatch.package.signing import TrustStore
-from hpatch.text import markup, path_text, plain
+from hpatch.text import json_text, markup, path_text, plain
 
 if TYPE_CHECKING:  # the emulator (Unicorn) loads only when ``apply`` runs
     from hpatch.apply import ApplyReport
@@ -245,7 +244,7 @@ def apply_command(
     finally:
         # The document is printed however the run ends: what was applied, what undone.
         if as_json:
-            click.echo(json.dumps(document, indent=2, sort_keys=True))
+            click.echo(json_text(document, sort_keys=True))
 
 
 class _Run:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +14,7 @@ from hpatch.cli_apply import check_before_loading
 from hpatch.cli_inputs import read_image, read_package_file
 from hpatch.errors import HPatchError
 from hpatch.package import baseline_of, decode_package, target_digest
-from hpatch.text import markup, path_text
+from hpatch.text import json_text, markup, path_text
 
 if TYPE_CHECKING:  # the emulator (Unicorn) loads only when ``verify`` runs
     from hpatch.verify import VerifyReport
@@ -118,7 +117,7 @@ def verify_command(
         **verify_document(report),
     }
     if as_json:
-        click.echo(json.dumps(document, indent=2))
+        click.echo(json_text(document))
     else:
         _print_report(document)
     if not report.passed:

@@ -8,8 +8,10 @@ right-to-left override, lone surrogates from undecodable bytes) are shown escape
 
 from __future__ import annotations
 
+import json
 import os
 import unicodedata
+from typing import Any
 
 from rich.markup import escape
 
@@ -30,7 +32,7 @@ def _escaped(character: str) -> str:
 def plain(text: object) -> str:
     """``text`` with every character that could move the cursor, recolour or reorder
     the terminal, or fail to encode, shown escaped."""
-    value = str(text)
+    value = decoded(text) if isinstance(text, bytes) else str(text)
     if value.isprintable():  # the common case: nothing to escape (space is printable)
         return value
     return "".join(_escaped(c) if unicodedata.category(c) in _HIDDEN else c for c in value)
@@ -49,4 +51,45 @@ def file_name(path: str | os.PathLike[str]) -> str:
 
 def path_text(path: str | os.PathLike[str]) -> str:
     """A path as text, decoded as ``file_name`` decodes a name."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return decoded(os.fsencode(path))
+
+
+def decoded(raw: bytes) -> str:
+    """Bytes from an input (a PE name) as text: UTF-8, each undecodable byte ``\\xNN``."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, bytes):
+        return decoded(value)
+    raise TypeError(f"{type(value).__name__} is not JSON data")
+
+
+def _valid(text: str) -> str:
+    """``text`` without lone surrogates, which strict JSON readers refuse: the bytes
+    that ``surrogateescape`` stood for, decoded as ``decoded`` decodes them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return decoded(text.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, str):
+        return _valid(value)
+    if isinstance(value, dict):
+        return {_json_ready(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def json_text(document: Any, *, sort_keys: bool = False) -> str:
+    """A ``--json`` document as text: ASCII, control characters as ``\\uNNNN``
+    escapes; names held as bytes, or as text with undecodable bytes escaped by
+    ``surrogateescape``, decoded as ``decoded`` decodes them."""
+    return json.dumps(_json_ready(document), indent=2, sort_keys=sort_keys, default=_json_default)

@@ -127,3 +127,69 @@ def test_a_non_utf8_old_file_name_packages_and_applies(
     )
     assert code == 0, err
     assert json.loads(out)["image"] == "caf\\xe9.dll"
+
+
+def strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in strings(v)]
+    return []
+
+
+def renamed(tmp_path: Path, old: bytes, new: bytes) -> Path:
+    data = OLD.read_bytes()
+    assert data.count(old) == 1 and len(old) == len(new)
+    path = tmp_path / "sample.stripped.dll"
+    path.write_bytes(data.replace(old, new))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "kind"),
+    [
+        (b"hp_crc32\0", b"hp_cr\xff32\0", "exports"),
+        (b".text\0", b".t\xffxt\0", "sections"),
+    ],
+)
+@pytest.mark.parametrize("command", ["funcs", "info"])
+def test_non_utf8_pe_names_print_decoded_one_way(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    old: bytes,
+    new: bytes,
+    kind: str,
+    command: str,
+) -> None:
+    from hpatch.image import load_image
+    from hpatch.text import json_text
+
+    path = renamed(tmp_path, old, new)
+    # However the reader holds the name (bytes, or text), it is shown one way.
+    held = next(
+        item.name
+        for item in getattr(load_image(path), kind)
+        if item.name[:2] in (b".t", ".t")
+        or (item.name[:5] in (b"hp_cr", "hp_cr") and item.name[-2:] in (b"32", "32"))
+    )
+    code, out, err = run(capsys, command, str(path), "--json")
+    assert code == 0 and err == "", err
+    document = json.loads(out)
+    # Strict readers refuse lone surrogates: the document encodes as UTF-8.
+    json.dumps(document, ensure_ascii=False).encode("utf-8")
+    shown_in_json = json.loads(json_text({"name": held}))["name"]
+    if command == "info" or kind == "exports":
+        assert shown_in_json in strings(document)
+    code, out, err = run(capsys, command, str(path))
+    assert code == 0 and err == "", err
+    if command == "info" or kind == "exports":
+        assert plain(held) in out
+
+
+def test_json_text_decodes_bytes_and_surrogates_one_way() -> None:
+    from hpatch.text import json_text
+
+    document = {"a": b"hp_cr\xff32", "b": os.fsdecode(b"caf\xe9"), "c": ["\x1b"]}
+    assert json.loads(json_text(document)) == {"a": "hp_cr\\xff32", "b": "caf\\xe9", "c": ["\x1b"]}
