@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hpatch.emu.cpu import Cpu, HostCall, HostCalls
-from hpatch.emu.memory import PAGE_SIZE, Protection, Region
+from hpatch.emu.memory import PAGE_SIZE, Protection, Region, page_floor
 from hpatch.errors import HPatchError
 
 if TYPE_CHECKING:
@@ -93,6 +93,14 @@ _MAX_TABLE = 1 << 16
 _COMMAND_LINE = "hpatch.exe"
 
 
+def _terminator(data: bytes, width: int) -> int:
+    """Where the first NUL unit (of ``width`` bytes, aligned) of ``data`` starts, or -1."""
+    index = data.find(b"\0" * width)
+    while index >= 0 and index % width:
+        index = data.find(b"\0" * width, index + 1)
+    return index
+
+
 def _signed32(value: int) -> int:
     value &= _MASK32
     return value - (1 << 32) if value & 0x8000_0000 else value
@@ -143,8 +151,15 @@ class Startup:
         return lambda cpu, arguments: function(self, cpu, arguments)
 
     # memory helpers ---------------------------------------------------------------
+    def read(self, va: int, size: int) -> bytes:
+        """``size`` bytes at ``va`` as emulated code reads them: every page readable."""
+        for page in range(page_floor(va), va + size, PAGE_SIZE):
+            if not self.process.space.protection_at(page) & Protection.R:
+                raise HPatchError(f"read of {size} bytes at 0x{va:x}: 0x{page:x} is not readable")
+        return self.process.space.read(va, size)
+
     def read_u64(self, va: int) -> int:
-        return self.process.space.read_u64(va)
+        return int.from_bytes(self.read(va, 8), "little")
 
     def write_u64(self, va: int, value: int) -> None:
         self.process.space.write(va, (value & _MASK64).to_bytes(8, "little"))
@@ -152,23 +167,26 @@ class Startup:
     def write_u32(self, va: int, value: int) -> None:
         self.process.space.write(va, (value & _MASK32).to_bytes(4, "little"))
 
-    def read_c(self, va: int, wide: bool = False, limit: int = _MAX_STRING) -> bytes:
+    def read_c(
+        self, va: int, wide: bool = False, limit: int = _MAX_STRING, counted: bool = False
+    ) -> bytes:
         """The units of a NUL-terminated string (UTF-16 when ``wide``) before its NUL,
-        read as the CRT would: a string running off mapped memory faults."""
+        read as the CRT would: a string running off mapped memory faults. At most
+        ``limit`` units: with ``counted`` (strncmp's count) that many are the string,
+        otherwise a longer one is refused."""
         width = 2 if wide else 1
         data = bytearray()
+        limit = min(limit, _MAX_C_STRING)
         while len(data) < limit * width:
-            region = self.process.space.region_at(va + len(data))
-            if region is None:
-                self.process.space.read(va + len(data), width)  # faults, naming where
-            assert region is not None
-            chunk = self.process.space.read(
-                va + len(data), min(PAGE_SIZE, region.end - va - len(data))
-            )
-            for index in range(0, len(chunk) - width + 1, width):
-                if chunk[index : index + width] == b"\0" * width:
-                    return bytes(data + chunk[:index])
+            at = va + len(data)
+            # A page at a time: the NUL may come before a page that cannot be read.
+            chunk = self.read(at, max(width, PAGE_SIZE - at % PAGE_SIZE))
+            index = _terminator(chunk, width)
+            if index >= 0:
+                return bytes(data + chunk[:index])[: limit * width]
             data += chunk[: len(chunk) - len(chunk) % width]
+        if counted:
+            return bytes(data[: limit * width])
         raise HPatchError(f"no string terminator within {limit} characters at 0x{va:x}")
 
     def read_string(self, va: int, wide: bool) -> str:
@@ -217,7 +235,7 @@ class Startup:
             raise HPatchError(f"realloc of 0x{va:x}, which the heap did not allocate")
         moved = self.malloc(size)
         if moved:
-            self.process.space.write(moved, self.process.space.read(va, min(old, size)))
+            self.process.space.write(moved, self.read(va, min(old, size)))
             self.free(va)
         return moved
 
@@ -686,7 +704,7 @@ def _not_a_tty(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
 def _bytes(s: Startup, va: int, size: int) -> bytes:
     if size > _MAX_C_STRING:
         raise HPatchError(f"a copy of {size} bytes is beyond what the model moves")
-    return s.process.space.read(va, size)
+    return s.read(va, size)
 
 
 def _memcpy(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
@@ -701,13 +719,9 @@ def _memset(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
     return a[0]
 
 
-def _sign(value: int) -> int:
-    return (value > 0) - (value < 0)
-
-
 def _memcmp(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
     left, right = _bytes(s, a[0], a[2]), _bytes(s, a[1], a[2])
-    return _sign((left > right) - (left < right))
+    return (left > right) - (left < right)
 
 
 def _strlen(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
@@ -724,7 +738,10 @@ def _strcmp(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
 
 
 def _strncmp(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
-    left, right = s.read_c(a[0], limit=a[2])[: a[2]], s.read_c(a[1], limit=a[2])[: a[2]]
+    if not a[2]:
+        return 0
+    left = s.read_c(a[0], limit=a[2], counted=True)
+    right = s.read_c(a[1], limit=a[2], counted=True)
     return (left > right) - (left < right)
 
 
@@ -734,7 +751,9 @@ def _strcpy(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
 
 
 def _strncpy(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
-    text = s.read_c(a[1], limit=a[2])[: a[2]]
+    if a[2] > _MAX_C_STRING:
+        raise HPatchError(f"a copy of {a[2]} bytes is beyond what the model moves")
+    text = s.read_c(a[1], limit=a[2], counted=True) if a[2] else b""
     s.process.space.write(a[0], text + bytes(a[2] - len(text)))
     return a[0]
 

@@ -1,0 +1,73 @@
+"""Every DLL of the CVE corpus and of the real-world wheel corpora (the default one and
+the extra one of make realworld) loads as `hpatch apply` loads it, entry point run:
+the start-up surface its DllMain and CRT initialisation use is modelled
+(hpatch/emu/startup.py), and a second load leaves the same bytes (deterministic)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hpatch.emu import Module, Process
+from hpatch.emu.memory import PAGE_SIZE, Protection
+from hpatch.image import load_image
+
+from ..conftest import CVE_ABSENT, corpus_binaries, cve_pairs
+
+
+def _extra_binaries() -> list[Path]:
+    root = Path(os.environ.get("HPCORPUS_EXTRA", Path.home() / ".cache" / "hpatch-corpus-extra"))
+    listing = root / "pairs.tsv"
+    if not listing.is_file():
+        return []
+    fields = [line.split("\t") for line in listing.read_text().splitlines()]
+    return [Path(p) for row in fields if len(row) == 4 for p in row[2:] if Path(p).is_file()]
+
+
+CVE_DLLS = sorted({path for pair in cve_pairs() for path in (pair.old, pair.new)})
+WHEEL_BINARIES = sorted({path for _, _, path in corpus_binaries()} | set(_extra_binaries()))
+
+
+def _writable_pages(process: Process, module: Module) -> list[bytes]:
+    """The module's data after its entry point ran (what DllMain initialised)."""
+    pages = range(module.base, module.end, PAGE_SIZE)
+    return [
+        process.space.read(va, PAGE_SIZE)
+        for va in pages
+        if process.space.protection_at(va) & Protection.W
+    ]
+
+
+def _load_with_entry_point(path: Path) -> list[bytes]:
+    image = load_image(path)
+    # As cli_apply loads IMAGE: the DLLs beside it found, the entry point run.
+    process = Process(image.identity.machine, search_path=[path.parent])
+    module = process.load_image(image)
+    return _writable_pages(process, module)
+
+
+def _assert_loads(path: Path) -> None:
+    first = _load_with_entry_point(path)
+    assert _load_with_entry_point(path) == first, "two loads initialised different data"
+
+
+@pytest.mark.skipif(not CVE_DLLS, reason=CVE_ABSENT)
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "path", CVE_DLLS, ids=[f"{p.parent.parent.name}/{p.parent.name}/{p.name}" for p in CVE_DLLS]
+)
+def test_cve_dll_loads_with_its_entry_point_run(path: Path) -> None:
+    _assert_loads(path)
+
+
+@pytest.mark.skipif(
+    not WHEEL_BINARIES, reason="real-world corpus absent (run ../shared/corpus/fetch.sh)"
+)
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "path", WHEEL_BINARIES, ids=[f"{p.parent.name}/{p.name}" for p in WHEEL_BINARIES]
+)
+def test_wheel_binary_loads_with_its_entry_point_run(path: Path) -> None:
+    _assert_loads(path)
