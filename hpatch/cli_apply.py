@@ -326,7 +326,13 @@ class _Run:
                 message = f"{path_text(path)}: {error}"
                 if active_patch(module) is not None:
                     # All or nothing: what this run applied goes, the image is as loaded.
-                    undone = rollback(process, module, wait_steps=wait_steps)
+                    try:
+                        undone = rollback(process, module, wait_steps=wait_steps)
+                    except HPatchError as undo_error:
+                        raise HPatchError(
+                            f"{message}; rolling back what this run applied failed too: "
+                            f"{undo_error}"
+                        ) from error
                     restored = process.module_pages(module) == loaded
                     document["rolled_back"] = {
                         **_report_document(undone),
@@ -334,10 +340,12 @@ class _Run:
                     }
                     self.say(
                         f"rolled back package {undone.replaced_sequence}, which this run "
-                        "applied: the image is as it was loaded"
+                        "applied: the image "
+                        + ("is as it was loaded" if restored else "[bold red]DIFFERS[/bold red]")
                     )
                     message += (
                         f"; rolled back package {undone.replaced_sequence}, which this run applied"
+                        + ("" if restored else ", but the image differs from the one loaded")
                     )
                 raise HPatchError(message) from error
             document["packages"].append({"path": path_text(path), **_report_document(report)})
