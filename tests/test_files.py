@@ -215,3 +215,29 @@ def test_an_empty_trust_directory_says_so(
     empty.mkdir()
     code, _, err = run(capsys, "inspect", str(package), "--trust", str(empty))
     assert code == 1 and "holds no *.pub public key" in err
+
+
+# -- concurrent writers --------------------------------------------------------------------
+
+
+def _write(arguments: tuple[str, int, bool]) -> str:
+    path, seed, force = arguments
+    try:
+        write_output(path, bytes([seed]) * (1 << 20), force=force)
+    except FileRefused:
+        return "refused"
+    return "written"
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_concurrent_writers_never_tear_or_clobber(tmp_path: Path, force: bool) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    target = str(tmp_path / "out.hpk")
+    with ProcessPoolExecutor(4) as pool:
+        outcomes = list(pool.map(_write, [(target, seed, force) for seed in range(1, 9)]))
+    data = Path(target).read_bytes()
+    assert len(data) == 1 << 20 and data == bytes([data[0]]) * (1 << 20)  # one writer's, whole
+    if not force:
+        assert outcomes.count("written") == 1  # the first; every later one refused
+    assert [p.name for p in tmp_path.iterdir()] == ["out.hpk"]  # no temporary left
