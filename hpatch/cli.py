@@ -230,6 +230,11 @@ def diff(
     differential emulation (a function that fails either is a blocker and nothing
     is written).
     """
+    if supersedes is not None and supersedes[1] >= sequence:
+        raise click.BadParameter(
+            f"package {sequence} can supersede only earlier packages (below {sequence})",
+            param_hint="'--supersedes'",
+        )
     sources = [old_path, new_path] + ([sign_key] if sign_key is not None else [])
     if output is not None:
         # Refused before the work, not after it: the output may not be an input.

@@ -149,7 +149,7 @@ def test_a_code_rva_is_called(
     assert code == 0, err
 
 
-@pytest.mark.parametrize("value", ["0-1", "1-4294967296", "3-2", "-1"])
+@pytest.mark.parametrize("value", ["0-1", "1-4294967296", "3-2", "-1", "1-5", "6"])
 def test_supersedes_is_a_range_of_sequences(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, value: str
 ) -> None:
