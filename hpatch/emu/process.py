@@ -14,6 +14,7 @@ from hpatch.emu.loader import Module, export_forwarder, export_rva, map_image
 from hpatch.emu.memory import PAGE_SIZE, AddressSpace, Protection, Region
 from hpatch.emu.startup import Startup
 from hpatch.emu.tables import FunctionTables, read_entries
+from hpatch.emu.tls import StaticTls, tls_callbacks, tls_directory
 from hpatch.errors import AddressSpaceError, EmulationFault, HPatchError
 from hpatch.image import PEImage, load_image
 from hpatch.image.model import Import
@@ -76,6 +77,7 @@ class Process:
         self.unmodelled = unmodelled
         self.function_tables = FunctionTables()
         self.startup = Startup(self)
+        self.tls = StaticTls(self.space)
         self.main_thread = self.cpu.new_thread()
         self._stubs: dict[ImportKey, int] = {}
         self._stub_imports: dict[int, ImportKey] = {}
@@ -257,17 +259,28 @@ class Process:
         self._register_pdata(module)
         if self.main_module is None and top_level:
             self.main_module = module
-        if run_entry_point and image.entry_rva:
-            try:
-                self.call(module.va(image.entry_rva), module.base, _DLL_PROCESS_ATTACH, 0)
-            except EmulationFault as fault:
-                raise EmulationFault(
-                    f"the entry point of {name} faulted: {fault}",
-                    address=fault.address,
-                    access=fault.access,
-                    pc=fault.pc,
-                ) from fault
+        tls = tls_directory(self.space, module)
+        if tls is not None:
+            self.tls.add(module, tls, [thread.teb.va for thread in self.cpu.threads])
+        if run_entry_point:
+            # As the Windows loader does: the TLS callbacks, then the entry point.
+            for callback in tls_callbacks(self.space, tls) if tls is not None else []:
+                self._attach(module, callback, "a TLS callback")
+            if image.entry_rva:
+                self._attach(module, module.va(image.entry_rva), "the entry point")
         return module
+
+    def _attach(self, module: Module, va: int, what: str) -> None:
+        """Call ``va`` with DLL_PROCESS_ATTACH; a fault names ``what`` of the module."""
+        try:
+            self.call(va, module.base, _DLL_PROCESS_ATTACH, 0)
+        except EmulationFault as fault:
+            raise EmulationFault(
+                f"{what} of {module.name} faulted: {fault}",
+                address=fault.address,
+                access=fault.access,
+                pc=fault.pc,
+            ) from fault
 
     def _register_pdata(self, module: Module) -> None:
         image = module.image
@@ -432,4 +445,7 @@ class Process:
         return module is not None and 0 <= value < module.image.size_of_image
 
     def new_thread(self) -> Thread:
-        return self.cpu.new_thread()
+        """A new thread, with its block of every loaded image's static TLS."""
+        thread = self.cpu.new_thread()
+        self.tls.thread_created(thread.teb.va)
+        return thread

@@ -136,6 +136,9 @@ class Startup:
         self._init_once: set[int] = set()
         self._errno: dict[int, int] = {}
         self._objects: dict[int, _KernelObject] = {}
+        #: Vectored exception handlers by the handle given for them: registered, never
+        #: called (no exception is dispatched; a processor exception is a fault).
+        self.exception_handlers: dict[int, int] = {}
         #: Functions registered with ``atexit``/``_crt_atexit``: kept, never run (the
         #: process never exits).
         self.atexit: list[int] = []
@@ -871,6 +874,18 @@ def _atoi(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
     return value
 
 
+def _add_exception_handler(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
+    # The handle is a heap address, as the real one is, so that it is never 0.
+    handle = s.malloc(16)
+    if handle:
+        s.exception_handlers[handle] = a[1]
+    return handle
+
+
+def _remove_exception_handler(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
+    return 1 if s.exception_handlers.pop(a[0], None) is not None else 0
+
+
 def _constant(value: int) -> Model:
     return lambda s, cpu, a: value
 
@@ -954,6 +969,9 @@ MODELLED: dict[str, Modelled] = {
     # the process and its modules
     "IsProcessorFeaturePresent": Modelled(KERNEL, _processor_feature),
     "IsDebuggerPresent": Modelled(KERNEL, _constant(0)),
+    "AddVectoredExceptionHandler": Modelled(KERNEL, _add_exception_handler),
+    "RemoveVectoredExceptionHandler": Modelled(KERNEL, _remove_exception_handler),
+    "SetUnhandledExceptionFilter": Modelled(KERNEL, _constant(0)),  # none was set
     "DisableThreadLibraryCalls": Modelled(KERNEL, _constant(1)),
     "EncodePointer": Modelled(KERNEL, _first_argument),
     "DecodePointer": Modelled(KERNEL, _first_argument),

@@ -1,7 +1,8 @@
 """Every DLL of the CVE corpus and of the real-world wheel corpora (the default one and
-the extra one of make realworld) loads as `hpatch apply` loads it, entry point run:
-the start-up surface its DllMain and CRT initialisation use is modelled
-(hpatch/emu/startup.py), and a second load leaves the same bytes (deterministic)."""
+the extra one of make realworld) loads as `hpatch apply` loads it, TLS callbacks and
+entry point run: the start-up surface its DllMain and CRT initialisation use is
+modelled (hpatch/emu/startup.py), and a second load leaves the same bytes
+(deterministic)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from hpatch.emu import Module, Process
 from hpatch.emu.memory import PAGE_SIZE, Protection
+from hpatch.emu.tls import TEB_TLS_POINTER, tls_directory
 from hpatch.image import load_image
 
 from ..conftest import CVE_ABSENT, corpus_binaries, cve_pairs
@@ -45,6 +47,11 @@ def _load_with_entry_point(path: Path) -> list[bytes]:
     # As cli_apply loads IMAGE: the DLLs beside it found, the entry point run.
     process = Process(image.identity.machine, search_path=[path.parent])
     module = process.load_image(image)
+    tls = tls_directory(process.space, module)
+    if tls is not None:  # the loader gave the image an index and the thread its block
+        index = int.from_bytes(process.space.read(tls.index_va, 4), "little")
+        array = process.space.read_u64(process.main_thread.teb.va + TEB_TLS_POINTER)
+        assert process.space.read_u64(array + 8 * index)
     return _writable_pages(process, module)
 
 
