@@ -260,8 +260,8 @@ class Cpu:
             _name, call = stub
             result = call(self, self.arguments(8))
             if isinstance(result, Generator):
-                frame = HostFrame(result, self.uc.reg_read(self.convention.sp), 0)
-                frame.return_va = self._return_address(frame.sp)
+                sp = self.uc.reg_read(self.convention.sp)
+                frame = HostFrame(result, sp, self._return_address(sp))
                 assert self._current is not None
                 self._current.host_frames.append(frame)
                 self._advance(frame, None)

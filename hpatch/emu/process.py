@@ -91,7 +91,8 @@ class Process:
     def host(self, dll: str, symbol: str | int, call: HostCall) -> None:
         """Serve ``dll!symbol`` (a name, or an ordinal) with a Python function: imports
         bound from now on, and those already bound to a stub (an import nothing modelled,
-        or an earlier host function). Imports bound to a loaded DLL stay with it."""
+        a modelled start-up function, or an earlier host function). Imports bound to a
+        loaded DLL stay with it."""
         key = ImportKey.of(dll, symbol)
         self.host_functions[key] = call
         if key in self._stubs:
@@ -217,8 +218,9 @@ class Process:
         name: str | None = None,
         run_entry_point: bool = True,
     ) -> Module:
-        """Map an image (a path or a parsed PEImage) and the DLLs it imports, then call
-        its entry point with DLL_PROCESS_ATTACH, dependencies first.
+        """Map an image (a path or a parsed PEImage) and the DLLs it imports, set up its
+        static TLS, then call its TLS callbacks and its entry point with
+        DLL_PROCESS_ATTACH (without ``run_entry_point``, neither), dependencies first.
 
         ``base`` loads it there instead of its preferred base (base relocations
         applied); a preferred base already in use moves the image as Windows would.
