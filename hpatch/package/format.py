@@ -32,7 +32,7 @@ import hashlib
 import itertools
 import struct
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from hpatch.arch import Arch, Machine, arch_for
@@ -73,11 +73,19 @@ KEY_ID_SIZE = 8
 SIGNATURE_SIZE = 64
 MAX_PACKAGE_SIZE = 64 << 20
 MAX_REGION_SIZE = 64 << 20
-MAX_METADATA = 16 << 20
+MAX_METADATA = 4 << 20  # hpatch's largest packages hold a few KiB
 MAX_DICTIONARY = 64 << 20
 MAX_STRING = 4096
 MAX_ALIGNMENT = 1 << 16
 _MAX_VARINT = 10  # bytes: every value below 2**70
+# A stream decoded before the signature is trusted may expand at most this much over
+# its coded size (plus the floor): hpatch's metadata codes at under 2x, while LZMA lets
+# a few hundred bytes claim megabytes of repeated records (a package bomb).
+MAX_EXPANSION = 16
+EXPANSION_FLOOR = 4 << 10
+# the fewest metadata bytes one function record takes: head, RVA gap, empty name, the
+# one part's offset and size, its fixup count
+_MIN_FUNCTION = 6
 
 T = TypeVar("T")
 
@@ -170,12 +178,26 @@ class _Reader:
         return chunk
 
     def u8(self) -> int:
-        return self.take(1)[0]
+        # indexed, not through take(): records are mostly one-byte fields
+        position = self.position
+        if position >= len(self.data):
+            raise PackageFormatError(
+                f"{self.what}: truncated at byte {position} (needs 1 more bytes)"
+            )
+        self.position = position + 1
+        return self.data[position]
 
     def u32(self) -> int:
         return int(struct.unpack("<I", self.take(4))[0])
 
     def uv(self, limit: int = 1 << 64) -> int:
+        data, position = self.data, self.position
+        if position < len(data) and data[position] < 0x80:  # the common one-byte varint
+            value = data[position]
+            if value >= limit:
+                raise PackageFormatError(f"{self.what}: value {value} out of range")
+            self.position = position + 1
+            return value
         value = shift = 0
         for _ in range(_MAX_VARINT):
             byte = self.u8()
@@ -517,7 +539,7 @@ def _read_metadata(data: bytes, flags: int) -> tuple[Package, tuple[tuple[int, i
     function_fixups = []
     strategies: list[tuple[int, Redirect]] = []
     rva = end = 0
-    for _ in range(meta.count(4, "functions")):
+    for _ in range(meta.count(_MIN_FUNCTION, "functions")):
         head = meta.u8()
         if head & ~(_HEAD_STATUS | _HEAD_STRATEGY | _ENTRY_AT_NEW_RVA | _ONE_PART):
             raise PackageFormatError("metadata: unknown function flags")
@@ -1303,6 +1325,12 @@ def _body(package: Package) -> bytes:
         assert stream is not None
     else:
         stream = _compress_metadata(metadata)
+    if len(metadata) > min(MAX_METADATA, _expansion_limit(stream)):  # what a reader refuses
+        raise PackageFormatError(
+            f"metadata of {len(metadata)} bytes (coded in {len(stream)}) exceeds what a reader "
+            f"accepts: {MAX_METADATA} bytes, and {MAX_EXPANSION}x its coded size + "
+            f"{EXPANSION_FLOOR}"
+        )
     return stream + coding.region_stream
 
 
@@ -1337,14 +1365,24 @@ def _check_baseline(package: Package, baseline: bytes) -> None:
         )
 
 
-def decode_package(data: bytes, baseline: bytes | None = None) -> Package:
-    """Parse and check a package; PackageFormatError for anything malformed or corrupt.
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A package's fixed frame, read without decoding its body."""
 
-    ``baseline`` is the baseline's mapped image (``PEImage.mapped``, un-rebased); with it
-    the package comes back resolved (see ``resolve_blobs``), without it unresolved. The
-    SHA-256 over header and body is checked here; whether the signature is trusted is a
-    separate question (hpatch.package.signing).
-    """
+    version: int
+    flags: int
+    message: bytes  # header and body: what the SHA-256 and the signature cover
+    signature: SignatureInfo | None
+
+    @property
+    def body(self) -> bytes:
+        return self.message[HEADER.size :]
+
+
+def open_envelope(data: bytes) -> Envelope:
+    """The header, the signed message and the signature of ``data``, with the size
+    limit, magic, version, flags and SHA-256 checked; nothing of the body is decoded, so
+    the cost is one hash over ``data``. PackageFormatError if any of it is wrong."""
     data = bytes(data)
     if len(data) > MAX_PACKAGE_SIZE:
         raise PackageFormatError(f"{len(data)} bytes exceeds the {MAX_PACKAGE_SIZE}-byte limit")
@@ -1363,14 +1401,46 @@ def decode_package(data: bytes, baseline: bytes | None = None) -> Package:
         raise PackageFormatError(
             f"size mismatch: {len(data)} bytes cannot hold the header and a {trailer}-byte trailer"
         )
-    expected = hashlib.sha256(data[:message_end]).digest()
-    if data[message_end : message_end + DIGEST_SIZE] != expected:
+    message = data[:message_end]
+    if data[message_end : message_end + DIGEST_SIZE] != hashlib.sha256(message).digest():
         raise PackageFormatError("integrity check failed: the SHA-256 does not match the content")
+    signature = None
+    if flags & Flag.SIGNED:
+        start = message_end + DIGEST_SIZE
+        signature = SignatureInfo(
+            data[start : start + KEY_ID_SIZE], data[start + KEY_ID_SIZE : len(data)]
+        )
+    return Envelope(version, flags, message, signature)
+
+
+def _expansion_limit(stream: bytes) -> int:
+    """The most bytes ``stream`` may decode to before the package is trusted."""
+    return EXPANSION_FLOOR + MAX_EXPANSION * len(stream)
+
+
+def decode_package(data: bytes, baseline: bytes | None = None) -> Package:
+    """Parse and check a package; PackageFormatError for anything malformed or corrupt.
+
+    ``baseline`` is the baseline's mapped image (``PEImage.mapped``, un-rebased); with it
+    the package comes back resolved (see ``resolve_blobs``), without it unresolved. The
+    SHA-256 over header and body is checked here; whether the signature is trusted is a
+    separate question, answered over the raw bytes before decoding by
+    ``hpatch.package.envelope``. Without the baseline the cost is linear in
+    ``len(data)``: the metadata may expand at most MAX_EXPANSION times (plus
+    EXPANSION_FLOOR), and every count is bounded by the bytes left.
+    """
+    envelope = open_envelope(data)
+    flags = envelope.flags
     try:
-        metadata_stream, region_stream = lzma2.split(data[HEADER.size : message_end])
+        metadata_stream, region_stream = lzma2.split(envelope.body)
         metadata_size = lzma2.unpacked_size(metadata_stream)
         if metadata_size > MAX_METADATA:
             raise ValueError(f"{metadata_size} bytes exceed the {MAX_METADATA}-byte limit")
+        if metadata_size > _expansion_limit(metadata_stream):
+            raise ValueError(
+                f"{len(metadata_stream)} coded bytes claim {metadata_size}, past the "
+                f"expansion limit ({MAX_EXPANSION}x + {EXPANSION_FLOOR})"
+            )
         metadata = lzma2.decompress(metadata_stream, b"", metadata_size)
     except ValueError as exc:
         raise PackageFormatError(f"metadata: {exc}") from None
@@ -1390,12 +1460,7 @@ def decode_package(data: bytes, baseline: bytes | None = None) -> Package:
             f"a region stream of {region_size} bytes cannot hold {blob_bytes} blob bytes and "
             f"{fixups} fixup targets"
         )
-    signature = None
-    if flags & Flag.SIGNED:
-        start = message_end + DIGEST_SIZE
-        signature = SignatureInfo(
-            data[start : start + KEY_ID_SIZE], data[start + KEY_ID_SIZE : len(data)]
-        )
+    signature = envelope.signature
     coding = BodyCoding(
         dictionary=dictionary,
         dictionary_data=None,
@@ -1411,7 +1476,13 @@ def decode_package(data: bytes, baseline: bytes | None = None) -> Package:
     validate_package(package)
     if baseline is not None:
         return resolve_blobs(package, baseline)
-    if not dictionary and not (extents and _extents(package)):
+    # A region coded against nothing resolves now, unless its stream expands past what an
+    # untrusted package may make a reader decode: then it waits for resolve_blobs.
+    if (
+        not dictionary
+        and not (extents and _extents(package))
+        and region_size <= _expansion_limit(region_stream)
+    ):
         return _resolve_region(package, b"")
     return package
 
