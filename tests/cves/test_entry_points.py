@@ -6,6 +6,7 @@ modelled (hpatch/emu/startup.py), and a second load leaves the same bytes
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from hpatch.emu.memory import PAGE_SIZE, Protection
 from hpatch.emu.tls import TEB_TLS_POINTER, tls_directory
 from hpatch.image import load_image
 
-from ..conftest import CVE_ABSENT, corpus_binaries, cve_pairs
+from ..conftest import CVE_ABSENT, CvePair, corpus_binaries, cve_pairs
+from ..test_cli import run
 
 
 def _extra_binaries() -> list[Path]:
@@ -78,3 +80,25 @@ def test_cve_dll_loads_with_its_entry_point_run(path: Path) -> None:
 )
 def test_wheel_binary_loads_with_its_entry_point_run(path: Path) -> None:
     _assert_loads(path)
+
+
+CJSON_PAIRS = [p for p in cve_pairs() if p.pair_id.startswith("cjson-") and p.kind == "code-only"]
+
+
+@pytest.mark.skipif(not CJSON_PAIRS, reason=CVE_ABSENT)
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("pair", CJSON_PAIRS, ids=[p.pair_id for p in CJSON_PAIRS])
+def test_cli_apply_runs_the_entry_point_by_default(
+    pair: CvePair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command line, end to end: a package of the pair applies to the old DLL loaded
+    with its entry point run (no --no-entry-point), and rolls back."""
+    package = tmp_path / "fix.hpk"
+    code, _, err = run(capsys, "diff", str(pair.old), str(pair.new), "-o", str(package))
+    assert code == 0, err
+    code, out, err = run(
+        capsys, "apply", str(pair.old), str(package), "--allow-unsigned", "--rollback", "--json"
+    )
+    assert code == 0, err
+    document = json.loads(out)
+    assert [p["outcome"] for p in document["packages"]] == ["applied"]
