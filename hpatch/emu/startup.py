@@ -81,6 +81,8 @@ _WAIT_OBJECT_0 = 0
 _WAIT_TIMEOUT = 0x102
 _INFINITE = 0xFFFF_FFFF
 _ERROR_INVALID_HANDLE = 6
+_ERROR_NOT_ENOUGH_MEMORY = 8
+_ERROR_NOT_OWNER = 288
 #: Handles the model hands out: multiples of 4, as the kernel's are, from here.
 _FIRST_HANDLE = 0x100
 _GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS = 4
@@ -108,11 +110,13 @@ def _signed32(value: int) -> int:
 
 @dataclass(slots=True)
 class _KernelObject:
-    """A semaphore (``count``), an event (signalled when 1) or a mutex (free when 1)."""
+    """A semaphore (``count``), an event (signalled when 1) or a mutex (held ``count``
+    times by the thread ``owner``; free at 0)."""
 
     kind: str
     count: int
     manual_reset: bool = False
+    owner: int = 0
 
 
 class Startup:
@@ -136,6 +140,7 @@ class Startup:
         self._init_once: set[int] = set()
         self._errno: dict[int, int] = {}
         self._objects: dict[int, _KernelObject] = {}
+        self._next_handle = _FIRST_HANDLE
         #: Vectored exception handlers by the handle given for them: registered, never
         #: called (no exception is dispatched; a processor exception is a fault).
         self.exception_handlers: dict[int, int] = {}
@@ -407,13 +412,14 @@ def _execute_onexit_table(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> HostCalls
 
 
 def _crt_atexit(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
+    if len(s.atexit) >= _MAX_TABLE:
+        return -1
     s.atexit.append(a[0])
     return 0
 
 
 def _onexit(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
-    s.atexit.append(a[0])
-    return a[0]
+    return 0 if _crt_atexit(s, cpu, a) else a[0]
 
 
 def _slist_head(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
@@ -783,8 +789,12 @@ def _strchr(last: bool) -> Model:
 
 def _new_object(kind: str, initial: Callable[[tuple[int, ...]], int]) -> Model:
     def model(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
-        handle = _FIRST_HANDLE + 4 * len(s._objects)
-        manual = kind == "event" and bool(a[1] & 0xFF)
+        if len(s._objects) >= _MAX_TABLE:
+            s.set_last_error(cpu, _ERROR_NOT_ENOUGH_MEMORY)
+            return 0
+        # Never a closed object's handle again: a stale handle stays invalid.
+        handle, s._next_handle = s._next_handle, s._next_handle + 4
+        manual = kind == "event" and bool(a[1] & 0xFF)  # bManualReset
         s._objects[handle] = _KernelObject(kind, initial(a), manual)
         return handle
 
@@ -809,14 +819,37 @@ def _wait(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
     if state is None:
         s.set_last_error(cpu, _ERROR_INVALID_HANDLE)
         return _MASK32  # WAIT_FAILED
-    if state.count > 0:
+    if state.kind == "mutex":
+        if state.count == 0 or state.owner == s.thread_id(cpu):  # free, or held already
+            state.count, state.owner = state.count + 1, s.thread_id(cpu)
+            return _WAIT_OBJECT_0
+    elif state.count > 0:
         if not state.manual_reset:
-            state.count -= 1  # taken: a semaphore's count, an auto-reset event, a mutex
+            state.count -= 1  # taken: a semaphore's count, an auto-reset event
         return _WAIT_OBJECT_0
     if timeout == 0:
         return _WAIT_TIMEOUT
     # One emulated thread runs at a time: nothing could signal it, the wait never ends.
     raise HPatchError(f"a wait on handle 0x{handle:x}, which nothing can signal here")
+
+
+def _create_mutex(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
+    handle = _new_object("mutex", lambda a: 0)(s, cpu, a)
+    if handle and a[1] & 0xFF:  # bInitialOwner
+        s._objects[handle].count, s._objects[handle].owner = 1, s.thread_id(cpu)
+    return handle
+
+
+def _release_mutex(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
+    state = s._objects.get(a[0])
+    if state is None or state.kind != "mutex":
+        s.set_last_error(cpu, _ERROR_INVALID_HANDLE)
+        return 0
+    if state.count == 0 or state.owner != s.thread_id(cpu):
+        s.set_last_error(cpu, _ERROR_NOT_OWNER)
+        return 0
+    state.count -= 1
+    return 1
 
 
 def _close_handle(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
@@ -1037,9 +1070,9 @@ MODELLED: dict[str, Modelled] = {
     "CreateEventW": Modelled(KERNEL, _new_object("event", lambda a: 1 if a[2] & 0xFF else 0)),
     "SetEvent": Modelled(KERNEL, _signal("event", lambda n, a: 1)),
     "ResetEvent": Modelled(KERNEL, _signal("event", lambda n, a: 0)),
-    "CreateMutexA": Modelled(KERNEL, _new_object("mutex", lambda a: 0 if a[1] & 0xFF else 1)),
-    "CreateMutexW": Modelled(KERNEL, _new_object("mutex", lambda a: 0 if a[1] & 0xFF else 1)),
-    "ReleaseMutex": Modelled(KERNEL, _signal("mutex", lambda n, a: 1)),
+    "CreateMutexA": Modelled(KERNEL, _create_mutex),
+    "CreateMutexW": Modelled(KERNEL, _create_mutex),
+    "ReleaseMutex": Modelled(KERNEL, _release_mutex),
     "WaitForSingleObject": Modelled(KERNEL, _wait),
     "WaitForSingleObjectEx": Modelled(KERNEL, _wait),
     "CloseHandle": Modelled(KERNEL, _close_handle),

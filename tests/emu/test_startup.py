@@ -259,6 +259,20 @@ def test_kernel_objects_never_wait_for_what_cannot_come(build: str) -> None:
         assert invoke(process, KERNEL, "WaitForSingleObject", event, 0) == 0
     assert invoke(process, KERNEL, "CloseHandle", event) == 1
     assert invoke(process, KERNEL, "CloseHandle", event) == 0
+    mutex = invoke(process, KERNEL, "CreateMutexW", 0, 0, 0)
+    assert mutex not in (semaphore, event)  # a closed handle is never given again
+    assert invoke(process, KERNEL, "SetEvent", event) == 0  # stale
+    for _ in range(2):  # free, then held already by this thread: taken again
+        assert invoke(process, KERNEL, "WaitForSingleObject", mutex, 0) == 0
+    other = process.new_thread()
+    process.cpu.start(other, stub(process, KERNEL, "WaitForSingleObject"), (mutex, 0))
+    process.cpu.run(other)
+    assert other.result == 0x102  # another thread times out
+    process.cpu.finish(other)
+    assert invoke(process, KERNEL, "ReleaseMutex", mutex) == 1
+    assert invoke(process, KERNEL, "ReleaseMutex", mutex) == 1
+    assert invoke(process, KERNEL, "ReleaseMutex", mutex) == 0  # not held any more
+    assert invoke(process, KERNEL, "GetLastError") == 288
 
 
 @pytest.mark.parametrize("build", BUILDS)
