@@ -98,9 +98,15 @@ def section_protection(characteristics: int) -> Protection:
 def relocated_image(image: PEImage, base: int) -> bytearray:
     """The mapped image with every base relocation adjusted for ``base``."""
     data = bytearray(image.mapped)
+    _relocate(memoryview(data), image, base)
+    return data
+
+
+def _relocate(data: memoryview | bytearray, image: PEImage, base: int) -> None:
+    """Adjust every base relocation of ``image``, mapped in ``data``, for ``base``."""
     delta = base - image.image_base
     if delta == 0:
-        return data
+        return
     for relocation in image.relocations:
         if relocation.type == BaseRelocationType.ABSOLUTE:
             continue
@@ -114,7 +120,15 @@ def relocated_image(image: PEImage, base: int) -> bytearray:
         value = int.from_bytes(data[relocation.rva : relocation.rva + width], "little")
         value = (value + delta) & ((1 << (8 * width)) - 1)
         data[relocation.rva : relocation.rva + width] = value.to_bytes(width, "little")
-    return data
+
+
+def _backed(image: PEImage) -> list[tuple[int, int]]:
+    """(RVA, size) of the mapped image's bytes that are not zero fill: the headers and
+    each section's raw data (the rest of a fresh mapping is zero already)."""
+    ranges = [(0, min(image.headers_end, image.size_of_image))]
+    for section in image.sections:
+        ranges.append((section.rva, min(section.raw_size, section.virtual_size)))
+    return [(rva, size) for rva, size in ranges if size > 0]
 
 
 def map_image(
@@ -148,11 +162,16 @@ def map_image(
     size = page_ceil(image.size_of_image)
     if not space.is_free(base, size):
         raise AddressSpaceError(f"0x{base:x}..0x{base + size:x} is already in use")
-    data = relocated_image(image, base)
     # Mapped before the imports resolve: resolving may load other DLLs, which must not
     # take this image's place.
-    region = space.map(base, size, Protection.R, name or image.name, bytes(data))
+    region = space.map(base, size, Protection.R, name or image.name)
     try:
+        # Only what the file backs is copied, and relocated in place: the zero fill stays
+        # untouched pages, so the cost follows the file, not SizeOfImage.
+        mapped = memoryview(image.mapped)
+        for rva, length in _backed(image):
+            region.view[rva : rva + length] = mapped[rva : rva + length]
+        _relocate(region.view, image, base)
         for entry in image.imports:
             if entry.iat_rva + 8 > size:
                 raise ImageFormatError(f"IAT slot 0x{entry.iat_rva:x} leaves the image")

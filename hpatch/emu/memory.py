@@ -1,7 +1,8 @@
 """An emulated address space: page-granular regions with protections, W^X enforced.
 
-Region bytes live in ctypes buffers so that the CPU (Unicorn) executes over the very
-same memory the loader and the applier write: there is one copy of every byte. Every
+Region bytes live in anonymous memory maps so that the CPU (Unicorn) executes over the
+very same memory the loader and the applier write: there is one copy of every byte, and
+a page nobody writes costs nothing (the kernel zero-fills it on first touch). Every
 mutation checks its whole range before the first byte or protection changes, and
 announces itself to a fault hook first, so tests can make any step fail.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntFlag
@@ -59,8 +61,11 @@ class Region:
         self.va = va
         self.size = size
         self.name = name
-        self.buffer = (ctypes.c_char * size)()
-        self.view = memoryview(self.buffer).cast("B")
+        # An anonymous map, not a ctypes array (which zero-fills every byte up front): an
+        # image's zero fill and a large reservation stay untouched pages.
+        self.pages = mmap.mmap(-1, size)
+        self.buffer = (ctypes.c_char * size).from_buffer(self.pages)
+        self.view = memoryview(self.pages).cast("B")
         self.protections = [protection] * (size // PAGE_SIZE)
         #: Guard pages mapped with this region, unmapped with it.
         self.guards: tuple[int, ...] = ()

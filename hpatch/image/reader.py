@@ -26,6 +26,7 @@ from hpatch.image.model import (
     Import,
     LoadConfig,
     Section,
+    SectionFlags,
     Symbol,
     TlsInfo,
 )
@@ -34,6 +35,12 @@ lief.logging.disable()
 
 PE32PLUS_MAGIC = 0x20B
 MAX_IMAGE_SIZE = 1 << 30
+#: Most bytes of the mapped image the file may leave unbacked (zero fill: SizeOfImage
+#: past what headers and section raw data hold). Real DLLs leave under 100 KiB; the cap
+#: keeps a small file from making hpatch map, hash and scan gigabytes of zeros.
+MAX_UNBACKED = 64 << 20
+#: The same for executable sections, whose bytes are scanned for code.
+MAX_UNBACKED_CODE = 1 << 20
 _PIECE_LOOKBACK = 8
 DIRECTORY_NAMES = {
     0: "export",
@@ -48,6 +55,15 @@ _TLS_DIRECTORY = 9
 _MAX_TLS_CALLBACKS = 1024
 _GUARD_CF_STRIDE_SHIFT = 28
 _COFF_FUNCTION_TYPE = 2  # lief's COMPLEX_TYPE.FUNCTION
+
+
+def pe_text(value: str | bytes) -> str:
+    """A name from the file as text: PE names are bytes, decoded as UTF-8 where they
+    are UTF-8, every other byte written ``\\xNN`` (lief hands back bytes for a name that
+    is not UTF-8). The one way the model turns names into str; see docs/image-model.md."""
+    if isinstance(value, str):
+        return value
+    return bytes(value).decode("utf-8", "backslashreplace")
 
 
 def _u16(data: bytes, offset: int) -> int:
@@ -132,6 +148,10 @@ class PEImage:
     def _read_sections(self, data: bytes, sizeof_headers: int) -> tuple[Section, ...]:
         sections: list[Section] = []
         previous_end = 0
+        # Zero fill (gaps and sections past their raw data), checked before any section is
+        # zero-filled: the cost follows the file's bytes, not the sizes it claims.
+        unbacked = 0
+        backed_end = min(sizeof_headers, len(data), self.size_of_image)
         for index, raw in enumerate(self._binary.sections, start=1):
             rva, raw_offset, raw_size = (
                 raw.virtual_address,
@@ -139,7 +159,7 @@ class PEImage:
                 raw.sizeof_raw_data,
             )
             virtual_size = raw.virtual_size or raw_size
-            name = raw.name
+            name = pe_text(raw.name)
             if raw_size and raw_offset + raw_size > len(data):
                 raise ImageFormatError(
                     f"truncated file: section {name!r} needs bytes up to "
@@ -156,6 +176,16 @@ class PEImage:
                 )
             previous_end = rva + virtual_size
             body = data[raw_offset : raw_offset + min(raw_size, virtual_size)] if raw_size else b""
+            fill = virtual_size - len(body)
+            unbacked += max(rva - backed_end, 0) + fill
+            backed_end = rva + virtual_size
+            if raw.characteristics & SectionFlags.MEM_EXECUTE and fill > MAX_UNBACKED_CODE:
+                raise ImageFormatError(
+                    f"{self.name}: executable section {name!r} claims 0x{virtual_size:x} bytes "
+                    f"but the file holds 0x{len(body):x} of them; hpatch zero-fills at most "
+                    f"0x{MAX_UNBACKED_CODE:x} bytes of code"
+                )
+            self._check_unbacked(unbacked)
             sections.append(
                 Section(
                     index=index,
@@ -171,6 +201,14 @@ class PEImage:
         if not sections:
             raise ImageFormatError("PE file has no sections")
         return tuple(sections)
+
+    def _check_unbacked(self, unbacked: int) -> None:
+        if unbacked > MAX_UNBACKED:
+            raise ImageFormatError(
+                f"{self.name}: SizeOfImage 0x{self.size_of_image:x} claims 0x{unbacked:x} or more "
+                f"bytes the file does not hold (zero fill); hpatch maps at most "
+                f"0x{MAX_UNBACKED:x} such bytes"
+            )
 
     def _check_image_size(self, alignment: int, sizeof_headers: int) -> None:
         """Every section starts at a multiple of the section alignment (code also at a
@@ -199,15 +237,21 @@ class PEImage:
                 f"SizeOfImage 0x{self.size_of_image:x} is larger than the sections need "
                 f"(0x{needed:x})"
             )
+        # the tail a large SectionAlignment rounds SizeOfImage up to is zero fill too
+        backed = sum(min(s.raw_size, s.virtual_size) for s in self.sections)
+        self._check_unbacked(self.size_of_image - min(sizeof_headers, self.size_of_image) - backed)
 
     def _map(self, data: bytes, sizeof_headers: int) -> bytes:
         """The image as the loader maps it at its preferred base (before relocation)."""
-        image = bytearray(self.size_of_image)
+        # Joined, not written into a bytearray and copied: one image-sized allocation.
         header_size = min(sizeof_headers, len(data), self.size_of_image)
-        image[:header_size] = data[:header_size]
+        pieces = [data[:header_size]]
+        end = header_size
         for section in self.sections:
-            image[section.rva : section.end_rva] = section.data
-        return bytes(image)
+            pieces += [bytes(section.rva - end), section.data]
+            end = section.end_rva
+        pieces.append(bytes(self.size_of_image - end))
+        return b"".join(pieces)
 
     def read(self, rva: int, size: int) -> bytes:
         """``size`` bytes of the mapped image at ``rva``; ImageFormatError if out of range."""
@@ -406,18 +450,20 @@ class PEImage:
     def _read_imports(self) -> tuple[Import, ...]:
         imports: list[Import] = []
         for library in self._binary.imports:
+            dll = pe_text(library.name)
             for entry in library.entries:
                 iat_rva = entry.iat_address
+                by_ordinal = entry.is_ordinal
+                name = None if by_ordinal else pe_text(entry.name)
                 if not 0 < iat_rva < self.size_of_image:
                     raise ImageFormatError(
-                        f"import {library.name}!{entry.name or entry.ordinal} has its IAT slot "
+                        f"import {dll}!{name or entry.ordinal} has its IAT slot "
                         f"outside the image (rva 0x{iat_rva:x})"
                     )
-                by_ordinal = entry.is_ordinal
                 imports.append(
                     Import(
-                        dll=library.name,
-                        name=None if by_ordinal else entry.name,
+                        dll=dll,
+                        name=name,
                         ordinal=entry.ordinal if by_ordinal else None,
                         iat_rva=iat_rva,
                     )
@@ -430,15 +476,16 @@ class PEImage:
         exports: list[Export] = []
         for entry in self._binary.get_export().entries:
             forwarder = None
+            name = pe_text(entry.name) or None
             if entry.is_forwarded:
                 info = entry.forward_information
-                forwarder = f"{info.library}.{info.function}"
+                forwarder = f"{pe_text(info.library)}.{pe_text(info.function)}"
             elif not 0 <= entry.address < self.size_of_image:
                 raise ImageFormatError(
-                    f"export {entry.name or entry.ordinal} points outside the image "
+                    f"export {name or entry.ordinal} points outside the image "
                     f"(rva 0x{entry.address:x})"
                 )
-            exports.append(Export(entry.ordinal, entry.name or None, entry.address, forwarder))
+            exports.append(Export(entry.ordinal, name, entry.address, forwarder))
         return tuple(sorted(exports, key=lambda e: e.ordinal))
 
     def _read_relocations(self) -> tuple[BaseRelocation, ...]:
@@ -463,7 +510,7 @@ class PEImage:
         symbols: list[Symbol] = []
         for raw in self._binary.symbols:
             index = raw.section_idx
-            name = raw.name
+            name = pe_text(raw.name)
             if not 1 <= index <= len(self.sections) or not name or name.startswith("."):
                 continue
             section = self.sections[index - 1]
