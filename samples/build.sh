@@ -143,6 +143,10 @@ for build in $BUILDS; do
     build_sample $o/grown-v1 bin/$build/grown-v1 "-DHP_VERSION=1 -DHP_GROW=1"
     # v3 with a fix that calls a host function no version imports: a new import.
     build_sample $o/import-v3 bin/$build/import-v3 "-DHP_VERSION=3 -DHP_NEW_IMPORT=1"
+    # v3 with a fix that adds globals (initialised, zeroed, and a pointer to a new string).
+    build_sample $o/global-v3 bin/$build/global-v3 "-DHP_VERSION=3 -DHP_NEW_GLOBAL=1"
+    # v3 with a field inserted into a structure live objects have: must stay blocked.
+    build_sample $o/struct-v3 bin/$build/struct-v3 "-DHP_VERSION=3 -DHP_RING_FIELD=1"
 done
 
 $PYTHON tools/verify.py bin

@@ -153,6 +153,10 @@ HP_API int   hp_hex_encode(const void *src, size_t n, char *dst, size_t cap);
 typedef struct hp_ring {
     u8 *buf;
     u32 cap;     /* power of two */
+#ifdef HP_RING_FIELD
+    u32 flags;   /* struct-v3: a field inserted before head (head and tail move) */
+#endif
+#line 156
     u32 head;    /* next write position (free running) */
     u32 tail;    /* next read position (free running) */
 } hp_ring;

@@ -24,6 +24,10 @@ HP_API int hp_ring_init(hp_ring *r, void *storage, u32 cap)
         return hp_fail(HP_E_ARG, "ring: capacity must be a power of two");
     r->buf = storage;
     r->cap = cap;
+#ifdef HP_RING_FIELD
+    r->flags = 0;
+#endif
+#line 27
     r->head = 0;
     r->tail = 0;
     return HP_OK;

@@ -40,6 +40,16 @@ static HP_NOINLINE void stats_note_error(int code)
     g_hp_stats.last_error = code;
 }
 
+#ifdef HP_NEW_GLOBAL
+/* The global-v3 variant's fix: a caller failing on purpose could flood the host's
+ * log, so only a quota of failures is logged, then one note. The quota, the count
+ * past it and the note are new globals (.data, .bss, and .data holding a pointer to
+ * a new string). (#line keeps the other builds' line numbers as they were.) */
+u32 g_fail_quota = 64;
+u32 g_fail_quieted;
+const char *g_fail_quiet_note = "log: failure quota reached, further failures not logged";
+#endif
+#line 43
 int hp_fail(int code, const char *what)
 {
     stats_note_error(code);
@@ -50,6 +60,14 @@ int hp_fail(int code, const char *what)
      * numbers, hashed into their /brepro stamps, as they were.) */
     if (host_log_count() >= 64u)
         return code;
+#endif
+#ifdef HP_NEW_GLOBAL
+    if (g_fail_quota == 0) {
+        if (g_fail_quieted++ == 0)
+            host_log(g_fail_quiet_note, code);
+        return code;
+    }
+    g_fail_quota--;
 #endif
 #line 46
     host_log(what, code);
