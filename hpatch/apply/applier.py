@@ -32,6 +32,7 @@ from hpatch.emu.process import Process
 from hpatch.emu.tables import FunctionEntry
 from hpatch.errors import ApplyError, HPatchError, PackageFormatError
 from hpatch.image import Function, PEImage
+from hpatch.package import new_data
 from hpatch.package.bind import bind_region
 from hpatch.package.checks import CheckResult, check_prerequisites
 from hpatch.package.format import encode_package, resolve_blobs
@@ -393,6 +394,7 @@ def apply_package(
             active.region_size,
             (),
         )
+    new_data.validate(package)
     checks = list(check_prerequisites(package, module.image))
     for result in checks:
         if not result.passed:
@@ -471,6 +473,9 @@ def apply_package(
             _unwind_entries(process.machine, package, module, region.va, bound),
         )
         transaction.protect(region.va, size, Protection.RX)
+        # New globals live on pages of their own, writable and never executable.
+        for start, end in new_data.data_pages(package):
+            transaction.protect(region.va + start, end - start, Protection.RW)
         placed, plans = _plan_redirects(module, package, active, region.va, plans_input, baseline)
         started = time.perf_counter_ns()
         _publish(transaction, plans)

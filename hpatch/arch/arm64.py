@@ -6,6 +6,7 @@ import struct
 from collections.abc import Iterable, Sequence
 
 import capstone
+from capstone import arm64_const
 
 from hpatch._backend import core
 from hpatch.arch.arm64_relocate import arm64_code_fixups, direct_branch
@@ -20,6 +21,13 @@ from hpatch.arch.base import (
 from hpatch.arch.relocate import CodeFixup, ShortBranch
 from hpatch.arch.rewrite import Fixup, Redirect
 from hpatch.errors import ImageFormatError
+
+#: Base registers whose displacements are stack slots, not structure fields.
+_FRAME_REGISTERS = frozenset((arm64_const.ARM64_REG_SP, arm64_const.ARM64_REG_X29))
+#: Instructions whose immediate is an address relative to the instruction.
+_PC_RELATIVE = frozenset(
+    ("adr", "adrp", "bl", "b", "cbz", "cbnz", "tbz", "tbnz", "ldr", "ldrsw", "prfm")
+)
 
 PDATA_UNPACKED, PDATA_PACKED, PDATA_PACKED_FRAGMENT, PDATA_RESERVED = 0, 1, 2, 3
 UNWIND_CODE_END_C = 0xE5
@@ -127,6 +135,32 @@ class Arm64(Arch):
 
     def __init__(self) -> None:
         self._cs_lite = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+        self._cs_detail = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+        self._cs_detail.detail = True
+
+    def field_offsets(self, code: bytes, code_rva: int) -> list[tuple[str, tuple[int, ...]]]:
+        found = []
+        for insn in self._cs_detail.disasm(code, code_rva):
+            pc_relative = insn.mnemonic in _PC_RELATIVE or insn.group(arm64_const.ARM64_GRP_JUMP)
+            shape, offsets = [insn.mnemonic], []
+            for operand in insn.operands:
+                if operand.type == arm64_const.ARM64_OP_REG:
+                    shape.append(insn.reg_name(operand.reg))
+                elif operand.type == arm64_const.ARM64_OP_IMM:
+                    shape.append("target" if pc_relative else str(operand.imm))
+                elif operand.type == arm64_const.ARM64_OP_MEM:
+                    mem = operand.mem
+                    parts = [str(mem.base), str(mem.index)]
+                    if mem.base in _FRAME_REGISTERS or mem.index:
+                        parts.append(str(mem.disp))
+                    else:
+                        parts.append("field")
+                        offsets.append(mem.disp)
+                    shape.append("[" + ",".join(parts) + "]")
+                else:
+                    shape.append(str(operand.type))
+            found.append((" ".join(shape), tuple(offsets)))
+        return found
 
     # .pdata -------------------------------------------------------------
 

@@ -166,6 +166,14 @@ class Arch(ABC):
         form per branch return the masked code as it is."""
         return normalised.code
 
+    def field_offsets(self, code: bytes, code_rva: int) -> list[tuple[str, tuple[int, ...]]]:
+        """Per instruction of ``code``: its shape (mnemonic and operands, with branch
+        targets, PC-relative addresses and structure field offsets left out) and the
+        field offsets it accesses (displacements from a base register other than the
+        stack and frame pointers). Two builds of a function whose shapes agree and whose
+        field offsets differ by one shift read a structure whose layout changed."""
+        return []
+
     def access_size(self, read: ReadRva, site_rva: int) -> int | None:
         """Bytes the memory operand of the instruction at ``site_rva`` loads or stores,
         or None when it does not access memory there (an address taken) or the machine

@@ -23,6 +23,9 @@ from hpatch.arch.rewrite import Fixup, Redirect
 from hpatch.arch.x64_relocate import x64_code_fixups
 from hpatch.errors import ImageFormatError
 
+#: Base registers whose displacements are stack slots, not structure fields.
+_FRAME_REGISTERS = frozenset((x86_const.X86_REG_RSP, x86_const.X86_REG_RBP))
+
 UNW_FLAG_EHANDLER = 0x1
 UNW_FLAG_UHANDLER = 0x2
 UNW_FLAG_CHAININFO = 0x4
@@ -148,6 +151,31 @@ class X64(Arch):
         return NormalisedCode.from_core(
             core.normalise_x64(code, code_rva, own_range[0], own_range[1], relocated, image_base)
         )
+
+    def field_offsets(self, code: bytes, code_rva: int) -> list[tuple[str, tuple[int, ...]]]:
+        found = []
+        for insn in self._cs_detail.disasm(code, code_rva):
+            branch = insn.group(x86_const.X86_GRP_JUMP) or insn.group(x86_const.X86_GRP_CALL)
+            shape, offsets = [insn.mnemonic], []
+            for operand in insn.operands:
+                if operand.type == x86_const.X86_OP_REG:
+                    shape.append(insn.reg_name(operand.reg))
+                elif operand.type == x86_const.X86_OP_IMM:
+                    shape.append("target" if branch else str(operand.imm))
+                elif operand.type == x86_const.X86_OP_MEM:
+                    mem = operand.mem
+                    base = mem.base
+                    parts = [str(base), str(mem.index), str(mem.scale), str(operand.size)]
+                    if base in (x86_const.X86_REG_RIP, 0) and mem.index == 0:
+                        parts.append("address")
+                    elif base in _FRAME_REGISTERS or base == 0:
+                        parts.append(str(mem.disp))
+                    else:
+                        parts.append("field")
+                        offsets.append(mem.disp)
+                    shape.append("[" + ",".join(parts) + "]")
+            found.append((" ".join(shape), tuple(offsets)))
+        return found
 
     def access_size(self, read: ReadRva, site_rva: int) -> int | None:
         try:

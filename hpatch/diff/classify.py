@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from hpatch.arch import Reference
+from hpatch.diff.data_layout import WritableLayout, learn_layouts
 from hpatch.diff.match import Match, Side, c_string
 from hpatch.image import Function, Import, PEImage, Section
 
@@ -125,6 +126,11 @@ class Correspondence:
         self._same: dict[tuple[int, int], bool] = {}
         self.data = self._learn_data(matches)
         self.section_shift = self._learn_section_shifts()
+        #: Writable sections whose globals are placed, by name (see data_layout).
+        self.layouts: dict[str, WritableLayout] = {}
+        self.layouts = learn_layouts(old, new, self._writable_votes(matches), self.same_content)
+        # Answers given while the layouts were learned compared globals by offset.
+        self._same.clear()
         self.writable_moves = self._learn_writable_moves(matches)
 
     def _identical_code_references(
@@ -155,6 +161,40 @@ class Correspondence:
                 continue
             votes[a.target_rva].add(b.target_rva)
         return {old: next(iter(new)) for old, new in votes.items() if len(new) == 1}
+
+    def _writable_votes(self, matches: tuple[Match, ...]) -> Iterator[tuple[int, int]]:
+        """(old, new) writable addresses that the same code names in each build, directly
+        or through a pointer in read-only data it names (mingw's ``.refptr`` slots)."""
+        for a, b in self._identical_code_references(matches):
+            old_section = self.old.image.section_at(a.target_rva)
+            new_section = self.new.image.section_at(b.target_rva)
+            if (
+                old_section is not None
+                and new_section is not None
+                and old_section.is_writable
+                and new_section.is_writable
+            ):
+                yield a.target_rva, b.target_rva
+        for old_rva, new_rva in self.data.items():
+            size = self.old.data_extent(old_rva) - old_rva
+            if size != self.new.data_extent(new_rva) - new_rva:
+                continue
+            old_fields = _fields_in(self.old.relocated, old_rva, old_rva + size)
+            new_fields = _fields_in(self.new.relocated, new_rva, new_rva + size)
+            if [f - old_rva for f in old_fields] != [f - new_rva for f in new_fields]:
+                continue
+            for old_field, new_field in zip(old_fields, new_fields, strict=True):
+                old_target = self.old.pointer_at(old_field)
+                new_target = self.new.pointer_at(new_field)
+                old_section = self.old.image.section_at(old_target)
+                new_section = self.new.image.section_at(new_target)
+                if (
+                    old_section is not None
+                    and new_section is not None
+                    and old_section.is_writable
+                    and new_section.is_writable
+                ):
+                    yield old_target, new_target
 
     def _learn_writable_moves(self, matches: tuple[Match, ...]) -> dict[int, int]:
         """old writable address -> new, where functions with identical code show that a
@@ -221,9 +261,12 @@ class Correspondence:
                 and a[1:] == b[1:]
             )
         if old_section.is_writable:
-            return new_section.name == old_section.name and self._same_global(
-                old_section, old_target, new_section, new_target
-            )
+            if new_section.name != old_section.name:
+                return False
+            layout = self.layouts.get(old_section.name)
+            if layout is not None:
+                return layout.old_of(new_target) == old_target
+            return self._same_global(old_section, old_target, new_section, new_target)
         if self.same_constant(old_target, new_target):
             return True
         # Position says they are the same object; its bytes may still differ only because

@@ -32,6 +32,7 @@ class Resolution(Enum):
     NEW_IMPORT = "new_import"  # an import the old image lacks: the package carries its slot
     OLD_DATA = "old_data"  # the same global in the old image
     NEW_CONSTANT = "new_constant"  # read-only data the package must carry (a new literal)
+    NEW_DATA = "new_data"  # a writable global only the new build has: the package carries it
     UNRESOLVED = "unresolved"
 
 
@@ -195,6 +196,16 @@ class Correlator:
         from, or else the same offset of the same section, unless the global that was
         there moved away (then which one is meant is unknown)."""
         target = reference.target_rva
+        layout = self.correspondence.layouts.get(section.name)
+        if layout is not None:
+            old_rva = layout.old_of(target)
+            if old_rva is not None:
+                return ResolvedReference(reference, Resolution.OLD_DATA, old_rva)
+            if layout.insertion_at(target) is not None:
+                return ResolvedReference(reference, Resolution.NEW_DATA, None)
+            return ResolvedReference(
+                reference, Resolution.UNRESOLVED, None, f"past the end of the old {section.name}"
+            )
         if target in self.moved_back:
             return ResolvedReference(reference, Resolution.OLD_DATA, self.moved_back[target])
         offset = target - section.rva

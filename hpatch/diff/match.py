@@ -142,6 +142,10 @@ class Side:
         """Sorted RVAs of the image's relocated (DIR64) fields."""
         return sorted(r.rva for r in self.image.relocations)
 
+    def pointer_at(self, field: int) -> int:
+        """The RVA the relocated 8-byte field at ``field`` holds."""
+        return int.from_bytes(self.image.read(field, 8), "little") - self.image.image_base
+
     def data_extent(self, rva: int) -> int:
         """End of the object at ``rva``: the next label, within its section and 4 KiB."""
         end = self._extents.get(rva)

@@ -27,6 +27,7 @@ from hpatch.diff.classify import (
     import_key,
 )
 from hpatch.diff.correlate import Correlator, Resolution, ResolvedReference
+from hpatch.diff.layout_shift import layout_shifts
 from hpatch.diff.match import Side
 from hpatch.image import Export, Function, Import, PEImage, Section, Symbol
 
@@ -88,6 +89,8 @@ class BlockerCause(Enum):
     EXPORT_REMOVED = "export_removed", _HAZARD
     EXPORT_CHANGED = "export_changed", _HAZARD
     TLS_CHANGED = "tls_changed", _HAZARD
+    NEW_DATA_AT_START = "new_data_at_start", _HAZARD
+    STRUCT_LAYOUT_CHANGED = "struct_layout_changed", _HAZARD
     ENTRY_POINT_MOVED = "entry_point_moved", _HAZARD
     # limitations: the imports
     NEW_IMPORT = "new_import", _LIMITATION
@@ -114,6 +117,7 @@ class BlockerCause(Enum):
     PAGE_ACROSS_PARTS = "page_across_parts", _LIMITATION
     NEW_DATA_TOO_LARGE = "new_data_too_large", _LIMITATION
     NEW_DATA_POINTER_STRADDLES = "new_data_pointer_straddles", _LIMITATION
+    NEW_DATA_START_UNKNOWN = "new_data_start_unknown", _LIMITATION
     UNWIND_RECORD_UNBOUND = "unwind_record_unbound", _LIMITATION
     UNWIND_HANDLER_DATA = "unwind_handler_data", _LIMITATION
     UNWIND_HANDLER_DIFFERS = "unwind_handler_differs", _LIMITATION
@@ -171,6 +175,7 @@ _UNRESOLVED_DETAILS = (
 _NOT_COPIED = {
     Resolution.PATCHED_CODE: BlockerCause.CARRIED_CODE_NOT_COPIED,
     Resolution.NEW_CONSTANT: BlockerCause.NEW_DATA_NOT_CARRIED,
+    Resolution.NEW_DATA: BlockerCause.NEW_DATA_NOT_CARRIED,
 }
 
 
@@ -406,48 +411,79 @@ class Verdict:
             new_globals = _outside(
                 _import_offsets(new_image, new_section), new_section.virtual_size
             )
-            if old_section.virtual_size != new_section.virtual_size and old_globals != new_globals:
-                self.blockers.append(
-                    Blocker(
-                        kind=BlockerKind.WRITABLE_DATA,
-                        cause=BlockerCause.WRITABLE_DATA_RESIZED,
-                        where=f"section {name}",
-                        reason=f"writable data changes size (0x{old_section.virtual_size:x} -> "
-                        f"0x{new_section.virtual_size:x} bytes): globals move or grow",
-                        rva=old_section.rva,
-                        end_rva=old_section.rva + old_section.virtual_size,
-                        section=name,
-                        build=Build.OLD,
+            layout = self.correspondence.layouts.get(name)
+            if layout is not None:
+                # Every old global has its place in the new build; only the bytes the
+                # new build inserts are new (carried as new data, see check_new_data).
+                segments = [(s.old_rva, s.new_rva, s.size) for s in layout.segments]
+            else:
+                if (
+                    old_section.virtual_size != new_section.virtual_size
+                    and old_globals != new_globals
+                ):
+                    self.blockers.append(
+                        Blocker(
+                            kind=BlockerKind.WRITABLE_DATA,
+                            cause=BlockerCause.WRITABLE_DATA_RESIZED,
+                            where=f"section {name}",
+                            reason=f"writable data changes size (0x{old_section.virtual_size:x}"
+                            f" -> 0x{new_section.virtual_size:x} bytes): globals move or grow",
+                            rva=old_section.rva,
+                            end_rva=old_section.rva + old_section.virtual_size,
+                            section=name,
+                            build=Build.OLD,
+                        )
                     )
-                )
-            self.compare_initial_values(old_section, new_section)
+                size = min(old_section.virtual_size, new_section.virtual_size)
+                segments = [(old_section.rva, new_section.rva, size)]
+            self.compare_initial_values(old_section, new_section, segments)
 
-    def compare_initial_values(self, old_section: Section, new_section: Section) -> None:
+    def compare_initial_values(
+        self,
+        old_section: Section,
+        new_section: Section,
+        segments: list[tuple[int, int, int]],
+    ) -> None:
+        """Blockers for the old bytes whose new counterparts (``segments``: old RVA, new
+        RVA, size) hold another initial value, pointers compared by what they name."""
         old_slots = _pointer_slots(self.old.image, old_section)
         new_slots = _pointer_slots(self.new.image, new_section)
-        differing: set[int] = set()
-        size = min(old_section.virtual_size, new_section.virtual_size)
-        for offset in set(old_slots) | set(new_slots):
-            if offset + 8 > size:
-                continue
-            old_target, new_target = old_slots.get(offset), new_slots.get(offset)
-            if (
-                old_target is None
-                or new_target is None
-                or not self.correspondence.same(old_target, new_target)
-            ):
-                differing.update(range(offset, offset + 8))
-        pointer_bytes = {o + i for o in set(old_slots) | set(new_slots) for i in range(8)}
         old_data, new_data = old_section.data, new_section.data
-        differing.update(
-            offset
-            for offset in range(size)
-            if old_data[offset] != new_data[offset] and offset not in pointer_bytes
-        )
+        differing: set[int] = set()  # section offsets of the old build
+        for old_rva, new_rva, size in segments:
+            old_base, new_base = old_rva - old_section.rva, new_rva - new_section.rva
+            pointer_bytes: set[int] = set()
+            for offset in range(size):
+                old_target = old_slots.get(old_base + offset)
+                new_target = new_slots.get(new_base + offset)
+                if old_target is None and new_target is None:
+                    continue
+                pointer_bytes.update(range(offset, offset + 8))
+                if offset + 8 > size:
+                    continue
+                if (
+                    old_target is None
+                    or new_target is None
+                    or not self.correspondence.same(old_target, new_target)
+                ):
+                    differing.update(range(old_base + offset, old_base + offset + 8))
+            differing.update(
+                old_base + offset
+                for offset in range(size)
+                if old_data[old_base + offset] != new_data[new_base + offset]
+                and offset not in pointer_bytes
+            )
         # The diff compares IAT slots by import; the import tables are not globals.
-        for image, section in ((self.old.image, old_section), (self.new.image, new_section)):
-            for start, end in _import_offsets(image, section):
-                differing.difference_update(range(start, end))
+        for start, end in _import_offsets(self.old.image, old_section):
+            differing.difference_update(range(start, end))
+        new_imports = _import_offsets(self.new.image, new_section)
+        if new_imports:
+            for old_rva, new_rva, size in segments:
+                for start, end in new_imports:
+                    low = max(start, new_rva - new_section.rva)
+                    high = min(end, new_rva - new_section.rva + size)
+                    shift = (old_rva - old_section.rva) - (new_rva - new_section.rva)
+                    differing.difference_update(range(low + shift, high + shift))
         ranges = _ranges(differing)
         shown = ranges[:_MAX_DATA_RANGES]
         image, base = self.old.image, old_section.rva
@@ -479,6 +515,25 @@ class Verdict:
                     end_rva=base + ranges[-1][1],
                     section=old_section.name,
                     build=Build.OLD,
+                )
+            )
+
+    def check_struct_layouts(self, changes: tuple[FunctionChange, ...]) -> None:
+        for found in layout_shifts(self.old.image, self.new.image, changes):
+            names = [function_label(c.new) for c in found.functions if c.new is not None]
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            self.blockers.append(
+                Blocker(
+                    kind=BlockerKind.WRITABLE_DATA,
+                    cause=BlockerCause.STRUCT_LAYOUT_CHANGED,
+                    where=f"{len(names)} functions ({shown})",
+                    reason=f"they differ only in field offsets from 0x{found.first_offset:x} "
+                    f"on, moved by {found.shift:+d} bytes: a structure that live objects "
+                    "already have changes layout, and the new code would misread every "
+                    "object the old code made",
+                    function=names[0],
+                    rva=found.functions[0].new.rva if found.functions[0].new else None,
+                    build=Build.NEW,
                 )
             )
 
@@ -694,6 +749,7 @@ def find_blockers(
     verdict = Verdict(old, new, correspondence)
     verdict.check_writable_data()
     verdict.check_interfaces()
+    verdict.check_struct_layouts(changes)
     verdict.check_redirects(changes)
     verdict.check_references(Correlator(old, new, correspondence, changes), changes)
     return tuple(verdict.blockers)

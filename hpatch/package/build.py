@@ -32,6 +32,7 @@ from hpatch.diff.verdict import (
 )
 from hpatch.errors import NotHotpatchable
 from hpatch.image import DataKind, Function, PEImage
+from hpatch.package import new_data
 from hpatch.package.format import code_region
 from hpatch.package.model import (
     FORMAT_VERSION,
@@ -317,7 +318,7 @@ class _Builder:
         return functions
 
     def _join_code_blobs(self, functions: list[PatchFunction]) -> list[Blob]:
-        joined: list[Blob] = []
+        joined = [b for b in self.blobs if b.kind == BlobKind.DATA]  # placed before the code
         for function in functions:
             start = min(p.offset for p in function.parts)
             end = max(p.offset + p.size for p in function.parts)
@@ -648,8 +649,51 @@ class _Builder:
         """Places in the new image where some object starts (see Side.labels)."""
         return self.diff.correspondence.new.labels
 
-    def place_constants(self, fixups_by_function: dict[int, list[CodeFixup]]) -> None:
+    def place_new_data(self) -> list[tuple[int, int]]:
+        """Place the globals only the new build has that the carried code names (and those
+        their pointers name) first in the region, on pages of their own (see new_data)."""
+        spans = new_data.carried_spans(self.diff, self.correlator)
+        alignment = self.data_alignment
+        for (start, end), offset in zip(
+            spans, new_data.span_offsets(spans, alignment), strict=True
+        ):
+            placed = self.place(self.new.read(start, end - start), start, alignment, BlobKind.DATA)
+            assert placed == offset, "new data lands where span_offsets says"
+        self.region.extend(bytes(-len(self.region) % PAGE))
+        return spans
+
+    @property
+    def data_alignment(self) -> int:
+        return new_data.alignment(self.arch.machine)
+
+    def fields_in(self, start: int, end: int) -> list[int]:
+        """The relocated 8-byte fields of the new image within [start, end)."""
+        low = bisect.bisect_left(self.relocated, start)
+        return [
+            f for f in self.relocated[low : bisect.bisect_left(self.relocated, end)] if f + 8 <= end
+        ]
+
+    def data_pointers(self, spans: list[tuple[int, int]]) -> list[int]:
+        """What the pointers in the carried new globals name."""
+        return [self.pointer_at(f) for start, end in spans for f in self.fields_in(start, end)]
+
+    def bind_new_data(self, spans: list[tuple[int, int]]) -> None:
+        """Every pointer in the carried new globals, bound as the code's references are."""
+        addr64 = Fixup.ARM64_ADDR64 if self.arch.machine == Machine.ARM64 else Fixup.X64_ADDR64
+        for start, end in spans:
+            for field in self.fields_in(start, end):
+                self.add_fixup(
+                    f"new data at 0x{start:x}",
+                    CodeFixup(field, addr64, self.pointer_at(field), field),
+                )
+
+    def place_constants(
+        self, fixups_by_function: dict[int, list[CodeFixup]], data_pointers: list[int]
+    ) -> None:
         targets: set[int] = set()
+        for pointed in data_pointers:
+            if self.carries_new_data(pointed, pointed):
+                targets.add(pointed)
         tables: dict[int, list[int]] = {}
         for fixups in fixups_by_function.values():
             for fixup in fixups:
@@ -1185,8 +1229,10 @@ class _Builder:
             if self.check_against_fingerprint(change, found, short):
                 fixups_by_function[change.new.rva] = found
                 far[change.new.rva] = self.far_branches(found, short)
+        data_spans = self.place_new_data()
         functions = self.place_code(far)
-        self.place_constants(fixups_by_function)
+        self.place_constants(fixups_by_function, self.data_pointers(data_spans))
+        self.bind_new_data(data_spans)
         for rva, found in fixups_by_function.items():
             where = function_label(self.new.function_at(rva))  # type: ignore[arg-type]
             groups: dict[int, list[tuple[CodeFixup, tuple[TargetKind, int]]]] = {}

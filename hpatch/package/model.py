@@ -20,7 +20,7 @@ from enum import IntEnum
 from hpatch.arch import Machine
 from hpatch.arch.rewrite import Fixup, Redirect
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 #: A package names the build it installs by this many leading bytes of that image's
 #: mapped SHA-256 (``hpatch verify`` checks it): an identifier, not a guard.
 TARGET_DIGEST_SIZE = 8
@@ -62,6 +62,7 @@ class BlobKind(IntEnum):
     UNWIND = 3  # unwind records (x64 UNWIND_INFO, ARM64 .xdata)
     FUNCTION_TABLE = 4  # RUNTIME_FUNCTION entries for the patch code
     IMPORT_SLOTS = 5  # 8-byte slots of new imports, which the applier binds
+    DATA = 6  # globals only the new build has, with its initial bytes (writable pages)
 
 
 class FunctionStatus(IntEnum):

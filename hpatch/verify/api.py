@@ -12,6 +12,7 @@ from hpatch.verify.counterparts import Counterparts
 from hpatch.verify.differential import DifferentialRunner
 from hpatch.verify.model import EmulationSummary, FunctionVerification, Outcome, VerifyReport
 from hpatch.verify.session import Session
+from hpatch.verify.startup import new_data_set_at_start
 from hpatch.verify.translation import TranslationValidator
 
 DEFAULT_INPUTS = 100
@@ -107,6 +108,9 @@ def build_verified_package(
     built with the same count passes ``hpatch verify`` with it.
     """
     package = build_package(diff, options)
+    hazards = new_data_set_at_start(diff)
+    if hazards:
+        raise PackageBlocked(hazards)
     if not validate:
         return package, None
     report = verify_package(diff, package, inputs=inputs, emulate=inputs > 0)

@@ -228,7 +228,8 @@ class Counterparts:
             (
                 b
                 for b in session.package.blobs
-                if b.kind == BlobKind.RODATA and b.offset <= offset < b.offset + b.size
+                if b.kind in (BlobKind.RODATA, BlobKind.DATA)
+                and b.offset <= offset < b.offset + b.size
             ),
             None,
         )

@@ -20,11 +20,13 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from hpatch.diff.correlate import Correlator
 from hpatch.emu import Process
 from hpatch.emu.cpu import ThreadState
 from hpatch.emu.memory import Protection
 from hpatch.emu.process import ImportKey
 from hpatch.errors import EmulationFault, HPatchError
+from hpatch.package import new_data
 from hpatch.package.model import NO_RVA, FunctionStatus, PatchFunction
 from hpatch.verify.counterparts import Counterparts
 from hpatch.verify.model import EmulationSummary, Outcome
@@ -51,6 +53,48 @@ _LOGGED_ARGUMENTS = 4
 _TRIES_PER_INPUT = 3
 #: Maps a byte to its low four bits.
 _LOW_NIBBLE = bytes(value & 0x0F for value in range(256))
+
+
+def global_pairs(session: Session) -> list[tuple[str, int, int, int, int]]:
+    """(section name, offset in the section, patched VA, new VA, size) of every run of
+    globals that both processes have: the old image's writable sections where the new
+    build keeps their bytes (moved as the diff's layout says, else at the same offsets),
+    and the new globals the package carries in its region."""
+    diff = session.diff
+    old_module, new_module = session.module_of("patched"), session.module_of("new")
+    old_sections = {s.name: s for s in diff.old.sections if s.is_writable and s.virtual_size}
+    pairs = []
+    for section in diff.new.sections:
+        old = old_sections.get(section.name)
+        if old is None or not section.is_writable or not section.virtual_size:
+            continue
+        layout = diff.correspondence.layouts.get(section.name)
+        segments = (
+            [(s.old_rva, s.new_rva, s.size) for s in layout.segments]
+            if layout is not None
+            else [(old.rva, section.rva, min(old.virtual_size, section.virtual_size))]
+        )
+        for old_rva, new_rva, size in segments:
+            pairs.append(
+                (
+                    section.name,
+                    new_rva - section.rva,
+                    old_module.va(old_rva),
+                    new_module.va(new_rva),
+                    size,
+                )
+            )
+    correlator = Correlator(
+        diff.correspondence.old, diff.correspondence.new, diff.correspondence, diff.changes
+    )
+    spans = new_data.carried_spans(diff, correlator)
+    offsets = new_data.span_offsets(spans, new_data.alignment(diff.new.identity.machine))
+    for (start, end), offset in zip(spans, offsets, strict=True):
+        section = diff.new.section_at(start)
+        name = section.name if section is not None else "new data"
+        base = start - section.rva if section is not None else 0
+        pairs.append((name, base, session.region_va + offset, new_module.va(start), end - start))
+    return pairs
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,22 +156,38 @@ class DifferentialRunner:
         self.log: dict[str, list[tuple[str, tuple[int, ...]]]] = {"patched": [], "new": []}
         self._stub_random: dict[str, random.Random] = {}
         self._heap_next: dict[str, int] = {}
-        #: Per side, each writable section's name -> (VA, initial bytes).
-        self._initial: dict[str, dict[str, tuple[int, bytes]]] = {}
-        for side, process in (("patched", session.patched), ("new", session.new)):
+        for process in (session.patched, session.new):
             for index in range(_SCRATCH_COUNT):
                 va = _scratch_va(index)
                 process.space.map(va, _SCRATCH_SIZE, Protection.RW, f"scratch {index}")
             process.space.map(_HEAP_VA, _HEAP_SIZE, Protection.RW, "stub heap")
+        #: The globals of both sides, as (name, offset in it, patched VA, new VA, and the
+        #: initial bytes of each side): the old image's where the new build has them too,
+        #: and the new globals the package carries.
+        self._globals = [
+            (name, offset, patched_va, new_va, *self._both(patched_va, new_va, size))
+            for name, offset, patched_va, new_va, size in global_pairs(session)
+        ]
+
+        #: Per side, what each run starts from: (VA, initial bytes) of every writable
+        #: section, and of the new globals the package carries.
+        self._initial: dict[str, list[tuple[int, bytes]]] = {}
+        for side, process in (("patched", session.patched), ("new", session.new)):
             module = session.module_of(side)
-            self._initial[side] = {
-                section.name: (
-                    module.va(section.rva),
-                    process.space.read(module.va(section.rva), section.virtual_size),
-                )
-                for section in module.image.sections
-                if section.is_writable and section.virtual_size > 0
-            }
+            self._initial[side] = [
+                (module.va(s.rva), process.space.read(module.va(s.rva), s.virtual_size))
+                for s in module.image.sections
+                if s.is_writable and s.virtual_size > 0
+            ]
+        self._initial["patched"] += [
+            (patched_va, before)
+            for _, _, patched_va, _, before, _ in self._globals
+            if session.in_region(patched_va)
+        ]
+
+    def _both(self, patched_va: int, new_va: int, size: int) -> tuple[bytes, bytes]:
+        session = self.session
+        return session.patched.space.read(patched_va, size), session.new.space.read(new_va, size)
 
     # --- import stubs --------------------------------------------------------------
     def on_import(self, side: str, key: ImportKey, arguments: tuple[int, ...]) -> int:
@@ -219,7 +279,7 @@ class DifferentialRunner:
         stack = process.main_thread.stack
         used = min(_STACK_CLEARED, stack.size)
         process.space.poke(stack.end - used, bytes(used))
-        for va, data in self._initial[side].values():
+        for va, data in self._initial[side]:
             process.space.poke(va, data)
         self.log[side] = []
         self._stub_random[side] = random.Random(f"{inputs.seed}/stubs")
@@ -322,15 +382,10 @@ class DifferentialRunner:
             if found is not None:
                 at, a, b = found
                 return f"{name}: +0x{at:x} holds 0x{a:x}, the new build 0x{b:x}"
-        new_initial = self._initial["new"]
-        for name, (patched_va, patched_before) in self._initial["patched"].items():
-            if name not in new_initial:
-                continue
-            new_va, new_before = new_initial[name]
-            size = min(len(patched_before), len(new_before))
-            patched_after = session.patched.space.read(patched_va, size)
-            new_after = session.new.space.read(new_va, size)
-            if patched_after == patched_before[:size] and new_after == new_before[:size]:
+        for name, base, patched_va, new_va, patched_before, new_before in self._globals:
+            size = len(patched_before)
+            patched_after, new_after = self._both(patched_va, new_va, size)
+            if patched_after == patched_before and new_after == new_before:
                 continue
             # What the call wrote, on either side, compared word by word.
             written = [
@@ -342,7 +397,7 @@ class DifferentialRunner:
             found = self._disagreement(patched_after, new_after, written)
             if found is not None:
                 at, a, b = found
-                return f"{name}: +0x{at:x} becomes 0x{a:x}, in the new build 0x{b:x}"
+                return f"{name}: +0x{base + at:x} becomes 0x{a:x}, in the new build 0x{b:x}"
         return None
 
     def _disagreement(

@@ -96,4 +96,11 @@ def misplace_global(diff: DiffResult, new_rva: int, old_rva: int) -> DiffResult:
     initial values cannot show: both hold the same bytes)."""
     correspondence = copy.copy(diff.correspondence)
     correspondence.writable_moves = {**correspondence.writable_moves, old_rva: new_rva}
+    # without its layout, the section's globals are placed by offset and by the moves
+    section = diff.new.section_at(new_rva)
+    correspondence.layouts = {
+        name: layout
+        for name, layout in correspondence.layouts.items()
+        if section is None or name != section.name
+    }
     return dataclasses.replace(diff, correspondence=correspondence)

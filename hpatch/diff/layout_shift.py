@@ -1,0 +1,77 @@
+"""A structure that live objects already have changes layout.
+
+When a fix adds a field to a structure, every function that touches a field after it
+changes the same way: the same instructions, the field offsets past the new field
+shifted by its size. Patching them would make the new code read every object the old
+code allocated at the wrong offsets. Functions whose only difference is such a shift,
+one shift shared by several of them, are that signature (kpatch calls for a shadow
+variable there; a hotpatch cannot carry it).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from hpatch.diff.classify import FunctionChange, Status
+from hpatch.image import PEImage
+
+#: Functions sharing one shift before it counts as a structure's layout.
+MIN_FUNCTIONS = 3
+#: Functions larger than this are not decoded for it.
+_MAX_FUNCTION = 0x10000
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutShift:
+    """Field offsets from ``first_offset`` on moved by ``shift`` bytes in ``functions``."""
+
+    shift: int
+    first_offset: int
+    functions: tuple[FunctionChange, ...]
+
+
+def _only_shift(old: PEImage, new: PEImage, change: FunctionChange) -> tuple[int, int] | None:
+    """(shift, lowest old offset shifted) if the function's two builds differ only in
+    field offsets, all moved by one shift; else None."""
+    assert change.old is not None and change.new is not None
+    if max(change.old.size, change.new.size) > _MAX_FUNCTION:
+        return None
+    a = old.arch.field_offsets(old.read(change.old.rva, change.old.size), change.old.rva)
+    b = new.arch.field_offsets(new.read(change.new.rva, change.new.size), change.new.rva)
+    if not a or len(a) != len(b):
+        return None
+    shifts: set[int] = set()
+    lowest: int | None = None
+    for (old_shape, old_offsets), (new_shape, new_offsets) in zip(a, b, strict=True):
+        if old_shape != new_shape or len(old_offsets) != len(new_offsets):
+            return None
+        for x, y in zip(old_offsets, new_offsets, strict=True):
+            if x != y:
+                shifts.add(y - x)
+                lowest = x if lowest is None else min(lowest, x)
+    if len(shifts) != 1 or lowest is None:
+        return None
+    return shifts.pop(), lowest
+
+
+def layout_shifts(
+    old: PEImage, new: PEImage, changes: tuple[FunctionChange, ...]
+) -> list[LayoutShift]:
+    """Every shift of field offsets that at least MIN_FUNCTIONS modified functions share
+    as their only difference, largest group first."""
+    groups: dict[int, list[tuple[int, FunctionChange]]] = defaultdict(list)
+    for change in changes:
+        if change.status != Status.MODIFIED or change.old is None or change.new is None:
+            continue
+        found = _only_shift(old, new, change)
+        if found is not None:
+            groups[found[0]].append((found[1], change))
+    return sorted(
+        (
+            LayoutShift(shift, min(o for o, _ in members), tuple(c for _, c in members))
+            for shift, members in groups.items()
+            if len(members) >= MIN_FUNCTIONS
+        ),
+        key=lambda s: (-len(s.functions), s.shift),
+    )

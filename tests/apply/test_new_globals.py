@@ -1,0 +1,81 @@
+"""A package that carries new globals: they live on pages of their own in the patch
+region, writable and never executable, start from the new build's initial bytes, and
+the fixed code keeps its state there (the samples' v3 -> global-v3: only 64 failures are
+logged, then one note)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from hpatch.apply import ApplyOptions, apply_package, rollback
+from hpatch.emu.memory import Protection
+from hpatch.errors import PackageFormatError
+from hpatch.package import new_data
+from hpatch.package.format import decode_package, encode_package
+from hpatch.package.model import BlobKind
+
+from .support import BUILDS, package, process
+
+ALLOW = ApplyOptions(allow_unsigned=True)
+QUOTA = 64
+
+
+def fail_and_count(build: str, target: object, times: int) -> int:
+    """Fail ``times`` calls through hp_fail (an unknown limit); the host's log lines."""
+    for _ in range(times):
+        assert target.call("hp_set_limit", 99, 0) & 0xFFFFFFFF == 0xFFFFFFFE  # type: ignore[attr-defined]
+    host = target.module("samplehost.dll")  # type: ignore[attr-defined]
+    return target.call("host_log_count", module=host)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_the_new_globals_are_carried_writable_and_keep_the_fixs_state(build: str) -> None:
+    assert fail_and_count(build, process(build, "v3"), QUOTA + 6) == QUOTA + 6
+    assert fail_and_count(build, process(build, "global-v3"), QUOTA + 6) == QUOTA + 1
+    target = process(build, "v3")
+    pkg = package(build, "v3", "global-v3", 2)
+    data = [b for b in pkg.blobs if b.kind == BlobKind.DATA]
+    assert data and data[0].offset < 4096
+    report = apply_package(target, pkg, options=ALLOW)
+    for start, end in new_data.data_pages(pkg):
+        for page in range(report.region_va + start, report.region_va + end, 4096):
+            assert target.space.protection_at(page) == Protection.RW
+    code = next(b for b in pkg.blobs if b.kind == BlobKind.CODE)
+    assert target.space.protection_at(report.region_va + code.offset) == Protection.RX
+    # the quota, then one note, then silence; the old globals are untouched in place
+    assert fail_and_count(build, target, QUOTA + 6) == QUOTA + 1
+    assert fail_and_count(build, target, 3) == QUOTA + 1
+    rollback(target)
+    assert fail_and_count(build, target, 2) == QUOTA + 3  # v3's code logs every failure
+
+
+@pytest.mark.parametrize("build", ["x64-clang", "arm64-clang"])
+def test_the_package_round_trips_with_its_data_blob(build: str) -> None:
+    pkg = package(build, "v3", "global-v3", 2)
+    encoded = encode_package(pkg)
+    decoded = decode_package(encoded)
+    kinds = [b.kind for b in decoded.blobs]
+    assert BlobKind.DATA in kinds
+    assert encode_package(pkg) == encoded  # deterministic
+
+
+def test_new_data_sharing_a_page_with_code_is_refused_before_anything_changes() -> None:
+    build = "x64-clang"
+    pkg = package(build, "v3", "global-v3", 2)
+    code = next(b for b in pkg.blobs if b.kind == BlobKind.CODE)
+    # the code blob relabelled as data: its page would become writable and executable
+    hostile = dataclasses.replace(
+        pkg,
+        blobs=tuple(
+            dataclasses.replace(b, kind=BlobKind.DATA) if b is code else b for b in pkg.blobs
+        ),
+    )
+    with pytest.raises(PackageFormatError, match="shares a page with new data"):
+        new_data.validate(hostile)
+    target = process(build, "v3")
+    before = target.space.state()
+    with pytest.raises(PackageFormatError):
+        apply_package(target, hostile, options=ALLOW)
+    assert target.space.state() == before
