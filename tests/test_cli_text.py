@@ -193,3 +193,12 @@ def test_json_text_decodes_bytes_and_surrogates_one_way() -> None:
 
     document = {"a": b"hp_cr\xff32", "b": os.fsdecode(b"caf\xe9"), "c": ["\x1b"]}
     assert json.loads(json_text(document)) == {"a": "hp_cr\\xff32", "b": "caf\\xe9", "c": ["\x1b"]}
+
+
+def test_verify_prints_hostile_function_names_inert(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = hostile_package(tmp_path, "[/]\x1b[2J")
+    code, out, err = run(capsys, "verify", str(OLD), str(NEW), str(path), "--inputs", "5")
+    assert code in (0, 4) and "internal error" not in err, err
+    assert "[/]" in out and "\x1b" not in out
