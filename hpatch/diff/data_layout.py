@@ -88,7 +88,7 @@ def unique_anchors(votes: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     )
 
 
-class _SectionAligner:
+class SectionAligner:
     """Aligns one writable section of the old build with its namesake in the new."""
 
     def __init__(
@@ -274,7 +274,7 @@ def learn_layouts(
             by_section[old_section.name].append((old_rva, new_rva))
     layouts = {}
     for name in sorted(set(old_sections) & set(new_sections)):
-        aligner = _SectionAligner(old, new, old_sections[name], new_sections[name], same_bytes)
+        aligner = SectionAligner(old, new, old_sections[name], new_sections[name], same_bytes)
         layout = aligner.align(by_section.get(name, []))
         if layout is not None:
             layouts[name] = layout
