@@ -196,6 +196,7 @@ class Process:
         self.modules.remove(module)
         self._directories.pop(module, None)
         self.function_tables.remove(module)
+        self.tls.remove(module)
         self.space.unmap(module.base)
         if self.main_module is module:
             self.main_module = None

@@ -75,7 +75,8 @@ class StaticTls:
 
     def __init__(self, space: AddressSpace) -> None:
         self.space = space
-        self.images: list[tuple[Module, TlsDirectory]] = []
+        #: By index; None where an unloaded image's was (indexes are not reused).
+        self.images: list[tuple[Module, TlsDirectory] | None] = []
 
     def add(self, module: Module, directory: TlsDirectory, tebs: list[int]) -> int:
         """Give ``module`` the next index, and every thread (by TEB) its block."""
@@ -89,10 +90,17 @@ class StaticTls:
             self._block(teb, index, directory)
         return index
 
+    def remove(self, module: Module) -> None:
+        """``module`` is unloaded: threads made from now on get no block of it."""
+        self.images = [
+            None if entry is not None and entry[0] is module else entry for entry in self.images
+        ]
+
     def thread_created(self, teb: int) -> None:
-        """A new thread (its TEB at ``teb``): a block of every image's template."""
-        for index, (_, directory) in enumerate(self.images):
-            self._block(teb, index, directory)
+        """A new thread (its TEB at ``teb``): a block of every loaded image's template."""
+        for index, entry in enumerate(self.images):
+            if entry is not None:
+                self._block(teb, index, entry[1])
 
     def _block(self, teb: int, index: int, directory: TlsDirectory) -> None:
         array = self.space.read_u64(teb + TEB_TLS_POINTER)

@@ -10,7 +10,7 @@ import pytest
 from hpatch.arch import Machine
 from hpatch.emu.tls import TEB_TLS_POINTER, TlsDirectory, tls_directory
 
-from .test_process import BUILDS, code_page, machine, new_process
+from .test_process import BUILDS, code_page, machine, new_process, sample
 
 #: Load the 4 bytes at offset 4 of the block of TLS index 1: the sequence a compiler
 #: emits for a thread-local variable, with the index known.
@@ -41,3 +41,17 @@ def test_every_thread_reads_its_own_copy_of_the_template(build: str) -> None:
     process.space.write(block + 4, b"\x07\x00\x00\x00")  # this thread's copy only
     assert process.call(code, thread=other) == 7
     assert process.call(code) == 0x2A
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_an_unloaded_image_gives_new_threads_no_block(build: str) -> None:
+    process = new_process(build, "v1")
+    module = process.load_image(sample(build, "v3"), name="v3.dll")
+    template = process.buffer(b"\x2a\x00\x00\x00")
+    index = process.buffer(4)
+    process.tls.add(module, TlsDirectory(template, 4, index, 0, 0), [])
+    process.free(template)  # the template goes as the image's pages would
+    process.unload(module)
+    thread = process.new_thread()  # no block copied from an unmapped template
+    array = process.space.read_u64(thread.teb.va + TEB_TLS_POINTER)
+    assert array == 0
