@@ -646,7 +646,11 @@ def _float_model(function: Callable[..., float], single: bool, count: int = 1) -
             result = function(*values)
         except (ValueError, OverflowError, ZeroDivisionError):
             result = math.nan
-        cpu.set_float_result(int.from_bytes(struct.pack(code, result), "little"))
+        try:
+            packed = struct.pack(code, result)
+        except OverflowError:  # beyond a float's range: what the hardware rounds it to
+            packed = struct.pack(code, math.copysign(math.inf, result))
+        cpu.set_float_result(int.from_bytes(packed, "little"))
         return 0
 
     return model
@@ -654,9 +658,14 @@ def _float_model(function: Callable[..., float], single: bool, count: int = 1) -
 
 def _c_round(value: float) -> float:
     # C rounds halves away from zero; Python's round() to even.
+    # Adding 0.5 first would round twice (0.49999999999999994, 2**52 + 1): the
+    # fraction that truncation drops is exact, so compare that.
     if math.isnan(value) or math.isinf(value):
         return value
-    return math.copysign(math.floor(abs(value) + 0.5), value)
+    whole = float(math.trunc(value))
+    if abs(value - whole) >= 0.5:
+        whole += math.copysign(1.0, value)
+    return math.copysign(whole, value)
 
 
 def _c_ceil(value: float) -> float:
@@ -859,6 +868,9 @@ def _close_handle(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
     return 1
 
 
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
 def _parse_integer(text: bytes, base: int) -> tuple[int, int]:
     """strtol's reading of ``text``: (value, bytes consumed; 0 when no digits)."""
     index = 0
@@ -875,8 +887,9 @@ def _parse_integer(text: bytes, base: int) -> tuple[int, int]:
         base = 8 if text[index : index + 1] == b"0" else 10
     start, value = index, 0
     while index < len(text):
-        digit = int(chr(text[index]), 36) if chr(text[index]).isalnum() else 99
-        if digit >= base:
+        character = chr(text[index]).lower()
+        digit = _DIGITS.find(character) if character.isascii() else -1
+        if not 0 <= digit < base:
             break
         value, index = value * base + digit, index + 1
     if index == start:

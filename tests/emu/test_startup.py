@@ -6,6 +6,8 @@ table lacks still faults naming itself."""
 
 from __future__ import annotations
 
+import contextlib
+import random
 import struct
 
 import pytest
@@ -23,7 +25,7 @@ from hpatch.emu.startup import (
     PERFORMANCE_START,
     PROCESS_ID,
 )
-from hpatch.errors import EmulationFault
+from hpatch.errors import EmulationFault, HPatchError
 
 from .test_process import BUILDS, code_page, i32, machine, new_process
 
@@ -341,7 +343,15 @@ _FLOAT_CALL = {
 @pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize(
     ("name", "value", "expected"),
-    [("ceil", 2.25, 3.0), ("floor", -2.25, -3.0), ("round", 2.5, 3.0), ("sqrt", 6.25, 2.5)],
+    [
+        ("ceil", 2.25, 3.0),
+        ("floor", -2.25, -3.0),
+        ("round", 2.5, 3.0),
+        ("round", -2.5, -3.0),
+        ("round", 8388609.0, 8388609.0),  # 2**23 + 1: an integer already
+        ("sqrt", 6.25, 2.5),
+        ("trunc", -7.75, -7.0),
+    ],
 )
 def test_exact_math_takes_and_returns_floating_point_registers(
     build: str, name: str, value: float, expected: float
@@ -355,6 +365,17 @@ def test_exact_math_takes_and_returns_floating_point_registers(
     single = struct.unpack("<I", struct.pack("<f", value))[0]
     result = process.call(code, single, stub(process, math, f"{name}f"))
     assert struct.unpack("<f", struct.pack("<I", result & 0xFFFFFFFF))[0] == expected
+
+
+@pytest.mark.parametrize("build", ["x64-clang", "arm64-clang"])
+@pytest.mark.parametrize("value", [0.49999999999999994, 2.0**52 + 1, -(2.0**52) - 1])
+def test_round_does_not_round_twice(build: str, value: float) -> None:
+    # value + 0.5 is not exact for these: rounding it first would give the wrong integer.
+    process = new_process(build, "v1")
+    code = code_page(process, _FLOAT_CALL[machine(build)])
+    double = struct.unpack("<Q", struct.pack("<d", value))[0]
+    result = process.call(code, double, stub(process, "ucrtbase.dll", "round"))
+    assert struct.unpack("<d", struct.pack("<Q", result))[0] == (0.0 if abs(value) < 1 else value)
 
 
 @pytest.mark.parametrize("build", BUILDS)
@@ -373,3 +394,37 @@ def test_an_unmodelled_handler_takes_precedence_over_the_model() -> None:
     # Verification gives every import one logging stub, start-up functions included.
     process = Process(machine("x64-clang"), unmodelled=lambda key: lambda cpu, a: 77)
     assert process.call(stub(process, KERNEL, "GetTickCount")) == 77
+
+
+def _dll_for(prefixes: tuple[str, ...]) -> str:
+    prefix = prefixes[-1]
+    return f"{prefix}test-l1-1-0.dll" if prefix.endswith("-") else prefix
+
+
+@pytest.mark.parametrize("build", ["x64-clang", "arm64-clang"])
+def test_hostile_arguments_fault_and_never_escape_as_python_errors(build: str) -> None:
+    """Every modelled function with null, all-ones, huge and garbage-pointer arguments
+    returns or faults (an HPatchError naming why); no Python error escapes the CPU."""
+    process = new_process(build, "v1")
+    chance = random.Random(16)
+    garbage = process.buffer(bytes(chance.randrange(1, 256) for _ in range(256)))
+    # Text that starts like a number, a name or a path, then turns to non-ASCII bytes.
+    text = process.buffer(b" -0x7\xe9\xb2\xff9C:\\\xe9." + bytes(range(1, 200)))
+    argument_sets = [
+        (0,) * 8,
+        ((1 << 64) - 1,) * 8,
+        (garbage,) * 8,
+        (garbage, 1 << 40, garbage + 255, 3, garbage, 0, 0, 0),
+        (garbage + 8, garbage, 1 << 20, garbage + 1, 0, 0, 0, 0),
+        (garbage, 0, 0, 0, 0, 0, 0, 0),
+        (garbage + 3, garbage + 128, 16, 200, 0, 0, 0, 0),
+        (text, 0, 0, 0, 0, 0, 0, 0),
+        (text, text, 10, text, text, 0, 0, 0),
+        (text + 3, garbage, 36, 1, text, 0, 0, 0),
+    ]
+    for name, entry in sorted(MODELLED.items()):
+        va = stub(process, _dll_for(entry.dlls), name)
+        for arguments in argument_sets:
+            # A fault, or a runaway callback stopped, is an HPatchError; nothing else.
+            with contextlib.suppress(HPatchError):
+                process.call(va, *arguments, steps=100_000)
