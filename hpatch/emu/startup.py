@@ -31,7 +31,7 @@ _MASK64 = (1 << 64) - 1
 
 #: The fake clock: 2025-01-01 00:00:00 UTC as a FILETIME (100 ns since 1601), advanced
 #: a fixed step on each read so that code waiting for time to pass sees it pass.
-FILETIME_START = 0x01DB_5BE2_2C67_8000
+FILETIME_START = 0x01DB_5BE0_19BA_4000
 FILETIME_STEP = 10_000  # 1 ms
 TICKS_START = 3_600_000  # GetTickCount: an hour after boot
 PERFORMANCE_FREQUENCY = 10_000_000
@@ -79,7 +79,6 @@ _ERROR_ENVVAR_NOT_FOUND = 203
 _EBADF = 9
 _WAIT_OBJECT_0 = 0
 _WAIT_TIMEOUT = 0x102
-_INFINITE = 0xFFFF_FFFF
 _ERROR_INVALID_HANDLE = 6
 _ERROR_NOT_ENOUGH_MEMORY = 8
 _ERROR_NOT_OWNER = 288
@@ -89,8 +88,8 @@ _GET_MODULE_HANDLE_EX_FLAG_FROM_ADDRESS = 4
 _MAX_STRING = 4096
 #: Longest string the string functions follow, and most bytes a memory function moves.
 _MAX_C_STRING = 1 << 24
-#: Entries an ``_initterm`` table, an onexit table or an SList may hold before it is
-#: taken for garbage.
+#: Entries an ``_initterm`` or onexit table may hold before it is taken for garbage;
+#: also the most kernel objects and atexit functions one process keeps.
 _MAX_TABLE = 1 << 16
 _COMMAND_LINE = "hpatch.exe"
 
@@ -202,7 +201,7 @@ class Startup:
         return self.read_c(va, wide).decode("utf-16-le" if wide else "latin-1", "replace")
 
     def static_string(self, text: str, wide: bool) -> int:
-        """A read-only NUL-terminated copy of ``text`` made once per process."""
+        """A NUL-terminated copy of ``text`` on the heap, made once per process."""
         key = f"{'W' if wide else 'A'}{text}"
         if key not in self._strings:
             data = (text + "\0").encode("utf-16-le" if wide else "latin-1")
