@@ -23,7 +23,7 @@ demo: $(STAMP)
 	@# month 2 (cumulative security fixes): hotpatchable, exit 0
 	$(BIN)/hpatch diff $(DEMO_BUILD)/v1/sample.stripped.dll $(DEMO_BUILD)/v3/sample.stripped.dll
 	@# the fixes as signed cumulative packages (month 1: v2, month 2: v3), and what one holds
-	@rm -f $(VENV)/demo.key $(VENV)/demo.key.pub
+	@rm -f $(VENV)/demo.key $(VENV)/demo.key.pub $(VENV)/demo-2.hpk $(VENV)/demo-3.hpk $(VENV)/demo-arm64.hpk
 	$(BIN)/hpatch keygen $(VENV)/demo.key
 	$(BIN)/hpatch diff $(DEMO_BUILD)/v1/sample.stripped.dll $(DEMO_BUILD)/v2/sample.stripped.dll -o $(VENV)/demo-2.hpk --sequence 2 --supersedes 1-1 --description "month 1 security fixes" --sign-key $(VENV)/demo.key > /dev/null
 	$(BIN)/hpatch diff $(DEMO_BUILD)/v1/sample.stripped.dll $(DEMO_BUILD)/v3/sample.stripped.dll -o $(VENV)/demo-3.hpk --sequence 3 --supersedes 1-2 --description "month 2 security fixes" --sign-key $(VENV)/demo.key > /dev/null
