@@ -92,6 +92,9 @@ _MAX_C_STRING = 1 << 24
 #: also the most kernel objects and atexit functions one process keeps.
 _MAX_TABLE = 1 << 16
 _COMMAND_LINE = "hpatch.exe"
+#: Bytes of a FILE: the UCRT's own stream data, and msvcrt's public struct (x64).
+_UCRT_FILE = 0x58
+_MSVCRT_FILE = 0x30
 
 
 def _terminator(data: bytes, width: int) -> int:
@@ -146,6 +149,8 @@ class Startup:
         #: Functions registered with ``atexit``/``_crt_atexit``: kept, never run (the
         #: process never exits).
         self.atexit: list[int] = []
+        self._streams: dict[int, int] = {}
+        self._locale: dict[str, int] = {}
 
     def host_call(self, key: ImportKey) -> HostCall | None:
         """The host function serving ``key``, or None when the table does not model it."""
@@ -581,6 +586,13 @@ def _module_handle_ex(wide: bool) -> Model:
     return model
 
 
+def _pc_to_file_header(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
+    module = s.process.module_at(a[0])
+    base = module.base if module is not None else 0
+    s.write_u64(a[1], base)
+    return base
+
+
 def _proc_address(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
     module = s.process.module_at(a[0])
     if module is not None and module.base == a[0]:
@@ -931,6 +943,86 @@ def _remove_exception_handler(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
     return 1 if s.exception_handlers.pop(a[0], None) is not None else 0
 
 
+def _streams(size: int) -> Model:
+    """stdin, stdout and stderr as FILE objects of ``size`` bytes each, zeroed: code
+    may keep their addresses; the stdio functions that would use them are unmodelled."""
+
+    def model(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
+        if size not in s._streams:
+            s._streams[size] = s.malloc(3 * size)
+        index = a[0] & _MASK32 if size == _UCRT_FILE else 0  # __iob_func takes none
+        return s._streams[size] + size * index if index < 3 else 0
+
+    return model
+
+
+#: The "C" locale's character classes (the UCRT's _UPPER, _LOWER, _DIGIT, _SPACE,
+#: _PUNCT, _CONTROL, _BLANK, _HEX, _ALPHA bits), for the 128 ASCII characters; the
+#: other 128 have none.
+def _c_ctype(character: int) -> int:
+    text = chr(character)
+    bits = 0
+    if text.isupper():
+        bits |= 0x1 | 0x100
+    if text.islower():
+        bits |= 0x2 | 0x100
+    if text.isdigit():
+        bits |= 0x4
+    if text in " \t\n\v\f\r":
+        bits |= 0x8
+    if 0x21 <= character <= 0x7E and not text.isalnum():
+        bits |= 0x10
+    if character < 0x20 or character == 0x7F:
+        bits |= 0x20
+    if text in " \t":
+        bits |= 0x40
+    if text in "0123456789abcdefABCDEF":
+        bits |= 0x80
+    return bits
+
+
+def _locale_data(s: Startup, what: str) -> int:
+    """The "C" locale's data the CRT hands out, laid out once per process on the heap."""
+    if what not in s._locale:
+        if what == "ctype":
+            # Entry -1 (EOF) first: the pointer handed out is to entry 0.
+            table = [0] + [_c_ctype(c) if c < 0x80 else 0 for c in range(256)]
+            data = struct.pack(f"<{len(table)}H", *table)
+            va = s.malloc(len(data))
+            s.process.space.write(va, data)
+            s._locale[what] = va + 2
+        elif what == "names":
+            s._locale[what] = s.malloc(6 * 8)  # a null name for every category
+        elif what == "lconv":
+            point, empty = s.static_string(".", False), s.static_string("", False)
+            wide_point, wide_empty = s.static_string(".", True), s.static_string("", True)
+            narrow = [point] + [empty] * 9
+            wide = [wide_point] + [wide_empty] * 9
+            data = struct.pack("<10Q8B10Q", *narrow, *([0x7F] * 8), *wide)  # CHAR_MAX
+            va = s.malloc(len(data))
+            s.process.space.write(va, data)
+            s._locale[what] = va
+        else:
+            s._locale[what] = s.static_string("C", False)
+    return s._locale[what]
+
+
+def _setlocale(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
+    # Only the "C" locale exists here: asking for it (or what is set) gives "C".
+    if a[1] == 0 or s.read_c(a[1]) in (b"", b"C"):
+        return _locale_data(s, "name")
+    return 0
+
+
+def _stream_buffer_pointers(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
+    # Where a UCRT stream keeps its buffer pointers: _ptr at 0, _base at 8, _cnt at 16.
+    stream = a[0]
+    for out, offset in ((a[1], 8), (a[2], 0), (a[3], 16)):
+        if out:
+            s.write_u64(out, stream + offset)
+    return 0
+
+
 def _constant(value: int) -> Model:
     return lambda s, cpu, a: value
 
@@ -1027,6 +1119,7 @@ MODELLED: dict[str, Modelled] = {
     "GetModuleHandleExA": Modelled(KERNEL, _module_handle_ex(False)),
     "GetModuleHandleExW": Modelled(KERNEL, _module_handle_ex(True)),
     "GetProcAddress": Modelled(KERNEL, _proc_address),
+    "RtlPcToFileHeader": Modelled((*KERNEL, "ntdll.dll"), _pc_to_file_header),
     "LoadLibraryA": Modelled(KERNEL, _load_library),
     "LoadLibraryW": Modelled(KERNEL, _load_library_w),
     "LoadLibraryExA": Modelled(KERNEL, _load_library),
@@ -1045,6 +1138,9 @@ MODELLED: dict[str, Modelled] = {
     "_fstat32": Modelled(CRT, _bad_descriptor),
     "_fstat": Modelled(CRT, _bad_descriptor),
     "_isatty": Modelled(CRT, _not_a_tty),
+    "__acrt_iob_func": Modelled(CRT, _streams(_UCRT_FILE)),
+    "__iob_func": Modelled(CRT, _streams(_MSVCRT_FILE)),
+    "_get_stream_buffer_pointers": Modelled(CRT, _stream_buffer_pointers),
     **{
         name: Modelled(CRT, _bad_descriptor)
         for name in (
@@ -1098,6 +1194,17 @@ MODELLED: dict[str, Modelled] = {
     "strtoull": Modelled(CRT, _strtol(64, signed=False)),
     "_strtoi64": Modelled(CRT, _strtol(64, signed=True)),
     "_strtoui64": Modelled(CRT, _strtol(64, signed=False)),
+    # the "C" locale, and only it
+    "_lock_locales": Modelled(CRT, _constant(0)),
+    "_unlock_locales": Modelled(CRT, _constant(0)),
+    "setlocale": Modelled(CRT, _setlocale),
+    "localeconv": Modelled(CRT, lambda s, cpu, a: _locale_data(s, "lconv")),
+    "__pctype_func": Modelled(CRT, lambda s, cpu, a: _locale_data(s, "ctype")),
+    "___lc_locale_name_func": Modelled(CRT, lambda s, cpu, a: _locale_data(s, "names")),
+    "___lc_codepage_func": Modelled(CRT, _constant(0)),
+    "___lc_collate_cp_func": Modelled(CRT, _constant(0)),
+    "___mb_cur_max_func": Modelled(CRT, _constant(1)),
+    "_set_new_handler": Modelled(CRT, _constant(0)),  # no handler was set
     # an empty environment
     "GetEnvironmentVariableA": Modelled(KERNEL, _no_variable),
     "GetEnvironmentVariableW": Modelled(KERNEL, _no_variable),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from hpatch.emu import Module, Process
 from hpatch.emu.memory import PAGE_SIZE, Protection
 from hpatch.emu.tls import TEB_TLS_POINTER, tls_directory
+from hpatch.errors import UnsupportedError
 from hpatch.image import load_image
 
 from ..conftest import CVE_ABSENT, CvePair, corpus_binaries, cve_pairs
@@ -30,8 +32,21 @@ def _extra_binaries() -> list[Path]:
     return [Path(p) for row in fields if len(row) == 4 for p in row[2:] if Path(p).is_file()]
 
 
+def _wheels() -> list[Path]:
+    roots = {path.parent.parent.parent for path in WHEEL_BINARIES}  # <root>/pairs/<id>/x
+    return sorted(wheel for root in roots for wheel in (root / "wheels").glob("*.whl"))
+
+
+def _members(wheel: Path) -> list[str]:
+    with zipfile.ZipFile(wheel) as archive:
+        return sorted(n for n in archive.namelist() if n.lower().endswith((".dll", ".pyd")))
+
+
 CVE_DLLS = sorted({path for pair in cve_pairs() for path in (pair.old, pair.new)})
 WHEEL_BINARIES = sorted({path for _, _, path in corpus_binaries()} | set(_extra_binaries()))
+
+
+WHEEL_MEMBERS = [(wheel, member) for wheel in _wheels() for member in _members(wheel)]
 
 
 def _writable_pages(process: Process, module: Module) -> list[bytes]:
@@ -102,3 +117,23 @@ def test_cli_apply_runs_the_entry_point_by_default(
     assert code == 0, err
     document = json.loads(out)
     assert [p["outcome"] for p in document["packages"]] == ["applied"]
+
+
+@pytest.mark.skipif(
+    not WHEEL_MEMBERS, reason="real-world corpus absent (run ../shared/corpus/fetch.sh)"
+)
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("wheel", "member"), WHEEL_MEMBERS, ids=[f"{w.stem}/{m}" for w, m in WHEEL_MEMBERS]
+)
+def test_every_dll_of_every_fetched_wheel_loads(wheel: Path, member: str, tmp_path: Path) -> None:
+    """Beyond the pairs: every DLL and extension module the corpus's wheels ship (numpy's
+    msvcp140 and OpenBLAS, lxml's, pillow's), each alone in a directory."""
+    path = tmp_path / Path(member).name
+    with zipfile.ZipFile(wheel) as archive:
+        path.write_bytes(archive.read(member))
+    try:
+        load_image(path)
+    except UnsupportedError as refused:  # an ARM64X build: refused by design, not here
+        pytest.skip(str(refused)[:80])
+    _assert_loads(path)

@@ -332,6 +332,39 @@ def test_strings_and_numbers(build: str) -> None:
     assert invoke(process, "msvcrt.dll", "strncmp", unterminated, process.buffer(b"abd\0"), 2) == 0
 
 
+@pytest.mark.parametrize("build", BUILDS)
+def test_the_c_locale_and_the_standard_streams(build: str) -> None:
+    process = new_process(build, "v1")
+    locale = "api-ms-win-crt-locale-l1-1-0.dll"
+    name = invoke(process, locale, "setlocale", 0, 0)
+    assert process.space.read(name, 2) == b"C\0"
+    assert invoke(process, locale, "setlocale", 0, process.buffer(b"C\0")) == name
+    assert invoke(process, locale, "setlocale", 0, process.buffer(b"de_DE\0")) == 0
+    ctype = invoke(process, locale, "__pctype_func")
+
+    def classes(character: int) -> int:
+        return int.from_bytes(process.space.read(ctype + 2 * character, 2), "little")
+
+    assert classes(ord("A")) == 0x1 | 0x80 | 0x100  # upper, hex, alpha
+    assert classes(ord("7")) == 0x4 | 0x80
+    assert classes(ord(" ")) == 0x8 | 0x40
+    assert classes(0xE9) == 0 and classes(-1) == 0  # no class above ASCII, nor EOF
+    conventions = invoke(process, locale, "localeconv")
+    assert process.space.read(process.space.read_u64(conventions), 2) == b".\0"
+    assert invoke(process, locale, "___mb_cur_max_func") == 1
+    stdio = "api-ms-win-crt-stdio-l1-1-0.dll"
+    streams = [invoke(process, stdio, "__acrt_iob_func", index) for index in range(3)]
+    assert streams[1] - streams[0] == streams[2] - streams[1] > 0
+    out = process.buffer(24)
+    assert invoke(process, stdio, "_get_stream_buffer_pointers", streams[1], out, out + 8, 0) == 0
+    assert struct.unpack("<QQ", process.space.read(out, 16)) == (streams[1] + 8, streams[1])
+    module = process.main_module
+    assert module is not None
+    pc = process.function_va("hp_zero")
+    assert invoke(process, "ntdll.dll", "RtlPcToFileHeader", pc, out) == module.base
+    assert process.space.read_u64(out) == module.base
+
+
 _FLOAT_CALL = {
     # the stub's VA comes in the second argument, the value's bits in the first
     Machine.AMD64: "movq xmm0, rcx; sub rsp, 40; call rdx; add rsp, 40; movq rax, xmm0; ret",
