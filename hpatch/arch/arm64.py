@@ -147,7 +147,14 @@ class Arm64(Arch):
                 if operand.type == arm64_const.ARM64_OP_REG:
                     shape.append(insn.reg_name(operand.reg))
                 elif operand.type == arm64_const.ARM64_OP_IMM:
-                    shape.append("target" if pc_relative else str(operand.imm))
+                    if pc_relative:
+                        shape.append("target")
+                    elif self._field_address(insn):
+                        # ADD Xd, Xn, #imm: the address of a field, read or written later
+                        shape.append("field")
+                        offsets.append(operand.imm)
+                    else:
+                        shape.append(str(operand.imm))
                 elif operand.type == arm64_const.ARM64_OP_MEM:
                     mem = operand.mem
                     parts = [str(mem.base), str(mem.index)]
@@ -161,6 +168,19 @@ class Arm64(Arch):
                     shape.append(str(operand.type))
             found.append((" ".join(shape), tuple(offsets)))
         return found
+
+    @staticmethod
+    def _field_address(insn: capstone.CsInsn) -> bool:
+        """ADD of an unshifted immediate to a 64-bit register other than SP and FP."""
+        operands = insn.operands
+        return (
+            insn.mnemonic == "add"
+            and len(operands) == 3
+            and operands[1].type == arm64_const.ARM64_OP_REG
+            and operands[1].reg not in _FRAME_REGISTERS
+            and insn.reg_name(operands[1].reg).startswith("x")
+            and operands[2].shift.type == arm64_const.ARM64_SFT_INVALID
+        )
 
     # .pdata -------------------------------------------------------------
 

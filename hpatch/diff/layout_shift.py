@@ -2,7 +2,7 @@
 
 When a fix adds a field to a structure, every function that touches a field after it
 changes the same way: the same instructions, the field offsets past the new field
-shifted by its size. Patching them would make the new code read every object the old
+shifted by its size (or by more, past a second one). Patching them would make the new code read every object the old
 code allocated at the wrong offsets. Functions whose only difference is such a shift,
 one shift shared by several of them, are that signature (kpatch calls for a shadow
 variable there; a hotpatch cannot carry it).
@@ -33,7 +33,7 @@ class LayoutShift:
 
 def _only_shift(old: PEImage, new: PEImage, change: FunctionChange) -> tuple[int, int] | None:
     """(shift, lowest old offset shifted) if the function's two builds differ only in
-    field offsets, all moved by one shift; else None."""
+    field offsets, all moved the same way (the smallest shift names it); else None."""
     assert change.old is not None and change.new is not None
     if max(change.old.size, change.new.size) > _MAX_FUNCTION:
         return None
@@ -50,9 +50,11 @@ def _only_shift(old: PEImage, new: PEImage, change: FunctionChange) -> tuple[int
             if x != y:
                 shifts.add(y - x)
                 lowest = x if lowest is None else min(lowest, x)
-    if len(shifts) != 1 or lowest is None:
+    if not shifts or lowest is None or (min(shifts) < 0 < max(shifts)):
         return None
-    return shifts.pop(), lowest
+    # Offsets past two inserted fields (or an embedded structure that grew, inside
+    # another) move by more: the function belongs with the smallest shift.
+    return min(shifts, key=abs), lowest
 
 
 def layout_shifts(

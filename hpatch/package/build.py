@@ -326,6 +326,19 @@ class _Builder:
             joined.append(Blob(BlobKind.CODE, start, bytes(self.region[start:end])))
         return joined
 
+    def branch_out_of_reach(self, branch: ShortBranch, why: str) -> None:
+        """Refuse a short branch leaving the carried code that no copy can serve."""
+        self.block(
+            BlockerKind.UNRESOLVED_REFERENCE,
+            BlockerCause.SHORT_REFERENCE_OUT_OF_REACH,
+            self.function_of(branch.site_rva) or f"0x{branch.site_rva:x}",
+            f"the {8 * branch.field_size}-bit branch at 0x{branch.site_rva:x} leaves the "
+            f"code for 0x{branch.target_rva:x}, {why}",
+            function=self.function_of(branch.site_rva),
+            rva=branch.site_rva,
+            target_rva=branch.target_rva,
+        )
+
     def far_branches(
         self, fixups: list[CodeFixup], short: list[ShortBranch]
     ) -> list[ShortBranch | CodeFixup]:
@@ -342,17 +355,7 @@ class _Builder:
             if self.at_entry(branch.target_rva):
                 far.append(branch)
                 continue
-            self.block(
-                BlockerKind.UNRESOLVED_REFERENCE,
-                BlockerCause.SHORT_REFERENCE_OUT_OF_REACH,
-                self.function_of(branch.site_rva) or f"0x{branch.site_rva:x}",
-                f"the {8 * branch.field_size}-bit branch at 0x{branch.site_rva:x} leaves the "
-                f"code for 0x{branch.target_rva:x}, no function's entry, and cannot reach a "
-                "copy",
-                function=self.function_of(branch.site_rva),
-                rva=branch.site_rva,
-                target_rva=branch.target_rva,
-            )
+            self.branch_out_of_reach(branch, "no function's entry, and cannot reach a copy")
         for fixup in fixups:
             if (
                 self.arch.extends_through_veneer(self.new.read, fixup)
@@ -414,16 +417,8 @@ class _Builder:
             distance = offset - (field + branch.field_size)
             limit = 1 << (8 * branch.field_size - 1)
             if not -limit <= distance < limit:
-                self.block(
-                    BlockerKind.UNRESOLVED_REFERENCE,
-                    BlockerCause.SHORT_REFERENCE_OUT_OF_REACH,
-                    self.function_of(branch.site_rva) or f"0x{branch.site_rva:x}",
-                    f"the {8 * branch.field_size}-bit branch at 0x{branch.site_rva:x} leaves "
-                    f"the code for 0x{branch.target_rva:x}, and the veneer after its copy "
-                    "lies out of its reach",
-                    function=self.function_of(branch.site_rva),
-                    rva=branch.site_rva,
-                    target_rva=branch.target_rva,
+                self.branch_out_of_reach(
+                    branch, "and the veneer after its copy lies out of its reach"
                 )
                 continue
             self.region[field : field + branch.field_size] = distance.to_bytes(
