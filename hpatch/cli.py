@@ -394,6 +394,12 @@ def _print_package(document: dict[str, Any]) -> None:
         f"{document['fixups']} fixups; {len(document['imports'])} imports; "
         f"{document['unwind_records']} unwind records; region {document['region']['size']} bytes"
     )
+    carried = document["globals"]
+    if carried:
+        console.print(
+            f"new globals: {len(carried)} block(s), {sum(d['size'] for d in carried)} bytes "
+            "(writable pages of the region, from the new build's initial values)"
+        )
     for item in document["new_imports"]:
         symbol = item["name"] or f"#{item['ordinal']}"
         console.print(

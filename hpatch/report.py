@@ -246,6 +246,9 @@ def package_document(package: Package, data: bytes, check: SignatureCheck | None
         "data": [
             {"offset": b.offset, "size": b.size} for b in package.blobs if b.kind == BlobKind.RODATA
         ],
+        "globals": [  # new writable globals, on pages of their own
+            {"offset": b.offset, "size": b.size} for b in package.blobs if b.kind == BlobKind.DATA
+        ],
         "fixups": counts.total,
         "unwind_records": len(package.unwind),
         "signature": signature,

@@ -79,3 +79,19 @@ def test_new_data_sharing_a_page_with_code_is_refused_before_anything_changes() 
     with pytest.raises(PackageFormatError):
         apply_package(target, hostile, options=ALLOW)
     assert target.space.state() == before
+
+
+def test_inspect_shows_the_new_globals(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import subprocess
+    import sys
+
+    pkg = package("arm64-clang", "v3", "global-v3", 2)
+    path = tmp_path / "g.hpk"
+    path.write_bytes(encode_package(pkg))
+    run = [sys.executable, "-m", "hpatch", "inspect", str(path)]
+    document = json.loads(subprocess.run([*run, "--json"], capture_output=True, check=True).stdout)
+    blobs = [b for b in pkg.blobs if b.kind == BlobKind.DATA]
+    assert document["globals"] == [{"offset": b.offset, "size": b.size} for b in blobs]
+    text = subprocess.run(run, capture_output=True, check=True, text=True).stdout
+    assert f"new globals: {len(blobs)} block(s)" in text
