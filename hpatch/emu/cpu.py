@@ -43,6 +43,11 @@ class Convention:
     float_arguments: tuple[int, ...]
     #: PROCESSOR_ARCHITECTURE_* of the machine, as GetSystemInfo reports it.
     processor_architecture: int
+    #: Stack a host function's call into emulated code takes below the host function's
+    #: own entry sp: x64 the callee's return address, home space and padding (its own
+    #: return address stays above); ARM64 a frame record (fp, the host function's
+    #: return address). Either way a stack walk finds the host function's caller.
+    host_frame: int
 
 
 def _x64() -> Convention:
@@ -78,6 +83,7 @@ def _x64() -> Convention:
         names=names,
         float_arguments=tuple(getattr(x86_const, f"UC_X86_REG_XMM{i}") for i in range(4)),
         processor_architecture=9,
+        host_frame=8 + 32 + 8,
     )
 
 
@@ -99,6 +105,7 @@ def _arm64() -> Convention:
         names=names,
         float_arguments=tuple(getattr(arm64_const, f"UC_ARM64_REG_D{i}") for i in range(8)),
         processor_architecture=12,
+        host_frame=16,
     )
 
 
@@ -293,7 +300,17 @@ class Cpu:
         assert self.continuation_va is not None
         for register, argument in zip(convention.arguments, arguments, strict=False):
             self.uc.reg_write(register, argument & _MASK64)
-        self._enter_as(frame.sp, self.continuation_va)
+        sp = frame.sp - convention.host_frame
+        if convention.link is None:
+            # The callee's return address; the host function's own stays at frame.sp.
+            self.space.write(sp, self.continuation_va.to_bytes(8, "little"))
+        else:
+            # A frame record as a prologue's stp leaves: fp, then the return address.
+            fp = self.uc.reg_read(convention.names["fp"])
+            record = fp.to_bytes(8, "little") + frame.return_va.to_bytes(8, "little")
+            self.space.write(sp, record)
+            self.uc.reg_write(convention.link, self.continuation_va)
+        self.uc.reg_write(convention.sp, sp)
         self.uc.reg_write(convention.pc, target & _MASK64)
 
     def _enter_as(self, sp: int, return_va: int) -> None:

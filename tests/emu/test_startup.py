@@ -25,6 +25,7 @@ from hpatch.emu.startup import (
     PERFORMANCE_START,
     PROCESS_ID,
 )
+from hpatch.emu.unwind import walk_stack
 from hpatch.errors import EmulationFault, HPatchError
 
 from .test_process import BUILDS, code_page, i32, machine, new_process
@@ -140,6 +141,46 @@ def test_a_thread_stops_inside_a_called_back_entry_and_resumes(build: str) -> No
         process.call("hp_zero")  # another call on the main thread meanwhile
     assert thread.state == ThreadState.RETURNED and thread.fault is None
     assert inside > 0 and len(calls) == 3 and thread.host_frames == []
+    process.cpu.finish(thread)
+
+
+_CALL_THIRD = {
+    # call the third argument with the first two; the return address follows the call
+    Machine.AMD64: ("sub rsp, 40; call r8; add rsp, 40; ret", 7),
+    Machine.ARM64: (
+        "stp x29, x30, [sp, #-16]!; mov x29, sp; blr x2; ldp x29, x30, [sp], #16; ret",
+        12,
+    ),
+}
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_a_stack_walk_inside_a_called_back_entry_still_finds_the_caller(build: str) -> None:
+    """What the applier's thread check sees: a thread stopped in an initialiser that
+    _initterm called returns, in the end, into _initterm's caller; that return address
+    stays on the emulated stack (the walk finds it, by unwinding or by its scan)."""
+    process = new_process(build, "v1", hosts=counting([1])[1])
+    source, after_call = _CALL_THIRD[machine(build)]
+    caller = code_page(process, source)
+    reset = process.function_va("hp_reset")
+    first, last = pointer_table(process, [reset])
+    thread = process.new_thread()
+    process.cpu.start(thread, caller, (first, last, stub(process, UCRT, "_initterm")))
+    module = process.main_module
+    assert module is not None
+    while not (thread.host_frames and module.contains(process.cpu.registers(thread)["pc"])):
+        assert process.cpu.run(thread, steps=1) == ThreadState.STOPPED
+    walk = walk_stack(
+        process.machine,
+        process.space.read,
+        process.function_tables.lookup,
+        process.cpu.registers(thread),
+        thread.stack_top,
+        is_code=process.space.is_executable,
+        stop_at=process.cpu.return_va,
+    )
+    assert caller + after_call in walk.return_addresses()
+    assert process.cpu.run(thread) == ThreadState.RETURNED
     process.cpu.finish(thread)
 
 
