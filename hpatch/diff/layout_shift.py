@@ -2,10 +2,11 @@
 
 When a fix adds a field to a structure, every function that touches a field after it
 changes the same way: the same instructions, the field offsets past the new field
-shifted by its size (or by more, past a second one). Patching them would make the new code read every object the old
-code allocated at the wrong offsets. Functions whose only difference is such a shift,
-one shift shared by several of them, are that signature (kpatch calls for a shadow
-variable there; a hotpatch cannot carry it).
+shifted by its size (or by more, past a second one). Patching them would make the new
+code read every object the old code allocated at the wrong offsets. Functions whose
+only difference is such a shift (with at least one load or store moved, not only an
+address computed), one shift shared by several of them, are that signature (kpatch
+calls for a shadow variable there; a hotpatch cannot carry it).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def _only_shift(old: PEImage, new: PEImage, change: FunctionChange) -> tuple[int
         return None
     shifts: set[int] = set()
     lowest: int | None = None
+    accessed = False  # a load or store moved, not only an address computed
     for (old_shape, old_offsets), (new_shape, new_offsets) in zip(a, b, strict=True):
         if old_shape != new_shape or len(old_offsets) != len(new_offsets):
             return None
@@ -50,7 +52,8 @@ def _only_shift(old: PEImage, new: PEImage, change: FunctionChange) -> tuple[int
             if x != y:
                 shifts.add(y - x)
                 lowest = x if lowest is None else min(lowest, x)
-    if not shifts or lowest is None or (min(shifts) < 0 < max(shifts)):
+                accessed = accessed or "[" in new_shape
+    if not accessed or lowest is None or (min(shifts) < 0 < max(shifts)):
         return None
     # Offsets past two inserted fields (or an embedded structure that grew, inside
     # another) move by more: the function belongs with the smallest shift.
