@@ -88,7 +88,11 @@ class _Discovery:
         self.extents: dict[tuple[int, int], int | None] = {}
         #: (start, end) -> sites of the references a linear decode of the range finds.
         self.decoded: dict[tuple[int, int], set[int]] = {}
-        self.exact, self.names = exact_starts(image)
+        exact, self.names = exact_starts(image)
+        #: RVA -> evidence mask of the starts the image states outright; masks, not the
+        #: set per start exact_starts gives (200 bytes each: 200 MB for a million exports)
+        self.exact: dict[int, int] = {rva: _mask(sources) for rva, sources in exact.items()}
+        del exact
         self.iat_slots = {i.iat_rva: i for i in image.imports}
         self.thunk_names: dict[int, str] = {}
         #: .pdata start -> the entry before it that runs into it (see leaves_in_gap).
@@ -131,8 +135,8 @@ class _Discovery:
         self.primaries, self.fragments = pdata_functions(image, self.sites, self.referenced)
         #: RVA -> evidence mask of the exact starts and the relocated pointers.
         self.static_evidence: dict[int, int] = dict.fromkeys(self.pointers, _BIT[Evidence.RELOC])
-        for rva, sources in self.exact.items():
-            self.static_evidence[rva] = self.static_evidence.get(rva, 0) | _mask(sources)
+        for rva, mask in self.exact.items():
+            self.static_evidence[rva] = self.static_evidence.get(rva, 0) | mask
         self.pdata_ranges = self.covered({})
         self.pdata_starts_by_end = {end: start for start, end in self.primaries.items()}
         self.pdata_starts_by_end.update(
@@ -496,24 +500,39 @@ class _Discovery:
         gap_targets = _outside(pdata, list(dict.fromkeys(self.target_keys)))
         gap_incoming = self.incoming(gap_targets)
         leaves: dict[int, int] = {}
-        gap_results: dict[tuple[int, tuple[tuple[int, int], ...]], dict[int, int]] = {}
+        # gap start -> the decisive evidence of its candidates, and the gap's answer
+        gap_results: dict[int, tuple[tuple[tuple[int, ...], ...], dict[int, int]]] = {}
         for _ in range(_MAX_ROUNDS):
             evidence = self.evidence_for(gap_incoming, self.covered(leaves), entries=True)
             ordered = sorted(evidence)
             found: dict[int, int] = {}
             for section, start, end in gaps:
                 # A gap whose candidates and their decisive evidence did not change
-                # since the last round gives the same answer.
-                targets = ordered[
-                    bisect.bisect_left(ordered, start) : bisect.bisect_left(ordered, end)
-                ]
-                key = (start, tuple((t, evidence[t] & _DECISIVE) for t in targets))
-                if key not in gap_results:
-                    gap_results[key] = self.leaves_in_gap(section, start, end, evidence, targets)
-                found.update(gap_results[key])
+                # since the last round gives the same answer. Only the latest answer of
+                # each gap is kept (a gap of a million candidates must not keep a key of
+                # a million pairs for every round), as two flat tuples; a gap without
+                # candidates or functions (most: the padding between .pdata ranges)
+                # keeps a shared record.
+                low = bisect.bisect_left(ordered, start)
+                high = bisect.bisect_left(ordered, end, low)
+                known = gap_results.get(start)
+                if low == high and known is _EMPTY_GAP:
+                    continue  # the common case, at the cost of two bisections
+                targets = ordered[low:high]
+                key = (tuple(targets), tuple(evidence[t] & _DECISIVE for t in targets))
+                if known is not None and known[0] == key:
+                    result = known[1]
+                else:
+                    result = self.leaves_in_gap(section, start, end, evidence, targets)
+                    gap_results[start] = (key, result) if targets or result else _EMPTY_GAP
+                if result:
+                    found.update(result)
             if found == leaves:
                 break
             leaves = found
+        # The rounds' caches are not needed to build: freed before its peak.
+        gap_results.clear()
+        self.extents.clear()
         self.pre_entries = {p: e for p, e in self.pre_entries.items() if leaves.get(e) == p}
         starts = list(self.primaries) + list(leaves)
         return self.build(leaves, self.evidence_for(self.incoming(starts), self.covered(leaves)))
@@ -580,12 +599,14 @@ class _Discovery:
         (the byte index table of a two-level switch). The part's code stops before.
         """
         read = self.image.read
+        # Grouped only for the owners that load __ImageBase (few): not a list for each
+        # of a million functions.
+        loading = {part[3] for part in parts if self.loads_image_base(part[0], part[1])}
         by_owner: dict[int, list[list[int]]] = defaultdict(list)
         for part in parts:
-            by_owner[part[3]].append(part)
+            if part[3] in loading:
+                by_owner[part[3]].append(part)
         for owner, owned in by_owner.items():
-            if not any(self.loads_image_base(part[0], part[1]) for part in owned):
-                continue
             ranges = [(part[0], part[1]) for part in owned]
             code = b"".join(read(a, b - a) for a, b in ranges)
 
@@ -649,40 +670,62 @@ class _Discovery:
         ranges can stop one ``ret`` short), and a table of RVAs into the owner's code
         after it is the owner's jump table (MSVC x64).
         """
-        owners = {part[0]: part for part in parts if part[0] == part[3]}
+        starts = [part[0] for part in parts]
         for index, part in enumerate(parts):
-            start, code_end, extent_end, owner = part
-            section = self.image.section_at(start)
+            section = self.image.section_at(part[0])
             assert section is not None
             limit = section.end_rva
             if index + 1 < len(parts):
                 limit = min(limit, parts[index + 1][0])
-            if extent_end >= limit:
+            if part[2] >= limit:
                 continue
-            cursor = extent_end
-            if (
-                code_end == extent_end
-                and self.padding_length(section, cursor - section.rva, cursor - section.rva) == 0
-                and self.arch.falls_through(self.image.read, start, code_end)
-            ):
-                tail_end = self.arch.code_extent(self.image.read, code_end, limit)
-                if tail_end is not None:
-                    part[1] = part[2] = cursor = tail_end
-            if self.claim_index_table(cursor, limit, part, owners[owner], tables[owner]):
-                continue
-            cursor += self.padding_at(section, cursor, limit)
-            cursor += -cursor % 4
-            if cursor < limit:
-                pool = self.literal_pool(cursor, limit, owners[owner])
-                if pool is not None:
-                    tables[owner].append(pool)
-                    part[2] = pool.rva + pool.size
-                    cursor = part[2] + self.padding_at(section, part[2], limit)
-                    cursor += -cursor % 4
-            if cursor < limit:
-                self.claim_table(cursor, limit, part, owners[owner], tables[owner])
-                if part[2] > cursor:
-                    self.claim_index_table(part[2], limit, part, owners[owner], tables[owner])
+            owner = part[3]
+            # the owner's entry part, by bisection (a map of every part cost a dict entry
+            # per function); its tables' list is added only once it holds one
+            at = bisect.bisect_left(starts, owner)
+            while parts[at][3] != owner:
+                at += 1
+            owned = tables.get(owner)
+            claimed = [] if owned is None else owned
+            self.claim_tail(part, section, limit, parts[at], claimed)
+            if owned is None and claimed:
+                tables[owner] = claimed
+
+    def claim_tail(
+        self,
+        part: list[int],
+        section: Section,
+        limit: int,
+        owner_part: list[int],
+        tables: list[DataRange],
+    ) -> None:
+        """Claim what follows ``part`` up to ``limit`` (see claim_tails) for the function
+        whose entry part is ``owner_part``, adding its tables to ``tables``."""
+        start, code_end, extent_end, _owner = part
+        cursor = extent_end
+        if (
+            code_end == extent_end
+            and self.padding_length(section, cursor - section.rva, cursor - section.rva) == 0
+            and self.arch.falls_through(self.image.read, start, code_end)
+        ):
+            tail_end = self.arch.code_extent(self.image.read, code_end, limit)
+            if tail_end is not None:
+                part[1] = part[2] = cursor = tail_end
+        if self.claim_index_table(cursor, limit, part, owner_part, tables):
+            return
+        cursor += self.padding_at(section, cursor, limit)
+        cursor += -cursor % 4
+        if cursor < limit:
+            pool = self.literal_pool(cursor, limit, owner_part)
+            if pool is not None:
+                tables.append(pool)
+                part[2] = pool.rva + pool.size
+                cursor = part[2] + self.padding_at(section, part[2], limit)
+                cursor += -cursor % 4
+        if cursor < limit:
+            self.claim_table(cursor, limit, part, owner_part, tables)
+            if part[2] > cursor:
+                self.claim_index_table(part[2], limit, part, owner_part, tables)
 
     def literal_pool(self, pool_rva: int, limit: int, owner: list[int]) -> DataRange | None:
         """The constants at ``pool_rva`` that the owning function's code loads, if any."""
@@ -747,20 +790,24 @@ class _Discovery:
         return True
 
     def build(self, leaves: dict[int, int], evidence: dict[int, int]) -> tuple[Function, ...]:
-        # A .pdata function with an entry before its range starts at that entry.
-        entry_of = {p: self.pre_entries.get(p, p) for p in self.primaries}
-        bounds = {entry_of[p]: end for p, end in self.primaries.items()}
+        # A .pdata function with an entry before its range starts at that entry. Few do:
+        # the maps below hold those, and the tables and parts of the functions that have
+        # any, not an entry for each of a million functions.
+        pre = {p: e for p, e in self.pre_entries.items() if p in self.primaries}
+        pdata_of = {e: p for p, e in pre.items()}
+        bounds = {pre.get(p, p): end for p, end in self.primaries.items()}
         bounds.update((start, end) for start, end in leaves.items() if start not in bounds)
         fragments: dict[int, list[Fragment]] = defaultdict(list)
         for owner, owned in self.fragments.items():
-            fragments[entry_of.get(owner, owner)].extend(owned)
-        pdata_of = {entry: p for p, entry in entry_of.items()}
+            fragments[pre.get(owner, owner)].extend(owned)
         tables: dict[int, list[DataRange]] = defaultdict(list)
         parts: list[list[int]] = []
         for start, end in bounds.items():
             code_end, inline, code_parts = self.inline_data(start, end)
-            tables[start].extend(inline)
-            fragments[start].extend(code_parts)
+            if inline:
+                tables[start].extend(inline)
+            if code_parts:
+                fragments[start].extend(code_parts)
             parts.append(
                 [start, code_end, max([code_end] + [t.rva + t.size for t in inline]), start]
             )
@@ -769,12 +816,17 @@ class _Discovery:
         parts.sort()
         self.claim_rva_tables(parts, tables)
         self.claim_tails(parts, tables)
-        code_ends = {part[0]: part[1] for part in parts}
+        row_starts = [part[0] for part in parts]
+
+        def code_end_of(rva: int) -> int:
+            """Where the code of the (last) part starting at ``rva`` ends."""
+            return parts[bisect.bisect_right(row_starts, rva) - 1][1]
+
         starts = sorted(bounds)
         functions = []
         pdata_bit, thunk_bit = _BIT[Evidence.PDATA], _BIT[Evidence.IMPORT_THUNK]
         for position, start in enumerate(starts):
-            pdata_start = pdata_of.get(start)
+            pdata_start = pdata_of.get(start, start if start in self.primaries else None)
             sources = evidence.get(start, 0)
             if pdata_start is not None:
                 sources |= evidence.get(pdata_start, 0) | pdata_bit
@@ -788,10 +840,10 @@ class _Discovery:
                 limit = min(limit, starts[position + 1])
             owned: list[Fragment] = []
             inline: tuple[DataRange, ...] = ()
-            end = code_ends[start]
+            end = code_end = code_end_of(start)
             if fragments.get(start) or tables.get(start):  # most functions have neither
                 owned = sorted(
-                    (Fragment(f.rva, code_ends[f.rva] - f.rva) for f in fragments.get(start, ())),
+                    (Fragment(f.rva, code_end_of(f.rva) - f.rva) for f in fragments.get(start, ())),
                     key=lambda f: f.rva,
                 )
                 # Each range belongs to the part it lies in or follows.
@@ -804,7 +856,7 @@ class _Discovery:
             functions.append(
                 Function(
                     rva=start,
-                    size=code_ends[start] - start,
+                    size=code_end - start,
                     name=name or self.thunk_names.get(start),
                     sources=_sources(sources),
                     fragments=tuple(owned),
@@ -813,6 +865,10 @@ class _Discovery:
                 )
             )
         return tuple(functions)
+
+
+#: What a gap without candidates or functions keeps, shared (never mutated).
+_EMPTY_GAP: tuple[tuple[tuple[int, ...], ...], dict[int, int]] = (((), ()), {})
 
 
 def _outside(ranges: Ranges, values: list[int]) -> list[int]:

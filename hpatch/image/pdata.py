@@ -74,7 +74,7 @@ def pdata_functions(
     all_ranges = Ranges((e.begin_rva, e.end_rva) for e in entries)
     starts = {e.begin_rva for e in entries}
     jumpers: dict[int, set[int]] = defaultdict(set)
-    conditional_only: dict[int, bool] = defaultdict(lambda: True)
+    conditional_only: dict[int, bool] = {}  # absent: True
     for site_rva, target_rva, kind in sites:
         if target_rva not in starts or kind not in (SiteKind.JUMP, SiteKind.COND_JUMP):
             continue
@@ -87,7 +87,9 @@ def pdata_functions(
     known_references: set[int] | None = None
 
     def jumping_root(begin: int) -> int | None:
-        roots = {owner.get(rva) for rva in jumpers[begin]}
+        # .get, not [...]: a lookup must not add an empty set per entry (a million
+        # frameless entries made a million sets)
+        roots = {owner.get(rva) for rva in jumpers.get(begin, ())}
         return roots.pop() if len(roots) == 1 and None not in roots else None
 
     for position, entry in enumerate(entries):
@@ -101,7 +103,7 @@ def pdata_functions(
                 if begin - before.end_rva <= _FRAGMENT_SLACK and before.begin_rva in owner:
                     parent = owner[before.begin_rva]
             owner[begin] = parent if parent is not None else begin
-        elif entry.frameless and conditional_only[begin]:
+        elif entry.frameless and conditional_only.get(begin, True):
             if known_references is None:
                 known_references = referenced()
             if begin in known_references:
