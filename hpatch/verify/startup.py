@@ -3,8 +3,8 @@
 A new global starts from the new build's initial bytes in a patched process. A process
 started on the new build ran its entry point (and the initialisers it calls) first; if
 that code writes the global, the new code would run on a value the new build never
-holds there. The new build is loaded in an emulated process with its entry point run
-(every import answers 0), and each carried global compared with its initial bytes.
+holds there. The new build is loaded in an emulated process with its entry point run,
+and each carried global compared with its initial bytes.
 """
 
 from __future__ import annotations
@@ -15,16 +15,13 @@ from hpatch.diff.startup import startup_functions
 from hpatch.diff.verdict import Blocker, BlockerCause, BlockerKind, Build, function_label
 from hpatch.emu import Process
 from hpatch.emu.cpu import Cpu
-from hpatch.emu.process import ImportKey
+from hpatch.emu.startup import MODELLED
 from hpatch.errors import HPatchError
 from hpatch.package import new_data
 
 
-def _answers_zero(key: ImportKey) -> object:
-    def call(cpu: Cpu, arguments: tuple[int, ...]) -> int:
-        return 0
-
-    return call
+def _answer_zero(cpu: Cpu, arguments: tuple[int, ...]) -> int:
+    return 0
 
 
 def new_data_set_at_start(diff: DiffResult) -> tuple[Blocker, ...]:
@@ -35,7 +32,13 @@ def new_data_set_at_start(diff: DiffResult) -> tuple[Blocker, ...]:
     spans = new_data.carried_spans(diff, correlator)
     if not spans:
         return ()
-    process = Process(diff.new.identity.machine, unmodelled=_answers_zero)  # type: ignore[arg-type]
+    # The modelled start-up surface (docs/startup.md) runs the CRT's initialisers; every
+    # other import answers 0, as verification's stubs do (no DLL beside the image is
+    # loaded: its start-up is not the new build's).
+    process = Process(diff.new.identity.machine)
+    for imported in diff.new.imports:
+        if imported.name is None or imported.name not in MODELLED:
+            process.host(imported.dll, imported.name or imported.ordinal or 0, _answer_zero)
     try:
         module = process.load_image(diff.new, run_entry_point=True)
     except HPatchError as error:
