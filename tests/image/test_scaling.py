@@ -17,10 +17,11 @@ from .mutants import with_functions
 GCC_X64 = SAMPLES / "x64-gcc" / "v1" / "sample.stripped.dll"
 COUNT = 50_000
 #: Bytes of Python memory per entry: what the model keeps (the entries, the functions),
-#: and the most discovery holds at once. Measured 330 and 760 (.pdata) / 1090 (exports,
-#: of which 300 are hpatch.image.evidence's set per start).
+#: and the most discovery holds at once, by kind. Measured: 333 and 354 kept, 713 and
+#: 1039 at the peak (300 of it hpatch.image.evidence's set per start); before, the peaks
+#: were 1254 and 1720.
 KEPT_PER_ENTRY = 450
-PEAK_PER_ENTRY = 1300
+PEAK_PER_ENTRY = {"pdata": 1000, "exports": 1300}
 
 
 @pytest.mark.parametrize("kind", ["pdata", "exports"])
@@ -42,4 +43,4 @@ def test_memory_per_entry_is_bounded(kind: str) -> None:
     evidence = Evidence.PDATA if kind == "pdata" else Evidence.EXPORT
     assert all(evidence in f.sources for f in found[:: COUNT // 100])
     assert kept < KEPT_PER_ENTRY * COUNT, kept / COUNT
-    assert peak < PEAK_PER_ENTRY * COUNT, peak / COUNT
+    assert peak < PEAK_PER_ENTRY[kind] * COUNT, peak / COUNT
