@@ -115,7 +115,8 @@ realworld: $(STAMP) corpus
 	@if [ -f $(CORPUS_FETCH) ] && [ ! -s $(HPCORPUS_EXTRA)/pairs.tsv ]; then \
 		HPCORPUS=$(HPCORPUS_EXTRA) PYTHON=$(BIN)/python bash $(CORPUS_FETCH) $(CURDIR)/bench/realworld-pairs.tsv; \
 	fi
-	$(BIN)/python bench/realworld.py --extra $(HPCORPUS_EXTRA) --markdown docs/realworld.md --svg docs/realworld.svg
+	@if [ -f $(CVES_BUILD) ] && [ ! -s $(HPCVES)/pairs.tsv ]; then HPCVES=$(HPCVES) PYTHON=$(BIN)/python bash $(CVES_BUILD); fi
+	$(BIN)/python bench/realworld.py --extra $(HPCORPUS_EXTRA) --cves $(HPCVES) --markdown docs/realworld.md --svg docs/realworld.svg
 
 clean:
 	rm -rf $(VENV) build *.egg-info hpatch/_native*.so

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import platform
 import re
@@ -42,6 +43,7 @@ from hpatch.errors import HPatchError
 from hpatch.image import load_image
 from hpatch.package import BuildOptions, PackageBlocked, build_package, encode_package
 from hpatch.verify import Outcome, validation_blockers, verify_package
+from hpatch.verify.startup import new_data_set_at_start
 
 HERE = Path(__file__).resolve().parent
 
@@ -138,6 +140,12 @@ WHY_NOT_YET: dict[BlockerCause, str] = {
         "New read-only data is copied up to the next label, at most 64 KiB; sizing an "
         "object by its symbol or by the accesses of the code that uses it is missing."
     ),
+    BlockerCause.NEW_DATA_START_UNKNOWN: (
+        "Whether the new build's start-up code sets the new globals is learned by running "
+        "its entry point in the emulator; where start-up calls what the emulator does not "
+        "model (docs/startup.md), hpatch cannot tell, and deciding it statically would need "
+        "a proof that no path from the entry point stores to them."
+    ),
 }
 assert all(c.blocker_class == BlockerClass.LIMITATION for c in WHY_NOT_YET)
 PLACEHOLDER = "**Placeholder:** what hpatch lacks to lift this is not written down yet."
@@ -161,6 +169,8 @@ class PairResult:
     seconds: dict[str, float] = field(default_factory=dict)
     #: What still blocks the pair (from the verdict, the builder or validation), by cause.
     blockers: Counter[BlockerCause] = field(default_factory=Counter)
+    #: Old RVAs of the functions the diff reports modified.
+    modified_old: set[int] = field(default_factory=set)
 
 
 _CAUSE_ORDER = {cause: index for index, cause in enumerate(BlockerCause)}
@@ -191,6 +201,7 @@ def run_pair(pair: str, old_path: Path, new_path: Path, inputs: int) -> PairResu
     diff = diff_images(old, new)
     result.seconds["diff"] = time.perf_counter() - started
     result.counts = {s.value: len(diff.with_status(s)) for s in Status}
+    result.modified_old = {c.old.rva for c in diff.with_status(Status.MODIFIED) if c.old}
     result.new_size = len(new_data)
     result.zstd_size = len(zstandard.ZstdCompressor(level=19).compress(new_data))
     started = time.perf_counter()
@@ -209,7 +220,11 @@ def run_pair(pair: str, old_path: Path, new_path: Path, inputs: int) -> PairResu
         result.seconds["package"] = time.perf_counter() - started
         _record_blockers(result, "refused", blocked.blockers)
         return result
+    hazards = new_data_set_at_start(diff)  # as diff -o refuses them
     result.seconds["package"] = time.perf_counter() - started
+    if hazards:
+        _record_blockers(result, "refused", hazards)
+        return result
     result.package_size = len(encode_package(package))
     started = time.perf_counter()
     try:
@@ -321,16 +336,127 @@ def _blocker_table(results: list[PairResult]) -> list[str]:
     return lines
 
 
+@dataclass
+class CveScore:
+    """One CVE pair: hpatch's result and how its modified set compares with the truth."""
+
+    result: PairResult
+    build: str
+    kind: str  # code-only or data
+    true_positives: int
+    false_positives: list[str]
+    false_negatives: list[str]
+
+    @property
+    def agrees(self) -> bool:
+        """A code-only pair packaged and proven; a data pair refused for hazards only."""
+        if self.kind == "code-only":
+            return self.result.verdict == "hotpatchable"
+        return bool(self.result.blockers) and all(
+            c.blocker_class == BlockerClass.HAZARD for c in self.result.blockers
+        )
+
+
+_CVE_BUILDS = ("x64-gcc", "x64-clang", "x64-clang-hp", "arm64-clang")
+
+
+def score_cves(root: Path, inputs: int, only: Iterable[str]) -> list[CveScore]:
+    """Every pair of the CVE corpus (``root``/pairs.tsv), run as the public pairs are and
+    its modified set compared with the pair's ground truth (by the truth's names)."""
+    scores = []
+    for line in (root / "pairs.tsv").read_text().splitlines():
+        pair, _machine, old, new, truth_path, kind = line.split("\t")
+        if only and not any(s in pair for s in only):
+            continue
+        truth = json.loads(Path(truth_path).read_text())
+        names = {start: name for name, (start, _end) in truth["old_funcs"].items()}
+        result = run_pair(pair, Path(old), Path(new), inputs)
+        reported = {names.get(rva, f"sub_{rva:x}") for rva in result.modified_old}
+        wanted = set(truth["modified"])
+        build = next(b for b in sorted(_CVE_BUILDS, key=len, reverse=True) if f"-{b}-" in pair)
+        scores.append(
+            CveScore(
+                result,
+                build,
+                kind,
+                len(reported & wanted),
+                sorted(reported - wanted),
+                sorted(wanted - reported),
+            )
+        )
+        print(
+            f"{pair}: {result.verdict}; fp {scores[-1].false_positives} fn "
+            f"{scores[-1].false_negatives}",
+            flush=True,
+        )
+    return scores
+
+
+def _cve_section(scores: list[CveScore]) -> list[str]:
+    lines = [
+        "| build | pairs | code-only: packaged, both proofs passed | data: refused, hazards only "
+        "| modified set equal to the truth | tp / fp / fn |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for build in _CVE_BUILDS:
+        mine = [s for s in scores if s.build == build]
+        if not mine:
+            continue
+        code = [s for s in mine if s.kind == "code-only"]
+        data = [s for s in mine if s.kind != "code-only"]
+        exact = sum(1 for s in mine if not s.false_positives and not s.false_negatives)
+        tp = sum(s.true_positives for s in mine)
+        fp = sum(len(s.false_positives) for s in mine)
+        fn = sum(len(s.false_negatives) for s in mine)
+        lines.append(
+            f"| {build} | {len(mine)} | {sum(s.agrees for s in code)} / {len(code)} "
+            f"| {sum(s.agrees for s in data)} / {len(data)} | {exact} / {len(mine)} "
+            f"| {tp:,} / {fp} / {fn} |"
+        )
+    tp = sum(s.true_positives for s in scores)
+    fp = sum(len(s.false_positives) for s in scores)
+    fn = sum(len(s.false_negatives) for s in scores)
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    exact = sum(1 for s in scores if not s.false_positives and not s.false_negatives)
+    lines += [
+        "",
+        f"Over all {len(scores)} pairs: precision {precision:.3f}, recall {recall:.3f} "
+        f"({tp:,} of {tp + fn:,}), {exact} of {len(scores)} modified sets exact; "
+        f"{sum(s.agrees for s in scores)} of {len(scores)} pairs end as their kind says "
+        "(a code-only pair packaged and proven, a data pair refused for hazards only).",
+    ]
+    differing = [s for s in scores if s.false_positives or s.false_negatives or not s.agrees]
+    if differing:
+        lines += [
+            "",
+            "Where hpatch and the truth differ (each explained in [cves.md](cves.md)):",
+            "",
+        ]
+        for s in differing:
+            what = [f"extra {name}" for name in s.false_positives]
+            what += [f"missing {name}" for name in s.false_negatives]
+            if not s.agrees:
+                what.append(s.result.verdict)
+            lines.append(f"- {s.result.pair} ({s.kind}): " + "; ".join(what))
+    return lines
+
+
 def markdown(
-    sections: list[tuple[str, str, list[PairResult]]], inputs: int, command: str, minutes: float
+    sections: list[tuple[str, str, list[PairResult]]],
+    inputs: int,
+    command: str,
+    minutes: float,
+    cves: list[CveScore] | None = None,
 ) -> str:
     today = datetime.date.today().isoformat()
     lines = [
         "# Real-world pairs",
         "",
         "funcs, diff, package, verify on consecutive releases of Windows binaries from",
-        "public wheels (C extensions and the DLLs they ship), x64 and ARM64. Real",
-        "security fixes with ground truth, the CVE corpus, are scored in [cves.md](cves.md).",
+        "public wheels (C extensions and the DLLs they ship), x64 and ARM64, and on the",
+        "CVE corpus of real security fixes with ground truth (first; [cves.md](cves.md)",
+        "says what it is and explains each disagreement).",
         "",
         f"Command: `{command}` (recorded {today}, {platform.machine()}, Python "
         f"{platform.python_version()}, {BACKEND} core; {inputs} input sets per function; "
@@ -338,6 +464,21 @@ def markdown(
         "",
         "![package size against bsdiff4 and zstd per pair](realworld.svg)",
     ]
+    if cves:
+        lines += [
+            "",
+            "## The CVE corpus",
+            "",
+            "Real security fixes: Debian's patches to sqlite3, libwebp, libpng, nghttp2 and "
+            "cJSON built as DLLs in four builds by `../shared/cves/build.sh`, with a "
+            "symbol-aware ground truth per pair (hpatch gets the stripped DLLs). Each pair "
+            "runs as the public pairs below do (diff, package, translation validation, "
+            "differential emulation, as `hpatch diff -o` proves a package), and its modified "
+            "set is compared with the truth. `make cves` builds the corpus and holds hpatch "
+            "to it (tests/cves).",
+            "",
+            *_cve_section(cves),
+        ]
     every = []
     for title, description, results in sections:
         lines += ["", f"## {title}", "", description, "", *_table(results)]
@@ -452,6 +593,7 @@ def main() -> None:
     parser.add_argument(
         "--extra", type=Path, help="a corpus fetched from bench/realworld-pairs.tsv"
     )
+    parser.add_argument("--cves", type=Path, help="the CVE corpus ../shared/cves/build.sh built")
     arguments = parser.parse_args()
     groups = [
         (
@@ -495,11 +637,14 @@ def main() -> None:
         sections.append((title, description, results))
     if not any(results for _, _, results in sections):
         sys.exit("no real-world pairs: run ../shared/corpus/fetch.sh (make corpus)")
+    cves = None
+    if arguments.cves is not None:
+        cves = score_cves(arguments.cves, arguments.inputs, arguments.only)
     command = "make realworld"
     minutes = (time.perf_counter() - begun) / 60
     print(f"{minutes:.1f} minutes", flush=True)
     if arguments.markdown:
-        arguments.markdown.write_text(markdown(sections, arguments.inputs, command, minutes))
+        arguments.markdown.write_text(markdown(sections, arguments.inputs, command, minutes, cves))
     if arguments.svg:
         arguments.svg.write_text(svg([r for _, _, results in sections for r in results]))
 
