@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterable, Sequence
 
@@ -24,6 +25,7 @@ from hpatch.errors import ImageFormatError
 
 #: Base registers whose displacements are stack slots, not structure fields.
 _FRAME_REGISTERS = frozenset((arm64_const.ARM64_REG_SP, arm64_const.ARM64_REG_X29))
+_ADDRESS = re.compile(r"#0x[0-9a-f]+$")
 #: Instructions whose immediate is an address relative to the instruction.
 _PC_RELATIVE = frozenset(
     ("adr", "adrp", "bl", "b", "cbz", "cbnz", "tbz", "tbnz", "ldr", "ldrsw", "prfm")
@@ -137,6 +139,15 @@ class Arm64(Arch):
         self._cs_lite = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
         self._cs_detail = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
         self._cs_detail.detail = True
+
+    def instruction_texts(self, code: bytes, code_rva: int) -> list[tuple[int, int, str]]:
+        texts = []
+        for address, size, mnemonic, operands in self._cs_lite.disasm_lite(code, code_rva):
+            # Addresses that only follow the code's own placement are left out.
+            if mnemonic in _PC_RELATIVE or mnemonic.startswith("b."):
+                operands = _ADDRESS.sub("target", operands)
+            texts.append((address - code_rva, size, f"{mnemonic} {operands}"))
+        return texts
 
     def field_offsets(self, code: bytes, code_rva: int) -> list[tuple[str, tuple[int, ...]]]:
         found = []

@@ -174,6 +174,11 @@ class Arch(ABC):
         field offsets differ by one shift read a structure whose layout changed."""
         return []
 
+    def instruction_texts(self, code: bytes, code_rva: int) -> list[tuple[int, int, str]]:
+        """(offset in ``code``, size, text) of each instruction: a cheap first look before
+        field_offsets, which then decodes only the instructions whose text differs."""
+        return []
+
     def access_size(self, read: ReadRva, site_rva: int) -> int | None:
         """Bytes the memory operand of the instruction at ``site_rva`` loads or stores,
         or None when it does not access memory there (an address taken) or the machine

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterable, Sequence
 
@@ -23,6 +24,9 @@ from hpatch.arch.rewrite import Fixup, Redirect
 from hpatch.arch.x64_relocate import x64_code_fixups
 from hpatch.errors import ImageFormatError
 
+#: Mnemonics whose immediate operand is a code address.
+_BRANCHES = ("j", "call", "loop")
+_RIP_DISPLACEMENT = re.compile(r"rip [+-] 0x[0-9a-f]+")
 #: Base registers whose displacements are stack slots, not structure fields.
 _FRAME_REGISTERS = frozenset((x86_const.X86_REG_RSP, x86_const.X86_REG_RBP))
 
@@ -151,6 +155,17 @@ class X64(Arch):
         return NormalisedCode.from_core(
             core.normalise_x64(code, code_rva, own_range[0], own_range[1], relocated, image_base)
         )
+
+    def instruction_texts(self, code: bytes, code_rva: int) -> list[tuple[int, int, str]]:
+        texts = []
+        for address, size, mnemonic, operands in self._cs_lite.disasm_lite(code, code_rva):
+            # Addresses that only follow the code's own placement are left out.
+            if mnemonic.startswith(_BRANCHES):
+                operands = "target" if operands.startswith("0x") else operands
+            elif "rip" in operands:
+                operands = _RIP_DISPLACEMENT.sub("rip", operands)
+            texts.append((address - code_rva, size, f"{mnemonic} {operands}"))
+        return texts
 
     def field_offsets(self, code: bytes, code_rva: int) -> list[tuple[str, tuple[int, ...]]]:
         found = []

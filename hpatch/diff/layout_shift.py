@@ -38,9 +38,25 @@ def _only_shift(old: PEImage, new: PEImage, change: FunctionChange) -> tuple[int
     assert change.old is not None and change.new is not None
     if max(change.old.size, change.new.size) > _MAX_FUNCTION:
         return None
-    a = old.arch.field_offsets(old.read(change.old.rva, change.old.size), change.old.rva)
-    b = new.arch.field_offsets(new.read(change.new.rva, change.new.size), change.new.rva)
-    if not a or len(a) != len(b):
+    old_code = old.read(change.old.rva, change.old.size)
+    new_code = new.read(change.new.rva, change.new.size)
+    old_texts = old.arch.instruction_texts(old_code, change.old.rva)
+    new_texts = new.arch.instruction_texts(new_code, change.new.rva)
+    if not old_texts or len(old_texts) != len(new_texts):
+        return None
+    a: list[tuple[str, tuple[int, ...]]] = []
+    b: list[tuple[str, tuple[int, ...]]] = []
+    # Only the instructions whose text differs are decoded in detail.
+    for (old_at, old_size, old_text), (new_at, new_size, new_text) in zip(
+        old_texts, new_texts, strict=True
+    ):
+        if old_text == new_text:
+            continue
+        if old_text.split(" ", 1)[0] != new_text.split(" ", 1)[0]:
+            return None
+        a += old.arch.field_offsets(old_code[old_at : old_at + old_size], change.old.rva + old_at)
+        b += new.arch.field_offsets(new_code[new_at : new_at + new_size], change.new.rva + new_at)
+    if len(a) != len(b):
         return None
     shifts: set[int] = set()
     lowest: int | None = None
@@ -69,6 +85,8 @@ def layout_shifts(
     for change in changes:
         if change.status != Status.MODIFIED or change.old is None or change.new is None:
             continue
+        if change.differing_references is not None or change.reason != "code differs":
+            continue  # the same code, naming something else: no offset moved
         found = _only_shift(old, new, change)
         if found is not None:
             groups[found[0]].append((found[1], change))
