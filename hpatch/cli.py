@@ -46,6 +46,7 @@ from hpatch.text import json_text, markup, path_text, plain
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_NOT_HOTPATCHABLE = 3
+EXIT_REFUSED = 6
 MAX_SEQUENCE = 0xFFFFFFFF
 
 
@@ -316,7 +317,7 @@ def keygen(key_path: str) -> None:
 
 
 @cli.command()
-@click.argument("package_path", metavar="PKG", type=click.Path(dir_okay=False))
+@click.argument("package_path", metavar="PKG", required=False, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of tables.")
 @click.option(
     "--trust",
@@ -325,8 +326,23 @@ def keygen(key_path: str) -> None:
     type=click.Path(),
     help="A public key, or a directory of *.pub keys, to check the signature against.",
 )
-def inspect(package_path: str, as_json: bool, trust: tuple[str, ...]) -> None:
+@click.option(
+    "--release",
+    "release_dir",
+    type=click.Path(file_okay=False),
+    help="Instead of PKG: check the release written to this directory by hpatch release "
+    "(the manifest's signature with --trust, every package's SHA-256); exit 6 if one fails.",
+)
+def inspect(
+    package_path: str | None, as_json: bool, trust: tuple[str, ...], release_dir: str | None
+) -> None:
     """Show what a hotpatch package holds; works without the target image."""
+    if (package_path is None) == (release_dir is None):
+        raise click.UsageError("give either PKG or --release OUT_DIR")
+    if release_dir is not None:
+        _inspect_release(release_dir, as_json, trust)
+        return
+    assert package_path is not None
     data = read_package_file(package_path)
     package = decode_package(data)
     check = TrustStore.from_paths(list(trust)).check(package) if trust else None
@@ -480,6 +496,175 @@ def _print_diff(document: dict[str, Any]) -> None:
         console.print(f"[bold red]not hotpatchable[/bold red]: {verdict}", highlight=False)
     else:
         console.print("[bold green]hotpatchable[/bold green]")
+
+
+@cli.command()
+@click.argument("old_dir", metavar="OLD_DIR", type=click.Path(file_okay=False))
+@click.argument("new_dir", metavar="NEW_DIR", type=click.Path(file_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The directory for packages/, release.json, release.json.sig and timings.json.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest instead of a table.")
+@click.option(
+    "--force", is_flag=True, help="Replace the outputs of an earlier run (never an input)."
+)
+@click.option(
+    "--sequence",
+    type=click.IntRange(1, MAX_SEQUENCE),
+    default=1,
+    show_default=True,
+    help="Every package's place in its baseline's servicing line.",
+)
+@click.option(
+    "--supersedes",
+    callback=_supersedes,
+    metavar="FIRST-LAST",
+    help="Sequence numbers of the earlier packages each package replaces.",
+)
+@click.option("--description", default="", help="A human description of the release.")
+@click.option("--advisory", default="", help="An advisory id, such as a CVE.")
+@click.option(
+    "--sign-key",
+    type=click.Path(dir_okay=False),
+    help="Sign every package and the manifest with this Ed25519 private key.",
+)
+@click.option(
+    "--inputs",
+    type=click.IntRange(1, 100_000),
+    default=100,
+    show_default=True,
+    help="Random input sets each changed function is emulated with.",
+)
+@click.option(
+    "--no-emulate",
+    is_flag=True,
+    help="Prove packages by translation validation only (no differential emulation).",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Worker processes  [default: the CPU count]",
+)
+def release(
+    old_dir: str,
+    new_dir: str,
+    out_dir: str,
+    as_json: bool,
+    force: bool,
+    sequence: int,
+    supersedes: tuple[int, int] | None,
+    description: str,
+    advisory: str,
+    sign_key: str | None,
+    inputs: int,
+    no_emulate: bool,
+    jobs: int | None,
+) -> None:
+    """Service a whole release: every PE file of OLD_DIR and NEW_DIR, paired by path.
+
+    Each changed binary is diffed, and packaged and proven as ``hpatch diff -o`` does
+    when it is hotpatchable. Writes OUT_DIR/packages/<path>.hpk and the manifest
+    OUT_DIR/release.json (signed beside it with --sign-key). Exit 0 when every binary
+    was handled, whatever its verdict; 1 if any is an error.
+    """
+    from hpatch.release import Settings, default_jobs, run_release
+
+    if supersedes is not None and supersedes[1] >= sequence:
+        raise click.BadParameter(
+            f"package {sequence} can supersede only earlier packages (below {sequence})",
+            param_hint="'--supersedes'",
+        )
+    key = load_private_key(sign_key) if sign_key is not None else None
+    settings = Settings(
+        BuildOptions(sequence, supersedes, description, advisory), inputs, not no_emulate
+    )
+
+    def finished(pair: Any, outcome: Any) -> None:
+        # One plain line per binary on stderr: stdout stays the report or the document.
+        click.echo(f"hpatch: release: {plain(pair.path)}: {outcome.entry['status']}", err=True)
+
+    result = run_release(
+        old_dir,
+        new_dir,
+        out_dir,
+        settings,
+        jobs=jobs or default_jobs(),
+        key=key,
+        force=force,
+        finished=finished,
+    )
+    if as_json:
+        _print_json(result.document)
+    else:
+        _print_release(result.document, result.manifest_path)
+    if result.failed:
+        raise click.exceptions.Exit(EXIT_ERROR)
+
+
+def _print_release(document: dict[str, Any], manifest_path: str) -> None:
+    console = _console()
+    table = Table(title=f"{len(document['binaries'])} binaries", title_justify="left")
+    for column in ("path", "status", "machine", "changed", "package / first blocker / error"):
+        table.add_column(column)
+    for binary in document["binaries"]:
+        functions = binary["functions"]
+        changed = (
+            str(functions["modified"] + functions["added"] + functions["removed"])
+            if functions
+            else ""
+        )
+        if binary["package"]:
+            detail = f"{binary['package']['file']} ({binary['package']['size']} bytes)"
+        elif binary["blockers"]:
+            first = binary["blockers"][0]
+            more = len(binary["blockers"]) - 1
+            detail = f"{first['class']} {first['cause']}: {first['where']}" + (
+                f" (+{more} more)" if more else ""
+            )
+        else:
+            detail = binary["error"] or ""
+        table.add_row(
+            markup(binary["path"]),
+            binary["status"],
+            binary["machine"] or "",
+            changed,
+            markup(detail),
+        )
+    console.print(table)
+    console.print(
+        ", ".join(f"{count} {status}" for status, count in document["summary"].items())
+        + f"; manifest written to {markup(path_text(manifest_path))}"
+    )
+
+
+def _inspect_release(release_dir: str, as_json: bool, trust: tuple[str, ...]) -> None:
+    from hpatch.release import check_release
+
+    check = check_release(release_dir, TrustStore.from_paths(list(trust)) if trust else None)
+    if as_json:
+        _print_json(check.as_dict())
+    else:
+        console = _console()
+        signature = check.signature.value if check.signature is not None else "not checked"
+        console.print(
+            f"[bold]release manifest[/bold] sha256 {check.manifest_sha256}\n"
+            f"signature: {signature}" + (f" (key {check.key_id})" if check.key_id else "")
+        )
+        for package in check.packages:
+            console.print(
+                f"{package.result:8} {markup(package.file)}"
+                + (f": {markup(package.detail)}" if package.detail else "")
+            )
+        verdict = "[bold green]ok[/bold green]" if check.ok else "[bold red]refused[/bold red]"
+        console.print(f"{len(check.packages)} packages: {verdict}", highlight=False)
+    if not check.ok:
+        raise click.exceptions.Exit(EXIT_REFUSED)
 
 
 cli.add_command(apply_command)

@@ -1,0 +1,184 @@
+"""Servicing every pair of a release: one task per pair, on a local process pool.
+
+A task reads its two files, diffs them and builds and proves the package as
+``hpatch diff -o`` does; it returns plain data (the manifest entry, the unsigned
+package, its timings) and writes nothing. The caller signs, encodes and writes, so
+every executor gives the same outputs, in the order of the paths, whatever the order
+tasks finish in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpatch.cli_inputs import read_image
+from hpatch.errors import HPatchError
+from hpatch.files import MAX_IMAGE_FILE, read_input
+from hpatch.package import BuildOptions, PackageBlocked
+from hpatch.package.model import Package
+from hpatch.release.pairing import Pair
+from hpatch.text import plain
+
+
+class Status:
+    """The status of a binary in a release (the manifest's ``status`` values)."""
+
+    UNCHANGED = "unchanged"
+    PACKAGED = "packaged"
+    BLOCKED = "blocked"
+    ERROR = "error"
+    ADDED = "added"
+    REMOVED = "removed"
+    ALL = (UNCHANGED, PACKAGED, BLOCKED, ERROR, ADDED, REMOVED)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What every task of a run shares: the servicing fields and how to prove."""
+
+    options: BuildOptions
+    inputs: int = 100
+    emulate: bool = True
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a task found for one pair: its manifest entry (without the package's
+    digest, which exists only once the caller has signed and encoded it), the unsigned
+    package when there is one, and seconds per stage (kept out of the manifest)."""
+
+    entry: dict[str, Any]
+    package: Package | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def new_entry(path: str, status: str, machine: str | None = None) -> dict[str, Any]:
+    """A manifest entry: every key always present, null where it does not apply."""
+    return {
+        "path": path,
+        "status": status,
+        "machine": machine,
+        "old_sha256": None,
+        "new_sha256": None,
+        "identical": None,
+        "functions": None,
+        "package": None,
+        "blockers": [],
+        "error": None,
+    }
+
+
+def service_pair(pair: Pair, settings: Settings) -> Outcome:
+    """Handle one pair; never raises for a bad input: the error becomes the entry."""
+    if pair.error is not None:
+        return Outcome(new_entry(pair.path, Status.ERROR) | {"error": pair.error})
+    try:
+        return _service(pair, settings)
+    except HPatchError as exc:
+        message = plain(exc)
+    except Exception as exc:  # a bug, not bad input: recorded, and the run goes on
+        message = f"internal error: {type(exc).__name__}: {plain(exc)}"
+    side = pair.new or pair.old
+    machine = side.machine if side is not None else None
+    return Outcome(new_entry(pair.path, Status.ERROR, machine) | {"error": message})
+
+
+def _service(pair: Pair, settings: Settings) -> Outcome:
+    from hpatch.diff import Status as Change
+    from hpatch.diff import diff_images
+    from hpatch.report import blocker_dict
+
+    old, new = pair.old, pair.new
+    if old is None or new is None:
+        only = new or old
+        assert only is not None
+        status = Status.ADDED if old is None else Status.REMOVED
+        entry = new_entry(pair.path, status, only.machine)
+        digest = hashlib.sha256(read_input(only.location, MAX_IMAGE_FILE, "PE image"))
+        entry["new_sha256" if old is None else "old_sha256"] = digest.hexdigest()
+        return Outcome(entry)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    old_bytes = read_input(old.location, MAX_IMAGE_FILE, "PE image")
+    new_bytes = read_input(new.location, MAX_IMAGE_FILE, "PE image")
+    entry = new_entry(pair.path, Status.UNCHANGED, new.machine)
+    entry["old_sha256"] = hashlib.sha256(old_bytes).hexdigest()
+    entry["new_sha256"] = hashlib.sha256(new_bytes).hexdigest()
+    if old_bytes == new_bytes:
+        entry["identical"] = True
+        timings["read"] = time.perf_counter() - started
+        return Outcome(entry, None, timings)
+    del old_bytes, new_bytes  # the images are read again through the one parser
+    old_image, new_image = read_image(old.location), read_image(new.location)
+    timings["read"] = time.perf_counter() - started
+    started = time.perf_counter()
+    result = diff_images(old_image, new_image)
+    timings["diff"] = time.perf_counter() - started
+    entry["identical"] = False
+    entry["functions"] = result.summary()
+    if not result.hotpatchable:
+        entry["status"] = Status.BLOCKED
+        entry["blockers"] = [blocker_dict(b) for b in result.blockers]
+        return Outcome(entry, None, timings)
+    if not (result.with_status(Change.MODIFIED) or result.with_status(Change.ADDED)):
+        return Outcome(entry, None, timings)  # bytes differ, no function does
+    # Proving runs the emulator: imported only by the tasks that need it.
+    from hpatch.verify import build_verified_package
+
+    started = time.perf_counter()
+    try:
+        package, _ = build_verified_package(
+            result,
+            settings.options,
+            validate=True,
+            inputs=settings.inputs if settings.emulate else 0,
+        )
+    except PackageBlocked as blocked:
+        entry["status"] = Status.BLOCKED
+        entry["blockers"] = [blocker_dict(b) for b in blocked.blockers]
+        return Outcome(entry, None, timings)
+    finally:
+        timings["build"] = time.perf_counter() - started
+    entry["status"] = Status.PACKAGED
+    return Outcome(entry, package, timings)
+
+
+def run_pairs(
+    pairs: list[Pair],
+    settings: Settings,
+    jobs: int,
+    finished: Callable[[int, Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Service every pair on a pool of ``jobs`` processes; the outcomes in the order of
+    ``pairs``. ``finished(index, outcome)`` is called as each task ends. A worker that
+    dies (a crash in a native library) makes its tasks errors, not the run's end."""
+    outcomes: list[Outcome | None] = [None] * len(pairs)
+    if not pairs:
+        return []
+    with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(pairs)))) as pool:
+        futures: dict[Future[Outcome], int] = {
+            pool.submit(service_pair, pair, settings): index for index, pair in enumerate(pairs)
+        }
+        for future in as_completed(futures):
+            index = futures[future]
+            try:
+                outcome = future.result()
+            except Exception as exc:  # the worker process died, or a result would not pickle
+                pair = pairs[index]
+                message = f"the worker servicing it failed: {type(exc).__name__}: {plain(exc)}"
+                outcome = Outcome(new_entry(pair.path, Status.ERROR) | {"error": message})
+            outcomes[index] = outcome
+            if finished is not None:
+                finished(index, outcome)
+    return [o for o in outcomes if o is not None]
+
+
+def default_jobs() -> int:
+    """The CPU count, as the local executor's default."""
+    return os.cpu_count() or 1
