@@ -89,10 +89,6 @@ class _Discovery:
         #: (start, end) -> sites of the references a linear decode of the range finds.
         self.decoded: dict[tuple[int, int], set[int]] = {}
         exact, self.names = exact_starts(image)
-        #: RVA -> evidence mask of the starts the image states outright; masks, not the
-        #: set per start exact_starts gives (200 bytes each: 200 MB for a million exports)
-        self.exact: dict[int, int] = {rva: _mask(sources) for rva, sources in exact.items()}
-        del exact
         self.iat_slots = {i.iat_rva: i for i in image.imports}
         self.thunk_names: dict[int, str] = {}
         #: .pdata start -> the entry before it that runs into it (see leaves_in_gap).
@@ -132,11 +128,14 @@ class _Discovery:
         #: the sites again, ordered by target, and their targets, for lookups by bisection.
         self.by_target = sorted(self.sites, key=itemgetter(1))
         self.target_keys = [site[1] for site in self.by_target]
-        self.primaries, self.fragments = pdata_functions(image, self.sites, self.referenced)
-        #: RVA -> evidence mask of the exact starts and the relocated pointers.
+        #: RVA -> evidence mask of the exact starts and the relocated pointers: masks, and
+        #: the one map of them kept, not the set per start exact_starts gives (200 bytes
+        #: each: 200 MB for a million exports).
         self.static_evidence: dict[int, int] = dict.fromkeys(self.pointers, _BIT[Evidence.RELOC])
-        for rva, mask in self.exact.items():
-            self.static_evidence[rva] = self.static_evidence.get(rva, 0) | mask
+        for rva, sources in exact.items():
+            self.static_evidence[rva] = self.static_evidence.get(rva, 0) | _mask(sources)
+        del exact
+        self.primaries, self.fragments = pdata_functions(image, self.sites, self.referenced)
         self.pdata_ranges = self.covered({})
         self.pdata_starts_by_end = {end: start for start, end in self.primaries.items()}
         self.pdata_starts_by_end.update(
@@ -150,7 +149,7 @@ class _Discovery:
 
     def referenced(self) -> set[int]:
         """RVAs with evidence other than conditional jumps (asked only for frameless entries)."""
-        found = set(self.exact) | set(self.pointers)
+        found = set(self.static_evidence)  # the exact starts and the relocated pointers
         found.update(target for _, target, kind in self.sites if kind != _COND_JUMP)
         return found
 
@@ -494,6 +493,19 @@ class _Discovery:
         return bool(mask & _FOREIGN)
 
     def run(self) -> tuple[Function, ...]:
+        leaves = self.find_leaves()
+        # What only the rounds needed is freed before build's peak: a million entries
+        # made every map of them count.
+        self.extents.clear()
+        self.pre_entries = {p: e for p, e in self.pre_entries.items() if leaves.get(e) == p}
+        starts = list(self.primaries) + list(leaves)
+        evidence = self.evidence_for(self.incoming(starts), self.covered(leaves))
+        self.static_evidence = {}  # in ``evidence`` now, and asked for no more
+        return self.build(leaves, evidence)
+
+    def find_leaves(self) -> dict[int, int]:
+        """Functions without unwind data (start -> end), found in rounds until the
+        evidence they give finds no more."""
         pdata = self.pdata_ranges
         gaps = self.gaps(pdata)
         # Only references into the gaps can reveal new functions; check them each round.
@@ -530,12 +542,7 @@ class _Discovery:
             if found == leaves:
                 break
             leaves = found
-        # The rounds' caches are not needed to build: freed before its peak.
-        gap_results.clear()
-        self.extents.clear()
-        self.pre_entries = {p: e for p, e in self.pre_entries.items() if leaves.get(e) == p}
-        starts = list(self.primaries) + list(leaves)
-        return self.build(leaves, self.evidence_for(self.incoming(starts), self.covered(leaves)))
+        return leaves
 
     def inline_data(
         self, start: int, end: int
