@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,33 +150,67 @@ def _service(pair: Pair, settings: Settings) -> Outcome:
     return Outcome(entry, package, timings)
 
 
-def run_pairs(
+Task = Callable[[Pair, Settings], Outcome]
+
+
+def _failed(pair: Pair, exc: BaseException) -> Outcome:
+    message = f"the worker servicing it failed: {type(exc).__name__}: {plain(exc)}"
+    return Outcome(new_entry(pair.path, Status.ERROR) | {"error": message})
+
+
+def _pool(
+    indices: list[int],
     pairs: list[Pair],
     settings: Settings,
     jobs: int,
-    finished: Callable[[int, Outcome], None] | None = None,
-) -> list[Outcome]:
-    """Service every pair on a pool of ``jobs`` processes; the outcomes in the order of
-    ``pairs``. ``finished(index, outcome)`` is called as each task ends. A worker that
-    dies (a crash in a native library) makes its tasks errors, not the run's end."""
-    outcomes: list[Outcome | None] = [None] * len(pairs)
-    if not pairs:
-        return []
-    with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(pairs)))) as pool:
+    task: Task,
+    done: Callable[[int, Outcome], None],
+) -> list[int]:
+    """Run ``indices`` on one pool; the indices lost because a worker process died."""
+    lost = []
+    with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(indices)))) as pool:
         futures: dict[Future[Outcome], int] = {
-            pool.submit(service_pair, pair, settings): index for index, pair in enumerate(pairs)
+            pool.submit(task, pairs[index], settings): index for index in indices
         }
         for future in as_completed(futures):
             index = futures[future]
             try:
                 outcome = future.result()
-            except Exception as exc:  # the worker process died, or a result would not pickle
-                pair = pairs[index]
-                message = f"the worker servicing it failed: {type(exc).__name__}: {plain(exc)}"
-                outcome = Outcome(new_entry(pair.path, Status.ERROR) | {"error": message})
-            outcomes[index] = outcome
-            if finished is not None:
-                finished(index, outcome)
+            except BrokenProcessPool:
+                lost.append(index)
+                continue
+            except Exception as exc:  # a result or an argument that would not pickle
+                outcome = _failed(pairs[index], exc)
+            done(index, outcome)
+    return sorted(lost)
+
+
+def run_pairs(
+    pairs: list[Pair],
+    settings: Settings,
+    jobs: int,
+    finished: Callable[[int, Outcome], None] | None = None,
+    task: Task = service_pair,
+) -> list[Outcome]:
+    """Service every pair on a pool of ``jobs`` processes (``task`` does one pair); the
+    outcomes in the order of ``pairs``. ``finished(index, outcome)`` is called as each
+    task ends.
+
+    A worker process that dies (a crash in a native library) breaks its pool and every
+    task still in it: those tasks run again, each alone in a fresh process, so only the
+    pair that kills its worker becomes an error, not the run or its neighbours.
+    """
+    outcomes: list[Outcome | None] = [None] * len(pairs)
+
+    def done(index: int, outcome: Outcome) -> None:
+        outcomes[index] = outcome
+        if finished is not None:
+            finished(index, outcome)
+
+    lost = _pool(list(range(len(pairs))), pairs, settings, jobs, task, done) if pairs else []
+    for index in lost:
+        if _pool([index], pairs, settings, 1, task, done):
+            done(index, _failed(pairs[index], BrokenProcessPool("the worker process died")))
     return [o for o in outcomes if o is not None]
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from hpatch.cli import main
+from hpatch.package import BuildOptions
 from hpatch.package.signing import generate_key
-from hpatch.release import RELEASE_SCHEMA, pair_trees
+from hpatch.release import RELEASE_SCHEMA, Outcome, Pair, Settings, pair_trees, service_pair
+from hpatch.release.run import run_pairs
 
 from ..conftest import SAMPLES
 
@@ -302,3 +305,34 @@ def test_inspect_release_checks_signature_and_digests(
 def test_inspect_needs_a_package_or_a_release(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "inspect")
     assert code == 2 and "--release" in err
+
+
+def crash_on_broken(pair: Pair, settings: Settings) -> Outcome:
+    """A task whose worker process dies on one pair, as a crash in native code would."""
+    if pair.path == "broken.dll":
+        os._exit(70)
+    return service_pair(pair, settings)
+
+
+def test_a_dying_worker_costs_only_its_pair(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    for tree in (old, new):
+        _copy("x64-gcc", "v1", tree / "same.dll")
+        _copy("x64-gcc", "v1", tree / "same2.dll")
+    _copy("x64-gcc", "v1", old / "broken.dll")
+    _copy("x64-gcc", "v2", new / "broken.dll")
+    _copy("x64-gcc", "v2", old / "gone.dll")
+    _copy("x64-gcc", "v3", new / "fresh.dll")
+    pairs = pair_trees(str(old), str(new))
+    settings = Settings(BuildOptions(1, None, "", ""), emulate=False)
+    outcomes = run_pairs(pairs, settings, 2, task=crash_on_broken)
+    statuses = {p.path: o.entry["status"] for p, o in zip(pairs, outcomes, strict=True)}
+    assert statuses == {
+        "broken.dll": "error",
+        "fresh.dll": "added",
+        "gone.dll": "removed",
+        "same.dll": "unchanged",
+        "same2.dll": "unchanged",
+    }
+    broken = outcomes[[p.path for p in pairs].index("broken.dll")]
+    assert "worker" in broken.entry["error"]
