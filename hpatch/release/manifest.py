@@ -137,11 +137,12 @@ def _check_signature(
 
 def _safe_relative(file: object) -> str | None:
     """``file`` if it is a plain relative path below OUT_DIR, else None."""
-    if not isinstance(file, str) or not file or file.startswith("/") or "\\" in file:
+    if not isinstance(file, str) or not file:
         return None
-    parts = file.split("/")
-    if any(part in ("", ".", "..") for part in parts) or ":" in parts[0]:
-        return None
+    if any(part in ("", ".", "..") for part in file.split("/")):
+        return None  # absolute, or a step out of OUT_DIR
+    if os.name == "nt" and any(c in file for c in "\\:"):
+        return None  # Windows reads these as separators and drives; elsewhere, names
     return file
 
 

@@ -336,3 +336,19 @@ def test_a_dying_worker_costs_only_its_pair(tmp_path: Path) -> None:
     }
     broken = outcomes[[p.path for p in pairs].index("broken.dll")]
     assert "worker" in broken.entry["error"]
+
+
+def test_inspect_release_refuses_paths_out_of_the_release(
+    capsys: pytest.CaptureFixture[str], first_run: tuple[Path, int], tmp_path: Path
+) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(first_run[0], out)
+    (tmp_path / "outside.hpk").write_bytes(b"")
+    document = json.loads((out / "release.json").read_text())
+    packaged = [b for b in document["binaries"] if b["package"]]
+    packaged[0]["package"]["file"] = "../outside.hpk"
+    packaged[1]["package"]["file"] = str(tmp_path / "outside.hpk")
+    (out / "release.json").write_text(json.dumps(document))
+    code, printed, _ = run(capsys, "inspect", "--release", str(out), "--json")
+    assert code == 6
+    assert [p["result"] for p in json.loads(printed)["packages"]] == ["refused", "refused"]
