@@ -549,7 +549,7 @@ def _print_diff(document: dict[str, Any]) -> None:
     "--jobs",
     type=click.IntRange(1, 1024),
     default=None,
-    help="Worker processes  [default: the CPU count]",
+    help="Worker processes, each servicing one pair at a time  [default: the CPU count]",
 )
 def release(
     old_dir: str,
@@ -598,6 +598,7 @@ def release(
         key=key,
         force=force,
         finished=finished,
+        protected=[sign_key] if sign_key is not None else [],
     )
     if as_json:
         _print_json(result.document)

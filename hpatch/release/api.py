@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,10 +88,12 @@ def run_release(
     key: Ed25519PrivateKey | None = None,
     force: bool = False,
     finished: Callable[[Pair, Outcome], None] | None = None,
+    protected: Sequence[str] = (),
 ) -> ReleaseResult:
     """Service every PE file of ``old_dir`` and ``new_dir`` (see the package docstring)
     and write ``out_dir``: packages, ``release.json`` (signed with ``key`` when given)
-    and ``timings.json``. Raises HPatchError only for the run as a whole (a tree that
+    and ``timings.json``. No output replaces an input, nor a file of ``protected``
+    (the signing key). Raises HPatchError only for the run as a whole (a tree that
     is not a directory, an output that may not be written); a bad binary is an entry."""
     for name, tree in (("OLD_DIR", old_dir), ("NEW_DIR", new_dir)):
         if _inside(out_dir, tree):
@@ -100,7 +102,7 @@ def run_release(
                 f"{path_text(tree)}, which the release reads"
             )
     pairs = pair_trees(old_dir, new_dir)
-    inputs = [location for pair in pairs for location in _locations(pair)]
+    inputs = [*protected, *(location for pair in pairs for location in _locations(pair))]
     if os.path.lexists(out_dir) and not stat.S_ISDIR(os.lstat(out_dir).st_mode):
         raise FileRefused(f"{path_text(out_dir)} is not a directory")
     _check_outputs(out_dir, pairs, inputs, force)
@@ -117,7 +119,7 @@ def run_release(
             package = outcome.package if key is None else sign_package(outcome.package, key)
             data = encode_package(package)
             file = package_file(pair.path)
-            _write(_output_path(out_dir, file), data, _locations(pair), force)
+            _write(_output_path(out_dir, file), data, [*protected, *_locations(pair)], force)
             entry["package"] = {
                 "file": file,
                 "sha256": hashlib.sha256(data).hexdigest(),

@@ -352,3 +352,27 @@ def test_inspect_release_refuses_paths_out_of_the_release(
     code, printed, _ = run(capsys, "inspect", "--release", str(out), "--json")
     assert code == 6
     assert [p["result"] for p in json.loads(printed)["packages"]] == ["refused", "refused"]
+
+
+def test_release_never_writes_over_the_signing_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    old, new, out = tmp_path / "old", tmp_path / "new", tmp_path / "out"
+    for tree in (old, new):
+        _copy("x64-gcc", "v1", tree / "same.dll")
+    out.mkdir()
+    generate_key(out / "release.json")  # the key where the manifest would go
+    key = (out / "release.json").read_bytes()
+    code, _, err = run(
+        capsys,
+        "release",
+        str(old),
+        str(new),
+        "-o",
+        str(out),
+        "--sign-key",
+        str(out / "release.json"),
+        "--force",
+    )
+    assert code == 1 and "it is the input" in err
+    assert (out / "release.json").read_bytes() == key
