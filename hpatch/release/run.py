@@ -18,13 +18,12 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
-from hpatch.cli_inputs import read_image
 from hpatch.errors import HPatchError
 from hpatch.files import MAX_IMAGE_FILE, read_input
 from hpatch.package import BuildOptions, PackageBlocked
 from hpatch.package.model import Package
 from hpatch.release.pairing import Pair
-from hpatch.text import plain
+from hpatch.text import file_name, plain
 
 
 class Status:
@@ -93,6 +92,7 @@ def service_pair(pair: Pair, settings: Settings) -> Outcome:
 def _service(pair: Pair, settings: Settings) -> Outcome:
     from hpatch.diff import Status as Change
     from hpatch.diff import diff_images
+    from hpatch.image import load_image
     from hpatch.report import blocker_dict
 
     old, new = pair.old, pair.new
@@ -115,8 +115,9 @@ def _service(pair: Pair, settings: Settings) -> Outcome:
         entry["identical"] = True
         timings["read"] = time.perf_counter() - started
         return Outcome(entry, None, timings)
-    del old_bytes, new_bytes  # the images are read again through the one parser
-    old_image, new_image = read_image(old.location), read_image(new.location)
+    # Parsed from the bytes just hashed: the digests name exactly what was diffed.
+    old_image = load_image(old_bytes, name=file_name(old.location))
+    new_image = load_image(new_bytes, name=file_name(new.location))
     timings["read"] = time.perf_counter() - started
     started = time.perf_counter()
     result = diff_images(old_image, new_image)
