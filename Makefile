@@ -38,6 +38,25 @@ demo: $(STAMP)
 	$(BIN)/hpatch apply samples/bin/arm64-clang/v1/sample.stripped.dll $(VENV)/demo-arm64.hpk --base 0x7ff600000000 --trust $(VENV)/demo.key.pub --rollback --call hp_tlv_copy_string bytes:02040041424344 7 2 buffer:4 4
 	@# the feature update changes global data: not hotpatchable, exit 3 (expected here)
 	$(BIN)/hpatch diff $(DEMO_BUILD)/v1/sample.stripped.dll $(DEMO_BUILD)/v4/sample.stripped.dll || test $$? -eq 3
+	@# a whole release: two trees of DLLs for both machines, serviced at once (a fix packaged
+	@# on x64 and ARM64, a new global carried, one DLL unchanged, one feature update blocked,
+	@# one malformed file recorded as an error: exit 1 says so), signed as a set
+	@rm -rf $(VENV)/demo-release && mkdir -p $(VENV)/demo-release/old/x64 $(VENV)/demo-release/old/arm64 $(VENV)/demo-release/new/x64 $(VENV)/demo-release/new/arm64
+	@cp $(DEMO_BUILD)/v1/sample.stripped.dll $(VENV)/demo-release/old/x64/sample.dll
+	@cp $(DEMO_BUILD)/v3/sample.stripped.dll $(VENV)/demo-release/new/x64/sample.dll
+	@cp samples/bin/arm64-clang/v1/sample.stripped.dll $(VENV)/demo-release/old/arm64/sample.dll
+	@cp samples/bin/arm64-clang/v3/sample.stripped.dll $(VENV)/demo-release/new/arm64/sample.dll
+	@cp $(DEMO_BUILD)/v3/sample.stripped.dll $(VENV)/demo-release/old/x64/quota.dll
+	@cp $(DEMO_BUILD)/global-v3/sample.stripped.dll $(VENV)/demo-release/new/x64/quota.dll
+	@cp $(DEMO_BUILD)/v1/samplehost.dll $(VENV)/demo-release/old/x64/samplehost.dll
+	@cp $(DEMO_BUILD)/v1/samplehost.dll $(VENV)/demo-release/new/x64/samplehost.dll
+	@cp $(DEMO_BUILD)/v1/sample.stripped.dll $(VENV)/demo-release/old/x64/feature.dll
+	@cp $(DEMO_BUILD)/v4/sample.stripped.dll $(VENV)/demo-release/new/x64/feature.dll
+	@cp $(DEMO_BUILD)/v1/sample.stripped.dll $(VENV)/demo-release/old/x64/broken.dll
+	@head -c 4096 $(DEMO_BUILD)/v3/sample.stripped.dll > $(VENV)/demo-release/new/x64/broken.dll
+	$(BIN)/hpatch release $(VENV)/demo-release/old $(VENV)/demo-release/new -o $(VENV)/demo-release/out --sequence 3 --sign-key $(VENV)/demo.key --inputs 20 || test $$? -eq 1
+	$(BIN)/hpatch inspect --release $(VENV)/demo-release/out --trust $(VENV)/demo.key.pub
+	@echo "release manifest: $(VENV)/demo-release/out/release.json (packages in $(VENV)/demo-release/out/packages)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check hpatch tests bench
