@@ -1,10 +1,11 @@
 """An emulated address space: page-granular regions with protections, W^X enforced.
 
-Region bytes live in anonymous memory maps so that the CPU (Unicorn) executes over the
-very same memory the loader and the applier write: there is one copy of every byte, and
-a page nobody writes costs nothing (the kernel zero-fills it on first touch). Every
-mutation checks its whole range before the first byte or protection changes, and
-announces itself to a fault hook first, so tests can make any step fail.
+Region bytes live in ctypes buffers (anonymous memory maps for large regions) so that the
+CPU (Unicorn) executes over the very same memory the loader and the applier write: there
+is one copy of every byte, and a page of a large region nobody writes costs nothing (the
+kernel zero-fills it on first touch). Every mutation checks its whole range before the
+first byte or protection changes, and announces itself to a fault hook first, so tests
+can make any step fail.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Protocol
 from hpatch.errors import AddressSpaceError, EmulationFault
 
 PAGE_SIZE = 0x1000
+#: Regions from this size on live in their own anonymous memory map.
+_ANONYMOUS_MAP = 1 << 20
 #: Where the allocator looks for free space when nothing constrains it (above the
 #: first 64 KiB, below the top of the user-mode half of a 47-bit address space).
 LOWEST_VA = 0x10000
@@ -61,11 +64,15 @@ class Region:
         self.va = va
         self.size = size
         self.name = name
-        # An anonymous map, not a ctypes array (which zero-fills every byte up front): an
-        # image's zero fill and a large reservation stay untouched pages.
-        self.pages = mmap.mmap(-1, size)
-        self.buffer = (ctypes.c_char * size).from_buffer(self.pages)
-        self.view = memoryview(self.pages).cast("B")
+        # A large region is an anonymous map, not a ctypes array (which zero-fills every
+        # byte up front): an image's zero fill stays untouched pages. Small ones stay on
+        # the heap, so thousands of stubs and patch regions do not each take a mapping.
+        self.pages = mmap.mmap(-1, size) if size >= _ANONYMOUS_MAP else None
+        if self.pages is not None:
+            self.buffer = (ctypes.c_char * size).from_buffer(self.pages)
+        else:
+            self.buffer = (ctypes.c_char * size)()
+        self.view = memoryview(self.buffer).cast("B")
         self.protections = [protection] * (size // PAGE_SIZE)
         #: Guard pages mapped with this region, unmapped with it.
         self.guards: tuple[int, ...] = ()
