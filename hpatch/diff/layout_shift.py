@@ -38,6 +38,8 @@ def _only_shift(old: PEImage, new: PEImage, change: FunctionChange) -> tuple[int
     assert change.old is not None and change.new is not None
     if max(change.old.size, change.new.size) > _MAX_FUNCTION:
         return None
+    if old.arch.instruction_alignment > 1 and change.old.size != change.new.size:
+        return None  # fixed-width instructions: another count of them
     old_code = old.read(change.old.rva, change.old.size)
     new_code = new.read(change.new.rva, change.new.size)
     old_texts = old.arch.instruction_texts(old_code, change.old.rva)
