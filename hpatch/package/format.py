@@ -1331,6 +1331,12 @@ def _body(package: Package) -> bytes:
             f"accepts: {MAX_METADATA} bytes, and {MAX_EXPANSION}x its coded size + "
             f"{EXPANSION_FLOOR}"
         )
+    region_limit = _region_limit(package, coding.dictionary, coding.extents, coding.region_stream)
+    if coding.region_size > region_limit:
+        raise PackageFormatError(
+            f"a region of {coding.region_size} bytes coded in {len(coding.region_stream)} "
+            f"exceeds what a reader accepts ({region_limit})"
+        )
     return stream + coding.region_stream
 
 
@@ -1418,6 +1424,17 @@ def _expansion_limit(stream: bytes) -> int:
     return EXPANSION_FLOOR + MAX_EXPANSION * len(stream)
 
 
+def _region_limit(
+    package: Package, dictionary: tuple[tuple[int, int], ...], extents: bool, stream: bytes
+) -> int:
+    """The most bytes a region stream may decode to: what its dictionary holds (baseline
+    bytes, which the reader has) plus the expansion limit of the stream itself."""
+    held = sum(size for _, size in dictionary)
+    if extents:
+        held += sum(size for _, size in _extents(package))
+    return held + _expansion_limit(stream)
+
+
 def decode_package(data: bytes, baseline: bytes | None = None) -> Package:
     """Parse and check a package; PackageFormatError for anything malformed or corrupt.
 
@@ -1460,6 +1477,15 @@ def decode_package(data: bytes, baseline: bytes | None = None) -> Package:
             f"a region stream of {region_size} bytes cannot hold {blob_bytes} blob bytes and "
             f"{fixups} fixup targets"
         )
+    # A region repeating a few bytes would make a reader decode and predict megabytes
+    # the file does not hold: its size is bounded by the dictionary and its own bytes.
+    limit = _region_limit(package, dictionary, extents, region_stream)
+    if region_size > limit:
+        raise PackageFormatError(
+            f"region stream: {len(region_stream)} coded bytes claim {region_size}, past the "
+            f"expansion limit ({limit}: the dictionary, and {MAX_EXPANSION}x the stream + "
+            f"{EXPANSION_FLOOR})"
+        )
     signature = envelope.signature
     coding = BodyCoding(
         dictionary=dictionary,
@@ -1476,13 +1502,7 @@ def decode_package(data: bytes, baseline: bytes | None = None) -> Package:
     validate_package(package)
     if baseline is not None:
         return resolve_blobs(package, baseline)
-    # A region coded against nothing resolves now, unless its stream expands past what an
-    # untrusted package may make a reader decode: then it waits for resolve_blobs.
-    if (
-        not dictionary
-        and not (extents and _extents(package))
-        and region_size <= _expansion_limit(region_stream)
-    ):
+    if not dictionary and not (extents and _extents(package)):
         return _resolve_region(package, b"")
     return package
 

@@ -31,6 +31,7 @@ from hpatch.package.format import (
 from hpatch.package.model import FORMAT_VERSION, Flag, FunctionStatus
 from hpatch.package.signing import SignatureStatus, TrustStore, key_id
 
+from ..conftest import BUILDS
 from .packages import HOTPATCHABLE_PAIRS, sample_package, signing_key
 
 T = TypeVar("T")
@@ -38,9 +39,12 @@ T = TypeVar("T")
 _ADDED_AT_ENTRY_ONE_PART = 2 | 0x20 | 0x40  # function head: ADDED, entry at new RVA, one part
 
 
-def _metadata(count: int, name: Callable[[int], str], size: int = 1) -> bytes:
+def _metadata(
+    count: int, name: Callable[[int], str], size: int = 1, whole_image: bool = False
+) -> bytes:
     """Metadata of an AMD64 package of ``count`` added functions of ``size`` bytes, each
-    named ``name(index)``, canonical, with nothing else in it."""
+    named ``name(index)``, canonical, with nothing else in it; its region is coded
+    against nothing, or with ``whole_image`` against the whole 64 KiB baseline."""
     out = _Writer()
     out.u8(1)  # AMD64
     out.string("bomb.dll")
@@ -57,8 +61,11 @@ def _metadata(count: int, name: Callable[[int], str], size: int = 1) -> bytes:
     out.uv(0)
     out.uv(((count * size + 0xFFF) >> 12) << 1)  # region size
     out.u8(4)  # alignment 16
-    out.u8(0x3)  # code blobs and tables implied
-    out.uv(0)  # no dictionary range
+    if whole_image:
+        out.u8(0x3 | 0x8)  # code blobs and tables implied, the whole image the dictionary
+    else:
+        out.u8(0x3)
+        out.uv(0)  # no dictionary range
     out.uv(0)  # no listed blob
     out.uv(count)
     for index in range(count):
@@ -93,10 +100,12 @@ def _lzma2(plain: bytes) -> bytes:
     return coded[:-1]
 
 
-def bomb(count: int, name: Callable[[int], str] = lambda _: "", size: int = 1) -> bytes:
+def bomb(
+    count: int, name: Callable[[int], str] = lambda _: "", size: int = 1, whole_image: bool = False
+) -> bytes:
     """An unsigned package declaring ``count`` added functions of ``size`` zero bytes."""
     plain = bytes(count * size + 1)  # code, then no unpredicted fixup
-    return _seal(_lzma2(_metadata(count, name, size)) + _lzma2(plain))
+    return _seal(_lzma2(_metadata(count, name, size, whole_image)) + _lzma2(plain))
 
 
 def _peak(call: Callable[[], T]) -> tuple[T | BaseException, int]:
@@ -133,7 +142,8 @@ def test_decoding_costs_memory_in_proportion_to_the_bytes_held() -> None:
     # this shape decodes, and its cost is bounded per byte it holds.
     rng = random.Random(16)
     names = ["".join(rng.choice("abcdefghijklmnop") for _ in range(4)) for _ in range(20_000)]
-    data = bomb(len(names), names.__getitem__)
+    # (coded against the baseline, whose bytes bound the region)
+    data = bomb(len(names), names.__getitem__, whole_image=True)
     result, peak = _peak(lambda: decode_package(data))
     assert not isinstance(result, BaseException)
     assert len(result.functions) == len(names)
@@ -152,17 +162,26 @@ def test_a_count_past_what_the_records_can_fill_is_refused() -> None:
         decode_package(data)
 
 
-def test_a_region_stream_that_expands_too_far_waits_for_the_baseline() -> None:
-    # 16 MiB of region from a few KiB of stream, coded against nothing: decoded only by
-    # resolve_blobs (with the baseline, after the signature), not by decode_package.
+def test_a_region_stream_past_its_dictionary_and_expansion_is_refused() -> None:
+    # 16 MiB of region from a few KiB of stream, coded against nothing: refused before
+    # anything is decompressed (with or without the baseline)
     data = bomb(1, size=16 << 20)
     assert len(data) < 16 << 20 >> 8
     result, peak = _peak(lambda: decode_package(data))
-    assert not isinstance(result, BaseException)
-    assert not result.resolved_region
+    assert isinstance(result, PackageFormatError)
+    assert "expansion limit" in str(result)
     assert peak < 1 << 20
     small = decode_package(bomb(1, size=EXPANSION_FLOOR // 2))
     assert small.resolved_region
+
+
+def test_every_sample_region_is_within_its_limit() -> None:
+    for build in BUILDS:
+        for old, new in HOTPATCHABLE_PAIRS:
+            package = decode_package(sample_package(build, old, new))
+            coding = package.coding
+            assert coding is not None
+            assert coding.region_size <= MAX_EXPANSION * len(coding.region_stream)
 
 
 def test_the_expansion_limit_holds_for_every_sample_package() -> None:
