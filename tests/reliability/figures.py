@@ -1,7 +1,7 @@
 """The reliability figures of docs/reliability.md, at full scale.
 
     python -m tests.reliability.figures [--seconds S] [--load-trials N] [--seed SEED]
-                                        [--only fuzz flips refusals faults load]
+                                        [--only fuzz flips refusals faults load hostile]
                                         [--targets TARGET ...] [--json PATH]
 
 - fuzz: each campaign (package-reader, package-applier, image-reader, image-loader)
@@ -14,6 +14,11 @@
   at the preferred base and rebased.
 - load: ``--load-trials`` patch-under-load trials per architecture (x64: shared by the
   three x64 builds).
+- hostile: the command line against PE mutants (unbacked sizes, names that are not
+  UTF-8 or carry markup, a million .pdata entries or exports), hostile packages
+  re-signed with the trusted key, package bombs, misuse with device nodes, FIFOs,
+  symbolic links and long names, and concurrent writers (hostile.py); ``--kinds``
+  picks some of them.
 
 Exits 1 if anything unexpected happened.
 """
@@ -29,6 +34,7 @@ import time
 from dataclasses import asdict
 
 from ..apply.support import REBASED
+from . import hostile as hostile_campaigns
 from .campaigns import TARGETS
 from .faults import KINDS, OPERATIONS, FaultTally, inject_every_step
 from .isolation import isolated
@@ -36,7 +42,7 @@ from .load import LoadTally, run_trials
 from .samples import ARCHITECTURES, BUILDS, PAIRS
 from .tamper import FlipTally, flip_bits, refusals, refuse
 
-SECTIONS = ("fuzz", "flips", "refusals", "faults", "load")
+SECTIONS = ("fuzz", "flips", "refusals", "faults", "load", "hostile")
 
 
 def fuzz(
@@ -137,6 +143,38 @@ def load(trials: int, seed: str) -> tuple[dict, int]:
     return document, failures
 
 
+def hostile(kinds: list[str]) -> tuple[list[dict], int]:
+    rows, failures = [], 0
+    for kind in kinds:
+        tally = hostile_campaigns.campaign(kind, "full")
+        failures += tally.failures
+        print(
+            f"{kind}: {tally.inputs} inputs (largest {tally.input_bytes:,} bytes), "
+            f"{tally.runs} runs in {tally.seconds:.0f} s, slowest {tally.slowest:.1f} s "
+            f"({tally.slowest_run}); peak RSS {tally.peak_kib // 1024} MiB ({tally.peak_run}); "
+            f"exit codes {dict(sorted(tally.codes.items()))}; internal errors {tally.internal}, "
+            f"tracebacks {tally.tracebacks}, hangs {tally.hangs}, over 1 GiB "
+            f"{tally.over_memory}, unexpected {len(tally.unexpected)}",
+            flush=True,
+        )
+        for line in tally.unexpected[:20]:
+            print("  ", line)
+        inputs: dict[str, list[tuple[str, int | None, float, int]]] = {}
+        for result in tally.results:
+            inputs.setdefault(result[0].split(": ")[0], []).append(result)
+        for name, results in inputs.items():
+            print(
+                f"  {name}: {len(results)} runs, exit codes "
+                f"{sorted({str(code) for _, code, _, _ in results})}, slowest "
+                f"{max(took for _, _, took, _ in results):.1f} s, peak "
+                f"{max(peak for _, _, _, peak in results) // 1024} MiB",
+                flush=True,
+            )
+        # asdict would rebuild the Counter from its (key, count) pairs, counting them.
+        rows.append({**asdict(tally), "codes": dict(tally.codes)})
+    return rows, failures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.reliability.figures")
     parser.add_argument("--seconds", type=float, default=300.0, help="per fuzz target")
@@ -144,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", default="reliability")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
+    parser.add_argument(
+        "--kinds", nargs="+", choices=hostile_campaigns.KINDS, default=list(hostile_campaigns.KINDS)
+    )
     parser.add_argument("--no-corpus", action="store_true", help="samples only")
     parser.add_argument("--json", help="write every figure to this file too")
     arguments = parser.parse_args(argv)
@@ -170,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         failures += count
     if "load" in arguments.only:
         figures["load"], count = load(arguments.load_trials, arguments.seed)
+        failures += count
+    if "hostile" in arguments.only:
+        figures["hostile"], count = hostile(arguments.kinds)
         failures += count
     if arguments.json:
         with open(arguments.json, "w") as out:
