@@ -13,7 +13,7 @@ not an error: each blocker's cause says whether the update itself needs a new ba
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -239,6 +239,14 @@ def _ranges(offsets: Iterable[int]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in ranges]
 
 
+def _differing_offsets(old: bytes, new: bytes, chunk: int = 4096) -> Iterator[int]:
+    """Offsets where two equally long byte strings differ, equal chunks skipped whole."""
+    for start in range(0, len(old), chunk):
+        a, b = old[start : start + chunk], new[start : start + chunk]
+        if a != b:
+            yield from (start + i for i in range(len(a)) if a[i] != b[i])
+
+
 def _export_key(export: Export) -> tuple[str, str | int]:
     """What identifies an export across builds: its name, or its ordinal if it has none.
     A named export's ordinal is not compared: one name inserted renumbers the rest."""
@@ -452,15 +460,19 @@ class Verdict:
         differing: set[int] = set()  # section offsets of the old build
         for old_rva, new_rva, size in segments:
             old_base, new_base = old_rva - old_section.rva, new_rva - new_section.rva
+            # Pointer slots of either build in the segment, as offsets into it: the work
+            # follows the pointers and the bytes that differ, not the segment's size.
+            slots = sorted(
+                {o - old_base for o in old_slots if old_base <= o < old_base + size}
+                | {o - new_base for o in new_slots if new_base <= o < new_base + size}
+            )
             pointer_bytes: set[int] = set()
-            for offset in range(size):
-                old_target = old_slots.get(old_base + offset)
-                new_target = new_slots.get(new_base + offset)
-                if old_target is None and new_target is None:
-                    continue
+            for offset in slots:
                 pointer_bytes.update(range(offset, offset + 8))
                 if offset + 8 > size:
                     continue
+                old_target = old_slots.get(old_base + offset)
+                new_target = new_slots.get(new_base + offset)
                 if (
                     old_target is None
                     or new_target is None
@@ -469,9 +481,10 @@ class Verdict:
                     differing.update(range(old_base + offset, old_base + offset + 8))
             differing.update(
                 old_base + offset
-                for offset in range(size)
-                if old_data[old_base + offset] != new_data[new_base + offset]
-                and offset not in pointer_bytes
+                for offset in _differing_offsets(
+                    old_data[old_base : old_base + size], new_data[new_base : new_base + size]
+                )
+                if offset not in pointer_bytes
             )
         # The diff compares IAT slots by import; the import tables are not globals.
         for start, end in _import_offsets(self.old.image, old_section):
