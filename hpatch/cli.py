@@ -26,6 +26,7 @@ from hpatch.package import (
     decode_package,
     encode_package,
 )
+from hpatch.package.envelope import check_signature
 from hpatch.package.signing import (
     TrustStore,
     generate_key,
@@ -344,8 +345,9 @@ def inspect(
         return
     assert package_path is not None
     data = read_package_file(package_path)
+    # over the raw bytes, before anything past the frame is decoded
+    check = check_signature(data, TrustStore.from_paths(list(trust))) if trust else None
     package = decode_package(data)
-    check = TrustStore.from_paths(list(trust)).check(package) if trust else None
     document = package_document(package, data, check)
     if as_json:
         _print_json(document)

@@ -13,8 +13,9 @@ from rich.table import Table
 from hpatch.cli_inputs import read_image, read_package_file
 from hpatch.errors import ApplyError, EmulationFault, HPatchError
 from hpatch.image import PEImage, SectionFlags
-from hpatch.package import Package, decode_package, target_digest
+from hpatch.package import Package, target_digest
 from hpatch.package.checks import check_prerequisites
+from hpatch.package.envelope import read_trusted
 from hpatch.package.signing import TrustStore
 from hpatch.text import json_text, markup, path_text, plain
 
@@ -285,7 +286,12 @@ class _Run:
         from hpatch.emu import Process
 
         document = self.document
-        packages = [decode_package(read_package_file(p)) for p in package_paths]
+        store = TrustStore.from_paths(list(trust)) if trust else None
+        # Each signature is checked over the raw bytes before the package is decoded.
+        packages = [
+            read_trusted(read_package_file(p), store, allow_unsigned=allow_unsigned)[0]
+            for p in package_paths
+        ]
         image = read_image(image_path)
         document.update(image=image.name, machine=image.identity.machine.name)
         for path, package in zip(package_paths, packages, strict=True):
@@ -295,7 +301,7 @@ class _Run:
             # Numbers are checked against the file now; the VA form needs the base.
             _code_rva(image, spec, base if base is not None else image.identity.image_base)
         options = ApplyOptions(
-            trust=TrustStore.from_paths(list(trust)) if trust else None,
+            trust=store,
             allow_unsigned=allow_unsigned,
             wait_steps=wait_steps,
         )

@@ -35,6 +35,7 @@ from hpatch.image import Function, PEImage
 from hpatch.package import new_data
 from hpatch.package.bind import bind_region
 from hpatch.package.checks import CheckResult, check_prerequisites
+from hpatch.package.envelope import check_signature
 from hpatch.package.format import encode_package, resolve_blobs
 from hpatch.package.model import FunctionStatus, Package, Prerequisite
 from hpatch.package.signing import SignatureCheck, SignatureStatus, TrustStore
@@ -169,9 +170,9 @@ def _target_module(process: Process, package: Package, module: Module | None) ->
     return process.main_module
 
 
-def _signature(package: Package, options: ApplyOptions) -> tuple[SignatureCheck, CheckResult]:
+def _signature(encoded: bytes, options: ApplyOptions) -> tuple[SignatureCheck, CheckResult]:
     store = options.trust or TrustStore()
-    check = store.check(package)
+    check = check_signature(encoded, store)  # over the raw bytes, nothing decoded
     status = check.status
     if status == SignatureStatus.TRUSTED:
         return check, CheckResult("signature", True, f"signed by trusted key {check.key_hex}")
@@ -399,6 +400,8 @@ def apply_package(
     for result in checks:
         if not result.passed:
             raise _Refused(f"check '{result.name}' failed: {result.detail}")
+    # The signature before the region is decoded against the baseline (the costly step).
+    signature, signature_result = _signature(encoded, options)
     if not package.resolved:
         # The region and the redirect digests are coded against the baseline, which the
         # checks above have just pinned.
@@ -406,7 +409,6 @@ def apply_package(
             package = resolve_blobs(package, module.image.mapped)
         except PackageFormatError as error:
             raise _Refused(f"check 'package contents' failed: {error}") from error
-    signature, signature_result = _signature(package, options)
     checks.append(signature_result)
     checks.append(_sequence(package, active))
     baseline = _Baseline(process, module, active)

@@ -10,6 +10,7 @@ import random
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -271,3 +272,28 @@ def test_the_envelope_is_what_the_signature_covers() -> None:
     assert envelope.signature == package.signature
     unsigned = replace(package, signature=None)
     assert open_envelope(encode_package(unsigned)).signature is None
+
+
+def test_apply_refuses_an_unsigned_bomb_before_decoding_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On the command line too: ``hpatch apply`` checks each package's signature over
+    its raw bytes before it decodes anything (a refused check: exit 1, as docs/cli.md
+    says of apply's refusals)."""
+    from hpatch.cli import main
+
+    from ..conftest import SAMPLES
+
+    path = tmp_path / "bomb.hpk"
+    path.write_bytes(bomb(1_000_000))
+
+    def never(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("decoded before the signature was checked")
+
+    monkeypatch.setattr(envelope_module, "decode_package", never)
+    image = SAMPLES / "x64-clang" / "v1" / "sample.stripped.dll"
+    with pytest.raises(SystemExit) as exited:
+        main(["apply", str(image), str(path)])
+    captured = capsys.readouterr()
+    assert exited.value.code == 1, captured
+    assert "check 'signature' failed: the package is unsigned" in captured.err
