@@ -17,7 +17,7 @@ from hpatch.cli_apply import apply_command
 from hpatch.cli_inputs import read_image, read_package_file
 from hpatch.cli_verify import verify_command
 from hpatch.diff import Status, diff_images
-from hpatch.errors import HPatchError
+from hpatch.errors import CheckRefused, HPatchError
 from hpatch.files import check_output, write_output
 from hpatch.package import (
     BuildOptions,
@@ -28,6 +28,7 @@ from hpatch.package import (
 )
 from hpatch.package.envelope import check_signature
 from hpatch.package.signing import (
+    SignatureStatus,
     TrustStore,
     generate_key,
     key_id,
@@ -353,6 +354,9 @@ def inspect(
         _print_json(document)
     else:
         _print_package(document)
+    if check is not None and check.status != SignatureStatus.TRUSTED:
+        # asked to check it against a trust store, and it does not hold there
+        raise click.exceptions.Exit(EXIT_REFUSED)
 
 
 def _print_package(document: dict[str, Any]) -> None:
@@ -688,7 +692,7 @@ def _run(command: Callable[..., Any], argv: list[str] | None) -> int:
     except HPatchError as exc:
         # Messages quote names and paths from the inputs: shown escaped, as everywhere.
         click.echo(f"hpatch: error: {plain(exc)}", err=True)
-        return EXIT_ERROR
+        return EXIT_REFUSED if isinstance(exc, CheckRefused) else EXIT_ERROR
     except Exception as exc:  # a bug, not bad input: say so without a traceback
         if os.environ.get("HPATCH_DEBUG"):
             raise

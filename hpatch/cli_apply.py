@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hpatch.cli_inputs import read_image, read_package_file
-from hpatch.errors import ApplyError, EmulationFault, HPatchError
+from hpatch.errors import CheckRefused, EmulationFault, HPatchError
 from hpatch.image import PEImage, SectionFlags
 from hpatch.package import Package, target_digest
 from hpatch.package.checks import check_prerequisites
@@ -138,7 +138,7 @@ def check_before_loading(image: PEImage, path: str, package: Package) -> None:
                 f"this image is already the package's target build "
                 f"(sequence {package.servicing.sequence} installs it); {detail}"
             )
-        raise ApplyError(f"{path_text(path)}: check '{result.name}' failed: {detail}")
+        raise CheckRefused(f"{path_text(path)}: check '{result.name}' failed: {detail}")
 
 
 def _report_document(report: ApplyReport) -> dict[str, Any]:
@@ -353,7 +353,10 @@ class _Run:
                         f"; rolled back package {undone.replaced_sequence}, which this run applied"
                         + ("" if restored else ", but the image differs from the one loaded")
                     )
-                raise HPatchError(message) from error
+                # a refused check stays one (exit 6), whatever was rolled back
+                raise (CheckRefused if isinstance(error, CheckRefused) else HPatchError)(
+                    message
+                ) from error
             document["packages"].append({"path": path_text(path), **_report_document(report)})
             if not self.as_json:
                 _print_report(self.console, report)

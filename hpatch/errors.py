@@ -27,6 +27,11 @@ class ApplyError(HPatchError):
     """Applying a package to an image failed a check; nothing was changed."""
 
 
+class CheckRefused(ApplyError):
+    """A check refused the package before anything changed: a prerequisite, the
+    baseline's identity, the signature, the servicing sequence (the CLI exits 6)."""
+
+
 class AddressSpaceError(HPatchError):
     """A request on an emulated address space cannot be met (overlap, unmapped, W^X, no room)."""
 

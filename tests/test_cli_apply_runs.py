@@ -33,7 +33,7 @@ def test_a_failing_run_rolls_back_and_prints_its_document(
 ) -> None:
     month1, month2 = packages
     code, out, err = run(capsys, "apply", V1, month1, month2, month1, "--allow-unsigned", "--json")
-    assert code == 1 and "anti-rollback" in err and "rolled back package 3" in err
+    assert code == 6 and "anti-rollback" in err and "rolled back package 3" in err
     document = json.loads(out)
     assert document["schema"] == "hpatch.apply/1"
     assert [p["outcome"] for p in document["packages"]] == ["applied", "replaced"]
@@ -47,7 +47,7 @@ def test_a_failing_run_says_what_it_rolled_back_in_text(
 ) -> None:
     month1, month2 = packages
     code, out, err = run(capsys, "apply", V1, month2, month1, "--allow-unsigned")
-    assert code == 1 and "anti-rollback" in err
+    assert code == 6 and "anti-rollback" in err
     assert "applied package 3" in out and "rolled back package 3" in out
 
 
@@ -75,7 +75,7 @@ def test_the_target_build_is_named_before_the_emulator_starts(
 ) -> None:
     _, month2 = packages
     code, out, err = run(capsys, "apply", V3, month2, "--allow-unsigned", "--json")
-    assert code == 1 and "this image is already the package's target build" in err
+    assert code == 6 and "this image is already the package's target build" in err
     assert json.loads(out)["packages"] == []
 
 
@@ -85,7 +85,7 @@ def test_another_build_is_refused_before_the_emulator_starts(
 ) -> None:
     _, month2 = packages
     code, _, err = run(capsys, "apply", V2, month2, "--allow-unsigned")
-    assert code == 1 and "check 'baseline' failed" in err and "TimeDateStamp" in err
+    assert code == 6 and "check 'baseline' failed" in err and "TimeDateStamp" in err
     assert "target build" not in err
 
 

@@ -30,7 +30,7 @@ from hpatch.emu.loader import RELOCATION_WIDTHS, Module
 from hpatch.emu.memory import HIGHEST_VA, PAGE_SIZE, Protection, page_ceil
 from hpatch.emu.process import Process
 from hpatch.emu.tables import FunctionEntry
-from hpatch.errors import ApplyError, HPatchError, PackageFormatError
+from hpatch.errors import ApplyError, CheckRefused, HPatchError, PackageFormatError
 from hpatch.image import Function, PEImage
 from hpatch.package import new_data
 from hpatch.package.bind import bind_region
@@ -97,7 +97,7 @@ def _function_name(name: str, rva: int) -> str:
     return name or f"sub_{rva:x}"
 
 
-class _Refused(ApplyError):
+class _Refused(CheckRefused):
     """A check failed before anything changed."""
 
 

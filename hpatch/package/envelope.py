@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from cryptography.exceptions import InvalidSignature
 
-from hpatch.errors import ApplyError
+from hpatch.errors import CheckRefused
 from hpatch.package.format import decode_package, open_envelope
 from hpatch.package.model import Package
 from hpatch.package.signing import SignatureCheck, SignatureStatus, TrustStore
 
 
-class SignatureRefused(ApplyError):
+class SignatureRefused(CheckRefused):
     """A package refused for its signature before it was decoded."""
 
     def __init__(self, message: str, check: SignatureCheck) -> None:

@@ -65,16 +65,18 @@ def test_apply_replace_rollback_json(capsys: pytest.CaptureFixture[str], package
     assert document["rollback"]["code_identical_to_baseline"] is True
 
 
-def test_refusals_exit_1_with_one_line(capsys: pytest.CaptureFixture[str], packages) -> None:
+def test_refusals_exit_6_and_errors_1_with_one_line(
+    capsys: pytest.CaptureFixture[str], packages
+) -> None:
     month1, month2, public = packages
     image = str(SAMPLES / "arm64-clang" / "v1" / IMAGE)
     code, _, err = run(capsys, "apply", image, str(month1))
-    assert code == 1 and "check 'signature' failed" in err and "Traceback" not in err
+    assert code == 6 and "check 'signature' failed" in err and "Traceback" not in err
     code, _, err = run(capsys, "apply", image, str(month2), str(month1), "--trust", str(public))
-    assert code == 1 and "anti-rollback" in err
+    assert code == 6 and "anti-rollback" in err
     other = str(SAMPLES / "x64-clang" / "v1" / IMAGE)
     code, _, err = run(capsys, "apply", other, str(month1), "--allow-unsigned")
-    assert code == 1 and "check 'machine' failed" in err
+    assert code == 6 and "check 'machine' failed" in err
     broken = month1.with_suffix(".broken")
     broken.write_bytes(month1.read_bytes()[:-10])
     code, _, err = run(capsys, "apply", image, str(broken), "--allow-unsigned")

