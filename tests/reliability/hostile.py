@@ -3,7 +3,7 @@ PE mutants, hostile packages re-signed with a trusted key, package bombs, misuse
 device nodes, FIFOs, symbolic links and long names, and concurrent writers.
 
 Every run is ``python -m hpatch ...`` in a child process of its own, so a run's peak
-memory is the child's (``os.wait4``'s ``ru_maxrss``), a run that blocks is killed at
+memory is the child's own (its VmHWM, sampled while it runs), a run that blocks is killed at
 its time bound (a hang), a run whose peak passes MEMORY_BOUND fails, and one resident
 past KILL_BOUND is killed. A run passes when it exits with a documented code (0-6) and
 a code its kind allows, prints neither "internal error" nor a traceback nor a raw
@@ -128,15 +128,19 @@ class HostileTally:
             self.unexpected.append(f"{result.label}: {result.problem}")
 
 
-def _rss_kib(pid: int) -> int:
+def _memory_kib(pid: int) -> tuple[int, int]:
+    """(resident, high-water mark) of ``pid``'s own address space, in KiB; zeros once it
+    is gone."""
+    found = {"VmRSS:": 0, "VmHWM:": 0}
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+                key = line.split(":", 1)[0] + ":"
+                if key in found:
+                    found[key] = int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return found["VmRSS:"], found["VmHWM:"]
 
 
 def _environment() -> dict[str, str]:
@@ -194,6 +198,11 @@ def execute(runs: list[Run], cwd: Path) -> list[Result]:
     started = time.monotonic()
     children = [_start(run.args, cwd) for run in runs]
     results: list[Result | None] = [None] * len(runs)
+    # A child's peak is its own high-water mark, sampled while it runs: wait4's
+    # ru_maxrss also counts the parent's memory at the fork (Linux keeps the high-water
+    # mark of the address space an exec replaces), so it is only the fallback for a run
+    # too short to be sampled.
+    marks = [0] * len(runs)
     while any(result is None for result in results):
         for index, (run, (child, out, err)) in enumerate(zip(runs, children, strict=True)):
             if results[index] is not None:
@@ -204,9 +213,10 @@ def execute(runs: list[Run], cwd: Path) -> list[Result]:
             if pid:
                 code = os.waitstatus_to_exitcode(status)
                 child.returncode = code
-                peak = usage.ru_maxrss
+                peak = marks[index] or usage.ru_maxrss
             else:
-                rss = _rss_kib(child.pid)
+                rss, mark = _memory_kib(child.pid)
+                marks[index] = max(marks[index], mark)
                 if took > run.timeout:
                     why = f"hang: still running after {run.timeout:.0f} s"
                 elif rss * 1024 > KILL_BOUND:
@@ -216,7 +226,7 @@ def execute(runs: list[Run], cwd: Path) -> list[Result]:
                 child.kill()
                 _pid, _status, usage = os.wait4(child.pid, 0)
                 child.returncode = -9
-                peak = usage.ru_maxrss
+                peak = marks[index] or usage.ru_maxrss
             if why is None and peak * 1024 > MEMORY_BOUND:
                 why = f"over memory: peak {peak // 1024} MiB (exit {code})"
             problem = _judge(run, code, why, out, err)

@@ -1,7 +1,7 @@
 """The hostile campaigns, bounded (the full run: ``figures.py --only hostile``): every
 kind through the command line in child processes, each run exiting with a documented
 code, no internal error, no traceback, no hang, and its peak memory bounded (each
-child's own, from ``os.wait4``)."""
+child's own high-water mark)."""
 
 from __future__ import annotations
 
