@@ -43,7 +43,7 @@ from hpatch.report import (
     info_document,
     package_document,
 )
-from hpatch.text import json_text, markup, path_text, plain
+from hpatch.text import json_text, markup, path_text, plain, write_json
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -54,6 +54,11 @@ MAX_SEQUENCE = 0xFFFFFFFF
 
 def _print_json(document: Any) -> None:
     click.echo(json_text(document))
+
+
+def _stdout_write(text: str) -> None:
+    # JSON text is ASCII; the stream buffers it (click.echo would flush every piece)
+    sys.stdout.write(text)
 
 
 def _identity_lines(document: dict[str, Any]) -> str:
@@ -79,10 +84,12 @@ def cli() -> None:
 def funcs(image_path: str, as_json: bool) -> None:
     """List the functions of IMAGE: RVA, size, name and the evidence for each."""
     image = read_image(image_path)
-    document = funcs_document(image)
     if as_json:
-        _print_json(document)
+        # written as it is made: a million functions never sit in memory as dicts
+        write_json(funcs_document(image, streamed=True), _stdout_write)
+        sys.stdout.flush()
         return
+    document = funcs_document(image)
     console = _console()
     console.print(_identity_lines(document))
     table = Table(title=f"{len(document['functions'])} functions", title_justify="left")
@@ -107,10 +114,12 @@ def funcs(image_path: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of tables.")
 def info(image_path: str, as_json: bool) -> None:
     """Show IMAGE's identity, sections, imports and exports."""
-    document = info_document(read_image(image_path))
+    image = read_image(image_path)
     if as_json:
-        _print_json(document)
+        write_json(info_document(image, streamed=True), _stdout_write)
+        sys.stdout.flush()
         return
+    document = info_document(image)
     console = _console()
     console.print(_identity_lines(document))
     sections = Table(title="sections", title_justify="left")

@@ -10,6 +10,7 @@ from hpatch.diff.verdict import Blocker, function_label
 from hpatch.image import Function, PEImage
 from hpatch.package.model import NO_RVA, Baseline, BlobKind, Package
 from hpatch.package.signing import SignatureCheck
+from hpatch.text import Streamed
 
 #: The ``hpatch diff --json`` document's schema. 2: blockers gained class, cause and
 #: their place as data (function, rva, end_rva, section, symbol, target_rva, build).
@@ -50,17 +51,28 @@ def function_dict(function: Function) -> dict[str, Any]:
     }
 
 
-def funcs_document(image: PEImage) -> dict[str, Any]:
-    """The document ``hpatch funcs --json`` prints."""
+def funcs_document(image: PEImage, *, streamed: bool = False) -> dict[str, Any]:
+    """The document ``hpatch funcs --json`` prints (``streamed``: its functions made one
+    at a time as they are written, see ``write_json``)."""
+    functions = (function_dict(f) for f in image.functions)
     return {
         "image": identity_dict(image),
-        "functions": [function_dict(f) for f in image.functions],
+        "functions": Streamed(functions) if streamed else list(functions),
     }
 
 
-def info_document(image: PEImage) -> dict[str, Any]:
-    """The document ``hpatch info --json`` prints."""
+def info_document(image: PEImage, *, streamed: bool = False) -> dict[str, Any]:
+    """The document ``hpatch info --json`` prints (``streamed``: its imports and exports
+    made one at a time as they are written, see ``write_json``)."""
     config = image.load_config
+    imports = (
+        {"dll": i.dll, "name": i.name, "ordinal": i.ordinal, "iat_rva": i.iat_rva}
+        for i in image.imports
+    )
+    exports = (
+        {"ordinal": e.ordinal, "name": e.name, "rva": e.rva, "forwarder": e.forwarder}
+        for e in image.exports
+    )
     return {
         "image": identity_dict(image),
         "sections": [
@@ -73,14 +85,8 @@ def info_document(image: PEImage) -> dict[str, Any]:
             }
             for s in image.sections
         ],
-        "imports": [
-            {"dll": i.dll, "name": i.name, "ordinal": i.ordinal, "iat_rva": i.iat_rva}
-            for i in image.imports
-        ],
-        "exports": [
-            {"ordinal": e.ordinal, "name": e.name, "rva": e.rva, "forwarder": e.forwarder}
-            for e in image.exports
-        ],
+        "imports": Streamed(imports) if streamed else list(imports),
+        "exports": Streamed(exports) if streamed else list(exports),
         "base_relocations": len(image.relocations),
         "symbols": len(image.symbols),
         "unwind_entries": len(image.unwind_entries),

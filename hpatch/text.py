@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import unicodedata
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from rich.markup import escape
@@ -93,3 +94,33 @@ def json_text(document: Any, *, sort_keys: bool = False) -> str:
     escapes; names held as bytes, or as text with undecodable bytes escaped by
     ``surrogateescape``, decoded as ``decoded`` decodes them."""
     return json.dumps(_json_ready(document), indent=2, sort_keys=sort_keys, default=_json_default)
+
+
+class Streamed:
+    """A list of a ``--json`` document made one item at a time as it is written (see
+    ``write_json``): a million functions never sit in memory as a million dicts."""
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self.items = items
+
+
+def write_json(document: dict[str, Any], write: Callable[[str], object]) -> None:
+    """Write ``document`` as ``json_text`` would, its ``Streamed`` values item by item:
+    the same bytes, in memory that follows one item."""
+
+    def dumped(value: Any, indent: str) -> str:
+        text = json.dumps(_json_ready(value), indent=2, default=_json_default)
+        return text.replace("\n", "\n" + indent)
+
+    write("{")
+    for index, (key, value) in enumerate(document.items()):
+        write(("," if index else "") + "\n  " + json.dumps(_valid(key)) + ": ")
+        if not isinstance(value, Streamed):
+            write(dumped(value, "  "))
+            continue
+        count = 0
+        for item in value.items:
+            write(("," if count else "[") + "\n    " + dumped(item, "    "))
+            count += 1
+        write("\n  ]" if count else "[]")
+    write("\n}\n" if document else "}\n")

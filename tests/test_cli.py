@@ -110,3 +110,28 @@ def test_console_script_and_module_entry_points() -> None:
             [*command, "funcs", "/dev/null"], capture_output=True, text=True, check=False
         )
         assert result.returncode == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("build", ["x64-gcc", "arm64-clang"])
+def test_funcs_and_info_json_are_written_as_made_and_read_the_same(
+    capsys: pytest.CaptureFixture[str], build: str
+) -> None:
+    """funcs --json writes its functions one at a time (a million never sit in memory as
+    dicts) and prints the same bytes as the document made whole."""
+    from hpatch.report import funcs_document, info_document
+    from hpatch.text import json_text, write_json
+
+    path = SAMPLES / build / "v1" / "sample.stripped.dll"
+    code, out, err = run(capsys, "funcs", str(path), "--json")
+    assert code == 0 and err == ""
+    whole = json_text(funcs_document(load_image(path))) + "\n"
+    assert out == whole
+    code, out, err = run(capsys, "info", str(path), "--json")
+    assert code == 0 and err == ""
+    assert out == json_text(info_document(load_image(path))) + "\n"
+    parts: list[str] = []
+    write_json({"empty": [], "nested": {"a": [1, {"b": None}]}, "last": "x"}, parts.append)
+    assert (
+        "".join(parts)
+        == json_text({"empty": [], "nested": {"a": [1, {"b": None}]}, "last": "x"}) + "\n"
+    )
