@@ -465,6 +465,7 @@ def apply_package(
             Protection.RW,
             f"{module.name} package {package.servicing.sequence}",
             within=(lowest, highest),
+            alignment=alignment,  # the package's own, up to 64 KiB
         )
         if region.va % alignment:
             raise ApplyError(f"the patch region at 0x{region.va:x} is not {alignment}-aligned")

@@ -64,9 +64,14 @@ class Transaction:
             self.space.fault_hook(name)
 
     def allocate(
-        self, size: int, protection: Protection, name: str, within: tuple[int, int]
+        self,
+        size: int,
+        protection: Protection,
+        name: str,
+        within: tuple[int, int],
+        alignment: int = PAGE_SIZE,
     ) -> Region:
-        region = self.space.allocate(size, protection, name, within=within)
+        region = self.space.allocate(size, protection, name, within=within, alignment=alignment)
         self._log.append(_Mapped(region.va))
         return region
 

@@ -93,6 +93,13 @@ def check_headers(data: bytes) -> tuple[int, int]:
     return machine, optional_offset
 
 
+#: The data directory of the CLR runtime header (IMAGE_DIRECTORY_ENTRY_COM_DESCRIPTOR),
+#: the size of that header, and its flag for an image of IL only.
+_CLR_RUNTIME_HEADER = 14
+_COR20_HEADER_SIZE = 72
+_COMIMAGE_FLAGS_ILONLY = 0x1
+
+
 class PEImage:
     """One PE file, parsed once; read-only after construction.
 
@@ -136,6 +143,7 @@ class PEImage:
         )
         self.load_config: LoadConfig | None = self._read_load_config()
         self._refuse_hybrid()
+        self._refuse_managed()
         self.imports: tuple[Import, ...] = self._read_imports()
         self.exports: tuple[Export, ...] = self._read_exports()
         self.relocations: tuple[BaseRelocation, ...] = self._read_relocations()
@@ -445,6 +453,25 @@ class PEImage:
                 + "; ".join(reasons)
                 + "): such images mix native and emulated code ranges, and Windows hotpatching "
                 "itself requires CHPE to be disabled on Arm64 devices"
+            )
+
+    def _refuse_managed(self) -> None:
+        """An IL-only .NET image holds IL the CLR compiles at run time, not the native
+        code hpatch replaces: refused (a mixed image, with native code, is not)."""
+        mapped = self.mapped
+        lfanew = int.from_bytes(mapped[0x3C:0x40], "little")
+        entry = lfanew + 24 + 112 + 8 * _CLR_RUNTIME_HEADER
+        if entry + 8 > len(mapped):
+            return
+        rva = int.from_bytes(mapped[entry : entry + 4], "little")
+        size = int.from_bytes(mapped[entry + 4 : entry + 8], "little")
+        if size < _COR20_HEADER_SIZE or rva + _COR20_HEADER_SIZE > len(mapped):
+            return
+        flags = int.from_bytes(mapped[rva + 16 : rva + 20], "little")
+        if flags & _COMIMAGE_FLAGS_ILONLY:
+            raise UnsupportedError(
+                f"{self.name}: a .NET image of IL only (its CLR header says ILONLY): the "
+                "runtime compiles its code, hpatch replaces native code"
             )
 
     def _read_imports(self) -> tuple[Import, ...]:

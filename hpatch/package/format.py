@@ -1593,6 +1593,8 @@ def validate_package(package: Package) -> None:
         _fail("prerequisites are not in order or repeat")
     if any(not 0 <= v < 1 << 64 for _, v in package.prerequisites):
         _fail("prerequisite value out of range")
+    if not 1 <= package.servicing.sequence <= 0xFFFFFFFF:
+        _fail(f"sequence {package.servicing.sequence} is not between 1 and 2^32-1")
     if package.servicing.supersedes is not None:
         first, last = package.servicing.supersedes
         if not first <= last < package.servicing.sequence:
