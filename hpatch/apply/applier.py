@@ -395,7 +395,10 @@ def apply_package(
             active.region_size,
             (),
         )
-    new_data.validate(package)
+    try:
+        new_data.validate(package)
+    except PackageFormatError as error:
+        raise _Refused(f"check 'package contents' failed: {error}") from error
     checks = list(check_prerequisites(package, module.image))
     for result in checks:
         if not result.passed:

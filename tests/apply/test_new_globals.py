@@ -11,10 +11,10 @@ import pytest
 
 from hpatch.apply import ApplyOptions, apply_package, rollback
 from hpatch.emu.memory import Protection
-from hpatch.errors import PackageFormatError
+from hpatch.errors import CheckRefused, PackageFormatError
 from hpatch.package import new_data
 from hpatch.package.format import decode_package, encode_package
-from hpatch.package.model import BlobKind
+from hpatch.package.model import Blob, BlobKind
 
 from .support import BUILDS, package, process
 
@@ -64,19 +64,19 @@ def test_the_package_round_trips_with_its_data_blob(build: str) -> None:
 def test_new_data_sharing_a_page_with_code_is_refused_before_anything_changes() -> None:
     build = "x64-clang"
     pkg = package(build, "v3", "global-v3", 2)
-    code = next(b for b in pkg.blobs if b.kind == BlobKind.CODE)
-    # the code blob relabelled as data: its page would become writable and executable
+    last = max(pkg.blobs, key=lambda b: b.offset)
+    assert last.kind != BlobKind.DATA
+    # one more new global, right after the last blob on its (executable) page
+    offset = last.offset + last.size + (-(last.offset + last.size) % 16)
+    assert offset + 8 <= pkg.region_size and offset // 4096 == last.offset // 4096
     hostile = dataclasses.replace(
-        pkg,
-        blobs=tuple(
-            dataclasses.replace(b, kind=BlobKind.DATA) if b is code else b for b in pkg.blobs
-        ),
+        pkg, blobs=(*pkg.blobs, Blob(BlobKind.DATA, offset, bytes(range(1, 9))))
     )
     with pytest.raises(PackageFormatError, match="shares a page with new data"):
         new_data.validate(hostile)
     target = process(build, "v3")
     before = target.space.state()
-    with pytest.raises(PackageFormatError):
+    with pytest.raises(CheckRefused, match=r"check 'package contents' failed: .* shares a page"):
         apply_package(target, hostile, options=ALLOW)
     assert target.space.state() == before
 
