@@ -35,7 +35,7 @@ from hpatch.image import Function, PEImage
 from hpatch.package import new_data
 from hpatch.package.bind import bind_region
 from hpatch.package.checks import CheckResult, check_prerequisites
-from hpatch.package.envelope import check_signature
+from hpatch.package.envelope import check_signature, refusal, untrusted
 from hpatch.package.format import encode_package, resolve_blobs
 from hpatch.package.model import FunctionStatus, Package, Prerequisite
 from hpatch.package.signing import SignatureCheck, SignatureStatus, TrustStore
@@ -173,23 +173,12 @@ def _target_module(process: Process, package: Package, module: Module | None) ->
 def _signature(encoded: bytes, options: ApplyOptions) -> tuple[SignatureCheck, CheckResult]:
     store = options.trust or TrustStore()
     check = check_signature(encoded, store)  # over the raw bytes, nothing decoded
-    status = check.status
-    if status == SignatureStatus.TRUSTED:
+    reason = refusal(check, options.allow_unsigned)
+    if reason is not None:
+        return check, _check("signature", False, reason)
+    if check.status == SignatureStatus.TRUSTED:
         return check, CheckResult("signature", True, f"signed by trusted key {check.key_hex}")
-    if status == SignatureStatus.INVALID:
-        return check, _check(
-            "signature", False, f"the signature by key {check.key_hex} does not hold: tampered"
-        )
-    what = (
-        "unsigned"
-        if status == SignatureStatus.UNSIGNED
-        else f"signed by untrusted key {check.key_hex}"
-    )
-    if options.allow_unsigned:
-        return check, CheckResult("signature", True, f"{what}; allowed by --allow-unsigned")
-    return check, _check(
-        "signature", False, f"the package is {what}; give --trust KEY.pub or --allow-unsigned"
-    )
+    return check, CheckResult("signature", True, f"{untrusted(check)}; allowed by --allow-unsigned")
 
 
 def _sequence(package: Package, active: ActivePatch | None) -> CheckResult:

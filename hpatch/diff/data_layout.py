@@ -103,6 +103,7 @@ class SectionAligner:
         self.same_bytes = same_bytes
         self.old_labels = _labels_in(old.labels, old_section)
         self.new_labels = _labels_in(new.labels, new_section)
+        self.new_label_set = set(self.new_labels)
         self.segments: list[Segment] = []
         self.inserted: list[tuple[int, int]] = []
 
@@ -164,20 +165,9 @@ class SectionAligner:
         """Explain a gap that grew by alignment padding only: zero bytes no label names,
         right before a new label, the rest the old bytes."""
         (a_old, a_new), (b_old, b_new) = a, b
-        low = bisect.bisect_right(self.new_labels, a_new)
-        high = bisect.bisect_right(self.new_labels, b_new)
         found = []
-        for label in self.new_labels[low:high]:
-            start = label - grown
-            if (
-                start <= a_new
-                or self.new_labels[bisect.bisect_left(self.new_labels, start)] != label
-            ):
-                continue
-            section = self.new_section
-            if section.data[start - section.rva : label - section.rva].strip(b"\0"):
-                continue
-            before = start - a_new
+        for label in _padded_labels(self.new_labels, self.new_section, a_new, b_new, grown):
+            before = label - grown - a_new
             if before and not self.same_bytes(a_old, a_new, before):
                 continue
             after = b_old - a_old - before
@@ -195,21 +185,9 @@ class SectionAligner:
         """Explain a gap that shrank by alignment padding the new build no longer needs:
         zero bytes no label names, right before an old label."""
         (a_old, a_new), (b_old, _) = a, b
-        low = bisect.bisect_right(self.old_labels, a_old)
-        high = bisect.bisect_right(self.old_labels, b_old)
         found = []
-        for label in self.old_labels[low:high]:
-            start = label - dropped
-            if (
-                start <= a_old
-                or self.old_labels[bisect.bisect_left(self.old_labels, start)] != label
-            ):
-                continue  # the padding would hold a label or start the gap
-            if self.old_section.data[
-                start - self.old_section.rva : label - self.old_section.rva
-            ].strip(b"\0"):
-                continue
-            before = start - a_old
+        for label in _padded_labels(self.old_labels, self.old_section, a_old, b_old, dropped):
+            before = label - dropped - a_old
             if not self.same_bytes(a_old, a_new, before):
                 continue
             if b_old - label and not self.same_bytes(label, a_new + before, b_old - label):
@@ -235,7 +213,7 @@ class SectionAligner:
             return None
         low = bisect.bisect_right(self.old_labels, a_old)
         high = bisect.bisect_left(self.old_labels, b_old)
-        new_labels = set(self.new_labels)
+        new_labels = self.new_label_set
         landed = 0
         for label in self.old_labels[low:high]:
             offset = label - a_old
@@ -247,6 +225,22 @@ class SectionAligner:
     def add(self, old_rva: int, new_rva: int, size: int) -> None:
         if size > 0:
             self.segments.append(Segment(old_rva, new_rva, size))
+
+
+def _padded_labels(
+    labels: list[int], section: Section, start: int, end: int, size: int
+) -> list[int]:
+    """The labels in (start, end] that ``size`` zero bytes no label names come right
+    before, those bytes after ``start``: where a gap's alignment padding can lie."""
+    found = []
+    for label in labels[bisect.bisect_right(labels, start) : bisect.bisect_right(labels, end)]:
+        padding = label - size
+        if padding <= start or labels[bisect.bisect_left(labels, padding)] != label:
+            continue  # the padding would hold a label or start the gap
+        if section.data[padding - section.rva : label - section.rva].strip(b"\0"):
+            continue
+        found.append(label)
+    return found
 
 
 def _labels_in(labels: list[int], section: Section) -> list[int]:

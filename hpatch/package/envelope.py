@@ -10,8 +10,6 @@ Ed25519 verification, whatever its body claims.
 
 from __future__ import annotations
 
-from cryptography.exceptions import InvalidSignature
-
 from hpatch.errors import CheckRefused
 from hpatch.package.format import decode_package, open_envelope
 from hpatch.package.model import Package
@@ -30,17 +28,7 @@ def check_signature(data: bytes, store: TrustStore) -> SignatureCheck:
     """What the signature of the package ``data`` says against ``store``, from its raw
     bytes (PackageFormatError if its frame or SHA-256 is wrong); the body is not decoded."""
     envelope = open_envelope(data)
-    signature = envelope.signature
-    if signature is None:
-        return SignatureCheck(SignatureStatus.UNSIGNED, None)
-    key = store.keys.get(signature.key_id)
-    if key is None:
-        return SignatureCheck(SignatureStatus.UNTRUSTED, signature.key_id)
-    try:
-        key.verify(signature.signature, envelope.message)
-    except InvalidSignature:
-        return SignatureCheck(SignatureStatus.INVALID, signature.key_id)
-    return SignatureCheck(SignatureStatus.TRUSTED, signature.key_id)
+    return store.verify(envelope.signature, lambda: envelope.message)
 
 
 def refusal(check: SignatureCheck, allow_unsigned: bool) -> str | None:
@@ -54,12 +42,14 @@ def refusal(check: SignatureCheck, allow_unsigned: bool) -> str | None:
         return f"the signature by key {check.key_hex} does not hold: tampered"
     if allow_unsigned:
         return None
-    what = (
-        "unsigned"
-        if status == SignatureStatus.UNSIGNED
-        else f"signed by untrusted key {check.key_hex}"
-    )
-    return f"the package is {what}; give --trust KEY.pub or --allow-unsigned"
+    return f"the package is {untrusted(check)}; give --trust KEY.pub or --allow-unsigned"
+
+
+def untrusted(check: SignatureCheck) -> str:
+    """How a package no trusted key signed is signed: ``unsigned``, or by which key."""
+    if check.status == SignatureStatus.UNSIGNED:
+        return "unsigned"
+    return f"signed by untrusted key {check.key_hex}"
 
 
 def read_trusted(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -145,14 +146,20 @@ class TrustStore:
 
     def check(self, package: Package) -> SignatureCheck:
         """Is ``package`` signed by a key of this store, and does the signature hold?"""
-        signature = package.signature
+        return self.verify(package.signature, lambda: signed_message(package))
+
+    def verify(
+        self, signature: SignatureInfo | None, message: Callable[[], bytes]
+    ) -> SignatureCheck:
+        """What ``signature`` over ``message()`` says against this store (the message is
+        made only when a key of the store is to check it)."""
         if signature is None:
             return SignatureCheck(SignatureStatus.UNSIGNED, None)
         key = self.keys.get(signature.key_id)
         if key is None:
             return SignatureCheck(SignatureStatus.UNTRUSTED, signature.key_id)
         try:
-            key.verify(signature.signature, signed_message(package))
+            key.verify(signature.signature, message())
         except InvalidSignature:
             return SignatureCheck(SignatureStatus.INVALID, signature.key_id)
         return SignatureCheck(SignatureStatus.TRUSTED, signature.key_id)
