@@ -344,8 +344,10 @@ static struct PyModuleDef native_module = {
     NULL, NULL, NULL, NULL,
 };
 
-/* Defined in arm64.c. */
+/* Defined in arm64.c, lzma2.c and discovery.c. */
 extern PyMethodDef hpatch_arm64_methods[];
+extern PyMethodDef hpatch_lzma2_methods[];
+extern PyMethodDef hpatch_discovery_methods[];
 
 PyMODINIT_FUNC PyInit__native(void)
 {
@@ -357,9 +359,13 @@ PyMODINIT_FUNC PyInit__native(void)
         Py_DECREF(module);
         return NULL;
     }
-    if (PyModule_AddFunctions(module, hpatch_arm64_methods) < 0) {
-        Py_DECREF(module);
-        return NULL;
+    PyMethodDef *tables[] = {hpatch_arm64_methods, hpatch_lzma2_methods,
+                             hpatch_discovery_methods};
+    for (size_t i = 0; i < sizeof tables / sizeof tables[0]; i++) {
+        if (PyModule_AddFunctions(module, tables[i]) < 0) {
+            Py_DECREF(module);
+            return NULL;
+        }
     }
     return module;
 }
