@@ -4,7 +4,13 @@ from __future__ import annotations
 
 
 class HPatchError(Exception):
-    """Root of every error hpatch raises on purpose."""
+    """Root of every error hpatch raises on purpose.
+
+    ``file`` names the input the error is about, as the command line was given it,
+    when one is (the CLI's readers set it; ``--json`` error documents carry it).
+    """
+
+    file: str | None = None
 
 
 class ImageFormatError(HPatchError):

@@ -80,6 +80,8 @@ def read_input(path: str | os.PathLike[str], limit: int, what: str = "file") -> 
             raise _cannot("read", path, exc) from exc
     if len(data) > limit:  # the file grew while it was read
         raise FileRefused(f"{shown} is over the {limit}-byte limit for a {what}")
+    if not data:
+        raise FileRefused(f"{shown} is an empty file, not a {what}")
     return data
 
 

@@ -74,7 +74,7 @@ def test_info_json(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"", "not a PE file"),
+        (b"", "bad.dll is an empty file"),
         (bytes(range(256)) * 16, "not a PE file"),
         (STRIPPED.read_bytes()[:3000], "truncated"),
     ],
@@ -87,6 +87,7 @@ def test_bad_input_is_one_line_and_exit_code_1(
     code, out, err = run(capsys, "funcs", str(target))
     assert code == 1 and out == ""
     assert err.startswith("hpatch: error: ") and message in err
+    assert "bad.dll" in err  # the error names the file it is about
     assert "Traceback" not in err
 
 

@@ -35,9 +35,11 @@ def test_a_failing_run_rolls_back_and_prints_its_document(
     code, out, err = run(capsys, "apply", V1, month1, month2, month1, "--allow-unsigned", "--json")
     assert code == 6 and "anti-rollback" in err and "rolled back package 3" in err
     document = json.loads(out)
-    assert document["schema"] == "hpatch.apply/1"
+    assert document["schema"] == "hpatch.apply/2"
     assert [p["outcome"] for p in document["packages"]] == ["applied", "replaced"]
-    assert "anti-rollback" in document["error"] and "2.hpk" in document["error"]
+    error = document["error"]
+    assert "anti-rollback" in error["message"] and "2.hpk" in error["message"]
+    assert error["code"] == "refused" and error["exit_code"] == 6
     undone = document["rolled_back"]
     assert undone["replaced_sequence"] == 3 and undone["code_identical_to_baseline"] is True
 

@@ -61,7 +61,7 @@ def _writable_pages(process: Process, module: Module) -> list[bytes]:
 
 def _load_with_entry_point(path: Path) -> list[bytes]:
     image = load_image(path)
-    # As cli_apply loads IMAGE: the DLLs beside it found, the entry point run.
+    # As `hpatch apply` loads IMAGE: the DLLs beside it found, the entry point run.
     process = Process(image.identity.machine, search_path=[path.parent])
     module = process.load_image(image)
     tls = tls_directory(process.space, module)

@@ -96,12 +96,12 @@ def test_diff_writes_nothing_that_emulation_fails(
     a package translation validation accepts (the correlation names the place, and the
     initial values agree) but that counts into the wrong field: differential emulation
     finds it, so ``diff -o`` refuses it as ``verify`` would fail it."""
-    import hpatch.cli
+    import hpatch.cli.diff
 
     old, new = images("x64-clang", "v1", "v2")
-    real = hpatch.cli.diff_images
+    real = hpatch.cli.diff.diff_images
     monkeypatch.setattr(
-        hpatch.cli,
+        hpatch.cli.diff,
         "diff_images",
         lambda *args: misplace_global(real(*args), STATS_FIELD, STATS_FIELD - 4),
     )

@@ -10,7 +10,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from hpatch.cli_inputs import read_image, read_package_file
+from hpatch import __version__
+from hpatch.cli.inputs import read_image, read_package_file
+from hpatch.cli.output import error_fields, mark_reported
 from hpatch.errors import CheckRefused, EmulationFault, HPatchError
 from hpatch.image import PEImage, SectionFlags
 from hpatch.package import Package, target_digest
@@ -25,8 +27,10 @@ if TYPE_CHECKING:  # the emulator (Unicorn) loads only when ``apply`` runs
 
 CALL_MARKER = "--call"
 #: The ``hpatch apply --json`` document's schema. 1: the first with a schema, an
-#: ``error`` and the ``rolled_back`` record of a run that failed.
-APPLY_SCHEMA = "hpatch.apply/1"
+#: ``error`` and the ``rolled_back`` record of a run that failed. 2: ``hpatch_version``;
+#: ``error`` is the object every command's failure document holds (code, exit_code,
+#: message, file).
+APPLY_SCHEMA = "hpatch.apply/2"
 _WORD = 1 << 64
 
 
@@ -217,6 +221,7 @@ def apply_command(
         raise click.UsageError("apply needs an IMAGE and at least one PKG")
     document: dict[str, Any] = {
         "schema": APPLY_SCHEMA,
+        "hpatch_version": __version__,
         "image": None,
         "machine": None,
         "base": None,
@@ -240,7 +245,9 @@ def apply_command(
             no_entry_point,
         )
     except HPatchError as error:
-        document["error"] = str(error)
+        document["error"] = error_fields(error)
+        if as_json:
+            mark_reported(error)
         raise
     finally:
         # The document is printed however the run ends: what was applied, what undone.

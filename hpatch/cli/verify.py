@@ -10,16 +10,15 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from hpatch.cli_apply import check_before_loading
-from hpatch.cli_inputs import read_image, read_package_file
+from hpatch.cli.apply import check_before_loading
+from hpatch.cli.inputs import read_image, read_package_file
+from hpatch.cli.output import EXIT_CHECK_FAILED
 from hpatch.errors import HPatchError
 from hpatch.package import baseline_of, decode_package, target_digest
 from hpatch.text import json_text, markup, path_text
 
 if TYPE_CHECKING:  # the emulator (Unicorn) loads only when ``verify`` runs
     from hpatch.verify import VerifyReport
-
-EXIT_CHECK_FAILED = 4
 
 
 def verify_document(report: VerifyReport) -> dict[str, Any]:
@@ -85,9 +84,11 @@ def verify_document(report: VerifyReport) -> dict[str, Any]:
 def verify_command(
     old_path: str, new_path: str, package_path: str, as_json: bool, inputs: int
 ) -> None:
-    """Prove that PKG turns OLD into NEW: translation validation of every patched
-    function, then differential emulation of old+PKG against NEW. Exit 0 when every
-    function passes (or could not be emulated, with the reason), 4 when a check fails."""
+    """Prove PKG turns OLD into NEW: translation validation and differential emulation.
+
+    Translation validation of every patched function, then differential emulation of
+    old+PKG against NEW. Exit 0 when every function passes (or could not be emulated,
+    with the reason), 4 when a check fails."""
     from hpatch.diff import diff_images
     from hpatch.verify import verify_package
 

@@ -1,0 +1,216 @@
+"""``hpatch diff``: the function-level diff of two builds, and with -o their package."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from hpatch.cli.inputs import read_image
+from hpatch.cli.output import (
+    EXIT_NOT_HOTPATCHABLE,
+    EXIT_NOTHING_TO_PACKAGE,
+    check_supersedes,
+    console,
+    print_json,
+    servicing_options,
+)
+from hpatch.diff import Status, diff_images
+from hpatch.files import check_output, write_output
+from hpatch.package import BuildOptions, PackageBlocked, build_package, encode_package
+from hpatch.package.signing import load_private_key, sign_package
+from hpatch.report import blocker_dict, diff_document
+from hpatch.text import markup, path_text
+
+
+@click.command()
+@click.argument("old_path", metavar="OLD", type=click.Path(dir_okay=False))
+@click.argument("new_path", metavar="NEW", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of tables.")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(dir_okay=False),
+    help="Write the hotpatch package here (nothing is written for a blocked update).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With -o: replace an existing package file (never an input, never a non-regular file).",
+)
+@servicing_options(
+    "The package", "Sign the package with this Ed25519 private key (see hpatch keygen)."
+)
+@click.option(
+    "--inputs",
+    type=click.IntRange(1, 100_000),
+    default=100,
+    show_default=True,
+    help="With -o: random input sets each function is emulated with before writing.",
+)
+@click.option(
+    "--no-verify",
+    "no_verify",
+    is_flag=True,
+    help="With -o: write the package without proving it (no translation validation, "
+    "no differential emulation).",
+)
+def diff(
+    old_path: str,
+    new_path: str,
+    as_json: bool,
+    output: str | None,
+    force: bool,
+    sequence: int,
+    supersedes: tuple[int, int] | None,
+    description: str,
+    advisory: str,
+    sign_key: str | None,
+    inputs: int,
+    no_verify: bool,
+) -> None:
+    """Diff two builds of a PE image function by function; exit 3 if not hotpatchable.
+
+    With -o, also build the hotpatch package that turns OLD into NEW where it runs,
+    after proving it as ``hpatch verify`` does: translation validation, then
+    differential emulation (a function that fails either is a blocker and nothing
+    is written).
+    """
+    check_supersedes(sequence, supersedes)
+    sources = [old_path, new_path] + ([sign_key] if sign_key is not None else [])
+    if output is not None:
+        # Refused before the work, not after it: the output may not be an input.
+        check_output(output, sources, force=force)
+    key = load_private_key(sign_key) if sign_key is not None else None
+    old, new = read_image(old_path), read_image(new_path)
+    errors = Console(stderr=True)
+    if errors.is_terminal and not as_json:
+        from rich.progress import Progress
+
+        with Progress(console=errors, transient=True) as bar:
+            tasks = {
+                name: bar.add_task(f"fingerprinting {name} build", total=None)
+                for name in ("old", "new")
+            }
+
+            def progress(stage: str, done: int, total: int) -> None:
+                bar.update(tasks[stage], completed=done, total=total)
+
+            result = diff_images(old, new, progress)
+    else:
+        result = diff_images(old, new)
+    document = diff_document(result)
+    written = None
+    carried = result.with_status(Status.MODIFIED) + result.with_status(Status.ADDED)
+    # Not an error of the input: exit 5 tells a pipeline it from a corrupt file.
+    nothing_to_package = output is not None and result.hotpatchable and not carried
+    if result.hotpatchable and carried:
+        # The verdict holds only if every field of the changed code can be bound too.
+        options = BuildOptions(sequence, supersedes, description, advisory)
+        try:
+            if output is not None:
+                # Proving the package runs the emulator: loaded only when it is needed.
+                from hpatch.verify import build_verified_package
+
+                package, _ = build_verified_package(
+                    result, options, validate=not no_verify, inputs=inputs
+                )
+            else:
+                package = build_package(result, options)
+        except PackageBlocked as blocked:
+            document["hotpatchable"] = False
+            document["blockers"] = [blocker_dict(b) for b in blocked.blockers]
+        else:
+            if output is not None:
+                if key is not None:
+                    package = sign_package(package, key)
+                data = encode_package(package)
+                write_output(output, data, sources, force=force)
+                written = {
+                    "path": path_text(output),
+                    "size": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
+    if output is not None:
+        document["package"] = written
+    if as_json:
+        print_json(document)
+    else:
+        _print_diff(document)
+        if written is not None:
+            console().print(
+                f"package written to {markup(written['path'])} ({written['size']} bytes)"
+            )
+    if not document["hotpatchable"]:
+        raise click.exceptions.Exit(EXIT_NOT_HOTPATCHABLE)
+    if nothing_to_package:
+        click.echo("hpatch: no function changed between the builds: nothing to package", err=True)
+        raise click.exceptions.Exit(EXIT_NOTHING_TO_PACKAGE)
+
+
+def _print_diff(document: dict[str, Any]) -> None:
+    out = console()
+    summary = document["summary"]
+    out.print(
+        f"[bold]{markup(document['old']['name'])}[/bold] -> "
+        f"[bold]{markup(document['new']['name'])}[/bold]  "
+        f"{document['old']['machine']}: {summary['functions_old']} -> {summary['functions_new']} "
+        f"functions; {summary['unchanged']} unchanged, {summary['modified']} modified, "
+        f"{summary['added']} added, {summary['removed']} removed"
+    )
+    changed = [f for f in document["functions"] if f["status"] != "unchanged"]
+    if changed:
+        table = Table(title="changed functions", title_justify="left")
+        for column in (
+            "status",
+            "old RVA",
+            "new RVA",
+            "old size",
+            "new size",
+            "name",
+            "match",
+            "why",
+        ):
+            table.add_column(column)
+        for f in changed:
+            table.add_row(
+                f["status"],
+                f"0x{f['old_rva']:x}" if f["old_rva"] is not None else "",
+                f"0x{f['new_rva']:x}" if f["new_rva"] is not None else "",
+                str(f["old_size"] or ""),
+                str(f["new_size"] or ""),
+                markup(f["label"]),
+                f"{f['match']} ({f['confidence']:.2f})" if f["match"] else "",
+                markup(f["reason"] or ""),
+            )
+        out.print(table)
+    blockers = document["blockers"]
+    if blockers:
+        table = Table(title="blockers", title_justify="left")
+        for column in ("class", "cause", "where", "reason"):
+            table.add_column(column)
+        for blocker in blockers:
+            table.add_row(
+                blocker["class"],
+                blocker["cause"],
+                markup(blocker["where"]),
+                markup(blocker["reason"]),
+            )
+        out.print(table)
+        hazards = sum(1 for b in blockers if b["class"] == "hazard")
+        limitations = len(blockers) - hazards
+        counts = (
+            f"{hazards} hazard{'s' * (hazards != 1)}, "
+            f"{limitations} limitation{'s' * (limitations != 1)}"
+        )
+        if hazards:
+            verdict = f"the update needs a new baseline ({counts})"
+        else:
+            verdict = f"hpatch cannot package it yet ({counts})"
+        out.print(f"[bold red]not hotpatchable[/bold red]: {verdict}", highlight=False)
+    else:
+        out.print("[bold green]hotpatchable[/bold green]")

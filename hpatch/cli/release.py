@@ -1,0 +1,138 @@
+"""``hpatch release``: service every binary of two release trees at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.table import Table
+
+from hpatch.cli.output import EXIT_ERROR, check_supersedes, console, print_json, servicing_options
+from hpatch.package import BuildOptions
+from hpatch.package.signing import load_private_key
+from hpatch.text import markup, path_text, plain
+
+
+@click.command()
+@click.argument("old_dir", metavar="OLD_DIR", type=click.Path(file_okay=False))
+@click.argument("new_dir", metavar="NEW_DIR", type=click.Path(file_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The directory for packages/, release.json, release.json.sig and timings.json.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest instead of a table.")
+@click.option(
+    "--force", is_flag=True, help="Replace the outputs of an earlier run (never an input)."
+)
+@servicing_options(
+    "Every package", "Sign every package and the manifest with this Ed25519 private key."
+)
+@click.option(
+    "--inputs",
+    type=click.IntRange(1, 100_000),
+    default=100,
+    show_default=True,
+    help="Random input sets each changed function is emulated with.",
+)
+@click.option(
+    "--no-emulate",
+    is_flag=True,
+    help="Prove packages by translation validation only (no differential emulation).",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Worker processes, each servicing one pair at a time  [default: the CPU count]",
+)
+def release(
+    old_dir: str,
+    new_dir: str,
+    out_dir: str,
+    as_json: bool,
+    force: bool,
+    sequence: int,
+    supersedes: tuple[int, int] | None,
+    description: str,
+    advisory: str,
+    sign_key: str | None,
+    inputs: int,
+    no_emulate: bool,
+    jobs: int | None,
+) -> None:
+    """Service a whole release: every PE file of OLD_DIR and NEW_DIR, paired by path.
+
+    Each changed binary is diffed, and packaged and proven as ``hpatch diff -o`` does
+    when it is hotpatchable. Writes OUT_DIR/packages/<path>.hpk and the manifest
+    OUT_DIR/release.json (signed beside it with --sign-key). Exit 0 when every binary
+    was handled, whatever its verdict; 1 if any is an error.
+    """
+    from hpatch.release import Settings, default_jobs, run_release
+
+    check_supersedes(sequence, supersedes)
+    key = load_private_key(sign_key) if sign_key is not None else None
+    settings = Settings(
+        BuildOptions(sequence, supersedes, description, advisory), inputs, not no_emulate
+    )
+
+    def finished(pair: Any, outcome: Any) -> None:
+        # One plain line per binary on stderr: stdout stays the report or the document.
+        click.echo(f"hpatch: release: {plain(pair.path)}: {outcome.entry['status']}", err=True)
+
+    result = run_release(
+        old_dir,
+        new_dir,
+        out_dir,
+        settings,
+        jobs=jobs or default_jobs(),
+        key=key,
+        force=force,
+        finished=finished,
+        protected=[sign_key] if sign_key is not None else [],
+    )
+    if as_json:
+        print_json(result.document)
+    else:
+        _print_release(result.document, result.manifest_path)
+    if result.failed:
+        raise click.exceptions.Exit(EXIT_ERROR)
+
+
+def _print_release(document: dict[str, Any], manifest_path: str) -> None:
+    out = console()
+    table = Table(title=f"{len(document['binaries'])} binaries", title_justify="left")
+    for column in ("path", "status", "machine", "changed", "package / first blocker / error"):
+        table.add_column(column)
+    for binary in document["binaries"]:
+        functions = binary["functions"]
+        changed = (
+            str(functions["modified"] + functions["added"] + functions["removed"])
+            if functions
+            else ""
+        )
+        if binary["package"]:
+            detail = f"{binary['package']['file']} ({binary['package']['size']} bytes)"
+        elif binary["blockers"]:
+            first = binary["blockers"][0]
+            more = len(binary["blockers"]) - 1
+            detail = f"{first['class']} {first['cause']}: {first['where']}" + (
+                f" (+{more} more)" if more else ""
+            )
+        else:
+            detail = binary["error"] or ""
+        table.add_row(
+            markup(binary["path"]),
+            binary["status"],
+            binary["machine"] or "",
+            changed,
+            markup(detail),
+        )
+    out.print(table)
+    out.print(
+        ", ".join(f"{count} {status}" for status, count in document["summary"].items())
+        + f"; manifest written to {markup(path_text(manifest_path))}"
+    )
