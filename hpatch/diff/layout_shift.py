@@ -32,22 +32,55 @@ class LayoutShift:
     functions: tuple[FunctionChange, ...]
 
 
-def _only_shift(old: PEImage, new: PEImage, change: FunctionChange) -> tuple[int, int] | None:
-    """(shift, lowest old offset shifted) if the function's two builds differ only in
-    field offsets, all moved the same way (the smallest shift names it); else None."""
+_Fields = list[tuple[str, tuple[int, ...]]]
+
+
+def _words_fields(
+    old: PEImage, new: PEImage, old_code: bytes, new_code: bytes
+) -> tuple[_Fields, _Fields] | None:
+    """Fixed-width instructions, one count of them: the field shapes and offsets of the
+    instructions whose text differs. Only the words whose bytes differ can differ in
+    text, so only those are decoded, all of them in one call: the text leaves out what
+    depends on an instruction's address (a branch or literal's target), so where a
+    word sits does not change its text or its fields."""
+    step = old.arch.instruction_alignment
+    differing = [
+        at
+        for at in range(0, len(old_code), step)
+        if old_code[at : at + step] != new_code[at : at + step]
+    ]
+    old_words = [old_code[at : at + step] for at in differing]
+    new_words = [new_code[at : at + step] for at in differing]
+    old_texts = old.arch.instruction_texts(b"".join(old_words), 0)
+    new_texts = new.arch.instruction_texts(b"".join(new_words), 0)
+    if not differing or len(old_texts) != len(differing) or len(new_texts) != len(differing):
+        return None  # nothing differs, or a word that is not an instruction (data) does
+    keep = []
+    for index, ((_, _, old_text), (_, _, new_text)) in enumerate(
+        zip(old_texts, new_texts, strict=True)
+    ):
+        if old_text == new_text:
+            continue
+        if old_text.split(" ", 1)[0] != new_text.split(" ", 1)[0]:
+            return None
+        keep.append(index)
+    old_fields = old.arch.field_offsets(b"".join(old_words[i] for i in keep), 0)
+    new_fields = new.arch.field_offsets(b"".join(new_words[i] for i in keep), 0)
+    return old_fields, new_fields
+
+
+def _stream_fields(
+    old: PEImage, new: PEImage, change: FunctionChange, old_code: bytes, new_code: bytes
+) -> tuple[_Fields, _Fields] | None:
+    """Variable-width instructions: decoded whole, paired in order, the field shapes and
+    offsets of those whose text differs."""
     assert change.old is not None and change.new is not None
-    if max(change.old.size, change.new.size) > _MAX_FUNCTION:
-        return None
-    if old.arch.instruction_alignment > 1 and change.old.size != change.new.size:
-        return None  # fixed-width instructions: another count of them
-    old_code = old.read(change.old.rva, change.old.size)
-    new_code = new.read(change.new.rva, change.new.size)
     old_texts = old.arch.instruction_texts(old_code, change.old.rva)
     new_texts = new.arch.instruction_texts(new_code, change.new.rva)
     if not old_texts or len(old_texts) != len(new_texts):
         return None
-    a: list[tuple[str, tuple[int, ...]]] = []
-    b: list[tuple[str, tuple[int, ...]]] = []
+    a: _Fields = []
+    b: _Fields = []
     # Only the instructions whose text differs are decoded in detail.
     for (old_at, old_size, old_text), (new_at, new_size, new_text) in zip(
         old_texts, new_texts, strict=True
@@ -58,6 +91,26 @@ def _only_shift(old: PEImage, new: PEImage, change: FunctionChange) -> tuple[int
             return None
         a += old.arch.field_offsets(old_code[old_at : old_at + old_size], change.old.rva + old_at)
         b += new.arch.field_offsets(new_code[new_at : new_at + new_size], change.new.rva + new_at)
+    return a, b
+
+
+def _only_shift(old: PEImage, new: PEImage, change: FunctionChange) -> tuple[int, int] | None:
+    """(shift, lowest old offset shifted) if the function's two builds differ only in
+    field offsets, all moved the same way (the smallest shift names it); else None."""
+    assert change.old is not None and change.new is not None
+    if max(change.old.size, change.new.size) > _MAX_FUNCTION:
+        return None
+    old_code = old.read(change.old.rva, change.old.size)
+    new_code = new.read(change.new.rva, change.new.size)
+    if old.arch.instruction_alignment > 1:
+        if change.old.size != change.new.size:
+            return None  # fixed-width instructions: another count of them
+        fields = _words_fields(old, new, old_code, new_code)
+    else:
+        fields = _stream_fields(old, new, change, old_code, new_code)
+    if fields is None:
+        return None
+    a, b = fields
     if len(a) != len(b):
         return None
     shifts: set[int] = set()
