@@ -89,12 +89,15 @@ def run_release(
     force: bool = False,
     finished: Callable[[Pair, Outcome], None] | None = None,
     protected: Sequence[str] = (),
+    scheduler: str | None = None,
 ) -> ReleaseResult:
     """Service every PE file of ``old_dir`` and ``new_dir`` (see the package docstring)
-    and write ``out_dir``: packages, ``release.json`` (signed with ``key`` when given)
-    and ``timings.json``. No output replaces an input, nor a file of ``protected``
-    (the signing key). Raises HPatchError only for the run as a whole (a tree that
-    is not a directory, an output that may not be written); a bad binary is an entry."""
+    on ``jobs`` local processes, or on the Dask cluster whose scheduler is at
+    ``scheduler`` (``tcp://HOST:PORT``), and write ``out_dir``: packages,
+    ``release.json`` (signed with ``key`` when given) and ``timings.json``. No output
+    replaces an input, nor a file of ``protected`` (the signing key). Raises HPatchError
+    only for the run as a whole (a tree that is not a directory, an output that may not
+    be written, a cluster that cannot be used); a bad binary is an entry."""
     for name, tree in (("OLD_DIR", old_dir), ("NEW_DIR", new_dir)):
         if _inside(out_dir, tree):
             raise FileRefused(
@@ -111,6 +114,7 @@ def run_release(
         settings,
         jobs,
         None if finished is None else lambda index, outcome: finished(pairs[index], outcome),
+        scheduler=scheduler,
     )
     binaries, timings = [], []
     for pair, outcome in zip(pairs, outcomes, strict=True):

@@ -1,4 +1,5 @@
-"""Servicing every pair of a release: one task per pair, on a local process pool.
+"""Servicing every pair of a release: one task per pair, on a local process pool or
+a Dask cluster (``cluster``).
 
 A task reads its two files, diffs them and builds and proves the package as
 ``hpatch diff -o`` does; it returns plain data (the manifest entry, the unsigned
@@ -154,8 +155,16 @@ def _service(pair: Pair, settings: Settings) -> Outcome:
 Task = Callable[[Pair, Settings], Outcome]
 
 
-def _failed(pair: Pair, exc: BaseException) -> Outcome:
+def failed_outcome(pair: Pair, exc: BaseException) -> Outcome:
+    """The ``error`` entry of a pair whose task raised instead of returning."""
     message = f"the worker servicing it failed: {type(exc).__name__}: {plain(exc)}"
+    return Outcome(new_entry(pair.path, Status.ERROR) | {"error": message})
+
+
+def died_outcome(pair: Pair) -> Outcome:
+    """The ``error`` entry of a pair whose every worker died running it. Every executor
+    words it alike: the manifest does not depend on which one ran."""
+    message = "the worker process servicing it died"
     return Outcome(new_entry(pair.path, Status.ERROR) | {"error": message})
 
 
@@ -181,7 +190,7 @@ def _pool(
                 lost.append(index)
                 continue
             except Exception as exc:  # a result or an argument that would not pickle
-                outcome = _failed(pairs[index], exc)
+                outcome = failed_outcome(pairs[index], exc)
             done(index, outcome)
     return sorted(lost)
 
@@ -192,10 +201,12 @@ def run_pairs(
     jobs: int,
     finished: Callable[[int, Outcome], None] | None = None,
     task: Task = service_pair,
+    scheduler: str | None = None,
 ) -> list[Outcome]:
-    """Service every pair on a pool of ``jobs`` processes (``task`` does one pair); the
-    outcomes in the order of ``pairs``. ``finished(index, outcome)`` is called as each
-    task ends.
+    """Service every pair on a pool of ``jobs`` processes, or on the Dask cluster whose
+    scheduler is at ``scheduler`` (``jobs`` is then unused); ``task`` does one pair.
+    The outcomes in the order of ``pairs``. ``finished(index, outcome)`` is called as
+    each task ends.
 
     A worker process that dies (a crash in a native library) breaks its pool and every
     task still in it: those tasks run again, each alone in a fresh process, so only the
@@ -208,10 +219,16 @@ def run_pairs(
         if finished is not None:
             finished(index, outcome)
 
+    if scheduler is not None:
+        # Dask is an optional extra: imported only when a cluster is asked for.
+        from hpatch.release.cluster import run_on_cluster
+
+        run_on_cluster(list(range(len(pairs))), pairs, settings, scheduler, task, done)
+        return [o for o in outcomes if o is not None]
     lost = _pool(list(range(len(pairs))), pairs, settings, jobs, task, done) if pairs else []
     for index in lost:
         if _pool([index], pairs, settings, 1, task, done):
-            done(index, _failed(pairs[index], BrokenProcessPool("the worker process died")))
+            done(index, died_outcome(pairs[index]))
     return [o for o in outcomes if o is not None]
 
 

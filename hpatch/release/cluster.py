@@ -1,0 +1,161 @@
+"""Servicing a release's pairs on a Dask distributed cluster (``--scheduler``).
+
+The tasks are the local pool's: one per pair, run on a worker, plain data back to
+the client, which signs and writes every output. So the outputs are the local run's,
+byte for byte. Workers read the trees themselves, at the absolute paths the client
+sees, so every worker needs the trees at the same path (a shared or replicated file
+system) and the same hpatch installed.
+
+A worker that dies mid-task is Dask's to handle: the scheduler gives its tasks to
+other workers, up to ``distributed.scheduler.allowed-failures`` deaths per task (3 by
+default), after which the task fails with ``KilledWorker``. A task that fails for good
+becomes its binary's ``error``; the run goes on.
+
+Dask is an optional extra (``pip install 'hpatch[cluster]'``), imported only here and
+only when a scheduler is given.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from types import ModuleType
+from typing import Any
+
+from hpatch import BACKEND, __version__
+from hpatch.errors import HPatchError
+from hpatch.release.pairing import Pair, TreeFile
+from hpatch.release.run import Outcome, Settings, Task, died_outcome, failed_outcome
+from hpatch.text import plain
+
+#: Seconds to reach the scheduler and to see a worker: a wrong address fails, never hangs.
+CONNECT_TIMEOUT = 10.0
+#: Runs again of a task that raised (a worker's transient failure, such as a full disk).
+RETRIES = 2
+INSTALL_HINT = "pip install 'hpatch[cluster]'"
+
+
+def import_distributed() -> ModuleType:
+    """``dask.distributed``, or an HPatchError saying how to install it."""
+    try:
+        import distributed
+    except ImportError as exc:
+        raise HPatchError(
+            f"--scheduler needs Dask distributed, which is not installed: {INSTALL_HINT}"
+        ) from exc
+    return distributed
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Fail at once on a TCP scheduler that refuses the connection: Dask's own connect
+    retries a refused connection until its timeout ends."""
+    scheme, _, location = address.rpartition("://")
+    if scheme not in ("", "tcp"):
+        return  # tls://, ucx://, inproc://: Dask's to reach
+    host, colon, port = location.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise HPatchError(f"scheduler address {address!r} is not tcp://HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise HPatchError(f"cannot reach the Dask scheduler at {address}: {reason}") from exc
+
+
+def worker_identity() -> tuple[str, str]:
+    """What a worker runs: the hpatch version and backend (called on the workers)."""
+    return __version__, BACKEND
+
+
+def _check_workers(client: Any, address: str, timeout: float) -> None:
+    """Refuse a cluster without workers (the tasks would wait forever) or with one
+    that runs another hpatch (its packages could differ from this client's)."""
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise HPatchError(
+            f"no worker joined the Dask scheduler at {address} within {timeout:g} s"
+        ) from exc
+    try:
+        identities: dict[str, tuple[str, str]] = client.run(worker_identity)
+    except Exception as exc:  # unpickling hpatch's function failed: hpatch is missing there
+        raise HPatchError(
+            f"a worker of the Dask scheduler at {address} cannot run hpatch "
+            f"({type(exc).__name__}: {plain(exc)}); workers need hpatch {__version__}"
+        ) from exc
+    for worker, (version, _) in sorted(identities.items()):
+        if version != __version__:
+            raise HPatchError(
+                f"worker {worker} runs hpatch {version}, this client hpatch {__version__}"
+            )
+
+
+def _absolute(pair: Pair) -> Pair:
+    """The pair with its files where a worker finds them, whatever its directory."""
+
+    def resolve(side: TreeFile | None) -> TreeFile | None:
+        return None if side is None else replace(side, location=os.path.abspath(side.location))
+
+    return replace(pair, old=resolve(pair.old), new=resolve(pair.new))
+
+
+def _remote(task: Task, pair: Pair, settings: Settings) -> tuple[str, Outcome]:
+    """A task as a worker runs it, its result stamped with the worker's hpatch version
+    (workers may join after the check at the start)."""
+    return __version__, task(pair, settings)
+
+
+def run_on_cluster(
+    indices: list[int],
+    pairs: list[Pair],
+    settings: Settings,
+    scheduler: str,
+    task: Task,
+    done: Callable[[int, Outcome], None],
+    timeout: float = CONNECT_TIMEOUT,
+) -> None:
+    """Run ``task`` for the pairs at ``indices`` on the cluster whose scheduler is at
+    ``scheduler``; ``done(index, outcome)`` as each finishes, in the order they finish.
+    Raises HPatchError when Dask is missing or the cluster cannot be used."""
+    distributed = import_distributed()
+    _probe(scheduler, timeout)
+    try:
+        client = distributed.Client(scheduler, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise HPatchError(
+            f"cannot connect to the Dask scheduler at {scheduler}: {plain(exc)}"
+        ) from exc
+    with client:
+        _check_workers(client, scheduler, timeout)
+        # Keys of this run only: other clients may share the cluster, and a key Dask
+        # already holds would be taken as this task's result.
+        run = uuid.uuid4().hex
+        futures = {
+            client.submit(
+                _remote,
+                task,
+                _absolute(pairs[index]),
+                settings,
+                key=f"hpatch-release-{run}-{index}",
+                retries=RETRIES,
+            ): index
+            for index in indices
+        }
+        for future in distributed.as_completed(futures, loop=client.loop):
+            index = futures[future]
+            try:
+                version, outcome = future.result()
+            except distributed.KilledWorker:  # its message names a run's key and worker
+                outcome = died_outcome(pairs[index])
+            except Exception as exc:  # the task raised on every try
+                outcome = failed_outcome(pairs[index], exc)
+            else:
+                if version != __version__:
+                    mismatch = HPatchError(f"the worker runs hpatch {version}, not {__version__}")
+                    outcome = failed_outcome(pairs[index], mismatch)
+            done(index, outcome)
+            future.release()  # the worker may drop the result: the client holds it now
