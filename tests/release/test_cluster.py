@@ -1,0 +1,211 @@
+"""``hpatch release`` on a real Dask cluster: a scheduler and two worker processes on
+localhost, against the local pool's outputs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import distributed
+import pytest
+
+import hpatch
+from hpatch.errors import HPatchError
+from hpatch.package import BuildOptions
+from hpatch.package.signing import generate_key, load_private_key
+from hpatch.release import Outcome, Pair, Settings, pair_trees, run_release, service_pair
+from hpatch.release.cluster import worker_identity
+from hpatch.release.run import Task, run_pairs
+
+from .test_release import EXPECTED, _copy, make_trees, outputs
+
+SETTINGS = Settings(BuildOptions(2, (1, 1), "", "CVE-2026-0001"), inputs=5)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[distributed.LocalCluster]:
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        local_directory=str(tmp_path_factory.mktemp("dask")),
+    ) as local_cluster:
+        yield local_cluster
+
+
+@pytest.fixture(scope="module")
+def release_trees(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("cluster-release")
+    old, new = make_trees(root)
+    generate_key(root / "release.key")
+    return root, old, new
+
+
+def release(trees: tuple[Path, Path, Path], out: Path, scheduler: str | None, jobs: int = 2) -> int:
+    root, old, new = trees
+    result = run_release(
+        str(old),
+        str(new),
+        str(out),
+        SETTINGS,
+        jobs=jobs,
+        key=load_private_key(str(root / "release.key")),
+        scheduler=scheduler,
+    )
+    return sum(1 for b in result.document["binaries"] if b["status"] == "error")
+
+
+@pytest.fixture(scope="module")
+def local_outputs(
+    release_trees: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, bytes]:
+    out = tmp_path_factory.mktemp("local") / "release"
+    release(release_trees, out, None)
+    return outputs(out)
+
+
+def test_cluster_release_matches_the_local_run(
+    cluster: distributed.LocalCluster,
+    release_trees: tuple[Path, Path, Path],
+    local_outputs: dict[str, bytes],
+    tmp_path: Path,
+) -> None:
+    with distributed.Client(cluster, set_as_default=False) as client:
+        # The workers run this hpatch on this backend: HPATCH_PURE_PYTHON reached them.
+        identities = client.run(worker_identity)
+    assert sorted(identities.values()) == [(hpatch.__version__, hpatch.BACKEND)] * 2
+    out = tmp_path / "release"
+    assert release(release_trees, out, cluster.scheduler_address) == 1  # broken.dll
+    got = outputs(out)
+    assert sorted(got) == sorted(local_outputs)
+    assert got == local_outputs  # manifest, signature and every package, byte for byte
+    assert "packages/arm64/core.dll.hpk" in got and "packages/X64/Core.DLL.hpk" in got
+    assert (out / "timings.json").is_file()  # timings: written, and outside the signed part
+
+
+class KillOnce(distributed.WorkerPlugin):
+    """Kills the worker process that starts the task of one pair, once per run (the
+    marker file says it happened), as a machine lost mid-task would."""
+
+    name = "hpatch-test-kill-once"
+
+    def __init__(self, suffix: str, marker: str) -> None:
+        self.suffix = suffix
+        self.marker = marker
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if finish != "executing" or not str(key).endswith(self.suffix):
+            return
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return  # killed once already: the retry runs to its end
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_killed_mid_run_loses_nothing(
+    cluster: distributed.LocalCluster,
+    release_trees: tuple[Path, Path, Path],
+    local_outputs: dict[str, bytes],
+    tmp_path: Path,
+) -> None:
+    _, old, new = release_trees
+    paths = [p.path for p in pair_trees(str(old), str(new))]
+    assert paths == list(EXPECTED)
+    marker = tmp_path / "killed"
+    plugin = KillOnce(f"-{paths.index('arm64/core.dll')}", str(marker))
+    with distributed.Client(cluster, set_as_default=False) as client:
+        client.register_plugin(plugin)
+        try:
+            out = tmp_path / "release"
+            assert release(release_trees, out, cluster.scheduler_address) == 1
+        finally:
+            client.unregister_worker_plugin(KillOnce.name)
+        assert marker.exists()  # a worker did die, running a pair that gets packaged
+        client.wait_for_workers(2, timeout=30)  # the nanny restarts it for the next test
+    assert outputs(out) == local_outputs
+
+
+def unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_an_unreachable_scheduler_fails_fast(
+    release_trees: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    address = f"tcp://127.0.0.1:{unused_port()}"
+    started = time.monotonic()
+    with pytest.raises(HPatchError, match=f"Dask scheduler at {address}"):
+        release(release_trees, tmp_path / "release", address)
+    assert time.monotonic() - started < 5
+    assert not (tmp_path / "release" / "release.json").exists()
+
+
+def test_without_dask_the_error_says_how_to_install_it(
+    release_trees: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed: ImportError
+    with pytest.raises(HPatchError, match=r"pip install 'hpatch\[cluster\]'"):
+        release(release_trees, tmp_path / "release", "tcp://127.0.0.1:8786")
+
+
+def test_a_local_release_does_not_import_dask() -> None:
+    code = (
+        "import sys, hpatch.cli, hpatch.release, hpatch.release.api; "
+        "found = [m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')]; "
+        "sys.exit(f'imported: {found}' if found else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def raise_on_broken(pair: Pair, settings: Settings) -> Outcome:
+    """A task that fails on one pair wherever it runs, as a bug would."""
+    if pair.path == "broken.dll":
+        raise RuntimeError("a bug")
+    return service_pair(pair, settings)
+
+
+def die_on_broken(pair: Pair, settings: Settings) -> Outcome:
+    """A task that kills every worker that runs one pair."""
+    if pair.path == "broken.dll":
+        os._exit(70)
+    return service_pair(pair, settings)
+
+
+@pytest.mark.parametrize(
+    ("task", "error"),
+    [
+        (raise_on_broken, "the worker servicing it failed: RuntimeError: a bug"),
+        (die_on_broken, "the worker process servicing it died"),  # as the local pool says
+    ],
+)
+def test_a_task_that_always_fails_is_its_binarys_error(
+    cluster: distributed.LocalCluster, tmp_path: Path, task: Task, error: str
+) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    for tree in (old, new):
+        _copy("x64-gcc", "v1", tree / "same.dll")
+    _copy("x64-gcc", "v1", old / "broken.dll")
+    _copy("x64-gcc", "v2", new / "broken.dll")
+    _copy("x64-gcc", "v3", new / "fresh.dll")
+    pairs = pair_trees(str(old), str(new))
+    outcomes = run_pairs(pairs, SETTINGS, 1, task=task, scheduler=cluster.scheduler_address)
+    entries = {p.path: o.entry for p, o in zip(pairs, outcomes, strict=True)}
+    assert {path: e["status"] for path, e in entries.items()} == {
+        "broken.dll": "error",
+        "fresh.dll": "added",
+        "same.dll": "unchanged",
+    }
+    assert entries["broken.dll"]["error"] == error
