@@ -9,7 +9,7 @@ CORPUS_FETCH := ../shared/corpus/fetch.sh
 HPCORPUS ?= $(HOME)/.cache/hpatch-corpus
 DEMO_IMAGES := samples/bin/x64-clang/v1/sample.stripped.dll samples/bin/arm64-clang/v1/sample.stripped.dll
 
-.PHONY: demo test lint corpus cves bench clean sanitize fuzz realworld reliability
+.PHONY: demo test lint corpus browser cves bench clean sanitize fuzz realworld reliability
 
 $(STAMP): pyproject.toml setup.py native/*.c native/*.h
 	@$(PYTHON) -m venv $(VENV) || { echo "make: '$(PYTHON) -m venv' failed (Debian: apt-get install python3-venv python3-dev)" >&2; exit 1; }
@@ -69,7 +69,17 @@ corpus: $(STAMP)
 		HPCORPUS=$(HPCORPUS) PYTHON=$(BIN)/python bash $(CORPUS_FETCH) || echo "make: corpus fetch failed; corpus tests will not run" >&2; \
 	fi
 
-test: $(STAMP) lint corpus
+# The release report (OUT_DIR/index.html) is tested in a real headless browser: Debian's
+# chromium, installed here when it is not on PATH (as root, else through sudo), so that
+# its test can run (it fails, saying so, without one).
+browser:
+	@command -v chromium > /dev/null || { \
+		if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \
+		$$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -q -y --no-install-recommends chromium \
+		&& command -v chromium > /dev/null \
+		|| { echo "make: cannot install chromium, which the release report test needs (Debian: apt-get install chromium)" >&2; exit 1; }; }
+
+test: $(STAMP) lint corpus browser
 	HPATCH_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q --ignore=tests/cves
 	HPATCH_PURE_PYTHON=1 $(BIN)/python -m pytest -q --ignore=tests/cves
 
