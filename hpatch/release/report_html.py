@@ -111,15 +111,17 @@ _SCRIPT = """
   }
   function sortBy(column, ascending) {
     var numeric = heads[column].getAttribute("data-type") === "number";
-    var rows = original.slice().sort(function (a, b) {
-      var x = key(a, column, numeric), y = key(b, column, numeric);
-      var order = x < y ? -1 : x > y ? 1 : 0;
+    var keyed = original.map(function (row, index) {
+      return { row: row, index: index, key: key(row, column, numeric) };
+    });
+    keyed.sort(function (a, b) {
+      var order = a.key < b.key ? -1 : a.key > b.key ? 1 : 0;
       if (!ascending) { order = -order; }
-      return order || original.indexOf(a) - original.indexOf(b);
+      return order || a.index - b.index;
     });
     for (var i = 0; i < heads.length; i++) { heads[i].removeAttribute("aria-sort"); }
     heads[column].setAttribute("aria-sort", ascending ? "ascending" : "descending");
-    rows.forEach(function (row) { body.appendChild(row); });
+    keyed.forEach(function (item) { body.appendChild(item.row); });
   }
   Array.prototype.forEach.call(heads, function (head, column) {
     var button = document.createElement("button");
