@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import re
 import struct
 from collections.abc import Iterable, Sequence
@@ -39,7 +40,6 @@ _MAX_CHAIN_DEPTH = 32
 _MAX_EXTENT_BYTES = 1 << 20
 
 _RETURNS = frozenset({"ret", "retf", "retfq", "iretq", "iretd", "iret"})
-_WINDOW = 256
 _SINGLE_PAD = frozenset({0xCC, 0x90, 0x00})
 
 
@@ -63,6 +63,27 @@ def _modrm_tail(data: bytes, at: int) -> int | None:
     return size if at + size <= len(data) else None
 
 
+def _entry_points(decoder: capstone.Cs) -> tuple[int, ...]:
+    """What the C core needs to decode through ``decoder``'s capstone handle: the
+    handle, cs_disasm_iter, cs_malloc and cs_free, and where a cs_insn holds its
+    size, mnemonic and operand text (capstone's own declaration of the structure)."""
+    library = capstone._cs
+    insn = capstone._cs_insn
+
+    def address(function: object) -> int:
+        return ctypes.cast(function, ctypes.c_void_p).value or 0
+
+    return (
+        decoder.csh.value,
+        address(library.cs_disasm_iter),
+        address(library.cs_malloc),
+        address(library.cs_free),
+        insn.size.offset,
+        insn.mnemonic.offset,
+        insn.op_str.offset,
+    )
+
+
 class X64(Arch):
     """The AMD64 architecture."""
 
@@ -78,6 +99,9 @@ class X64(Arch):
         self._cs_lite = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         self._cs_detail = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         self._cs_detail.detail = True
+        # A handle of its own for the C core's extent walk, which decodes through it.
+        self._cs_extent = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        self._extent_decoder = _entry_points(self._cs_extent)
 
     # .pdata -------------------------------------------------------------
 
@@ -242,58 +266,7 @@ class X64(Arch):
         if bound_rva <= start_rva:
             return None
         code = read(start_rva, bound_rva - start_rva)
-        pending = [start_rva, *(r for r in roots if start_rva <= r < bound_rva)]
-        visited: set[int] = set()
-        end = start_rva
-        while pending:
-            rva = pending.pop()
-            block_end = self._walk_block(code, start_rva, bound_rva, rva, visited, pending)
-            if block_end is None:
-                return None
-            end = max(end, block_end)
-        return end
-
-    def _walk_block(
-        self,
-        code: bytes,
-        start_rva: int,
-        bound_rva: int,
-        rva: int,
-        visited: set[int],
-        pending: list[int],
-    ) -> int | None:
-        """Decode straight-line code from ``rva``; end of the last body byte, None if invalid."""
-        end = rva
-        while rva not in visited:
-            if rva >= bound_rva:
-                return None
-            offset = rva - start_rva
-            decoded = False
-            for address, size, mnemonic, op_str in self._cs_lite.disasm_lite(
-                code[offset : offset + _WINDOW], rva
-            ):
-                decoded = True
-                if address in visited:
-                    return end
-                if address + size > bound_rva:
-                    return None
-                visited.add(address)
-                rva = address + size
-                if mnemonic == "int3":
-                    return end  # a trap is where fall-through stops; it is padding, not body
-                end = rva
-                if mnemonic in _RETURNS or mnemonic in ("ud2", "hlt"):
-                    return end
-                if mnemonic[0] == "j" or mnemonic.startswith("loop"):
-                    if op_str.startswith("0x"):
-                        target = int(op_str, 16)
-                        if start_rva <= target < bound_rva:
-                            pending.append(target)
-                    if mnemonic == "jmp":
-                        return end
-            if not decoded:
-                return None
-        return end
+        return core.x64_code_extent(code, start_rva, roots, self._extent_decoder)
 
     def instruction_starts(self, read: ReadRva, start_rva: int, end_rva: int) -> frozenset[int]:
         code = read(start_rva, end_rva - start_rva)
