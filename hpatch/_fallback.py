@@ -17,6 +17,7 @@ import capstone
 from capstone import x86_const
 
 from hpatch._fallback_discovery import x64_code_extent  # noqa: F401
+from hpatch._fallback_lzma2 import lzma2_compress  # noqa: F401
 from hpatch._fallback_rewrite import apply_fixups, encode_redirect  # noqa: F401
 
 SITE_CALL, SITE_JUMP, SITE_COND_JUMP, SITE_ADDRESS, SITE_LOAD = 1, 2, 3, 4, 5

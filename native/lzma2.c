@@ -1,10 +1,1114 @@
 /*
- * The LZMA2 encoder of hpatch/package/lzma2.py, in C: the same arguments give the
+ * The LZMA2 encoder of hpatch/_fallback_lzma2.py, in C: the same arguments give the
  * same bytes as the pure-Python twin on every platform.
+ *
+ * Everything that decides a byte is integer arithmetic over the input, and every
+ * cache the twin keeps is kept here with the same lifetime (the footer prices in
+ * particular are priced when first asked for after a refresh, not when used), so the
+ * parse makes the same choices. The match finder keys its chains by the exact three
+ * bytes, as the twin's dictionaries do, so candidates come in the same order.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "args.h"
+
+#define MATCH_MIN 2
+#define MATCH_MAX 273
+#define LEN_SYMBOLS (MATCH_MAX + 1)
+#define STATES 12
+#define POS_STATES_MAX 16
+#define END_POS_MODEL 14
+#define FULL_DISTANCES 128
+#define ALIGN_BITS 4
+#define PRICE_BITS 4
+#define PRICE_INFINITY ((int64_t)1 << 60)
+#define CHUNK_UNPACKED_MAX (1L << 21)
+#define CHUNK_PACKED_MAX (1L << 16)
+/* Positions and distances are int32: the chains hold one per input byte. */
+#define BUFFER_MAX ((int64_t)0x7FFFFFF0)
+#define REFRESH_SYMBOLS 64
+
+enum { KIND_LITERAL = 0, KIND_MATCH = 1, KIND_REP = 2, KIND_SHORTREP = 3 };
+
+static const uint8_t LIT_NEXT[STATES] = {0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 4, 5};
+static const uint8_t MATCH_NEXT[STATES] = {7, 7, 7, 7, 7, 7, 7, 10, 10, 10, 10, 10};
+static const uint8_t REP_NEXT[STATES] = {8, 8, 8, 8, 8, 8, 8, 11, 11, 11, 11, 11};
+static const uint8_t SHORTREP_NEXT[STATES] = {9, 9, 9, 9, 9, 9, 9, 11, 11, 11, 11, 11};
+
+/* The twin's _price_table(): price in 1/16 bit of a bit of probability
+ * ((index << 4) + 8) / 2048. */
+static const uint8_t PRICES[128] = {
+    128, 103, 91, 84, 78, 73, 69, 66, 63, 61, 58, 56, 54, 52, 51, 49,
+    48,  46,  45, 44, 43, 42, 41, 40, 39, 38, 37, 36, 35, 34, 34, 33,
+    32,  31,  31, 30, 29, 29, 28, 28, 27, 26, 26, 25, 25, 24, 24, 23,
+    23,  22,  22, 22, 21, 21, 20, 20, 19, 19, 19, 18, 18, 17, 17, 17,
+    16,  16,  16, 15, 15, 15, 14, 14, 14, 13, 13, 13, 12, 12, 12, 11,
+    11,  11,  11, 10, 10, 10, 10, 9,  9,  9,  9,  8,  8,  8,  8,  7,
+    7,   7,   7,  6,  6,  6,  6,  5,  5,  5,  5,  5,  4,  4,  4,  4,
+    3,   3,   3,  3,  3,  2,  2,  2,  2,  2,  2,  1,  1,  1,  1,  1,
+};
+
+typedef uint16_t prob_t;
+
+static int32_t bit_price(prob_t probability, unsigned bit)
+{
+    return PRICES[(bit ? 2048u - probability : probability) >> 4];
+}
+
+static int32_t tree_price(const prob_t *probs, int bits, uint32_t value)
+{
+    int32_t price = 0;
+    uint32_t m = 1;
+    for (int shift = bits - 1; shift >= 0; shift--) {
+        unsigned bit = (value >> shift) & 1u;
+        price += bit_price(probs[m], bit);
+        m = (m << 1) | bit;
+    }
+    return price;
+}
+
+/* probs[offset + m] for m from 1: offset is -1 for the first special slot. */
+static int32_t reverse_price(const prob_t *probs, int offset, int bits, uint32_t value)
+{
+    int32_t price = 0;
+    uint32_t m = 1;
+    for (int i = 0; i < bits; i++) {
+        unsigned bit = value & 1u;
+        value >>= 1;
+        price += bit_price(probs[offset + (int)m], bit);
+        m = (m << 1) | bit;
+    }
+    return price;
+}
+
+/* The position slot of a distance value (distance - 1), value < 2^32. */
+static uint32_t slot_of(uint32_t value)
+{
+    if (value < 4)
+        return value;
+    uint32_t bits = 0;
+    for (uint32_t v = value; v > 1; v >>= 1)
+        bits++;
+    return (bits << 1) | ((value >> (bits - 1)) & 1u);
+}
+
+/* A growable byte buffer; a failed growth is remembered and reported at the end. */
+typedef struct {
+    uint8_t *data;
+    size_t size;
+    size_t capacity;
+    int failed;
+} bytes_t;
+
+static void bytes_reserve(bytes_t *b, size_t extra)
+{
+    if (b->failed || b->size + extra <= b->capacity)
+        return;
+    size_t grown = b->capacity ? b->capacity : 256;
+    while (grown < b->size + extra) {
+        if (grown > SIZE_MAX / 2) {
+            b->failed = 1;
+            return;
+        }
+        grown *= 2;
+    }
+    uint8_t *data = realloc(b->data, grown);
+    if (data == NULL) {
+        b->failed = 1;
+        return;
+    }
+    b->data = data;
+    b->capacity = grown;
+}
+
+static void bytes_put(bytes_t *b, uint8_t byte)
+{
+    bytes_reserve(b, 1);
+    if (!b->failed)
+        b->data[b->size++] = byte;
+}
+
+typedef struct {
+    uint64_t low;
+    uint32_t range;
+    uint8_t cache;
+    uint64_t cache_size;
+    bytes_t out;
+} range_encoder_t;
+
+static void rc_reset(range_encoder_t *rc)
+{
+    rc->low = 0;
+    rc->range = 0xFFFFFFFFu;
+    rc->cache = 0;
+    rc->cache_size = 1;
+    rc->out.size = 0;
+}
+
+static void rc_shift_low(range_encoder_t *rc)
+{
+    uint64_t low = rc->low;
+    if (low < 0xFF000000u || low >= ((uint64_t)1 << 32)) {
+        uint8_t carry = (uint8_t)(low >> 32);
+        uint8_t temp = rc->cache;
+        do {
+            bytes_put(&rc->out, (uint8_t)(temp + carry));
+            temp = 0xFF;
+        } while (--rc->cache_size != 0);
+        rc->cache = (uint8_t)(low >> 24);
+    }
+    rc->cache_size++;
+    rc->low = (low & 0x00FFFFFFu) << 8;
+}
+
+static void rc_normalize(range_encoder_t *rc)
+{
+    while (rc->range < (1u << 24)) {
+        rc->range <<= 8;
+        rc_shift_low(rc);
+    }
+}
+
+static void rc_bit(range_encoder_t *rc, prob_t *prob, unsigned bit)
+{
+    uint32_t p = *prob;
+    uint32_t bound = (rc->range >> 11) * p;
+    if (bit) {
+        rc->low += bound;
+        rc->range -= bound;
+        *prob = (prob_t)(p - (p >> 5));
+    } else {
+        rc->range = bound;
+        *prob = (prob_t)(p + ((2048u - p) >> 5));
+    }
+    rc_normalize(rc);
+}
+
+static void rc_direct(range_encoder_t *rc, uint32_t value, int count)
+{
+    for (int shift = count - 1; shift >= 0; shift--) {
+        rc->range >>= 1;
+        if ((value >> shift) & 1u)
+            rc->low += rc->range;
+        rc_normalize(rc);
+    }
+}
+
+static void rc_tree(range_encoder_t *rc, prob_t *probs, int bits, uint32_t value)
+{
+    uint32_t m = 1;
+    for (int shift = bits - 1; shift >= 0; shift--) {
+        unsigned bit = (value >> shift) & 1u;
+        rc_bit(rc, &probs[m], bit);
+        m = (m << 1) | bit;
+    }
+}
+
+static void rc_reverse(range_encoder_t *rc, prob_t *probs, int offset, int bits, uint32_t value)
+{
+    uint32_t m = 1;
+    for (int i = 0; i < bits; i++) {
+        unsigned bit = value & 1u;
+        value >>= 1;
+        rc_bit(rc, &probs[offset + (int)m], bit);
+        m = (m << 1) | bit;
+    }
+}
+
+/* Bytes this chunk will hold once flushed. */
+static uint64_t rc_pending(const range_encoder_t *rc)
+{
+    return (uint64_t)rc->out.size + rc->cache_size + 4;
+}
+
+static void rc_finish(range_encoder_t *rc)
+{
+    for (int i = 0; i < 5; i++)
+        rc_shift_low(rc);
+}
+
+/* One LZMA length coder (2..273) for 16 position states. */
+typedef struct {
+    prob_t choice[2];
+    prob_t low[POS_STATES_MAX << 3];
+    prob_t mid[POS_STATES_MAX << 3];
+    prob_t high[256];
+} length_coder_t;
+
+static void length_encode(range_encoder_t *rc, length_coder_t *lc, uint32_t length,
+                          uint32_t pos_state)
+{
+    uint32_t value = length - MATCH_MIN;
+    if (value < 8) {
+        rc_bit(rc, &lc->choice[0], 0);
+        rc_tree(rc, &lc->low[pos_state << 3], 3, value);
+    } else if (value < 16) {
+        rc_bit(rc, &lc->choice[0], 1);
+        rc_bit(rc, &lc->choice[1], 0);
+        rc_tree(rc, &lc->mid[pos_state << 3], 3, value - 8);
+    } else {
+        rc_bit(rc, &lc->choice[0], 1);
+        rc_bit(rc, &lc->choice[1], 1);
+        rc_tree(rc, lc->high, 8, value - 16);
+    }
+}
+
+static void length_prices(const length_coder_t *lc, uint32_t pos_state, int32_t *table)
+{
+    int32_t a = bit_price(lc->choice[0], 0);
+    int32_t b = bit_price(lc->choice[0], 1) + bit_price(lc->choice[1], 0);
+    int32_t c = bit_price(lc->choice[0], 1) + bit_price(lc->choice[1], 1);
+    table[0] = table[1] = 0;
+    for (uint32_t v = 0; v < 8; v++)
+        table[2 + v] = a + tree_price(&lc->low[pos_state << 3], 3, v);
+    for (uint32_t v = 0; v < 8; v++)
+        table[10 + v] = b + tree_price(&lc->mid[pos_state << 3], 3, v);
+    for (uint32_t v = 0; v < 256; v++)
+        table[18 + v] = c + tree_price(lc->high, 8, v);
+}
+
+typedef struct {
+    int32_t length;
+    int32_t distance;
+} match_t;
+
+typedef struct {
+    uint8_t kind;
+    int32_t length;
+    int32_t arg;
+} symbol_t;
+
+/* One node of the optimal parse. */
+typedef struct {
+    int64_t price;
+    int32_t from;
+    int32_t length;
+    int32_t arg;
+    int32_t reps[4];
+    uint8_t kind;
+    uint8_t state;
+} node_t;
+
+typedef struct {
+    /* the dictionary followed by the data */
+    const uint8_t *buffer;
+    int64_t start, end;
+    int lc, lp, pb;
+    uint32_t lp_mask, pb_mask;
+    int64_t nice, depth, window;
+    /* coder state */
+    uint8_t state;
+    int32_t reps[4]; /* distances (not distance - 1) */
+    prob_t is_match[STATES << 4];
+    prob_t is_rep[STATES];
+    prob_t is_rep_g0[STATES];
+    prob_t is_rep_g1[STATES];
+    prob_t is_rep_g2[STATES];
+    prob_t is_rep0_long[STATES << 4];
+    prob_t literal[0x300 << 4];
+    prob_t pos_slot[4 << 6];
+    prob_t pos_special[1 + FULL_DISTANCES - END_POS_MODEL];
+    prob_t align[1 << ALIGN_BITS];
+    length_coder_t match_len, rep_len;
+    /* match finder: hash chains over exact 3-byte keys (an open-addressed table of
+     * key -> last position), and the last place of each 2-byte key */
+    int32_t *chain;
+    uint32_t *head3_key; /* UINT32_MAX: empty */
+    int32_t *head3_position;
+    size_t head3_mask;
+    int head3_shift;
+    int32_t head2[1 << 16];
+    int64_t inserted;
+    int has_pending;
+    int64_t pending_position;
+    int pending_count;
+    match_t pending[LEN_SYMBOLS];
+    /* prices, recomputed every REFRESH_SYMBOLS symbols */
+    int32_t match_len_prices[POS_STATES_MAX][LEN_SYMBOLS];
+    int32_t rep_len_prices[POS_STATES_MAX][LEN_SYMBOLS];
+    int32_t slot_prices[4][64];
+    int32_t *footer_price; /* by distance value, valid while footer_epoch matches */
+    uint32_t *footer_epoch;
+    uint32_t epoch;
+    int64_t since_refresh;
+    /* the parse */
+    node_t *nodes;
+    symbol_t *symbols;
+    int64_t node_count;
+} encoder_t;
+
+static int32_t head3_swap(encoder_t *e, uint32_t key, int32_t position)
+{
+    size_t slot = (size_t)((key * 2654435761u) >> e->head3_shift) & e->head3_mask;
+    for (;;) {
+        if (e->head3_key[slot] == UINT32_MAX) {
+            e->head3_key[slot] = key;
+            e->head3_position[slot] = position;
+            return -1;
+        }
+        if (e->head3_key[slot] == key) {
+            int32_t previous = e->head3_position[slot];
+            e->head3_position[slot] = position;
+            return previous;
+        }
+        slot = (slot + 1) & e->head3_mask;
+    }
+}
+
+static int32_t head3_get(const encoder_t *e, uint32_t key)
+{
+    size_t slot = (size_t)((key * 2654435761u) >> e->head3_shift) & e->head3_mask;
+    for (;;) {
+        if (e->head3_key[slot] == UINT32_MAX)
+            return -1;
+        if (e->head3_key[slot] == key)
+            return e->head3_position[slot];
+        slot = (slot + 1) & e->head3_mask;
+    }
+}
+
+static uint32_t key3(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16);
+}
+
+static uint32_t key2(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8);
+}
+
+/* Enter every position before `position` into the hash chains. */
+static void insert_until(encoder_t *e, int64_t position)
+{
+    const uint8_t *buffer = e->buffer;
+    for (int64_t p = e->inserted; p < position; p++) {
+        if (p + 3 <= e->end) {
+            int32_t previous = head3_swap(e, key3(buffer + p), (int32_t)p);
+            if (previous >= 0)
+                e->chain[p] = previous;
+        }
+        /* a 1-byte key at the very end is never looked up */
+        if (p + 2 <= e->end)
+            e->head2[key2(buffer + p)] = (int32_t)p;
+    }
+    if (position > e->inserted)
+        e->inserted = position;
+}
+
+/* Length of the common prefix of the buffer at `earlier` and at `position`. */
+static int32_t common(const encoder_t *e, int64_t earlier, int64_t position, int32_t limit)
+{
+    const uint8_t *a = e->buffer + earlier, *b = e->buffer + position;
+    int32_t length = 0;
+    while (length < limit && a[length] == b[length])
+        length++;
+    return length;
+}
+
+/* (length, distance) pairs at `position`, longer ones farther; enters it. */
+static int matches(encoder_t *e, int64_t position, match_t *found)
+{
+    if (e->has_pending && e->pending_position == position) {
+        e->has_pending = 0;
+        memcpy(found, e->pending, (size_t)e->pending_count * sizeof(match_t));
+        return e->pending_count;
+    }
+    insert_until(e, position);
+    const uint8_t *buffer = e->buffer;
+    int64_t avail = e->end - position;
+    int32_t limit = avail < MATCH_MAX ? (int32_t)avail : MATCH_MAX;
+    int count = 0;
+    if (limit >= 2) {
+        int32_t best = 1;
+        if (limit >= 3) {
+            int32_t candidate = head3_get(e, key3(buffer + position));
+            int64_t depth = e->depth;
+            while (candidate >= 0 && depth) {
+                if (buffer[candidate + best] == buffer[position + best]) {
+                    int32_t length = common(e, candidate, position, limit);
+                    if (length > best) {
+                        /* lengths only grow, so at most MATCH_MAX - 1 entries */
+                        found[count].length = length;
+                        found[count].distance = (int32_t)(position - candidate);
+                        count++;
+                        best = length;
+                        if (length == limit)
+                            break;
+                    }
+                }
+                candidate = e->chain[candidate];
+                depth--;
+            }
+        }
+        if (best < 2) {
+            int32_t candidate = e->head2[key2(buffer + position)];
+            if (candidate >= 0) {
+                found[count].length = 2;
+                found[count].distance = (int32_t)(position - candidate);
+                count++;
+            }
+        }
+    }
+    insert_until(e, position + 1);
+    return count;
+}
+
+/* Recompute the cached prices from the current probabilities. */
+static void refresh(encoder_t *e)
+{
+    for (uint32_t s = 0; s < (1u << e->pb); s++) {
+        length_prices(&e->match_len, s, e->match_len_prices[s]);
+        length_prices(&e->rep_len, s, e->rep_len_prices[s]);
+    }
+    for (uint32_t state = 0; state < 4; state++)
+        for (uint32_t slot = 0; slot < 64; slot++)
+            e->slot_prices[state][slot] = tree_price(&e->pos_slot[state << 6], 6, slot);
+    e->epoch++;
+    e->since_refresh = 0;
+}
+
+/* The footer's price of a distance value, priced when first asked for since the
+ * last refresh, as the twin's cache does. */
+static int32_t footer_price(encoder_t *e, uint32_t value, uint32_t slot)
+{
+    if (e->footer_epoch[value] == e->epoch)
+        return e->footer_price[value];
+    int bits = (int)(slot >> 1) - 1;
+    uint32_t base = (2u | (slot & 1u)) << bits;
+    int32_t footer;
+    if (slot < END_POS_MODEL)
+        footer = reverse_price(e->pos_special, (int)base - (int)slot - 1, bits, value - base);
+    else
+        footer = ((bits - ALIGN_BITS) << PRICE_BITS) +
+                 reverse_price(e->align, 0, ALIGN_BITS, (value - base) & 15u);
+    e->footer_price[value] = footer;
+    e->footer_epoch[value] = e->epoch;
+    return footer;
+}
+
+static int32_t literal_price(const encoder_t *e, int64_t position, uint8_t state, int32_t rep0)
+{
+    const uint8_t *buffer = e->buffer;
+    uint32_t byte = buffer[position];
+    uint32_t previous = position ? buffer[position - 1] : 0;
+    const prob_t *probs =
+        &e->literal[0x300u * ((((uint32_t)position & e->lp_mask) << e->lc) +
+                              (previous >> (8 - e->lc)))];
+    int32_t price = 0;
+    if (state < 7)
+        return tree_price(probs, 8, byte);
+    /* rep0 never reaches before the buffer; the guard keeps a broken parse in bounds */
+    uint32_t match_byte = position >= rep0 ? buffer[position - rep0] : 0;
+    uint32_t symbol = byte | 0x100u;
+    uint32_t offset = 0x100;
+    while (symbol < 0x10000u) {
+        match_byte <<= 1;
+        unsigned bit = (symbol >> 7) & 1u;
+        price += bit_price(probs[offset + (match_byte & offset) + (symbol >> 8)], bit);
+        symbol <<= 1;
+        offset &= ~(match_byte ^ symbol);
+    }
+    return price;
+}
+
+/* Price of choosing rep `index` (longer than one byte), without its length. */
+static int32_t rep_price(const encoder_t *e, int index, uint8_t state, uint32_t pos_state)
+{
+    int32_t price =
+        bit_price(e->is_match[(state << 4) + pos_state], 1) + bit_price(e->is_rep[state], 1);
+    if (index == 0)
+        return price + bit_price(e->is_rep_g0[state], 0) +
+               bit_price(e->is_rep0_long[(state << 4) + pos_state], 1);
+    price += bit_price(e->is_rep_g0[state], 1);
+    if (index == 1)
+        return price + bit_price(e->is_rep_g1[state], 0);
+    return price + bit_price(e->is_rep_g1[state], 1) +
+           bit_price(e->is_rep_g2[state], (unsigned)(index - 2));
+}
+
+static void rep_lengths_at(const encoder_t *e, int64_t p, const int32_t *reps, int32_t avail,
+                           int32_t *lengths)
+{
+    for (int i = 0; i < 4; i++)
+        lengths[i] = (reps[i] <= p && avail >= 2) ? common(e, p - reps[i], p, avail) : 0;
+}
+
+/* The cheapest symbols from `position` on, into e->symbols; returns their count. */
+static int64_t optimum(encoder_t *e, int64_t position)
+{
+    const uint8_t *buffer = e->buffer;
+    node_t *nodes = e->nodes;
+    match_t found[LEN_SYMBOLS];
+    int found_count = matches(e, position, found);
+    int64_t remaining = e->end - position;
+    int32_t avail = remaining < MATCH_MAX ? (int32_t)remaining : MATCH_MAX;
+    int32_t rep_lengths[4];
+    rep_lengths_at(e, position, e->reps, avail, rep_lengths);
+    int best_rep = 0;
+    for (int i = 1; i < 4; i++)
+        if (rep_lengths[i] > rep_lengths[best_rep])
+            best_rep = i;
+    if (rep_lengths[best_rep] >= e->nice) {
+        insert_until(e, position + rep_lengths[best_rep]);
+        e->symbols[0].kind = KIND_REP;
+        e->symbols[0].length = rep_lengths[best_rep];
+        e->symbols[0].arg = best_rep;
+        return 1;
+    }
+    if (found_count && found[found_count - 1].length >= e->nice) {
+        insert_until(e, position + found[found_count - 1].length);
+        e->symbols[0].kind = KIND_MATCH;
+        e->symbols[0].length = found[found_count - 1].length;
+        e->symbols[0].arg = found[found_count - 1].distance;
+        return 1;
+    }
+    /* every node's price is PRICE_INFINITY between calls; the ones touched are put
+     * back at the end */
+    nodes[0].price = 0;
+    nodes[0].state = e->state;
+    memcpy(nodes[0].reps, e->reps, sizeof e->reps);
+    int64_t end_at = 1;
+    int64_t cur = 0;
+    for (;;) {
+        int64_t p = position + cur;
+        if (cur) {
+            if (cur >= end_at || cur >= e->window)
+                break;
+            found_count = matches(e, p, found);
+            if (found_count && found[found_count - 1].length >= e->nice) {
+                e->has_pending = 1;
+                e->pending_position = p;
+                e->pending_count = found_count;
+                memcpy(e->pending, found, (size_t)found_count * sizeof(match_t));
+                break;
+            }
+            remaining = e->end - p;
+            avail = remaining < MATCH_MAX ? (int32_t)remaining : MATCH_MAX;
+            rep_lengths_at(e, p, nodes[cur].reps, avail, rep_lengths);
+        }
+        const node_t *node = &nodes[cur];
+        const int32_t *rreps = node->reps;
+        uint8_t state = node->state;
+        int64_t base_price = node->price;
+        uint32_t pos_state = (uint32_t)p & e->pb_mask;
+        prob_t is_match = e->is_match[(state << 4) + pos_state];
+        /* a literal, or the byte at rep0 again (short rep) */
+        node_t *next = &nodes[cur + 1];
+        int64_t price = base_price + bit_price(is_match, 0) + literal_price(e, p, state, rreps[0]);
+        if (price < next->price) {
+            next->price = price;
+            next->from = (int32_t)cur;
+            next->kind = KIND_LITERAL;
+            next->state = LIT_NEXT[state];
+            memcpy(next->reps, rreps, sizeof next->reps);
+        }
+        if (rreps[0] <= p && buffer[p] == buffer[p - rreps[0]]) {
+            price = base_price + bit_price(is_match, 1) + bit_price(e->is_rep[state], 1) +
+                    bit_price(e->is_rep_g0[state], 0) +
+                    bit_price(e->is_rep0_long[(state << 4) + pos_state], 0);
+            if (price < next->price) {
+                next->price = price;
+                next->from = (int32_t)cur;
+                next->kind = KIND_SHORTREP;
+                next->state = SHORTREP_NEXT[state];
+                memcpy(next->reps, rreps, sizeof next->reps);
+            }
+        }
+        if (cur + 1 > end_at)
+            end_at = cur + 1;
+        /* repeated distances */
+        const int32_t *rep_len_prices = e->rep_len_prices[pos_state];
+        for (int index = 0; index < 4; index++) {
+            int32_t longest = rep_lengths[index];
+            if (longest < 2)
+                continue;
+            int64_t start_price = base_price + rep_price(e, index, state, pos_state);
+            int32_t moved[4];
+            moved[0] = rreps[index];
+            for (int i = 0, j = 1; i < 4; i++)
+                if (i != index)
+                    moved[j++] = rreps[i];
+            uint8_t next_state = REP_NEXT[state];
+            for (int32_t length = 2; length <= longest; length++) {
+                price = start_price + rep_len_prices[length];
+                node_t *target = &nodes[cur + length];
+                if (price < target->price) {
+                    target->price = price;
+                    target->from = (int32_t)cur;
+                    target->kind = KIND_REP;
+                    target->length = length;
+                    target->arg = index;
+                    target->state = next_state;
+                    memcpy(target->reps, moved, sizeof moved);
+                }
+            }
+            if (cur + longest > end_at)
+                end_at = cur + longest;
+        }
+        /* new distances */
+        if (found_count) {
+            int64_t start_price =
+                base_price + bit_price(is_match, 1) + bit_price(e->is_rep[state], 0);
+            const int32_t *match_len_prices = e->match_len_prices[pos_state];
+            uint8_t next_state = MATCH_NEXT[state];
+            int32_t shortest = 2;
+            for (int f = 0; f < found_count; f++) {
+                int32_t longest = found[f].length, distance = found[f].distance;
+                if (distance != rreps[0] && distance != rreps[1] && distance != rreps[2] &&
+                    distance != rreps[3]) {
+                    int32_t moved[4] = {distance, rreps[0], rreps[1], rreps[2]};
+                    uint32_t value = (uint32_t)distance - 1;
+                    uint32_t slot = slot_of(value);
+                    int32_t footer = slot >= 4 ? footer_price(e, value, slot) : 0;
+                    for (int32_t length = shortest; length <= longest; length++) {
+                        int32_t length_state = length - 2 < 3 ? length - 2 : 3;
+                        price = start_price + match_len_prices[length] +
+                                e->slot_prices[length_state][slot] + footer;
+                        node_t *target = &nodes[cur + length];
+                        if (price < target->price) {
+                            target->price = price;
+                            target->from = (int32_t)cur;
+                            target->kind = KIND_MATCH;
+                            target->length = length;
+                            target->arg = distance;
+                            target->state = next_state;
+                            memcpy(target->reps, moved, sizeof moved);
+                        }
+                    }
+                }
+                shortest = longest + 1;
+                if (cur + longest > end_at)
+                    end_at = cur + longest;
+            }
+        }
+        cur++;
+    }
+    /* walk back from `cur` to the start */
+    int64_t count = 0;
+    for (int64_t at = cur; at; at = nodes[at].from) {
+        symbol_t *symbol = &e->symbols[count++];
+        symbol->kind = nodes[at].kind;
+        if (symbol->kind == KIND_LITERAL || symbol->kind == KIND_SHORTREP) {
+            symbol->length = 1;
+            symbol->arg = 0;
+        } else {
+            symbol->length = nodes[at].length;
+            symbol->arg = nodes[at].arg;
+        }
+    }
+    for (int64_t i = 0, j = count - 1; i < j; i++, j--) {
+        symbol_t swap = e->symbols[i];
+        e->symbols[i] = e->symbols[j];
+        e->symbols[j] = swap;
+    }
+    for (int64_t i = 0; i <= end_at && i < e->node_count; i++)
+        nodes[i].price = PRICE_INFINITY;
+    return count;
+}
+
+static void emit(encoder_t *e, range_encoder_t *rc, int64_t position, const symbol_t *symbol)
+{
+    uint8_t state = e->state;
+    uint32_t pos_state = (uint32_t)position & e->pb_mask;
+    const uint8_t *buffer = e->buffer;
+    if (symbol->kind == KIND_LITERAL) {
+        rc_bit(rc, &e->is_match[(state << 4) + pos_state], 0);
+        uint32_t previous = position ? buffer[position - 1] : 0;
+        prob_t *probs = &e->literal[0x300u * ((((uint32_t)position & e->lp_mask) << e->lc) +
+                                              (previous >> (8 - e->lc)))];
+        uint32_t byte = buffer[position];
+        if (state < 7) {
+            rc_tree(rc, probs, 8, byte);
+        } else {
+            uint32_t match_byte = position >= e->reps[0] ? buffer[position - e->reps[0]] : 0;
+            uint32_t sym = byte | 0x100u;
+            uint32_t offset = 0x100;
+            while (sym < 0x10000u) {
+                match_byte <<= 1;
+                rc_bit(rc, &probs[offset + (match_byte & offset) + (sym >> 8)], (sym >> 7) & 1u);
+                sym <<= 1;
+                offset &= ~(match_byte ^ sym);
+            }
+        }
+        e->state = LIT_NEXT[state];
+        return;
+    }
+    rc_bit(rc, &e->is_match[(state << 4) + pos_state], 1);
+    uint32_t length = (uint32_t)symbol->length;
+    if (symbol->kind == KIND_MATCH) {
+        rc_bit(rc, &e->is_rep[state], 0);
+        length_encode(rc, &e->match_len, length, pos_state);
+        uint32_t value = (uint32_t)symbol->arg - 1;
+        uint32_t slot = slot_of(value);
+        rc_tree(rc, &e->pos_slot[(length - 2 < 3 ? length - 2 : 3) << 6], 6, slot);
+        if (slot >= 4) {
+            int bits = (int)(slot >> 1) - 1;
+            uint32_t base = (2u | (slot & 1u)) << bits;
+            uint32_t reduced = value - base;
+            if (slot < END_POS_MODEL) {
+                rc_reverse(rc, e->pos_special, (int)base - (int)slot - 1, bits, reduced);
+            } else {
+                rc_direct(rc, reduced >> ALIGN_BITS, bits - ALIGN_BITS);
+                rc_reverse(rc, e->align, 0, ALIGN_BITS, reduced & 15u);
+            }
+        }
+        e->reps[3] = e->reps[2];
+        e->reps[2] = e->reps[1];
+        e->reps[1] = e->reps[0];
+        e->reps[0] = symbol->arg;
+        e->state = MATCH_NEXT[state];
+        return;
+    }
+    rc_bit(rc, &e->is_rep[state], 1);
+    if (symbol->kind == KIND_SHORTREP) {
+        rc_bit(rc, &e->is_rep_g0[state], 0);
+        rc_bit(rc, &e->is_rep0_long[(state << 4) + pos_state], 0);
+        e->state = SHORTREP_NEXT[state];
+        return;
+    }
+    int32_t arg = symbol->arg;
+    if (arg == 0) {
+        rc_bit(rc, &e->is_rep_g0[state], 0);
+        rc_bit(rc, &e->is_rep0_long[(state << 4) + pos_state], 1);
+    } else {
+        rc_bit(rc, &e->is_rep_g0[state], 1);
+        if (arg == 1) {
+            rc_bit(rc, &e->is_rep_g1[state], 0);
+        } else {
+            rc_bit(rc, &e->is_rep_g1[state], 1);
+            rc_bit(rc, &e->is_rep_g2[state], (unsigned)(arg - 2));
+        }
+        int32_t distance = e->reps[arg];
+        for (int i = arg; i > 0; i--)
+            e->reps[i] = e->reps[i - 1];
+        e->reps[0] = distance;
+    }
+    length_encode(rc, &e->rep_len, length, pos_state);
+    e->state = REP_NEXT[state];
+}
+
+static void fill_probs(prob_t *probs, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        probs[i] = 1024;
+}
+
+/* The encoding's outcome, decided without the GIL and reported with it. */
+enum { ENCODED = 0, NO_MEMORY = 1, CHUNK_OVERFLOW = 2 };
+
+typedef struct {
+    int64_t chunk_unpacked, chunk_packed, packed_reserve;
+} limits_t;
+
+static int run(encoder_t *e, const limits_t *limits, bytes_t *chunks)
+{
+    range_encoder_t rc;
+    memset(&rc, 0, sizeof rc);
+    int64_t position = e->start;
+    int first = 1;
+    int status = ENCODED;
+    while (position < e->end) {
+        rc_reset(&rc);
+        int64_t chunk_start = position;
+        while (position < e->end) {
+            if (position - chunk_start + e->window + MATCH_MAX > limits->chunk_unpacked ||
+                rc_pending(&rc) + (uint64_t)limits->packed_reserve > (uint64_t)limits->chunk_packed)
+                break;
+            int64_t count = optimum(e, position);
+            for (int64_t i = 0; i < count; i++) {
+                emit(e, &rc, position, &e->symbols[i]);
+                position += e->symbols[i].length;
+                e->since_refresh++;
+            }
+            if (e->since_refresh >= REFRESH_SYMBOLS)
+                refresh(e);
+        }
+        rc_finish(&rc);
+        if (rc.out.failed) {
+            status = NO_MEMORY;
+            break;
+        }
+        if ((int64_t)rc.out.size > CHUNK_PACKED_MAX) {
+            status = CHUNK_OVERFLOW;
+            break;
+        }
+        uint32_t unpacked = (uint32_t)(position - chunk_start) - 1;
+        uint32_t packed = (uint32_t)rc.out.size - 1;
+        /* the first chunk sets the properties, and resets the dictionary unless the
+         * decoder has just been given one; later chunks continue the state */
+        uint8_t control = first ? (e->start == 0 ? 0xE0 : 0xC0) : 0x80;
+        bytes_reserve(chunks, 6 + rc.out.size);
+        if (chunks->failed) {
+            status = NO_MEMORY;
+            break;
+        }
+        uint8_t *out = chunks->data + chunks->size;
+        *out++ = (uint8_t)(control | (unpacked >> 16));
+        *out++ = (uint8_t)(unpacked >> 8);
+        *out++ = (uint8_t)unpacked;
+        *out++ = (uint8_t)(packed >> 8);
+        *out++ = (uint8_t)packed;
+        if (first)
+            *out++ = (uint8_t)((e->pb * 5 + e->lp) * 9 + e->lc);
+        memcpy(out, rc.out.data, rc.out.size);
+        out += rc.out.size;
+        chunks->size = (size_t)(out - chunks->data);
+        first = 0;
+    }
+    free(rc.out.data);
+    return status;
+}
+
+typedef struct {
+    int64_t low, high;
+} range_t;
+
+static void encoder_free(encoder_t *e)
+{
+    if (e == NULL)
+        return;
+    free(e->chain);
+    free(e->head3_key);
+    free(e->head3_position);
+    free(e->footer_price);
+    free(e->footer_epoch);
+    free(e->nodes);
+    free(e->symbols);
+    free(e);
+}
+
+/* An encoder over `buffer` (end bytes, the data from `start`), or NULL without memory.
+ * Every allocation is bounded by `end` (and by window for the parse). */
+static encoder_t *encoder_new(const uint8_t *buffer, int64_t start, int64_t end, int lc, int lp,
+                              int pb, int64_t nice, int64_t depth, int64_t window)
+{
+    encoder_t *e = calloc(1, sizeof(encoder_t));
+    if (e == NULL)
+        return NULL;
+    e->buffer = buffer;
+    e->start = start;
+    e->end = end;
+    e->lc = lc;
+    e->lp = lp;
+    e->pb = pb;
+    e->lp_mask = (1u << lp) - 1;
+    e->pb_mask = (1u << pb) - 1;
+    e->nice = nice;
+    e->depth = depth;
+    e->window = window;
+    e->reps[0] = e->reps[1] = e->reps[2] = e->reps[3] = 1;
+    fill_probs(e->is_match, STATES << 4);
+    fill_probs(e->is_rep, STATES);
+    fill_probs(e->is_rep_g0, STATES);
+    fill_probs(e->is_rep_g1, STATES);
+    fill_probs(e->is_rep_g2, STATES);
+    fill_probs(e->is_rep0_long, STATES << 4);
+    fill_probs(e->literal, (size_t)0x300 << (lc + lp));
+    fill_probs(e->pos_slot, 4 << 6);
+    fill_probs(e->pos_special, 1 + FULL_DISTANCES - END_POS_MODEL);
+    fill_probs(e->align, 1 << ALIGN_BITS);
+    length_coder_t *coders[2] = {&e->match_len, &e->rep_len};
+    for (int i = 0; i < 2; i++) {
+        fill_probs(coders[i]->choice, 2);
+        fill_probs(coders[i]->low, POS_STATES_MAX << 3);
+        fill_probs(coders[i]->mid, POS_STATES_MAX << 3);
+        fill_probs(coders[i]->high, 256);
+    }
+    for (size_t i = 0; i < (1u << 16); i++)
+        e->head2[i] = -1;
+    size_t size = end > 0 ? (size_t)end : 1;
+    /* distinct 3-byte keys: at most one per position and at most 2^24; the table is
+     * kept at most half full */
+    size_t keys = size < ((size_t)1 << 24) ? size : ((size_t)1 << 24);
+    size_t capacity = 16;
+    int shift = 28;
+    while (capacity < keys * 2) {
+        capacity <<= 1;
+        shift--;
+    }
+    e->head3_mask = capacity - 1;
+    e->head3_shift = shift > 0 ? shift : 0;
+    e->chain = malloc(size * sizeof(int32_t));
+    e->head3_key = malloc(capacity * sizeof(uint32_t));
+    e->head3_position = malloc(capacity * sizeof(int32_t));
+    e->footer_price = malloc(size * sizeof(int32_t));
+    e->footer_epoch = calloc(size, sizeof(uint32_t));
+    /* targets of the parse lie within the window plus one match, and within the data */
+    int64_t data = end - start;
+    int64_t reach = window + MATCH_MAX < data ? window + MATCH_MAX : data;
+    e->node_count = reach + 1;
+    e->nodes = malloc((size_t)e->node_count * sizeof(node_t));
+    e->symbols = malloc((size_t)e->node_count * sizeof(symbol_t));
+    if (e->chain == NULL || e->head3_key == NULL || e->head3_position == NULL ||
+        e->footer_price == NULL || e->footer_epoch == NULL || e->nodes == NULL ||
+        e->symbols == NULL) {
+        encoder_free(e);
+        return NULL;
+    }
+    for (size_t i = 0; i < size; i++)
+        e->chain[i] = -1;
+    memset(e->head3_key, 0xFF, capacity * sizeof(uint32_t));
+    for (int64_t i = 0; i < e->node_count; i++)
+        e->nodes[i].price = PRICE_INFINITY;
+    refresh(e);
+    return e;
+}
+
+/* Enter the dictionary's searched ranges (all of it when ranges is NULL). */
+static void enter_dictionary(encoder_t *e, const range_t *ranges, Py_ssize_t count, int all)
+{
+    if (all) {
+        insert_until(e, e->start);
+        return;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int64_t low = ranges[i].low < 0 ? 0 : ranges[i].low;
+        if (low > e->start)
+            low = e->start;
+        if (low > e->inserted)
+            e->inserted = low;
+        insert_until(e, ranges[i].high < e->start ? ranges[i].high : e->start);
+    }
+    e->inserted = e->start;
+}
+
+/* The searched ranges, sorted as Python sorts them, saturated to int64 (which keeps
+ * their order and every clamp to [0, start]). */
+static range_t *read_ranges(PyObject *searched, Py_ssize_t *count)
+{
+    PyObject *list = PySequence_List(searched);
+    if (list == NULL)
+        return NULL;
+    range_t *ranges = NULL;
+    if (PyList_Sort(list) < 0)
+        goto done;
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    ranges = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(range_t));
+    if (ranges == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Tuple(PyList_GET_ITEM(list, i));
+        if (item == NULL)
+            goto fail;
+        if (PyTuple_GET_SIZE(item) != 2) {
+            PyErr_Format(PyExc_ValueError, "a searched range is (start, end), not %zd values",
+                         PyTuple_GET_SIZE(item));
+            Py_DECREF(item);
+            goto fail;
+        }
+        long long low, high;
+        int ok = hpatch_int64_arg(PyTuple_GET_ITEM(item, 0), &low) &&
+                 hpatch_int64_arg(PyTuple_GET_ITEM(item, 1), &high);
+        Py_DECREF(item);
+        if (!ok)
+            goto fail;
+        ranges[i].low = low;
+        ranges[i].high = high;
+    }
+    *count = n;
+    goto done;
+fail:
+    PyMem_Free(ranges);
+    ranges = NULL;
+done:
+    Py_DECREF(list);
+    return ranges;
+}
+
+PyDoc_STRVAR(lzma2_compress_doc,
+"lzma2_compress(data, dictionary, lc, lp, pb, searched, nice, depth, window,\n"
+"               chunk_unpacked, chunk_packed, packed_reserve, /)\n--\n\n"
+"LZMA2 chunks (no end marker) coding data after dictionary, searching for matches in\n"
+"the (start, end) ranges of searched (None: all of the dictionary). The chunks code\n"
+"at most chunk_unpacked bytes and are closed packed_reserve bytes before\n"
+"chunk_packed. The same bytes as the pure-Python twin.");
+
+static PyObject *lzma2_compress(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer data, dictionary;
+    long long lc, lp, pb, nice, depth, window, chunk_unpacked, chunk_packed, packed_reserve;
+    PyObject *searched;
+    if (!PyArg_ParseTuple(args, "O&O&O&O&O&OO&O&O&O&O&O&:lzma2_compress", hpatch_buffer_arg,
+                          &data, hpatch_buffer_arg, &dictionary, hpatch_int64_arg, &lc,
+                          hpatch_int64_arg, &lp, hpatch_int64_arg, &pb, &searched,
+                          hpatch_int64_arg, &nice, hpatch_int64_arg, &depth, hpatch_int64_arg,
+                          &window, hpatch_int64_arg, &chunk_unpacked, hpatch_int64_arg,
+                          &chunk_packed, hpatch_int64_arg, &packed_reserve))
+        return NULL;
+    PyObject *result = NULL;
+    uint8_t *buffer = NULL;
+    range_t *ranges = NULL;
+    Py_ssize_t range_count = 0;
+    encoder_t *e = NULL;
+    bytes_t chunks = {NULL, 0, 0, 0};
+    int64_t start = 0, end = 0;
+    limits_t limits = {chunk_unpacked, chunk_packed, packed_reserve};
+    int status = NO_MEMORY;
+    /* the twin's checks, in its order and with its messages */
+    if (!(0 <= lc && lc <= 4 && 0 <= lp && lp <= 4 && lc + lp <= 4 && 0 <= pb && pb <= 4)) {
+        PyErr_SetString(PyExc_ValueError, "LZMA2 needs lc + lp <= 4 and pb <= 4");
+        goto done;
+    }
+    if (nice < MATCH_MIN || depth < 0 || window < 1) {
+        PyErr_SetString(PyExc_ValueError, "nice must be at least 2, depth at least 0 and window at least 1");
+        goto done;
+    }
+    /* written so that no sum overflows: window >= 1 and packed_reserve >= 0 here */
+    if (chunk_unpacked > CHUNK_UNPACKED_MAX || chunk_unpacked <= MATCH_MAX ||
+        window > chunk_unpacked - MATCH_MAX || chunk_packed > CHUNK_PACKED_MAX ||
+        packed_reserve < 0 || chunk_packed < 5 || packed_reserve > chunk_packed - 5) {
+        PyErr_SetString(PyExc_ValueError, "LZMA2 chunk limits leave no room for a window");
+        goto done;
+    }
+    if ((int64_t)data.len + (int64_t)dictionary.len > BUFFER_MAX) {
+        PyErr_SetString(PyExc_ValueError, "too much to compress at once");
+        goto done;
+    }
+    if (searched != Py_None) {
+        ranges = read_ranges(searched, &range_count);
+        if (ranges == NULL)
+            goto done;
+    }
+    start = dictionary.len;
+    end = (int64_t)dictionary.len + data.len;
+    buffer = PyMem_RawMalloc(end ? (size_t)end : 1);
+    if (buffer == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(buffer, dictionary.buf, (size_t)dictionary.len);
+    memcpy(buffer + start, data.buf, (size_t)data.len);
+    Py_BEGIN_ALLOW_THREADS
+    e = encoder_new(buffer, start, end, (int)lc, (int)lp, (int)pb, nice, depth, window);
+    if (e != NULL) {
+        enter_dictionary(e, ranges, range_count, searched == Py_None);
+        status = run(e, &limits, &chunks);
+    }
+    Py_END_ALLOW_THREADS
+    if (status == NO_MEMORY || chunks.failed)
+        PyErr_NoMemory();
+    else if (status == CHUNK_OVERFLOW)
+        PyErr_SetString(PyExc_ValueError, "an LZMA2 chunk overflowed its 64 KiB");
+    else
+        result = PyBytes_FromStringAndSize((const char *)chunks.data, (Py_ssize_t)chunks.size);
+done:
+    encoder_free(e);
+    free(chunks.data);
+    PyMem_RawFree(buffer);
+    PyMem_Free(ranges);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&dictionary);
+    return result;
+}
 
 PyMethodDef hpatch_lzma2_methods[] = {
+    {"lzma2_compress", lzma2_compress, METH_VARARGS, lzma2_compress_doc},
     {NULL, NULL, 0, NULL},
 };
