@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hpatch.diff import DiffResult, FunctionChange, Status
-from hpatch.diff.verdict import Blocker, function_label
-from hpatch.image import Function, PEImage
-from hpatch.package.model import NO_RVA, Baseline, BlobKind, Package
-from hpatch.package.signing import SignatureCheck
 from hpatch.text import Streamed
+
+if TYPE_CHECKING:
+    # Types only: ``funcs`` and ``info`` need none of the diff or the package at run time.
+    from hpatch.diff import DiffResult, FunctionChange
+    from hpatch.diff.verdict import Blocker
+    from hpatch.image import Function, PEImage
+    from hpatch.package.model import Baseline, Package
+    from hpatch.package.signing import SignatureCheck
 
 #: The ``hpatch diff --json`` document's schema. 2: blockers gained class, cause and
 #: their place as data (function, rva, end_rva, section, symbol, target_rva, build).
 DIFF_SCHEMA = "hpatch.diff/2"
-_STATUS_ORDER = {Status.MODIFIED: 0, Status.ADDED: 1, Status.REMOVED: 2, Status.UNCHANGED: 3}
+_STATUS_ORDER = {"modified": 0, "added": 1, "removed": 2, "unchanged": 3}
 
 
 def identity_dict(image: PEImage) -> dict[str, Any]:
@@ -103,6 +106,8 @@ def info_document(image: PEImage, *, streamed: bool = False) -> dict[str, Any]:
 
 def change_dict(change: FunctionChange) -> dict[str, Any]:
     """One function of a diff as JSON-ready data."""
+    from hpatch.diff.verdict import function_label
+
     function = change.new or change.old
     assert function is not None
     return {
@@ -123,7 +128,10 @@ def diff_document(result: DiffResult) -> dict[str, Any]:
     """The document ``hpatch diff --json`` prints."""
     changes = sorted(
         result.changes,
-        key=lambda c: (_STATUS_ORDER[c.status], (c.new or c.old).rva if (c.new or c.old) else 0),
+        key=lambda c: (
+            _STATUS_ORDER[c.status.value],
+            (c.new or c.old).rva if (c.new or c.old) else 0,
+        ),
     )
     return {
         "schema": DIFF_SCHEMA,
@@ -171,6 +179,8 @@ def package_document(package: Package, data: bytes, check: SignatureCheck | None
 
     ``check`` is the signature checked against a trust store, or None when none was given.
     """
+    from hpatch.package.model import NO_RVA, BlobKind
+
     servicing = package.servicing
     redirects = {r.target_offset: r for r in package.redirects}
     counts = package.fixup_counts  # what the metadata states, resolved or not

@@ -100,3 +100,19 @@ def test_nothing_to_package_exits_5(capsys: pytest.CaptureFixture[str], tmp_path
     document = json.loads(out)
     assert document["hotpatchable"] is True and document["package"] is None
     assert "nothing to package" in err and not output.exists()
+
+
+def test_image_commands_load_neither_the_differ_nor_the_package_codec() -> None:
+    """``funcs`` and ``info`` read one image: the diff, the package builder and codec,
+    the emulator and cryptography stay unloaded."""
+    script = (
+        "import sys\nfrom hpatch.cli import main\ntry:\n"
+        f"    main(['info', {str(V1)!r}, '--json'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules), file=sys.stderr)"
+    )
+    err = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stderr
+    loaded = eval(err.strip().splitlines()[-1])  # a list literal printed by the child
+    for unwanted in ("hpatch.diff", "hpatch.package", "hpatch.emu", "unicorn", "cryptography"):
+        assert not [m for m in loaded if m == unwanted or m.startswith(unwanted + ".")], unwanted

@@ -7,7 +7,6 @@ import os
 from hpatch.errors import HPatchError
 from hpatch.files import MAX_IMAGE_FILE, read_input
 from hpatch.image import PEImage, load_image
-from hpatch.package.format import MAX_PACKAGE_SIZE
 from hpatch.text import file_name, path_text
 
 
@@ -23,6 +22,8 @@ def read_image(path: str | os.PathLike[str]) -> PEImage:
 
 def read_package_file(path: str | os.PathLike[str]) -> bytes:
     """The bytes of the package file at ``path`` (at most MAX_PACKAGE_SIZE bytes)."""
+    from hpatch.package.format import MAX_PACKAGE_SIZE  # the codec, only when it is needed
+
     try:
         return read_input(path, MAX_PACKAGE_SIZE, "package")
     except HPatchError as error:

@@ -6,15 +6,45 @@ coded against the baseline); ``decode_package(data, baseline)`` or
 mapped image (``PEImage.mapped``).
 """
 
-from hpatch.package.build import (
-    BuildOptions,
-    PackageBlocked,
-    baseline_of,
-    build_package,
-    target_digest,
-)
-from hpatch.package.format import decode_package, encode_package, resolve_blobs
-from hpatch.package.model import Package
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hpatch.package.build import (
+        BuildOptions,
+        PackageBlocked,
+        baseline_of,
+        build_package,
+        target_digest,
+    )
+    from hpatch.package.format import decode_package, encode_package, resolve_blobs
+    from hpatch.package.model import Package
+
+#: Where each name lives: importing ``hpatch.package.model`` or ``.signing`` does not
+#: load the builder and the codec, nor do commands that never build or read a package.
+_HOMES = {
+    "BuildOptions": "hpatch.package.build",
+    "PackageBlocked": "hpatch.package.build",
+    "baseline_of": "hpatch.package.build",
+    "build_package": "hpatch.package.build",
+    "target_digest": "hpatch.package.build",
+    "decode_package": "hpatch.package.format",
+    "encode_package": "hpatch.package.format",
+    "resolve_blobs": "hpatch.package.format",
+    "Package": "hpatch.package.model",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'hpatch.package' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BuildOptions",
