@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,27 @@ def test_image_commands_load_neither_the_differ_nor_the_package_codec() -> None:
     loaded = eval(err.strip().splitlines()[-1])  # a list literal printed by the child
     for unwanted in ("hpatch.diff", "hpatch.package", "hpatch.emu", "unicorn", "cryptography"):
         assert not [m for m in loaded if m == unwanted or m.startswith(unwanted + ".")], unwanted
+
+
+def test_shell_completion_lists_commands_and_options() -> None:
+    """The completion docs/cli.md documents: click's, with the lazy command table."""
+    hpatch = str(Path(sys.executable).with_name("hpatch"))
+
+    def complete(words: str, index: int) -> list[str]:
+        env = {"_HPATCH_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": str(index)}
+        out = subprocess.run(
+            [hpatch], capture_output=True, text=True, env={**os.environ, **env}, check=True
+        ).stdout
+        return [line.split(",", 1)[1] for line in out.splitlines()]
+
+    assert complete("hpatch re", 1) == ["release"]
+    assert set(complete("hpatch ", 1)) == {e.name for e in COMMANDS}
+    assert "--sequence" in complete("hpatch diff --se", 2)
+    script = subprocess.run(
+        [hpatch],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "_HPATCH_COMPLETE": "bash_source"},
+        check=True,
+    ).stdout
+    assert "complete -o nosort -F _hpatch_completion hpatch" in script
