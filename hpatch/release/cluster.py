@@ -50,8 +50,10 @@ def import_distributed() -> ModuleType:
 
 
 def _probe(address: str, timeout: float) -> None:
-    """Fail at once on a TCP scheduler that refuses the connection: Dask's own connect
-    retries a refused connection until its timeout ends."""
+    """Fail at once on a TCP address that refuses the connection (Dask's own connect
+    retries it until its timeout ends), and within ``timeout`` on one that accepts but
+    stays silent: a scheduler speaks first (its handshake), and Dask would wait for
+    that handshake forever."""
     scheme, _, location = address.rpartition("://")
     if scheme not in ("", "tcp"):
         return  # tls://, ucx://, inproc://: Dask's to reach
@@ -59,11 +61,17 @@ def _probe(address: str, timeout: float) -> None:
     if not colon or not host or not port.isdigit():
         raise HPatchError(f"scheduler address {address!r} is not tcp://HOST:PORT")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as probe:
+            spoke = probe.recv(1)
+    except TimeoutError as exc:
+        raise HPatchError(
+            f"the Dask scheduler at {address} did not answer within {timeout:g} s"
+        ) from exc
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise HPatchError(f"cannot reach the Dask scheduler at {address}: {reason}") from exc
+    if not spoke:
+        raise HPatchError(f"{address} closed the connection: it is not a Dask scheduler")
 
 
 def worker_identity() -> tuple[str, str]:

@@ -21,7 +21,7 @@ from hpatch.errors import HPatchError
 from hpatch.package import BuildOptions
 from hpatch.package.signing import generate_key, load_private_key
 from hpatch.release import Outcome, Pair, Settings, pair_trees, run_release, service_pair
-from hpatch.release.cluster import worker_identity
+from hpatch.release.cluster import run_on_cluster, worker_identity
 from hpatch.release.run import Task, run_pairs
 
 from .test_release import EXPECTED, _copy, make_trees, outputs
@@ -150,6 +150,18 @@ def test_an_unreachable_scheduler_fails_fast(
         release(release_trees, tmp_path / "release", address)
     assert time.monotonic() - started < 5
     assert not (tmp_path / "release" / "release.json").exists()
+
+
+def test_a_silent_listener_is_no_scheduler_and_no_hang(tmp_path: Path) -> None:
+    # It accepts the connection and never answers: Dask alone would wait forever.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(HPatchError, match=f"scheduler at {address} did not answer"):
+            run_on_cluster([], [], SETTINGS, address, service_pair, lambda *_: None, timeout=1)
+        assert time.monotonic() - started < 5
 
 
 def test_without_dask_the_error_says_how_to_install_it(
