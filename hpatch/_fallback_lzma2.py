@@ -633,6 +633,13 @@ class _Encoder:
         return bytes(chunks)
 
 
+def _range(item: Iterable[int]) -> tuple[int, int]:
+    pair = tuple(item)
+    if len(pair) != 2:
+        raise ValueError(f"a searched range is (start, end), not {len(pair)} values")
+    return operator.index(pair[0]), operator.index(pair[1])
+
+
 def lzma2_compress(
     data: bytes,
     dictionary: bytes,
@@ -674,6 +681,6 @@ def lzma2_compress(
         raise ValueError("LZMA2 chunk limits leave no room for a window")
     if len(buffer) > BUFFER_MAX:
         raise ValueError("too much to compress at once")
-    ranges = None if searched is None else sorted(searched)
+    ranges = None if searched is None else [_range(item) for item in sorted(searched)]
     encoder = _Encoder(buffer, len(prefix), lc, lp, pb, nice, depth, ranges)
     return encoder.run(window, chunk_unpacked, chunk_packed, packed_reserve)

@@ -10,6 +10,7 @@ list, so that the regression corpus can hold every argument shape the fuzzer mak
   bytearray (a step other than 1 makes it non-contiguous; readonly over bytes);
 - ``["slice_of", index, start, stop]``: a ``memoryview`` slice of argument ``index``
   (records that alias the buffer they rewrite);
+- ``["ranges", [[start, end], ...]]``: a list of (start, end) tuples;
 - ``["none"]``, ``["str", text]``, ``["float", value]``.
 
 Each core gets freshly built arguments. ``parity`` demands the same result, or the same
@@ -93,6 +94,8 @@ def build(args: list[Any]) -> list[Any]:
         elif tag == "slice_of":
             _, index, start, stop = value
             built.append(memoryview(built[index]).cast("B")[start:stop])
+        elif tag == "ranges":
+            built.append([tuple(pair) for pair in value[1]])
         elif tag == "none":
             built.append(None)
         elif tag == "str":

@@ -472,9 +472,88 @@ def gen_encode_redirect(rng: random.Random) -> Case:
     return Case("encode_redirect", [strategy, entry, target])
 
 
+# What the LZMA2 encoder's twin codes in a few tens of milliseconds: the cases run on
+# both cores, and the twin is pure Python.
+LZMA2_DATA = 1536
+LZMA2_DICTIONARY = 3072
+
+
+def _lzma2_bytes(rng: random.Random, size: int, source: bytes = b"") -> bytes:
+    """Random, repetitive, sparse, or pieces of ``source`` (matches into the
+    dictionary, at distances of every slot)."""
+    pick = rng.randrange(4)
+    if pick == 0:
+        return rng.randbytes(size)
+    if pick == 1:
+        words = [rng.randbytes(rng.randrange(1, 12)) for _ in range(rng.randrange(1, 30))]
+        return b"".join(rng.choice(words) for _ in range(size))[:size]
+    if pick == 2 or not source:
+        return bytes(rng.choice(b"\0\0\0\1\xff") for _ in range(size))
+    out = bytearray()
+    while len(out) < size:
+        start = rng.randrange(len(source))
+        out += source[start : start + rng.randrange(1, 300)] + rng.randbytes(rng.randrange(3))
+    return bytes(out[:size])
+
+
+def _lzma2_int(rng: random.Random, usual: int, low: int, high: int) -> int:
+    """Mostly ``usual``, often anything valid in [low, high], now and then any integer."""
+    pick = rng.randrange(20)
+    if pick < 10:
+        return usual
+    if pick < 19:
+        return rng.randint(low, high)
+    return edge_int(rng)
+
+
+def gen_lzma2_compress(rng: random.Random) -> Case:
+    dictionary = _lzma2_bytes(rng, rng.choice((0, 0, 1, 2, 3, rng.randrange(LZMA2_DICTIONARY))))
+    data = _lzma2_bytes(rng, rng.choice((0, 1, 2, 3, rng.randrange(LZMA2_DATA))), dictionary)
+    lc = _lzma2_int(rng, 3, 0, 4)
+    lp = _lzma2_int(rng, 0, 0, 4)
+    pb = _lzma2_int(rng, 2, 0, 4)
+    searched: Any = ["none"]
+    if rng.randrange(2):
+        bound = len(dictionary) + 8
+        searched = [
+            "ranges",
+            [[rng.randint(-8, bound), rng.randint(-8, bound)] for _ in range(rng.randrange(5))],
+        ]
+    nice = _lzma2_int(rng, 128, 2, 300)
+    depth = _lzma2_int(rng, 48, 0, 64)
+    window = _lzma2_int(rng, 2048, 1, 2048)
+    # small chunk limits cut the data into many chunks
+    if rng.randrange(3):
+        limits = [1 << 21, 1 << 16, 1 << 12]
+    else:
+        limits = [
+            rng.randint(300, 4000) + (window if 1 <= window <= 2048 else 0),
+            rng.randint(5, 3000),
+            rng.randint(0, 300),
+        ]
+    if rng.randrange(20) == 0:
+        limits[rng.randrange(3)] = edge_int(rng)
+    return Case(
+        "lzma2_compress",
+        [
+            buffer_argument(rng, data),
+            buffer_argument(rng, dictionary),
+            lc,
+            lp,
+            pb,
+            searched,
+            nice,
+            depth,
+            window,
+            *limits,
+        ],
+    )
+
+
 GENERATORS: dict[str, Callable[[random.Random], Case]] = {
     "apply_fixups": gen_apply_fixups,
     "encode_redirect": gen_encode_redirect,
+    "lzma2_compress": gen_lzma2_compress,
     "normalise_arm64": gen_normalise_arm64,
     "normalise_x64": gen_normalise_x64,
     "scan_arm64_sites": gen_scan_arm64_sites,
