@@ -11,6 +11,8 @@ import operator
 import struct
 from collections.abc import Callable
 
+from hpatch.errors import FixupError
+
 _RECORD = struct.Struct("<IHHQ")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -199,7 +201,8 @@ def apply_fixups(buffer: object, buffer_va: int, image_base: int, records: objec
     ``hpatch.arch.rewrite.Fixup``), reserved (0), target_va. Each field is written so
     the instruction or field at buffer_va + offset reaches target_va. All records are
     checked against the buffer as it is before the call, then written in order:
-    ``ValueError('fixup {index}: {reason}')`` leaves the buffer untouched.
+    ``FixupError('fixup {index}: {reason}', index=, reason=)`` leaves the buffer
+    untouched.
     """
     data = _bytes_view(buffer, "buffer", writable=True)
     buffer_va = _u64(buffer_va, "apply_fixups: buffer_va out of range")
@@ -219,7 +222,9 @@ def apply_fixups(buffer: object, buffer_va: int, image_base: int, records: objec
                 _check(data, length, buffer_va, image_base, offset, kind, reserved, target)
             )
         except _Refused as refused:
-            raise ValueError(f"fixup {index}: {refused}") from None
+            raise FixupError(
+                f"fixup {index}: {refused}", index=index, reason=str(refused)
+            ) from None
     for offset, field in writes:
         data[offset : offset + len(field)] = field
 

@@ -55,9 +55,11 @@ class EmulationFault(HPatchError):
 class FixupError(ApplyError):
     """A fixup cannot be written (out of reach, misaligned, not the instruction it names).
 
-    ``index`` is the fixup's position in the batch; nothing of the batch was written.
+    ``index`` is the fixup's position in the batch and ``reason`` what is wrong with it
+    (the C core and its twin raise it alike); nothing of the batch was written.
     """
 
-    def __init__(self, message: str, *, index: int) -> None:
+    def __init__(self, message: str, *, index: int, reason: str = "") -> None:
         super().__init__(message)
         self.index = index
+        self.reason = reason or message

@@ -9,6 +9,7 @@
 #include "rewrite.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -335,7 +336,35 @@ PyDoc_STRVAR(apply_fixups_doc,
 "hpatch.arch.rewrite.Fixup), reserved (0), target_va. Each field is written so\n"
 "the instruction or field at buffer_va + offset reaches target_va. All records\n"
 "are checked against the buffer as it is before the call, then written in order:\n"
-"ValueError('fixup {index}: {reason}') leaves the buffer untouched.");
+"hpatch.errors.FixupError('fixup {index}: {reason}', index=, reason=) leaves the\n"
+"buffer untouched.");
+
+/* Raise hpatch.errors.FixupError("fixup INDEX: REASON", index=INDEX, reason=REASON): the
+ * twin raises the same, so callers read the failing record from the error, not its text. */
+static void raise_fixup_error(size_t index, const char *reason)
+{
+    PyObject *errors = PyImport_ImportModule("hpatch.errors");
+    if (errors == NULL)
+        return;
+    PyObject *type = PyObject_GetAttrString(errors, "FixupError");
+    Py_DECREF(errors);
+    if (type == NULL)
+        return;
+    PyObject *message = PyUnicode_FromFormat("fixup %zu: %s", index, reason);
+    PyObject *args = message != NULL ? PyTuple_Pack(1, message) : NULL;
+    PyObject *kwargs = Py_BuildValue("{s:n,s:s}", "index", (Py_ssize_t)index, "reason", reason);
+    if (args != NULL && kwargs != NULL) {
+        PyObject *error = PyObject_Call(type, args, kwargs);
+        if (error != NULL) {
+            PyErr_SetObject(type, error);
+            Py_DECREF(error);
+        }
+    }
+    Py_XDECREF(kwargs);
+    Py_XDECREF(args);
+    Py_XDECREF(message);
+    Py_DECREF(type);
+}
 
 static PyObject *apply_fixups(PyObject *self, PyObject *args)
 {
@@ -393,10 +422,12 @@ static PyObject *apply_fixups(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     if (reason == UNKNOWN_KIND) {
         const uint8_t *record = record_bytes + RECORD_SIZE * index;
-        PyErr_Format(PyExc_ValueError, "fixup %zu: unknown kind 0x%x", index,
-                     (unsigned)record[4] | ((unsigned)record[5] << 8));
+        char text[32];
+        snprintf(text, sizeof text, "unknown kind 0x%x",
+                 (unsigned)record[4] | ((unsigned)record[5] << 8));
+        raise_fixup_error(index, text);
     } else if (reason != NULL) {
-        PyErr_Format(PyExc_ValueError, "fixup %zu: %s", index, reason);
+        raise_fixup_error(index, reason);
     } else {
         result = Py_NewRef(Py_None);
     }

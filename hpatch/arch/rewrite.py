@@ -8,7 +8,6 @@ entry rewrites an applier can make; each overwrites a fixed span relative to the
 
 from __future__ import annotations
 
-import re
 import struct
 from collections.abc import Sequence
 from enum import IntEnum
@@ -121,7 +120,6 @@ _REDIRECT_REACH: dict[Redirect, int | None] = {
 
 
 _RECORD = struct.Struct("<IHHQ")
-_FIXUP_INDEX = re.compile(r"fixup (\d+): ")
 
 
 def pack_fixups(records: Sequence[FixupRecord]) -> bytes:
@@ -137,7 +135,9 @@ def pack_fixups(records: Sequence[FixupRecord]) -> bytes:
         for index, (offset, kind, target) in enumerate(records):
             if not (0 <= offset <= 0xFFFFFFFF and 0 <= kind <= 0xFFFF and 0 <= target < 1 << 64):
                 raise FixupError(
-                    f"fixup {index}: offset, kind or target_va out of range", index=index
+                    f"fixup {index}: offset, kind or target_va out of range",
+                    index=index,
+                    reason="offset, kind or target_va out of range",
                 ) from None
         raise
 
@@ -157,13 +157,8 @@ def apply_fixups(
     """
     if not isinstance(records, bytes | bytearray | memoryview):
         records = pack_fixups(records)
-    try:
-        core.apply_fixups(buffer, buffer_va, image_base, records)
-    except ValueError as error:
-        found = _FIXUP_INDEX.match(str(error))
-        if found is None:
-            raise
-        raise FixupError(str(error), index=int(found.group(1))) from None
+    # The core raises FixupError itself, naming the record: nothing to translate.
+    core.apply_fixups(buffer, buffer_va, image_base, records)
 
 
 def encode_redirect(strategy: Redirect, entry_va: int, target_va: int) -> bytes:
