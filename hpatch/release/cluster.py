@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import CancelledError
 from dataclasses import replace
 from types import ModuleType
 from typing import Any
@@ -33,8 +35,14 @@ from hpatch.text import plain
 
 #: Seconds to reach the scheduler and to see a worker: a wrong address fails, never hangs.
 CONNECT_TIMEOUT = 10.0
+#: Seconds a run waits for a worker when the cluster has none left (a nanny restarts
+#: a crashed worker in a few seconds; a lost machine does not come back).
+WORKER_TIMEOUT = 60.0
 #: Runs again of a task that raised (a worker's transient failure, such as a full disk).
 RETRIES = 2
+#: Seconds between looks for finished tasks, and between asking for the workers.
+POLL = 0.05
+WORKER_CHECK = 1.0
 INSTALL_HINT = "pip install 'hpatch[cluster]'"
 
 
@@ -117,6 +125,26 @@ def _remote(task: Task, pair: Pair, settings: Settings) -> tuple[str, Outcome]:
     return __version__, task(pair, settings)
 
 
+def _outcome(distributed: ModuleType, future: Any, pair: Pair, scheduler: str) -> Outcome:
+    """What a finished future brought back, as the pair's outcome."""
+    try:
+        version, outcome = future.result()
+    except CancelledError as exc:
+        # Nobody cancels this run's keys but a lost scheduler: the run has no future.
+        reason = getattr(exc, "reason", None) or "cancelled"
+        raise HPatchError(
+            f"lost the Dask scheduler at {scheduler} mid-run ({reason}); nothing was written"
+        ) from exc
+    except distributed.KilledWorker:  # its message names a run's key and a worker
+        return died_outcome(pair)
+    except Exception as exc:  # the task raised on every try
+        return failed_outcome(pair, exc)
+    if version != __version__:
+        mismatch = HPatchError(f"the worker runs hpatch {version}, not {__version__}")
+        return failed_outcome(pair, mismatch)
+    return outcome
+
+
 def run_on_cluster(
     indices: list[int],
     pairs: list[Pair],
@@ -125,10 +153,12 @@ def run_on_cluster(
     task: Task,
     done: Callable[[int, Outcome], None],
     timeout: float = CONNECT_TIMEOUT,
+    worker_timeout: float = WORKER_TIMEOUT,
 ) -> None:
     """Run ``task`` for the pairs at ``indices`` on the cluster whose scheduler is at
     ``scheduler``; ``done(index, outcome)`` as each finishes, in the order they finish.
-    Raises HPatchError when Dask is missing or the cluster cannot be used."""
+    Raises HPatchError when Dask is missing, the cluster cannot be reached within
+    ``timeout`` seconds, or it has had no worker for ``worker_timeout`` seconds."""
     distributed = import_distributed()
     _probe(scheduler, timeout)
     try:
@@ -153,17 +183,26 @@ def run_on_cluster(
             ): index
             for index in indices
         }
-        for future in distributed.as_completed(futures, loop=client.loop):
-            index = futures[future]
-            try:
-                version, outcome = future.result()
-            except distributed.KilledWorker:  # its message names a run's key and worker
-                outcome = died_outcome(pairs[index])
-            except Exception as exc:  # the task raised on every try
-                outcome = failed_outcome(pairs[index], exc)
-            else:
-                if version != __version__:
-                    mismatch = HPatchError(f"the worker runs hpatch {version}, not {__version__}")
-                    outcome = failed_outcome(pairs[index], mismatch)
-            done(index, outcome)
-            future.release()  # the worker may drop the result: the client holds it now
+        finishing = distributed.as_completed(futures, loop=client.loop)
+        workers_seen = checked = time.monotonic()
+        while not finishing.is_empty():
+            ready = finishing.next_batch(block=False)
+            if not ready:
+                # Polled, not blocked on: tasks wait for a worker forever, and a cluster
+                # whose last worker left without a nanny to restart it has none.
+                time.sleep(POLL)
+                now = time.monotonic()
+                if now - checked >= WORKER_CHECK:
+                    checked = now
+                    if client.nthreads():
+                        workers_seen = now
+                    elif now - workers_seen >= worker_timeout:
+                        raise HPatchError(
+                            f"the Dask scheduler at {scheduler} has had no worker for "
+                            f"{worker_timeout:g} s; nothing was written"
+                        )
+                continue
+            for future in ready:
+                index = futures[future]
+                done(index, _outcome(distributed, future, pairs[index], scheduler))
+                future.release()  # the worker may drop the result: the client holds it

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from hpatch.release import Outcome, Pair, Settings, pair_trees, run_release, ser
 from hpatch.release.cluster import run_on_cluster, worker_identity
 from hpatch.release.run import Task, run_pairs
 
+from ..conftest import REPO
 from .test_release import EXPECTED, _copy, make_trees, outputs
 
 SETTINGS = Settings(BuildOptions(2, (1, 1), "", "CVE-2026-0001"), inputs=5)
@@ -36,7 +38,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[distributed.Lo
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address=":0",
         local_directory=str(tmp_path_factory.mktemp("dask")),
     ) as local_cluster:
         yield local_cluster
@@ -196,6 +198,14 @@ def die_on_broken(pair: Pair, settings: Settings) -> Outcome:
     return service_pair(pair, settings)
 
 
+def hang_on_broken(pair: Pair, settings: Settings) -> Outcome:
+    """A task that says it started, then outlives any test."""
+    if pair.path == "broken.dll":
+        Path(os.environ["HPATCH_TEST_STARTED"]).touch()
+        time.sleep(600)
+    return service_pair(pair, settings)
+
+
 @pytest.mark.parametrize(
     ("task", "error"),
     [
@@ -221,3 +231,77 @@ def test_a_task_that_always_fails_is_its_binarys_error(
         "same.dll": "unchanged",
     }
     assert entries["broken.dll"]["error"] == error
+
+
+def test_a_cluster_left_without_workers_fails_the_run(tmp_path: Path) -> None:
+    # One worker without a nanny: when a task kills it, nothing restarts it, and the
+    # tasks would wait for a worker forever.
+    old, new = tmp_path / "old", tmp_path / "new"
+    _copy("x64-gcc", "v1", old / "broken.dll")
+    _copy("x64-gcc", "v2", new / "broken.dll")
+    pairs = pair_trees(str(old), str(new))
+    with (
+        distributed.LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=":0") as empty,
+        distributed.Client(empty, set_as_default=False) as client,
+    ):
+        worker = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "distributed.cli.dask_worker", empty.scheduler_address),
+                *("--no-nanny", "--nthreads", "1", "--local-directory", str(tmp_path / "dask")),
+            ],
+            cwd=REPO,  # the worker imports this module's tasks
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            client.wait_for_workers(1, timeout=60)
+            started = time.monotonic()
+            with pytest.raises(HPatchError, match="has had no worker for 1 s"):
+                run_on_cluster(
+                    [0],
+                    pairs,
+                    SETTINGS,
+                    empty.scheduler_address,
+                    die_on_broken,
+                    lambda *_: None,
+                    worker_timeout=1,
+                )
+            assert time.monotonic() - started < 10
+            assert worker.wait(timeout=10) == 70  # the task killed it
+        finally:
+            worker.kill()
+            worker.wait()
+
+
+def test_a_lost_scheduler_fails_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    _copy("x64-gcc", "v1", old / "broken.dll")
+    _copy("x64-gcc", "v2", new / "broken.dll")
+    pairs = pair_trees(str(old), str(new))
+    started = tmp_path / "started"
+    monkeypatch.setenv("HPATCH_TEST_STARTED", str(started))  # before the workers start
+    cluster = distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        host="127.0.0.1",
+        dashboard_address=":0",
+        local_directory=str(tmp_path / "dask"),
+    )
+
+    def close_when_started() -> None:
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cluster.close()
+
+    closer = threading.Thread(target=close_when_started)
+    closer.start()
+    try:
+        with pytest.raises(HPatchError, match=r"lost the Dask scheduler at .* nothing was written"):
+            run_on_cluster(
+                [0], pairs, SETTINGS, cluster.scheduler_address, hang_on_broken, lambda *_: None
+            )
+    finally:
+        closer.join()
+        cluster.close()
+    assert started.exists()
