@@ -9,7 +9,8 @@ system) and the same hpatch installed.
 A worker that dies mid-task is Dask's to handle: the scheduler gives its tasks to
 other workers, up to ``distributed.scheduler.allowed-failures`` deaths per task (3 by
 default), after which the task fails with ``KilledWorker``. A task that fails for good
-becomes its binary's ``error``; the run goes on.
+becomes its binary's ``error``; the run goes on. Losing the scheduler, or every worker
+for ``WORKER_TIMEOUT``, ends the run instead: its remaining tasks have nowhere to run.
 
 Dask is an optional extra (``pip install 'hpatch[cluster]'``), imported only here and
 only when a scheduler is given.
@@ -194,7 +195,14 @@ def run_on_cluster(
                 now = time.monotonic()
                 if now - checked >= WORKER_CHECK:
                     checked = now
-                    if client.nthreads():
+                    try:
+                        workers = client.nthreads()
+                    except OSError as exc:  # the scheduler went away between looks
+                        raise HPatchError(
+                            f"lost the Dask scheduler at {scheduler} mid-run ({plain(exc)}); "
+                            "nothing was written"
+                        ) from exc
+                    if workers:
                         workers_seen = now
                     elif now - workers_seen >= worker_timeout:
                         raise HPatchError(
