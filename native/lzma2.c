@@ -293,6 +293,12 @@ typedef struct {
     uint8_t state;
 } node_t;
 
+/* One slot of the 3-byte key table: key and position side by side, one cache line. */
+typedef struct {
+    uint32_t key; /* the key + 1; 0: empty, so calloc's zeroes need no filling */
+    int32_t position;
+} head3_slot_t;
+
 typedef struct {
     /* the dictionary followed by the data */
     const uint8_t *buffer;
@@ -317,11 +323,10 @@ typedef struct {
     /* match finder: hash chains over exact 3-byte keys (an open-addressed table of
      * key -> last position), and the last place of each 2-byte key */
     int32_t *chain;
-    uint32_t *head3_key; /* UINT32_MAX: empty */
-    int32_t *head3_position;
+    head3_slot_t *head3;
     size_t head3_mask;
     int head3_shift;
-    int32_t head2[1 << 16];
+    int32_t head2[1 << 16]; /* the position + 1; 0: none */
     int64_t inserted;
     int has_pending;
     int64_t pending_position;
@@ -344,15 +349,16 @@ typedef struct {
 static int32_t head3_swap(encoder_t *e, uint32_t key, int32_t position)
 {
     size_t slot = (size_t)((key * 2654435761u) >> e->head3_shift) & e->head3_mask;
+    key++;
     for (;;) {
-        if (e->head3_key[slot] == UINT32_MAX) {
-            e->head3_key[slot] = key;
-            e->head3_position[slot] = position;
+        if (e->head3[slot].key == 0) {
+            e->head3[slot].key = key;
+            e->head3[slot].position = position;
             return -1;
         }
-        if (e->head3_key[slot] == key) {
-            int32_t previous = e->head3_position[slot];
-            e->head3_position[slot] = position;
+        if (e->head3[slot].key == key) {
+            int32_t previous = e->head3[slot].position;
+            e->head3[slot].position = position;
             return previous;
         }
         slot = (slot + 1) & e->head3_mask;
@@ -362,11 +368,12 @@ static int32_t head3_swap(encoder_t *e, uint32_t key, int32_t position)
 static int32_t head3_get(const encoder_t *e, uint32_t key)
 {
     size_t slot = (size_t)((key * 2654435761u) >> e->head3_shift) & e->head3_mask;
+    key++;
     for (;;) {
-        if (e->head3_key[slot] == UINT32_MAX)
+        if (e->head3[slot].key == 0)
             return -1;
-        if (e->head3_key[slot] == key)
-            return e->head3_position[slot];
+        if (e->head3[slot].key == key)
+            return e->head3[slot].position;
         slot = (slot + 1) & e->head3_mask;
     }
 }
@@ -387,13 +394,13 @@ static void insert_until(encoder_t *e, int64_t position)
     const uint8_t *buffer = e->buffer;
     for (int64_t p = e->inserted; p < position; p++) {
         if (p + 3 <= e->end) {
-            int32_t previous = head3_swap(e, key3(buffer + p), (int32_t)p);
-            if (previous >= 0)
-                e->chain[p] = previous;
+            /* every position a chain reaches is entered here, so chain needs no
+             * filling */
+            e->chain[p] = head3_swap(e, key3(buffer + p), (int32_t)p);
         }
         /* a 1-byte key at the very end is never looked up */
         if (p + 2 <= e->end)
-            e->head2[key2(buffer + p)] = (int32_t)p;
+            e->head2[key2(buffer + p)] = (int32_t)p + 1;
     }
     if (position > e->inserted)
         e->inserted = position;
@@ -445,7 +452,7 @@ static int matches(encoder_t *e, int64_t position, match_t *found)
             }
         }
         if (best < 2) {
-            int32_t candidate = e->head2[key2(buffer + position)];
+            int32_t candidate = e->head2[key2(buffer + position)] - 1;
             if (candidate >= 0) {
                 found[count].length = 2;
                 found[count].distance = (int32_t)(position - candidate);
@@ -872,8 +879,7 @@ static void encoder_free(encoder_t *e)
     if (e == NULL)
         return;
     free(e->chain);
-    free(e->head3_key);
-    free(e->head3_position);
+    free(e->head3);
     free(e->footer_price);
     free(e->footer_epoch);
     free(e->nodes);
@@ -884,7 +890,7 @@ static void encoder_free(encoder_t *e)
 /* An encoder over `buffer` (end bytes, the data from `start`), or NULL without memory.
  * Every allocation is bounded by `end` (and by window for the parse). */
 static encoder_t *encoder_new(const uint8_t *buffer, int64_t start, int64_t end, int lc, int lp,
-                              int pb, int64_t nice, int64_t depth, int64_t window)
+                              int pb, int64_t nice, int64_t depth, int64_t window, size_t entered)
 {
     encoder_t *e = calloc(1, sizeof(encoder_t));
     if (e == NULL)
@@ -918,12 +924,10 @@ static encoder_t *encoder_new(const uint8_t *buffer, int64_t start, int64_t end,
         fill_probs(coders[i]->mid, POS_STATES_MAX << 3);
         fill_probs(coders[i]->high, 256);
     }
-    for (size_t i = 0; i < (1u << 16); i++)
-        e->head2[i] = -1;
     size_t size = end > 0 ? (size_t)end : 1;
-    /* distinct 3-byte keys: at most one per position and at most 2^24; the table is
-     * kept at most half full */
-    size_t keys = size < ((size_t)1 << 24) ? size : ((size_t)1 << 24);
+    /* distinct 3-byte keys: at most one per position entered and at most 2^24; the
+     * table is kept at most half full */
+    size_t keys = entered < ((size_t)1 << 24) ? entered : ((size_t)1 << 24);
     size_t capacity = 16;
     int shift = 28;
     while (capacity < keys * 2) {
@@ -933,8 +937,7 @@ static encoder_t *encoder_new(const uint8_t *buffer, int64_t start, int64_t end,
     e->head3_mask = capacity - 1;
     e->head3_shift = shift > 0 ? shift : 0;
     e->chain = malloc(size * sizeof(int32_t));
-    e->head3_key = malloc(capacity * sizeof(uint32_t));
-    e->head3_position = malloc(capacity * sizeof(int32_t));
+    e->head3 = calloc(capacity, sizeof(head3_slot_t));
     e->footer_price = malloc(size * sizeof(int32_t));
     e->footer_epoch = calloc(size, sizeof(uint32_t));
     /* targets of the parse lie within the window plus one match, and within the data */
@@ -943,19 +946,39 @@ static encoder_t *encoder_new(const uint8_t *buffer, int64_t start, int64_t end,
     e->node_count = reach + 1;
     e->nodes = malloc((size_t)e->node_count * sizeof(node_t));
     e->symbols = malloc((size_t)e->node_count * sizeof(symbol_t));
-    if (e->chain == NULL || e->head3_key == NULL || e->head3_position == NULL ||
+    if (e->chain == NULL || e->head3 == NULL ||
         e->footer_price == NULL || e->footer_epoch == NULL || e->nodes == NULL ||
         e->symbols == NULL) {
         encoder_free(e);
         return NULL;
     }
-    for (size_t i = 0; i < size; i++)
-        e->chain[i] = -1;
-    memset(e->head3_key, 0xFF, capacity * sizeof(uint32_t));
     for (int64_t i = 0; i < e->node_count; i++)
         e->nodes[i].price = PRICE_INFINITY;
     refresh(e);
     return e;
+}
+
+/* How many positions enter the chains: the data's, and those of the dictionary that
+ * enter_dictionary enters. */
+static size_t entered_count(const range_t *ranges, Py_ssize_t count, int all, int64_t start,
+                            int64_t end)
+{
+    int64_t entered = end - start, inserted = 0;
+    if (all)
+        return (size_t)end;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int64_t low = ranges[i].low < 0 ? 0 : ranges[i].low;
+        int64_t high = ranges[i].high < start ? ranges[i].high : start;
+        if (low > start)
+            low = start;
+        if (low > inserted)
+            inserted = low;
+        if (high > inserted) {
+            entered += high - inserted;
+            inserted = high;
+        }
+    }
+    return (size_t)entered;
 }
 
 /* Enter the dictionary's searched ranges (all of it when ranges is NULL). */
@@ -1086,7 +1109,8 @@ static PyObject *lzma2_compress(PyObject *self, PyObject *args)
     memcpy(buffer, dictionary.buf, (size_t)dictionary.len);
     memcpy(buffer + start, data.buf, (size_t)data.len);
     Py_BEGIN_ALLOW_THREADS
-    e = encoder_new(buffer, start, end, (int)lc, (int)lp, (int)pb, nice, depth, window);
+    e = encoder_new(buffer, start, end, (int)lc, (int)lp, (int)pb, nice, depth, window,
+                    entered_count(ranges, range_count, searched == Py_None, start, end));
     if (e != NULL) {
         enter_dictionary(e, ranges, range_count, searched == Py_None);
         status = run(e, &limits, &chunks);
