@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import inspect
 import random
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -233,3 +235,27 @@ def test_both_cores_build_the_same_package(
     package_format._compress_metadata.cache_clear()
     assert encoded[0] == encoded[1]
     assert len(encoded[0]) > 100
+
+
+def test_the_c_core_lets_other_threads_run_while_it_codes() -> None:
+    rng = random.Random(23)
+    data = rng.randbytes(256 * 1024)  # incompressible: a long parse, some 100 ms
+    span: list[float] = []
+
+    def code() -> None:
+        span.append(time.monotonic())
+        _native.lzma2_compress(data, b"", 3, 0, 2, None, 128, 48, 2048, *LIMITS)
+        span.append(time.monotonic())
+
+    worker = threading.Thread(target=code)
+    stamps = []
+    worker.start()
+    while worker.is_alive():
+        stamps.append(time.monotonic())
+        time.sleep(0.001)
+    worker.join()
+    start, end = span
+    # while the GIL is held through the call, this thread cannot take a single stamp
+    # in its middle half
+    quarter = (end - start) / 4
+    assert any(start + quarter < t < end - quarter for t in stamps)
