@@ -11,7 +11,7 @@ DEMO_IMAGES := samples/bin/x64-clang/v1/sample.stripped.dll samples/bin/arm64-cl
 
 .PHONY: demo test lint corpus browser cves bench clean sanitize fuzz realworld reliability
 
-$(STAMP): pyproject.toml setup.py native/*.c native/*.h
+$(STAMP): pyproject.toml setup.py native/*.c native/*.h native/constants.py hpatch/arch/kinds.py hpatch/arch/base.py
 	@$(PYTHON) -m venv $(VENV) || { echo "make: '$(PYTHON) -m venv' failed (Debian: apt-get install python3-venv python3-dev)" >&2; exit 1; }
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $@
@@ -59,8 +59,8 @@ demo: $(STAMP)
 	@echo "release manifest: $(VENV)/demo-release/out/release.json (packages in $(VENV)/demo-release/out/packages)"
 
 lint: $(STAMP)
-	$(BIN)/ruff check hpatch tests bench
-	$(BIN)/ruff format --check hpatch tests bench
+	$(BIN)/ruff check hpatch tests bench native/constants.py setup.py
+	$(BIN)/ruff format --check hpatch tests bench native/constants.py setup.py
 
 # The real-world corpus (pairs of MSVC-built DLLs from public wheels) is fetched when
 # the shared fetch script is present; the corpus tests run only when it is there.

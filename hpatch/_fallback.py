@@ -19,10 +19,18 @@ from capstone import x86_const
 from hpatch._fallback_discovery import x64_code_extent  # noqa: F401
 from hpatch._fallback_lzma2 import lzma2_compress  # noqa: F401
 from hpatch._fallback_rewrite import apply_fixups, encode_redirect  # noqa: F401
+from hpatch.arch.base import RefKind, SiteKind
 
-SITE_CALL, SITE_JUMP, SITE_COND_JUMP, SITE_ADDRESS, SITE_LOAD = 1, 2, 3, 4, 5
-REF_CALL, REF_BRANCH, REF_DATA, REF_ABSOLUTE, REF_IMAGE_RVA = 1, 2, 3, 4, 5
-REF_ADDRESS, REF_LITERAL = 6, 7
+# The numbers the C core takes from native/constants.h, as plain ints (hot loops).
+SITE_CALL, SITE_JUMP, SITE_COND_JUMP = (
+    int(SiteKind.CALL),
+    int(SiteKind.JUMP),
+    int(SiteKind.COND_JUMP),
+)
+SITE_ADDRESS, SITE_LOAD = int(SiteKind.ADDRESS), int(SiteKind.LOAD)
+REF_CALL, REF_BRANCH, REF_DATA = int(RefKind.CALL), int(RefKind.BRANCH), int(RefKind.DATA)
+REF_ABSOLUTE, REF_IMAGE_RVA = int(RefKind.ABSOLUTE), int(RefKind.IMAGE_RVA)
+REF_ADDRESS, REF_LITERAL = int(RefKind.ADDRESS), int(RefKind.LITERAL)
 _RVA_LIMIT = 0xFFFFFFFF
 
 # Zero-width lookahead so that every byte offset is a candidate, exactly as the C loop.

@@ -11,6 +11,7 @@ import operator
 import struct
 from collections.abc import Callable
 
+from hpatch.arch.kinds import Fixup, Redirect
 from hpatch.errors import FixupError
 
 _RECORD = struct.Struct("<IHHQ")
@@ -19,13 +20,21 @@ _U64 = struct.Struct("<Q")
 _U64_LIMIT = 1 << 64
 _INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
 
-# hpatch.arch.rewrite.Fixup
-X64_ADDR64, X64_ADDR32NB, X64_REL32 = 0x101, 0x103, 0x104
-ARM64_ADDR32NB, ARM64_BRANCH26, ARM64_PAGEBASE_REL21, ARM64_REL21 = 0x202, 0x203, 0x204, 0x205
-ARM64_PAGEOFFSET_12A, ARM64_PAGEOFFSET_12L = 0x206, 0x207
-ARM64_ADDR64, ARM64_BRANCH19, ARM64_BRANCH14 = 0x20E, 0x20F, 0x210
-# hpatch.arch.rewrite.Redirect
-X64_JMP_REL32, X64_JMP_ABS64, X64_TWO_STAGE, ARM64_B, ARM64_LDR_BR = 1, 2, 3, 4, 5
+# The numbers the C core takes from native/constants.h, as plain ints.
+X64_ADDR64, X64_ADDR32NB, X64_REL32 = (
+    int(Fixup.X64_ADDR64),
+    int(Fixup.X64_ADDR32NB),
+    int(Fixup.X64_REL32),
+)
+ARM64_ADDR32NB, ARM64_BRANCH26 = int(Fixup.ARM64_ADDR32NB), int(Fixup.ARM64_BRANCH26)
+ARM64_PAGEBASE_REL21, ARM64_REL21 = int(Fixup.ARM64_PAGEBASE_REL21), int(Fixup.ARM64_REL21)
+ARM64_PAGEOFFSET_12A = int(Fixup.ARM64_PAGEOFFSET_12A)
+ARM64_PAGEOFFSET_12L = int(Fixup.ARM64_PAGEOFFSET_12L)
+ARM64_ADDR64, ARM64_BRANCH19 = int(Fixup.ARM64_ADDR64), int(Fixup.ARM64_BRANCH19)
+ARM64_BRANCH14 = int(Fixup.ARM64_BRANCH14)
+X64_JMP_REL32, X64_JMP_ABS64 = int(Redirect.X64_JMP_REL32), int(Redirect.X64_JMP_ABS64)
+X64_TWO_STAGE, ARM64_B = int(Redirect.X64_TWO_STAGE), int(Redirect.ARM64_B)
+ARM64_LDR_BR = int(Redirect.ARM64_LDR_BR)
 
 OUT_OF_REACH = "target out of reach"
 BRANCH_ALIGN = "branch target not 4-aligned"
@@ -262,14 +271,8 @@ def _check(
     return offset, (_U64 if size == 8 else _U32).pack(value)
 
 
-# (start relative to the entry, length) of each strategy's span; as Redirect.span.
-_SPANS = {
-    X64_JMP_REL32: (0, 5),
-    X64_JMP_ABS64: (0, 14),
-    X64_TWO_STAGE: (-5, 7),
-    ARM64_B: (0, 4),
-    ARM64_LDR_BR: (0, 16),
-}
+# (start relative to the entry, length) of each strategy's span: Redirect.span.
+_SPANS = {int(strategy): strategy.span for strategy in Redirect}
 
 
 def encode_redirect(strategy: int, entry_va: int, target_va: int, /) -> bytes:

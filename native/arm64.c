@@ -545,7 +545,7 @@ ptrdiff_t arm64_normalise(const uint8_t *code, size_t len, int64_t code_rva, int
             int64_t target = rva + 4 * sign_extend(word & 0x03FFFFFFu, 26);
             if (target < lo || target >= hi) {
                 masked = word & 0xFC000000u;
-                refs[count].kind = (word & 0x80000000u) ? ARM64_REF_CALL : ARM64_REF_BRANCH;
+                refs[count].kind = (word & 0x80000000u) ? REF_CALL : REF_BRANCH;
                 refs[count].site = rva;
                 refs[count++].target = target;
             }
@@ -554,7 +554,7 @@ ptrdiff_t arm64_normalise(const uint8_t *code, size_t len, int64_t code_rva, int
             int64_t target = rva + 4 * sign_extend((word >> 5) & 0x7FFFFu, 19);
             if (target < lo || target >= hi) {
                 masked = word & ~(0x7FFFFu << 5);
-                refs[count].kind = ARM64_REF_BRANCH;
+                refs[count].kind = REF_BRANCH;
                 refs[count].site = rva;
                 refs[count++].target = target;
             }
@@ -563,14 +563,14 @@ ptrdiff_t arm64_normalise(const uint8_t *code, size_t len, int64_t code_rva, int
             int64_t target = rva + 4 * sign_extend((word >> 5) & 0x3FFFu, 14);
             if (target < lo || target >= hi) {
                 masked = word & ~(0x3FFFu << 5);
-                refs[count].kind = ARM64_REF_BRANCH;
+                refs[count].kind = REF_BRANCH;
                 refs[count].site = rva;
                 refs[count++].target = target;
             }
         } else if ((word & 0x1F000000u) == 0x10000000u) {
             /* ADR / ADRP: an ADRP names a page; what it means is its first completion */
             masked = word & ~((0x7FFFFu << 5) | (3u << 29));
-            refs[count].kind = ARM64_REF_ADDRESS;
+            refs[count].kind = REF_ADDRESS;
             refs[count].site = rva;
             if (word & 0x80000000u) {
                 int64_t target = adrp_page(word, rva);
@@ -584,7 +584,7 @@ ptrdiff_t arm64_normalise(const uint8_t *code, size_t len, int64_t code_rva, int
         } else if ((word & 0x3B000000u) == 0x18000000u && (word & 0xC4000000u) != 0xC0000000u) {
             /* LDR (literal) of a W/X/S/D/Q register or LDRSW; not PRFM */
             masked = word & ~(0x7FFFFu << 5);
-            refs[count].kind = ARM64_REF_LITERAL;
+            refs[count].kind = REF_LITERAL;
             refs[count].site = rva;
             refs[count++].target = rva + 4 * sign_extend((word >> 5) & 0x7FFFFu, 19);
         } else if (link[w] >= 0) {
@@ -592,7 +592,7 @@ ptrdiff_t arm64_normalise(const uint8_t *code, size_t len, int64_t code_rva, int
             size_t adrp = (size_t)link[w];
             int64_t page = adrp_page(read_word(code + 4 * adrp), code_rva + 4 * (int64_t)adrp);
             masked = word & ~(0xFFFu << 10);
-            refs[count].kind = ARM64_REF_ADDRESS;
+            refs[count].kind = REF_ADDRESS;
             refs[count].site = rva;
             refs[count++].target = page + page_offset(word);
         }

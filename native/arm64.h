@@ -6,8 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Reference kinds; the same numbers as hpatch.arch.base.RefKind. */
-enum { ARM64_REF_CALL = 1, ARM64_REF_BRANCH = 2, ARM64_REF_ADDRESS = 6, ARM64_REF_LITERAL = 7 };
+#include "constants.h" /* REF_*: hpatch.arch.base.RefKind */
 
 typedef struct {
     int64_t site;

@@ -15,8 +15,7 @@
 #include "rewrite.h"
 #include "x64.h"
 
-/* Reference kinds; the same numbers as hpatch.arch.base.SiteKind. */
-enum { SITE_CALL = 1, SITE_JUMP = 2, SITE_COND_JUMP = 3, SITE_ADDRESS = 4, SITE_LOAD = 5 };
+#include "constants.h" /* SITE_*: hpatch.arch.base.SiteKind */
 
 #define RVA_LIMIT 0xFFFFFFFFLL
 

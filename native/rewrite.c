@@ -13,25 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The values of hpatch.arch.rewrite.Fixup: machine tag << 8 | IMAGE_REL_* type. */
-enum {
-    X64_ADDR64 = 0x101,
-    X64_ADDR32NB = 0x103,
-    X64_REL32 = 0x104, /* ... X64_REL32_5 = 0x109 */
-    X64_REL32_5 = 0x109,
-    ARM64_ADDR32NB = 0x202,
-    ARM64_BRANCH26 = 0x203,
-    ARM64_PAGEBASE_REL21 = 0x204,
-    ARM64_REL21 = 0x205,
-    ARM64_PAGEOFFSET_12A = 0x206,
-    ARM64_PAGEOFFSET_12L = 0x207,
-    ARM64_ADDR64 = 0x20E,
-    ARM64_BRANCH19 = 0x20F,
-    ARM64_BRANCH14 = 0x210,
-};
-
-/* The values of hpatch.arch.rewrite.Redirect. */
-enum { X64_JMP_REL32 = 1, X64_JMP_ABS64 = 2, X64_TWO_STAGE = 3, ARM64_B = 4, ARM64_LDR_BR = 5 };
+#include "constants.h" /* Fixup kinds, Redirect strategies and their spans */
 
 #define RECORD_SIZE 16
 
@@ -438,8 +420,6 @@ done:
     return result;
 }
 
-/* (start relative to the entry, length) of each strategy's span; as Redirect.span. */
-static const int redirect_span[6][2] = {{0, 0}, {0, 5}, {0, 14}, {-5, 7}, {0, 4}, {0, 16}};
 
 static PyObject *redirect_error(const char *reason)
 {
@@ -469,7 +449,7 @@ static PyObject *encode_redirect(PyObject *self, PyObject *args)
         Py_DECREF(index);
         return NULL;
     }
-    if (overflow || strategy < X64_JMP_REL32 || strategy > ARM64_LDR_BR) {
+    if (overflow || strategy < 1 || strategy >= REDIRECT_COUNT) {
         PyErr_Format(PyExc_ValueError, "redirect: unknown strategy %S", index);
         Py_DECREF(index);
         return NULL;

@@ -6,8 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Reference kinds; the same numbers as hpatch.arch.base.RefKind. */
-enum { REF_CALL = 1, REF_BRANCH = 2, REF_DATA = 3, REF_ABSOLUTE = 4, REF_IMAGE_RVA = 5 };
+#include "constants.h" /* REF_*: hpatch.arch.base.RefKind */
 
 typedef struct {
     int64_t site;

@@ -10,64 +10,21 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from enum import IntEnum
 from typing import NamedTuple
 
 from hpatch._backend import core
-from hpatch.arch.base import Machine
+from hpatch.arch.kinds import X64_REL32_BY_TRAILER, Fixup, Redirect
 from hpatch.errors import ApplyError, FixupError
 
-_X64_TAG = 0x100
-_ARM64_TAG = 0x200
-
-
-class Fixup(IntEnum):
-    """A field of patch code or data that must be bound to an address when applied."""
-
-    # IMAGE_REL_AMD64_*
-    X64_ADDR64 = _X64_TAG | 0x01  # 64-bit VA
-    X64_ADDR32NB = _X64_TAG | 0x03  # 32-bit RVA from the image base
-    X64_REL32 = _X64_TAG | 0x04  # rel32 from the end of the field
-    X64_REL32_1 = _X64_TAG | 0x05  # ... with 1 byte of the instruction after the field
-    X64_REL32_2 = _X64_TAG | 0x06
-    X64_REL32_3 = _X64_TAG | 0x07
-    X64_REL32_4 = _X64_TAG | 0x08
-    X64_REL32_5 = _X64_TAG | 0x09
-    # IMAGE_REL_ARM64_*
-    ARM64_ADDR32NB = _ARM64_TAG | 0x02  # 32-bit RVA from the image base
-    ARM64_BRANCH26 = _ARM64_TAG | 0x03  # B/BL imm26
-    ARM64_PAGEBASE_REL21 = _ARM64_TAG | 0x04  # ADRP immhi:immlo, in 4 KiB pages
-    ARM64_REL21 = _ARM64_TAG | 0x05  # ADR immhi:immlo, in bytes
-    ARM64_PAGEOFFSET_12A = _ARM64_TAG | 0x06  # ADD imm12: the low 12 bits of the target
-    ARM64_PAGEOFFSET_12L = _ARM64_TAG | 0x07  # LDR/STR imm12, scaled by the access size
-    ARM64_ADDR64 = _ARM64_TAG | 0x0E  # 64-bit VA
-    ARM64_BRANCH19 = _ARM64_TAG | 0x0F  # B.cond/CBZ/CBNZ/LDR literal imm19
-    ARM64_BRANCH14 = _ARM64_TAG | 0x10  # TBZ/TBNZ imm14
-
-    @property
-    def machine(self) -> Machine:
-        return Machine.AMD64 if self.value & 0xFF00 == _X64_TAG else Machine.ARM64
-
-    @property
-    def coff_type(self) -> int:
-        """The IMAGE_REL_* number of this kind."""
-        return self.value & 0xFF
-
-    @property
-    def field_size(self) -> int:
-        """Bytes of the field the fixup rewrites."""
-        return 8 if self in (Fixup.X64_ADDR64, Fixup.ARM64_ADDR64) else 4
-
-
-#: X64_REL32 + n, by n: the instruction bytes that follow a rel32 field.
-X64_REL32_BY_TRAILER = (
-    Fixup.X64_REL32,
-    Fixup.X64_REL32_1,
-    Fixup.X64_REL32_2,
-    Fixup.X64_REL32_3,
-    Fixup.X64_REL32_4,
-    Fixup.X64_REL32_5,
-)
+__all__ = [
+    "X64_REL32_BY_TRAILER",
+    "Fixup",
+    "FixupRecord",
+    "Redirect",
+    "apply_fixups",
+    "encode_redirect",
+    "pack_fixups",
+]
 
 
 class FixupRecord(NamedTuple):
@@ -77,46 +34,6 @@ class FixupRecord(NamedTuple):
     offset: int
     kind: Fixup
     target_va: int
-
-
-class Redirect(IntEnum):
-    """How a function entry of the old image is sent to its replacement."""
-
-    X64_JMP_REL32 = 1  # E9 rel32 at the entry
-    X64_JMP_ABS64 = 2  # FF 25 00000000 + abs64 at the entry (jmp [rip+0])
-    X64_TWO_STAGE = 3  # E9 rel32 in the 5 padding bytes before the entry, EB F9 at it
-    ARM64_B = 4  # B imm26 at the entry
-    ARM64_LDR_BR = 5  # LDR X16, #8; BR X16; .quad target
-
-    @property
-    def machine(self) -> Machine:
-        return Machine.ARM64 if self in (Redirect.ARM64_B, Redirect.ARM64_LDR_BR) else Machine.AMD64
-
-    @property
-    def span(self) -> tuple[int, int]:
-        """(start relative to the entry, length) of the bytes the redirect overwrites."""
-        return _REDIRECT_SPANS[self]
-
-    @property
-    def reach(self) -> int | None:
-        """How far from the redirect its target may be (bytes, either way); None: anywhere."""
-        return _REDIRECT_REACH[self]
-
-
-_REDIRECT_SPANS = {
-    Redirect.X64_JMP_REL32: (0, 5),
-    Redirect.X64_JMP_ABS64: (0, 14),
-    Redirect.X64_TWO_STAGE: (-5, 7),
-    Redirect.ARM64_B: (0, 4),
-    Redirect.ARM64_LDR_BR: (0, 16),
-}
-_REDIRECT_REACH: dict[Redirect, int | None] = {
-    Redirect.X64_JMP_REL32: 1 << 31,
-    Redirect.X64_JMP_ABS64: None,
-    Redirect.X64_TWO_STAGE: 1 << 31,
-    Redirect.ARM64_B: 1 << 27,
-    Redirect.ARM64_LDR_BR: None,
-}
 
 
 _RECORD = struct.Struct("<IHHQ")

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+from hpatch.arch.kinds import Fixup
+
 from .cases import Case
 
 U32 = 1 << 32
@@ -371,11 +373,16 @@ def gen_normalise_arm64(rng: random.Random) -> Case:
 
 # --- fixups and redirects ----------------------------------------------------------
 
-FIXUP_KINDS = (0x101, 0x103, *range(0x104, 0x10A), 0x202, 0x203, 0x204, 0x205, 0x206, 0x207)
-FIXUP_KINDS += (0x20E, 0x20F, 0x210)
+FIXUP_KINDS = tuple(int(kind) for kind in Fixup)
 NOT_KINDS = (0, 0x100, 0x102, 0x10A, 0x1FF, 0x200, 0x201, 0x208, 0x20D, 0x211, 0xFFFF)
+assert not set(NOT_KINDS) & set(FIXUP_KINDS)
 # (bits of the immediate, scale): how far each ARM64 instruction kind reaches.
-ARM64_REACH = {0x203: 1 << 27, 0x20F: 1 << 20, 0x210: 1 << 15, 0x205: 1 << 20}
+ARM64_REACH = {
+    Fixup.ARM64_BRANCH26: 1 << 27,
+    Fixup.ARM64_BRANCH19: 1 << 20,
+    Fixup.ARM64_BRANCH14: 1 << 15,
+    Fixup.ARM64_REL21: 1 << 20,
+}
 
 
 def _fixup_target(rng: random.Random, kind: int, site: int, image_base: int) -> int:
