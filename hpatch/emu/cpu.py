@@ -196,6 +196,7 @@ class Cpu:
         self._pending: BaseException | None = None
         self._fault: EmulationFault | None = None
         self._current: Thread | None = None
+        self._clean_context: unicorn.UcContext | None = None  # see start()
         self.describe: Callable[[int], str] = lambda va: f"0x{va:x}"
         for region in space.regions:
             self.region_mapped(region)
@@ -421,12 +422,20 @@ class Cpu:
         registers[convention.sp] = sp
         registers[convention.pc] = entry_va
         self._switch_to(None)
-        for register, value in registers.items():
-            self.uc.reg_write(register, value)
+        if self._clean_context is None:
+            # Every call starts from one CPU state: the convention's registers zero, the
+            # rest as the first call found them. Restored whole, then the few registers
+            # that hold something are written in one batch.
+            for register in registers:
+                self.uc.reg_write(register, 0)
+            self._clean_context = self.uc.context_save()
+        self.uc.context_restore(self._clean_context)
+        writes = [(register, value) for register, value in registers.items() if value]
         if self.machine == Machine.AMD64:
-            self.uc.reg_write(x86_const.UC_X86_REG_GS_BASE, thread.teb.va)
+            writes.append((x86_const.UC_X86_REG_GS_BASE, thread.teb.va))
         else:
-            self.uc.reg_write(arm64_const.UC_ARM64_REG_X18, thread.teb.va)
+            writes.append((arm64_const.UC_ARM64_REG_X18, thread.teb.va))
+        self.uc.reg_write_batch(writes)
         thread.context = self.uc.context_save()
         thread.state = ThreadState.STOPPED
         thread.result = None

@@ -49,6 +49,9 @@ class SpaceObserver(Protocol):
     def code_written(self, va: int, size: int) -> None: ...
 
 
+_X = int(Protection.X)
+
+
 def page_floor(value: int) -> int:
     return value & ~(PAGE_SIZE - 1)
 
@@ -309,8 +312,7 @@ class AddressSpace:
         self._announce("write")
         offset = va - region.va
         region.view[offset : offset + len(data)] = data
-        for observer in self.observers:
-            observer.code_written(va, len(data))
+        self._written(region, va, len(data))
 
     def poke(self, va: int, data: bytes) -> None:
         """Put ``data`` at ``va`` regardless of protection and without announcing it: the
@@ -318,8 +320,19 @@ class AddressSpace:
         region = self._span(va, len(data))
         offset = va - region.va
         region.view[offset : offset + len(data)] = data
-        for observer in self.observers:
-            observer.code_written(va, len(data))
+        self._written(region, va, len(data))
+
+    def _written(self, region: Region, va: int, size: int) -> None:
+        """Tell the observers that code changed, when it did: only executable pages hold
+        code a CPU may have translated (a page made executable later is announced as a
+        protection change then), so data written costs no translation flush."""
+        if not size:
+            return
+        first = (va - region.va) // PAGE_SIZE
+        last = (va + size - 1 - region.va) // PAGE_SIZE
+        if any(int(p) & _X for p in region.protections[first : last + 1]):
+            for observer in self.observers:
+                observer.code_written(va, size)
 
     def read(self, va: int, size: int) -> bytes:
         """``size`` bytes at ``va`` from one mapped region (the host reads regardless of

@@ -85,6 +85,7 @@ class Process:
         self._stub_used = 0
         self._loading: list[Path] = []
         self._directories: dict[Module, Path | None] = {}
+        self._named: dict[Module, list[tuple[int, str]]] = {}  # describe()'s names, sorted
         self._depth = 0
 
     # imports ----------------------------------------------------------------------
@@ -354,10 +355,13 @@ class Process:
             region = self.space.region_at(va)
             return f"{region.name}+0x{va - region.va:x}" if region else f"0x{va:x}"
         rva = va - module.base
-        named = sorted(
-            [(e.rva, e.name) for e in module.image.exports if e.name and e.forwarder is None]
-            + [(s.rva, s.name) for s in module.image.symbols if s.is_function]
-        )
+        named = self._named.get(module)
+        if named is None:
+            # Made once per module: every fault of every emulated call is described.
+            named = self._named[module] = sorted(
+                [(e.rva, e.name) for e in module.image.exports if e.name and e.forwarder is None]
+                + [(s.rva, s.name) for s in module.image.symbols if s.is_function]
+            )
         index = bisect.bisect_right(named, (rva, "\U0010ffff")) - 1
         if index >= 0 and rva - named[index][0] < 0x10000:
             start, symbol = named[index]

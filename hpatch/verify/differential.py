@@ -184,6 +184,31 @@ class DifferentialRunner:
             for _, _, patched_va, _, before, _ in self._globals
             if session.in_region(patched_va)
         ]
+        #: The globals by the initial areas holding them on each side (None when none
+        #: does): a call that left both areas as they began wrote none of them, so
+        #: comparing areas once per call stands for comparing hundreds of globals.
+        self._by_areas: dict[tuple[int | None, int | None], list[int]] = {}
+        for index, (_, _, patched_va, new_va, before, _) in enumerate(self._globals):
+            areas = (
+                self._area_of("patched", patched_va, len(before)),
+                self._area_of("new", new_va, len(before)),
+            )
+            self._by_areas.setdefault(areas, []).append(index)
+
+    def _area_of(self, side: str, va: int, size: int) -> int | None:
+        for index, (start, data) in enumerate(self._initial[side]):
+            if start <= va and va + size <= start + len(data):
+                return index
+        return None
+
+    def _written_areas(self, side: str) -> set[int]:
+        """The initial areas of ``side`` whose bytes the call changed."""
+        space = self.session.patched.space if side == "patched" else self.session.new.space
+        return {
+            index
+            for index, (va, data) in enumerate(self._initial[side])
+            if space.read(va, len(data)) != data
+        }
 
     def _both(self, patched_va: int, new_va: int, size: int) -> tuple[bytes, bytes]:
         session = self.session
@@ -382,7 +407,18 @@ class DifferentialRunner:
             if found is not None:
                 at, a, b = found
                 return f"{name}: +0x{at:x} holds 0x{a:x}, the new build 0x{b:x}"
-        for name, base, patched_va, new_va, patched_before, new_before in self._globals:
+        written_patched, written_new = self._written_areas("patched"), self._written_areas("new")
+        checked = sorted(
+            index
+            for (patched_area, new_area), indices in self._by_areas.items()
+            if patched_area is None
+            or new_area is None
+            or patched_area in written_patched
+            or new_area in written_new
+            for index in indices
+        )  # globals of areas both as they began are as they began, and are not read
+        for index in checked:
+            name, base, patched_va, new_va, patched_before, new_before = self._globals[index]
             size = len(patched_before)
             patched_after, new_after = self._both(patched_va, new_va, size)
             if patched_after == patched_before and new_after == new_before:
