@@ -77,6 +77,9 @@ class Region:
             self.buffer = (ctypes.c_char * size)()
         self.view = memoryview(self.buffer).cast("B")
         self.protections = [protection] * (size // PAGE_SIZE)
+        #: Whether a page of it was ever executable: data regions never are, and writing
+        #: them needs no look at their pages' protections.
+        self.ever_executable = bool(protection & Protection.X)
         #: Guard pages mapped with this region, unmapped with it.
         self.guards: tuple[int, ...] = ()
         #: For a guard page: the region it guards.
@@ -210,6 +213,8 @@ class AddressSpace:
         self._announce("protect")
         for page in range((start - region.va) // PAGE_SIZE, (end - region.va) // PAGE_SIZE):
             region.protections[page] = protection
+        if protection & Protection.X:
+            region.ever_executable = True
         for observer in self.observers:
             observer.protection_changed(start, end - start, protection)
 
@@ -326,7 +331,7 @@ class AddressSpace:
         """Tell the observers that code changed, when it did: only executable pages hold
         code a CPU may have translated (a page made executable later is announced as a
         protection change then), so data written costs no translation flush."""
-        if not size:
+        if not size or not region.ever_executable:
             return
         first = (va - region.va) // PAGE_SIZE
         last = (va + size - 1 - region.va) // PAGE_SIZE

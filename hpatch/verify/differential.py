@@ -46,6 +46,8 @@ _HEAP_SIZE = 0x10000
 _HEAP_CHUNK = 0x100
 #: Bytes below the top of the stack cleared before each call.
 _STACK_CLEARED = 0x10000
+_HEAP_ZEROS = bytes(_HEAP_SIZE)  # made once: every call clears the heap and the stack
+_STACK_ZEROS = bytes(_STACK_CLEARED)
 #: Import calls logged with this many arguments (those beyond a callee's real arity are
 #: leftovers of the same computation on both sides, so they compare too).
 _LOGGED_ARGUMENTS = 4
@@ -297,13 +299,15 @@ class DifferentialRunner:
         """Reset the side's memory for the input set ``inputs``."""
         for index, content in enumerate(inputs.scratch):
             process.space.poke(_scratch_va(index), content)
-        process.space.poke(_HEAP_VA, bytes(_HEAP_SIZE))
+        process.space.poke(_HEAP_VA, _HEAP_ZEROS)
         # A local the code reads before writing (an out-parameter a stub never fills)
         # would otherwise hold what an earlier call left there, whose pointers differ
         # between the sides.
         stack = process.main_thread.stack
         used = min(_STACK_CLEARED, stack.size)
-        process.space.poke(stack.end - used, bytes(used))
+        process.space.poke(
+            stack.end - used, _STACK_ZEROS[:used] if used < _STACK_CLEARED else _STACK_ZEROS
+        )
         for va, data in self._initial[side]:
             process.space.poke(va, data)
         self.log[side] = []
