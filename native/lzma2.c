@@ -293,6 +293,13 @@ typedef struct {
     uint8_t state;
 } node_t;
 
+/* A footer price cached for one distance value; valid while epoch is the encoder's
+ * (side by side: one cache miss, not two). */
+typedef struct {
+    uint32_t epoch;
+    int32_t price;
+} footer_t;
+
 /* One slot of the 3-byte key table: key and position side by side, one cache line. */
 typedef struct {
     uint32_t key; /* the key + 1; 0: empty, so calloc's zeroes need no filling */
@@ -326,6 +333,8 @@ typedef struct {
     head3_slot_t *head3;
     size_t head3_mask;
     int head3_shift;
+    size_t head3_used, head3_limit;
+    int failed; /* out of memory growing the key table: the call raises MemoryError */
     int32_t head2[1 << 16]; /* the position + 1; 0: none */
     int64_t inserted;
     int has_pending;
@@ -336,8 +345,7 @@ typedef struct {
     int32_t match_len_prices[POS_STATES_MAX][LEN_SYMBOLS];
     int32_t rep_len_prices[POS_STATES_MAX][LEN_SYMBOLS];
     int32_t slot_prices[4][64];
-    int32_t *footer_price; /* by distance value, valid while footer_epoch matches */
-    uint32_t *footer_epoch;
+    footer_t *footer; /* by distance value */
     uint32_t epoch;
     int64_t since_refresh;
     /* the parse */
@@ -346,36 +354,59 @@ typedef struct {
     int64_t node_count;
 } encoder_t;
 
+/* The slot of `key` (the key + 1, never 0) or the empty one where it goes. */
+static size_t head3_find(const encoder_t *e, uint32_t stored)
+{
+    size_t slot = (size_t)(((stored - 1) * 2654435761u) >> e->head3_shift) & e->head3_mask;
+    while (e->head3[slot].key != 0 && e->head3[slot].key != stored)
+        slot = (slot + 1) & e->head3_mask;
+    return slot;
+}
+
+/* Double the key table. It grows with the distinct keys rather than being sized by
+ * the positions: a smaller table stays in the caches the chain walk needs. */
+static int head3_grow(encoder_t *e)
+{
+    head3_slot_t *old = e->head3;
+    size_t old_capacity = e->head3_mask + 1, capacity = old_capacity * 2;
+    head3_slot_t *grown = calloc(capacity, sizeof(head3_slot_t));
+    if (grown == NULL)
+        return -1;
+    e->head3 = grown;
+    e->head3_mask = capacity - 1;
+    e->head3_shift--;
+    e->head3_limit = capacity / 8 * 5;
+    for (size_t i = 0; i < old_capacity; i++)
+        if (old[i].key != 0)
+            grown[head3_find(e, old[i].key)] = old[i];
+    free(old);
+    return 0;
+}
+
 static int32_t head3_swap(encoder_t *e, uint32_t key, int32_t position)
 {
-    size_t slot = (size_t)((key * 2654435761u) >> e->head3_shift) & e->head3_mask;
-    key++;
-    for (;;) {
-        if (e->head3[slot].key == 0) {
-            e->head3[slot].key = key;
-            e->head3[slot].position = position;
+    if (e->head3_used >= e->head3_limit && head3_grow(e) < 0) {
+        /* past the limit the table still has room; when full, stop entering keys */
+        e->failed = 1;
+        if (e->head3_used >= e->head3_mask)
             return -1;
-        }
-        if (e->head3[slot].key == key) {
-            int32_t previous = e->head3[slot].position;
-            e->head3[slot].position = position;
-            return previous;
-        }
-        slot = (slot + 1) & e->head3_mask;
     }
+    size_t slot = head3_find(e, key + 1);
+    if (e->head3[slot].key == 0) {
+        e->head3[slot].key = key + 1;
+        e->head3[slot].position = position;
+        e->head3_used++;
+        return -1;
+    }
+    int32_t previous = e->head3[slot].position;
+    e->head3[slot].position = position;
+    return previous;
 }
 
 static int32_t head3_get(const encoder_t *e, uint32_t key)
 {
-    size_t slot = (size_t)((key * 2654435761u) >> e->head3_shift) & e->head3_mask;
-    key++;
-    for (;;) {
-        if (e->head3[slot].key == 0)
-            return -1;
-        if (e->head3[slot].key == key)
-            return e->head3[slot].position;
-        slot = (slot + 1) & e->head3_mask;
-    }
+    size_t slot = head3_find(e, key + 1);
+    return e->head3[slot].key != 0 ? e->head3[slot].position : -1;
 }
 
 static uint32_t key3(const uint8_t *p)
@@ -482,8 +513,9 @@ static void refresh(encoder_t *e)
  * last refresh, as the twin's cache does. */
 static int32_t footer_price(encoder_t *e, uint32_t value, uint32_t slot)
 {
-    if (e->footer_epoch[value] == e->epoch)
-        return e->footer_price[value];
+    footer_t *cached = &e->footer[value];
+    if (cached->epoch == e->epoch)
+        return cached->price;
     int bits = (int)(slot >> 1) - 1;
     uint32_t base = (2u | (slot & 1u)) << bits;
     int32_t footer;
@@ -492,8 +524,8 @@ static int32_t footer_price(encoder_t *e, uint32_t value, uint32_t slot)
     else
         footer = ((bits - ALIGN_BITS) << PRICE_BITS) +
                  reverse_price(e->align, 0, ALIGN_BITS, (value - base) & 15u);
-    e->footer_price[value] = footer;
-    e->footer_epoch[value] = e->epoch;
+    cached->price = footer;
+    cached->epoch = e->epoch;
     return footer;
 }
 
@@ -833,9 +865,11 @@ static int run(encoder_t *e, const limits_t *limits, bytes_t *chunks)
             }
             if (e->since_refresh >= REFRESH_SYMBOLS)
                 refresh(e);
+            if (e->failed)
+                break;
         }
         rc_finish(&rc);
-        if (rc.out.failed) {
+        if (rc.out.failed || e->failed) {
             status = NO_MEMORY;
             break;
         }
@@ -880,8 +914,7 @@ static void encoder_free(encoder_t *e)
         return;
     free(e->chain);
     free(e->head3);
-    free(e->footer_price);
-    free(e->footer_epoch);
+    free(e->footer);
     free(e->nodes);
     free(e->symbols);
     free(e);
@@ -925,9 +958,9 @@ static encoder_t *encoder_new(const uint8_t *buffer, int64_t start, int64_t end,
         fill_probs(coders[i]->high, 256);
     }
     size_t size = end > 0 ? (size_t)end : 1;
-    /* distinct 3-byte keys: at most one per position entered and at most 2^24; the
-     * table is kept at most half full */
-    size_t keys = entered < ((size_t)1 << 24) ? entered : ((size_t)1 << 24);
+    /* the key table starts small and grows with the distinct keys (at most one per
+     * position entered, and 2^24), kept at most 5/8 full */
+    size_t keys = entered < 4096 ? entered : 4096;
     size_t capacity = 16;
     int shift = 28;
     while (capacity < keys * 2) {
@@ -935,11 +968,11 @@ static encoder_t *encoder_new(const uint8_t *buffer, int64_t start, int64_t end,
         shift--;
     }
     e->head3_mask = capacity - 1;
-    e->head3_shift = shift > 0 ? shift : 0;
+    e->head3_shift = shift;
+    e->head3_limit = capacity / 8 * 5;
     e->chain = malloc(size * sizeof(int32_t));
     e->head3 = calloc(capacity, sizeof(head3_slot_t));
-    e->footer_price = malloc(size * sizeof(int32_t));
-    e->footer_epoch = calloc(size, sizeof(uint32_t));
+    e->footer = calloc(size, sizeof(footer_t));
     /* targets of the parse lie within the window plus one match, and within the data */
     int64_t data = end - start;
     int64_t reach = window + MATCH_MAX < data ? window + MATCH_MAX : data;
@@ -947,7 +980,7 @@ static encoder_t *encoder_new(const uint8_t *buffer, int64_t start, int64_t end,
     e->nodes = malloc((size_t)e->node_count * sizeof(node_t));
     e->symbols = malloc((size_t)e->node_count * sizeof(symbol_t));
     if (e->chain == NULL || e->head3 == NULL ||
-        e->footer_price == NULL || e->footer_epoch == NULL || e->nodes == NULL ||
+        e->footer == NULL || e->nodes == NULL ||
         e->symbols == NULL) {
         encoder_free(e);
         return NULL;
@@ -1113,7 +1146,8 @@ static PyObject *lzma2_compress(PyObject *self, PyObject *args)
                     entered_count(ranges, range_count, searched == Py_None, start, end));
     if (e != NULL) {
         enter_dictionary(e, ranges, range_count, searched == Py_None);
-        status = run(e, &limits, &chunks);
+        if (!e->failed)
+            status = run(e, &limits, &chunks);
     }
     Py_END_ALLOW_THREADS
     if (status == NO_MEMORY || chunks.failed)
