@@ -4,11 +4,14 @@
  *
  * x64_code_extent walks a function's control flow as capstone decodes it. Capstone
  * is the oracle of what an instruction is (its length, whether it decodes, its
- * mnemonic), and the walk must decode exactly as it does, so the instructions come
- * from capstone's own cs_disasm_iter, reached through the entry points of the
- * library the capstone package loaded (hpatch.arch.x64 passes them). What moves
- * into C is the walk itself: a Python loop over millions of instructions cost
- * microseconds each, most of the time of discovering a large DLL.
+ * mnemonic), and the walk must decode exactly as it does: a Python loop over
+ * millions of instructions cost microseconds each, most of the time of discovering
+ * a large DLL, and capstone itself, reached from C, still took 0.2 us each.
+ * So the walk lays out an instruction itself when its shape is one that capstone
+ * was checked to decode the same way in every ModRM, SIB and REX form (the
+ * x64_*_forms tables, made by the generator at the end of this file), and asks
+ * capstone's own cs_disasm_iter for anything else, through the entry points of the
+ * library the capstone package loaded (hpatch.arch.x64 passes them).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -20,6 +23,479 @@
 
 /* The walk's limits: the same numbers as hpatch/_fallback_discovery.py. */
 #define EXTENT_WINDOW 256
+
+
+/* What an instruction does to the walk, from capstone's mnemonic (see classify):
+ * K_TRAP int3; K_STOP a return, ud2 or hlt; K_BRANCH a direct conditional branch
+ * or loop; K_JMP a direct jmp; K_JMP_INDIRECT any other jmp; K_NORMAL the rest. */
+enum { K_NORMAL = 0, K_TRAP = 1, K_STOP = 2, K_BRANCH = 3, K_JMP = 4, K_JMP_INDIRECT = 5 };
+
+/* An opcode's layout after it: a ModRM (and SIB and displacement) and the immediate. */
+enum {
+    L_MODRM = 1 << 0,
+    L_IMM8 = 1 << 1,
+    L_IMMZ = 1 << 2,
+    L_IMMV = 1 << 3,
+    L_REL8 = 1 << 4,
+    L_REL32 = 1 << 5,
+    L_IMM16 = 1 << 6,
+    L_ENTER = 1 << 7,
+    L_MOFFS = 1 << 8,
+    L_GRP3 = 1 << 9,
+    L_BAD = 1 << 10,
+};
+
+static unsigned legacy_layout(unsigned map, unsigned op)
+{
+    if (map == 2)
+        return L_MODRM;
+    if (map == 3)
+        return L_MODRM | L_IMM8;
+    if (map == 1) {
+        switch (op) {
+        case 0x0F: case 0x38: case 0x3A: return L_BAD;
+        case 0x70: case 0x71: case 0x72: case 0x73: return L_MODRM | L_IMM8;
+        case 0xA4: case 0xAC: case 0xBA: return L_MODRM | L_IMM8;
+        case 0xC2: case 0xC4: case 0xC5: case 0xC6: return L_MODRM | L_IMM8;
+        default: break;
+        }
+        if (op <= 0x03) return L_MODRM;
+        if (op <= 0x0F) return 0;
+        if (op >= 0x30 && op <= 0x37) return 0;
+        if (op >= 0x80 && op <= 0x8F) return L_REL32;
+        if (op >= 0xA0 && op <= 0xA2) return 0;
+        if (op >= 0xA8 && op <= 0xAA) return 0;
+        if (op >= 0xC8 && op <= 0xCF) return 0;
+        return L_MODRM;
+    }
+    if (op < 0x40) {
+        unsigned low = op & 7;
+        if (low < 4) return L_MODRM;
+        if (low == 4) return L_IMM8;
+        if (low == 5) return L_IMMZ;
+        return L_BAD;
+    }
+    if (op < 0x60) return 0;
+    switch (op) {
+    case 0x63: return L_MODRM;
+    case 0x68: return L_IMMZ;
+    case 0x69: return L_MODRM | L_IMMZ;
+    case 0x6A: return L_IMM8;
+    case 0x6B: return L_MODRM | L_IMM8;
+    case 0x80: case 0x83: return L_MODRM | L_IMM8;
+    case 0x81: return L_MODRM | L_IMMZ;
+    case 0xA8: return L_IMM8;
+    case 0xA9: return L_IMMZ;
+    case 0xC0: case 0xC1: case 0xC6: return L_MODRM | L_IMM8;
+    case 0xC2: case 0xCA: return L_IMM16;
+    case 0xC7: return L_MODRM | L_IMMZ;
+    case 0xC8: return L_ENTER;
+    case 0xCD: return L_IMM8;
+    case 0xE8: case 0xE9: return L_REL32;
+    case 0xEB: return L_REL8;
+    case 0xF6: case 0xF7: return L_MODRM | L_GRP3;
+    case 0x0F: case 0x60: case 0x61: case 0x62: case 0x82: case 0x8F: case 0x9A: case 0xC4:
+    case 0xC5: case 0xCE: case 0xD4: case 0xD5: case 0xD6: case 0xEA:
+    case 0x26: case 0x2E: case 0x36: case 0x3E: case 0x64: case 0x65: case 0x66: case 0x67:
+    case 0xF0: case 0xF2: case 0xF3:
+        return L_BAD;
+    default: break;
+    }
+    if (op >= 0x70 && op <= 0x7F) return L_REL8;
+    if (op >= 0x84 && op <= 0x8E) return L_MODRM;
+    if (op >= 0xA0 && op <= 0xA3) return L_MOFFS;
+    if (op >= 0xB0 && op <= 0xB7) return L_IMM8;
+    if (op >= 0xB8 && op <= 0xBF) return L_IMMV;
+    if (op >= 0xD0 && op <= 0xD3) return L_MODRM;
+    if (op >= 0xD8 && op <= 0xDF) return L_MODRM;
+    if (op >= 0xE0 && op <= 0xE3) return L_REL8;
+    if (op >= 0xE4 && op <= 0xE7) return L_IMM8;
+    if (op == 0xFE || op == 0xFF) return L_MODRM;
+    return 0;
+}
+
+static unsigned vex_layout(unsigned map, unsigned op)
+{
+    if (map == 1 && op == 0x77) return 0;
+    if (map == 3) return L_MODRM | L_IMM8;
+    if (map == 1 && ((op >= 0x70 && op <= 0x73) || op == 0xC2 || (op >= 0xC4 && op <= 0xC6)))
+        return L_MODRM | L_IMM8;
+    return L_MODRM;
+}
+
+static int legacy_kind(unsigned map, unsigned op, unsigned reg)
+{
+    if (map == 0) {
+        switch (op) {
+        case 0xCC: return K_TRAP;
+        case 0xC2: case 0xC3: case 0xCA: case 0xCB: case 0xCF: case 0xF4: return K_STOP;
+        case 0xE9: case 0xEB: return K_JMP;
+        case 0xFF: return reg == 4 ? K_JMP_INDIRECT : K_NORMAL;
+        default: break;
+        }
+        if ((op >= 0x70 && op <= 0x7F) || (op >= 0xE0 && op <= 0xE3)) return K_BRANCH;
+    } else if (map == 1) {
+        if (op == 0x0B) return K_STOP;
+        if (op >= 0x80 && op <= 0x8F) return K_BRANCH;
+    }
+    return K_NORMAL;
+}
+
+/* One instruction, as the walk sees it. */
+typedef struct {
+    size_t length;
+    int kind;
+    int64_t target; /* of K_BRANCH and K_JMP */
+} fast_insn_t;
+
+/* Where an instruction's shape is looked up in the x64_*_forms tables. */
+typedef struct {
+    int vex;            /* 0 legacy, 1 vex */
+    unsigned pfx;       /* legacy: 0 none 1 66 2 F3 3 F2; vex: pp */
+    unsigned map, op, l, w, v1111;
+    unsigned sub;       /* (mod == 3 ? 8 : 0) | reg, 16 without a ModRM */
+} fast_key_t;
+
+/* Lay out the instruction at `code` (`avail` bytes, at most 15 read) by the generic
+ * rules of its opcode map, and set its table key: 1 if laid out, 0 if it has a shape
+ * the tables do not cover (other prefixes, XOP, EVEX) or is cut short. Whether
+ * capstone agrees is the tables' answer, see fast_certain. */
+static int fast_layout(const uint8_t *code, size_t avail, int64_t rva, fast_insn_t *out,
+                       fast_key_t *key)
+{
+    size_t i = 0, limit = avail < 15 ? avail : 15;
+    unsigned rex = 0, flags, op, map = 0;
+    int opsize16 = 0;
+    memset(key, 0, sizeof *key);
+    if (limit == 0) return 0;
+    uint8_t b = code[0];
+    if (b == 0x66) { key->pfx = 1; opsize16 = 1; i = 1; }
+    else if (b == 0xF3) { key->pfx = 2; i = 1; }
+    else if (b == 0xF2) { key->pfx = 3; i = 1; }
+    if (i < limit && (code[i] & 0xF0) == 0x40) rex = code[i++];
+    if (i >= limit) return 0;
+    op = code[i++];
+    if (op == 0xC4 || op == 0xC5) {
+        if (i != 1) return 0; /* prefixes before VEX: left to capstone */
+        key->vex = 1;
+        if (op == 0xC5) {
+            if (i + 1 > limit) return 0;
+            unsigned p = code[i];
+            key->map = 1;
+            key->pfx = p & 3;
+            key->l = (p >> 2) & 1;
+            key->w = 0;
+            key->v1111 = ((p >> 3) & 15) == 15;
+            i += 1;
+        } else {
+            if (i + 2 > limit) return 0;
+            unsigned p0 = code[i], p1 = code[i + 1];
+            key->map = p0 & 0x1F;
+            key->pfx = p1 & 3;
+            key->l = (p1 >> 2) & 1;
+            key->w = p1 >> 7;
+            key->v1111 = ((p1 >> 3) & 15) == 15;
+            i += 2;
+        }
+        if (key->map < 1 || key->map > 3 || i >= limit) return 0;
+        op = code[i++];
+        key->op = op;
+        map = key->map;
+        flags = vex_layout(map, op);
+    } else {
+        if (op == 0x0F) {
+            if (i >= limit) return 0;
+            op = code[i++];
+            map = 1;
+            if (op == 0x38 || op == 0x3A) {
+                if (i >= limit) return 0;
+                map = op == 0x38 ? 2 : 3;
+                op = code[i++];
+            }
+        }
+        key->map = map;
+        key->op = op;
+        flags = legacy_layout(map, op);
+    }
+    if (flags & L_BAD) return 0;
+    unsigned reg = 0;
+    key->sub = 16;
+    if (flags & L_MODRM) {
+        if (i >= limit) return 0;
+        unsigned modrm = code[i++], mod = modrm >> 6, rm = modrm & 7;
+        reg = (modrm >> 3) & 7;
+        key->sub = (mod == 3 ? 8u : 0u) | reg;
+        if (mod != 3) {
+            size_t disp = 0;
+            if (rm == 4) {
+                if (i >= limit) return 0;
+                unsigned sib = code[i++];
+                if (mod == 0 && (sib & 7) == 5) disp = 4;
+            } else if (mod == 0 && rm == 5) {
+                disp = 4;
+            }
+            if (mod == 1) disp = 1;
+            else if (mod == 2) disp = 4;
+            i += disp;
+        }
+    }
+    size_t imm = 0;
+    if (flags & L_IMM8) imm = 1;
+    if (flags & L_IMMZ) imm = opsize16 ? 2 : 4;
+    if (flags & L_IMMV) imm = (rex & 8) ? 8 : (opsize16 ? 2 : 4);
+    if (flags & L_IMM16) imm = 2;
+    if (flags & L_ENTER) imm = 3;
+    if (flags & L_REL8) imm = 1;
+    if (flags & L_REL32) imm = 4;
+    if (flags & L_GRP3) { if (reg < 2) imm = (op == 0xF6) ? 1 : (opsize16 ? 2 : 4); }
+    if (flags & L_MOFFS) imm = 8;
+    size_t at = i;
+    i += imm;
+    if (i > limit) return 0;
+    out->length = i;
+    out->kind = key->vex ? K_NORMAL : legacy_kind(map, op, reg);
+    out->target = -1;
+    if (flags & (L_REL8 | L_REL32)) {
+        int64_t rel;
+        if (imm == 1) rel = (int8_t)code[at];
+        else {
+            uint32_t v = (uint32_t)code[at] | ((uint32_t)code[at + 1] << 8) |
+                         ((uint32_t)code[at + 2] << 16) | ((uint32_t)code[at + 3] << 24);
+            rel = (int32_t)v;
+        }
+        out->target = rva + (int64_t)i + rel;
+        /* capstone prints a target of 0 to 9 in decimal, which the twin does not
+         * read as one */
+        if (out->target >= 0 && out->target <= 9)
+            out->kind = out->kind == K_JMP ? K_JMP_INDIRECT : K_NORMAL;
+        /* past 32 bits either way: never followed, as classify says */
+        if (out->target < 0 || out->target > 0xFFFFFFFFLL)
+            out->target = -1;
+    }
+    return 1;
+}
+
+/* Generated by the program at the end of this file from capstone 5.0: a bit for
+ * each shape whose every form capstone decodes with the length, kind and target
+ * fast_layout gives. x64_all_forms: legacy shapes (prefix 0-3 << 10 | map << 8 |
+ * opcode) good in every ModRM form; x64_some_forms: (shape, bit (mod == 3) * 8 +
+ * reg of the ModRM forms that are); x64_vex_forms: VEX shapes, byte
+ * (pp * 3 + map - 1) * 256 + opcode, bit L << 2 | W << 1 | (vvvv == 1111). */
+static const uint64_t x64_all_forms[64] = {
+    0x3f3f3f3f3f3f3f3fULL, 0xffffff08ffff0000ULL, 0xfffffffffbff0ffbULL,
+    0x3ff2fbff018fbf0fULL, 0x00bff70082774becULL, 0xc371cffffffeffffULL,
+    0xf8cbbf3fffffffffULL, 0x7f7eff3fff3eff57ULL, 0x0000000070000fffULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000003f00ULL,
+    0x0000000000008000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000001000ULL, 0x1f1f1f1f1f1f1f1fULL, 0xfffffc08ffff0000ULL,
+    0xfffffdfffbff0ff9ULL, 0x3f72fbff018fbf0bULL, 0x00bff70082334becULL,
+    0xf071fffffff2ffffULL, 0xf8cbbf3ffffffffcULL, 0x7f7eff7fff7fff57ULL,
+    0xffbf0b3f70b10fffULL, 0x0000000000000003ULL, 0x0000000000000000ULL,
+    0x00400000f800bf00ULL, 0x0000000700f0ff00ULL, 0x0000000f00000017ULL,
+    0x0000000000000000ULL, 0x000000008000d000ULL, 0x3f3f3f3f3f3f3f3fULL,
+    0xffffff08ffff0000ULL, 0xfffffffffbff0ffbULL, 0x3ff2fbff018fbf03ULL,
+    0x00bf340082474becULL, 0xc0018000ff0effffULL, 0xf9cbbf3fffffffffULL,
+    0x000000400000ff07ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0040000000003f00ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000001000ULL,
+    0x3f3f3f3f3f3f3f3fULL, 0x0000ff08ffff0000ULL, 0xfffffffffbff0ffbULL,
+    0x3ff2f1f7018fb303ULL, 0x00bf340082074becULL, 0x30010000f702ffffULL,
+    0xc8cbbf3fffff0000ULL, 0x000000400001ff07ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0003000000003f00ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000001000ULL,
+};
+static const uint16_t x64_some_forms[][2] = {
+    {0x08c, 0x3f3f}, {0x08d, 0x00ff}, {0x08e, 0x3f3f}, {0x0c6, 0x0101}, {0x0c7, 0x0101}, {0x0d9, 0xcbfd},
+    {0x0da, 0x0fff}, {0x0db, 0x6faf}, {0x0dc, 0xf3ff}, {0x0dd, 0x3ddf}, {0x0de, 0xf3ff}, {0x0df, 0x61ff},
+    {0x0fe, 0x0303}, {0x0ff, 0x575f}, {0x100, 0x3f3f}, {0x101, 0x58df}, {0x113, 0x00ff}, {0x117, 0x00ff},
+    {0x118, 0xf0ff}, {0x11c, 0x0001}, {0x11d, 0x00ff}, {0x11e, 0x00ff}, {0x120, 0xff00}, {0x121, 0xff00},
+    {0x122, 0xff00}, {0x123, 0xff00}, {0x12b, 0x00ff}, {0x150, 0xff00}, {0x171, 0x5400}, {0x172, 0x5400},
+    {0x173, 0x4400}, {0x1ae, 0x00ff}, {0x1b2, 0x00ff}, {0x1b4, 0x00ff}, {0x1b5, 0x00ff}, {0x1ba, 0xf0f0},
+    {0x1c3, 0x00ff}, {0x1c5, 0xff00}, {0x1c7, 0xc0fa}, {0x1d7, 0xff00}, {0x1e7, 0x00ff}, {0x1f7, 0xff00},
+    {0x2f0, 0x00ff}, {0x2f1, 0x00ff}, {0x2f6, 0x00ff}, {0x2f9, 0x00ff}, {0x48c, 0x3f3f}, {0x48d, 0x00ff},
+    {0x48e, 0x3f3f}, {0x4c6, 0x0101}, {0x4d9, 0xcbfd}, {0x4da, 0x0fff}, {0x4db, 0x6faf}, {0x4dc, 0xf3ff},
+    {0x4dd, 0x3ddf}, {0x4de, 0xf3ff}, {0x4df, 0x61ff}, {0x4f7, 0xfcfc}, {0x4fe, 0x0303}, {0x4ff, 0x577f},
+    {0x500, 0x3f3f}, {0x501, 0x58df}, {0x512, 0x00ff}, {0x513, 0x00ff}, {0x516, 0x00ff}, {0x517, 0x00ff},
+    {0x518, 0xf0ff}, {0x51c, 0x00ff}, {0x51d, 0x00ff}, {0x51e, 0x00ff}, {0x520, 0xff00}, {0x521, 0xff00},
+    {0x522, 0xff00}, {0x523, 0xff00}, {0x52b, 0x00ff}, {0x550, 0xff00}, {0x571, 0x5400}, {0x572, 0x5400},
+    {0x573, 0xcc00}, {0x579, 0xff00}, {0x5ae, 0x40cf}, {0x5b2, 0x00ff}, {0x5b4, 0x00ff}, {0x5b5, 0x00ff},
+    {0x5ba, 0xf0f0}, {0x5c5, 0xff00}, {0x5c7, 0xc07a}, {0x5d7, 0xff00}, {0x5e7, 0x00ff}, {0x5f7, 0xff00},
+    {0x62a, 0x00ff}, {0x680, 0x00ff}, {0x681, 0x00ff}, {0x682, 0x00ff}, {0x6f0, 0x00ff}, {0x6f1, 0x00ff},
+    {0x6f5, 0x00ff}, {0x6f8, 0x00ff}, {0x6f9, 0x00ff}, {0x88c, 0x3f3f}, {0x88d, 0x00ff}, {0x88e, 0x3f3f},
+    {0x8c6, 0x0101}, {0x8c7, 0x0101}, {0x8d9, 0xcbfd}, {0x8da, 0x0fff}, {0x8db, 0x6faf}, {0x8dc, 0xf3ff},
+    {0x8dd, 0x3ddf}, {0x8de, 0xf3ff}, {0x8df, 0x61ff}, {0x8fe, 0x0303}, {0x8ff, 0x575f}, {0x900, 0x3f3f},
+    {0x901, 0x58ff}, {0x918, 0xf0ff}, {0x91c, 0x0001}, {0x91d, 0x00ff}, {0x91e, 0x02ff}, {0x920, 0xff00},
+    {0x921, 0xff00}, {0x922, 0xff00}, {0x923, 0xff00}, {0x92b, 0x00ff}, {0x9ae, 0x7f5f}, {0x9b2, 0x00ff},
+    {0x9b4, 0x00ff}, {0x9b5, 0x00ff}, {0x9ba, 0xf0f0}, {0x9c7, 0x807a}, {0x9d6, 0xff00}, {0xaf9, 0x00ff},
+    {0xc8c, 0x3f3f}, {0xc8d, 0x00ff}, {0xc8e, 0x3f3f}, {0xcc6, 0x0101}, {0xcc7, 0x0101}, {0xcd9, 0xcbfd},
+    {0xcda, 0x0fff}, {0xcdb, 0x6faf}, {0xcdc, 0xf3ff}, {0xcdd, 0x3ddf}, {0xcde, 0xf3ff}, {0xcdf, 0x61ff},
+    {0xcfe, 0x0303}, {0xcff, 0x476f}, {0xd00, 0x3f3f}, {0xd01, 0x58df}, {0xd18, 0xf0ff}, {0xd1c, 0x0001},
+    {0xd1d, 0x00ff}, {0xd1e, 0x00ff}, {0xd20, 0xff00}, {0xd21, 0xff00}, {0xd22, 0xff00}, {0xd23, 0xff00},
+    {0xd2b, 0x00ff}, {0xd79, 0xff00}, {0xdae, 0x400f}, {0xdb2, 0x00ff}, {0xdb4, 0x00ff}, {0xdb5, 0x00ff},
+    {0xdba, 0xf0f0}, {0xdc7, 0x003a}, {0xdd6, 0xff00}, {0xdf0, 0x00ff}, {0xef9, 0x00ff},
+};
+static const uint64_t x64_vex_forms[384] = {
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x000fffff000faaaaULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0xaaaa00000000aaaaULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0xffffffffaaaaaa00ULL, 0xffffffffaaaaffffULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0xaa00000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x00ff000000ff0000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0f000f00000f0000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000ffff0000aaaaULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0xaaaa00000000aaaaULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0xffffffff0000aa00ULL, 0xffffffffaaaaffffULL,
+    0xffffffffffffffffULL, 0xaa0affffffffffffULL, 0x00ffffff000000aaULL,
+    0xaa0affff00000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x00ff000300ff0000ULL, 0x0000000000000000ULL, 0x000affffffffffffULL,
+    0xffffffffffffffffULL, 0x00aaffffffffffffULL, 0xffffffffffffffffULL,
+    0x00ffffffffffff00ULL, 0x00ffffffffffffffULL, 0xff33ffffffffffffULL,
+    0x22223333ffffffffULL, 0xaa30000022000000ULL, 0x00aaaaaa00002022ULL,
+    0x0000aaaaaaaaaaaaULL, 0x000000003300ffffULL, 0xff30aaaaaaaaaaaaULL,
+    0xffffffffffffffffULL, 0xff33ff0000000affULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000002222ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000002222ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0xffff000000000000ULL,
+    0xffffffffffffffffULL, 0xffff000000000000ULL, 0xffffffffffffffffULL,
+    0xffff000000000000ULL, 0xffffffffffffffffULL, 0x0000000000000000ULL,
+    0x3300000000000000ULL, 0x0000000000000000ULL, 0xffffffff0a000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0f00000000000000ULL,
+    0x0000000000000000ULL, 0x0030222200338080ULL, 0xffffffffffffaaaaULL,
+    0x0a0a020200000000ULL, 0x0000220000002030ULL, 0x00000000000f0f03ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000002030ULL,
+    0x003000ff00ff0fffULL, 0x000000333333ffffULL, 0x0000000000000000ULL,
+    0xffffffff00000000ULL, 0x0000000002020202ULL, 0xffffffffffffffffULL,
+    0x0000000000000000ULL, 0xffffffffffffffffULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0xcccc000000000000ULL,
+    0x0000000000000000ULL, 0x0a00000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x00aa000000aaaaaaULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000aaaa00ff0000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x00000000ffffff00ULL, 0xffffffffaaffffffULL,
+    0x0000000000000000ULL, 0xaa00000000000000ULL, 0x00000000000000aaULL,
+    0xaa0a000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000ff0000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x00aa000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0f000f0000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000aaaaaaULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000aaaa00ff0000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x000000000000ff00ULL, 0xffffffff00ffffffULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x00000000000000aaULL,
+    0x0000ffff00000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000ff0000ULL, 0x0000000000000000ULL, 0x00000000000000ffULL,
+    0x0000000000000000ULL, 0x00aa000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0f0f0f0000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x0000000000000000ULL, 0x0000000000000000ULL,
+    0x0000000000000000ULL, 0x000000000000000aULL, 0x0000000000000000ULL,
+};
+
+/* 1 if capstone decodes every form of the key's shape as fast_layout does. */
+static int fast_certain(const fast_key_t *key)
+{
+    if (key->vex) {
+        size_t index = ((size_t)key->pfx * 3 + key->map - 1) * 256 + key->op;
+        unsigned bit = key->l << 2 | key->w << 1 | key->v1111;
+        return (int)((x64_vex_forms[index >> 3] >> ((index & 7) * 8 + bit)) & 1);
+    }
+    unsigned shape = key->pfx << 10 | key->map << 8 | key->op;
+    if ((x64_all_forms[shape >> 6] >> (shape & 63)) & 1)
+        return 1;
+    if (key->sub >= 16)
+        return 0;
+    size_t low = 0, high = sizeof x64_some_forms / sizeof x64_some_forms[0];
+    while (low < high) {
+        size_t mid = (low + high) / 2;
+        if (x64_some_forms[mid][0] < shape)
+            low = mid + 1;
+        else
+            high = mid;
+    }
+    return low < sizeof x64_some_forms / sizeof x64_some_forms[0] &&
+           x64_some_forms[low][0] == shape && ((x64_some_forms[low][1] >> key->sub) & 1);
+}
+
+static int fast_decode(const uint8_t *code, size_t avail, int64_t rva, fast_insn_t *out)
+{
+    fast_key_t key;
+    return fast_layout(code, avail, rva, out, &key) && fast_certain(&key);
+}
 
 /* capstone's API, as far as the walk uses it: cs_disasm_iter, cs_malloc, cs_free,
  * and where the size, mnemonic and operand text lie in a cs_insn (taken from the
@@ -36,41 +512,6 @@ typedef struct {
     cs_free_fn free_insn;
     size_t size_offset, mnemonic_offset, op_str_offset;
 } capstone_t;
-
-/* One decoded instruction, as the walk sees it. */
-typedef struct {
-    size_t size;
-    const char *mnemonic;
-    const char *op_str;
-} insn_view_t;
-
-static int decoder_arg(PyObject *obj, void *out)
-{
-    capstone_t *cs = (capstone_t *)out;
-    unsigned long long values[7];
-    if (!PyTuple_Check(obj) || PyTuple_GET_SIZE(obj) != 7) {
-        PyErr_SetString(PyExc_TypeError, "decoder must be a tuple of 7 ints");
-        return 0;
-    }
-    for (Py_ssize_t i = 0; i < 7; i++) {
-        values[i] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(obj, i));
-        if (PyErr_Occurred())
-            return 0;
-    }
-    if (values[1] == 0 || values[2] == 0 || values[3] == 0 || values[4] > 4096 ||
-        values[5] > 4096 || values[6] > 4096) {
-        PyErr_SetString(PyExc_ValueError, "decoder holds no capstone entry points");
-        return 0;
-    }
-    cs->handle = (size_t)values[0];
-    cs->iter = (cs_iter_fn)(uintptr_t)values[1];
-    cs->malloc_insn = (cs_malloc_fn)(uintptr_t)values[2];
-    cs->free_insn = (cs_free_fn)(uintptr_t)values[3];
-    cs->size_offset = (size_t)values[4];
-    cs->mnemonic_offset = (size_t)values[5];
-    cs->op_str_offset = (size_t)values[6];
-    return 1;
-}
 
 typedef struct {
     int64_t *items;
@@ -113,34 +554,6 @@ static void visit(walk_t *walk, int64_t rva)
     walk->visited[offset >> 3] |= (uint8_t)(1u << (offset & 7));
 }
 
-/* Decode the instruction at `offset`, reading no further than `window_end`: 0 if
- * capstone does not decode it there. */
-static int decode(walk_t *walk, size_t offset, size_t window_end, insn_view_t *out)
-{
-    const uint8_t *at = walk->code + offset;
-    size_t size = window_end - offset;
-    uint64_t address = (uint64_t)(walk->start + (int64_t)offset);
-    if (!walk->cs->iter(walk->cs->handle, &at, &size, &address, walk->insn))
-        return 0;
-    const char *insn = (const char *)walk->insn;
-    uint16_t length;
-    memcpy(&length, insn + walk->cs->size_offset, sizeof length);
-    out->size = length;
-    out->mnemonic = insn + walk->cs->mnemonic_offset;
-    out->op_str = insn + walk->cs->op_str_offset;
-    return 1;
-}
-
-static int is_return(const char *mnemonic)
-{
-    static const char *const names[] = {"ret", "retf", "retfq", "iretq", "iretd", "iret",
-                                        "ud2", "hlt"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (strcmp(mnemonic, names[i]) == 0)
-            return 1;
-    return 0;
-}
-
 /* A jump's operand as capstone prints a direct target ("0x" and hex digits, as the
  * twin's int(op_str, 16) reads it); 0 if it is not one. */
 static int hex_target(const char *text, uint64_t *target)
@@ -166,6 +579,56 @@ static int hex_target(const char *text, uint64_t *target)
     return 1;
 }
 
+/* capstone's mnemonic and operand text as a kind and a target, the way the twin
+ * reads them. */
+static void classify(const char *mnemonic, const char *op_str, fast_insn_t *out)
+{
+    static const char *const stops[] = {"ret", "retf", "retfq", "iretq", "iretd", "iret",
+                                        "ud2", "hlt"};
+    out->kind = K_NORMAL;
+    out->target = -1;
+    if (strcmp(mnemonic, "int3") == 0) {
+        out->kind = K_TRAP;
+        return;
+    }
+    for (size_t i = 0; i < sizeof stops / sizeof stops[0]; i++)
+        if (strcmp(mnemonic, stops[i]) == 0) {
+            out->kind = K_STOP;
+            return;
+        }
+    if (mnemonic[0] == 'j' || strncmp(mnemonic, "loop", 4) == 0) {
+        uint64_t target;
+        int direct = hex_target(op_str, &target);
+        /* a target past 32 bits is past any bound: the twin does not follow it */
+        if (direct && target <= 0xFFFFFFFFULL)
+            out->target = (int64_t)target;
+        if (strcmp(mnemonic, "jmp") == 0)
+            out->kind = direct ? K_JMP : K_JMP_INDIRECT;
+        else if (direct)
+            out->kind = K_BRANCH;
+    }
+}
+
+/* Decode the instruction at `offset`, reading no further than `window_end`: 0 if
+ * capstone does not decode it there. */
+static int decode(walk_t *walk, size_t offset, size_t window_end, fast_insn_t *out)
+{
+    const uint8_t *at = walk->code + offset;
+    size_t size = window_end - offset;
+    int64_t rva = walk->start + (int64_t)offset;
+    if (fast_decode(at, size, rva, out))
+        return 1;
+    uint64_t address = (uint64_t)rva;
+    if (!walk->cs->iter(walk->cs->handle, &at, &size, &address, walk->insn))
+        return 0;
+    const char *insn = (const char *)walk->insn;
+    uint16_t length;
+    memcpy(&length, insn + walk->cs->size_offset, sizeof length);
+    out->length = length;
+    classify(insn + walk->cs->mnemonic_offset, insn + walk->cs->op_str_offset, out);
+    return 1;
+}
+
 /* Straight-line code from `rva`: sets *end to the end of the last body byte, and
  * returns 1; 0 if the code does not decode or runs past the bound; -1 when out of
  * memory. Mirrors _walk_block in the twin, its 256-byte decode windows included. */
@@ -179,34 +642,62 @@ static int walk_block(walk_t *walk, int64_t rva, int64_t *end)
         size_t offset = (size_t)(rva - walk->start);
         size_t window_end = offset + EXTENT_WINDOW < walk->len ? offset + EXTENT_WINDOW : walk->len;
         int decoded = 0;
-        insn_view_t insn;
+        fast_insn_t insn;
         while (offset < window_end && decode(walk, offset, window_end, &insn)) {
             int64_t address = walk->start + (int64_t)offset;
             decoded = 1;
             if (is_visited(walk, address))
                 return 1;
-            if (address + (int64_t)insn.size > bound)
+            if (address + (int64_t)insn.length > bound)
                 return 0;
             visit(walk, address);
-            rva = address + (int64_t)insn.size;
-            offset += insn.size;
-            if (strcmp(insn.mnemonic, "int3") == 0)
+            rva = address + (int64_t)insn.length;
+            offset += insn.length;
+            if (insn.kind == K_TRAP)
                 return 1; /* a trap is where fall-through stops: padding, not body */
             *end = rva;
-            if (is_return(insn.mnemonic))
+            if (insn.kind == K_STOP || insn.kind == K_JMP_INDIRECT)
                 return 1;
-            if (insn.mnemonic[0] == 'j' || strncmp(insn.mnemonic, "loop", 4) == 0) {
-                uint64_t target;
-                if (hex_target(insn.op_str, &target) && target >= (uint64_t)walk->start &&
-                    target < (uint64_t)bound && push(&walk->pending, (int64_t)target) < 0)
+            if (insn.kind == K_BRANCH || insn.kind == K_JMP) {
+                if (insn.target >= walk->start && insn.target < bound &&
+                    push(&walk->pending, insn.target) < 0)
                     return -1;
-                if (strcmp(insn.mnemonic, "jmp") == 0)
+                if (insn.kind == K_JMP)
                     return 1;
             }
         }
         if (!decoded)
             return 0;
     }
+    return 1;
+}
+
+#ifndef HPATCH_X64_FORMS_GENERATOR
+static int decoder_arg(PyObject *obj, void *out)
+{
+    capstone_t *cs = (capstone_t *)out;
+    unsigned long long values[7];
+    if (!PyTuple_Check(obj) || PyTuple_GET_SIZE(obj) != 7) {
+        PyErr_SetString(PyExc_TypeError, "decoder must be a tuple of 7 ints");
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < 7; i++) {
+        values[i] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(obj, i));
+        if (PyErr_Occurred())
+            return 0;
+    }
+    if (values[1] == 0 || values[2] == 0 || values[3] == 0 || values[4] > 4096 ||
+        values[5] > 4096 || values[6] > 4096) {
+        PyErr_SetString(PyExc_ValueError, "decoder holds no capstone entry points");
+        return 0;
+    }
+    cs->handle = (size_t)values[0];
+    cs->iter = (cs_iter_fn)(uintptr_t)values[1];
+    cs->malloc_insn = (cs_malloc_fn)(uintptr_t)values[2];
+    cs->free_insn = (cs_free_fn)(uintptr_t)values[3];
+    cs->size_offset = (size_t)values[4];
+    cs->mnemonic_offset = (size_t)values[5];
+    cs->op_str_offset = (size_t)values[6];
     return 1;
 }
 
@@ -303,3 +794,170 @@ PyMethodDef hpatch_discovery_methods[] = {
     {"x64_code_extent", x64_code_extent, METH_VARARGS, x64_code_extent_doc},
     {NULL, NULL, 0, NULL},
 };
+#endif
+
+#ifdef HPATCH_X64_FORMS_GENERATOR
+/*
+ * The generator of the x64_*_forms tables: checks every shape fast_layout knows
+ * against capstone, in every ModRM form (four SIB bytes where there is one), every
+ * REX byte or none, two fillings of the displacement and immediate, two addresses,
+ * and with the bytes cut right after the instruction; prints the tables. Run it
+ * again when capstone's major version changes:
+ *
+ *   CS=$(python -c 'import capstone, os; print(os.path.dirname(capstone.__file__))')
+ *   cc -O2 -DHPATCH_X64_FORMS_GENERATOR -I$(python -c 'import sysconfig;
+ *       print(sysconfig.get_paths()["include"])') -I$CS/include native/discovery.c
+ *       $CS/lib/libcapstone.so -Wl,-rpath,$CS/lib -o forms && ./forms
+ */
+#include <capstone/capstone.h>
+#include <stdio.h>
+
+static csh generator_handle;
+static cs_insn *generator_insn;
+
+/* 1 if capstone decodes the instruction at the start of buf as fast_layout does. */
+static int agrees(const uint8_t *buf, size_t size)
+{
+    static const uint64_t addresses[2] = {0x1000, 0x7FFFF000};
+    for (int a = 0; a < 2; a++) {
+        fast_insn_t fast, oracle;
+        fast_key_t key;
+        if (!fast_layout(buf, size, (int64_t)addresses[a], &fast, &key))
+            return 0;
+        for (int cut = 0; cut < 2; cut++) {
+            const uint8_t *at = buf;
+            size_t left = cut ? fast.length : size;
+            uint64_t address = addresses[a];
+            if (!cs_disasm_iter(generator_handle, &at, &left, &address, generator_insn))
+                return 0;
+            oracle.length = generator_insn->size;
+            classify(generator_insn->mnemonic, generator_insn->op_str, &oracle);
+            if (oracle.length != fast.length || oracle.kind != fast.kind)
+                return 0;
+            if ((fast.kind == K_BRANCH || fast.kind == K_JMP) && oracle.target != fast.target)
+                return 0;
+        }
+    }
+    return 1;
+}
+
+/* Every form after `head` (prefixes and opcode) whose ModRM matches `sub` (16: all
+ * 256 ModRM bytes, or the following byte of an opcode without one). */
+static int all_agree(const uint8_t *head, size_t size, unsigned sub)
+{
+    static const uint8_t sibs[4] = {0x24, 0x25, 0xE5, 0x00};
+    uint8_t buf[32];
+    for (unsigned modrm = 0; modrm < 256; modrm++) {
+        unsigned mod = modrm >> 6, reg = (modrm >> 3) & 7, rm = modrm & 7;
+        if (sub < 16 && ((mod == 3) != ((sub & 8) != 0) || reg != (sub & 7)))
+            continue;
+        int sib_count = mod != 3 && rm == 4 ? 4 : 1;
+        for (int s = 0; s < sib_count; s++) {
+            memcpy(buf, head, size);
+            buf[size] = (uint8_t)modrm;
+            buf[size + 1] = sibs[s];
+            for (size_t j = size + 2; j < sizeof buf; j++)
+                buf[j] = (uint8_t)(0x91 + j * 37);
+            if (!agrees(buf, sizeof buf))
+                return 0;
+            buf[size + 2] = 0x80;
+            buf[size + 3] = 0xFF;
+            if (!agrees(buf, sizeof buf))
+                return 0;
+        }
+    }
+    return 1;
+}
+
+static void print_words(const char *declaration, const uint8_t *bytes, size_t count)
+{
+    printf("%s = {\n", declaration);
+    for (size_t i = 0; i < count; i += 8) {
+        uint64_t word = 0;
+        for (size_t j = 0; j < 8; j++)
+            word |= (uint64_t)bytes[i + j] << (8 * j);
+        printf("%s0x%016llxULL,%s", i % 24 == 0 ? "    " : " ", (unsigned long long)word,
+               i % 24 == 16 || i + 8 == count ? "\n" : "");
+    }
+    printf("};\n");
+}
+
+int main(void)
+{
+    static const uint8_t prefixes[4] = {0, 0x66, 0xF3, 0xF2};
+    static uint8_t all_forms[512], vex_forms[3072];
+    static uint16_t some_forms[4096];
+    if (cs_open(CS_ARCH_X86, CS_MODE_64, &generator_handle) != CS_ERR_OK)
+        return 1;
+    generator_insn = cs_malloc(generator_handle);
+    for (unsigned shape = 0; shape < 4096; shape++) {
+        unsigned prefix = shape >> 10, map = (shape >> 8) & 3, op = shape & 255;
+        int has_modrm = (legacy_layout(map, op) & L_MODRM) != 0;
+        unsigned forms = 0;
+        for (unsigned sub = has_modrm ? 0 : 16; sub < (has_modrm ? 16u : 17u); sub++) {
+            int good = 1;
+            for (int rex = -1; rex < 16 && good; rex++) {
+                uint8_t head[8];
+                size_t size = 0;
+                if (prefix)
+                    head[size++] = prefixes[prefix];
+                if (rex >= 0)
+                    head[size++] = (uint8_t)(0x40 | rex);
+                if (map) {
+                    head[size++] = 0x0F;
+                    if (map > 1)
+                        head[size++] = map == 2 ? 0x38 : 0x3A;
+                }
+                head[size++] = (uint8_t)op;
+                good = all_agree(head, size, sub);
+            }
+            if (good)
+                forms |= sub < 16 ? 1u << sub : 0xFFFFu;
+        }
+        if (forms == 0xFFFF)
+            all_forms[shape >> 3] |= (uint8_t)(1u << (shape & 7));
+        else
+            some_forms[shape] = (uint16_t)forms;
+    }
+    for (unsigned index = 0; index < 3072; index++) {
+        unsigned pp = index / 768, map = (index / 256) % 3 + 1, op = index & 255;
+        for (unsigned bit = 0; bit < 8; bit++) {
+            unsigned l = bit >> 2, w = (bit >> 1) & 1, unused = bit & 1;
+            /* vvvv as encoded (inverted): 1111 names no register */
+            static const unsigned used[3] = {0, 5, 14};
+            int good = 1;
+            for (int v = 0; v < (unused ? 1 : 3) && good; v++) {
+                unsigned vvvv = unused ? 15 : used[v];
+                static const unsigned rxb[4] = {7, 0, 2, 5};
+                for (int r = 0; r < 4 && good; r++) {
+                    uint8_t head[4] = {0xC4, (uint8_t)(rxb[r] << 5 | map),
+                                       (uint8_t)(w << 7 | vvvv << 3 | l << 2 | pp), (uint8_t)op};
+                    good = all_agree(head, 4, 16);
+                }
+                for (unsigned r = 0; r < 2 && good && map == 1 && w == 0; r++) {
+                    uint8_t head[3] = {0xC5, (uint8_t)(r << 7 | vvvv << 3 | l << 2 | pp),
+                                       (uint8_t)op};
+                    good = all_agree(head, 3, 16);
+                }
+            }
+            if (good)
+                vex_forms[index] |= (uint8_t)(1u << bit);
+        }
+    }
+    print_words("static const uint64_t x64_all_forms[64]", all_forms, sizeof all_forms);
+    printf("static const uint16_t x64_some_forms[][2] = {\n");
+    int column = 0;
+    for (unsigned shape = 0; shape < 4096; shape++) {
+        if (some_forms[shape] == 0)
+            continue;
+        printf("%s{0x%03x, 0x%04x},%s", column ? " " : "    ", shape, some_forms[shape],
+               column == 5 ? "\n" : "");
+        column = (column + 1) % 6;
+    }
+    printf("%s};\n", column ? "\n" : "");
+    print_words("static const uint64_t x64_vex_forms[384]", vex_forms, sizeof vex_forms);
+    cs_free(generator_insn, 1);
+    cs_close(&generator_handle);
+    return 0;
+}
+#endif

@@ -66,7 +66,8 @@ def _modrm_tail(data: bytes, at: int) -> int | None:
 def _entry_points(decoder: capstone.Cs) -> tuple[int, ...]:
     """What the C core needs to decode through ``decoder``'s capstone handle: the
     handle, cs_disasm_iter, cs_malloc and cs_free, and where a cs_insn holds its
-    size, mnemonic and operand text (capstone's own declaration of the structure)."""
+    size, mnemonic and operand text (capstone's own declaration of the structure).
+    Valid as long as ``decoder`` lives: its owner keeps both."""
     library = capstone._cs
     insn = capstone._cs_insn
 
