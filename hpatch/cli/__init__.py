@@ -18,6 +18,7 @@ import click
 
 from hpatch import BACKEND, __version__
 from hpatch.cli.output import EXIT_ERROR, EXIT_OK, error_fields, print_json, was_reported
+from hpatch.cli.progress import NORMAL, QUIET, VERBOSE, Verbosity
 from hpatch.errors import HPatchError
 from hpatch.text import plain
 
@@ -129,8 +130,18 @@ class LazyGroup(click.Group):
     epilog=EPILOG,
 )
 @click.version_option(__version__, message=f"hpatch %(version)s ({BACKEND} core)")
-def cli() -> None:
-    """Hotpatch Windows PE binaries (x64 and ARM64)."""
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr, only errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Every stage and its time on stderr.")
+@click.pass_context
+def cli(context: click.Context, quiet: bool, verbose: bool) -> None:
+    """Hotpatch Windows PE binaries (x64 and ARM64).
+
+    Long work (proving, packaging, a release, a large image) reports its progress on
+    stderr: a spinner on a terminal, one line per finished stage otherwise.
+    """
+    if quiet and verbose:
+        raise click.UsageError("give -q or -v, not both")
+    context.obj = Verbosity(QUIET if quiet else VERBOSE if verbose else NORMAL)
 
 
 def _json_command(argv: list[str]) -> CommandEntry | None:

@@ -6,7 +6,6 @@ import hashlib
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from hpatch.cli.inputs import read_image
@@ -18,6 +17,7 @@ from hpatch.cli.output import (
     print_json,
     servicing_options,
 )
+from hpatch.cli.progress import Progress, large
 from hpatch.diff import Status, diff_images
 from hpatch.files import check_output, write_output
 from hpatch.package import BuildOptions, PackageBlocked, build_package, encode_package
@@ -86,23 +86,19 @@ def diff(
         # Refused before the work, not after it: the output may not be an input.
         check_output(output, sources, force=force)
     key = load_private_key(sign_key) if sign_key is not None else None
-    old, new = read_image(old_path), read_image(new_path)
-    errors = Console(stderr=True)
-    if errors.is_terminal and not as_json:
-        from rich.progress import Progress
-
-        with Progress(console=errors, transient=True) as bar:
-            tasks = {
-                name: bar.add_task(f"fingerprinting {name} build", total=None)
-                for name in ("old", "new")
-            }
-
-            def progress(stage: str, done: int, total: int) -> None:
-                bar.update(tasks[stage], completed=done, total=total)
-
-            result = diff_images(old, new, progress)
-    else:
+    progress = Progress("diff", long=large(old_path, new_path))
+    with progress.stage(f"read {path_text(old_path)}"):
+        old = read_image(old_path)
+    with progress.stage(f"read {path_text(new_path)}"):
+        new = read_image(new_path)
+    with progress.stage("discovered functions") as stage:
+        stage.detail = f"{len(old.functions):,} old, {len(new.functions):,} new"
+    with progress.stage("diffed") as stage:
         result = diff_images(old, new)
+        summary = result.summary()
+        stage.detail = ", ".join(
+            f"{summary[s]:,} {s}" for s in ("modified", "added", "removed") if summary[s]
+        ) + ("" if result.hotpatchable else f"; {len(result.blockers):,} blockers")
     document = diff_document(result)
     written = None
     carried = result.with_status(Status.MODIFIED) + result.with_status(Status.ADDED)
@@ -116,9 +112,12 @@ def diff(
                 # Proving the package runs the emulator: loaded only when it is needed.
                 from hpatch.verify import build_verified_package
 
-                package, _ = build_verified_package(
-                    result, options, validate=not no_verify, inputs=inputs
-                )
+                what = "packaged" if no_verify else "packaged and proved"
+                with progress.stage(what, long=True) as stage:
+                    package, _ = build_verified_package(
+                        result, options, validate=not no_verify, inputs=inputs
+                    )
+                    stage.detail = f"{len(package.functions):,} functions"
             else:
                 package = build_package(result, options)
         except PackageBlocked as blocked:

@@ -9,8 +9,9 @@ from rich.table import Table
 
 from hpatch.cli.inputs import read_image
 from hpatch.cli.output import console, identity_lines, stdout_write
+from hpatch.cli.progress import Progress, large
 from hpatch.report import funcs_document, info_document
-from hpatch.text import markup, write_json
+from hpatch.text import markup, path_text, write_json
 
 
 @click.command()
@@ -18,7 +19,11 @@ from hpatch.text import markup, write_json
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of a table.")
 def funcs(image_path: str, as_json: bool) -> None:
     """List the functions of IMAGE: RVA, size, name and the evidence for each."""
-    image = read_image(image_path)
+    progress = Progress("funcs", long=large(image_path))
+    with progress.stage(f"read {path_text(image_path)}"):
+        image = read_image(image_path)
+    with progress.stage("discovered functions") as stage:
+        stage.detail = f"{len(image.functions):,}"
     if as_json:
         # written as it is made: a million functions never sit in memory as dicts
         write_json(funcs_document(image, streamed=True), stdout_write)
@@ -49,7 +54,8 @@ def funcs(image_path: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of tables.")
 def info(image_path: str, as_json: bool) -> None:
     """Show IMAGE's identity, sections, imports and exports."""
-    image = read_image(image_path)
+    with Progress("info", long=large(image_path)).stage(f"read {path_text(image_path)}"):
+        image = read_image(image_path)
     if as_json:
         write_json(info_document(image, streamed=True), stdout_write)
         sys.stdout.flush()

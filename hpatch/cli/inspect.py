@@ -7,6 +7,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from hpatch import __version__
 from hpatch.cli.inputs import read_package_file
 from hpatch.cli.output import EXIT_REFUSED, console, print_json
 from hpatch.package import decode_package
@@ -14,6 +15,9 @@ from hpatch.package.envelope import check_signature
 from hpatch.package.signing import SignatureStatus, TrustStore
 from hpatch.report import package_document
 from hpatch.text import markup
+
+#: The ``hpatch inspect --json`` document's schema (docs/schema/inspect-1.schema.json).
+INSPECT_SCHEMA = "hpatch.inspect/1"
 
 
 @click.command()
@@ -47,7 +51,11 @@ def inspect(
     # over the raw bytes, before anything past the frame is decoded
     check = check_signature(data, TrustStore.from_paths(list(trust))) if trust else None
     package = decode_package(data)
-    document = package_document(package, data, check)
+    document = {
+        "schema": INSPECT_SCHEMA,
+        "hpatch_version": __version__,
+        **package_document(package, data, check),
+    }
     if as_json:
         print_json(document)
     else:

@@ -8,9 +8,10 @@ import click
 from rich.table import Table
 
 from hpatch.cli.output import EXIT_ERROR, check_supersedes, console, print_json, servicing_options
+from hpatch.cli.progress import Progress
 from hpatch.package import BuildOptions
 from hpatch.package.signing import load_private_key
-from hpatch.text import markup, path_text, plain
+from hpatch.text import markup, path_text
 
 
 @click.command()
@@ -79,9 +80,11 @@ def release(
         BuildOptions(sequence, supersedes, description, advisory), inputs, not no_emulate
     )
 
+    progress = Progress("release", long=True)
+
     def finished(pair: Any, outcome: Any) -> None:
         # One plain line per binary on stderr: stdout stays the report or the document.
-        click.echo(f"hpatch: release: {plain(pair.path)}: {outcome.entry['status']}", err=True)
+        progress.line(f"{pair.path}: {outcome.entry['status']}")
 
     result = run_release(
         old_dir,

@@ -10,15 +10,20 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from hpatch import __version__
 from hpatch.cli.apply import check_before_loading
 from hpatch.cli.inputs import read_image, read_package_file
 from hpatch.cli.output import EXIT_CHECK_FAILED
+from hpatch.cli.progress import Progress
 from hpatch.errors import HPatchError
 from hpatch.package import baseline_of, decode_package, target_digest
 from hpatch.text import json_text, markup, path_text
 
 if TYPE_CHECKING:  # the emulator (Unicorn) loads only when ``verify`` runs
     from hpatch.verify import VerifyReport
+
+#: The ``hpatch verify --json`` document's schema (docs/schema/verify-1.schema.json).
+VERIFY_SCHEMA = "hpatch.verify/1"
 
 
 def verify_document(report: VerifyReport) -> dict[str, Any]:
@@ -92,6 +97,7 @@ def verify_command(
     from hpatch.diff import diff_images
     from hpatch.verify import verify_package
 
+    progress = Progress("verify", long=True)
     data = read_package_file(package_path)
     package = decode_package(data)
     old, new = read_image(old_path), read_image(new_path)
@@ -106,8 +112,14 @@ def verify_command(
         check_before_loading(old, old_path, package)
     except HPatchError as error:
         raise HPatchError(f"the package does not apply to the old image: {error}") from error
-    report = verify_package(diff_images(old, new), package, inputs=inputs)
+    with progress.stage("diffed"):
+        result = diff_images(old, new)
+    with progress.stage("proved") as stage:
+        report = verify_package(result, package, inputs=inputs)
+        stage.detail = f"{len(report.functions):,} functions, {inputs} input sets each"
     document = {
+        "schema": VERIFY_SCHEMA,
+        "hpatch_version": __version__,
         "old": {"path": path_text(old_path), "mapped_sha256": baseline_of(old).mapped_sha256.hex()},
         "new": {"path": path_text(new_path), "mapped_sha256": baseline_of(new).mapped_sha256.hex()},
         "package": {
