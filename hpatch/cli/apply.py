@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from hpatch import __version__
 from hpatch.cli.inputs import read_image, read_package_file
+from hpatch.cli.output import console as output_console
 from hpatch.cli.output import error_fields, mark_reported
+from hpatch.cli.tables import Column, fitted_table
 from hpatch.errors import CheckRefused, EmulationFault, HPatchError
 from hpatch.image import PEImage, SectionFlags
 from hpatch.package import Package, target_digest
@@ -231,7 +232,7 @@ def apply_command(
         "error": None,
         "rolled_back": None,
     }
-    run = _Run(document, as_json, Console(highlight=False, soft_wrap=True))
+    run = _Run(document, as_json, output_console())
     try:
         run.apply(
             paths[0],
@@ -404,15 +405,21 @@ def _print_report(console: Console, report: ApplyReport) -> None:
         f"applied package {report.sequence} to {markup(report.module)}{replaced}: region "
         f"0x{report.region_va:x} (0x{report.region_size:x} bytes), signature {signature}"
     )
-    table = Table(box=None, pad_edge=False)
-    for column in ("function", "old address", "new address", "strategy", "bytes written"):
-        table.add_column(column)
-    for redirect in report.redirects:
-        table.add_row(
+    columns = (
+        Column("function"),
+        Column("old address", "right", drop=2),
+        Column("new address", "right", drop=3),
+        Column("strategy", drop=1),
+        Column("bytes written", prose=True, drop=4),
+    )
+    rows = [
+        (
             markup(redirect.function),
             f"0x{redirect.old_va:x}",
             f"0x{redirect.new_va:x}",
             redirect.strategy.name,
             redirect.written.hex(" "),
         )
-    console.print(table)
+        for redirect in report.redirects
+    ]
+    console.print(fitted_table(None, columns, rows, console.width))

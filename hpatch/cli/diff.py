@@ -6,7 +6,6 @@ import hashlib
 from typing import Any
 
 import click
-from rich.table import Table
 
 from hpatch.cli.inputs import read_image
 from hpatch.cli.output import (
@@ -18,6 +17,7 @@ from hpatch.cli.output import (
     servicing_options,
 )
 from hpatch.cli.progress import Progress, large
+from hpatch.cli.tables import Column, fitted_table
 from hpatch.diff import Status, diff_images
 from hpatch.files import check_output, write_output
 from hpatch.package import BuildOptions, PackageBlocked, build_package, encode_package
@@ -163,20 +163,18 @@ def _print_diff(document: dict[str, Any]) -> None:
     )
     changed = [f for f in document["functions"] if f["status"] != "unchanged"]
     if changed:
-        table = Table(title="changed functions", title_justify="left")
-        for column in (
-            "status",
-            "old RVA",
-            "new RVA",
-            "old size",
-            "new size",
-            "name",
-            "match",
-            "why",
-        ):
-            table.add_column(column)
-        for f in changed:
-            table.add_row(
+        columns = (
+            Column("status"),
+            Column("old RVA", "right", drop=2),
+            Column("new RVA", "right", drop=4),
+            Column("old size", "right", drop=5),
+            Column("new size", "right", drop=5),
+            Column("name"),
+            Column("match", drop=3),
+            Column("why", prose=True, drop=1),
+        )
+        rows = [
+            (
                 f["status"],
                 f"0x{f['old_rva']:x}" if f["old_rva"] is not None else "",
                 f"0x{f['new_rva']:x}" if f["new_rva"] is not None else "",
@@ -186,20 +184,19 @@ def _print_diff(document: dict[str, Any]) -> None:
                 f"{f['match']} ({f['confidence']:.2f})" if f["match"] else "",
                 markup(f["reason"] or ""),
             )
-        out.print(table)
+            for f in changed
+        ]
+        out.print(fitted_table("changed functions", columns, rows, out.width))
     blockers = document["blockers"]
     if blockers:
-        table = Table(title="blockers", title_justify="left")
-        for column in ("class", "cause", "where", "reason"):
-            table.add_column(column)
-        for blocker in blockers:
-            table.add_row(
-                blocker["class"],
-                blocker["cause"],
-                markup(blocker["where"]),
-                markup(blocker["reason"]),
-            )
-        out.print(table)
+        columns = (
+            Column("class"),
+            Column("cause"),
+            Column("where", prose=True),
+            Column("reason", prose=True, drop=1),
+        )
+        rows = [(b["class"], b["cause"], markup(b["where"]), markup(b["reason"])) for b in blockers]
+        out.print(fitted_table("blockers", columns, rows, out.width))
         hazards = sum(1 for b in blockers if b["class"] == "hazard")
         limitations = len(blockers) - hazards
         counts = (

@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.table import Table
 
 from hpatch.cli.inputs import read_image
 from hpatch.cli.output import console, identity_lines, stdout_write
 from hpatch.cli.progress import Progress, large
+from hpatch.cli.tables import Column, fitted_table
 from hpatch.report import funcs_document, info_document
 from hpatch.text import markup, path_text, write_json
 
@@ -32,21 +32,27 @@ def funcs(image_path: str, as_json: bool) -> None:
     document = funcs_document(image)
     out = console()
     out.print(identity_lines(document))
-    table = Table(title=f"{len(document['functions'])} functions", title_justify="left")
-    for column, justify in (("RVA", "right"), ("size", "right"), ("pad", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    table.add_column("name")
-    table.add_column("evidence")
+    columns = (
+        Column("RVA", "right"),
+        Column("size", "right"),
+        Column("pad", "right", drop=1),
+        Column("name"),
+        Column("evidence", prose=True, drop=2),
+    )
+    rows = []
     for function in document["functions"]:
         fragments = "".join(f" +frag 0x{f['rva']:x}/{f['size']}" for f in function["fragments"])
-        table.add_row(
-            f"0x{function['rva']:08x}",
-            str(function["size"]),
-            str(function["padding_after"]),
-            markup(function["name"] or ""),
-            ",".join(function["sources"]) + fragments,
+        rows.append(
+            (
+                f"0x{function['rva']:08x}",
+                str(function["size"]),
+                str(function["padding_after"]),
+                markup(function["name"] or ""),
+                ", ".join(function["sources"]) + fragments,
+            )
         )
-    out.print(table)
+    title = f"{len(document['functions'])} functions"
+    out.print(fitted_table(title, columns, rows, out.width))
 
 
 @click.command()
@@ -63,32 +69,41 @@ def info(image_path: str, as_json: bool) -> None:
     document = info_document(image)
     out = console()
     out.print(identity_lines(document))
-    sections = Table(title="sections", title_justify="left")
-    for column in ("name", "RVA", "virtual size", "raw size", "flags"):
-        sections.add_column(column)
-    for s in document["sections"]:
-        sections.add_row(
+    columns = (
+        Column("name"),
+        Column("RVA", "right"),
+        Column("virtual size", "right"),
+        Column("raw size", "right", drop=1),
+        Column("flags", drop=2),
+    )
+    rows = [
+        (
             markup(s["name"]),
             f"0x{s['rva']:x}",
             f"0x{s['virtual_size']:x}",
             f"0x{s['raw_size']:x}",
             f"0x{s['characteristics']:08x}",
         )
-    out.print(sections)
-    imports = Table(title=f"{len(document['imports'])} imports", title_justify="left")
-    for column in ("DLL", "name / ordinal", "IAT slot"):
-        imports.add_column(column)
-    for i in document["imports"]:
-        label = i["name"] if i["name"] is not None else f"#{i['ordinal']}"
-        imports.add_row(markup(i["dll"]), markup(label), f"0x{i['iat_rva']:x}")
-    out.print(imports)
-    exports = Table(title=f"{len(document['exports'])} exports", title_justify="left")
-    for column in ("ordinal", "name", "RVA"):
-        exports.add_column(column)
-    for e in document["exports"]:
-        exports.add_row(
+        for s in document["sections"]
+    ]
+    out.print(fitted_table("sections", columns, rows, out.width))
+    columns = (Column("DLL"), Column("name / ordinal"), Column("IAT slot", "right", drop=1))
+    rows = [
+        (
+            markup(i["dll"]),
+            markup(i["name"] if i["name"] is not None else f"#{i['ordinal']}"),
+            f"0x{i['iat_rva']:x}",
+        )
+        for i in document["imports"]
+    ]
+    out.print(fitted_table(f"{len(rows)} imports", columns, rows, out.width))
+    columns = (Column("ordinal", "right", drop=1), Column("name"), Column("RVA or forwarder"))
+    rows = [
+        (
             str(e["ordinal"]),
             markup(e["name"] or ""),
             markup(e["forwarder"]) if e["forwarder"] else f"0x{e['rva']:x}",
         )
-    out.print(exports)
+        for e in document["exports"]
+    ]
+    out.print(fitted_table(f"{len(rows)} exports", columns, rows, out.width))

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.table import Table
 
 from hpatch import __version__
 from hpatch.cli.inputs import read_package_file
 from hpatch.cli.output import EXIT_REFUSED, console, print_json
+from hpatch.cli.tables import Column, fitted_table
 from hpatch.package import decode_package
 from hpatch.package.envelope import check_signature
 from hpatch.package.signing import SignatureStatus, TrustStore
@@ -96,26 +96,36 @@ def _print_package(document: dict[str, Any]) -> None:
             for p in document["prerequisites"]
         )
     )
-    table = Table(title=f"{len(document['functions'])} patched functions", title_justify="left")
-    for column in ("status", "old RVA", "name", "old size", "new size", "redirect", "fixups"):
-        table.add_column(column)
+    columns = (
+        Column("status"),
+        Column("old RVA", "right", drop=3),
+        Column("name"),
+        Column("old size", "right", drop=4),
+        Column("new size", "right", drop=4),
+        Column("redirect", drop=2),
+        Column("fixups", "right", drop=1),
+    )
+    rows = []
     for f in document["functions"]:
-        table.add_row(
-            f["status"],
-            f"0x{f['old_rva']:x}" if f["old_rva"] is not None else "",
-            markup(f["name"])
-            if f["name"]
-            else (
-                f"sub_{f['old_rva']:x}"
-                if f["old_rva"] is not None
-                else f"new at 0x{f['new_rva']:x}"
-            ),
-            str(f["old_size"] or ""),
-            str(f["new_size"]),
-            f["redirect"] or "",
-            str(f["fixups"]),
+        rows.append(
+            (
+                f["status"],
+                f"0x{f['old_rva']:x}" if f["old_rva"] is not None else "",
+                markup(f["name"])
+                if f["name"]
+                else (
+                    f"sub_{f['old_rva']:x}"
+                    if f["old_rva"] is not None
+                    else f"new at 0x{f['new_rva']:x}"
+                ),
+                str(f["old_size"] or ""),
+                str(f["new_size"]),
+                f["redirect"] or "",
+                str(f["fixups"]),
+            )
         )
-    out.print(table)
+    title = f"{len(rows)} patched functions"
+    out.print(fitted_table(title, columns, rows, out.width))
     data = document["data"]
     out.print(
         f"new read-only data: {len(data)} block(s), {sum(d['size'] for d in data)} bytes; "

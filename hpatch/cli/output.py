@@ -73,8 +73,9 @@ def console() -> Console:
     """stdout; wide enough for whole rows when it is a file or a pipe."""
     from rich.console import Console
 
-    out = Console()
-    return out if out.is_terminal else Console(width=200)
+    # One style for every command: no guessing at what to colour in the text.
+    out = Console(highlight=False)
+    return out if out.is_terminal else Console(width=200, highlight=False)
 
 
 def identity_lines(document: dict[str, Any]) -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.table import Table
 
 from hpatch.cli.output import EXIT_ERROR, check_supersedes, console, print_json, servicing_options
 from hpatch.cli.progress import Progress
+from hpatch.cli.tables import Column, fitted_table
 from hpatch.package import BuildOptions
 from hpatch.package.signing import load_private_key
 from hpatch.text import markup, path_text
@@ -107,9 +107,14 @@ def release(
 
 def _print_release(document: dict[str, Any], manifest_path: str) -> None:
     out = console()
-    table = Table(title=f"{len(document['binaries'])} binaries", title_justify="left")
-    for column in ("path", "status", "machine", "changed", "package / first blocker / error"):
-        table.add_column(column)
+    columns = (
+        Column("path"),
+        Column("status"),
+        Column("machine", drop=2),
+        Column("changed", "right", drop=1),
+        Column("package / first blocker / error", prose=True),
+    )
+    rows = []
     for binary in document["binaries"]:
         functions = binary["functions"]
         changed = (
@@ -127,14 +132,16 @@ def _print_release(document: dict[str, Any], manifest_path: str) -> None:
             )
         else:
             detail = binary["error"] or ""
-        table.add_row(
-            markup(binary["path"]),
-            binary["status"],
-            binary["machine"] or "",
-            changed,
-            markup(detail),
+        rows.append(
+            (
+                markup(binary["path"]),
+                binary["status"],
+                binary["machine"] or "",
+                changed,
+                markup(detail),
+            )
         )
-    out.print(table)
+    out.print(fitted_table(f"{len(rows)} binaries", columns, rows, out.width))
     out.print(
         ", ".join(f"{count} {status}" for status, count in document["summary"].items())
         + f"; manifest written to {markup(path_text(manifest_path))}"

@@ -7,14 +7,14 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from hpatch import __version__
 from hpatch.cli.apply import check_before_loading
 from hpatch.cli.inputs import read_image, read_package_file
 from hpatch.cli.output import EXIT_CHECK_FAILED
+from hpatch.cli.output import console as output_console
 from hpatch.cli.progress import Progress
+from hpatch.cli.tables import Column, fitted_table
 from hpatch.errors import HPatchError
 from hpatch.package import baseline_of, decode_package, target_digest
 from hpatch.text import json_text, markup, path_text
@@ -138,25 +138,34 @@ def verify_command(
 
 
 def _print_report(document: dict[str, Any]) -> None:
-    console = Console()
+    console = output_console()
     package = document["package"]
-    table = Table(title=f"package {package['sequence']}: {markup(package['path'])}")
-    for column in ("function", "status", "old RVA", "new RVA", "translation", "emulation"):
-        table.add_column(column)
+    columns = (
+        Column("function"),
+        Column("status", drop=3),
+        Column("old RVA", "right", drop=2),
+        Column("new RVA", "right", drop=1),
+        Column("translation"),
+        Column("emulation"),
+    )
+    rows = []
     for f in document["functions"]:
         emulation = f["emulation"]
         text = emulation["outcome"]
         if emulation["outcome"] in ("passed", "failed", "not_emulated"):
             text += f" ({emulation['agreed']}/{emulation['tried']})"
-        table.add_row(
-            markup(f["name"]),
-            f["status"],
-            f"0x{f['old_rva']:x}" if f["old_rva"] is not None else "-",
-            f"0x{f['new_rva']:x}",
-            f["translation"],
-            markup(text),
+        rows.append(
+            (
+                markup(f["name"]),
+                f["status"],
+                f"0x{f['old_rva']:x}" if f["old_rva"] is not None else "-",
+                f"0x{f['new_rva']:x}",
+                f["translation"],
+                markup(text),
+            )
         )
-    console.print(table)
+    title = f"package {package['sequence']}: {markup(package['path'])}"
+    console.print(fitted_table(title, columns, rows, console.width))
     for f in document["functions"]:
         for m in f["mismatches"]:
             where = (
