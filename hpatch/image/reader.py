@@ -1,7 +1,8 @@
-"""Parse a PE file once, with lief, into the immutable model; the one place parse errors surface.
+"""Parse a PE file once into the immutable model; the one place parse errors surface.
 
-Everything lief hands back is checked against the file and the image size before it
-enters the model, so a truncated or hostile file gives ImageFormatError, not garbage.
+The structures come from hpatch.image.pe_parse (``struct`` over the bytes); everything
+they hold is checked against the file and the image size before it enters the model,
+so a truncated or hostile file gives ImageFormatError, not garbage.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import os
 import struct
 from functools import cached_property
 from pathlib import Path
-
-import lief
 
 from hpatch.arch import Arch, Machine, UnwindEntry, arch_for
 from hpatch.errors import HPatchError, ImageFormatError, UnsupportedError
@@ -30,10 +29,20 @@ from hpatch.image.model import (
     Symbol,
     TlsInfo,
 )
+from hpatch.image.pe_parse import (
+    PE32PLUS_MAGIC,
+    check_headers,
+    parse_headers,
+    read_debug_entries,
+    read_exports,
+    read_imports,
+    read_load_config,
+    read_relocation_blocks,
+    read_symbols,
+)
 
-lief.logging.disable()
+__all__ = ["PE32PLUS_MAGIC", "PEImage", "check_headers", "load_image", "pe_text"]
 
-PE32PLUS_MAGIC = 0x20B
 MAX_IMAGE_SIZE = 1 << 30
 #: Most bytes of the mapped image the file may leave unbacked (zero fill: SizeOfImage
 #: past what headers and section raw data hold). Real DLLs leave under 100 KiB; the cap
@@ -51,46 +60,29 @@ DIRECTORY_NAMES = {
     12: "IAT",
 }
 _EXCEPTION_DIRECTORY = 3
+_DEBUG_DIRECTORY = 6
 _TLS_DIRECTORY = 9
+_LOAD_CONFIG_DIRECTORY = 10
 _MAX_TLS_CALLBACKS = 1024
 _GUARD_CF_STRIDE_SHIFT = 28
-_COFF_FUNCTION_TYPE = 2  # lief's COMPLEX_TYPE.FUNCTION
+#: IMAGE_SYM_DTYPE_FUNCTION in the complex-type bits of a COFF symbol's Type
+_COFF_FUNCTION_TYPE = 2
+_COFF_COMPLEX_SHIFT = 4
 
 
 def pe_text(value: str | bytes) -> str:
     """A name from the file as text: PE names are bytes, decoded as UTF-8 where they
-    are UTF-8, every other byte written ``\\xNN`` (lief hands back bytes for a name that
-    is not UTF-8). The one way the model turns names into str; see docs/image-model.md."""
+    are UTF-8, every other byte written ``\\xNN``. The one way the model turns names
+    into str; see docs/image-model.md."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
     if isinstance(value, str):
         return value
     return bytes(value).decode("utf-8", "backslashreplace")
 
 
-def _u16(data: bytes, offset: int) -> int:
-    return struct.unpack_from("<H", data, offset)[0]
-
-
 def _u32(data: bytes, offset: int) -> int:
-    return struct.unpack_from("<I", data, offset)[0]
-
-
-def check_headers(data: bytes) -> tuple[int, int]:
-    """Checks lief does not make for us, on a file or a mapped image (both start with
-    the headers); returns (machine, offset of the optional header)."""
-    if len(data) < 0x40 or data[:2] != b"MZ":
-        raise ImageFormatError("not a PE file: no MZ header")
-    pe_offset = _u32(data, 0x3C)
-    if pe_offset + 24 > len(data) or data[pe_offset : pe_offset + 4] != b"PE\0\0":
-        raise ImageFormatError("not a PE file: no PE signature at e_lfanew")
-    machine = _u16(data, pe_offset + 4)
-    optional_offset = pe_offset + 24
-    if optional_offset + 2 > len(data):
-        raise ImageFormatError("truncated file: the optional header is missing")
-    arch_for(machine)  # UnsupportedError for other machines
-    magic = _u16(data, optional_offset)
-    if magic != PE32PLUS_MAGIC:
-        raise UnsupportedError(f"unsupported optional header magic 0x{magic:x}: hpatch needs PE32+")
-    return machine, optional_offset
+    return int(struct.unpack_from("<I", data, offset)[0])
 
 
 #: The data directory of the CLR runtime header (IMAGE_DIRECTORY_ENTRY_COM_DESCRIPTOR),
@@ -108,35 +100,25 @@ class PEImage:
 
     def __init__(self, data: bytes, name: str) -> None:
         self.name = name
-        machine, _ = check_headers(data)
-        self.arch: Arch = arch_for(machine)
-        try:
-            config = lief.PE.ParserConfig()
-            config.parse_signature = False
-            config.parse_rsrc = False
-            config.parse_exceptions = False
-            binary = lief.PE.parse(data, config)
-        except Exception as exc:  # lief raises assorted types on hostile input
-            raise ImageFormatError(f"malformed PE file: {exc}") from exc
-        if binary is None:
-            raise ImageFormatError("malformed PE file: the PE parser rejected it")
-        self._binary = binary
-        header, optional = binary.header, binary.optional_header
-        self.image_base: int = optional.imagebase
-        self.size_of_image: int = optional.sizeof_image
-        self.entry_rva: int = optional.addressof_entrypoint
+        headers = parse_headers(data)  # checks the signatures, machine and magic first
+        self._headers = headers
+        self.arch: Arch = arch_for(headers.machine)
+        self._directories = headers.directories
+        self.image_base: int = headers.image_base
+        self.size_of_image: int = headers.size_of_image
+        self.entry_rva: int = headers.entry_rva
         if not 0 < self.size_of_image <= MAX_IMAGE_SIZE:
             raise ImageFormatError(f"implausible SizeOfImage 0x{self.size_of_image:x}")
-        self.sections: tuple[Section, ...] = self._read_sections(data, optional.sizeof_headers)
-        self._check_image_size(optional.section_alignment, optional.sizeof_headers)
-        self.mapped: bytes = self._map(data, optional.sizeof_headers)
+        self.sections: tuple[Section, ...] = self._read_sections(data, headers.size_of_headers)
+        self._check_image_size(headers.section_alignment, headers.size_of_headers)
+        self.mapped: bytes = self._map(data, headers.size_of_headers)
         self._check_directories()
         self.identity = ImageIdentity(
-            machine=Machine(machine),
+            machine=Machine(headers.machine),
             image_base=self.image_base,
             size_of_image=self.size_of_image,
-            time_date_stamp=header.time_date_stamps,
-            checksum=optional.checksum,
+            time_date_stamp=headers.time_date_stamp,
+            checksum=headers.checksum,
             file_sha256=hashlib.sha256(data).hexdigest(),
             mapped_sha256=hashlib.sha256(self.mapped).hexdigest(),
             file_size=len(data),
@@ -147,7 +129,7 @@ class PEImage:
         self.imports: tuple[Import, ...] = self._read_imports()
         self.exports: tuple[Export, ...] = self._read_exports()
         self.relocations: tuple[BaseRelocation, ...] = self._read_relocations()
-        self.symbols: tuple[Symbol, ...] = self._read_symbols()
+        self.symbols: tuple[Symbol, ...] = self._read_symbols(data)
         self.tls: TlsInfo | None = self._read_tls()
         self.unwind_entries: tuple[UnwindEntry, ...] = self._read_unwind_entries()
 
@@ -160,12 +142,8 @@ class PEImage:
         # zero-filled: the cost follows the file's bytes, not the sizes it claims.
         unbacked = 0
         backed_end = min(sizeof_headers, len(data), self.size_of_image)
-        for index, raw in enumerate(self._binary.sections, start=1):
-            rva, raw_offset, raw_size = (
-                raw.virtual_address,
-                raw.pointerto_raw_data,
-                raw.sizeof_raw_data,
-            )
+        for index, raw in enumerate(self._headers.sections, start=1):
+            rva, raw_offset, raw_size = raw.rva, raw.raw_offset, raw.raw_size
             virtual_size = raw.virtual_size or raw_size
             name = pe_text(raw.name)
             if raw_size and raw_offset + raw_size > len(data):
@@ -303,18 +281,13 @@ class PEImage:
         raw data of each debug entry, and each unwind record .pdata names. Data objects
         never straddle them."""
         bounds: set[int] = {e.unwind_rva for e in self.unwind_entries if e.unwind_rva}
-        for directory in self._binary.data_directories:
-            if directory.rva and directory.size:
-                bounds.update((directory.rva, directory.rva + directory.size))
-        try:
-            entries = list(self._binary.debug)
-        except Exception:  # lief raises assorted types on odd debug directories
-            entries = []
-        for entry in entries:
-            if entry.addressof_rawdata and entry.sizeof_data:
-                bounds.update(
-                    (entry.addressof_rawdata, entry.addressof_rawdata + entry.sizeof_data)
-                )
+        for rva, size in self._directories:
+            if rva and size:
+                bounds.update((rva, rva + size))
+        if len(self._directories) > _DEBUG_DIRECTORY:
+            for rva, size in read_debug_entries(self.mapped, *self._directory(_DEBUG_DIRECTORY)):
+                if rva and size:
+                    bounds.update((rva, rva + size))
         return tuple(sorted(b for b in bounds if 0 <= b <= self.size_of_image))
 
     @cached_property
@@ -325,7 +298,7 @@ class PEImage:
     @cached_property
     def exception_directory(self) -> tuple[int, int]:
         """(RVA, size) of the exception directory (.pdata); (0, 0) if there is none."""
-        if len(self._binary.data_directories) <= _EXCEPTION_DIRECTORY:
+        if len(self._directories) <= _EXCEPTION_DIRECTORY:
             return 0, 0
         return self._directory(_EXCEPTION_DIRECTORY)
 
@@ -357,7 +330,7 @@ class PEImage:
                     ranges.append((name, end + (end - name) % 2))
             ranges.append((rva, at))
 
-        directory, _ = self._directory(1) if len(self._binary.data_directories) > 1 else (0, 0)
+        directory, _ = self._directory(1) if len(self._directories) > 1 else (0, 0)
         at = directory
         descriptors = set()
         while at > 0 and at + 20 <= size:
@@ -372,7 +345,7 @@ class PEImage:
             thunks(iat, names=not lookup)
         if directory:
             ranges.append((directory, at))
-        if len(self._binary.data_directories) > 12:
+        if len(self._directories) > 12:
             rva, length = self._directory(12)
             if rva and length:
                 ranges.append((rva, min(rva + length, size)))
@@ -398,11 +371,10 @@ class PEImage:
         return tuple((start, end) for start, end in joined)
 
     def _directory(self, index: int) -> tuple[int, int]:
-        directory = self._binary.data_directories[index]
-        return directory.rva, directory.size
+        return self._directories[index]
 
     def _check_directories(self) -> None:
-        count = len(self._binary.data_directories)
+        count = len(self._directories)
         for index, label in DIRECTORY_NAMES.items():
             if index >= count:
                 continue
@@ -414,14 +386,16 @@ class PEImage:
                 )
 
     def _read_load_config(self) -> LoadConfig | None:
-        if not self._binary.has_configuration:
+        if len(self._directories) <= _LOAD_CONFIG_DIRECTORY:
             return None
-        config = self._binary.load_configuration
-
-        def field(attribute: str) -> int:
-            value = getattr(config, attribute, None)
-            return int(value) if value is not None else 0
-
+        rva, size = self._directory(_LOAD_CONFIG_DIRECTORY)
+        # Read from the section holding it: a load config outside every section (in
+        # the headers) is no load config.
+        section = self.section_at(rva) if rva and size else None
+        config = read_load_config(section.data, rva - section.rva) if section else None
+        if config is None:
+            return None
+        field = config.__getitem__
         guard_flags = field("guard_flags")
         table_va, count = field("guard_cf_function_table"), field("guard_cf_function_count")
         guard_rvas: tuple[int, ...] = ()
@@ -435,7 +409,7 @@ class PEImage:
             guard_flags=guard_flags,
             guard_cf_function_rvas=guard_rvas,
             chpe_metadata_va=field("chpe_metadata_pointer"),
-            dynamic_value_reloc_table_offset=field("dynamic_value_reloctable_offset"),
+            dynamic_value_reloc_table_offset=field("dynamic_value_reloc_table_offset"),
             hotpatch_table_offset=field("hotpatch_table_offset"),
         )
 
@@ -443,10 +417,11 @@ class PEImage:
         reasons = []
         if self.load_config is not None and self.load_config.chpe_metadata_va:
             reasons.append("its load config carries CHPE hybrid metadata")
-        if self._binary.is_arm64ec:
-            reasons.append("it is an ARM64EC image")
-        if self._binary.is_arm64x:
-            reasons.append("it is an ARM64X image")
+            # CHPE metadata in an x64 image makes it ARM64EC, in an ARM64 one ARM64X
+            if self.identity.machine == Machine.AMD64:
+                reasons.append("it is an ARM64EC image")
+            elif self.identity.machine == Machine.ARM64:
+                reasons.append("it is an ARM64X image")
         if reasons:
             raise UnsupportedError(
                 f"{self.name}: hybrid CHPE/ARM64EC/ARM64X images are not supported ("
@@ -475,70 +450,70 @@ class PEImage:
             )
 
     def _read_imports(self) -> tuple[Import, ...]:
+        if len(self._directories) <= 1:
+            return ()
         imports: list[Import] = []
-        for library in self._binary.imports:
-            dll = pe_text(library.name)
-            for entry in library.entries:
-                iat_rva = entry.iat_address
-                by_ordinal = entry.is_ordinal
-                name = None if by_ordinal else pe_text(entry.name)
-                if not 0 < iat_rva < self.size_of_image:
-                    raise ImageFormatError(
-                        f"import {dll}!{name or entry.ordinal} has its IAT slot "
-                        f"outside the image (rva 0x{iat_rva:x})"
-                    )
-                imports.append(
-                    Import(
-                        dll=dll,
-                        name=name,
-                        ordinal=entry.ordinal if by_ordinal else None,
-                        iat_rva=iat_rva,
-                    )
+        for raw in read_imports(self.mapped, *self._directory(1)):
+            dll = pe_text(raw.dll)
+            name = None if raw.name is None else pe_text(raw.name)
+            if not 0 < raw.iat_rva < self.size_of_image:
+                raise ImageFormatError(
+                    f"import {dll}!{name or raw.ordinal} has its IAT slot "
+                    f"outside the image (rva 0x{raw.iat_rva:x})"
                 )
+            imports.append(Import(dll=dll, name=name, ordinal=raw.ordinal, iat_rva=raw.iat_rva))
         return tuple(imports)
 
     def _read_exports(self) -> tuple[Export, ...]:
-        if not self._binary.has_exports:
+        if not self._directories or not self._directories[0][0]:
             return ()
         exports: list[Export] = []
-        for entry in self._binary.get_export().entries:
+        for ordinal, raw_name, rva, raw_forwarder in read_exports(self.mapped, *self._directory(0)):
             forwarder = None
-            name = pe_text(entry.name) or None
-            if entry.is_forwarded:
-                info = entry.forward_information
-                forwarder = f"{pe_text(info.library)}.{pe_text(info.function)}"
-            elif not 0 <= entry.address < self.size_of_image:
+            name = pe_text(raw_name) or None
+            if raw_forwarder is not None:
+                forwarder = f"{pe_text(raw_forwarder[0])}.{pe_text(raw_forwarder[1])}"
+            elif not 0 <= rva < self.size_of_image:
                 raise ImageFormatError(
-                    f"export {name or entry.ordinal} points outside the image "
-                    f"(rva 0x{entry.address:x})"
+                    f"export {name or ordinal} points outside the image (rva 0x{rva:x})"
                 )
-            exports.append(Export(entry.ordinal, name, entry.address, forwarder))
+            exports.append(Export(ordinal, name, rva, forwarder))
         return tuple(sorted(exports, key=lambda e: e.ordinal))
 
     def _read_relocations(self) -> tuple[BaseRelocation, ...]:
+        if len(self._directories) <= 5:
+            return ()
+        rva, size = self._directory(5)
+        if not rva or not size:
+            return ()
         relocations: list[BaseRelocation] = []
-        known = {t.value for t in BaseRelocationType}
-        for block in self._binary.relocations:
-            for entry in block.entries:
-                # The raw 16-bit entry: lief's enum warns on types it does not know.
-                kind, rva = entry.data >> 12, block.virtual_address + (entry.data & 0xFFF)
+        types = {t.value: t for t in BaseRelocationType}
+        limit = self.size_of_image - 8
+        for page_rva, entries in read_relocation_blocks(self.mapped, rva, size):
+            for (entry,) in struct.iter_unpack("<H", entries):
+                kind, site = entry >> 12, page_rva + (entry & 0xFFF)
                 if kind == BaseRelocationType.ABSOLUTE:
                     continue
-                if kind not in known:
+                if kind not in types:
                     raise ImageFormatError(
-                        f"base relocation at rva 0x{rva:x} has unknown type {kind}"
+                        f"base relocation at rva 0x{site:x} has unknown type {kind}"
                     )
-                if rva + 8 > self.size_of_image:
-                    raise ImageFormatError(f"base relocation at rva 0x{rva:x} is outside the image")
-                relocations.append(BaseRelocation(rva, BaseRelocationType(kind)))
+                if site > limit:
+                    raise ImageFormatError(
+                        f"base relocation at rva 0x{site:x} is outside the image"
+                    )
+                relocations.append(BaseRelocation(site, types[kind]))
         return tuple(relocations)
 
-    def _read_symbols(self) -> tuple[Symbol, ...]:
+    def _read_symbols(self, data: bytes) -> tuple[Symbol, ...]:
         symbols: list[Symbol] = []
-        for raw in self._binary.symbols:
-            index = raw.section_idx
+        headers = self._headers
+        for raw in read_symbols(data, headers.symbol_table_offset, headers.number_of_symbols):
+            index = raw.section_number
+            if not 1 <= index <= len(self.sections) or not raw.name:
+                continue
             name = pe_text(raw.name)
-            if not 1 <= index <= len(self.sections) or not name or name.startswith("."):
+            if name.startswith("."):
                 continue
             section = self.sections[index - 1]
             if raw.value >= max(section.virtual_size, 1):
@@ -548,14 +523,14 @@ class PEImage:
                     name=name,
                     rva=section.rva + raw.value,
                     section_index=index,
-                    storage_class=int(raw.storage_class.value),
-                    is_function=int(raw.complex_type.value) == _COFF_FUNCTION_TYPE,
+                    storage_class=raw.storage_class,
+                    is_function=(raw.type >> _COFF_COMPLEX_SHIFT) & 0x3 == _COFF_FUNCTION_TYPE,
                 )
             )
         return tuple(sorted(symbols, key=lambda s: (s.rva, s.name)))
 
     def _read_tls(self) -> TlsInfo | None:
-        if len(self._binary.data_directories) <= _TLS_DIRECTORY:
+        if len(self._directories) <= _TLS_DIRECTORY:
             return None
         rva, size = self._directory(_TLS_DIRECTORY)
         if not rva or not size:
@@ -574,7 +549,7 @@ class PEImage:
         return TlsInfo(template, zero_fill, callbacks)
 
     def _read_unwind_entries(self) -> tuple[UnwindEntry, ...]:
-        if len(self._binary.data_directories) <= _EXCEPTION_DIRECTORY:
+        if len(self._directories) <= _EXCEPTION_DIRECTORY:
             return ()
         rva, size = self._directory(_EXCEPTION_DIRECTORY)
         if not rva or not size:

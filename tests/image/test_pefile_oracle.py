@@ -1,4 +1,4 @@
-"""Cross-check what hpatch reads through lief with pefile, on samples and the corpus."""
+"""Cross-check what hpatch reads with pefile, on samples and the corpus."""
 
 from __future__ import annotations
 
