@@ -442,6 +442,15 @@ static int32_t common(const encoder_t *e, int64_t earlier, int64_t position, int
 {
     const uint8_t *a = e->buffer + earlier, *b = e->buffer + position;
     int32_t length = 0;
+    /* eight bytes at a time while they agree (both runs lie within the buffer) */
+    while (length + 8 <= limit) {
+        uint64_t x, y;
+        memcpy(&x, a + length, 8);
+        memcpy(&y, b + length, 8);
+        if (x != y)
+            break;
+        length += 8;
+    }
     while (length < limit && a[length] == b[length])
         length++;
     return length;
@@ -460,10 +469,31 @@ static int matches(encoder_t *e, int64_t position, match_t *found)
     int64_t avail = e->end - position;
     int32_t limit = avail < MATCH_MAX ? (int32_t)avail : MATCH_MAX;
     int count = 0;
+    /* The search reads the heads from before `position` is entered, and nothing it
+     * reads changes when it is: so, as a rule, enter it now and take the heads it
+     * replaces (one probe of the key table, not two). */
+    int entered = e->inserted == position;
+    int32_t head3 = -1, head2 = -1;
+    if (entered) {
+        if (limit >= 3) {
+            head3 = head3_swap(e, key3(buffer + position), (int32_t)position);
+            e->chain[position] = head3;
+        }
+        if (limit >= 2) {
+            head2 = e->head2[key2(buffer + position)] - 1;
+            e->head2[key2(buffer + position)] = (int32_t)position + 1;
+        }
+        e->inserted = position + 1;
+    } else {
+        if (limit >= 3)
+            head3 = head3_get(e, key3(buffer + position));
+        if (limit >= 2)
+            head2 = e->head2[key2(buffer + position)] - 1;
+    }
     if (limit >= 2) {
         int32_t best = 1;
         if (limit >= 3) {
-            int32_t candidate = head3_get(e, key3(buffer + position));
+            int32_t candidate = head3;
             int64_t depth = e->depth;
             while (candidate >= 0 && depth) {
                 if (buffer[candidate + best] == buffer[position + best]) {
@@ -483,7 +513,7 @@ static int matches(encoder_t *e, int64_t position, match_t *found)
             }
         }
         if (best < 2) {
-            int32_t candidate = e->head2[key2(buffer + position)] - 1;
+            int32_t candidate = head2;
             if (candidate >= 0) {
                 found[count].length = 2;
                 found[count].distance = (int32_t)(position - candidate);
@@ -491,7 +521,8 @@ static int matches(encoder_t *e, int64_t position, match_t *found)
             }
         }
     }
-    insert_until(e, position + 1);
+    if (!entered)
+        insert_until(e, position + 1);
     return count;
 }
 
