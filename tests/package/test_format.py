@@ -17,16 +17,10 @@ from hpatch.diff import Status, diff_images
 from hpatch.errors import PackageFormatError
 from hpatch.image import load_image
 from hpatch.package import build_package, decode_package, encode_package, lzma2, resolve_blobs
-from hpatch.package.format import (
-    DIGEST_SIZE,
-    HEADER,
-    MAGIC,
-    MAX_METADATA,
-    _parts_without_records,
-    _predictions,
-    _Reader,
-    _Writer,
-)
+from hpatch.package.format import DIGEST_SIZE, HEADER, MAGIC, MAX_METADATA
+from hpatch.package.format.metadata import parts_without_records
+from hpatch.package.format.sites import predicted_targets
+from hpatch.package.format.wire import Reader, Writer
 from hpatch.package.model import FORMAT_VERSION, TARGET_DIGEST_SIZE, Blob
 
 from ..conftest import BUILDS, SAMPLES
@@ -84,7 +78,7 @@ def test_a_package_carries_exactly_the_changed_functions(case: tuple[str, str, s
     assert (package.servicing.sequence, package.servicing.supersedes) == (2, (1, 1))
     # the package is small next to the image it patches, and every target is predicted
     assert len(sample_package(*case)) < diff.new.identity.file_size / 10
-    assert [f.target for f in package.fixups] == _predictions(package)
+    assert [f.target for f in package.fixups] == predicted_targets(package)
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
@@ -283,8 +277,8 @@ def _skipped_parts_count_at(metadata: bytes) -> int:
     """Where the count of parts without an unwind record sits in the sample's metadata:
     just before their index gaps, which end it."""
     package = decode_package(_unsigned())
-    skipped = sorted(_parts_without_records(package) or ())
-    gaps = _Writer()
+    skipped = sorted(parts_without_records(package) or ())
+    gaps = Writer()
     following = 0
     for index in skipped:
         gaps.uv(index - following)
@@ -298,7 +292,7 @@ def _skipped_parts_count_at(metadata: bytes) -> int:
 def test_huge_counts_are_refused_before_allocating() -> None:
     def huge_count(metadata: bytes) -> bytes:
         at = _skipped_parts_count_at(metadata)
-        out = _Writer()
+        out = Writer()
         out.uv(0xFFFFFFFF)
         return metadata[:at] + bytes(out.out) + metadata[at + 1 :]
 
@@ -334,15 +328,15 @@ def test_non_canonical_metadata_is_refused() -> None:
 
 def test_varints_round_trip() -> None:
     for value in (0, 1, 127, 128, 300, 1 << 32, (1 << 64) - 1):
-        out = _Writer()
+        out = Writer()
         out.uv(value)
         out.sv(value)
         out.sv(-value)
-        data = _Reader(bytes(out.out), "test")
+        data = Reader(bytes(out.out), "test")
         assert (data.uv(), data.sv(), data.sv()) == (value, value, -value)
         data.finish()
     with pytest.raises(PackageFormatError, match="past"):
-        _Reader(b"\xff" * 11, "test").uv()
+        Reader(b"\xff" * 11, "test").uv()
 
 
 def test_unknown_versions_and_flags_are_refused() -> None:

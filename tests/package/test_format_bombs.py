@@ -25,10 +25,10 @@ from hpatch.package.format import (
     HEADER,
     MAGIC,
     MAX_EXPANSION,
-    _Writer,
     open_envelope,
     signed_message,
 )
+from hpatch.package.format.wire import Writer
 from hpatch.package.model import FORMAT_VERSION, Flag, FunctionStatus
 from hpatch.package.signing import SignatureStatus, TrustStore, key_id
 
@@ -46,7 +46,7 @@ def _metadata(
     """Metadata of an AMD64 package of ``count`` added functions of ``size`` bytes, each
     named ``name(index)``, canonical, with nothing else in it; its region is coded
     against nothing, or with ``whole_image`` against the whole 64 KiB baseline."""
-    out = _Writer()
+    out = Writer()
     out.u8(1)  # AMD64
     out.string("bomb.dll")
     out.u32(0)

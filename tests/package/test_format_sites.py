@@ -14,18 +14,12 @@ from hpatch.arch import Machine
 from hpatch.arch.rewrite import Fixup
 from hpatch.errors import PackageFormatError
 from hpatch.package import decode_package, encode_package, lzma2
-from hpatch.package.format import (
-    DIGEST_SIZE,
-    HEADER,
-    _compress,
-    _fixup_code,
-    _parts_without_records,
-    _predicted_sites,
-    _predictions,
-    _region_plain,
-    _write_gap,
-    _Writer,
-)
+from hpatch.package.format import DIGEST_SIZE, HEADER
+from hpatch.package.format.dictionary import compress
+from hpatch.package.format.metadata import parts_without_records
+from hpatch.package.format.region import region_plain, write_fixups
+from hpatch.package.format.sites import predicted_sites
+from hpatch.package.format.wire import Writer
 from hpatch.package.model import BlobKind, FixupEntry, Package, TargetKind
 
 from ..diff.samples import sample_diff
@@ -68,7 +62,7 @@ def code_fixups(package: Package) -> list[FixupEntry]:
 @pytest.mark.parametrize("case", CASES, ids="-".join)
 def test_most_fixups_sit_where_the_code_predicts(case: tuple[str, str, str]) -> None:
     package = resolved(case)
-    predicted = {(s.offset, s.kind, s.target_kind) for s in _predicted_sites(package)}
+    predicted = {(s.offset, s.kind, s.target_kind) for s in predicted_sites(package)}
     hits = [f for f in package.fixups if (f.offset, f.kind, f.target_kind) in predicted]
     assert len(hits) >= 0.9 * len(package.fixups)
     assert len(code_fixups(package)) > 10
@@ -78,7 +72,7 @@ def test_most_fixups_sit_where_the_code_predicts(case: tuple[str, str, str]) -> 
 def test_a_predicted_site_without_its_fixup_round_trips(case: tuple[str, str, str]) -> None:
     package = resolved(case)
     dropped = code_fixups(package)[3]
-    assert dropped.offset in {s.offset for s in _predicted_sites(package)}
+    assert dropped.offset in {s.offset for s in predicted_sites(package)}
     changed = replace(package, fixups=tuple(f for f in package.fixups if f != dropped))
     again = round_trip(case, changed)
     assert again == changed and dropped not in again.fixups
@@ -101,7 +95,7 @@ def test_a_fixup_of_another_target_kind_at_a_predicted_site_round_trips(
 def test_a_fixup_no_rule_predicts_round_trips(case: tuple[str, str, str]) -> None:
     package = resolved(case)
     data = next(b for b in package.blobs if b.kind == BlobKind.RODATA)
-    sites = {s.offset for s in _predicted_sites(package)} | {f.offset for f in package.fixups}
+    sites = {s.offset for s in predicted_sites(package)} | {f.offset for f in package.fixups}
     addr64 = Fixup.X64_ADDR64 if package.machine == Machine.AMD64 else Fixup.ARM64_ADDR64
     offset = next(o for o in range(data.offset, data.offset + data.size - 7, 8) if o not in sites)
     extra = FixupEntry(offset, addr64, TargetKind.OLD_RVA, 0x1000)
@@ -134,11 +128,11 @@ def test_unwind_data_off_the_predicted_chain_round_trips(case: tuple[str, str, s
 @pytest.mark.parametrize("case", CASES, ids="-".join)
 def test_unwind_records_not_one_per_part_are_listed(case: tuple[str, str, str]) -> None:
     package = resolved(case)
-    assert _parts_without_records(package) is not None  # how builds lay them out
+    assert parts_without_records(package) is not None  # how builds lay them out
     record = package.unwind[0]
     shorter = replace(record, end_offset=record.end_offset - 4)
     changed = replace(package, unwind=(shorter, *package.unwind[1:]))
-    assert _parts_without_records(changed) is None
+    assert parts_without_records(changed) is None
     again = round_trip(case, changed)
     assert again == changed and again.unwind[0].end_offset == record.end_offset - 4
 
@@ -160,11 +154,11 @@ def test_a_mark_that_names_no_fixup_kind_is_refused(mark: int) -> None:
     case = CASES[0]
     package = resolved(case)
     assert package.coding is not None and package.coding.dictionary_data
-    plain = bytearray(_region_plain(package))
+    plain = bytearray(region_plain(package))
     first_mark = sum(b.size for b in package.blobs)
     assert plain[first_mark] == 0  # the first site holds the fixup predicted
     plain[first_mark] = mark
-    region = _compress(bytes(plain), package.coding.dictionary_data)
+    region = compress(bytes(plain), package.coding.dictionary_data)
     data = with_region_stream(sample_package(*case), region)
     with pytest.raises(PackageFormatError, match=r"fixup (target )?kind"):
         decode_package(data, sample_diff(*case).old.mapped)
@@ -176,27 +170,18 @@ def test_a_fixup_listed_at_a_predicted_site_is_refused() -> None:
     case = CASES[0]
     package = resolved(case)
     assert package.coding is not None and package.coding.dictionary_data
-    predicted = _predicted_sites(package)
+    predicted = predicted_sites(package)
     fixups = {f.offset: f for f in package.fixups}
     moved = next(site for site in predicted if site.offset in fixups)
     blob_bytes = sum(b.size for b in package.blobs)
-    plain = _region_plain(package)
+    plain = region_plain(package)
     marks = bytearray(plain[blob_bytes : blob_bytes + len(predicted)])
     marks[predicted.index(moved)] = 1  # "no fixup here"
     sites = {site.offset for site in predicted} - {moved.offset}
-    unpredicted = [f for f in package.fixups if f.offset not in sites]
-    out = _Writer()
-    out.uv(len(unpredicted))
-    previous = 0
-    for fixup in unpredicted:
-        _write_gap(out, package.machine, fixup.offset - previous)
-        previous = fixup.offset
-    for fixup in unpredicted:
-        out.u8(_fixup_code(fixup))
-    for fixup, predicted_target in zip(package.fixups, _predictions(package), strict=True):
-        out.sv(fixup.target - predicted_target)
+    out = Writer()
+    write_fixups(out, package, sites)  # the moved fixup listed as well
     coded = plain[:blob_bytes] + bytes(marks) + bytes(out.out)
-    region = _compress(coded, package.coding.dictionary_data)
+    region = compress(coded, package.coding.dictionary_data)
     data = with_region_stream(sample_package(*case), region)
     with pytest.raises(PackageFormatError, match="listed at a predicted site"):
         decode_package(data, sample_diff(*case).old.mapped)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from hpatch import _backend, _fallback, _native
 from hpatch.package import build_package, encode_package, lzma2
-from hpatch.package import format as package_format
+from hpatch.package.format.dictionary import compress_metadata
 
 from ..conftest import SAMPLES
 from ..diff.samples import sample_diff
@@ -230,9 +230,9 @@ def test_both_cores_build_the_same_package(
     encoded = []
     for function in (_native.lzma2_compress, _fallback.lzma2_compress):
         monkeypatch.setattr(_backend.core, "lzma2_compress", function)
-        package_format._compress_metadata.cache_clear()
+        compress_metadata.cache_clear()
         encoded.append(encode_package(build_package(diff, OPTIONS)))
-    package_format._compress_metadata.cache_clear()
+    compress_metadata.cache_clear()
     assert encoded[0] == encoded[1]
     assert len(encoded[0]) > 100
 

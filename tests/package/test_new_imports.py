@@ -10,7 +10,7 @@ import pytest
 
 from hpatch.errors import PackageFormatError
 from hpatch.package import decode_package, encode_package, new_imports
-from hpatch.package.format import _Reader, _Writer
+from hpatch.package.format.wire import Reader, Writer
 from hpatch.package.model import Blob, BlobKind, FixupEntry, NewImport, Package, TargetKind
 
 from ..conftest import BUILDS
@@ -26,7 +26,7 @@ def resolved(case: tuple[str, str, str] = CASE) -> Package:
 
 
 def record(imports: tuple[NewImport, ...]) -> bytes:
-    out = _Writer()
+    out = Writer()
     new_imports.write(out, imports)
     return bytes(out.out)
 
@@ -79,14 +79,14 @@ def test_a_package_with_new_imports_round_trips() -> None:
 def test_the_record_round_trips_and_states_no_import_in_one_byte() -> None:
     imports = with_more_imports(resolved()).new_imports
     data = record(imports)
-    assert new_imports.read(_Reader(data, "test"), 1 << 26) == imports
+    assert new_imports.read(Reader(data, "test"), 1 << 26) == imports
     assert record(()) == b"\0"
 
 
 def test_huge_counts_are_refused_quickly() -> None:
     (item,) = resolved().new_imports
     original = record((item,))
-    huge = _Writer()
+    huge = Writer()
     huge.uv(1 << 62)
     # the DLL table's count, then the imports' count (after the one DLL name)
     for at in (0, 2 + len(item.dll)):
@@ -114,14 +114,14 @@ def test_huge_counts_are_refused_quickly() -> None:
     ],
 )
 def test_a_malformed_record_is_refused(fields: list, error: str) -> None:
-    out = _Writer()
+    out = Writer()
     for value in fields:
         if isinstance(value, str):
             out.string(value)
         else:
             out.uv(value)
     with pytest.raises(PackageFormatError, match=error):
-        new_imports.read(_Reader(bytes(out.out), "test"), 1 << 26)
+        new_imports.read(Reader(bytes(out.out), "test"), 1 << 26)
 
 
 def repeated(package: Package) -> Package:

@@ -22,7 +22,7 @@ from hpatch.arch import Machine
 from hpatch.arch.rewrite import Fixup
 from hpatch.image import load_image
 from hpatch.package import build_package
-from hpatch.package.format import _normalize_fields
+from hpatch.package.format.sites import normalize_fields
 from hpatch.package.model import BlobKind, Package
 from hpatch.package.site_prediction import _x64_instruction, predict_arm64, predict_x64
 
@@ -459,7 +459,7 @@ PACKAGE_CASES = [(build, old, new) for build in BUILDS for old, new in HOTPATCHA
 @cache
 def normalized_package(build: str, old: str, new: str) -> Package:
     """The built package with its fields as the format reads them when predicting."""
-    return _normalize_fields(build_package(sample_diff(build, old, new), OPTIONS))
+    return normalize_fields(build_package(sample_diff(build, old, new), OPTIONS))
 
 
 @pytest.mark.parametrize("case", PACKAGE_CASES, ids="-".join)
