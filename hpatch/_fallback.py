@@ -16,7 +16,7 @@ from functools import cache, lru_cache
 import capstone
 from capstone import x86_const
 
-from hpatch._fallback_discovery import x64_code_extent  # noqa: F401
+from hpatch._fallback_discovery import *  # noqa: F403  (its __all__: the discovery twins)
 from hpatch._fallback_lzma2 import lzma2_compress  # noqa: F401
 from hpatch._fallback_rewrite import apply_fixups, encode_redirect  # noqa: F401
 from hpatch.arch.base import RefKind, SiteKind

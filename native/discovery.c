@@ -790,8 +790,274 @@ done:
     return result;
 }
 
+/* A sequence of ints as a malloc'd array of int64 (NULL with an exception set). */
+static int64_t *int64_array(PyObject *sequence, Py_ssize_t *count)
+{
+    PyObject *fast = PySequence_Fast(sequence, "expected a sequence of ints");
+    if (fast == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    int64_t *values = malloc((size_t)(n ? n : 1) * sizeof(int64_t));
+    if (values == NULL) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    PyObject **items = PySequence_Fast_ITEMS(fast);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long value;
+        if (!hpatch_int64_arg(items[i], &value)) {
+            free(values);
+            Py_DECREF(fast);
+            return NULL;
+        }
+        values[i] = value;
+    }
+    Py_DECREF(fast);
+    *count = n;
+    return values;
+}
+
+/* Index of the last of the sorted `values` at or before `key`, -1 if none. */
+static Py_ssize_t last_at_or_before(const int64_t *values, Py_ssize_t count, int64_t key)
+{
+    Py_ssize_t low = 0, high = count;
+    while (low < high) {
+        Py_ssize_t mid = low + (high - low) / 2;
+        if (values[mid] <= key)
+            low = mid + 1;
+        else
+            high = mid;
+    }
+    return low - 1;
+}
+
+/* found[key] |= bit. */
+static int or_into(PyObject *found, PyObject *key, long long bit)
+{
+    PyObject *have = PyDict_GetItemWithError(found, key);
+    long long mask = 0;
+    if (have == NULL && PyErr_Occurred())
+        return -1;
+    if (have != NULL) {
+        mask = PyLong_AsLongLong(have);
+        if (mask == -1 && PyErr_Occurred())
+            return -1;
+    }
+    PyObject *value = PyLong_FromLongLong(mask | bit);
+    if (value == NULL)
+        return -1;
+    int status = PyDict_SetItem(found, key, value);
+    Py_DECREF(value);
+    return status;
+}
+
+/* unchecked.setdefault((target, bit), []): a borrowed reference. */
+static PyObject *unchecked_sites(PyObject *unchecked, long long target, long long bit)
+{
+    PyObject *key = Py_BuildValue("(LL)", target, bit);
+    if (key == NULL)
+        return NULL;
+    PyObject *sites = PyDict_GetItemWithError(unchecked, key);
+    if (sites == NULL && !PyErr_Occurred()) {
+        sites = PyList_New(0);
+        if (sites != NULL) {
+            int status = PyDict_SetItem(unchecked, key, sites);
+            Py_DECREF(sites); /* the dict holds it */
+            if (status < 0)
+                sites = NULL;
+        }
+    }
+    Py_DECREF(key);
+    return sites;
+}
+
+static int append_site(PyObject *sites, int64_t start, int64_t end, long long site)
+{
+    PyObject *row = Py_BuildValue("(LLL)", (long long)start, (long long)end, site);
+    if (row == NULL)
+        return -1;
+    int status = PyList_Append(sites, row);
+    Py_DECREF(row);
+    return status;
+}
+
+PyDoc_STRVAR(reference_evidence_doc,
+"reference_evidence(found, incoming, starts, ends, entry_bits, /)\n--\n\n"
+"Add to found (RVA -> evidence mask) each incoming (target, site, bit) reference\n"
+"whose site lies in one of the sorted, disjoint ranges [starts[i], ends[i]).\n\n"
+"With entry_bits, a tuple (call, entry, foreign, not_a_jump) of masks, a call, or a\n"
+"reference from outside the target's own range, is only explained by an entry: it\n"
+"gains the entry bit (and the foreign bit when it is not a jump or its target lies\n"
+"in another range) and is returned unchecked instead, as a dict (target, bit) ->\n"
+"[(range start, range end, site), ...] in the order met. Returns that dict.");
+
+static PyObject *reference_evidence(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *found, *incoming, *starts_seq, *ends_seq, *entry_bits;
+    long long call_bit = 0, entry_bit = 0, foreign_bit = 0, not_a_jump = 0;
+    int entries = 0;
+    if (!PyArg_ParseTuple(args, "O!OOOO:reference_evidence", &PyDict_Type, &found, &incoming,
+                          &starts_seq, &ends_seq, &entry_bits))
+        return NULL;
+    if (entry_bits != Py_None) {
+        if (!PyArg_ParseTuple(entry_bits, "O&O&O&O&;entry_bits must be 4 ints", hpatch_int64_arg,
+                              &call_bit, hpatch_int64_arg, &entry_bit, hpatch_int64_arg,
+                              &foreign_bit, hpatch_int64_arg, &not_a_jump))
+            return NULL;
+        entries = 1;
+    }
+    Py_ssize_t count, ends_count;
+    int64_t *starts = NULL, *ends = NULL;
+    PyObject *rows = NULL, *unchecked = NULL, *result = NULL;
+    if ((starts = int64_array(starts_seq, &count)) == NULL ||
+        (ends = int64_array(ends_seq, &ends_count)) == NULL)
+        goto done;
+    if (count != ends_count) {
+        PyErr_SetString(PyExc_ValueError, "starts and ends differ in length");
+        goto done;
+    }
+    rows = PySequence_Fast(incoming, "incoming must be a sequence of (target, site, bit)");
+    if (rows == NULL || (unchecked = PyDict_New()) == NULL)
+        goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(rows);
+    PyObject **items = PySequence_Fast_ITEMS(rows);
+    /* Rows come grouped by target: the bits of a run of rows for one target go into
+     * found at once, and a run for one (target, bit) shares its list, instead of
+     * dict operations for each of 270,000 rows. */
+    PyObject *run_key = NULL; /* the target whose bits are gathered in run_bits */
+    long long run_target = -1, run_bits = 0;
+    PyObject *last_sites = NULL; /* unchecked's list of last_target, last_bit */
+    long long last_target = -1, last_bit = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = items[i];
+        long long target, site, bit;
+        if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 3) {
+            PyErr_SetString(PyExc_TypeError, "incoming must be a sequence of (target, site, bit)");
+            goto done;
+        }
+        if (!hpatch_int64_arg(PyTuple_GET_ITEM(row, 0), &target) ||
+            !hpatch_int64_arg(PyTuple_GET_ITEM(row, 1), &site) ||
+            !hpatch_int64_arg(PyTuple_GET_ITEM(row, 2), &bit))
+            goto done;
+        Py_ssize_t index = last_at_or_before(starts, count, site);
+        if (index < 0 || site >= ends[index])
+            continue;
+        int64_t start = starts[index], end = ends[index];
+        if (entries && (bit == call_bit || !(start <= target && target < end))) {
+            bit |= entry_bit;
+            /* A jump from the code right before the target may reach the function's
+             * own block laid out after its last instruction. */
+            if ((bit & not_a_jump) || last_at_or_before(starts, count, target) != index)
+                bit |= foreign_bit;
+            if (last_sites == NULL || target != last_target || bit != last_bit) {
+                last_sites = unchecked_sites(unchecked, target, bit);
+                if (last_sites == NULL)
+                    goto done;
+                last_target = target;
+                last_bit = bit;
+            }
+            if (append_site(last_sites, start, end, site) < 0)
+                goto done;
+            continue;
+        }
+        if (run_key != NULL && target != run_target) {
+            if (or_into(found, run_key, run_bits) < 0)
+                goto done;
+            run_key = NULL;
+        }
+        if (run_key == NULL) {
+            run_key = PyTuple_GET_ITEM(row, 0);
+            run_target = target;
+            run_bits = 0;
+        }
+        run_bits |= bit;
+    }
+    if (run_key != NULL && or_into(found, run_key, run_bits) < 0)
+        goto done;
+    result = unchecked;
+    unchecked = NULL;
+done:
+    Py_XDECREF(unchecked);
+    Py_XDECREF(rows);
+    free(starts);
+    free(ends);
+    return result;
+}
+
+/* Bytes taken by a ModRM byte at `at` and its SIB and displacement; 0 if cut short
+ * (as the twin's _modrm_tail returns None). */
+static size_t modrm_tail(const uint8_t *data, size_t len, size_t at)
+{
+    if (at >= len)
+        return 0;
+    unsigned modrm = data[at], mod = modrm >> 6, rm = modrm & 7;
+    size_t size = 1;
+    if (mod != 3 && rm == 4) {
+        if (at + 1 >= len)
+            return 0;
+        size += 1;
+        if (mod == 0 && (data[at + 1] & 7) == 5)
+            size += 4;
+    }
+    if (mod == 1)
+        size += 1;
+    else if (mod == 2 || (mod == 0 && rm == 5))
+        size += 4;
+    return at + size <= len ? size : 0;
+}
+
+PyDoc_STRVAR(x64_padding_length_doc,
+"x64_padding_length(data, offset, /)\n--\n\n"
+"Length of the x64 padding at offset in data: int3, nop and zero bytes, nops with\n"
+"66 and 2E prefixes, and the multi-byte nops 0F 1F /0.");
+
+static PyObject *x64_padding_length(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer view = {0};
+    long long offset;
+    if (!PyArg_ParseTuple(args, "O&O&:x64_padding_length", hpatch_buffer_arg, &view,
+                          hpatch_int64_arg, &offset))
+        return NULL;
+    if (offset < 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "offset must not be negative");
+        return NULL;
+    }
+    const uint8_t *data = (const uint8_t *)view.buf;
+    size_t n = (size_t)view.len, i = (size_t)offset, start = i;
+    while (i < n) {
+        uint8_t b = data[i];
+        if (b == 0xCC || b == 0x90 || b == 0x00) {
+            i++;
+            continue;
+        }
+        size_t j = i;
+        while (j < n && (data[j] == 0x66 || data[j] == 0x2E))
+            j++;
+        if (j > i && j < n && data[j] == 0x90) {
+            i = j + 1;
+            continue;
+        }
+        if (j + 1 < n && data[j] == 0x0F && data[j + 1] == 0x1F) {
+            size_t tail = modrm_tail(data, n, j + 2);
+            if (tail) {
+                i = j + 2 + tail;
+                continue;
+            }
+        }
+        break;
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromSize_t(i > start ? i - start : 0);
+}
+
 PyMethodDef hpatch_discovery_methods[] = {
     {"x64_code_extent", x64_code_extent, METH_VARARGS, x64_code_extent_doc},
+    {"reference_evidence", reference_evidence, METH_VARARGS, reference_evidence_doc},
+    {"x64_padding_length", x64_padding_length, METH_VARARGS, x64_padding_length_doc},
     {NULL, NULL, 0, NULL},
 };
 #endif

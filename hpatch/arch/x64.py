@@ -40,27 +40,6 @@ _MAX_CHAIN_DEPTH = 32
 _MAX_EXTENT_BYTES = 1 << 20
 
 _RETURNS = frozenset({"ret", "retf", "retfq", "iretq", "iretd", "iret"})
-_SINGLE_PAD = frozenset({0xCC, 0x90, 0x00})
-
-
-def _modrm_tail(data: bytes, at: int) -> int | None:
-    """Bytes taken by a ModRM byte at ``at`` and its SIB/displacement; None if truncated."""
-    if at >= len(data):
-        return None
-    modrm = data[at]
-    mod, rm = modrm >> 6, modrm & 7
-    size = 1
-    if mod != 3 and rm == 4:
-        if at + 1 >= len(data):
-            return None
-        size += 1
-        if mod == 0 and (data[at + 1] & 7) == 5:
-            size += 4
-    if mod == 1:
-        size += 1
-    elif mod == 2 or (mod == 0 and rm == 5):
-        size += 4
-    return size if at + size <= len(data) else None
 
 
 def _entry_points(decoder: capstone.Cs) -> tuple[int, ...]:
@@ -92,6 +71,10 @@ class X64(Arch):
     name = "x64"
     instruction_alignment = 1
     pdata_entry_size = 12
+    pdata_end_field = 4  # BeginAddress, EndAddress, UnwindData
+    pdata_unwind_field = 8
+    rva_fixup = Fixup.X64_ADDR32NB
+    region_reach = (1 << 31) - 64  # rel32, less a margin
     redirect_size = 5  # jmp rel32
     two_stage_padding = 5  # jmp rel32 before the function, then jmp -7 at its entry
     two_stage_entry = 2
@@ -301,24 +284,7 @@ class X64(Arch):
         return 0  # the x64 scanner reports no LOAD sites: its constants live in data sections
 
     def padding_length(self, data: bytes, offset: int) -> int:
-        i, n = offset, len(data)
-        while i < n:
-            if data[i] in _SINGLE_PAD:
-                i += 1
-                continue
-            j = i
-            while j < n and data[j] in (0x66, 0x2E):
-                j += 1
-            if j > i and j < n and data[j] == 0x90:
-                i = j + 1
-                continue
-            if j + 1 < n and data[j] == 0x0F and data[j + 1] == 0x1F:
-                tail = _modrm_tail(data, j + 2)
-                if tail is not None:
-                    i = j + 2 + tail
-                    continue
-            break
-        return i - offset
+        return core.x64_padding_length(data, offset)
 
     # relocation -----------------------------------------------------------
 

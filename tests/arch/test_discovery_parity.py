@@ -152,3 +152,73 @@ def test_code_extents_reject_bad_arguments_the_same_way() -> None:
     ):
         native, twin = _both("x64_code_extent", *args)
         assert native[0] == twin[0] != "ok", args
+
+
+ENTRY_BITS = (1 << 1, 1 << 9, 1 << 10, (1 << 1) | (1 << 3))
+
+
+@st.composite
+def _evidence_inputs(draw: st.DrawFn) -> tuple[object, ...]:
+    """Sorted disjoint ranges, references into and around them, and a found map."""
+    cuts = sorted(set(draw(st.lists(st.integers(0, 4000), max_size=24))))
+    if len(cuts) % 2:
+        cuts.pop()
+    starts, ends = cuts[0::2], cuts[1::2]
+    rva = st.integers(0, 4100)
+    bit = st.sampled_from([1 << 1, 1 << 2, 1 << 3, 1 << 4])
+    incoming = draw(st.lists(st.tuples(rva, rva, bit), max_size=60))
+    found = draw(st.dictionaries(rva, st.integers(0, 1 << 12), max_size=8))
+    entry_bits = draw(st.sampled_from([None, ENTRY_BITS]))
+    return found, incoming, starts, ends, entry_bits
+
+
+@settings(max_examples=400, deadline=None)
+@given(inputs=_evidence_inputs())
+def test_reference_evidence_agrees(inputs: tuple[object, ...]) -> None:
+    found, incoming, starts, ends, entry_bits = inputs
+    assert isinstance(found, dict)
+    results = []
+    for module in (_native, _fallback):
+        mine = dict(found)
+        unchecked = module.reference_evidence(mine, incoming, starts, ends, entry_bits)
+        results.append((mine, list(unchecked.items())))
+    assert results[0] == results[1]
+
+
+def test_reference_evidence_rejects_bad_arguments_the_same_way() -> None:
+    for args in (
+        ([], [], [], [], None),
+        ({}, [(1, 2)], [0], [4], None),
+        ({}, [(1, 2, "x")], [0], [4], None),
+        ({}, [], [0], [], None),
+        ({}, [], [0], [4], (1, 2)),
+        ({}, 5, [0], [4], None),
+    ):
+        native, twin = _both("reference_evidence", *args)
+        assert native[0] == twin[0] != "ok", args
+
+
+def test_reference_evidence_signature_is_the_twins() -> None:
+    names = [
+        [(p.name, p.kind) for p in inspect.signature(f).parameters.values()]
+        for f in (_native.reference_evidence, _fallback.reference_evidence)
+    ]
+    assert names[0] == names[1]
+
+
+PADDING = st.lists(
+    st.sampled_from([0xCC, 0x90, 0x00, 0x66, 0x2E, 0x0F, 0x1F, 0x44, 0x84, 0x40, 0x80, 0x05, 0xC3]),
+    max_size=24,
+).map(bytes)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.one_of(PADDING, st.binary(max_size=24)), offset=st.integers(-2, 30))
+def test_padding_lengths_agree(data: bytes, offset: int) -> None:
+    native, twin = _both("x64_padding_length", data, offset)
+    assert native == twin
+
+
+def test_padding_length_takes_any_buffer() -> None:
+    for module in (_native, _fallback):
+        assert module.x64_padding_length(memoryview(b"\xc3\x66\x90\x0f\x1f\x00\xcc")[1:], 0) == 6
