@@ -6,6 +6,7 @@ missing or broken extension into an import error instead of a silent slowdown.
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 
@@ -18,18 +19,14 @@ def _select() -> tuple[ModuleType, str]:
     if _env_flag("HPATCH_PURE_PYTHON"):
         if _env_flag("HPATCH_REQUIRE_NATIVE"):
             raise ImportError("HPATCH_PURE_PYTHON and HPATCH_REQUIRE_NATIVE are both set")
-        from hpatch import _fallback
-
-        return _fallback, "python"
+        return importlib.import_module("hpatch._fallback"), "python"
     try:
-        from hpatch import _native
+        native = importlib.import_module("hpatch._native")
     except ImportError:
         if _env_flag("HPATCH_REQUIRE_NATIVE"):
             raise
-        from hpatch import _fallback
-
-        return _fallback, "python"
-    return _native, "native"
+        return importlib.import_module("hpatch._fallback"), "python"
+    return native, "native"
 
 
 core, BACKEND = _select()

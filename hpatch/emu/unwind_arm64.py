@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from hpatch.emu.unwind import FunctionEntry, Lookup, Memory, UnwindStop
+from hpatch.emu.unwind_base import FunctionEntry, Lookup, Memory, UnwindStop
 
 _MASK64 = (1 << 64) - 1
 FP, LR = 29, 30

@@ -12,7 +12,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from hpatch.emu.unwind import FunctionEntry, Lookup, Memory, UnwindStop
+from hpatch.emu.unwind_base import FunctionEntry, Lookup, Memory, UnwindStop
 
 #: The unwind-code register numbers, in order.
 REGISTER_NAMES = (
