@@ -276,9 +276,9 @@ class _Encoder:
     def matches(self, position: int) -> list[tuple[int, int]]:
         """(length, distance) pairs at ``position``, longer ones farther; enters it."""
         if self.pending is not None and self.pending[0] == position:
-            found = self.pending[1]
+            pending = self.pending[1]
             self.pending = None
-            return found
+            return pending
         self.insert_until(position)
         buffer = self.buffer
         limit = min(_MATCH_MAX, self.end - position)
@@ -543,17 +543,17 @@ class _Encoder:
                 rc.tree(self.literal, base, 8, byte)
             else:
                 match_byte = buffer[position - self.reps[0]]
-                symbol = byte | 0x100
+                coded = byte | 0x100
                 offset = 0x100
-                while symbol < 0x10000:
+                while coded < 0x10000:
                     match_byte <<= 1
                     rc.bit(
                         self.literal,
-                        base + offset + (match_byte & offset) + (symbol >> 8),
-                        (symbol >> 7) & 1,
+                        base + offset + (match_byte & offset) + (coded >> 8),
+                        (coded >> 7) & 1,
                     )
-                    symbol <<= 1
-                    offset &= ~(match_byte ^ symbol)
+                    coded <<= 1
+                    offset &= ~(match_byte ^ coded)
             self.state = _LIT_NEXT[state]
             return
         rc.bit(self.is_match, (state << 4) + pos_state, 1)

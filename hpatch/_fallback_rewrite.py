@@ -197,7 +197,7 @@ def _bytes_view(obj: object, name: str, writable: bool) -> memoryview:
 
 
 def _u64(value: object, error: str) -> int:
-    number = operator.index(value)  # type: ignore[call-overload]
+    number = operator.index(value)  # type: ignore[arg-type]  # what is no index raises
     if not 0 <= number < _U64_LIMIT:
         raise ValueError(error)
     return number

@@ -124,14 +124,16 @@ def change_dict(change: FunctionChange) -> dict[str, Any]:
     }
 
 
+def _function_rva(change: FunctionChange) -> int:
+    function = change.new or change.old
+    return function.rva if function is not None else 0
+
+
 def diff_document(result: DiffResult) -> dict[str, Any]:
     """The document ``hpatch diff --json`` prints."""
     changes = sorted(
         result.changes,
-        key=lambda c: (
-            _STATUS_ORDER[c.status.value],
-            (c.new or c.old).rva if (c.new or c.old) else 0,
-        ),
+        key=lambda c: (_STATUS_ORDER[c.status.value], _function_rva(c)),
     )
     return {
         "schema": DIFF_SCHEMA,

@@ -422,6 +422,7 @@ def apply_package(
         known = module.image.function_at(redirect.old_rva)
         if known is None or known.rva != redirect.old_rva:
             _check("redirect fit", False, f"RVA 0x{redirect.old_rva:x} is not a function entry")
+        assert known is not None  # the check above refuses the package otherwise
         problem = _redirect_fit(module.image, known, redirect.strategy)
         if problem is not None:
             _check("redirect fit", False, f"{name}: {problem}")
@@ -476,9 +477,9 @@ def apply_package(
         _publish(transaction, plans)
         publish_ns = time.perf_counter_ns() - started
         if active is not None:
-            freed = process.space.region_at(active.region_va)
-            if freed is not None:
-                transaction.free(freed)
+            replaced_region = process.space.region_at(active.region_va)
+            if replaced_region is not None:
+                transaction.free(replaced_region)
     except BaseException as error:
         transaction.undo()
         for dll in reversed(loaded):
@@ -575,9 +576,9 @@ def rollback(process: Process, module: Module | None = None, *, wait_steps: int 
         _publish(transaction, plans)
         publish_ns = time.perf_counter_ns() - started
         transaction.remove_table(("patch", module.base))
-        region = process.space.region_at(active.region_va)
-        if region is not None:
-            transaction.free(region)
+        patch_region = process.space.region_at(active.region_va)
+        if patch_region is not None:
+            transaction.free(patch_region)
     except BaseException as error:
         transaction.undo()
         if isinstance(error, HPatchError) and not isinstance(error, ApplyError):

@@ -159,7 +159,7 @@ def _failed(exc: BaseException, argv: list[str]) -> int:
     stdout (unless the command printed its own); returns the exit code."""
     error = error_fields(exc)
     if isinstance(exc, click.ClickException):
-        exc.message = plain(exc.message)
+        vars(exc)["message"] = plain(exc.message)  # escaped, as every message from an input
         exc.show()
     elif isinstance(exc, HPatchError):
         # Messages quote names and paths from the inputs: shown escaped, as everywhere.

@@ -163,7 +163,7 @@ def _print_diff(document: dict[str, Any]) -> None:
     )
     changed = [f for f in document["functions"] if f["status"] != "unchanged"]
     if changed:
-        columns = (
+        columns: tuple[Column, ...] = (
             Column("status"),
             Column("old RVA", "right", drop=2),
             Column("new RVA", "right", drop=4),
@@ -173,7 +173,7 @@ def _print_diff(document: dict[str, Any]) -> None:
             Column("match", drop=3),
             Column("why", prose=True, drop=1),
         )
-        rows = [
+        rows: list[tuple[str, ...]] = [
             (
                 f["status"],
                 f"0x{f['old_rva']:x}" if f["old_rva"] is not None else "",

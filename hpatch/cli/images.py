@@ -32,14 +32,14 @@ def funcs(image_path: str, as_json: bool) -> None:
     document = funcs_document(image)
     out = console()
     out.print(identity_lines(document))
-    columns = (
+    columns: tuple[Column, ...] = (
         Column("RVA", "right"),
         Column("size", "right"),
         Column("pad", "right", drop=1),
         Column("name"),
         Column("evidence", prose=True, drop=2),
     )
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for function in document["functions"]:
         fragments = "".join(f" +frag 0x{f['rva']:x}/{f['size']}" for f in function["fragments"])
         rows.append(
@@ -69,14 +69,14 @@ def info(image_path: str, as_json: bool) -> None:
     document = info_document(image)
     out = console()
     out.print(identity_lines(document))
-    columns = (
+    columns: tuple[Column, ...] = (
         Column("name"),
         Column("RVA", "right"),
         Column("virtual size", "right"),
         Column("raw size", "right", drop=1),
         Column("flags", drop=2),
     )
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (
             markup(s["name"]),
             f"0x{s['rva']:x}",
@@ -87,7 +87,11 @@ def info(image_path: str, as_json: bool) -> None:
         for s in document["sections"]
     ]
     out.print(fitted_table("sections", columns, rows, out.width))
-    columns = (Column("DLL"), Column("name / ordinal"), Column("IAT slot", "right", drop=1))
+    columns = (
+        Column("DLL"),
+        Column("name / ordinal"),
+        Column("IAT slot", "right", drop=1),
+    )
     rows = [
         (
             markup(i["dll"]),
@@ -97,7 +101,11 @@ def info(image_path: str, as_json: bool) -> None:
         for i in document["imports"]
     ]
     out.print(fitted_table(f"{len(rows)} imports", columns, rows, out.width))
-    columns = (Column("ordinal", "right", drop=1), Column("name"), Column("RVA or forwarder"))
+    columns = (
+        Column("ordinal", "right", drop=1),
+        Column("name"),
+        Column("RVA or forwarder"),
+    )
     rows = [
         (
             str(e["ordinal"]),

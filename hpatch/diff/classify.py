@@ -357,7 +357,11 @@ class Correspondence:
             self._comparing.discard(pair)
 
     def _relative_table(
-        self, old_target: int, new_target: int, old_bytes: bytes, new_bytes: bytes
+        self,
+        old_target: int,
+        new_target: int,
+        old_bytes: bytes | bytearray,
+        new_bytes: bytes | bytearray,
     ) -> list[tuple[int, int]] | None:
         """The (old, new) targets of a table of 32-bit offsets from the table itself, or
         None if the bytes are not one in both builds.

@@ -13,7 +13,7 @@ import bisect
 import hashlib
 import itertools
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property
@@ -382,7 +382,7 @@ class _Matcher:
         sections in both builds: method tables, vtables, callback arrays."""
         old, new = self.old.image, self.new.image
 
-        def slots(image: PEImage, starts: dict[int, object]) -> dict[tuple[str, int], int]:
+        def slots(image: PEImage, starts: Mapping[int, object]) -> dict[tuple[str, int], int]:
             found = {}
             for rva, target in image.pointers.items():
                 section = image.section_at(rva)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import unicorn
 from unicorn import arm64_const, x86_const
@@ -196,7 +197,7 @@ class Cpu:
         self._pending: BaseException | None = None
         self._fault: EmulationFault | None = None
         self._current: Thread | None = None
-        self._clean_context: unicorn.UcContext | None = None  # see start()
+        self._clean_context: Any = None  # a unicorn context, see start()
         self.describe: Callable[[int], str] = lambda va: f"0x{va:x}"
         for region in space.regions:
             self.region_mapped(region)
@@ -435,7 +436,7 @@ class Cpu:
             writes.append((x86_const.UC_X86_REG_GS_BASE, thread.teb.va))
         else:
             writes.append((arm64_const.UC_ARM64_REG_X18, thread.teb.va))
-        self.uc.reg_write_batch(writes)
+        self.uc.reg_write_batch(writes)  # type: ignore[attr-defined]  # unicorn 2.1 has it
         thread.context = self.uc.context_save()
         thread.state = ThreadState.STOPPED
         thread.result = None

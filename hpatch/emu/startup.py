@@ -321,6 +321,8 @@ class Startup:
 
 # The modelled functions: (startup, cpu, arguments) -> result, or a generator of calls.
 Model = Callable[[Startup, Cpu, tuple[int, ...]], "int | HostCalls"]
+#: A model that answers at once (no call back into emulated code).
+PlainModel = Callable[[Startup, Cpu, tuple[int, ...]], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,7 +556,7 @@ def _heap_size(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
     return s._blocks.get(a[2], _MASK64)
 
 
-def _module_handle(wide: bool) -> Model:
+def _module_handle(wide: bool) -> PlainModel:
     def model(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
         if a[0] == 0:
             # No executable is modelled: the first image loaded stands for it.
@@ -807,7 +809,7 @@ def _strchr(last: bool) -> Model:
     return model
 
 
-def _new_object(kind: str, initial: Callable[[tuple[int, ...]], int]) -> Model:
+def _new_object(kind: str, initial: Callable[[tuple[int, ...]], int]) -> PlainModel:
     def model(s: Startup, cpu: Cpu, a: tuple[int, ...]) -> int:
         if len(s._objects) >= _MAX_TABLE:
             s.set_last_error(cpu, _ERROR_NOT_ENOUGH_MEMORY)

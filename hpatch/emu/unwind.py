@@ -18,7 +18,7 @@ import bisect
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from hpatch.arch import Machine
 from hpatch.emu.unwind_base import (
@@ -96,7 +96,10 @@ class UnwindContext(Protocol):
     def sp(self) -> int: ...
 
 
-class Unwinder(Protocol):
+ContextT = TypeVar("ContextT", bound=UnwindContext)
+
+
+class Unwinder(Protocol[ContextT]):
     """One machine's virtual unwinder (``X64Unwinder``, ``Arm64Unwinder``)."""
 
     #: Bytes to step back from a return address to land inside the call instruction.
@@ -104,27 +107,27 @@ class Unwinder(Protocol):
     #: True where unwinding out of a frameless leaf may leave sp unchanged (ARM64: LR).
     leaf_keeps_sp: bool
 
-    def context(self, registers: Mapping[str, int]) -> UnwindContext:
+    def context(self, registers: Mapping[str, int]) -> ContextT:
         """The unwind context of a thread's registers; UnwindStop without pc or sp."""
         ...
 
     def step(
         self,
-        context: UnwindContext,
+        context: ContextT,
         entry: FunctionEntry | None,
         memory: Memory,
         lookup: Lookup,
         at_return: bool,
-    ) -> tuple[UnwindContext, str, bool]:
+    ) -> tuple[ContextT, str, bool]:
         """Unwind one frame: (caller's context, how, whether its pc is a return address)."""
         ...
 
-    def extra_candidates(self, context: UnwindContext) -> Iterable[int]:
+    def extra_candidates(self, context: ContextT) -> Iterable[int]:
         """Registers that may hold the only copy of a return address (ARM64: LR)."""
         ...
 
 
-def _unwinder(machine: Machine) -> Unwinder:
+def _unwinder(machine: Machine) -> Unwinder[Any]:
     # Imported here: the machine modules import this one for its records.
     if machine == Machine.AMD64:
         from hpatch.emu.unwind_x64 import X64Unwinder
@@ -228,7 +231,7 @@ def walk_stack_explained(
 
 
 def _implausible(
-    unwinder: Unwinder,
+    unwinder: Unwinder[Any],
     callee: UnwindContext,
     caller: UnwindContext,
     stack_top: int,
@@ -249,7 +252,7 @@ def _implausible(
 
 def _scan(
     memory: Memory,
-    unwinder: Unwinder,
+    unwinder: Unwinder[Any],
     context: UnwindContext,
     stack_top: int,
     is_code: Callable[[int], bool],
@@ -295,7 +298,7 @@ def _words_in_pages(memory: Memory, va: int, size: int, code: Callable[[int], bo
 
 def _read_or_none(memory: Memory, va: int, size: int) -> bytes | None:
     try:
-        return memory.bytes(va, size)
+        return memory.read(va, size)
     except UnwindStop:
         return None
 
@@ -384,7 +387,7 @@ def _indirect_target(memory: Memory, entry: FunctionEntry) -> FunctionEntry | No
             return entry
         try:
             begin, end, unwind = struct.unpack(
-                "<III", memory.bytes(entry.image_base + (entry.unwind_word & ~1), 12)
+                "<III", memory.read(entry.image_base + (entry.unwind_word & ~1), 12)
             )
         except UnwindStop:
             return None

@@ -299,12 +299,12 @@ def _unwind_xdata(
         cursor += 4
     scopes: list[tuple[int, int]] = []
     if not packed_epilog:
-        raw = memory.bytes(cursor, 4 * epilog_field)
+        raw = memory.read(cursor, 4 * epilog_field)
         for index in range(epilog_field):
             scope = int.from_bytes(raw[4 * index : 4 * index + 4], "little")
             scopes.append((scope & 0x3FFFF, scope >> 22))
         cursor += 4 * epilog_field
-    codes = memory.bytes(cursor, 4 * code_words)
+    codes = memory.read(cursor, 4 * code_words)
     if not body_only:
         prolog = _sequence_length(codes, 0, through_end_c=False)
         if offset < prolog:

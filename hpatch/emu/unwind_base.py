@@ -49,7 +49,7 @@ class Memory:
     def __init__(self, read: ReadMemory) -> None:
         self._read = read
 
-    def bytes(self, va: int, size: int) -> bytes:
+    def read(self, va: int, size: int) -> bytes:
         """Exactly ``size`` bytes at ``va``; UnwindStop if they cannot be read."""
         if va < 0 or va + size > _MASK64 + 1:
             raise UnwindStop(f"read of {size} bytes at 0x{va:x} is outside the address space")
@@ -63,21 +63,21 @@ class Memory:
 
     def u64(self, va: int) -> int:
         """The little-endian 64-bit word at ``va``."""
-        return int.from_bytes(self.bytes(va, 8), "little")
+        return int.from_bytes(self.read(va, 8), "little")
 
     def u32(self, va: int) -> int:
         """The little-endian 32-bit word at ``va``."""
-        return int.from_bytes(self.bytes(va, 4), "little")
+        return int.from_bytes(self.read(va, 4), "little")
 
     def code(self, va: int, size: int) -> bytes:
         """Up to ``size`` bytes of code at ``va``, fewer where the mapping ends."""
         try:
-            return self.bytes(va, size)
+            return self.read(va, size)
         except UnwindStop:
             pass
         # The code may end at a page boundary; what lies before it still decodes.
         available = min(size, _PAGE - (va % _PAGE))
         try:
-            return self.bytes(va, available)
+            return self.read(va, available)
         except UnwindStop:
             return b""

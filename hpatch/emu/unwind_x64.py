@@ -81,12 +81,12 @@ class UnwindInfo:
 
 def read_unwind_info(memory: Memory, va: int, function_size: int) -> UnwindInfo:
     """Decode the UNWIND_INFO at ``va`` (of a function ``function_size`` bytes long)."""
-    header = memory.bytes(va, 4)
+    header = memory.read(va, 4)
     version, flags = header[0] & 7, header[0] >> 3
     if version not in (1, 2):
         raise UnwindStop(f"unwind info at 0x{va:x} has unknown version {version}")
     count = header[2]
-    slots = struct.unpack(f"<{count}H", memory.bytes(va + 4, 2 * count)) if count else ()
+    slots = struct.unpack(f"<{count}H", memory.read(va + 4, 2 * count)) if count else ()
     operations: list[tuple[int, int, int, tuple[int, ...]]] = []
     epilogs: list[tuple[int, int]] = []
     epilog_size: int | None = None
@@ -120,7 +120,7 @@ def read_unwind_info(memory: Memory, va: int, function_size: int) -> UnwindInfo:
     chained = None
     if flags & UNW_FLAG_CHAININFO:
         at = va + 4 + 2 * (count + (count & 1))
-        begin, end, unwind = struct.unpack("<III", memory.bytes(at, 12))
+        begin, end, unwind = struct.unpack("<III", memory.read(at, 12))
         chained = (begin, end, unwind)
     return UnwindInfo(
         version=version,
@@ -231,7 +231,7 @@ def _direct(entry: FunctionEntry, memory: Memory) -> FunctionEntry:
         if not entry.unwind_word & 1:
             return entry
         at = entry.image_base + (entry.unwind_word & ~1)
-        begin, end, unwind = struct.unpack("<III", memory.bytes(at, 12))
+        begin, end, unwind = struct.unpack("<III", memory.read(at, 12))
         entry = FunctionEntry(
             entry.image_base, entry.image_base + begin, entry.image_base + end, unwind
         )

@@ -843,7 +843,7 @@ class _Builder:
             )
             if len(targets) >= 2:
                 located = [self.layout.locate(target) for target in targets]
-                return [] if None in located else located  # type: ignore[misc]
+                return [rva for rva in located if rva is not None] if None not in located else []
         return None
 
     def rewrite_jump_tables(self, tables: dict[int, list[int]]) -> None:

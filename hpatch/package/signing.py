@@ -131,7 +131,7 @@ class TrustStore:
     @classmethod
     def from_paths(cls, paths: list[str | os.PathLike[str]]) -> TrustStore:
         """Keys from PEM files, and from every ``*.pub`` file of the directories given."""
-        keys = []
+        keys: list[Ed25519PublicKey] = []
         for path in map(Path, paths):
             if path.is_dir():
                 found = sorted(path.glob("*.pub"))

@@ -92,9 +92,9 @@ def global_pairs(session: Session) -> list[tuple[str, int, int, int, int]]:
     spans = new_data.carried_spans(diff, correlator)
     offsets = new_data.span_offsets(spans, new_data.alignment(diff.new.identity.machine))
     for (start, end), offset in zip(spans, offsets, strict=True):
-        section = diff.new.section_at(start)
-        name = section.name if section is not None else "new data"
-        base = start - section.rva if section is not None else 0
+        holder = diff.new.section_at(start)
+        name = holder.name if holder is not None else "new data"
+        base = start - holder.rva if holder is not None else 0
         pairs.append((name, base, session.region_va + offset, new_module.va(start), end - start))
     return pairs
 
