@@ -101,7 +101,8 @@ cves: $(STAMP)
 # (FUZZ_SECONDS in all; tests/fuzz/run.py). tests/fuzz/sanitized.py makes the sanitized
 # build the one imported and refuses to run otherwise. Python itself is not
 # instrumented, so the ASan runtime is preloaded (it comes with gcc: Debian's libasan8),
-# with libstdc++ so that ASan can intercept lief's C++ exceptions; CPython's own
+# with libstdc++ so that ASan can intercept C++ exceptions (lief's, where a test loads it
+# as an oracle); CPython's own
 # allocations look like leaks at exit, hence detect_leaks=0.
 SAN_CC ?= gcc
 SAN_SO := $(VENV)/sanitize/_native.so

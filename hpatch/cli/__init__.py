@@ -1,7 +1,7 @@
 """The ``hpatch`` command line: each command calls the API and formats the result.
 
-One module per command; a command's module, and what it needs (lief, capstone,
-Unicorn, cryptography), is imported only when that command runs, so ``hpatch --help``
+One module per command; a command's module, and what it needs (capstone, Unicorn,
+cryptography), is imported only when that command runs, so ``hpatch --help``
 and ``hpatch --version`` start as fast as click does.
 """
 
