@@ -1,18 +1,26 @@
 """Generate a C library of N functions in two versions, and build both as x64 DLLs.
 
-    python bench/gen_sample.py N OUT_DIR      (needs clang and lld-link)
+    python bench/gen_sample.py N OUT_DIR [--old-only]   (needs clang and lld-link)
 
 Functions call each other (a few callees each), read and write globals, and branch;
 version B changes one function in a hundred. The output is OUT_DIR/old.dll and
-OUT_DIR/new.dll, built like the samples' x64 clang build.
+OUT_DIR/new.dll (only old.dll with --old-only), built like the samples' x64 clang
+build. clang and lld-link are taken unversioned if installed, else as Debian's
+clang-19 and lld-link-19.
 """
 
 from __future__ import annotations
 
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+
+def tool(name: str) -> str:
+    """``name``, or Debian's versioned name for it."""
+    return name if shutil.which(name) else f"{name}-19"
 
 
 def source(count: int, changed: set[int]) -> str:
@@ -44,7 +52,7 @@ def build(c_file: Path, dll: Path) -> None:
     obj = c_file.with_suffix(".obj")
     subprocess.run(
         [
-            "clang",
+            tool("clang"),
             "--target=x86_64-pc-windows-msvc",
             "-O2",
             "-ffreestanding",
@@ -59,7 +67,7 @@ def build(c_file: Path, dll: Path) -> None:
     )
     subprocess.run(
         [
-            "lld-link",
+            tool("lld-link"),
             "/nologo",
             "/dll",
             "/nodefaultlib",
@@ -79,7 +87,8 @@ def main() -> None:
     count, out = int(sys.argv[1]), Path(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
     changed = set(random.Random(count + 1).sample(range(count), max(1, count // 100)))
-    for name, edits in (("old", set()), ("new", changed)):
+    versions = (("old", set()), ("new", changed))
+    for name, edits in versions[:1] if "--old-only" in sys.argv[3:] else versions:
         c_file = out / f"{name}.c"
         c_file.write_text(source(count, edits))
         build(c_file, out / f"{name}.dll")
