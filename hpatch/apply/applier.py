@@ -23,8 +23,8 @@ from hpatch.apply.safety import BusyThread, Range, busy_threads
 from hpatch.apply.state import ActivePatch, PlacedRedirect, active_patch, set_active
 from hpatch.apply.transaction import Transaction
 from hpatch.arch import Machine
+from hpatch.arch.redirect_fit import redirect_problem
 from hpatch.arch.rewrite import Redirect, encode_redirect
-from hpatch.diff.verdict import redirect_problem
 from hpatch.emu.cpu import ThreadState
 from hpatch.emu.loader import RELOCATION_WIDTHS, Module
 from hpatch.emu.memory import HIGHEST_VA, PAGE_SIZE, Protection, page_ceil

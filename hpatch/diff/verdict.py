@@ -17,8 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 
-from hpatch.arch import SiteKind
-from hpatch.arch.rewrite import Redirect
+from hpatch.arch.redirect_fit import entry_room, misfit, redirect_problem
 from hpatch.diff.classify import (
     Correspondence,
     FunctionChange,
@@ -33,7 +32,6 @@ from hpatch.image import Export, Function, Import, PEImage, Section, Symbol
 
 _MAX_DATA_RANGES = 8
 _RANGE_JOIN = 8
-_TWO_INSTRUCTIONS = 32
 #: A global is named after the functions referencing less than this many bytes from it.
 _NEAR = 64
 
@@ -255,83 +253,6 @@ def _export_key(export: Export) -> tuple[str, str | int]:
 
 def _export_label(export: Export) -> str:
     return export.name if export.name is not None else f"ordinal {export.ordinal}"
-
-
-def entry_room(image: PEImage, function: Function) -> tuple[int, int, int]:
-    """(bytes from the entry to the next function, padding bytes before the entry, size
-    of the first instruction): what decides how the entry can be redirected."""
-    room = function.extent_end - function.rva + function.padding_after
-    before = 0
-    section = image.section_at(function.rva)
-    if section is not None:
-        for length in range(1, min(16, function.rva - section.rva) + 1):
-            data = image.read(function.rva - length, length)
-            if image.arch.padding_length(data, 0) == length:
-                before = length
-    # Only the first two instructions matter, and two of any supported machine fit in
-    # _TWO_INSTRUCTIONS bytes (x64: at most 15 each): decoding the whole function for
-    # them made this the diff's slowest check.
-    window_end = min(function.extent_end, function.rva + _TWO_INSTRUCTIONS)
-    starts = sorted(image.arch.instruction_starts(image.read, function.rva, window_end))
-    first = (starts[1] if len(starts) > 1 else function.extent_end) - function.rva
-    return room, before, first
-
-
-def redirect_problem(image: PEImage, function: Function, strategy: Redirect) -> str | None:
-    """Why ``strategy`` cannot redirect ``function`` safely, or None when it can.
-
-    The redirect must fit in the function plus its trailing padding (or, two-stage,
-    in the padding before it and a first instruction of at least two bytes), and no
-    branch of the function may land inside the bytes it overwrites after the entry.
-    """
-    problem = _redirect_problem(image, function, strategy, entry_room(image, function))
-    return problem[1] if problem is not None else None
-
-
-def _redirect_problem(
-    image: PEImage, function: Function, strategy: Redirect, room_before_first: tuple[int, int, int]
-) -> tuple[BlockerCause, str] | None:
-    start, length = strategy.span
-    room, before, first = room_before_first
-    no_room = BlockerCause.NO_REDIRECT_ROOM
-    if start < 0:
-        if before < -start:
-            return no_room, f"needs {-start} bytes of padding before the entry, has {before}"
-        if first < start + length:
-            return (
-                no_room,
-                f"its first instruction is {first} bytes, the redirect needs {start + length}",
-            )
-    elif start + length > room:
-        return (
-            no_room,
-            f"the {length}-byte redirect is longer than the function and its padding ({room} "
-            "bytes)",
-        )
-    lo, hi = function.rva + 1, function.rva + start + length
-    if hi <= lo:
-        return None
-    parts = [(function.rva, function.end_rva)] + [
-        (f.rva, f.rva + f.size) for f in function.fragments
-    ]
-    for part_start, part_end in parts:
-        code = image.read(part_start, part_end - part_start)
-        branches = [
-            (site_rva, target_rva)
-            for site_rva, target_rva, kind in image.arch.scan_sites(code, part_start, lo, hi)
-            if kind in (SiteKind.JUMP, SiteKind.COND_JUMP)
-        ]
-        if not branches:
-            continue  # most parts have none: spare them a decode of every instruction
-        starts = image.arch.instruction_starts(image.read, part_start, part_end)
-        for site_rva, target_rva in branches:
-            if site_rva in starts:
-                return (
-                    BlockerCause.BRANCH_INTO_REDIRECT,
-                    f"the branch at RVA 0x{site_rva:x} lands at 0x{target_rva:x}, inside the "
-                    "bytes the redirect overwrites",
-                )
-    return None
 
 
 class Verdict:
@@ -709,10 +630,10 @@ class Verdict:
             room, before, first = entry_room(image, change.old)
             strategy = image.arch.redirect_strategy(room, before, first)
             if strategy is not None:
-                problem = _redirect_problem(image, change.old, strategy, (room, before, first))
+                problem = misfit(image, change.old, strategy, (room, before, first))
                 if problem is None:
                     continue
-                cause, reason = problem
+                cause, reason = BlockerCause(problem[0].value), problem[1]
             else:
                 cause, reason = (
                     BlockerCause.NO_REDIRECT_ROOM,

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from hpatch.arch import Machine
-from hpatch.diff.api import DiffResult
-from hpatch.diff.classify import Status
-from hpatch.diff.correlate import Correlator, Resolution
-from hpatch.diff.data_layout import WritableLayout
 from hpatch.errors import PackageFormatError
 from hpatch.package.model import BlobKind, Package
+
+if TYPE_CHECKING:  # the applier reads data pages and never loads the differ
+    from hpatch.diff.api import DiffResult
+    from hpatch.diff.correlate import Correlator
+    from hpatch.diff.data_layout import WritableLayout
 
 PAGE = 4096
 
@@ -50,6 +52,9 @@ def inserted_ranges(
 def carried_spans(diff: DiffResult, correlator: Correlator) -> list[tuple[int, int]]:
     """The new globals a package of ``diff`` carries: the inserted ranges the carried
     code names, and those the pointers in them name in turn ([start, end) new RVAs)."""
+    from hpatch.diff.classify import Status
+    from hpatch.diff.correlate import Resolution
+
     carried = {
         c.new.rva
         for c in diff.changes
