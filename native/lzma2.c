@@ -293,12 +293,17 @@ typedef struct {
     uint8_t state;
 } node_t;
 
-/* A footer price cached for one distance value; valid while epoch is the encoder's
- * (side by side: one cache miss, not two). */
+/* A footer price cached for one distance value, in an open-addressed table that a
+ * refresh empties at once: a slot holds a price only while its epoch is the
+ * encoder's. Few distances are priced between refreshes, so the table stays small
+ * and in the caches (an array by distance would span the whole input). */
 typedef struct {
+    uint32_t value;
     uint32_t epoch;
     int32_t price;
 } footer_t;
+
+#define FOOTER_SLOTS_MIN 1024
 
 /* One slot of the 3-byte key table: key and position side by side, one cache line. */
 typedef struct {
@@ -345,7 +350,8 @@ typedef struct {
     int32_t match_len_prices[POS_STATES_MAX][LEN_SYMBOLS];
     int32_t rep_len_prices[POS_STATES_MAX][LEN_SYMBOLS];
     int32_t slot_prices[4][64];
-    footer_t *footer; /* by distance value */
+    footer_t *footer;
+    size_t footer_mask, footer_used;
     uint32_t epoch;
     int64_t since_refresh;
     /* the parse */
@@ -537,14 +543,40 @@ static void refresh(encoder_t *e)
         for (uint32_t slot = 0; slot < 64; slot++)
             e->slot_prices[state][slot] = tree_price(&e->pos_slot[state << 6], 6, slot);
     e->epoch++;
+    e->footer_used = 0; /* every slot's epoch is now past */
     e->since_refresh = 0;
+}
+
+static size_t footer_find(const encoder_t *e, uint32_t value)
+{
+    size_t slot = (size_t)(value * 2654435761u) & e->footer_mask;
+    while (e->footer[slot].epoch == e->epoch && e->footer[slot].value != value)
+        slot = (slot + 1) & e->footer_mask;
+    return slot;
+}
+
+/* Double the footer table, keeping this epoch's prices; -1 without memory. */
+static int footer_grow(encoder_t *e)
+{
+    footer_t *old = e->footer;
+    size_t old_capacity = e->footer_mask + 1;
+    footer_t *grown = calloc(old_capacity * 2, sizeof(footer_t));
+    if (grown == NULL)
+        return -1;
+    e->footer = grown;
+    e->footer_mask = old_capacity * 2 - 1;
+    for (size_t i = 0; i < old_capacity; i++)
+        if (old[i].epoch == e->epoch)
+            grown[footer_find(e, old[i].value)] = old[i];
+    free(old);
+    return 0;
 }
 
 /* The footer's price of a distance value, priced when first asked for since the
  * last refresh, as the twin's cache does. */
 static int32_t footer_price(encoder_t *e, uint32_t value, uint32_t slot)
 {
-    footer_t *cached = &e->footer[value];
+    footer_t *cached = &e->footer[footer_find(e, value)];
     if (cached->epoch == e->epoch)
         return cached->price;
     int bits = (int)(slot >> 1) - 1;
@@ -555,8 +587,17 @@ static int32_t footer_price(encoder_t *e, uint32_t value, uint32_t slot)
     else
         footer = ((bits - ALIGN_BITS) << PRICE_BITS) +
                  reverse_price(e->align, 0, ALIGN_BITS, (value - base) & 15u);
+    /* past 5/8 full the table doubles; without memory the price is not kept, which
+     * the call then reports as MemoryError */
+    if (e->footer_used >= (e->footer_mask + 1) / 8 * 5 && footer_grow(e) < 0) {
+        e->failed = 1;
+        return footer;
+    }
+    cached = &e->footer[footer_find(e, value)];
+    cached->value = value;
     cached->price = footer;
     cached->epoch = e->epoch;
+    e->footer_used++;
     return footer;
 }
 
@@ -989,9 +1030,10 @@ static encoder_t *encoder_new(const uint8_t *buffer, int64_t start, int64_t end,
         fill_probs(coders[i]->high, 256);
     }
     size_t size = end > 0 ? (size_t)end : 1;
-    /* the key table starts small and grows with the distinct keys (at most one per
-     * position entered, and 2^24), kept at most 5/8 full */
-    size_t keys = entered < 4096 ? entered : 4096;
+    /* the key table starts at half the positions entered (code has about one distinct
+     * key in four positions) and grows with the distinct keys (at most one per position
+     * entered, and 2^24), kept at most 5/8 full */
+    size_t keys = entered / 4 < ((size_t)1 << 22) ? entered / 4 : ((size_t)1 << 22);
     size_t capacity = 16;
     int shift = 28;
     while (capacity < keys * 2) {
@@ -1003,7 +1045,8 @@ static encoder_t *encoder_new(const uint8_t *buffer, int64_t start, int64_t end,
     e->head3_limit = capacity / 8 * 5;
     e->chain = malloc(size * sizeof(int32_t));
     e->head3 = calloc(capacity, sizeof(head3_slot_t));
-    e->footer = calloc(size, sizeof(footer_t));
+    e->footer = calloc(FOOTER_SLOTS_MIN, sizeof(footer_t));
+    e->footer_mask = FOOTER_SLOTS_MIN - 1;
     /* targets of the parse lie within the window plus one match, and within the data */
     int64_t data = end - start;
     int64_t reach = window + MATCH_MAX < data ? window + MATCH_MAX : data;
