@@ -1067,13 +1067,15 @@ PyMethodDef hpatch_discovery_methods[] = {
  * The generator of the x64_*_forms tables: checks every shape fast_layout knows
  * against capstone, in every ModRM form (four SIB bytes where there is one), every
  * REX byte or none, two fillings of the displacement and immediate, two addresses,
- * and with the bytes cut right after the instruction; prints the tables. Run it
- * again when capstone's major version changes:
+ * and with the bytes cut right after the instruction; prints the three arrays that
+ * replace the ones above. Run it again when capstone's major version changes (the
+ * wheel's library file lacks the version its SONAME names, hence the link):
  *
  *   CS=$(python -c 'import capstone, os; print(os.path.dirname(capstone.__file__))')
+ *   mkdir -p /tmp/cs && ln -sf $CS/lib/libcapstone.so /tmp/cs/libcapstone.so.5
  *   cc -O2 -DHPATCH_X64_FORMS_GENERATOR -I$(python -c 'import sysconfig;
  *       print(sysconfig.get_paths()["include"])') -I$CS/include native/discovery.c
- *       $CS/lib/libcapstone.so -Wl,-rpath,$CS/lib -o forms && ./forms
+ *       /tmp/cs/libcapstone.so.5 -o forms && LD_LIBRARY_PATH=/tmp/cs ./forms
  */
 #include <capstone/capstone.h>
 #include <stdio.h>
