@@ -10,6 +10,7 @@ import capstone
 from capstone import arm64_const
 
 from hpatch._backend import core
+from hpatch.arch.arm64_bits import adr_immediate, sign_extend
 from hpatch.arch.arm64_relocate import arm64_code_fixups, direct_branch
 from hpatch.arch.base import (
     Arch,
@@ -37,11 +38,6 @@ NOP = 0xD503201F
 _ENTRY = struct.Struct("<II")
 _WORD = struct.Struct("<I")
 _MAX_EXTENT_BYTES = 1 << 20
-
-
-def _sign_extend(value: int, bits: int) -> int:
-    sign = 1 << (bits - 1)
-    return (value ^ sign) - sign
 
 
 def _is_trap_or_padding(word: int) -> bool:
@@ -92,8 +88,7 @@ def _compressed_table(
             width = 1 if kind == 0x38606800 else 2
             table_register, index_register = word >> 5 & 0x1F, word >> 16 & 0x1F
         if base_rva is None and (word & 0x9F00001F) == 0x10000000 | base_register:  # ADR xB
-            offset = ((word >> 5 & 0x7FFFF) << 2) | (word >> 29 & 3)
-            base_rva = code_rva + 4 * at + _sign_extend(offset, 21)
+            base_rva = code_rva + 4 * at + adr_immediate(word)
     if load is None or base_rva is None:
         return None
     table_rva = offset = count = None
@@ -109,7 +104,7 @@ def _compressed_table(
             and offset is not None
             and (word & 0x9F00001F) == (0x90000000 | table_register)
         ):  # ADRP xT, table
-            pages = _sign_extend(((word >> 5 & 0x7FFFF) << 2) | (word >> 29 & 3), 21)
+            pages = adr_immediate(word)
             table_rva = ((code_rva + 4 * at) & ~0xFFF) + pages * 4096 + offset
         # CMP xK, #imm / CMP wK, #imm (SUBS into the zero register, unshifted), then
         # B.HI past the last entry or B.HS at the first one past the table.
@@ -133,12 +128,19 @@ class Arm64(Arch):
     name = "arm64"
     instruction_alignment = 4
     pdata_entry_size = 8
+    pdata_end_field = None  # BeginAddress, then UnwindData or packed unwind data
+    pdata_unwind_field = 4
+    rva_fixup = Fixup.ARM64_ADDR32NB
+    region_reach = (1 << 27) - 64  # B/BL imm26, less a margin
     redirect_size = 4  # B imm26
 
     def __init__(self) -> None:
         self._cs_lite = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
         self._cs_detail = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
         self._cs_detail.detail = True
+
+    def pdata_unwind_is_rva(self, field: bytes) -> bool:
+        return not field[0] & 3  # Flag 0: an .xdata RVA; else packed unwind data
 
     def instruction_texts(self, code: bytes, code_rva: int) -> list[tuple[int, int, str]]:
         texts = []
@@ -350,7 +352,7 @@ class Arm64(Arch):
             return None
         if br != 0xD61F0200:
             return None
-        pages = _sign_extend((((adrp >> 5) & 0x7FFFF) << 2) | ((adrp >> 29) & 3), 21)
+        pages = adr_immediate(adrp)
         slot = (rva & ~0xFFF) + pages * 4096 + ((ldr >> 10) & 0xFFF) * 8
         return 12, slot
 
@@ -414,7 +416,7 @@ class Arm64(Arch):
         (word,) = _WORD.unpack_from(code)
         if word & 0xFC000000 != 0x14000000:
             return None
-        return va + 4 * _sign_extend(word & 0x3FFFFFF, 26)
+        return va + 4 * sign_extend(word & 0x3FFFFFF, 26)
 
     def extends_through_veneer(self, read: ReadRva, fixup: CodeFixup) -> bool:
         if fixup.kind not in (Fixup.ARM64_BRANCH19, Fixup.ARM64_BRANCH14):

@@ -29,7 +29,7 @@ from functools import cache
 
 import capstone
 
-from hpatch._fallback import _sign_extend
+from hpatch.arch.arm64_bits import adr_immediate, sign_extend
 from hpatch.arch.relocate import CodeFixup, RelocationError
 from hpatch.arch.rewrite import Fixup
 
@@ -290,11 +290,11 @@ def direct_branch(word: int, rva: int) -> tuple[int, bool, bool] | None:
     at ``rva``; None for any other word."""
     if (word & 0x7C000000) == 0x14000000:  # B / BL imm26
         call = bool(word & 0x80000000)
-        return rva + 4 * _sign_extend(word & 0x03FFFFFF, 26), False, call
+        return rva + 4 * sign_extend(word & 0x03FFFFFF, 26), False, call
     if (word & 0xFF000010) == 0x54000000 or (word & 0x7E000000) == 0x34000000:  # imm19
-        return rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19), True, False
+        return rva + 4 * sign_extend((word >> 5) & 0x7FFFF, 19), True, False
     if (word & 0x7E000000) == 0x36000000:  # TBZ / TBNZ imm14
-        return rva + 4 * _sign_extend((word >> 5) & 0x3FFF, 14), True, False
+        return rva + 4 * sign_extend((word >> 5) & 0x3FFF, 14), True, False
     return None
 
 
@@ -526,7 +526,7 @@ def arm64_code_fixups(
             continue
         if (word & 0x9F000000) != 0x90000000:  # not ADRP
             continue
-        pages = _sign_extend((((word >> 5) & 0x7FFFF) << 2) | ((word >> 29) & 3), 21)
+        pages = adr_immediate(word)
         page = (rva & ~0xFFF) + pages * 4096
         first_target = page
         consumers, passed_on = flow.consumers(index, word & 0x1F)
@@ -577,18 +577,18 @@ def arm64_code_fixups(
 def _direct_fixup(word: int, rva: int) -> CodeFixup | None:
     """The fixup of a PC-relative branch, ADR or literal load (which carry their offset)."""
     if (word & 0x7C000000) == 0x14000000:  # B / BL
-        target = rva + 4 * _sign_extend(word & 0x03FFFFFF, 26)
+        target = rva + 4 * sign_extend(word & 0x03FFFFFF, 26)
         return CodeFixup(rva, Fixup.ARM64_BRANCH26, target, rva)
     if (word & 0xFF000010) == 0x54000000 or (word & 0x7E000000) == 0x34000000:
-        target = rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19)  # B.cond, CBZ/CBNZ
+        target = rva + 4 * sign_extend((word >> 5) & 0x7FFFF, 19)  # B.cond, CBZ/CBNZ
         return CodeFixup(rva, Fixup.ARM64_BRANCH19, target, rva)
     if (word & 0x7E000000) == 0x36000000:  # TBZ / TBNZ
-        target = rva + 4 * _sign_extend((word >> 5) & 0x3FFF, 14)
+        target = rva + 4 * sign_extend((word >> 5) & 0x3FFF, 14)
         return CodeFixup(rva, Fixup.ARM64_BRANCH14, target, rva)
     if (word & 0x3B000000) == 0x18000000 and (word & 0xC4000000) != 0xC0000000:  # LDR literal
-        target = rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19)
+        target = rva + 4 * sign_extend((word >> 5) & 0x7FFFF, 19)
         return CodeFixup(rva, Fixup.ARM64_BRANCH19, target, rva)
     if (word & 0x9F000000) == 0x10000000:  # ADR
-        target = rva + _sign_extend((((word >> 5) & 0x7FFFF) << 2) | ((word >> 29) & 3), 21)
+        target = rva + adr_immediate(word)
         return CodeFixup(rva, Fixup.ARM64_REL21, target, rva)
     return None

@@ -123,6 +123,16 @@ class Arch(ABC):
     instruction_alignment: int
     #: Bytes per .pdata (RUNTIME_FUNCTION) entry.
     pdata_entry_size: int
+    #: Where in an entry its end RVA lies (None: the entry has none; the unwind data
+    #: gives the length) and where the RVA of its unwind data, or packed unwind data.
+    pdata_end_field: int | None
+    pdata_unwind_field: int
+    #: The fixup kind of a 32-bit RVA in data (function tables, jump tables).
+    rva_fixup: Fixup
+    #: How far the patch region may lie from the image (bytes between any byte of one and
+    #: any byte of the other), so that every branch and PC-relative field between them
+    #: reaches: what a package states as its REGION_REACH prerequisite.
+    region_reach: int
     #: Bytes a one-instruction redirect overwrites at a function's entry.
     redirect_size: int
     #: A function too short for that may still be redirected in two stages: a jump in
@@ -130,6 +140,11 @@ class Arch(ABC):
     #: instruction (at least ``two_stage_entry`` bytes). 0: no such form.
     two_stage_padding: int = 0
     two_stage_entry: int = 0
+
+    def pdata_unwind_is_rva(self, field: bytes) -> bool:
+        """Whether an entry's unwind field (its 4 bytes) is an RVA of unwind data, rather
+        than unwind data packed into the field."""
+        return True
 
     @abstractmethod
     def decode_unwind_entries(self, pdata: bytes, read: ReadRva) -> list[UnwindEntry]:

@@ -18,6 +18,9 @@ from hpatch.arch.base import Machine
 
 _X64_TAG = 0x100
 _ARM64_TAG = 0x200
+#: Each machine's tag: the high byte of its Fixup values, and (shifted down) the number a
+#: package names its machine by.
+MACHINE_TAGS = {Machine.AMD64: _X64_TAG, Machine.ARM64: _ARM64_TAG}
 
 
 class Fixup(IntEnum):

@@ -16,8 +16,10 @@ from functools import cached_property
 
 from hpatch import __version__
 from hpatch.arch import Machine, Reference, RefKind
+from hpatch.arch.arm64 import Arm64
 from hpatch.arch.relocate import CodeFixup, RelocationError, ShortBranch
 from hpatch.arch.rewrite import Fixup
+from hpatch.arch.x64 import X64
 from hpatch.diff.api import DiffResult
 from hpatch.diff.classify import FunctionChange, Status
 from hpatch.diff.correlate import Correlator, Resolution
@@ -69,9 +71,8 @@ _PART_ALIGNMENT = 16
 _MAX_CONSTANT = 1 << 16
 #: New read-only data carried in all, with the new data its pointers name in turn.
 _MAX_CONSTANT_CLOSURE = 1 << 22
-#: How far the patch region may lie from the image: direct redirect and call reach
-#: (rel32, B/BL imm26), less a margin for the span of the redirect itself.
-REGION_REACH = {Machine.AMD64: (1 << 31) - 64, Machine.ARM64: (1 << 27) - 64}
+#: How far the patch region may lie from the image, per machine (``Arch.region_reach``).
+REGION_REACH = {arch.machine: arch.region_reach for arch in (X64, Arm64)}
 _ADDR32NB = (Fixup.X64_ADDR32NB, Fixup.ARM64_ADDR32NB)
 _PAGE_KINDS = (
     Fixup.ARM64_PAGEBASE_REL21,
@@ -479,7 +480,7 @@ class _Builder:
         return found, short
 
     def _addr32nb(self) -> Fixup:
-        return Fixup.X64_ADDR32NB if self.arch.machine == Machine.AMD64 else Fixup.ARM64_ADDR32NB
+        return self.arch.rva_fixup
 
     def check_against_fingerprint(
         self, change: FunctionChange, fixups: list[CodeFixup], short: list[ShortBranch]
@@ -1009,7 +1010,7 @@ class _Builder:
                     if copied is not None:
                         records.append((begin, end, entry.unwind_rva, copied, None))
         table: list[UnwindRecord] = []
-        entry_size = 12 if self.arch.machine == Machine.AMD64 else 8
+        entry_size = self.arch.pdata_entry_size
         addr32nb = self._addr32nb()
         # Fixups write every RVA; the unwind data's as the new build has it lets the
         # format predict where its copy is (begin and end follow from the unwind record).
@@ -1274,7 +1275,7 @@ class _Builder:
             (Prerequisite.NOT_HYBRID, 0),
             (
                 Prerequisite.REGION_REACH,
-                REGION_REACH[self.arch.machine],
+                self.arch.region_reach,
             ),
         ]
         if any(f.kind in _ADDR32NB and f.target_kind == TargetKind.REGION for f in fixups):

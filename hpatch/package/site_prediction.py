@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from hpatch._fallback import _sign_extend
+from hpatch.arch.arm64_bits import adr_immediate, sign_extend
 from hpatch.arch.rewrite import X64_REL32_BY_TRAILER, Fixup
 
 # x64 one-byte opcode map, 64-bit mode: per opcode, how its operands extend it.
@@ -222,18 +222,17 @@ def predict_arm64(code: bytes) -> list[tuple[int, Fixup]]:
         reach = None
         kind = None
         if word & 0x7C000000 == 0x14000000:  # B, BL
-            reach, kind = 4 * _sign_extend(word & 0x3FFFFFF, 26), Fixup.ARM64_BRANCH26
+            reach, kind = 4 * sign_extend(word & 0x3FFFFFF, 26), Fixup.ARM64_BRANCH26
         elif (
             word & 0xFF000010 == 0x54000000  # B.cond
             or word & 0x7E000000 == 0x34000000  # CBZ, CBNZ
             or (word & 0x3B000000 == 0x18000000 and word & 0xC0000000 != 0xC0000000)  # LDR
         ):
-            reach, kind = 4 * _sign_extend((word >> 5) & 0x7FFFF, 19), Fixup.ARM64_BRANCH19
+            reach, kind = 4 * sign_extend((word >> 5) & 0x7FFFF, 19), Fixup.ARM64_BRANCH19
         elif word & 0x7E000000 == 0x36000000:
-            reach, kind = 4 * _sign_extend((word >> 5) & 0x3FFF, 14), Fixup.ARM64_BRANCH14
+            reach, kind = 4 * sign_extend((word >> 5) & 0x3FFF, 14), Fixup.ARM64_BRANCH14
         elif word & 0x9F000000 == 0x10000000:
-            immediate = ((word >> 29) & 3) | (((word >> 5) & 0x7FFFF) << 2)
-            reach, kind = _sign_extend(immediate, 21), Fixup.ARM64_REL21
+            reach, kind = adr_immediate(word), Fixup.ARM64_REL21
         elif word & 0x9F000000 == 0x90000000:
             pages.append((len(sites), word & 31))
             sites.append((offset, Fixup.ARM64_PAGEBASE_REL21))

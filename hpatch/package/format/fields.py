@@ -4,28 +4,8 @@ the field rewritten to name another (x64 rel32 and absolute fields, ARM64 branch
 
 from __future__ import annotations
 
+from hpatch.arch.arm64_bits import adr_immediate, ldst_scale, sign_extend, with_adr_immediate
 from hpatch.arch.rewrite import Fixup
-
-
-def _sext(value: int, bits: int) -> int:
-    return value - (1 << bits) if (value >> (bits - 1)) & 1 else value
-
-
-def _adr_immediate(word: int) -> int:
-    return _sext(((word >> 29) & 3) | (((word >> 5) & 0x7FFFF) << 2), 21)
-
-
-def _with_adr_immediate(word: int, value: int) -> int:
-    value &= 0x1FFFFF
-    return (word & 0x9F00001F) | ((value & 3) << 29) | ((value >> 2) << 5)
-
-
-def _ldst_scale(word: int) -> int:
-    """log2 of the access size of an LDR/STR (unsigned offset) instruction."""
-    scale = word >> 30
-    if (word >> 26) & 1 and (word >> 23) & 1 and scale == 0:
-        scale = 4  # 128-bit SIMD&FP register
-    return scale
 
 
 def _fits(value: int, bits: int) -> bool:
@@ -37,19 +17,19 @@ def read_field(kind: Fixup, field: bytes, site: int) -> int:
     the page offset)."""
     value = int.from_bytes(field, "little")
     if kind in _REL32:
-        return site + 4 + (kind - Fixup.X64_REL32) + _sext(value, 32)
+        return site + 4 + (kind - Fixup.X64_REL32) + sign_extend(value, 32)
     if kind in ABSOLUTE:
         return value
     if kind in _BRANCHES:
         mask, shift, bits = _BRANCHES[kind]
-        return site + 4 * _sext((value >> shift) & mask, bits)
+        return site + 4 * sign_extend((value >> shift) & mask, bits)
     if kind == Fixup.ARM64_REL21:
-        return site + _adr_immediate(value)
+        return site + adr_immediate(value)
     if kind == Fixup.ARM64_PAGEBASE_REL21:
-        return (site & ~0xFFF) + 4096 * _adr_immediate(value)
+        return (site & ~0xFFF) + 4096 * adr_immediate(value)
     if kind == Fixup.ARM64_PAGEOFFSET_12A:
         return (value >> 10) & 0xFFF
-    return (((value >> 10) & 0xFFF) << _ldst_scale(value)) & 0xFFF
+    return (((value >> 10) & 0xFFF) << ldst_scale(value)) & 0xFFF
 
 
 def write_field(kind: Fixup, field: bytes, site: int, target: int) -> bytes | None:
@@ -70,16 +50,16 @@ def write_field(kind: Fixup, field: bytes, site: int, target: int) -> bytes | No
     elif kind == Fixup.ARM64_REL21:
         if not _fits(target - site, 21):
             return None
-        value = _with_adr_immediate(value, target - site)
+        value = with_adr_immediate(value, target - site)
     elif kind == Fixup.ARM64_PAGEBASE_REL21:
         pages = (target >> 12) - (site >> 12)
         if not _fits(pages, 21):
             return None
-        value = _with_adr_immediate(value, pages)
+        value = with_adr_immediate(value, pages)
     elif kind == Fixup.ARM64_PAGEOFFSET_12A:
         value = (value & ~(0xFFF << 10)) | ((target & 0xFFF) << 10)
     else:
-        scale = _ldst_scale(value)
+        scale = ldst_scale(value)
         if (target & 0xFFF) & ((1 << scale) - 1):
             return None
         value = (value & ~(0xFFF << 10)) | (((target & 0xFFF) >> scale) << 10)
@@ -96,3 +76,7 @@ _BRANCHES = {  # mask, shift, bits of the word offset
     Fixup.ARM64_BRANCH14: (0x3FFF, 5, 14),
 }
 PAGE_OFFSETS = (Fixup.ARM64_PAGEOFFSET_12A, Fixup.ARM64_PAGEOFFSET_12L)
+#: Fields that share their word with an instruction's other bits (never zeroed whole).
+INSTRUCTION_FIELDS = frozenset(
+    (*_BRANCHES, Fixup.ARM64_REL21, Fixup.ARM64_PAGEBASE_REL21, *PAGE_OFFSETS)
+)

@@ -5,21 +5,22 @@ slots, redirect strategies and unwind records; its writer and its canonical read
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 from hpatch.arch import Machine
+from hpatch.arch.kinds import MACHINE_TAGS
 from hpatch.arch.rewrite import Redirect
 from hpatch.errors import PackageFormatError
 from hpatch.package import new_imports
 from hpatch.package.format.wire import (
     DIGEST_SIZE,
     KEY_ID_SIZE,
-    MACHINE_TAGS,
     MAX_DICTIONARY,
     MAX_REGION_SIZE,
     SIGNATURE_SIZE,
-    TABLE_ENTRY,
     Reader,
     Writer,
+    arch_of,
     enum_value,
     read_scaled,
     write_scaled,
@@ -70,15 +71,16 @@ _ONE_PART = 0x40
 _SUPERSEDES = 0x1
 
 #: Prerequisite values stored as one bit: what a builder writes for the machine.
-_DEFAULT_VALUES = {
-    Prerequisite.MACHINE: {Machine.AMD64: int(Machine.AMD64), Machine.ARM64: int(Machine.ARM64)},
-    Prerequisite.MIN_FORMAT_VERSION: {Machine.AMD64: FORMAT_VERSION, Machine.ARM64: FORMAT_VERSION},
-    Prerequisite.REGION_REACH: {Machine.AMD64: (1 << 31) - 64, Machine.ARM64: (1 << 27) - 64},
+_DEFAULT_VALUES: dict[Prerequisite, Callable[[Machine], int]] = {
+    Prerequisite.MACHINE: lambda machine: int(machine),
+    Prerequisite.MIN_FORMAT_VERSION: lambda _machine: FORMAT_VERSION,
+    Prerequisite.REGION_REACH: lambda machine: arch_of(machine).region_reach,
 }
 
 
 def _default_value(machine: Machine, kind: Prerequisite) -> int:
-    return _DEFAULT_VALUES.get(kind, {}).get(machine, 0)
+    value = _DEFAULT_VALUES.get(kind)
+    return value(machine) if value is not None else 0
 
 
 def implied_code_blobs(
@@ -98,7 +100,7 @@ def implied_tables(
     machine: Machine, unwind: tuple[UnwindRecord, ...] | list[UnwindRecord]
 ) -> list[tuple[int, int]]:
     """(offset, size) of one FUNCTION_TABLE blob per run of adjacent table entries."""
-    entry = TABLE_ENTRY[machine]
+    entry = arch_of(machine).pdata_entry_size
     runs: list[list[int]] = []
     for record in unwind:
         if runs and record.table_offset == runs[-1][1]:
@@ -118,7 +120,7 @@ def records_per_part(
     index), whose table entries follow each other from ``table``: how nearly every
     package's unwind records are laid out (x64 leaf functions have none)."""
     parts = sorted((p.offset, p.offset + p.size) for f in functions for p in f.parts)
-    entry = TABLE_ENTRY[machine]
+    entry = arch_of(machine).pdata_entry_size
     covered = [span for index, span in enumerate(parts) if index not in skipped]
     return [UnwindRecord(table + entry * i, begin, end) for i, (begin, end) in enumerate(covered)]
 
@@ -266,11 +268,12 @@ def write_metadata(
         return bytes(out.out)
     out.uv(len(package.unwind))
     expected = end = 0
+    entry = arch_of(package.machine).pdata_entry_size
     for record in package.unwind:
         out.sv(record.table_offset - expected)
         out.sv(record.begin_offset - end)
         out.uv(record.end_offset - record.begin_offset)
-        expected = record.table_offset + TABLE_ENTRY[package.machine]
+        expected = record.table_offset + entry
         end = record.end_offset
     return bytes(out.out)
 
@@ -387,12 +390,13 @@ def read_metadata(data: bytes, flags: int) -> tuple[Package, tuple[tuple[int, in
         unwind = records_per_part(machine, functions, table, skipped)
     else:
         expected = end = 0
+        entry = arch_of(machine).pdata_entry_size
         for _ in range(meta.count(3, "unwind records")):
             table = expected + meta.sv()
             begin = end + meta.sv()
             end = begin + meta.uv(1 << 32)
             unwind.append(UnwindRecord(table, begin, end))
-            expected = table + TABLE_ENTRY[machine]
+            expected = table + entry
     meta.finish()
     implied: list[tuple[BlobKind, tuple[int, int]]] = []
     if region_flags & _CODE_BLOBS_IMPLIED:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable
 
-from hpatch.arch import Arch, Machine
+from hpatch.arch import Arch
 from hpatch.arch.rewrite import Fixup
-from hpatch.package.format.fields import PAGE_OFFSETS, read_field
+from hpatch.package.format.fields import INSTRUCTION_FIELDS, PAGE_OFFSETS, read_field
+from hpatch.package.format.wire import arch_of
 from hpatch.package.model import (
     FixupEntry,
     FunctionStatus,
@@ -102,10 +103,11 @@ def field_reader(package: Package) -> Callable[[int, int], bytes]:
 def table_targets(package: Package) -> dict[int, int]:
     """Function table fields whose target the unwind records give: begin, and on x64 end."""
     given = {}
+    end_field = arch_of(package.machine).pdata_end_field
     for record in package.unwind:
         given[record.table_offset] = record.begin_offset
-        if package.machine == Machine.AMD64:
-            given[record.table_offset + 4] = record.end_offset
+        if end_field is not None:
+            given[record.table_offset + end_field] = record.end_offset
     return given
 
 
@@ -116,7 +118,7 @@ def field_addresses(
     an ADRP's and its page offset's completed by their pair (needs resolved blobs)."""
     field = field_reader(package)
     words = [
-        int.from_bytes(field(f.offset, 4), "little") if f.kind.machine == Machine.ARM64 else 0
+        int.from_bytes(field(f.offset, 4), "little") if f.kind in INSTRUCTION_FIELDS else 0
         for f in fixups
     ]
     raw = [
@@ -141,7 +143,7 @@ def field_addresses(
 def unwind_data_fields(package: Package) -> set[int]:
     """Function table fields that name unwind data: x64 UnwindData; on ARM64 the second
     word (when it is an .xdata RVA rather than packed unwind data, it has a fixup)."""
-    at = 8 if package.machine == Machine.AMD64 else 4
+    at = arch_of(package.machine).pdata_unwind_field
     return {record.table_offset + at for record in package.unwind}
 
 

@@ -29,7 +29,7 @@ from hpatch.package.format.sites import (
     walk_predictions,
 )
 from hpatch.package.format.validate import validate_package
-from hpatch.package.format.wire import Reader, Writer, read_scaled, write_scaled
+from hpatch.package.format.wire import Reader, Writer, arch_of, read_scaled, write_scaled
 from hpatch.package.model import (
     UNRESOLVED,
     BodyCoding,
@@ -38,14 +38,18 @@ from hpatch.package.model import (
 
 
 def _write_gap(out: Writer, machine: Machine, gap: int) -> None:
-    if machine == Machine.ARM64:  # fields are words: gaps are multiples of 4
-        write_scaled(out, gap, 2)
+    # where instructions are aligned, so are fields: gaps are multiples of the alignment
+    # (4 on ARM64), stored scaled
+    bits = arch_of(machine).instruction_alignment.bit_length() - 1
+    if bits:
+        write_scaled(out, gap, bits)
     else:
         out.uv(gap)
 
 
 def _read_gap(data: Reader, machine: Machine) -> int:
-    return read_scaled(data, 2, 1 << 32) if machine == Machine.ARM64 else data.uv(1 << 32)
+    bits = arch_of(machine).instruction_alignment.bit_length() - 1
+    return read_scaled(data, bits, 1 << 32) if bits else data.uv(1 << 32)
 
 
 def region_plain(package: Package) -> bytes:

@@ -13,9 +13,10 @@ import bisect
 from collections.abc import Callable
 from dataclasses import replace
 
-from hpatch.arch import Machine, arch_for
+from hpatch.arch import Machine
+from hpatch.arch.kinds import MACHINE_TAGS
 from hpatch.arch.rewrite import Fixup
-from hpatch.package.format.fields import ABSOLUTE, write_field
+from hpatch.package.format.fields import INSTRUCTION_FIELDS, write_field
 from hpatch.package.format.placement import (
     Placement,
     field_addresses,
@@ -24,7 +25,7 @@ from hpatch.package.format.placement import (
     unwind_data_fields,
     unwind_data_size,
 )
-from hpatch.package.format.wire import MACHINE_TAGS, enum_value
+from hpatch.package.format.wire import arch_of, enum_value
 from hpatch.package.model import (
     UNRESOLVED,
     BlobKind,
@@ -45,7 +46,7 @@ def walk_predictions(package: Package, actual: Callable[[int, int], int]) -> lis
     field = field_reader(package)
     given = table_targets(package)
     chained = unwind_data_fields(package)
-    arch = arch_for(package.machine)
+    arch = arch_of(package.machine)
     unwind_blobs = [b.offset for b in package.blobs if b.kind == BlobKind.UNWIND]
     following = unwind_blobs[0] if unwind_blobs else 0
     predictions = []
@@ -70,7 +71,6 @@ def predicted_targets(package: Package) -> list[int]:
     return walk_predictions(package, lambda index, _predicted: package.fixups[index].target)
 
 
-_ADDR32NB = {Machine.AMD64: Fixup.X64_ADDR32NB, Machine.ARM64: Fixup.ARM64_ADDR32NB}
 _PREDICTORS = {Machine.AMD64: predict_x64, Machine.ARM64: predict_arm64}
 AS_PREDICTED, NOT_A_FIXUP = 0, 1  # site marks; any other mark is a fixup's code byte
 
@@ -79,6 +79,7 @@ def predicted_sites(package: Package) -> list[FixupEntry]:
     """The fixups the region's bytes predict (target UNRESOLVED), by offset; needs
     resolved blobs."""
     field = field_reader(package)
+    arch = arch_of(package.machine)
     predictor = _PREDICTORS[package.machine]
     sites: dict[int, Fixup] = {}
     for function in package.functions:
@@ -87,13 +88,12 @@ def predicted_sites(package: Package) -> list[FixupEntry]:
                 sites.setdefault(part.offset + at, kind)
     table: set[int] = set()
     for record in package.unwind:
-        fields = [0, 4, 8] if package.machine == Machine.AMD64 else [0]
-        second = record.table_offset + 4
-        if package.machine == Machine.ARM64 and not field(second, 4)[0] & 3:
-            fields.append(4)
+        fields = [0] if arch.pdata_end_field is None else [0, arch.pdata_end_field]
+        if arch.pdata_unwind_is_rva(field(record.table_offset + arch.pdata_unwind_field, 4)):
+            fields.append(arch.pdata_unwind_field)
         table.update(record.table_offset + at for at in fields)
     for offset in table:
-        sites.setdefault(offset, _ADDR32NB[package.machine])
+        sites.setdefault(offset, arch.rva_fixup)
     placement = Placement(package)
     found = tuple(
         FixupEntry(offset, sites[offset], TargetKind.OLD_RVA, UNRESOLVED)
@@ -141,7 +141,7 @@ def normalize_fields(package: Package) -> Package:
         field = bytes(data[at : at + fixup.kind.field_size])
         if fixup.target_kind == TargetKind.REGION and fixup.offset in given:
             written: bytes | None = bytes(len(field))
-            if fixup.kind.machine == Machine.ARM64 and fixup.kind not in ABSOLUTE:
+            if fixup.kind in INSTRUCTION_FIELDS:
                 written = None
         else:
             written = write_field(

@@ -5,18 +5,18 @@ from __future__ import annotations
 import bisect
 import itertools
 
+from hpatch.arch.kinds import MACHINE_TAGS
 from hpatch.errors import PackageFormatError
 from hpatch.package import new_imports
 from hpatch.package.format.dictionary import replaced_extents
 from hpatch.package.format.wire import (
     DIGEST_SIZE,
     KEY_ID_SIZE,
-    MACHINE_TAGS,
     MAX_ALIGNMENT,
     MAX_DICTIONARY,
     MAX_REGION_SIZE,
     SIGNATURE_SIZE,
-    TABLE_ENTRY,
+    arch_of,
 )
 from hpatch.package.model import (
     FORMAT_VERSION,
@@ -173,12 +173,11 @@ def validate_package(package: Package) -> None:
     modified = sum(1 for f in package.functions if f.status == FunctionStatus.MODIFIED)
     if modified != len(package.redirects):
         _fail(f"{modified} modified functions but {len(package.redirects)} redirects")
+    entry = arch_of(machine).pdata_entry_size
     for record in package.unwind:
         if not 0 <= record.begin_offset < record.end_offset <= size:
             _fail(f"unwind record at 0x{record.table_offset:x} has an empty or outside range")
-        blob_for(
-            record.table_offset, TABLE_ENTRY[machine], (BlobKind.FUNCTION_TABLE,), "unwind record"
-        )
+        blob_for(record.table_offset, entry, (BlobKind.FUNCTION_TABLE,), "unwind record")
     coding = package.coding
     if coding is not None:
         ranges = list(coding.dictionary) + (replaced_extents(package) if coding.extents else [])

@@ -4,11 +4,12 @@ share."""
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable
 from typing import TypeVar
 
-from hpatch.arch import Machine
+from hpatch.arch import Arch, Machine, arch_for
 from hpatch.errors import PackageFormatError
 
 MAGIC = b"\x89HPK"
@@ -31,8 +32,12 @@ EXPANSION_FLOOR = 4 << 10
 
 T = TypeVar("T")
 
-MACHINE_TAGS = {Machine.AMD64: 0x100, Machine.ARM64: 0x200}
-TABLE_ENTRY = {Machine.AMD64: 12, Machine.ARM64: 8}
+
+@functools.cache
+def arch_of(machine: Machine) -> Arch:
+    """The Arch of ``machine``, made once: the format asks it for sizes and field layouts
+    instead of branching on the machine."""
+    return arch_for(machine)
 
 
 class Writer:
