@@ -426,10 +426,24 @@ static uint32_t key2(const uint8_t *p)
 }
 
 /* Enter every position before `position` into the hash chains. */
+/* A hint to fetch what a later probe reads; no effect on any result. */
+#if defined(__GNUC__)
+#define PREFETCH(address) __builtin_prefetch(address)
+#else
+#define PREFETCH(address) ((void)(address))
+#endif
+#define PREFETCH_AHEAD 16
+
 static void insert_until(encoder_t *e, int64_t position)
 {
     const uint8_t *buffer = e->buffer;
     for (int64_t p = e->inserted; p < position; p++) {
+        /* the probes of a run of positions are independent: the table's cache misses
+         * can overlap when its slots are asked for ahead */
+        if (p + PREFETCH_AHEAD + 3 <= e->end) {
+            uint32_t ahead = key3(buffer + p + PREFETCH_AHEAD);
+            PREFETCH(&e->head3[(size_t)((ahead * 2654435761u) >> e->head3_shift) & e->head3_mask]);
+        }
         if (p + 3 <= e->end) {
             /* every position a chain reaches is entered here, so chain needs no
              * filling */
