@@ -131,6 +131,8 @@ class Arm64(Arch):
     pdata_end_field = None  # BeginAddress, then UnwindData or packed unwind data
     pdata_unwind_field = 4
     rva_fixup = Fixup.ARM64_ADDR32NB
+    pointer_fixup = Fixup.ARM64_ADDR64
+    data_by_page = True  # ADRP, then the low 12 bits
     region_reach = (1 << 27) - 64  # B/BL imm26, less a margin
     redirect_size = 4  # B imm26
 

@@ -127,8 +127,13 @@ class Arch(ABC):
     #: gives the length) and where the RVA of its unwind data, or packed unwind data.
     pdata_end_field: int | None
     pdata_unwind_field: int
-    #: The fixup kind of a 32-bit RVA in data (function tables, jump tables).
+    #: The fixup kinds of a 32-bit RVA in data (function tables, jump tables) and of a
+    #: 64-bit address in data (pointers).
     rva_fixup: Fixup
+    pointer_fixup: Fixup
+    #: Whether code reaches data by page and offset (ARM64 ADRP and ADD/LDR/STR), so data
+    #: carried into the region keeps its offset within its page.
+    data_by_page: bool
     #: How far the patch region may lie from the image (bytes between any byte of one and
     #: any byte of the other), so that every branch and PC-relative field between them
     #: reaches: what a package states as its REGION_REACH prerequisite.

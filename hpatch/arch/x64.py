@@ -74,6 +74,8 @@ class X64(Arch):
     pdata_end_field = 4  # BeginAddress, EndAddress, UnwindData
     pdata_unwind_field = 8
     rva_fixup = Fixup.X64_ADDR32NB
+    pointer_fixup = Fixup.X64_ADDR64
+    data_by_page = False  # RIP-relative: any byte
     region_reach = (1 << 31) - 64  # rel32, less a margin
     redirect_size = 5  # jmp rel32
     two_stage_padding = 5  # jmp rel32 before the function, then jmp -7 at its entry

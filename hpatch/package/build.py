@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from hpatch import __version__
-from hpatch.arch import Machine, Reference, RefKind
+from hpatch.arch import Reference, RefKind
 from hpatch.arch.arm64 import Arm64
 from hpatch.arch.relocate import CodeFixup, RelocationError, ShortBranch
 from hpatch.arch.rewrite import Fixup
@@ -632,7 +632,7 @@ class _Builder:
         ARM64 at the IAT slot's offset in its page, as data is, so a page completed out of
         sight still reaches it."""
         item = next(i for i in self.new.imports if i.iat_rva == iat_rva)
-        alignment = PAGE if self.arch.machine == Machine.ARM64 else 8
+        alignment = PAGE if self.arch.data_by_page else 8
         offset = self.place(bytes(8), iat_rva, alignment, BlobKind.IMPORT_SLOTS)
         self.new_imports.append(
             NewImport(item.dll, item.name or "", 0 if item.name else item.ordinal or 0, offset)
@@ -675,7 +675,7 @@ class _Builder:
 
     def bind_new_data(self, spans: list[tuple[int, int]]) -> None:
         """Every pointer in the carried new globals, bound as the code's references are."""
-        addr64 = Fixup.ARM64_ADDR64 if self.arch.machine == Machine.ARM64 else Fixup.X64_ADDR64
+        addr64 = self.arch.pointer_fixup
         for start, end in spans:
             for field in self.fields_in(start, end):
                 self.add_fixup(
@@ -707,7 +707,7 @@ class _Builder:
         if not targets:
             return
         spans = self.constant_spans(targets)
-        page_runs = self.arch.machine == Machine.ARM64
+        page_runs = self.arch.data_by_page
         for start, end in spans:
             alignment = PAGE if page_runs else _PART_ALIGNMENT
             self.place(self.new.read(start, end - start), start, alignment, BlobKind.RODATA)
@@ -1001,7 +1001,9 @@ class _Builder:
                     begin = part.offset + entry.begin_rva - part.new_rva
                     end = part.offset + entry.end_rva - part.new_rva
                     raw = self.raw_pdata_word(entry.begin_rva)
-                    packed = self.arch.machine == Machine.ARM64 and raw is not None and raw & 3
+                    packed = raw is not None and not self.arch.pdata_unwind_is_rva(
+                        raw.to_bytes(4, "little")
+                    )
                     if packed:
                         records.append((begin, end, 0, None, raw.to_bytes(4, "little")))  # type: ignore[union-attr]
                         continue
@@ -1014,12 +1016,11 @@ class _Builder:
         addr32nb = self._addr32nb()
         # Fixups write every RVA; the unwind data's as the new build has it lets the
         # format predict where its copy is (begin and end follow from the unwind record).
-        table_bytes = b"".join(
-            struct.pack("<III", 0, 0, unwind_rva)
-            if self.arch.machine == Machine.AMD64
-            else bytes(4) + (packed_word or struct.pack("<I", unwind_rva))
-            for _begin, _end, unwind_rva, _copied, packed_word in records
-        )
+        end_field, unwind_field = self.arch.pdata_end_field, self.arch.pdata_unwind_field
+        table_bytes = bytearray(entry_size * len(records))
+        for index, (_begin, _end, unwind_rva, _copied, packed_word) in enumerate(records):
+            at = index * entry_size + unwind_field
+            table_bytes[at : at + 4] = packed_word or struct.pack("<I", unwind_rva)
         if not records:
             return table
         table_offset = self.place(bytes(table_bytes), None, 4, BlobKind.FUNCTION_TABLE)
@@ -1028,13 +1029,13 @@ class _Builder:
         ):
             at = table_offset + index * entry_size
             self.fixups[at] = FixupEntry(at, addr32nb, TargetKind.REGION, begin_offset)
-            if self.arch.machine == Machine.AMD64:
-                self.fixups[at + 4] = FixupEntry(at + 4, addr32nb, TargetKind.REGION, end_offset)
+            if end_field is not None:
+                end_at = at + end_field
+                self.fixups[end_at] = FixupEntry(end_at, addr32nb, TargetKind.REGION, end_offset)
+            if packed_word is None:
                 assert copied is not None
-                self.fixups[at + 8] = FixupEntry(at + 8, addr32nb, TargetKind.REGION, copied)
-            elif packed_word is None:
-                assert copied is not None
-                self.fixups[at + 4] = FixupEntry(at + 4, addr32nb, TargetKind.REGION, copied)
+                unwind_at = at + unwind_field
+                self.fixups[unwind_at] = FixupEntry(unwind_at, addr32nb, TargetKind.REGION, copied)
             table.append(UnwindRecord(at, begin_offset, end_offset))
         return table
 

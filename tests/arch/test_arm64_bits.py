@@ -74,6 +74,8 @@ def test_ldst_scale_is_the_access_size(text: str, scale: int) -> None:
 def test_every_machine_states_the_facts_the_package_format_asks_for(machine: Machine) -> None:
     arch = arch_for(machine)
     assert arch.rva_fixup.machine == machine and arch.rva_fixup.field_size == 4
+    assert arch.pointer_fixup.machine == machine and arch.pointer_fixup.field_size == 8
+    assert arch.data_by_page == (arch.instruction_alignment == 4)  # ADRP pages on ARM64
     assert MACHINE_TAGS[machine] == arch.rva_fixup & 0xFF00
     fields = [0, arch.pdata_unwind_field] + (
         [arch.pdata_end_field] if arch.pdata_end_field is not None else []
