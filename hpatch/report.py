@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
+from hpatch import __version__
 from hpatch.text import Streamed
 
 if TYPE_CHECKING:
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
 #: The ``hpatch diff --json`` document's schema. 2: blockers gained class, cause and
 #: their place as data (function, rva, end_rva, section, symbol, target_rva, build).
 DIFF_SCHEMA = "hpatch.diff/2"
+#: The schemas of ``hpatch funcs --json`` and ``hpatch info --json`` (docs/schema/).
+FUNCS_SCHEMA = "hpatch.funcs/1"
+INFO_SCHEMA = "hpatch.info/1"
 _STATUS_ORDER = {"modified": 0, "added": 1, "removed": 2, "unchanged": 3}
 
 
@@ -59,6 +63,8 @@ def funcs_document(image: PEImage, *, streamed: bool = False) -> dict[str, Any]:
     at a time as they are written, see ``write_json``)."""
     functions = (function_dict(f) for f in image.functions)
     return {
+        "schema": FUNCS_SCHEMA,
+        "hpatch_version": __version__,
         "image": identity_dict(image),
         "functions": Streamed(functions) if streamed else list(functions),
     }
@@ -77,6 +83,8 @@ def info_document(image: PEImage, *, streamed: bool = False) -> dict[str, Any]:
         for e in image.exports
     )
     return {
+        "schema": INFO_SCHEMA,
+        "hpatch_version": __version__,
         "image": identity_dict(image),
         "sections": [
             {
@@ -137,6 +145,7 @@ def diff_document(result: DiffResult) -> dict[str, Any]:
     )
     return {
         "schema": DIFF_SCHEMA,
+        "hpatch_version": __version__,
         "old": identity_dict(result.old),
         "new": identity_dict(result.new),
         "summary": result.summary(),

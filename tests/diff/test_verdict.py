@@ -70,6 +70,7 @@ def test_diff_command_json_and_exit_codes(capsys: pytest.CaptureFixture[str]) ->
     assert code == 0 and document["hotpatchable"] is True and document["blockers"] == []
     assert list(document) == [
         "schema",
+        "hpatch_version",
         "old",
         "new",
         "summary",
