@@ -34,7 +34,7 @@ from hpatch.diff import DiffResult, diff_images
 from hpatch.errors import NotHotpatchable
 from hpatch.image import load_image
 from hpatch.package import PackageBlocked, build_package, encode_package
-from hpatch.package import format as package_format
+from hpatch.package.format.dictionary import compress_metadata
 
 HOTPATCHABLE = (("v1", "v2"), ("v1", "v3"), ("v2", "v3"))
 
@@ -59,7 +59,7 @@ def build(result: DiffResult, encoder: Callable[..., bytes]) -> tuple[bytes, flo
     timed = Timed(encoder)
     original = _backend.core.lzma2_compress
     _backend.core.lzma2_compress = timed  # type: ignore[attr-defined]
-    package_format._compress_metadata.cache_clear()  # each build compresses its own
+    compress_metadata.cache_clear()  # each build compresses its own
     try:
         start = time.process_time()
         data = encode_package(build_package(result))
