@@ -50,6 +50,12 @@ from hpatch.text import markup, path_text
     default=None,
     help="Worker processes, each servicing one pair at a time  [default: the CPU count]",
 )
+@click.option(
+    "--scheduler",
+    metavar="tcp://HOST:PORT",
+    help="Run the tasks on this Dask scheduler's workers instead (pip install "
+    "'hpatch[cluster]'; the workers read the trees at the same path).",
+)
 def release(
     old_dir: str,
     new_dir: str,
@@ -64,6 +70,7 @@ def release(
     inputs: int,
     no_emulate: bool,
     jobs: int | None,
+    scheduler: str | None,
 ) -> None:
     """Service a whole release: every PE file of OLD_DIR and NEW_DIR, paired by path.
 
@@ -96,6 +103,7 @@ def release(
         force=force,
         finished=finished,
         protected=[sign_key] if sign_key is not None else [],
+        scheduler=scheduler,
     )
     if as_json:
         print_json(result.document)

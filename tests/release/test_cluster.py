@@ -3,6 +3,7 @@ localhost, against the local pool's outputs."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -26,7 +27,7 @@ from hpatch.release.cluster import run_on_cluster, worker_identity
 from hpatch.release.run import Task, run_pairs
 
 from ..conftest import REPO
-from .test_release import EXPECTED, _copy, make_trees, outputs
+from .test_release import EXPECTED, _copy, make_trees, outputs, run, servicing_args
 
 # A cluster that stops answering fails its test instead of holding up the suite.
 pytestmark = pytest.mark.timeout(120)
@@ -79,6 +80,7 @@ def local_outputs(
 
 
 def test_cluster_release_matches_the_local_run(
+    capsys: pytest.CaptureFixture[str],
     cluster: distributed.LocalCluster,
     release_trees: tuple[Path, Path, Path],
     local_outputs: dict[str, bytes],
@@ -89,7 +91,14 @@ def test_cluster_release_matches_the_local_run(
         identities = client.run(worker_identity)
     assert sorted(identities.values()) == [(hpatch.__version__, hpatch.BACKEND)] * 2
     out = tmp_path / "release"
-    assert release(release_trees, out, cluster.scheduler_address) == 1  # broken.dll
+    code, _, err = run(
+        capsys,
+        *servicing_args(release_trees, out),
+        "--scheduler",
+        cluster.scheduler_address,
+    )
+    assert code == 1  # broken.dll is an error; the run went on
+    assert "broken.dll: error" in err  # progress, one line per binary, from the client
     got = outputs(out)
     assert sorted(got) == sorted(local_outputs)
     assert got == local_outputs  # manifest, signature and every package, byte for byte
@@ -147,14 +156,20 @@ def unused_port() -> int:
 
 
 def test_an_unreachable_scheduler_fails_fast(
-    release_trees: tuple[Path, Path, Path], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], release_trees: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     address = f"tcp://127.0.0.1:{unused_port()}"
+    out = tmp_path / "release"
     started = time.monotonic()
-    with pytest.raises(HPatchError, match=f"Dask scheduler at {address}"):
-        release(release_trees, tmp_path / "release", address)
+    code, _, err = run(capsys, *servicing_args(release_trees, out), "--scheduler", address)
     assert time.monotonic() - started < 5
-    assert not (tmp_path / "release" / "release.json").exists()
+    assert code == 1 and f"Dask scheduler at {address}" in err
+    assert "Traceback" not in err
+    assert not out.exists()  # nothing written
+    code, printed, _ = run(
+        capsys, *servicing_args(release_trees, out), "--scheduler", address, "--json"
+    )
+    assert code == 1 and address in json.loads(printed)["error"]["message"]
 
 
 def test_a_silent_listener_is_no_scheduler_and_no_hang(tmp_path: Path) -> None:
@@ -170,11 +185,18 @@ def test_a_silent_listener_is_no_scheduler_and_no_hang(tmp_path: Path) -> None:
 
 
 def test_without_dask_the_error_says_how_to_install_it(
-    release_trees: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str],
+    release_trees: tuple[Path, Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed: ImportError
-    with pytest.raises(HPatchError, match=r"pip install 'hpatch\[cluster\]'"):
-        release(release_trees, tmp_path / "release", "tcp://127.0.0.1:8786")
+    out = tmp_path / "release"
+    code, _, err = run(
+        capsys, *servicing_args(release_trees, out), "--scheduler", "tcp://127.0.0.1:8786"
+    )
+    assert code == 1 and "pip install 'hpatch[cluster]'" in err
+    assert not out.exists()
 
 
 def test_a_local_release_does_not_import_dask() -> None:
