@@ -330,10 +330,10 @@ def read_metadata(data: bytes, flags: int) -> tuple[Package, tuple[tuple[int, in
     blobs = []
     end = 0
     for _ in range(meta.count(3, "blobs")):
-        kind = enum_value(BlobKind, meta.u8(), "blob kind")
+        blob_kind = enum_value(BlobKind, meta.u8(), "blob kind")
         offset = end + meta.uv(MAX_REGION_SIZE + 1)
         size = meta.uv(MAX_REGION_SIZE + 1)
-        blobs.append(Blob(kind, offset, b"", unresolved_size=size))
+        blobs.append(Blob(blob_kind, offset, b"", unresolved_size=size))
         end = offset + size
     functions = []
     function_fixups = []
@@ -406,10 +406,10 @@ def read_metadata(data: bytes, flags: int) -> tuple[Package, tuple[tuple[int, in
     implied += [(BlobKind.IMPORT_SLOTS, span) for span in new_imports.slot_blobs(added)]
     if implied:
         by_offset = {b.offset: b for b in blobs}
-        for kind, (offset, size) in implied:
+        for blob_kind, (offset, size) in implied:
             if offset in by_offset:
                 raise PackageFormatError(f"two blobs at region offset 0x{offset:x}")
-            by_offset[offset] = Blob(kind, offset, b"", unresolved_size=size)
+            by_offset[offset] = Blob(blob_kind, offset, b"", unresolved_size=size)
         blobs = [by_offset[offset] for offset in sorted(by_offset)]
     entries: dict[int, int] = {}
     for function in functions:

@@ -104,7 +104,7 @@ def with_region(package: Package, plain: bytes) -> Package:
         elif mark != NOT_A_FIXUP:
             found.append(fixup_from_code(machine, site.offset, mark))
     sites = {site.offset for site in predicted}  # a site's fixup is its mark, never listed
-    offsets = []
+    offsets: list[int] = []
     previous = 0
     for _ in range(data.count(2, "unpredicted fixups")):
         gap = _read_gap(data, machine)

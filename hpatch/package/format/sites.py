@@ -102,14 +102,14 @@ def predicted_sites(package: Package) -> list[FixupEntry]:
     predicted = []
     for fixup, address in zip(found, field_addresses(package, placement, found), strict=True):
         if fixup.offset in table:
-            kind = TargetKind.REGION
+            target_kind = TargetKind.REGION
         elif address in placement.slots:
-            kind = TargetKind.IMPORT
+            target_kind = TargetKind.IMPORT
         elif address >= placement.base or placement.moved(address):
-            kind = TargetKind.REGION
+            target_kind = TargetKind.REGION
         else:
-            kind = TargetKind.OLD_RVA
-        predicted.append(replace(fixup, target_kind=kind))
+            target_kind = TargetKind.OLD_RVA
+        predicted.append(replace(fixup, target_kind=target_kind))
     return predicted
 
 

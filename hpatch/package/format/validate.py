@@ -163,11 +163,11 @@ def validate_package(package: Package) -> None:
         ):
             _fail(f"redirect at old RVA 0x{redirect.old_rva:x} overlaps another or the image end")
         previous_end = redirect.old_rva + start + length
-        function = entries.get(redirect.target_offset)
+        leads_to = entries.get(redirect.target_offset)
         if (
-            function is None
-            or function.status != FunctionStatus.MODIFIED
-            or function.old_rva != redirect.old_rva
+            leads_to is None
+            or leads_to.status != FunctionStatus.MODIFIED
+            or leads_to.old_rva != redirect.old_rva
         ):
             _fail(f"redirect at old RVA 0x{redirect.old_rva:x} does not lead to its function")
     modified = sum(1 for f in package.functions if f.status == FunctionStatus.MODIFIED)
