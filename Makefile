@@ -61,6 +61,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check hpatch tests bench native/constants.py setup.py
 	$(BIN)/ruff format --check hpatch tests bench native/constants.py setup.py
+	$(BIN)/mypy hpatch
 
 # The real-world corpus (pairs of MSVC-built DLLs from public wheels) is fetched when
 # the shared fetch script is present; the corpus tests run only when it is there.

@@ -158,7 +158,7 @@ def reference_evidence(
     return unchecked
 
 
-def _modrm_tail(data: bytes, at: int) -> int | None:
+def _modrm_tail(data: bytes | memoryview, at: int) -> int | None:
     """Bytes taken by a ModRM byte at ``at`` and its SIB/displacement; None if truncated."""
     if at >= len(data):
         return None
@@ -181,23 +181,23 @@ def _modrm_tail(data: bytes, at: int) -> int | None:
 def x64_padding_length(data: bytes, offset: int, /) -> int:
     """Length of the x64 padding at offset in data: int3, nop and zero bytes, nops with
     66 and 2E prefixes, and the multi-byte nops 0F 1F /0."""
-    data = memoryview(data).cast("B")
+    view = memoryview(data).cast("B")
     offset = operator.index(offset)
     if offset < 0:
         raise ValueError("offset must not be negative")
-    i, n = offset, len(data)
+    i, n = offset, len(view)
     while i < n:
-        if data[i] in _SINGLE_PAD:
+        if view[i] in _SINGLE_PAD:
             i += 1
             continue
         j = i
-        while j < n and data[j] in (0x66, 0x2E):
+        while j < n and view[j] in (0x66, 0x2E):
             j += 1
-        if j > i and j < n and data[j] == 0x90:
+        if j > i and j < n and view[j] == 0x90:
             i = j + 1
             continue
-        if j + 1 < n and data[j] == 0x0F and data[j + 1] == 0x1F:
-            tail = _modrm_tail(data, j + 2)
+        if j + 1 < n and view[j] == 0x0F and view[j + 1] == 0x1F:
+            tail = _modrm_tail(view, j + 2)
             if tail is not None:
                 i = j + 2 + tail
                 continue

@@ -282,7 +282,7 @@ def encode_redirect(strategy: int, entry_va: int, target_va: int, /) -> bytes:
     ``ValueError('redirect: {reason}')`` when the target is out of reach, an address
     is misaligned, or the strategy is unknown.
     """
-    number = operator.index(strategy)  # type: ignore[call-overload]
+    number = operator.index(strategy)
     if number not in _SPANS:
         raise ValueError(f"redirect: unknown strategy {number}")
     entry = _u64(entry_va, "redirect: entry_va out of range")

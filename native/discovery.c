@@ -902,6 +902,11 @@ static PyObject *reference_evidence(PyObject *self, PyObject *args)
                           &starts_seq, &ends_seq, &entry_bits))
         return NULL;
     if (entry_bits != Py_None) {
+        /* PyArg_ParseTuple takes only a tuple: anything else is the caller's TypeError. */
+        if (!PyTuple_Check(entry_bits) || PyTuple_GET_SIZE(entry_bits) != 4) {
+            PyErr_SetString(PyExc_TypeError, "entry_bits must be 4 ints");
+            return NULL;
+        }
         if (!PyArg_ParseTuple(entry_bits, "O&O&O&O&;entry_bits must be 4 ints", hpatch_int64_arg,
                               &call_bit, hpatch_int64_arg, &entry_bit, hpatch_int64_arg,
                               &foreign_bit, hpatch_int64_arg, &not_a_jump))

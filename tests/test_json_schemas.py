@@ -58,7 +58,7 @@ def signed_package(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     public = generate_key(key)
     package = root / "p.hpk"
     with pytest.raises(SystemExit):
-        main(["diff", str(V1), str(V3), "-o", str(package), "--sign-key", str(key), "--inputs", "5"])
+        main(["diff", str(V1), str(V3), "-o", str(package), "--sign-key", str(key)])
     return package, Path(public)
 
 
@@ -100,7 +100,9 @@ def test_package_documents(
 def test_release_documents(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     old, new = make_trees(tmp_path)
     out = tmp_path / "out"
-    code, document = validated(capsys, "release", str(old), str(new), "-o", str(out), "--inputs", "5")
+    code, document = validated(
+        capsys, "release", str(old), str(new), "-o", str(out), "--inputs", "5"
+    )
     assert code == 1 and {b["status"] for b in document["binaries"]} >= {"packaged", "error"}
     code, document = validated(capsys, "inspect", "--release", str(out))
     assert code == 0 and document["ok"] is True

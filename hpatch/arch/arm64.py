@@ -382,7 +382,7 @@ class Arm64(Arch):
             return {0: 4, 1: 8, 2: 16}.get(opc, 0)
         return {0: 4, 1: 8, 2: 4}.get(opc, 0)
 
-    def padding_length(self, data: bytes, offset: int) -> int:
+    def padding_length(self, data: bytes | memoryview, offset: int) -> int:
         i = offset
         while i + 4 <= len(data):
             (word,) = _WORD.unpack_from(data, i)

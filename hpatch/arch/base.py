@@ -226,7 +226,7 @@ class Arch(ABC):
         """Bytes read by the PC-relative load at ``site_rva`` (a LOAD site)."""
 
     @abstractmethod
-    def padding_length(self, data: bytes, offset: int) -> int:
+    def padding_length(self, data: bytes | memoryview, offset: int) -> int:
         """Length of the inter-function padding (traps, nops, zeros) at ``offset``."""
 
     @abstractmethod

@@ -51,7 +51,7 @@ def _entry_points(decoder: capstone.Cs) -> tuple[int, ...]:
     insn = capstone._cs_insn
 
     def address(function: object) -> int:
-        return ctypes.cast(function, ctypes.c_void_p).value or 0
+        return ctypes.cast(function, ctypes.c_void_p).value or 0  # type: ignore[arg-type]
 
     return (
         decoder.csh.value,
@@ -285,7 +285,7 @@ class X64(Arch):
     def load_size(self, read: ReadRva, site_rva: int) -> int:
         return 0  # the x64 scanner reports no LOAD sites: its constants live in data sections
 
-    def padding_length(self, data: bytes, offset: int) -> int:
+    def padding_length(self, data: bytes | memoryview, offset: int) -> int:
         return core.x64_padding_length(data, offset)
 
     # relocation -----------------------------------------------------------

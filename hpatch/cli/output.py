@@ -50,12 +50,12 @@ def error_fields(exc: BaseException) -> dict[str, Any]:
 def mark_reported(exc: BaseException) -> None:
     """The command printed its own document with this error in it: the CLI prints no
     second one."""
-    exc.add_note("hpatch: reported in the command's document")
+    vars(exc)["hpatch_reported"] = True
 
 
 def was_reported(exc: BaseException) -> bool:
     """Whether ``mark_reported`` was called on ``exc``."""
-    return "hpatch: reported in the command's document" in getattr(exc, "__notes__", ())
+    return bool(vars(exc).get("hpatch_reported"))
 
 
 def print_json(document: Any) -> None:

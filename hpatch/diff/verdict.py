@@ -633,7 +633,7 @@ class Verdict:
                 problem = misfit(image, change.old, strategy, (room, before, first))
                 if problem is None:
                     continue
-                cause, reason = BlockerCause(problem[0].value), problem[1]
+                cause, reason = BlockerCause(problem[0].value), problem[1]  # type: ignore[call-arg]
             else:
                 cause, reason = (
                     BlockerCause.NO_REDIRECT_ROOM,

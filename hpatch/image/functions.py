@@ -801,21 +801,21 @@ class _Discovery:
         bounds = {pre.get(p, p): end for p, end in self.primaries.items()}
         bounds.update((start, end) for start, end in leaves.items() if start not in bounds)
         fragments: dict[int, list[Fragment]] = defaultdict(list)
-        for owner, owned in self.fragments.items():
-            fragments[pre.get(owner, owner)].extend(owned)
+        for owner, parts_of in self.fragments.items():
+            fragments[pre.get(owner, owner)].extend(parts_of)
         tables: dict[int, list[DataRange]] = defaultdict(list)
         parts: list[list[int]] = []
         for start, end in bounds.items():
-            code_end, inline, code_parts = self.inline_data(start, end)
-            if inline:
-                tables[start].extend(inline)
+            code_end, inline_ranges, code_parts = self.inline_data(start, end)
+            if inline_ranges:
+                tables[start].extend(inline_ranges)
             if code_parts:
                 fragments[start].extend(code_parts)
             parts.append(
-                [start, code_end, max([code_end] + [t.rva + t.size for t in inline]), start]
+                [start, code_end, max([code_end] + [t.rva + t.size for t in inline_ranges]), start]
             )
-        for owner, owned in fragments.items():
-            parts.extend([f.rva, f.rva + f.size, f.rva + f.size, owner] for f in owned)
+        for owner, pieces in fragments.items():
+            parts.extend([f.rva, f.rva + f.size, f.rva + f.size, owner] for f in pieces)
         parts.sort()
         self.claim_rva_tables(parts, tables)
         self.claim_tails(parts, tables)

@@ -11,6 +11,12 @@ list, so that the regression corpus can hold every argument shape the fuzzer mak
 - ``["slice_of", index, start, stop]``: a ``memoryview`` slice of argument ``index``
   (records that alias the buffer they rewrite);
 - ``["ranges", [[start, end], ...]]``: a list of (start, end) tuples;
+- ``["ints", [...]]``, ``["tuples", [[...], ...]]``, ``["tuple", [...]]``: a list of
+  ints, a list of tuples, a tuple;
+- ``["mapping", [[key, value], ...]]``: a dict, compared afterwards like a buffer (the
+  call adds to it);
+- ``["x64_decoder"]``: hpatch.arch.x64's live capstone entry points (never made up:
+  the C core calls through them);
 - ``["none"]``, ``["str", text]``, ``["float", value]``.
 
 Each core gets freshly built arguments. ``parity`` demands the same result, or the same
@@ -29,6 +35,7 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +103,16 @@ def build(args: list[Any]) -> list[Any]:
             built.append(memoryview(built[index]).cast("B")[start:stop])
         elif tag == "ranges":
             built.append([tuple(pair) for pair in value[1]])
+        elif tag == "ints":
+            built.append(list(value[1]))
+        elif tag == "tuples":
+            built.append([tuple(row) for row in value[1]])
+        elif tag == "tuple":
+            built.append(tuple(value[1]))
+        elif tag == "mapping":
+            built.append({key: item for key, item in value[1]})
+        elif tag == "x64_decoder":
+            built.append(x64_decoder())
         elif tag == "none":
             built.append(None)
         elif tag == "str":
@@ -107,8 +124,25 @@ def build(args: list[Any]) -> list[Any]:
     return built
 
 
+@cache
+def _x64_arch() -> Any:
+    from hpatch.arch.x64 import X64
+
+    return X64()
+
+
+def x64_decoder() -> tuple[int, ...]:
+    """hpatch.arch.x64's capstone entry points for the C core's extent walk: live ones
+    only (the C core calls through them), from an X64 object kept for the whole run."""
+    decoder: tuple[int, ...] = _x64_arch()._extent_decoder
+    return decoder
+
+
 def _contents(value: object) -> bytes | None:
-    """The bytes of a mutable argument, to compare what each core wrote."""
+    """The bytes of a mutable argument, to compare what each core wrote (a mapping:
+    its sorted items)."""
+    if isinstance(value, dict):
+        return repr(sorted(value.items())).encode()
     if isinstance(value, (bytearray, array)):
         return bytes(value)
     if isinstance(value, memoryview) and not value.readonly:

@@ -16,8 +16,6 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from hpatch.arch.kinds import Fixup
-
 from .cases import Case
 
 U32 = 1 << 32
@@ -373,16 +371,25 @@ def gen_normalise_arm64(rng: random.Random) -> Case:
 
 # --- fixups and redirects ----------------------------------------------------------
 
-FIXUP_KINDS = tuple(int(kind) for kind in Fixup)
 NOT_KINDS = (0, 0x100, 0x102, 0x10A, 0x1FF, 0x200, 0x201, 0x208, 0x20D, 0x211, 0xFFFF)
-assert not set(NOT_KINDS) & set(FIXUP_KINDS)
-# (bits of the immediate, scale): how far each ARM64 instruction kind reaches.
-ARM64_REACH = {
-    Fixup.ARM64_BRANCH26: 1 << 27,
-    Fixup.ARM64_BRANCH19: 1 << 20,
-    Fixup.ARM64_BRANCH14: 1 << 15,
-    Fixup.ARM64_REL21: 1 << 20,
-}
+
+
+@cache
+def fixup_kinds() -> tuple[tuple[int, ...], dict[int, int]]:
+    """Every fixup kind, and how far each ARM64 branch kind reaches. Read when the first
+    case is made, not when this module loads: a sanitized run installs its build of the
+    C core first, and importing hpatch would load the other one."""
+    from hpatch.arch.kinds import Fixup
+
+    kinds = tuple(int(kind) for kind in Fixup)
+    assert not set(NOT_KINDS) & set(kinds)
+    reach = {
+        int(Fixup.ARM64_BRANCH26): 1 << 27,
+        int(Fixup.ARM64_BRANCH19): 1 << 20,
+        int(Fixup.ARM64_BRANCH14): 1 << 15,
+        int(Fixup.ARM64_REL21): 1 << 20,
+    }
+    return kinds, reach
 
 
 def _fixup_target(rng: random.Random, kind: int, site: int, image_base: int) -> int:
@@ -398,8 +405,9 @@ def _fixup_target(rng: random.Random, kind: int, site: int, image_base: int) -> 
         return near(rng, end + rng.choice((-(1 << 31), (1 << 31) - 1, 0))) % U64
     if kind == 0x204:  # ADRP: +-4 GiB in pages
         return near(rng, site + rng.choice((-(1 << 32), (1 << 32) - 4096, 0)), 4096) % U64
-    if kind in ARM64_REACH:
-        reach = ARM64_REACH[kind]
+    arm64_reach = fixup_kinds()[1]
+    if kind in arm64_reach:
+        reach = arm64_reach[kind]
         return near(rng, site + rng.choice((-reach, reach - 4, 0)), 6) % U64
     return near(rng, site, 1 << 16) % U64
 
@@ -418,7 +426,7 @@ def gen_apply_fixups(rng: random.Random) -> Case:
     image_base = rng.choice((0x1_4000_0000, buffer_va & ~0xFFFF, edge_int(rng)))
     records = bytearray()
     for _ in range(rng.choice((0, 1, 2, rng.randint(1, 16), rng.randint(1, 256)))):
-        kind = rng.choice(FIXUP_KINDS) if rng.randrange(12) else rng.choice(NOT_KINDS)
+        kind = rng.choice(fixup_kinds()[0]) if rng.randrange(12) else rng.choice(NOT_KINDS)
         field = 8 if kind in (0x101, 0x20E) else 4
         offset = (
             rng.choice(
@@ -557,14 +565,105 @@ def gen_lzma2_compress(rng: random.Random) -> Case:
     )
 
 
+def gen_x64_code_extent(rng: random.Random) -> Case:
+    """Compiler-emitted instructions (branches re-aimed inside, at and past the bound)
+    or mutated bytes, walked from the start and from roots in and around the code."""
+    picks, length = _x64_stream(rng)
+    start = rng.randrange(U32 - max(length, 1)) if rng.randrange(8) else rva_argument(rng, length)
+    code = bytearray()
+    goals = [start, start + length, start + length - 1, start - 1, start + length // 2]
+    for encoding, disp_offset, disp_size, _imm_offset, _imm_size, what in picks:
+        insn = bytearray(encoding)
+        if what == "rel" and disp_size and rng.randrange(2):
+            next_rva = start + len(code) + len(insn)
+            insn[disp_offset : disp_offset + disp_size] = _aim(rng, next_rva, disp_size, goals)
+        code += insn
+    if rng.randrange(4) == 0:
+        code = bytearray(_mutate(rng, bytes(code)))
+    if not code and rng.randrange(4):
+        code = bytearray(b"\xc3")
+    roots = [
+        rng.choice((start, start + rng.randrange(max(1, len(code))), start - 1, start + len(code)))
+        for _ in range(rng.choice((0, 0, 1, 3)))
+    ]
+    return Case(
+        "x64_code_extent",
+        [buffer_argument(rng, bytes(code)), start, ["ints", roots], ["x64_decoder"]],
+    )
+
+
+def gen_reference_evidence(rng: random.Random) -> Case:
+    """Sorted disjoint ranges, references from in and around them, with entry bits or
+    without; the evidence found before is a mapping the call adds to."""
+    starts, ends, at = [], [], rng.randrange(0x1000, 0x10000)
+    for _ in range(rng.choice((0, 1, 2, rng.randint(1, 40)))):
+        at += rng.choice((0, 1, 16, rng.randrange(0x400)))
+        size = rng.choice((1, 2, 16, rng.randrange(1, 0x400)))
+        starts.append(at)
+        ends.append(at + size)
+        at += size
+    if rng.randrange(20) == 0 and starts:
+        ends.pop()  # lengths that differ
+    places = [rng.randrange(0x1000, at + 0x100)] + starts + ends + [s + 1 for s in starts]
+    bits = (1, 2, 4, 8, 16, 32, 64, 128)
+    incoming = [
+        (rng.choice(places), rng.choice(places), rng.choice(bits))
+        for _ in range(rng.choice((0, 1, rng.randint(1, 64), rng.randint(1, 512))))
+    ]
+    found = {rng.choice(places): rng.choice(bits) for _ in range(rng.choice((0, 1, 8)))}
+    entry_bits = ["tuple", [1, 256, 512, 1024]] if rng.randrange(2) else ["none"]
+    return Case(
+        "reference_evidence",
+        [
+            ["mapping", sorted(found.items())],
+            ["tuples", incoming],
+            ["ints", starts],
+            ["ints", ends],
+            entry_bits,
+        ],
+    )
+
+
+_PADDING_PIECES = (
+    b"\xcc",
+    b"\x90",
+    b"\x00",
+    b"\x66\x90",
+    b"\x0f\x1f\x00",
+    b"\x0f\x1f\x40\x00",
+    b"\x0f\x1f\x44\x00\x00",
+    b"\x66\x0f\x1f\x44\x00\x00",
+    b"\x0f\x1f\x80\x00\x00\x00\x00",
+    b"\x66\x2e\x0f\x1f\x84\x00\x00\x00\x00\x00",
+    b"\x2e\x66\x0f\x1f\x84\x00\x00\x00\x00\x00",
+    b"\xc3",
+    b"\x48\x89\xe5",
+)
+
+
+def gen_x64_padding_length(rng: random.Random) -> Case:
+    """Padding pieces (int3, nops, zero bytes, multi-byte nops with their prefixes) with
+    code around them, cut anywhere; offsets inside, at the end, past it and negative."""
+    data = b"".join(rng.choice(_PADDING_PIECES) for _ in range(rng.choice((0, 1, 4, 32))))
+    if rng.randrange(3) == 0:
+        data = _mutate(rng, data)
+    if rng.randrange(4) == 0:
+        data = data[: rng.randint(0, len(data))]
+    offset = rng.choice((0, rng.randint(0, max(0, len(data))), len(data), len(data) + 1, -1))
+    return Case("x64_padding_length", [buffer_argument(rng, data), offset])
+
+
 GENERATORS: dict[str, Callable[[random.Random], Case]] = {
     "apply_fixups": gen_apply_fixups,
     "encode_redirect": gen_encode_redirect,
     "lzma2_compress": gen_lzma2_compress,
     "normalise_arm64": gen_normalise_arm64,
     "normalise_x64": gen_normalise_x64,
+    "reference_evidence": gen_reference_evidence,
     "scan_arm64_sites": gen_scan_arm64_sites,
     "scan_x64_sites": gen_scan_x64_sites,
+    "x64_code_extent": gen_x64_code_extent,
+    "x64_padding_length": gen_x64_padding_length,
 }
 
 
