@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,9 @@ def _warm() -> int:
     return os.getpid()
 
 
-def run_release(args: list[str], out: Path, extra_cpu: Any = None) -> dict[str, Any]:
+def run_release(
+    args: list[str], out: Path, extra_cpu: Callable[[], float] | None = None
+) -> dict[str, Any]:
     """One whole ``hpatch release`` process: wall and CPU seconds, manifest digest."""
     command = [HPATCH, "release", *args, "-o", str(out)]
     cpu_before, self_before = _children_cpu(), _self_cpu()
@@ -119,7 +122,7 @@ def main() -> None:
     options = parser.parse_args()
 
     import distributed
-    import psutil
+    import psutil  # type: ignore[import-untyped]  # installed with distributed, no stubs
 
     work = Path(tempfile.mkdtemp(prefix="hpatch-bench-release-"))
     try:
