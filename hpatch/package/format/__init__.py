@@ -80,9 +80,6 @@ __all__ = [
     "virtual_base",
 ]
 
-#: bench/bench_compress.py clears this cache between builds under its old name.
-_compress_metadata = compress_metadata
-
 
 def _body(package: Package) -> bytes:
     validate_package(package)
