@@ -12,8 +12,9 @@ from hpatch.release.manifest import (
     ReleaseCheck,
     check_release,
 )
+from hpatch.release.outcome import Outcome, Settings, Status
 from hpatch.release.pairing import Pair, TreeFile, pair_trees
-from hpatch.release.run import Outcome, Settings, Status, default_jobs, service_pair
+from hpatch.release.run import default_jobs, service_pair
 
 __all__ = [
     "CHECK_SCHEMA",

@@ -27,8 +27,10 @@ from hpatch.release.manifest import (
     package_file,
     sign_manifest,
 )
+from hpatch.release.outcome import Outcome, Settings, Status
 from hpatch.release.pairing import Pair, pair_trees
-from hpatch.release.run import Outcome, Settings, Status, run_pairs
+from hpatch.release.report_html import REPORT_NAME, index_html
+from hpatch.release.run import run_pairs
 from hpatch.text import json_text, path_text
 
 
@@ -61,7 +63,7 @@ def _output_path(out_dir: str, relative: str) -> str:
 def _check_outputs(out_dir: str, pairs: list[Pair], inputs: list[str], force: bool) -> None:
     """Refuse, before any work, every output that exists (without ``force``) or is not
     a regular file: a run writes all its outputs or stops before the first."""
-    names = [MANIFEST_NAME, SIGNATURE_NAME, TIMINGS_NAME]
+    names = [MANIFEST_NAME, SIGNATURE_NAME, TIMINGS_NAME, REPORT_NAME]
     names += [package_file(p.path) for p in pairs if p.old is not None and p.new is not None]
     for name in names:
         target = _output_path(out_dir, name)
@@ -142,6 +144,10 @@ def run_release(
         },
         {"inputs": settings.inputs if settings.emulate else 0, "emulate": settings.emulate},
     )
+    # The report a release manager opens: what the manifest says, and per packaged
+    # binary the functions its package carries.
+    packages = {o.entry["path"]: o.package for o in outcomes if o.package is not None}
+    _write(_output_path(out_dir, REPORT_NAME), index_html(document, packages), inputs, force)
     data = manifest_bytes(document)
     manifest_path = _output_path(out_dir, MANIFEST_NAME)
     signature_path = _output_path(out_dir, SIGNATURE_NAME)

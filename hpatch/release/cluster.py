@@ -30,8 +30,8 @@ from typing import Any
 
 from hpatch import BACKEND, __version__
 from hpatch.errors import HPatchError
+from hpatch.release.outcome import Outcome, Settings, Task, died_outcome, failed_outcome
 from hpatch.release.pairing import Pair, TreeFile
-from hpatch.release.run import Outcome, Settings, Task, died_outcome, failed_outcome
 from hpatch.text import plain
 
 #: Seconds to reach the scheduler and to see a worker: a wrong address fails, never hangs.

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from hpatch.release.run import Status
+from hpatch.release.outcome import Status
 from hpatch.text import plain
 
 if TYPE_CHECKING:

@@ -177,6 +177,7 @@ def test_release_statuses_and_manifest(
         assert str(root) not in text and str(out) not in text  # no absolute path
     assert "seconds" not in manifest_text  # timings stay out of the signed manifest
     assert sorted(p.name for p in out.iterdir()) == [
+        "index.html",
         "packages",
         "release.json",
         "release.json.sig",
