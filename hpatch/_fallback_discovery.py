@@ -52,7 +52,12 @@ def x64_code_extent(
     data = bytes(memoryview(code).cast("B"))
     start_rva = operator.index(start_rva)
     _check_decoder(decoder)
-    if not 0 <= start_rva <= _RVA_LIMIT or len(data) > 0x7FFFFFFF:
+    # the code lies in the 32-bit RVA space, end included: a PE has nothing past it
+    if (
+        not 0 <= start_rva <= _RVA_LIMIT
+        or len(data) > 0x7FFFFFFF
+        or (start_rva + len(data) > _RVA_LIMIT + 1)
+    ):
         raise ValueError("rva out of range")
     if not data:
         raise ValueError("no code")

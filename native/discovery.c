@@ -721,7 +721,9 @@ static PyObject *x64_code_extent(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O&O&OO&:x64_code_extent", hpatch_buffer_arg, &code,
                           hpatch_int64_arg, &start_rva, &roots, decoder_arg, &cs))
         return NULL;
-    if (start_rva < 0 || start_rva > 0xFFFFFFFFLL || code.len > 0x7FFFFFFF) {
+    /* The code lies in the 32-bit RVA space, end included: a PE has nothing past it. */
+    if (start_rva < 0 || start_rva > 0xFFFFFFFFLL || code.len > 0x7FFFFFFF ||
+        start_rva + (long long)code.len > 0x100000000LL) {
         PyErr_SetString(PyExc_ValueError, "rva out of range");
         goto done;
     }
