@@ -11,6 +11,7 @@ from hpatch.arch.base import (
     RefKind,
     SiteKind,
     UnwindEntry,
+    machine_name,
 )
 from hpatch.errors import UnsupportedError
 
@@ -26,7 +27,7 @@ def arch_for(machine: int) -> Arch:
 
         return Arm64()
     raise UnsupportedError(
-        f"unsupported machine 0x{machine:04x}: hpatch handles AMD64 (0x8664) and ARM64 (0xaa64)"
+        f"unsupported machine {machine_name(machine)}: hpatch handles AMD64 and ARM64"
     )
 
 
@@ -43,4 +44,5 @@ __all__ = [
     "SiteKind",
     "UnwindEntry",
     "arch_for",
+    "machine_name",
 ]

@@ -24,6 +24,18 @@ class Machine(IntEnum):
     ARM64 = 0xAA64
 
 
+#: Machines hpatch does not handle, by their IMAGE_FILE_MACHINE_* names, for messages.
+_OTHER_MACHINES = {0x14C: "I386", 0x1C4: "ARMNT", 0xA641: "ARM64EC", 0xA64E: "ARM64X"}
+
+
+def machine_name(value: int) -> str:
+    """IMAGE_FILE_MACHINE_* by its spec name (AMD64, ARM64, I386, ...); another value
+    as its number, ``0x.... (unknown)``."""
+    if value in Machine._value2member_map_:
+        return Machine(value).name
+    return _OTHER_MACHINES.get(value, f"0x{value:04x} (unknown)")
+
+
 class SiteKind(IntEnum):
     """What a code reference does with its target (same numbers as the C extension)."""
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from hpatch.arch import Machine
+from hpatch.arch import Machine, machine_name
 from hpatch.emu.unwind_base import (
     FunctionEntry,
     Lookup,
@@ -137,7 +137,7 @@ def _unwinder(machine: Machine) -> Unwinder[Any]:
         from hpatch.emu.unwind_arm64 import Arm64Unwinder
 
         return Arm64Unwinder()
-    raise HPatchError(f"no stack unwinder for machine 0x{int(machine):04x}")
+    raise HPatchError(f"no stack unwinder for machine {machine_name(machine)}")
 
 
 def walk_stack(
@@ -361,7 +361,7 @@ class FunctionTable:
                         )
                     )
         else:
-            raise HPatchError(f"no unwind table format for machine 0x{int(machine):04x}")
+            raise HPatchError(f"no unwind table format for machine {machine_name(machine)}")
         return cls(machine, entries, read)
 
     def lookup(self, pc: int) -> FunctionEntry | None:

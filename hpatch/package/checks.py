@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hpatch.arch import machine_name
 from hpatch.image import PEImage
 from hpatch.package.model import FORMAT_VERSION, Baseline, Package, Prerequisite
 
@@ -62,7 +63,7 @@ def check_prerequisites(package: Package, image: PEImage) -> list[CheckResult]:
                 CheckResult(
                     "machine",
                     machine == value,
-                    f"needs 0x{value:04x}, the image is 0x{machine:04x}",
+                    f"needs {machine_name(value)}, the image is {machine_name(machine)}",
                 )
             )
         elif kind == Prerequisite.BASELINE:

@@ -14,12 +14,11 @@ import stat
 import struct
 from dataclasses import dataclass
 
-from hpatch.arch.base import Machine
+from hpatch.arch.base import machine_name
 from hpatch.errors import HPatchError
 from hpatch.text import path_text
 
 #: Machines named by the PE/COFF spec that hpatch does not service, named anyway.
-_OTHER_MACHINES = {0x14C: "I386", 0x1C4: "ARMNT", 0xA641: "ARM64EC", 0xA64E: "ARM64X"}
 _DOS_HEADER = 0x40
 _E_LFANEW = 0x3C
 
@@ -43,13 +42,6 @@ class Pair:
     old: TreeFile | None
     new: TreeFile | None
     error: str | None = None
-
-
-def machine_name(value: int) -> str:
-    """IMAGE_FILE_MACHINE_* by its spec name; unknown values in hex."""
-    if value in Machine._value2member_map_:
-        return Machine(value).name
-    return _OTHER_MACHINES.get(value, f"unknown machine 0x{value:04x}")
 
 
 def sniff_machine(location: str) -> str | None:

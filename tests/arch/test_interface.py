@@ -35,8 +35,10 @@ def test_machine_implements_every_operation(machine: Machine) -> None:
 
 
 def test_other_machines_are_refused_by_name() -> None:
-    with pytest.raises(UnsupportedError, match="0x014c"):
+    with pytest.raises(UnsupportedError, match="unsupported machine I386: "):
         arch_for(0x14C)
+    with pytest.raises(UnsupportedError, match=r"unsupported machine 0x1234 \(unknown\): "):
+        arch_for(0x1234)
 
 
 def test_dispatch_targets_read_clangs_compressed_arm64_tables() -> None:
