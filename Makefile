@@ -56,7 +56,7 @@ demo: $(STAMP)
 	@head -c 4096 $(DEMO_BUILD)/v3/sample.stripped.dll > $(VENV)/demo-release/new/x64/broken.dll
 	$(BIN)/hpatch release $(VENV)/demo-release/old $(VENV)/demo-release/new -o $(VENV)/demo-release/out --sequence 3 --sign-key $(VENV)/demo.key --inputs 20 || test $$? -eq 1
 	$(BIN)/hpatch inspect --release $(VENV)/demo-release/out --trust $(VENV)/demo.key.pub
-	@echo "release manifest: $(VENV)/demo-release/out/release.json (packages in $(VENV)/demo-release/out/packages)"
+	@echo "release report: $(VENV)/demo-release/out/index.html (open it in a browser); manifest: $(VENV)/demo-release/out/release.json, packages in $(VENV)/demo-release/out/packages"
 
 lint: $(STAMP)
 	$(BIN)/ruff check hpatch tests bench native/constants.py setup.py
