@@ -142,3 +142,18 @@ def test_shell_completion_lists_commands_and_options() -> None:
         check=True,
     ).stdout
     assert "complete -o nosort -F _hpatch_completion hpatch" in script
+
+
+def test_a_package_to_stdout_is_the_file_it_would_write(tmp_path: Path) -> None:
+    """``-o -`` writes the package to stdout, byte for byte what ``-o FILE`` writes,
+    and the report to stderr."""
+    hpatch = str(Path(sys.executable).with_name("hpatch"))
+    v3 = SAMPLES / "x64-clang" / "v3" / "sample.stripped.dll"
+    common = ["-q", "diff", str(V1), str(v3), "--no-verify", "--json"]
+    piped = subprocess.run([hpatch, *common, "-o", "-"], capture_output=True, check=True)
+    output = tmp_path / "p.hpk"
+    subprocess.run([hpatch, *common, "-o", str(output)], capture_output=True, check=True)
+    assert piped.stdout == output.read_bytes() and piped.stdout[:4] == b"\x89HPK"
+    report = json.loads(piped.stderr)
+    assert report["package"]["path"] == "-" and report["package"]["size"] == len(piped.stdout)
+    assert not (Path.cwd() / "-").exists()

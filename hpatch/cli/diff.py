@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,7 +14,6 @@ from hpatch.cli.output import (
     EXIT_NOTHING_TO_PACKAGE,
     check_supersedes,
     console,
-    print_json,
     servicing_options,
 )
 from hpatch.cli.progress import Progress, large
@@ -23,7 +23,10 @@ from hpatch.files import check_output, write_output
 from hpatch.package import BuildOptions, PackageBlocked, build_package, encode_package
 from hpatch.package.signing import load_private_key, sign_package
 from hpatch.report import blocker_dict, diff_document
-from hpatch.text import markup, path_text
+from hpatch.text import json_text, markup, path_text
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @click.command()
@@ -35,7 +38,8 @@ from hpatch.text import markup, path_text
     "--output",
     "output",
     type=click.Path(dir_okay=False),
-    help="Write the hotpatch package here (nothing is written for a blocked update).",
+    help="Write the hotpatch package here, or with - to stdout (the report then goes to "
+    "stderr); nothing is written for a blocked update.",
 )
 @click.option(
     "--force",
@@ -82,7 +86,10 @@ def diff(
     """
     check_supersedes(sequence, supersedes)
     sources = [old_path, new_path] + ([sign_key] if sign_key is not None else [])
-    if output is not None:
+    to_stdout = output == "-"
+    if to_stdout and sys.stdout.isatty():
+        raise click.UsageError("refusing to write a package to a terminal: -o - is for a pipe")
+    if output is not None and not to_stdout:
         # Refused before the work, not after it: the output may not be an input.
         check_output(output, sources, force=force)
     key = load_private_key(sign_key) if sign_key is not None else None
@@ -128,22 +135,27 @@ def diff(
                 if key is not None:
                     package = sign_package(package, key)
                 data = encode_package(package)
-                write_output(output, data, sources, force=force)
+                if to_stdout:
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.buffer.flush()
+                else:
+                    write_output(output, data, sources, force=force)
                 written = {
-                    "path": path_text(output),
+                    "path": "-" if to_stdout else path_text(output),
                     "size": len(data),
                     "sha256": hashlib.sha256(data).hexdigest(),
                 }
     if output is not None:
         document["package"] = written
+    # With -o - stdout holds the package: the report goes to stderr.
     if as_json:
-        print_json(document)
+        click.echo(json_text(document), err=to_stdout)
     else:
-        _print_diff(document)
+        out = console(stderr=to_stdout)
+        _print_diff(document, out)
         if written is not None:
-            console().print(
-                f"package written to {markup(written['path'])} ({written['size']} bytes)"
-            )
+            where = "stdout" if to_stdout else markup(written["path"])
+            out.print(f"package written to {where} ({written['size']} bytes)")
     if not document["hotpatchable"]:
         raise click.exceptions.Exit(EXIT_NOT_HOTPATCHABLE)
     if nothing_to_package:
@@ -151,8 +163,7 @@ def diff(
         raise click.exceptions.Exit(EXIT_NOTHING_TO_PACKAGE)
 
 
-def _print_diff(document: dict[str, Any]) -> None:
-    out = console()
+def _print_diff(document: dict[str, Any], out: Console) -> None:
     summary = document["summary"]
     out.print(
         f"[bold]{markup(document['old']['name'])}[/bold] -> "

@@ -69,13 +69,13 @@ def stdout_write(text: str) -> None:
     sys.stdout.write(text)
 
 
-def console() -> Console:
-    """stdout; wide enough for whole rows when it is a file or a pipe."""
+def console(stderr: bool = False) -> Console:
+    """stdout (or stderr); wide enough for whole rows when it is a file or a pipe."""
     from rich.console import Console
 
     # One style for every command: no guessing at what to colour in the text.
-    out = Console(highlight=False)
-    return out if out.is_terminal else Console(width=200, highlight=False)
+    out = Console(highlight=False, stderr=stderr)
+    return out if out.is_terminal else Console(width=200, highlight=False, stderr=stderr)
 
 
 def identity_lines(document: dict[str, Any]) -> str:
