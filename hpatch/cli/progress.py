@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -41,10 +41,16 @@ def verbosity() -> int:
 
 
 class Stage:
-    """A stage being timed; ``detail`` completes its line."""
+    """A stage being timed; ``detail`` completes its line, ``update`` moves its bar."""
 
     def __init__(self) -> None:
         self.detail = ""
+        self._update: Callable[[int, int], None] | None = None
+
+    def update(self, done: int, total: int) -> None:
+        """``done`` of ``total`` items of the stage are finished (a bar on a terminal)."""
+        if self._update is not None:
+            self._update(done, total)
 
 
 class Progress:
@@ -70,9 +76,17 @@ class Progress:
         start = time.perf_counter()
         if self.terminal:
             from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn
+            from rich.progress import Progress as Bar
 
-            # a transient spinner while it runs; the line after it only with -v
-            with Console(stderr=True).status(f"{self.command}: {plain(what)}"):
+            # a transient bar while it runs (pulsing until a total is known); the line
+            # after it only with -v
+            columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn())
+            with Bar(
+                *columns, MofNCompleteColumn(), console=Console(stderr=True), transient=True
+            ) as bar:
+                task = bar.add_task(f"{self.command}: {plain(what)}", total=None)
+                stage._update = lambda done, total: bar.update(task, completed=done, total=total)
                 yield stage
             if self.level != VERBOSE:
                 return

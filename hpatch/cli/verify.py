@@ -115,7 +115,7 @@ def verify_command(
     with progress.stage("diffed"):
         result = diff_images(old, new)
     with progress.stage("proved") as stage:
-        report = verify_package(result, package, inputs=inputs)
+        report = verify_package(result, package, inputs=inputs, progress=stage.update)
         stage.detail = f"{len(report.functions):,} functions, {inputs} input sets each"
     document = {
         "schema": VERIFY_SCHEMA,
