@@ -79,7 +79,7 @@ def release(
     OUT_DIR/release.json (signed beside it with --sign-key). Exit 0 when every binary
     was handled, whatever its verdict; 1 if any is an error.
     """
-    from hpatch.release import Settings, default_jobs, run_release
+    from hpatch.release import Settings, default_jobs, pair_trees, run_release
 
     check_supersedes(sequence, supersedes)
     key = load_private_key(sign_key) if sign_key is not None else None
@@ -88,23 +88,33 @@ def release(
     )
 
     progress = Progress("release", long=True)
+    # The bar's total; run_release pairs the trees again (a directory scan, cheap).
+    total = len(pair_trees(old_dir, new_dir))
+    done = 0
 
-    def finished(pair: Any, outcome: Any) -> None:
-        # One plain line per binary on stderr: stdout stays the report or the document.
-        progress.line(f"{pair.path}: {outcome.entry['status']}")
+    with progress.stage("serviced binaries") as stage:
 
-    result = run_release(
-        old_dir,
-        new_dir,
-        out_dir,
-        settings,
-        jobs=jobs or default_jobs(),
-        key=key,
-        force=force,
-        finished=finished,
-        protected=[sign_key] if sign_key is not None else [],
-        scheduler=scheduler,
-    )
+        def finished(pair: Any, outcome: Any) -> None:
+            nonlocal done
+            done += 1
+            stage.update(done, total)
+            stage.detail = f"{done} of {total}"
+            if not progress.terminal:
+                # One plain line per binary: stdout stays the report or the document.
+                progress.line(f"{pair.path}: {outcome.entry['status']}")
+
+        result = run_release(
+            old_dir,
+            new_dir,
+            out_dir,
+            settings,
+            jobs=jobs or default_jobs(),
+            key=key,
+            force=force,
+            finished=finished,
+            protected=[sign_key] if sign_key is not None else [],
+            scheduler=scheduler,
+        )
     if as_json:
         print_json(result.document)
     else:
