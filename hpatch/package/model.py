@@ -1,4 +1,4 @@
-"""What a hotpatch package holds, as immutable records (the byte layout is in format.py).
+"""What a hotpatch package holds, as immutable records (the byte layout is in format/).
 
 A package decoded without its baseline image is *unresolved*: the file codes the
 region's bytes against the baseline, and the fixups' sites with them (most follow from
@@ -227,7 +227,7 @@ class SignatureInfo:
 
 @dataclass(frozen=True, slots=True)
 class BodyCoding:
-    """How a package's body is compressed (see format.py), kept with a built or decoded
+    """How a package's body is compressed (see format/dictionary.py), kept with a built or decoded
     package so that it encodes to the same bytes again without the baseline at hand.
 
     The region stream is coded against a dictionary: the baseline ranges (RVA, size) in

@@ -1,7 +1,7 @@
 """The new-imports record of the ``.hpk`` metadata: imports the baseline does not have.
 
 A package lists the imports its code calls through that the baseline has an IAT slot
-for by slot alone (format.py); an import the baseline lacks it must name itself, DLL
+for by slot alone (format/); an import the baseline lacks it must name itself, DLL
 and name (or ordinal), and carry a slot for it: 8 bytes of the patch region, in an
 IMPORT_SLOTS blob, that the applier binds as the loader binds an image's IAT. The
 record (docs/FORMAT.md, "New imports"):
