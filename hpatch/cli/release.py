@@ -79,7 +79,7 @@ def release(
     OUT_DIR/release.json (signed beside it with --sign-key). Exit 0 when every binary
     was handled, whatever its verdict; 1 if any is an error.
     """
-    from hpatch.release import Settings, default_jobs, pair_trees, run_release
+    from hpatch.release import Settings, default_jobs, run_release
 
     check_supersedes(sequence, supersedes)
     key = load_private_key(sign_key) if sign_key is not None else None
@@ -88,11 +88,13 @@ def release(
     )
 
     progress = Progress("release", long=True)
-    # The bar's total; run_release pairs the trees again (a directory scan, cheap).
-    total = len(pair_trees(old_dir, new_dir))
-    done = 0
+    total = done = 0
 
     with progress.stage("serviced binaries") as stage:
+
+        def paired(count: int) -> None:
+            nonlocal total
+            total = count
 
         def finished(pair: Any, outcome: Any) -> None:
             nonlocal done
@@ -112,6 +114,7 @@ def release(
             key=key,
             force=force,
             finished=finished,
+            paired=paired,
             protected=[sign_key] if sign_key is not None else [],
             scheduler=scheduler,
         )

@@ -90,6 +90,7 @@ def run_release(
     key: Ed25519PrivateKey | None = None,
     force: bool = False,
     finished: Callable[[Pair, Outcome], None] | None = None,
+    paired: Callable[[int], None] | None = None,
     protected: Sequence[str] = (),
     scheduler: str | None = None,
 ) -> ReleaseResult:
@@ -99,7 +100,9 @@ def run_release(
     ``release.json`` (signed with ``key`` when given) and ``timings.json``. No output
     replaces an input, nor a file of ``protected`` (the signing key). Raises HPatchError
     only for the run as a whole (a tree that is not a directory, an output that may not
-    be written, a cluster that cannot be used); a bad binary is an entry."""
+    be written, a cluster that cannot be used); a bad binary is an entry. ``paired``
+    hears how many pairs the trees hold before the first is serviced, ``finished``
+    each one as it is done."""
     for name, tree in (("OLD_DIR", old_dir), ("NEW_DIR", new_dir)):
         if _inside(out_dir, tree):
             raise FileRefused(
@@ -111,6 +114,8 @@ def run_release(
     if os.path.lexists(out_dir) and not stat.S_ISDIR(os.lstat(out_dir).st_mode):
         raise FileRefused(f"{path_text(out_dir)} is not a directory")
     _check_outputs(out_dir, pairs, inputs, force)
+    if paired is not None:
+        paired(len(pairs))
     outcomes = run_pairs(
         pairs,
         settings,
