@@ -14,6 +14,7 @@ from hpatch.cli.output import (
     EXIT_NOTHING_TO_PACKAGE,
     check_supersedes,
     console,
+    inputs_option,
     servicing_options,
 )
 from hpatch.cli.progress import Progress, large
@@ -49,13 +50,7 @@ if TYPE_CHECKING:
 @servicing_options(
     "The package", "Sign the package with this Ed25519 private key (see hpatch keygen)."
 )
-@click.option(
-    "--inputs",
-    type=click.IntRange(1, 100_000),
-    default=100,
-    show_default=True,
-    help="With -o: random input sets each function is emulated with before writing.",
-)
+@inputs_option("With -o: random input sets each function is emulated with before writing.")
 @click.option(
     "--no-verify",
     "no_verify",

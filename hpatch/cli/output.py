@@ -146,6 +146,18 @@ def servicing_options(what: str, sign_help: str) -> Callable[[Decorated], Decora
     return decorate
 
 
+def inputs_option(help_text: str) -> Callable[[Decorated], Decorated]:
+    """``--inputs N``: the random input sets differential emulation runs each function
+    with (diff -o, verify and release prove alike)."""
+    return click.option(
+        "--inputs",
+        type=click.IntRange(1, 100_000),
+        default=100,
+        show_default=True,
+        help=help_text,
+    )
+
+
 def check_supersedes(sequence: int, supersedes: tuple[int, int] | None) -> None:
     """A package supersedes only packages before it."""
     if supersedes is not None and supersedes[1] >= sequence:

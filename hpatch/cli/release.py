@@ -6,7 +6,14 @@ from typing import Any
 
 import click
 
-from hpatch.cli.output import EXIT_ERROR, check_supersedes, console, print_json, servicing_options
+from hpatch.cli.output import (
+    EXIT_ERROR,
+    check_supersedes,
+    console,
+    inputs_option,
+    print_json,
+    servicing_options,
+)
 from hpatch.cli.progress import Progress
 from hpatch.cli.tables import Column, fitted_table
 from hpatch.package import BuildOptions
@@ -32,13 +39,7 @@ from hpatch.text import markup, path_text
 @servicing_options(
     "Every package", "Sign every package and the manifest with this Ed25519 private key."
 )
-@click.option(
-    "--inputs",
-    type=click.IntRange(1, 100_000),
-    default=100,
-    show_default=True,
-    help="Random input sets each changed function is emulated with.",
-)
+@inputs_option("Random input sets each changed function is emulated with.")
 @click.option(
     "--no-emulate",
     is_flag=True,

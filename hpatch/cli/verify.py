@@ -11,7 +11,7 @@ import click
 from hpatch import __version__
 from hpatch.cli.apply import check_before_loading
 from hpatch.cli.inputs import read_image, read_package_file
-from hpatch.cli.output import EXIT_CHECK_FAILED
+from hpatch.cli.output import EXIT_CHECK_FAILED, inputs_option
 from hpatch.cli.output import console as output_console
 from hpatch.cli.progress import Progress
 from hpatch.cli.tables import Column, fitted_table
@@ -79,13 +79,7 @@ def verify_document(report: VerifyReport) -> dict[str, Any]:
 @click.argument("new_path", metavar="NEW", type=click.Path(dir_okay=False))
 @click.argument("package_path", metavar="PKG", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of tables.")
-@click.option(
-    "--inputs",
-    type=click.IntRange(1, 100_000),
-    default=100,
-    show_default=True,
-    help="Random input sets each function is emulated with.",
-)
+@inputs_option("Random input sets each function is emulated with.")
 def verify_command(
     old_path: str, new_path: str, package_path: str, as_json: bool, inputs: int
 ) -> None:
