@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import corpus_pairs
 
 from hpatch import BACKEND
+from hpatch.blockers import BlockerCause, BlockerClass
 from hpatch.diff import Blocker, Status, diff_images
-from hpatch.diff.verdict import BlockerCause, BlockerClass
 from hpatch.errors import HPatchError
 from hpatch.image import load_image
 from hpatch.package import BuildOptions, PackageBlocked, build_package, encode_package

@@ -10,8 +10,8 @@ from hpatch.text import Streamed
 
 if TYPE_CHECKING:
     # Types only: ``funcs`` and ``info`` need none of the diff or the package at run time.
+    from hpatch.blockers import Blocker
     from hpatch.diff import DiffResult, FunctionChange
-    from hpatch.diff.verdict import Blocker
     from hpatch.image import Function, PEImage
     from hpatch.package.model import Baseline, Package
     from hpatch.package.signing import SignatureCheck
@@ -114,7 +114,7 @@ def info_document(image: PEImage, *, streamed: bool = False) -> dict[str, Any]:
 
 def change_dict(change: FunctionChange) -> dict[str, Any]:
     """One function of a diff as JSON-ready data."""
-    from hpatch.diff.verdict import function_label
+    from hpatch.blockers import function_label
 
     function = change.new or change.old
     assert function is not None

@@ -8,10 +8,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from hpatch.blockers import Blocker
 from hpatch.diff.classify import Correspondence, FunctionChange, Status, classify
 from hpatch.diff.fingerprint import fingerprint_image
 from hpatch.diff.match import Match, Side, match_functions
-from hpatch.diff.verdict import Blocker, find_blockers
+from hpatch.diff.verdict import find_blockers
 from hpatch.errors import UnsupportedError
 from hpatch.image import PEImage
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from hpatch.arch import Reference, RefKind
+from hpatch.blockers import BlockerCause
 from hpatch.diff.classify import (
     Correspondence,
     FunctionChange,
@@ -44,6 +45,15 @@ class ResolvedReference:
     resolution: Resolution
     old_rva: int | None
     detail: str = ""
+    #: Why it cannot be bound, for an unresolved reference.
+    cause: BlockerCause | None = None
+
+
+def unresolved_reference(
+    reference: Reference, cause: BlockerCause, detail: str
+) -> ResolvedReference:
+    """A reference that cannot be bound to the old image, with its cause."""
+    return ResolvedReference(reference, Resolution.UNRESOLVED, None, detail, cause)
 
 
 class Correlator:
@@ -75,7 +85,9 @@ class Correlator:
         known = self._resolution(reference)
         if known.reference is reference:
             return known
-        return ResolvedReference(reference, known.resolution, known.old_rva, known.detail)
+        return ResolvedReference(
+            reference, known.resolution, known.old_rva, known.detail, known.cause
+        )
 
     def _resolution(self, reference: Reference) -> ResolvedReference:
         """The resolution of the first reference seen with this target and kind."""
@@ -103,10 +115,9 @@ class Correlator:
             if moved is not None:
                 # Binding the other DLL would run a second copy of a library beside the
                 # one the image uses (see BlockerCause.IMPORT_DLL_CHANGED).
-                return ResolvedReference(
+                return unresolved_reference(
                     reference,
-                    Resolution.UNRESOLVED,
-                    None,
+                    BlockerCause.IMPORT_DLL_CHANGED,
                     f"an import from another DLL: {label}, which the old image binds to "
                     f"{moved.dll}",
                 )
@@ -120,15 +131,15 @@ class Correlator:
                 # a literal pool no function claims: data the load reads, copied along
                 return ResolvedReference(reference, Resolution.NEW_CONSTANT, None)
             if function is None:
-                return ResolvedReference(
-                    reference, Resolution.UNRESOLVED, None, "code outside any function"
+                return unresolved_reference(
+                    reference, BlockerCause.CODE_OUTSIDE_FUNCTION, "code outside any function"
                 )
             if function.rva in self.carried:
                 return ResolvedReference(reference, Resolution.PATCHED_CODE, None)
             old_rva = self.new_to_old.get(function.rva)
             if old_rva is None:
-                return ResolvedReference(
-                    reference, Resolution.UNRESOLVED, None, "unmatched function"
+                return unresolved_reference(
+                    reference, BlockerCause.UNMATCHED_FUNCTION, "unmatched function"
                 )
             if function.rva <= target < function.extent_end:
                 return ResolvedReference(
@@ -152,8 +163,8 @@ class Correlator:
                 return ResolvedReference(reference, Resolution.OLD_DATA, old_rva)
         if self.new.constant(target) is not None:
             return ResolvedReference(reference, Resolution.NEW_CONSTANT, None)
-        return ResolvedReference(
-            reference, Resolution.UNRESOLVED, None, f"unknown data in {section.name}"
+        return unresolved_reference(
+            reference, BlockerCause.UNKNOWN_DATA, f"unknown data in {section.name}"
         )
 
     def old_fragment(
@@ -173,8 +184,10 @@ class Correlator:
                     return ResolvedReference(
                         reference, Resolution.OLD_FUNCTION, old_part.rva + target - fragment.rva
                     )
-        return ResolvedReference(
-            reference, Resolution.UNRESOLVED, None, "a fragment of an unchanged function"
+        return unresolved_reference(
+            reference,
+            BlockerCause.FRAGMENT_OF_UNCHANGED_FUNCTION,
+            "a fragment of an unchanged function",
         )
 
     def past_section_end(self, reference: Reference) -> ResolvedReference:
@@ -187,8 +200,8 @@ class Correlator:
                 old_rva = old_section.end_rva + offset
                 if old_section.name == name and beyond_section(self.old.image, old_rva) == past:
                     return ResolvedReference(reference, Resolution.OLD_DATA, old_rva)
-        return ResolvedReference(
-            reference, Resolution.UNRESOLVED, None, "unknown data outside every section"
+        return unresolved_reference(
+            reference, BlockerCause.UNKNOWN_DATA, "unknown data outside every section"
         )
 
     def writable(self, reference: Reference, section: Section) -> ResolvedReference:
@@ -203,8 +216,8 @@ class Correlator:
                 return ResolvedReference(reference, Resolution.OLD_DATA, old_rva)
             if layout.insertion_at(target) is not None:
                 return ResolvedReference(reference, Resolution.NEW_DATA, None)
-            return ResolvedReference(
-                reference, Resolution.UNRESOLVED, None, f"past the end of the old {section.name}"
+            return unresolved_reference(
+                reference, BlockerCause.PAST_OLD_SECTION, f"past the end of the old {section.name}"
             )
         if target in self.moved_back:
             return ResolvedReference(reference, Resolution.OLD_DATA, self.moved_back[target])
@@ -215,14 +228,13 @@ class Correlator:
                     return ResolvedReference(
                         reference, Resolution.OLD_DATA, old_section.rva + offset
                     )
-                return ResolvedReference(
+                return unresolved_reference(
                     reference,
-                    Resolution.UNRESOLVED,
-                    None,
+                    BlockerCause.PAST_OLD_SECTION,
                     f"past the end of the old {section.name}",
                 )
-        return ResolvedReference(
-            reference, Resolution.UNRESOLVED, None, f"no writable {section.name} in the old image"
+        return unresolved_reference(
+            reference, BlockerCause.NO_OLD_SECTION, f"no writable {section.name} in the old image"
         )
 
     def resolve_function(self, change: FunctionChange) -> tuple[ResolvedReference, ...]:

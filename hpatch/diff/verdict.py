@@ -14,10 +14,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from enum import Enum
 
 from hpatch.arch.redirect_fit import entry_room, misfit, redirect_problem
+from hpatch.blockers import (
+    Blocker,
+    BlockerCause,
+    BlockerClass,
+    BlockerKind,
+    Build,
+    function_label,
+)
 from hpatch.diff.classify import (
     Correspondence,
     FunctionChange,
@@ -28,7 +34,7 @@ from hpatch.diff.classify import (
 from hpatch.diff.correlate import Correlator, Resolution, ResolvedReference
 from hpatch.diff.layout_shift import layout_shifts
 from hpatch.diff.match import Side
-from hpatch.image import Export, Function, Import, PEImage, Section, Symbol
+from hpatch.image import Export, Import, PEImage, Section, Symbol
 
 _MAX_DATA_RANGES = 8
 _RANGE_JOIN = 8
@@ -36,139 +42,6 @@ _RANGE_JOIN = 8
 _NEAR = 64
 
 
-class BlockerKind(Enum):
-    """What part of the update blocks it."""
-
-    WRITABLE_DATA = "writable_data"
-    IMPORTS = "imports"
-    EXPORTS = "exports"
-    TLS = "tls"
-    ENTRY_POINT = "entry_point"
-    TOO_SMALL = "too_small"
-    UNRESOLVED_REFERENCE = "unresolved_reference"
-    #: The package built, but its code failed translation validation or emulation.
-    UNVALIDATED = "unvalidated"
-
-
-class BlockerClass(Enum):
-    """Whose the obstacle is: the update's, or hpatch's."""
-
-    #: The update itself needs a new baseline: no hotpatch of the running image can
-    #: deliver it.
-    HAZARD = "hazard"
-    #: hpatch cannot prove or bind it yet; the update could be a hotpatch.
-    LIMITATION = "limitation"
-
-
-_HAZARD, _LIMITATION = BlockerClass.HAZARD, BlockerClass.LIMITATION
-
-
-class BlockerCause(Enum):
-    """Why exactly an update is blocked: a stable code, and the class it belongs to.
-
-    Each member is declared with its class, so a blocker's class follows from its
-    cause and the two can never disagree.
-    """
-
-    blocker_class: BlockerClass
-
-    def __new__(cls, value: str, blocker_class: BlockerClass) -> BlockerCause:
-        member = object.__new__(cls)
-        member._value_ = value
-        member.blocker_class = blocker_class
-        return member
-
-    # hazards: the update changes what a running image cannot change
-    WRITABLE_SECTION_ADDED = "writable_section_added", _HAZARD
-    WRITABLE_SECTION_REMOVED = "writable_section_removed", _HAZARD
-    WRITABLE_DATA_RESIZED = "writable_data_resized", _HAZARD
-    WRITABLE_INITIAL_VALUE = "writable_initial_value", _HAZARD
-    EXPORT_ADDED = "export_added", _HAZARD
-    EXPORT_REMOVED = "export_removed", _HAZARD
-    EXPORT_CHANGED = "export_changed", _HAZARD
-    TLS_CHANGED = "tls_changed", _HAZARD
-    NEW_DATA_AT_START = "new_data_at_start", _HAZARD
-    STRUCT_LAYOUT_CHANGED = "struct_layout_changed", _HAZARD
-    ENTRY_POINT_MOVED = "entry_point_moved", _HAZARD
-    # limitations: the imports
-    NEW_IMPORT = "new_import", _LIMITATION
-    IMPORT_DLL_CHANGED = "import_dll_changed", _LIMITATION
-    # limitations: redirecting a changed function
-    NO_REDIRECT_ROOM = "no_redirect_room", _LIMITATION
-    BRANCH_INTO_REDIRECT = "branch_into_redirect", _LIMITATION
-    # limitations: binding a reference of the carried code to the old image
-    CODE_OUTSIDE_FUNCTION = "code_outside_function", _LIMITATION
-    UNMATCHED_FUNCTION = "unmatched_function", _LIMITATION
-    FRAGMENT_OF_UNCHANGED_FUNCTION = "fragment_of_unchanged_function", _LIMITATION
-    CARRIED_CODE_NOT_COPIED = "carried_code_not_copied", _LIMITATION
-    UNKNOWN_DATA = "unknown_data", _LIMITATION
-    PAST_OLD_SECTION = "past_old_section", _LIMITATION
-    NO_OLD_SECTION = "no_old_section", _LIMITATION
-    NEW_DATA_NOT_CARRIED = "new_data_not_carried", _LIMITATION
-    # limitations: building the package
-    FIELD_NOT_LOCATED = "field_not_located", _LIMITATION
-    RELOCATION_ERROR = "relocation_error", _LIMITATION
-    RODATA_JUMP_TABLE = "rodata_jump_table", _LIMITATION
-    SHORT_REFERENCE_OUT_OF_REACH = "short_reference_out_of_reach", _LIMITATION
-    ADRP_PAGE_SPLIT = "adrp_page_split", _LIMITATION
-    PAGE_PASSED_ON = "page_passed_on", _LIMITATION
-    PAGE_ACROSS_PARTS = "page_across_parts", _LIMITATION
-    NEW_DATA_TOO_LARGE = "new_data_too_large", _LIMITATION
-    NEW_DATA_POINTER_STRADDLES = "new_data_pointer_straddles", _LIMITATION
-    NEW_DATA_START_UNKNOWN = "new_data_start_unknown", _LIMITATION
-    UNWIND_RECORD_UNBOUND = "unwind_record_unbound", _LIMITATION
-    UNWIND_HANDLER_DATA = "unwind_handler_data", _LIMITATION
-    UNWIND_HANDLER_DIFFERS = "unwind_handler_differs", _LIMITATION
-    # limitations: proving the package
-    TRANSLATION_FAILED = "translation_failed", _LIMITATION
-    EMULATION_DIVERGED = "emulation_diverged", _LIMITATION
-
-
-class Build(Enum):
-    """Which build a blocker's RVAs are in."""
-
-    OLD = "old"
-    NEW = "new"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Blocker:
-    """One reason the update cannot be delivered as a hotpatch, as data.
-
-    ``where`` and ``reason`` are for people; the rest is for programs. ``rva`` is the
-    site (or the start of a data range ending at ``end_rva``) in the ``build`` named.
-    """
-
-    kind: BlockerKind
-    cause: BlockerCause
-    where: str
-    reason: str
-    #: The function the site is in (name, or sub_<rva>).
-    function: str | None = None
-    rva: int | None = None
-    end_rva: int | None = None
-    section: str | None = None
-    #: The data symbol, import (DLL!name) or export the blocker is about.
-    symbol: str | None = None
-    #: What the reference at ``rva`` names, for a reference that cannot be bound.
-    target_rva: int | None = None
-    build: Build | None = None
-
-    @property
-    def blocker_class(self) -> BlockerClass:
-        return self.cause.blocker_class
-
-
-#: How the correlator's detail of an unresolved reference begins, and its cause.
-_UNRESOLVED_DETAILS = (
-    ("an import from another DLL", BlockerCause.IMPORT_DLL_CHANGED),
-    ("code outside any function", BlockerCause.CODE_OUTSIDE_FUNCTION),
-    ("unmatched function", BlockerCause.UNMATCHED_FUNCTION),
-    ("a fragment of an unchanged function", BlockerCause.FRAGMENT_OF_UNCHANGED_FUNCTION),
-    ("unknown data ", BlockerCause.UNKNOWN_DATA),
-    ("past the end of the old ", BlockerCause.PAST_OLD_SECTION),
-    ("no writable ", BlockerCause.NO_OLD_SECTION),
-)
 #: Resolved, but to something the package did not copy (so the field has nowhere to go).
 _NOT_COPIED = {
     Resolution.PATCHED_CODE: BlockerCause.CARRIED_CODE_NOT_COPIED,
@@ -182,14 +55,9 @@ def unresolved_cause(resolved: ResolvedReference) -> BlockerCause:
     not_copied = _NOT_COPIED.get(resolved.resolution)
     if not_copied is not None:
         return not_copied
-    for prefix, cause in _UNRESOLVED_DETAILS:
-        if resolved.detail.startswith(prefix):
-            return cause
-    raise LookupError(f"no blocker cause for an unresolved reference to {resolved.detail!r}")
-
-
-def function_label(function: Function) -> str:
-    return function.name or f"sub_{function.rva:x}"
+    if resolved.cause is None:
+        raise LookupError(f"no blocker cause for an unresolved reference to {resolved.detail!r}")
+    return resolved.cause
 
 
 def import_label(imported: Import) -> str:

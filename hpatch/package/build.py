@@ -20,18 +20,11 @@ from hpatch.arch.arm64 import Arm64
 from hpatch.arch.relocate import CodeFixup, RelocationError, ShortBranch
 from hpatch.arch.rewrite import Fixup
 from hpatch.arch.x64 import X64
+from hpatch.blockers import Blocker, BlockerCause, BlockerKind, Build, function_label
 from hpatch.diff.api import DiffResult
 from hpatch.diff.classify import FunctionChange, Status
 from hpatch.diff.correlate import Correlator, Resolution
-from hpatch.diff.verdict import (
-    Blocker,
-    BlockerCause,
-    BlockerKind,
-    Build,
-    entry_room,
-    function_label,
-    unresolved_cause,
-)
+from hpatch.diff.verdict import entry_room, unresolved_cause
 from hpatch.errors import NotHotpatchable
 from hpatch.image import DataKind, Function, PEImage
 from hpatch.package import new_data

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from hpatch.blockers import Blocker, BlockerCause, BlockerKind, Build
 from hpatch.diff import DiffResult
-from hpatch.diff.verdict import Blocker, BlockerCause, BlockerKind, Build
 from hpatch.package import BuildOptions, PackageBlocked, build_package
 from hpatch.package.model import NO_RVA, FunctionStatus, Package
 from hpatch.verify.counterparts import Counterparts

@@ -14,9 +14,9 @@ import bisect
 import struct
 
 from hpatch.arch import Reference, RefKind
+from hpatch.blockers import function_label
 from hpatch.diff.classify import import_key
 from hpatch.diff.correlate import Correlator, Resolution
-from hpatch.diff.verdict import function_label
 from hpatch.image import Function, PEImage
 from hpatch.package.model import BlobKind
 from hpatch.verify.session import Session

@@ -9,10 +9,10 @@ and each carried global compared with its initial bytes.
 
 from __future__ import annotations
 
+from hpatch.blockers import Blocker, BlockerCause, BlockerKind, Build, function_label
 from hpatch.diff import DiffResult
 from hpatch.diff.correlate import Correlator
 from hpatch.diff.startup import startup_functions
-from hpatch.diff.verdict import Blocker, BlockerCause, BlockerKind, Build, function_label
 from hpatch.emu import Process
 from hpatch.emu.cpu import Cpu
 from hpatch.emu.startup import MODELLED

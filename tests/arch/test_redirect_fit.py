@@ -8,7 +8,7 @@ import sys
 
 from hpatch.arch.redirect_fit import Misfit, entry_room, misfit, redirect_problem
 from hpatch.arch.rewrite import Redirect
-from hpatch.diff.verdict import BlockerCause, BlockerClass
+from hpatch.blockers import BlockerCause, BlockerClass
 from hpatch.image import load_image
 
 from ..conftest import SAMPLES

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from hpatch.blockers import BlockerClass
 from hpatch.diff import Status, diff_images
-from hpatch.diff.verdict import BlockerClass
 from hpatch.image import load_image
 from hpatch.package import BuildOptions, PackageBlocked
 from hpatch.verify import build_verified_package

@@ -10,18 +10,11 @@ import re
 import pytest
 
 from hpatch.arch import Reference, RefKind
+from hpatch.blockers import Blocker, BlockerCause, BlockerClass, BlockerKind, Build, function_label
 from hpatch.cli import main
 from hpatch.diff import Status, diff_images
-from hpatch.diff.correlate import Resolution, ResolvedReference
-from hpatch.diff.verdict import (
-    Blocker,
-    BlockerCause,
-    BlockerClass,
-    BlockerKind,
-    Build,
-    function_label,
-    unresolved_cause,
-)
+from hpatch.diff.correlate import Resolution, ResolvedReference, unresolved_reference
+from hpatch.diff.verdict import unresolved_cause
 from hpatch.image import load_image
 
 from ..conftest import BUILDS, REPO, SAMPLES
@@ -67,43 +60,36 @@ def test_a_blockers_class_is_its_causes() -> None:
         Blocker(BlockerKind.TLS, BlockerCause.TLS_CHANGED, "TLS", "changes")  # type: ignore[misc]
 
 
-def unresolved_details() -> list[str]:
-    """Every detail the correlator gives an unresolved reference, its formatted parts
-    filled with a placeholder."""
+def unresolved_causes_of_the_correlator() -> list[BlockerCause]:
+    """The cause every ``unresolved_reference(...)`` call of the correlator gives."""
     tree = ast.parse((REPO / "hpatch" / "diff" / "correlate.py").read_text())
-    details = []
+    causes = []
     for node in ast.walk(tree):
-        if not (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id == "ResolvedReference"
-            and any(isinstance(a, ast.Attribute) and a.attr == "UNRESOLVED" for a in node.args[1:2])
+        if isinstance(node, ast.Call) and (
+            isinstance(node.func, ast.Name) and node.func.id == "ResolvedReference"
         ):
-            continue
-        detail = node.args[3]
-        if isinstance(detail, ast.Constant):
-            details.append(detail.value)
-        else:
-            assert isinstance(detail, ast.JoinedStr)
-            details.append(
-                "".join(
-                    str(part.value) if isinstance(part, ast.Constant) else ".text"
-                    for part in detail.values
-                )
-            )
-    return details
+            # an unresolved resolution is only ever made with its cause
+            assert not any(
+                isinstance(a, ast.Attribute) and a.attr == "UNRESOLVED" for a in node.args[1:2]
+            ) or (len(node.args) == 5), ast.unparse(node)
+        if isinstance(node, ast.Call) and (
+            isinstance(node.func, ast.Name) and node.func.id == "unresolved_reference"
+        ):
+            cause = node.args[1]
+            assert isinstance(cause, ast.Attribute) and ast.unparse(cause.value) == "BlockerCause"
+            causes.append(BlockerCause[cause.attr])
+    return causes
 
 
-def test_every_unresolved_detail_of_the_correlator_has_a_cause() -> None:
-    details = unresolved_details()
-    assert len(details) >= 7
-    reference = Reference(0x1000, RefKind.CALL, 0x2000)
-    causes = {
-        unresolved_cause(ResolvedReference(reference, Resolution.UNRESOLVED, None, detail))
-        for detail in details
-    }
+def test_every_unresolved_reference_of_the_correlator_has_a_limitation_cause() -> None:
+    causes = unresolved_causes_of_the_correlator()
+    assert len(causes) >= 7
     assert all(cause.blocker_class == BlockerClass.LIMITATION for cause in causes)
-    assert {BlockerCause.IMPORT_DLL_CHANGED, BlockerCause.UNMATCHED_FUNCTION} <= causes
+    assert {BlockerCause.IMPORT_DLL_CHANGED, BlockerCause.UNMATCHED_FUNCTION} <= set(causes)
+    reference = Reference(0x1000, RefKind.CALL, 0x2000)
+    made = unresolved_reference(reference, BlockerCause.UNKNOWN_DATA, "unknown data in .rdata")
+    assert made.resolution == Resolution.UNRESOLVED and made.old_rva is None
+    assert unresolved_cause(made) == BlockerCause.UNKNOWN_DATA
     with pytest.raises(LookupError):
         unresolved_cause(ResolvedReference(reference, Resolution.UNRESOLVED, None, "no such"))
 

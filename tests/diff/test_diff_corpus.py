@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from hpatch.blockers import BlockerCause
 from hpatch.diff import Status, diff_images, fingerprint_function
-from hpatch.diff.verdict import BlockerCause
 from hpatch.image import load_image
 
 from ..conftest import corpus_binaries

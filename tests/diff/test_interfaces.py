@@ -7,9 +7,10 @@ import dataclasses
 
 import pytest
 
+from hpatch.blockers import Blocker, BlockerCause, BlockerClass, BlockerKind, Build
 from hpatch.diff import DiffResult
 from hpatch.diff.match import Side
-from hpatch.diff.verdict import Blocker, BlockerCause, BlockerClass, BlockerKind, Build, Verdict
+from hpatch.diff.verdict import Verdict
 from hpatch.image import Export, Import, PEImage
 
 from ..conftest import BUILDS

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from hpatch.blockers import BlockerCause
 from hpatch.cli import main
 from hpatch.diff import BlockerKind, diff_images
-from hpatch.diff.verdict import BlockerCause
 from hpatch.errors import UnsupportedError
 from hpatch.image import load_image
 

@@ -8,8 +8,8 @@ import pytest
 
 import hpatch.package.build
 from hpatch.arch.relocate import RelocationError
+from hpatch.blockers import BlockerCause, BlockerClass, BlockerKind, Build, function_label
 from hpatch.diff import Status
-from hpatch.diff.verdict import BlockerCause, BlockerClass, BlockerKind, Build, function_label
 from hpatch.image import Function
 from hpatch.package import PackageBlocked, build_package
 

@@ -12,8 +12,8 @@ import dataclasses
 import pytest
 
 from hpatch.arch import Reference, RefKind
+from hpatch.blockers import BlockerCause
 from hpatch.diff import DiffResult
-from hpatch.diff.verdict import BlockerCause
 from hpatch.package import PackageBlocked, build_package
 
 from ..diff.samples import sample_diff

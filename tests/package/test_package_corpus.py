@@ -15,9 +15,9 @@ import pytest
 
 from hpatch.apply.applier import ApplyOptions, ApplyReport, apply_package
 from hpatch.arch import Machine, Reference, RefKind
+from hpatch.blockers import BlockerCause, BlockerKind
 from hpatch.diff import DiffResult, Status, diff_images
 from hpatch.diff.correlate import Correlator, Resolution
-from hpatch.diff.verdict import BlockerCause, BlockerKind
 from hpatch.emu import Process
 from hpatch.image import PEImage, load_image
 from hpatch.package import Package, PackageBlocked, build_package, decode_package, encode_package

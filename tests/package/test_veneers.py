@@ -17,8 +17,8 @@ from pathlib import Path
 import capstone
 import pytest
 
+from hpatch.blockers import BlockerCause, Build
 from hpatch.diff import DiffResult, diff_images
-from hpatch.diff.verdict import BlockerCause, Build
 from hpatch.image import PEImage, load_image
 from hpatch.package import BuildOptions, PackageBlocked, decode_package, encode_package
 from hpatch.package.model import Blob, BlobKind, Package, PatchFunction, TargetKind

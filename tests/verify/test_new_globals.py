@@ -7,8 +7,8 @@ from __future__ import annotations
 import pefile
 import pytest
 
+from hpatch.blockers import BlockerCause
 from hpatch.diff import diff_images
-from hpatch.diff.verdict import BlockerCause
 from hpatch.image import load_image
 from hpatch.package import BuildOptions, build_package
 from hpatch.verify import Outcome, verify_package

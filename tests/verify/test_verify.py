@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
+from hpatch.blockers import BlockerCause, BlockerClass, Build, function_label
 from hpatch.diff import BlockerKind, DiffResult, Status
-from hpatch.diff.verdict import BlockerCause, BlockerClass, Build, function_label
 from hpatch.errors import HPatchError
 from hpatch.package import BuildOptions, PackageBlocked, build_package
 from hpatch.package.model import BlobKind, TargetKind
