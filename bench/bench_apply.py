@@ -25,12 +25,12 @@ from pathlib import Path
 from corpus import corpus_pairs
 
 from hpatch.apply import ApplyOptions, apply_package, rollback
-from hpatch.arch import Machine
+from hpatch.arch import Machine, arch_for
 from hpatch.arch.rewrite import Fixup, Redirect
 from hpatch.diff.verdict import redirect_problem
 from hpatch.emu import Process
 from hpatch.image import PEImage, load_image
-from hpatch.package.build import REGION_ALIGNMENT, REGION_REACH, baseline_of, target_digest
+from hpatch.package.build import REGION_ALIGNMENT, baseline_of, target_digest
 from hpatch.package.model import (
     FORMAT_VERSION,
     Blob,
@@ -98,7 +98,7 @@ def synthetic_package(image: PEImage, count: int) -> Package:
             (Prerequisite.BASELINE, 0),
             (Prerequisite.MIN_FORMAT_VERSION, FORMAT_VERSION),
             (Prerequisite.NOT_HYBRID, 0),
-            (Prerequisite.REGION_REACH, REGION_REACH[machine]),
+            (Prerequisite.REGION_REACH, arch_for(machine).region_reach),
         ),
         region_size=len(code),
         region_alignment=REGION_ALIGNMENT,

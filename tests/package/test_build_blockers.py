@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-import hpatch.package.build
+import hpatch.package.build.data
 from hpatch.arch.relocate import RelocationError
 from hpatch.blockers import BlockerCause, BlockerClass, BlockerKind, Build, function_label
 from hpatch.diff import Status
@@ -34,7 +34,7 @@ def refused(build: str) -> tuple[PackageBlocked, dict[str, Function]]:
 def test_new_data_the_package_cannot_carry(build: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """With no new constant small enough to carry, each is refused where it lies and each
     field naming one where the field is."""
-    monkeypatch.setattr(hpatch.package.build, "_MAX_CONSTANT", 0)
+    monkeypatch.setattr(hpatch.package.build.data, "_MAX_CONSTANT", 0)
     blocked, carried = refused(build)
     causes = {b.cause for b in blocked.blockers}
     assert causes == {BlockerCause.NEW_DATA_TOO_LARGE, BlockerCause.NEW_DATA_NOT_CARRIED}
@@ -97,7 +97,7 @@ def test_a_blocked_diff_is_refused_with_its_own_blockers(build: str) -> None:
 @pytest.mark.parametrize("build", ["x64-gcc", "arm64-clang"])
 def test_carried_data_has_a_bound(build: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """New data, and the new data it points at in turn, is carried up to a bound."""
-    monkeypatch.setattr(hpatch.package.build, "_MAX_CONSTANT_CLOSURE", 0)
+    monkeypatch.setattr(hpatch.package.build.data, "_MAX_CONSTANT_CLOSURE", 0)
     with pytest.raises(PackageBlocked) as blocked:
         build_package(sample_diff(build, "v1", "v3"))
     causes = [b.cause for b in blocked.value.blockers]
