@@ -22,6 +22,7 @@ from hpatch.arch.base import (
 )
 from hpatch.arch.relocate import CodeFixup, ShortBranch
 from hpatch.arch.rewrite import Fixup, Redirect
+from hpatch.arch.site_prediction import predict_arm64
 from hpatch.errors import ImageFormatError
 
 #: Base registers whose displacements are stack slots, not structure fields.
@@ -436,6 +437,9 @@ class Arm64(Arch):
         if not header & (1 << 21):  # E clear: epilog scopes follow the header
             size += 4 * epilogs
         return size + 4 * code_words, bool(header & (1 << 20)), None
+
+    def predict_sites(self, code: bytes) -> list[tuple[int, Fixup]]:
+        return predict_arm64(code)
 
     def redirect_strategy(
         self, room: int, padding_before: int, first_instruction: int

@@ -305,6 +305,11 @@ class Arch(ABC):
         of the unwind record at ``unwind_rva`` (x64 UNWIND_INFO, ARM64 .xdata)."""
 
     @abstractmethod
+    def predict_sites(self, code: bytes) -> list[tuple[int, Fixup]]:
+        """The fixup sites a carried part's bytes predict (``arch/site_prediction.py``, a
+        rule of the package format): (offset in the part, Fixup), ascending."""
+
+    @abstractmethod
     def redirect_strategy(
         self, room: int, padding_before: int, first_instruction: int
     ) -> Redirect | None:

@@ -22,6 +22,7 @@ from hpatch.arch.base import (
 )
 from hpatch.arch.relocate import CodeFixup, ShortBranch
 from hpatch.arch.rewrite import Fixup, Redirect
+from hpatch.arch.site_prediction import predict_x64
 from hpatch.arch.x64_relocate import x64_code_fixups
 from hpatch.errors import ImageFormatError
 
@@ -320,6 +321,9 @@ class X64(Arch):
         if flags & UNW_FLAG_CHAININFO:
             return size + _RUNTIME_FUNCTION.size, False, unwind_rva + size
         return size, bool(flags & (UNW_FLAG_EHANDLER | UNW_FLAG_UHANDLER)), None
+
+    def predict_sites(self, code: bytes) -> list[tuple[int, Fixup]]:
+        return predict_x64(code)
 
     def redirect_strategy(
         self, room: int, padding_before: int, first_instruction: int

@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 
 from hpatch.arch import Machine
 from hpatch.arch.rewrite import Fixup
+from hpatch.arch.site_prediction import _x64_instruction, predict_arm64, predict_x64
 from hpatch.image import load_image
 from hpatch.package import build_package
 from hpatch.package.format.sites import normalize_fields
 from hpatch.package.model import BlobKind, Package
-from hpatch.package.site_prediction import _x64_instruction, predict_arm64, predict_x64
 
 from ..conftest import BUILDS, SAMPLES, VERSIONS
 from ..diff.samples import sample_diff

@@ -1,10 +1,10 @@
 """Fixup sites and predicted targets.
 
 The region stream lists a fixup only where the code does not predict it: each part of
-each function is read by hpatch.package.site_prediction, each function table entry's
-RVA fields are predicted (begin; on AMD64 end and unwind data; on ARM64 the second
-word unless it is packed unwind data), and each predicted site's target kind follows
-from the address its field names.
+each function is read by its Arch's ``predict_sites`` (hpatch.arch.site_prediction),
+each function table entry's RVA fields are predicted (begin; on AMD64 end and unwind
+data; on ARM64 the second word unless it is packed unwind data), and each predicted
+site's target kind follows from the address its field names.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from hpatch.package.model import (
     Package,
     TargetKind,
 )
-from hpatch.package.site_prediction import predict_arm64, predict_x64
 
 
 def walk_predictions(package: Package, actual: Callable[[int, int], int]) -> list[int]:
@@ -71,7 +70,6 @@ def predicted_targets(package: Package) -> list[int]:
     return walk_predictions(package, lambda index, _predicted: package.fixups[index].target)
 
 
-_PREDICTORS = {Machine.AMD64: predict_x64, Machine.ARM64: predict_arm64}
 AS_PREDICTED, NOT_A_FIXUP = 0, 1  # site marks; any other mark is a fixup's code byte
 
 
@@ -80,11 +78,10 @@ def predicted_sites(package: Package) -> list[FixupEntry]:
     resolved blobs."""
     field = field_reader(package)
     arch = arch_of(package.machine)
-    predictor = _PREDICTORS[package.machine]
     sites: dict[int, Fixup] = {}
     for function in package.functions:
         for part in function.parts:
-            for at, kind in predictor(field(part.offset, part.size)):
+            for at, kind in arch.predict_sites(field(part.offset, part.size)):
                 sites.setdefault(part.offset + at, kind)
     table: set[int] = set()
     for record in package.unwind:
