@@ -20,6 +20,7 @@ from hpatch.arch.base import (
     ReadRva,
     UnwindEntry,
 )
+from hpatch.arch.code_shape import CodeShape
 from hpatch.arch.relocate import CodeFixup, ShortBranch
 from hpatch.arch.rewrite import Fixup, Redirect
 from hpatch.arch.site_prediction import predict_arm64
@@ -39,6 +40,30 @@ NOP = 0xD503201F
 _ENTRY = struct.Struct("<II")
 _WORD = struct.Struct("<I")
 _MAX_EXTENT_BYTES = 1 << 20
+
+
+# ARM64 __GSHandlerCheck: reads the one signed word of HandlerData (DispatcherContext
+# + 0x38), masks its two flag bits, and passes the frame's cookie to
+# __security_check_cookie, which sees nothing of the data.
+_GS_HANDLER_CHECK = CodeShape.of_words(
+    (
+        0xD503237F,  # pacibsp
+        0xA9BF7BFD,  # stp x29, x30, [sp, #-0x10]!
+        0x910003FD,  # mov x29, sp
+        0xF9401C68,  # ldr x8, [x3, #0x38]
+        0xB9800108,  # ldrsw x8, [x8]
+        0x927EF509,  # and x9, x8, #~3
+        0xF8616928,  # ldr x8, [x9, x1]
+        0xCB080128,  # sub x8, x9, x8
+        0x8B010108,  # add x8, x8, x1
+        0xD1002100,  # sub x0, x8, #8
+        (0x94000000, 0xFC000000),  # bl __security_check_cookie
+        0x52800020,  # mov w0, #1
+        0xA8C17BFD,  # ldp x29, x30, [sp], #0x10
+        0xD50323FF,  # autibsp
+        0xD65F03C0,  # ret
+    )
+)
 
 
 def _is_trap_or_padding(word: int) -> bool:
@@ -437,6 +462,12 @@ class Arm64(Arch):
         if not header & (1 << 21):  # E clear: epilog scopes follow the header
             size += 4 * epilogs
         return size + 4 * code_words, bool(header & (1 << 20)), None
+
+    def gs_handler_check_at(self, read: ReadRva, rva: int) -> bool:
+        return _GS_HANDLER_CHECK.matches(read, rva)
+
+    def gs_handler_data_size(self, read: ReadRva, data_rva: int) -> int:
+        return 4  # one signed cookie offset; the handler masks its two flag bits
 
     def predict_sites(self, code: bytes) -> list[tuple[int, Fixup]]:
         return predict_arm64(code)

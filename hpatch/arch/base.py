@@ -305,6 +305,15 @@ class Arch(ABC):
         of the unwind record at ``unwind_rva`` (x64 UNWIND_INFO, ARM64 .xdata)."""
 
     @abstractmethod
+    def gs_handler_check_at(self, read: ReadRva, rva: int) -> bool:
+        """Whether the code at ``rva`` is the runtime's statically linked __GSHandlerCheck
+        (how it is told apart in a stripped image: by its exact code)."""
+
+    @abstractmethod
+    def gs_handler_data_size(self, read: ReadRva, data_rva: int) -> int:
+        """Bytes of the GS handler data at ``data_rva`` (frame offsets, no RVAs)."""
+
+    @abstractmethod
     def predict_sites(self, code: bytes) -> list[tuple[int, Fixup]]:
         """The fixup sites a carried part's bytes predict (``arch/site_prediction.py``, a
         rule of the package format): (offset in the part, Fixup), ascending."""

@@ -20,6 +20,7 @@ from hpatch.arch.base import (
     RefKind,
     UnwindEntry,
 )
+from hpatch.arch.code_shape import CodeShape
 from hpatch.arch.relocate import CodeFixup, ShortBranch
 from hpatch.arch.rewrite import Fixup, Redirect
 from hpatch.arch.site_prediction import predict_x64
@@ -36,9 +37,34 @@ UNW_FLAG_EHANDLER = 0x1
 UNW_FLAG_UHANDLER = 0x2
 UNW_FLAG_CHAININFO = 0x4
 RUNTIME_FUNCTION_INDIRECT = 0x1
+#: ``GS_HANDLER_DATA`` flag: an aligned-frame offset and alignment follow.
+UNW_GS_FLAG_HAS_ALIGNMENT = 4
 _RUNTIME_FUNCTION = struct.Struct("<III")
 _MAX_CHAIN_DEPTH = 32
 _MAX_EXTENT_BYTES = 1 << 20
+
+# x64 __GSHandlerCheck: passes HandlerData (DispatcherContext + 0x38) in r8 to
+# __GSHandlerCheckCommon, which reads the GS_HANDLER_DATA (a cookie offset whose low
+# three bits are flags, then with UNW_GS_FLAG_HAS_ALIGNMENT an aligned base offset and
+# an alignment) and tail-calls __security_check_cookie. Both are matched, since the
+# callee is what reads the data; runtime versions differ in how the callee masks the
+# frame offset it reads from the unwind info (not the handler data).
+_GS_HANDLER_CHECK = CodeShape.of_bytes(
+    "4883ec28 4d8b4138 488bca 498bd1 e8???????? b801000000 4883c428 c3"
+)
+_GS_CALL = 14  # offset of the call to __GSHandlerCheckCommon
+_GS_COMMON_DATA = (
+    "4053 458b18 488bda 4183e3f8 4c8bc9 41f60004 4c8bd1 7413 418b4008 4d635004 f7d8"
+    "4c03d1 4863c8 4c23d1 4963c3 4a8b1410 488b4310 8b4808 488b4308 f64401030f"
+)
+_GS_HANDLER_CHECK_COMMON = (
+    CodeShape.of_bytes(
+        _GS_COMMON_DATA + "7410 0fb6440103 b9f0ffffff 4823c1 4c03c8 4c33ca 498bc9 5b e9????????"
+    ),
+    CodeShape.of_bytes(
+        _GS_COMMON_DATA + "740b 0fb6440103 83e0f0 4c03c8 4c33ca 498bc9 5b e9????????"
+    ),
+)
 
 _RETURNS = frozenset({"ret", "retf", "retfq", "iretq", "iretd", "iret"})
 
@@ -321,6 +347,17 @@ class X64(Arch):
         if flags & UNW_FLAG_CHAININFO:
             return size + _RUNTIME_FUNCTION.size, False, unwind_rva + size
         return size, bool(flags & (UNW_FLAG_EHANDLER | UNW_FLAG_UHANDLER)), None
+
+    def gs_handler_check_at(self, read: ReadRva, rva: int) -> bool:
+        if not _GS_HANDLER_CHECK.matches(read, rva):
+            return False
+        (displacement,) = struct.unpack("<i", read(rva + _GS_CALL + 1, 4))
+        callee = rva + _GS_CALL + 5 + displacement
+        return any(shape.matches(read, callee) for shape in _GS_HANDLER_CHECK_COMMON)
+
+    def gs_handler_data_size(self, read: ReadRva, data_rva: int) -> int:
+        (cookie_offset,) = struct.unpack("<I", read(data_rva, 4))
+        return 12 if cookie_offset & UNW_GS_FLAG_HAS_ALIGNMENT else 4
 
     def predict_sites(self, code: bytes) -> list[tuple[int, Fixup]]:
         return predict_x64(code)

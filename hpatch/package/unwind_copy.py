@@ -26,6 +26,7 @@ from hpatch.arch.base import ReadRva
 from hpatch.arch.rewrite import Fixup
 from hpatch.errors import ImageFormatError
 from hpatch.image import PEImage
+from hpatch.package.format.wire import arch_of
 from hpatch.package.model import FixupEntry, TargetKind
 
 #: Binds the RVA field at a new-image RVA naming a new-image RVA: (target kind,
@@ -39,8 +40,6 @@ LocateOwn = Callable[[int, bool], int | None]
 MAX_SCOPE_RECORDS = 4096
 #: ``SCOPE_TABLE`` HandlerAddress value meaning "execute the handler" (no filter).
 EXCEPTION_EXECUTE_HANDLER = 1
-#: ``GS_HANDLER_DATA`` flag (x64): an aligned-frame offset and alignment follow.
-UNW_GS_FLAG_HAS_ALIGNMENT = 4
 _WORD = struct.Struct("<I")
 _SCOPE_RECORD = struct.Struct("<IIII")
 
@@ -123,96 +122,9 @@ class UnwindRecordLayout:
     chained: int | None = None
 
 
-# recognising the statically linked GS handler -------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Shape:
-    """Code that must match ``pattern`` wherever ``mask`` has bits set."""
-
-    pattern: bytes
-    mask: bytes
-
-    @classmethod
-    def x64(cls, spec: str) -> _Shape:
-        """Hex bytes, ``??`` for a byte that may be anything (a call displacement)."""
-        digits = spec.replace(" ", "")
-        tokens = [digits[i : i + 2] for i in range(0, len(digits), 2)]
-        pattern = bytes(0 if t == "??" else int(t, 16) for t in tokens)
-        mask = bytes(0 if t == "??" else 0xFF for t in tokens)
-        return cls(pattern, mask)
-
-    @classmethod
-    def arm64(cls, words: tuple[tuple[int, int] | int, ...]) -> _Shape:
-        """Instruction words, or (word, mask) for one with an operand that may vary."""
-        pairs = [w if isinstance(w, tuple) else (w, 0xFFFFFFFF) for w in words]
-        pattern = b"".join(_WORD.pack(w) for w, _ in pairs)
-        mask = b"".join(_WORD.pack(m) for _, m in pairs)
-        return cls(pattern, mask)
-
-    def matches(self, read: ReadRva, rva: int) -> bool:
-        try:
-            code = read(rva, len(self.pattern))
-        except ImageFormatError:
-            return False
-        return all(c & m == p for c, m, p in zip(code, self.mask, self.pattern, strict=True))
-
-
-# x64 __GSHandlerCheck: passes HandlerData (DispatcherContext + 0x38) in r8 to
-# __GSHandlerCheckCommon, which reads the GS_HANDLER_DATA (a cookie offset whose low
-# three bits are flags, then with UNW_GS_FLAG_HAS_ALIGNMENT an aligned base offset and
-# an alignment) and tail-calls __security_check_cookie. Both are matched, since the
-# callee is what reads the data; runtime versions differ in how the callee masks the
-# frame offset it reads from the unwind info (not the handler data).
-_X64_GS_HANDLER_CHECK = _Shape.x64(
-    "4883ec28 4d8b4138 488bca 498bd1 e8???????? b801000000 4883c428 c3"
-)
-_X64_GS_CALL = 14  # offset of the call to __GSHandlerCheckCommon
-_X64_GS_COMMON_DATA = (
-    "4053 458b18 488bda 4183e3f8 4c8bc9 41f60004 4c8bd1 7413 418b4008 4d635004 f7d8"
-    "4c03d1 4863c8 4c23d1 4963c3 4a8b1410 488b4310 8b4808 488b4308 f64401030f"
-)
-_X64_GS_HANDLER_CHECK_COMMON = (
-    _Shape.x64(
-        _X64_GS_COMMON_DATA + "7410 0fb6440103 b9f0ffffff 4823c1 4c03c8 4c33ca 498bc9 5b e9????????"
-    ),
-    _Shape.x64(_X64_GS_COMMON_DATA + "740b 0fb6440103 83e0f0 4c03c8 4c33ca 498bc9 5b e9????????"),
-)
-# ARM64 __GSHandlerCheck: reads the one signed word of HandlerData (DispatcherContext
-# + 0x38), masks its two flag bits, and passes the frame's cookie to
-# __security_check_cookie, which sees nothing of the data.
-_ARM64_GS_HANDLER_CHECK = _Shape.arm64(
-    (
-        0xD503237F,  # pacibsp
-        0xA9BF7BFD,  # stp x29, x30, [sp, #-0x10]!
-        0x910003FD,  # mov x29, sp
-        0xF9401C68,  # ldr x8, [x3, #0x38]
-        0xB9800108,  # ldrsw x8, [x8]
-        0x927EF509,  # and x9, x8, #~3
-        0xF8616928,  # ldr x8, [x9, x1]
-        0xCB080128,  # sub x8, x9, x8
-        0x8B010108,  # add x8, x8, x1
-        0xD1002100,  # sub x0, x8, #8
-        (0x94000000, 0xFC000000),  # bl __security_check_cookie
-        0x52800020,  # mov w0, #1
-        0xA8C17BFD,  # ldp x29, x30, [sp], #0x10
-        0xD50323FF,  # autibsp
-        0xD65F03C0,  # ret
-    )
-)
-
-
 def recognise_handler(machine: Machine, read: ReadRva, rva: int) -> ExceptionHandler | None:
     """The runtime handler whose exact code lies at ``rva``, if hpatch knows it."""
-    if machine == Machine.AMD64:
-        if not _X64_GS_HANDLER_CHECK.matches(read, rva):
-            return None
-        (displacement,) = struct.unpack("<i", read(rva + _X64_GS_CALL + 1, 4))
-        callee = rva + _X64_GS_CALL + 5 + displacement
-        if any(shape.matches(read, callee) for shape in _X64_GS_HANDLER_CHECK_COMMON):
-            return ExceptionHandler.GS_HANDLER_CHECK
-        return None
-    if _ARM64_GS_HANDLER_CHECK.matches(read, rva):
+    if arch_of(machine).gs_handler_check_at(read, rva):
         return ExceptionHandler.GS_HANDLER_CHECK
     return None
 
@@ -277,10 +189,7 @@ def _scope_table(read: ReadRva, data_rva: int, base: int) -> tuple[int, list[Han
 
 def _gs_data_size(machine: Machine, read: ReadRva, data_rva: int) -> int:
     """Bytes of GS handler data: frame offsets only, no RVAs, so copied as they are."""
-    if machine == Machine.ARM64:
-        return 4  # one signed cookie offset; the handler masks its two flag bits
-    (cookie_offset,) = _WORD.unpack(read(data_rva, 4))
-    return 12 if cookie_offset & UNW_GS_FLAG_HAS_ALIGNMENT else 4
+    return arch_of(machine).gs_handler_data_size(read, data_rva)
 
 
 def handler_data(

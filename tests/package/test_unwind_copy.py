@@ -9,11 +9,11 @@ import pytest
 
 from hpatch.arch import Machine, arch_for
 from hpatch.arch.rewrite import Fixup
+from hpatch.arch.x64 import UNW_GS_FLAG_HAS_ALIGNMENT
 from hpatch.errors import ImageFormatError
 from hpatch.package.model import FixupEntry, TargetKind
 from hpatch.package.unwind_copy import (
     EXCEPTION_EXECUTE_HANDLER,
-    UNW_GS_FLAG_HAS_ALIGNMENT,
     ExceptionHandler,
     HandlerDataError,
     HandlerIdentity,
