@@ -37,6 +37,7 @@ from hpatch.package.bind import bind_region
 from hpatch.package.checks import CheckResult, check_prerequisites
 from hpatch.package.envelope import check_signature, refusal, untrusted
 from hpatch.package.format import encode_package, resolve_blobs
+from hpatch.package.format.wire import arch_of
 from hpatch.package.model import FunctionStatus, Package, Prerequisite
 from hpatch.package.signing import SignatureCheck, SignatureStatus, TrustStore
 
@@ -513,7 +514,7 @@ def _unwind_entries(
     machine: Machine, package: Package, module: Module, region_va: int, bound: bytearray
 ) -> list[FunctionEntry]:
     """The patch code's RUNTIME_FUNCTIONs, as RtlAddFunctionTable would register them."""
-    word_at = 8 if machine == Machine.AMD64 else 4
+    word_at = arch_of(machine).pdata_unwind_field
     entries = []
     for record in package.unwind:
         at = record.table_offset + word_at

@@ -158,6 +158,7 @@ class Arm64(Arch):
     pdata_unwind_field = 4
     rva_fixup = Fixup.ARM64_ADDR32NB
     pointer_fixup = Fixup.ARM64_ADDR64
+    hybrid_name = "ARM64X"
     data_by_page = True  # ADRP, then the low 12 bits
     region_reach = (1 << 27) - 64  # B/BL imm26, less a margin
     redirect_size = 4  # B imm26

@@ -143,6 +143,8 @@ class Arch(ABC):
     #: 64-bit address in data (pointers).
     rva_fixup: Fixup
     pointer_fixup: Fixup
+    #: What an image of this machine that carries CHPE metadata is (ARM64EC, ARM64X).
+    hybrid_name: str
     #: Whether code reaches data by page and offset (ARM64 ADRP and ADD/LDR/STR), so data
     #: carried into the region keeps its offset within its page.
     data_by_page: bool

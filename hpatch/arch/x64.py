@@ -102,6 +102,7 @@ class X64(Arch):
     pdata_unwind_field = 8
     rva_fixup = Fixup.X64_ADDR32NB
     pointer_fixup = Fixup.X64_ADDR64
+    hybrid_name = "ARM64EC"
     data_by_page = False  # RIP-relative: any byte
     region_reach = (1 << 31) - 64  # rel32, less a margin
     redirect_size = 5  # jmp rel32

@@ -418,10 +418,7 @@ class PEImage:
         if self.load_config is not None and self.load_config.chpe_metadata_va:
             reasons.append("its load config carries CHPE hybrid metadata")
             # CHPE metadata in an x64 image makes it ARM64EC, in an ARM64 one ARM64X
-            if self.identity.machine == Machine.AMD64:
-                reasons.append("it is an ARM64EC image")
-            elif self.identity.machine == Machine.ARM64:
-                reasons.append("it is an ARM64X image")
+            reasons.append(f"it is an {self.arch.hybrid_name} image")
         if reasons:
             raise UnsupportedError(
                 f"{self.name}: hybrid CHPE/ARM64EC/ARM64X images are not supported ("

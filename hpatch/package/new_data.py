@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from hpatch.arch import Machine
 from hpatch.errors import PackageFormatError
+from hpatch.package.format.wire import arch_of
 from hpatch.package.model import BlobKind, Package
 
 if TYPE_CHECKING:  # the applier reads data pages and never loads the differ
@@ -81,7 +82,7 @@ def carried_spans(diff: DiffResult, correlator: Correlator) -> list[tuple[int, i
 def alignment(machine: Machine) -> int:
     """How each carried global keeps its RVA's low bits: on ARM64 its page offset (the
     instruction completing an ADRP keeps them), elsewhere its 16-byte alignment."""
-    return PAGE if machine == Machine.ARM64 else 16
+    return PAGE if arch_of(machine).data_by_page else 16
 
 
 def span_offsets(spans: list[tuple[int, int]], alignment: int) -> list[int]:

@@ -111,6 +111,8 @@ def test_hybrid_images_are_refused_with_the_reason(path: Path) -> None:
     with pytest.raises(UnsupportedError, match="hybrid CHPE/ARM64EC/ARM64X") as raised:
         load_image(hybrid)
     assert "CHPE hybrid metadata" in str(raised.value)
+    hybrid_name = "ARM64EC" if path == CLANG_X64 else "ARM64X"  # x64 with CHPE, ARM64 with it
+    assert f"it is an {hybrid_name} image" in str(raised.value)
     assert "CHPE to be disabled" in str(raised.value)
 
 
