@@ -120,6 +120,23 @@ def test_image_commands_load_neither_the_differ_nor_the_package_codec() -> None:
         assert not [m for m in loaded if m == unwanted or m.startswith(unwanted + ".")], unwanted
 
 
+def test_an_unsigned_diff_loads_neither_cryptography_nor_the_emulator() -> None:
+    """``hpatch diff`` without ``-o`` or ``--sign-key`` builds the package to confirm its
+    verdict, but signs nothing and proves nothing: cryptography and Unicorn stay unloaded."""
+    v2 = SAMPLES / "x64-clang" / "v2" / "sample.stripped.dll"
+    script = (
+        "import sys\nfrom hpatch.cli import main\ntry:\n"
+        f"    main(['diff', {str(V1)!r}, {str(v2)!r}, '--json'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules), file=sys.stderr)"
+    )
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert json.loads(child.stdout)["hotpatchable"] is True, child.stderr
+    loaded = eval(child.stderr.strip().splitlines()[-1])  # a list literal printed by the child
+    assert "hpatch.package.build" in loaded
+    for unwanted in ("hpatch.emu", "hpatch.verify", "unicorn", "cryptography"):
+        assert not [m for m in loaded if m == unwanted or m.startswith(unwanted + ".")], unwanted
+
+
 def test_shell_completion_lists_commands_and_options() -> None:
     """The completion docs/cli.md documents: click's, with the lazy command table."""
     hpatch = str(Path(sys.executable).with_name("hpatch"))

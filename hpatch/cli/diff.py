@@ -22,7 +22,6 @@ from hpatch.cli.tables import Column, fitted_table
 from hpatch.diff import Status, diff_images
 from hpatch.files import check_output, write_output
 from hpatch.package import BuildOptions, PackageBlocked, build_package, encode_package
-from hpatch.package.signing import load_private_key, sign_package
 from hpatch.report import blocker_dict, diff_document
 from hpatch.text import json_text, markup, path_text
 
@@ -87,7 +86,12 @@ def diff(
     if output is not None and not to_stdout:
         # Refused before the work, not after it: the output may not be an input.
         check_output(output, sources, force=force)
-    key = load_private_key(sign_key) if sign_key is not None else None
+    key = None
+    if sign_key is not None:
+        # Signing loads the cryptography library: only a signed package pays for it.
+        from hpatch.package.signing import load_private_key
+
+        key = load_private_key(sign_key)
     progress = Progress("diff", long=large(old_path, new_path))
     with progress.stage(f"read {path_text(old_path)}"):
         old = read_image(old_path)
@@ -128,6 +132,8 @@ def diff(
         else:
             if output is not None:
                 if key is not None:
+                    from hpatch.package.signing import sign_package
+
                     package = sign_package(package, key)
                 data = encode_package(package)
                 if to_stdout:
