@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import capstone
 from capstone import arm64_const
@@ -19,6 +19,7 @@ from hpatch.arch.base import (
     NormalisedCode,
     ReadRva,
     UnwindEntry,
+    UnwindFormat,
 )
 from hpatch.arch.code_shape import CodeShape
 from hpatch.arch.relocate import CodeFixup, ShortBranch
@@ -158,6 +159,10 @@ class Arm64(Arch):
     pdata_unwind_field = 4
     rva_fixup = Fixup.ARM64_ADDR32NB
     pointer_fixup = Fixup.ARM64_ADDR64
+    pdata_indirect = False
+    unwind_format = UnwindFormat.XDATA
+    return_instruction = _WORD.pack(0xD65F03C0)  # ret
+    trap_instruction = _WORD.pack(0xD4200000)  # brk #0
     hybrid_name = "ARM64X"
     data_by_page = True  # ADRP, then the low 12 bits
     region_reach = (1 << 27) - 64  # B/BL imm26, less a margin
@@ -170,6 +175,14 @@ class Arm64(Arch):
 
     def pdata_unwind_is_rva(self, field: bytes) -> bool:
         return not field[0] & 3  # Flag 0: an .xdata RVA; else packed unwind data
+
+    def pdata_function_length(self, word: int, read_u32: Callable[[int], int]) -> int | None:
+        flag = word & 3
+        if flag == PDATA_RESERVED:
+            return None
+        if flag:
+            return ((word >> 2) & 0x7FF) * 4  # packed: Function Length, in words
+        return (read_u32(word) & 0x3FFFF) * 4  # the .xdata header's Function Length
 
     def instruction_texts(self, code: bytes, code_rva: int) -> list[tuple[int, int, str]]:
         texts = []

@@ -58,6 +58,13 @@ class RefKind(IntEnum):
     LITERAL = 7  # ARM64 LDR (literal)
 
 
+class UnwindFormat(IntEnum):
+    """How a machine's unwind data describes a frame: what a stack unwinder decodes."""
+
+    UNWIND_INFO = 1  # x64 UNWIND_INFO: unwind codes, chained and indirect entries
+    XDATA = 2  # ARM64 .xdata records and packed unwind data
+
+
 class Reference(NamedTuple):
     """An operand of the instruction at ``site_rva`` that names ``target_rva``.
 
@@ -143,6 +150,14 @@ class Arch(ABC):
     #: 64-bit address in data (pointers).
     rva_fixup: Fixup
     pointer_fixup: Fixup
+    #: Whether an entry whose unwind field has bit 0 set names another entry rather than
+    #: unwind data (x64 RUNTIME_FUNCTION_INDIRECT; on ARM64 the bit marks packed data).
+    pdata_indirect: bool
+    #: The form of the unwind data the entries name.
+    unwind_format: UnwindFormat
+    #: A return instruction, and a trap (what fills code that nothing may run).
+    return_instruction: bytes
+    trap_instruction: bytes
     #: What an image of this machine that carries CHPE metadata is (ARM64EC, ARM64X).
     hybrid_name: str
     #: Whether code reaches data by page and offset (ARM64 ADRP and ADD/LDR/STR), so data
@@ -164,6 +179,14 @@ class Arch(ABC):
         """Whether an entry's unwind field (its 4 bytes) is an RVA of unwind data, rather
         than unwind data packed into the field."""
         return True
+
+    def pdata_function_length(self, word: int, read_u32: Callable[[int], int]) -> int | None:
+        """Bytes of code an entry without an end field (``pdata_end_field`` None) covers,
+        from its unwind field ``word``: the length packed into it, or the one in the header
+        of the unwind data at the RVA it holds (``read_u32(rva)``, whose errors pass
+        through); None for a form that covers nothing. Not asked of machines whose
+        entries hold their end."""
+        return None
 
     @abstractmethod
     def decode_unwind_entries(self, pdata: bytes, read: ReadRva) -> list[UnwindEntry]:

@@ -19,6 +19,7 @@ from hpatch.arch.base import (
     ReadRva,
     RefKind,
     UnwindEntry,
+    UnwindFormat,
 )
 from hpatch.arch.code_shape import CodeShape
 from hpatch.arch.relocate import CodeFixup, ShortBranch
@@ -102,6 +103,10 @@ class X64(Arch):
     pdata_unwind_field = 8
     rva_fixup = Fixup.X64_ADDR32NB
     pointer_fixup = Fixup.X64_ADDR64
+    pdata_indirect = True
+    unwind_format = UnwindFormat.UNWIND_INFO
+    return_instruction = b"\xc3"  # ret
+    trap_instruction = b"\xcc"  # int3
     hybrid_name = "ARM64EC"
     data_by_page = False  # RIP-relative: any byte
     region_reach = (1 << 31) - 64  # rel32, less a margin

@@ -29,7 +29,10 @@ _MASK64 = (1 << 64) - 1
 
 @dataclass(frozen=True, slots=True)
 class Convention:
-    """How the Windows ABI of one machine passes arguments and results."""
+    """How the Windows ABI of one machine passes arguments and results, and what else
+    the emulator does differently on it (Unicorn's engine, the TEB register, where a
+    trap leaves the pc). One per machine in ``_CONVENTIONS``, picked when a Cpu is
+    made: no other code of the Cpu looks at the machine."""
 
     pc: int
     sp: int
@@ -49,6 +52,27 @@ class Convention:
     #: return address stays above); ARM64 a frame record (fp, the host function's
     #: return address). Either way a stack walk finds the host function's caller.
     host_frame: int
+    #: Unicorn's (architecture, mode).
+    engine: tuple[int, int]
+    #: The register that holds the thread's TEB (x64 GS base, ARM64 X18).
+    teb_register: int
+    #: Names ``registers`` gives too, each for another name's register (x64: pc, sp).
+    aliases: tuple[tuple[str, str], ...]
+    #: The pc of the instruction that raised interrupt ``number``, from the pc Unicorn
+    #: reports and a read of emulated memory.
+    trap_pc: Callable[[int, int, Callable[[int, int], bytes]], int]
+
+
+def _x64_trap_pc(number: int, pc: int, read: Callable[[int, int], bytes]) -> int:
+    if number == 3 or number >= 32:
+        # int3 (CC), int 3 (CD 03) and int n (CD n: __fastfail is int 0x29) are traps:
+        # rip is past them already. The fault names the instruction, as faults do.
+        pc -= 1 if number == 3 and read(pc - 1, 1) == b"\xcc" else 2
+    return pc
+
+
+def _trap_at_pc(number: int, pc: int, read: Callable[[int, int], bytes]) -> int:
+    return pc  # BRK leaves the pc at itself
 
 
 def _x64() -> Convention:
@@ -85,6 +109,10 @@ def _x64() -> Convention:
         float_arguments=tuple(getattr(x86_const, f"UC_X86_REG_XMM{i}") for i in range(4)),
         processor_architecture=9,
         host_frame=8 + 32 + 8,
+        engine=(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64),
+        teb_register=x86_const.UC_X86_REG_GS_BASE,
+        aliases=(("pc", "rip"), ("sp", "rsp")),
+        trap_pc=_x64_trap_pc,
     )
 
 
@@ -107,12 +135,17 @@ def _arm64() -> Convention:
         float_arguments=tuple(getattr(arm64_const, f"UC_ARM64_REG_D{i}") for i in range(8)),
         processor_architecture=12,
         host_frame=16,
+        engine=(unicorn.UC_ARCH_ARM64, unicorn.UC_MODE_ARM),
+        teb_register=arm64_const.UC_ARM64_REG_X18,
+        aliases=(),
+        trap_pc=_trap_at_pc,
     )
 
 
-_UC_MODE = {
-    Machine.AMD64: (unicorn.UC_ARCH_X86, unicorn.UC_MODE_64),
-    Machine.ARM64: (unicorn.UC_ARCH_ARM64, unicorn.UC_MODE_ARM),
+#: The register tables: the one place the emulator picks by machine.
+_CONVENTIONS: dict[Machine, Callable[[], Convention]] = {
+    Machine.AMD64: _x64,
+    Machine.ARM64: _arm64,
 }
 
 
@@ -187,8 +220,8 @@ class Cpu:
     def __init__(self, machine: Machine, space: AddressSpace) -> None:
         self.machine = machine
         self.space = space
-        self.convention = _x64() if machine == Machine.AMD64 else _arm64()
-        self.uc = unicorn.Uc(*_UC_MODE[machine])
+        self.convention = _CONVENTIONS[machine]()
+        self.uc = unicorn.Uc(*self.convention.engine)
         self.threads: list[Thread] = []
         self.host_stubs: dict[int, tuple[str, HostCall]] = {}
         #: Where calls a host function makes return to (a ``ret`` in a watched region;
@@ -366,11 +399,7 @@ class Cpu:
         return False
 
     def _on_interrupt(self, uc: unicorn.Uc, number: int, user: object) -> None:
-        pc = uc.reg_read(self.convention.pc)
-        if self.machine == Machine.AMD64 and (number == 3 or number >= 32):
-            # int3 (CC), int 3 (CD 03) and int n (CD n: __fastfail is int 0x29) are traps:
-            # rip is past them already. The fault names the instruction, as faults do.
-            pc -= 1 if number == 3 and self.space.read(pc - 1, 1) == b"\xcc" else 2
+        pc = self.convention.trap_pc(number, uc.reg_read(self.convention.pc), self.space.read)
         self._fault = self._make_fault(f"processor exception {number}", pc, "execute", pc)
         uc.emu_stop()
 
@@ -407,7 +436,7 @@ class Cpu:
         sp = thread.stack_top - 0x100
         sp -= 8 * len(on_stack) + convention.stack_arguments_at
         sp &= ~0xF
-        if self.machine == Machine.AMD64:
+        if convention.link is None:
             sp -= 8  # as if a call had pushed the return address
         for index, value in enumerate(on_stack):
             slot = sp + convention.stack_arguments_at + 8 * index
@@ -432,10 +461,7 @@ class Cpu:
             self._clean_context = self.uc.context_save()
         self.uc.context_restore(self._clean_context)
         writes = [(register, value) for register, value in registers.items() if value]
-        if self.machine == Machine.AMD64:
-            writes.append((x86_const.UC_X86_REG_GS_BASE, thread.teb.va))
-        else:
-            writes.append((arm64_const.UC_ARM64_REG_X18, thread.teb.va))
+        writes.append((convention.teb_register, thread.teb.va))
         self.uc.reg_write_batch(writes)  # type: ignore[attr-defined]  # unicorn 2.1 has it
         thread.context = self.uc.context_save()
         thread.state = ThreadState.STOPPED
@@ -517,9 +543,8 @@ class Cpu:
         """The thread's saved registers by lower-case name (pc and sp always present)."""
         self._switch_to(thread)
         values = {name: self.uc.reg_read(r) for name, r in self.convention.names.items()}
-        if self.machine == Machine.AMD64:
-            values["pc"] = values["rip"]
-            values["sp"] = values["rsp"]
+        for alias, name in self.convention.aliases:
+            values[alias] = values[name]
         return values
 
     def set_register(self, thread: Thread, name: str, value: int) -> None:

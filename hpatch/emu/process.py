@@ -11,6 +11,7 @@ from pathlib import Path
 from hpatch.arch import Machine
 from hpatch.emu.cpu import Cpu, HostCall, HostFault, Thread, ThreadState
 from hpatch.emu.loader import Module, export_forwarder, export_rva, map_image
+from hpatch.emu.machine import arch_of
 from hpatch.emu.memory import PAGE_SIZE, AddressSpace, Protection, Region
 from hpatch.emu.startup import Startup
 from hpatch.emu.tables import FunctionTables, read_entries
@@ -21,8 +22,6 @@ from hpatch.image.model import Import
 
 _STUB_SIZE = 16
 _STUB_REGION_SIZE = 0x10000
-_RET = {Machine.AMD64: b"\xc3", Machine.ARM64: bytes.fromhex("c0035fd6")}
-_FILL = {Machine.AMD64: b"\xcc", Machine.ARM64: bytes.fromhex("000020d4")}  # int3 / brk #0
 _MAX_FORWARDS = 8
 _DLL_PROCESS_ATTACH = 1
 _MAX_ARGUMENT_BUFFER = 1 << 24
@@ -105,19 +104,19 @@ class Process:
             return self._stubs[key]
         if self._stub_region is None or self._stub_used + _STUB_SIZE > self._stub_region.size:
             region = self.space.allocate(_STUB_REGION_SIZE, Protection.RW, "host stubs")
-            fill = _FILL[self.machine]
+            fill = arch_of(self.machine).trap_instruction
             region.view[:] = fill * (region.size // len(fill))
             self.space.protect(region.va, region.size, Protection.RX)
             self.cpu.watch_stubs(region)
             self._stub_region, self._stub_used = region, 0
             if self.cpu.continuation_va is None:
                 # The first slot is where host functions' calls into emulated code return.
-                self.space.poke(region.va, _RET[self.machine])
+                self.space.poke(region.va, arch_of(self.machine).return_instruction)
                 self.cpu.set_continuation(region.va)
                 self._stub_used = _STUB_SIZE
         va = self._stub_region.va + self._stub_used
         self._stub_used += _STUB_SIZE
-        self.space.poke(va, _RET[self.machine])
+        self.space.poke(va, arch_of(self.machine).return_instruction)
         self.cpu.add_host_stub(va, str(key), call)
         self._stubs[key] = va
         self._stub_imports[va] = key
@@ -292,7 +291,7 @@ class Process:
         if not rva or not size:
             return
         ends = {entry.begin_rva: entry.end_rva for entry in image.unwind_entries}
-        entry_size = 12 if self.machine == Machine.AMD64 else 8
+        entry_size = arch_of(self.machine).pdata_entry_size
         entries = read_entries(
             self.machine,
             self.space.read,

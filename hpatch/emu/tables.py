@@ -7,6 +7,7 @@ import bisect
 from collections.abc import Callable, Iterable
 
 from hpatch.arch import Machine
+from hpatch.emu.machine import arch_of
 from hpatch.emu.unwind import FunctionEntry
 
 
@@ -19,19 +20,20 @@ def read_entries(
     ends: Callable[[int, int], int],
 ) -> list[FunctionEntry]:
     """Decode ``count`` RUNTIME_FUNCTIONs at ``table_va``; ``ends(begin_rva, word)`` gives
-    an ARM64 entry's end RVA (its length lives in the unwind data)."""
-    size = 12 if machine == Machine.AMD64 else 8
+    the end RVA of an entry without one (ARM64: its length lives in the unwind data)."""
+    arch = arch_of(machine)
+    size, end_field = arch.pdata_entry_size, arch.pdata_end_field
+    word_field = arch.pdata_unwind_field
     raw = read(table_va, size * count)
     entries = []
     for index in range(count):
         record = raw[index * size : (index + 1) * size]
         begin = int.from_bytes(record[0:4], "little")
-        if machine == Machine.AMD64:
-            end = int.from_bytes(record[4:8], "little")
-            word = int.from_bytes(record[8:12], "little")
-        else:
-            word = int.from_bytes(record[4:8], "little")
+        word = int.from_bytes(record[word_field : word_field + 4], "little")
+        if end_field is None:
             end = ends(begin, word)
+        else:
+            end = int.from_bytes(record[end_field : end_field + 4], "little")
         entries.append(FunctionEntry(image_base, image_base + begin, image_base + end, word))
     return entries
 

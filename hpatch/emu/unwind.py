@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from hpatch.arch import Machine, machine_name
+from hpatch.arch.base import UnwindFormat
+from hpatch.emu.machine import arch_of
 from hpatch.emu.unwind_base import (
     FunctionEntry,
     Lookup,
@@ -28,7 +30,7 @@ from hpatch.emu.unwind_base import (
     ReadMemory,
     UnwindStop,
 )
-from hpatch.errors import HPatchError
+from hpatch.errors import HPatchError, UnsupportedError
 
 __all__ = [
     "Frame",
@@ -51,6 +53,7 @@ MAX_SCAN_BYTES = 1 << 24
 _SCAN_CHUNK = 1 << 16
 _PAGE = 0x1000
 _MASK64 = (1 << 64) - 1
+_U32 = struct.Struct("<I")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,16 +131,20 @@ class Unwinder(Protocol[ContextT]):
 
 
 def _unwinder(machine: Machine) -> Unwinder[Any]:
+    """The unwinder of the machine's unwind format, the one place the walk picks one."""
     # Imported here: the machine modules import this one for its records.
-    if machine == Machine.AMD64:
-        from hpatch.emu.unwind_x64 import X64Unwinder
+    from hpatch.emu.unwind_arm64 import Arm64Unwinder
+    from hpatch.emu.unwind_x64 import X64Unwinder
 
-        return X64Unwinder()
-    if machine == Machine.ARM64:
-        from hpatch.emu.unwind_arm64 import Arm64Unwinder
-
-        return Arm64Unwinder()
-    raise HPatchError(f"no stack unwinder for machine {machine_name(machine)}")
+    try:
+        unwind_format = arch_of(machine).unwind_format
+    except UnsupportedError:
+        raise HPatchError(f"no stack unwinder for machine {machine_name(machine)}") from None
+    unwinders: dict[UnwindFormat, Callable[[], Unwinder[Any]]] = {
+        UnwindFormat.UNWIND_INFO: X64Unwinder,
+        UnwindFormat.XDATA: Arm64Unwinder,
+    }
+    return unwinders[unwind_format]()
 
 
 def walk_stack(
@@ -318,6 +325,8 @@ class FunctionTable:
         read: ReadMemory | None = None,
     ) -> None:
         self.machine = machine
+        #: x64 indirect entries (unwind word bit 0) name the entry they stand for.
+        self._indirect = arch_of(machine).pdata_indirect
         self.entries: tuple[FunctionEntry, ...] = tuple(sorted(entries, key=lambda e: e.begin_va))
         self._starts = [entry.begin_va for entry in self.entries]
         self._read = read
@@ -333,35 +342,39 @@ class FunctionTable:
         or whose ``.xdata`` cannot be read are left out: no lookup can land in them.
         """
         memory = Memory(read)
+        try:
+            arch = arch_of(machine)
+        except UnsupportedError:
+            raise HPatchError(
+                f"no unwind table format for machine {machine_name(machine)}"
+            ) from None
+        size, end_field, word_field = (
+            arch.pdata_entry_size,
+            arch.pdata_end_field,
+            arch.pdata_unwind_field,
+        )
         entries: list[FunctionEntry] = []
-        if machine == Machine.AMD64:
-            for begin, end, unwind in struct.iter_unpack("<III", pdata[: len(pdata) // 12 * 12]):
-                if begin < end:
-                    entries.append(
-                        FunctionEntry(image_base, image_base + begin, image_base + end, unwind)
+        for at in range(0, len(pdata) // size * size, size):
+            (begin,) = _U32.unpack_from(pdata, at)
+            (unwind,) = _U32.unpack_from(pdata, at + word_field)
+            if end_field is not None:
+                (end,) = _U32.unpack_from(pdata, at + end_field)
+            elif not begin and not unwind:
+                continue
+            else:
+                try:
+                    length = arch.pdata_function_length(
+                        unwind, lambda rva: memory.u32(image_base + rva)
                     )
-        elif machine == Machine.ARM64:
-            for begin, unwind in struct.iter_unpack("<II", pdata[: len(pdata) // 8 * 8]):
-                if not begin and not unwind:
+                except UnwindStop:
                     continue
-                flag = unwind & 3
-                if flag == 3:
+                if not length:
                     continue
-                if flag:
-                    length = ((unwind >> 2) & 0x7FF) * 4
-                else:
-                    try:
-                        length = (memory.u32(image_base + unwind) & 0x3FFFF) * 4
-                    except UnwindStop:
-                        continue
-                if length:
-                    entries.append(
-                        FunctionEntry(
-                            image_base, image_base + begin, image_base + begin + length, unwind
-                        )
-                    )
-        else:
-            raise HPatchError(f"no unwind table format for machine {machine_name(machine)}")
+                end = begin + length
+            if begin < end:
+                entries.append(
+                    FunctionEntry(image_base, image_base + begin, image_base + end, unwind)
+                )
         return cls(machine, entries, read)
 
     def lookup(self, pc: int) -> FunctionEntry | None:
@@ -372,7 +385,7 @@ class FunctionTable:
         entry = self.entries[index]
         if not entry.begin_va <= pc < entry.end_va:
             return None
-        if self.machine == Machine.AMD64 and entry.unwind_word & 1 and self._read is not None:
+        if self._indirect and entry.unwind_word & 1 and self._read is not None:
             return _indirect_target(Memory(self._read), entry)
         return entry
 
