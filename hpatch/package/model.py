@@ -14,6 +14,7 @@ without it.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -25,8 +26,6 @@ FORMAT_VERSION = 5
 #: mapped SHA-256 (``hpatch verify`` checks it): an identifier, not a guard.
 TARGET_DIGEST_SIZE = 8
 NO_RVA = 0xFFFFFFFF
-#: The target of a fixup of an unresolved package (its value is coded against the baseline).
-UNRESOLVED = -1
 
 
 class Flag(IntEnum):
@@ -181,12 +180,26 @@ class NewImport:
 @dataclass(frozen=True, slots=True)
 class FixupEntry:
     """Bind the field at region ``offset`` to ``target`` (counted in ``target_kind``);
-    ``target`` is UNRESOLVED in an unresolved package."""
+    An unresolved package has none: its fixups are coded against the baseline."""
 
     offset: int
     kind: Fixup
     target_kind: TargetKind
     target: int
+
+
+@dataclass(frozen=True, slots=True)
+class FixupSite:
+    """Where a fixup is and what it writes, before its target is read: the region stream
+    states every fixup's site first, then the targets."""
+
+    offset: int
+    kind: Fixup
+    target_kind: TargetKind
+
+
+#: What a fixup's place and kind are read from: a site, or a whole fixup.
+Sited = FixupSite | FixupEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,9 +275,7 @@ class FixupCounts:
         return sum(self.functions) + self.other
 
     @classmethod
-    def of(
-        cls, functions: tuple[PatchFunction, ...], fixups: tuple[FixupEntry, ...]
-    ) -> FixupCounts:
+    def of(cls, functions: tuple[PatchFunction, ...], fixups: Sequence[Sited]) -> FixupCounts:
         spans = sorted(
             (part.offset, part.offset + part.size, index)
             for index, function in enumerate(functions)
@@ -322,13 +333,9 @@ class Package:
     @property
     def resolved_region(self) -> bool:
         """Whether blob bytes and fixup targets are known (what binding the region needs)."""
-        return (
-            all(b.resolved for b in self.blobs)
-            and all(f.target != UNRESOLVED for f in self.fixups)
-            and (
-                self.stated_fixup_counts is None
-                or FixupCounts.of(self.functions, self.fixups) == self.stated_fixup_counts
-            )
+        return all(b.resolved for b in self.blobs) and (
+            self.stated_fixup_counts is None
+            or FixupCounts.of(self.functions, self.fixups) == self.stated_fixup_counts
         )
 
     @property

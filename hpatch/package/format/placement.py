@@ -11,16 +11,16 @@ difference is 0; binding overwrites fields anyway.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from hpatch.arch import Arch
 from hpatch.arch.rewrite import Fixup
 from hpatch.package.format.fields import INSTRUCTION_FIELDS, PAGE_OFFSETS, read_field
 from hpatch.package.format.wire import arch_of
 from hpatch.package.model import (
-    FixupEntry,
     FunctionStatus,
     Package,
+    Sited,
     TargetKind,
 )
 
@@ -111,9 +111,7 @@ def table_targets(package: Package) -> dict[int, int]:
     return given
 
 
-def field_addresses(
-    package: Package, placement: Placement, fixups: tuple[FixupEntry, ...]
-) -> list[int]:
+def field_addresses(package: Package, placement: Placement, fixups: Sequence[Sited]) -> list[int]:
     """For every fixup, the address its field's bytes name under the virtual placement,
     an ADRP's and its page offset's completed by their pair (needs resolved blobs)."""
     field = field_reader(package)
@@ -162,7 +160,7 @@ def unwind_data_size(arch: Arch, header: bytes) -> int:
 _PAIR_WINDOW = 8  # fixups an ADRP and the ADD/LDR/STR completing it may lie apart
 
 
-def _pair(fixups: tuple[FixupEntry, ...], words: list[int], index: int, step: int) -> int | None:
+def _pair(fixups: Sequence[Sited], words: list[int], index: int, step: int) -> int | None:
     """The ADRP fixup (``step`` -1) or the ADD/LDR/STR fixup (``step`` 1) nearest to
     ``index`` that uses the same register: the page and the page offset of one address."""
     register = words[index] & 31 if step > 0 else (words[index] >> 5) & 31

@@ -31,8 +31,10 @@ from hpatch.package.format.sites import (
 from hpatch.package.format.validate import validate_package
 from hpatch.package.format.wire import Reader, Writer, arch_of, read_scaled, write_scaled
 from hpatch.package.model import (
-    UNRESOLVED,
     BodyCoding,
+    FixupCounts,
+    FixupEntry,
+    FixupSite,
     Package,
 )
 
@@ -93,9 +95,11 @@ def with_region(package: Package, plain: bytes) -> Package:
     blobs = tuple(replace(b, data=data.take(b.size), unresolved_size=0) for b in package.blobs)
     if any(not b.data for b in blobs):
         raise PackageFormatError("an empty blob")
-    resolved = replace(package, blobs=blobs)
+    # An unresolved package holds no fixups: the stream states their sites, then targets.
+    assert not package.fixups, "the region stream is read into an unresolved package"
+    resolved = replace(package, blobs=blobs, stated_fixup_counts=None)
     machine = package.machine
-    found = []
+    found: list[FixupSite] = []
     predicted = predicted_sites(resolved)
     for site in predicted:
         mark = data.u8()
@@ -120,18 +124,19 @@ def with_region(package: Package, plain: bytes) -> Package:
             )
         found.append(fixup_from_code(machine, offset, data.u8()))
     found.sort(key=lambda f: f.offset)
-    listed = replace(resolved, fixups=tuple(found), stated_fixup_counts=None)
     stated = package.stated_fixup_counts
-    if stated is not None and listed.fixup_counts != stated:
+    if stated is not None and FixupCounts.of(package.functions, found) != stated:
         raise PackageFormatError(
             "region stream: the fixups differ from the counts the metadata states"
         )
-    validate_package(listed)
+    validate_package(resolved, sites=found)
     deltas = [data.sv() for _ in found]
     data.finish()
-    predictions = walk_predictions(listed, lambda index, predicted: predicted + deltas[index])
+    predictions = walk_predictions(
+        resolved, found, lambda index, predicted: predicted + deltas[index]
+    )
     fixups = tuple(
-        replace(f, target=predicted + delta)
+        FixupEntry(f.offset, f.kind, f.target_kind, predicted + delta)
         for f, predicted, delta in zip(found, predictions, deltas, strict=True)
     )
     for fixup in fixups:
@@ -179,9 +184,7 @@ def region_coding(package: Package) -> BodyCoding:
     coding = package.coding
     if coding is not None:
         same_spec = coding.spec == dictionary_spec(package, coding.dictionary, coding.extents)
-        if not any(b.resolved for b in package.blobs) and all(
-            f.target == UNRESOLVED for f in package.fixups
-        ):
+        if not any(b.resolved for b in package.blobs) and not package.fixups:
             if not same_spec:
                 raise PackageFormatError(
                     "an unresolved package changed what its region is coded against"

@@ -10,7 +10,7 @@ site's target kind follows from the address its field names.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from hpatch.arch import Machine
@@ -27,16 +27,19 @@ from hpatch.package.format.placement import (
 )
 from hpatch.package.format.wire import arch_of, enum_value
 from hpatch.package.model import (
-    UNRESOLVED,
     BlobKind,
-    FixupEntry,
+    FixupSite,
     Package,
+    Sited,
     TargetKind,
 )
 
 
-def walk_predictions(package: Package, actual: Callable[[int, int], int]) -> list[int]:
-    """Every fixup's predicted target, in order: what the unwind records give for a
+def walk_predictions(
+    package: Package, fixups: Sequence[Sited], actual: Callable[[int, int], int]
+) -> list[int]:
+    """Every fixup's predicted target, in order (``fixups``: the package's, or their sites
+    while the targets are being read): what the unwind records give for a
     function table's begin and end, the end of the unwind data the previous table entry
     names for its unwind data field, else what the field's bytes name under the virtual
     placement (needs resolved blobs). ``actual(index, predicted)`` is the fixup's target,
@@ -49,8 +52,8 @@ def walk_predictions(package: Package, actual: Callable[[int, int], int]) -> lis
     unwind_blobs = [b.offset for b in package.blobs if b.kind == BlobKind.UNWIND]
     following = unwind_blobs[0] if unwind_blobs else 0
     predictions = []
-    addresses = field_addresses(package, placement, package.fixups)
-    for index, (fixup, address) in enumerate(zip(package.fixups, addresses, strict=True)):
+    addresses = field_addresses(package, placement, fixups)
+    for index, (fixup, address) in enumerate(zip(fixups, addresses, strict=True)):
         region = fixup.target_kind == TargetKind.REGION
         if region and fixup.offset in given:
             predicted = given[fixup.offset]
@@ -67,15 +70,15 @@ def walk_predictions(package: Package, actual: Callable[[int, int], int]) -> lis
 
 def predicted_targets(package: Package) -> list[int]:
     """For every fixup of a resolved package, its predicted target."""
-    return walk_predictions(package, lambda index, _predicted: package.fixups[index].target)
+    fixups = package.fixups
+    return walk_predictions(package, fixups, lambda index, _predicted: fixups[index].target)
 
 
 AS_PREDICTED, NOT_A_FIXUP = 0, 1  # site marks; any other mark is a fixup's code byte
 
 
-def predicted_sites(package: Package) -> list[FixupEntry]:
-    """The fixups the region's bytes predict (target UNRESOLVED), by offset; needs
-    resolved blobs."""
+def predicted_sites(package: Package) -> list[FixupSite]:
+    """The fixup sites the region's bytes predict, by offset; needs resolved blobs."""
     field = field_reader(package)
     arch = arch_of(package.machine)
     sites: dict[int, Fixup] = {}
@@ -92,10 +95,7 @@ def predicted_sites(package: Package) -> list[FixupEntry]:
     for offset in table:
         sites.setdefault(offset, arch.rva_fixup)
     placement = Placement(package)
-    found = tuple(
-        FixupEntry(offset, sites[offset], TargetKind.OLD_RVA, UNRESOLVED)
-        for offset in sorted(sites)
-    )
+    found = tuple(FixupSite(offset, sites[offset], TargetKind.OLD_RVA) for offset in sorted(sites))
     predicted = []
     for fixup, address in zip(found, field_addresses(package, placement, found), strict=True):
         if fixup.offset in table:
@@ -110,16 +110,15 @@ def predicted_sites(package: Package) -> list[FixupEntry]:
     return predicted
 
 
-def fixup_code(fixup: FixupEntry) -> int:
+def fixup_code(fixup: Sited) -> int:
     return fixup.kind.coff_type | fixup.target_kind << 5
 
 
-def fixup_from_code(machine: Machine, offset: int, code: int) -> FixupEntry:
-    return FixupEntry(
+def fixup_from_code(machine: Machine, offset: int, code: int) -> FixupSite:
+    return FixupSite(
         offset,
         enum_value(Fixup, MACHINE_TAGS[machine] | (code & 0x1F), "fixup kind"),
         enum_value(TargetKind, code >> 5, "fixup target kind"),
-        UNRESOLVED,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from collections.abc import Sequence
 
 from hpatch.arch.kinds import MACHINE_TAGS
 from hpatch.errors import PackageFormatError
@@ -22,12 +23,14 @@ from hpatch.package.model import (
     FORMAT_VERSION,
     NO_RVA,
     TARGET_DIGEST_SIZE,
-    UNRESOLVED,
     Blob,
     BlobKind,
+    FixupEntry,
+    FixupSite,
     FunctionStatus,
     Package,
     PatchFunction,
+    Sited,
     TargetKind,
 )
 
@@ -36,9 +39,11 @@ def _fail(message: str) -> None:
     raise PackageFormatError(message)
 
 
-def validate_package(package: Package) -> None:
+def validate_package(package: Package, *, sites: Sequence[FixupSite] | None = None) -> None:
     """Every cross-reference inside the package is consistent (shared by both directions);
-    unresolved blobs and targets are checked for what is known of them.
+    unresolved blobs are checked for what is known of them. ``sites``, while the region
+    stream is read: the fixups' places and kinds, their targets not read yet (the
+    package holds no fixups then).
 
     PackageFormatError names the first inconsistency.
     """
@@ -122,16 +127,19 @@ def validate_package(package: Package) -> None:
                 _fail(f"function part at new RVA 0x{part.new_rva:x} out of range")
             blob_for(part.offset, part.size, (BlobKind.CODE,), "function part")
         entries[function.entry_offset] = function
-    for fixup in package.fixups:
+    placed: Sequence[Sited] = package.fixups if sites is None else sites
+    if sites is not None and package.fixups:
+        _fail("fixup sites given for a package that has its fixups")
+    for fixup in placed:
         if fixup.kind.machine != machine:
             _fail(f"fixup {fixup.kind.name} in a {machine.name} package")
-    offsets = [f.offset for f in package.fixups]
+    offsets = [f.offset for f in placed]
     if any(b <= a for a, b in itertools.pairwise(offsets)):
         _fail("fixups are not in offset order or repeat")
-    for fixup in package.fixups:
+    for fixup in placed:
         blob_for(fixup.offset, fixup.kind.field_size, tuple(BlobKind), "fixup")
-        if fixup.target == UNRESOLVED:
-            continue
+        if not isinstance(fixup, FixupEntry):
+            continue  # a site: its target is not read yet
         if fixup.target_kind == TargetKind.IMPORT and not 0 <= fixup.target < len(package.imports):
             _fail(
                 f"fixup at 0x{fixup.offset:x} names import {fixup.target} of {len(package.imports)}"
