@@ -11,7 +11,7 @@ import operator
 import re
 import struct
 from collections.abc import Sequence
-from functools import cache, lru_cache
+from functools import lru_cache
 
 import capstone
 from capstone import x86_const
@@ -20,6 +20,10 @@ from hpatch._fallback_discovery import *  # noqa: F403  (its __all__: the discov
 from hpatch._fallback_lzma2 import lzma2_compress  # noqa: F401
 from hpatch._fallback_rewrite import apply_fixups, encode_redirect  # noqa: F401
 from hpatch.arch.base import RefKind, SiteKind
+from hpatch.arch.x64_decode import LOOP_BRANCHES as _LOOPS
+from hpatch.arch.x64_decode import displacement_size as _displacement_size
+from hpatch.arch.x64_decode import loads_image_base as _loads_image_base
+from hpatch.arch.x64_decode import x64_decoder as _x64_decoder
 
 # The numbers the C core takes from native/constants.h, as plain ints (hot loops).
 SITE_CALL, SITE_JUMP, SITE_COND_JUMP = (
@@ -128,62 +132,6 @@ def scan_arm64_sites(
                 if lo_rva <= target < hi_rva:
                     sites.append((site, target, SITE_ADDRESS))
     return sites
-
-
-def _loads_image_base(insn: capstone.CsInsn, target_rva: int) -> bool:
-    """``lea reg64, [rip+disp]`` aimed at RVA 0: the image base, which MSVC jump tables
-    and RVA tables are indexed from."""
-    destination = insn.operands[0]
-    return (
-        target_rva == 0
-        and insn.id == x86_const.X86_INS_LEA
-        and destination.type == x86_const.X86_OP_REG
-        and destination.size == 8
-    )
-
-
-def _displacement_size(encoding: bytes, modrm_offset: int, reported: int) -> int:
-    """Bytes of displacement, from the ModRM/SIB bytes themselves.
-
-    capstone's disp_size follows the operand-size prefix (it says 2 for the disp32 of
-    ``66 0F 6E 05 ...``); the encoding decides. Without a ModRM byte (mov moffs) its
-    report stands.
-    """
-    if not modrm_offset:
-        return reported
-    modrm = encoding[modrm_offset]
-    mod, rm = modrm >> 6, modrm & 7
-    if mod == 3:
-        return 0
-    if mod == 1:
-        return 1
-    if mod == 2:
-        return 4
-    if rm == 5:
-        return 4
-    # MOV to or from CR/DR (0F 20-23) ignores mod: no SIB byte follows an rm of 4.
-    if rm == 4 and modrm_offset + 1 < len(encoding) and (encoding[modrm_offset + 1] & 7) == 5:
-        return 4
-    return 0
-
-
-# capstone leaves these rel8 branches out of its jump group.
-_LOOPS = frozenset(
-    {
-        x86_const.X86_INS_LOOP,
-        x86_const.X86_INS_LOOPE,
-        x86_const.X86_INS_LOOPNE,
-        x86_const.X86_INS_JRCXZ,
-        x86_const.X86_INS_JECXZ,
-    }
-)
-
-
-@cache
-def _x64_decoder() -> capstone.Cs:
-    decoder = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    decoder.detail = True
-    return decoder
 
 
 def normalise_x64(

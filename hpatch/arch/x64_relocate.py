@@ -13,9 +13,14 @@ from collections.abc import Sequence
 import capstone
 from capstone import x86_const
 
-from hpatch._fallback import _LOOPS, _displacement_size, _loads_image_base, _x64_decoder
 from hpatch.arch.relocate import CodeFixup, RelocationError, ShortBranch
 from hpatch.arch.rewrite import X64_REL32_BY_TRAILER, Fixup
+from hpatch.arch.x64_decode import (
+    LOOP_BRANCHES,
+    displacement_size,
+    loads_image_base,
+    x64_decoder,
+)
 
 
 def x64_code_fixups(
@@ -41,7 +46,7 @@ def x64_code_fixups(
     for start, end in instructions:
         position = start
         chunk = code[start - code_rva : end - code_rva]
-        for insn in _x64_decoder().disasm(chunk, start):
+        for insn in x64_decoder().disasm(chunk, start):
             if insn.address != position:
                 break
             position = insn.address + insn.size
@@ -88,7 +93,7 @@ class _Scan:
     def instruction(self, insn: capstone.CsInsn) -> None:
         position = insn.address + insn.size
         imm_rva = insn.address + insn.imm_offset
-        disp_size = _displacement_size(insn.bytes, insn.modrm_offset, insn.disp_size)
+        disp_size = displacement_size(insn.bytes, insn.modrm_offset, insn.disp_size)
         disp_rva = position - insn.imm_size - disp_size
         if insn.imm_size == 8 and imm_rva in self.relocated:
             self.absolute(imm_rva, insn.address)
@@ -98,7 +103,7 @@ class _Scan:
             self.absolute(disp_rva, insn.address)
             return
         is_call = insn.group(capstone.CS_GRP_CALL)
-        is_jump = insn.group(capstone.CS_GRP_JUMP) or insn.id in _LOOPS
+        is_jump = insn.group(capstone.CS_GRP_JUMP) or insn.id in LOOP_BRANCHES
         if insn.imm_size and (is_call or is_jump) and insn.operands[0].type == x86_const.X86_OP_IMM:
             target = insn.operands[0].imm
             if self.lo <= target < self.hi:
@@ -118,7 +123,7 @@ class _Scan:
         operand = memory[0]
         if operand.mem.base == x86_const.X86_REG_RIP:
             target = position + operand.mem.disp
-            if _loads_image_base(insn, target):
+            if loads_image_base(insn, target):
                 self.base_registers.add(insn.operands[0].reg)
             if self.lo <= target < self.hi:
                 return
