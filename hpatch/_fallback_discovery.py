@@ -7,13 +7,20 @@ them to it.
 from __future__ import annotations
 
 import bisect
+import itertools
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 
 import capstone
 
-__all__ = ["reference_evidence", "x64_code_extent", "x64_padding_length"]
+__all__ = [
+    "gap_evidence",
+    "gap_leaves",
+    "reference_evidence",
+    "x64_code_extent",
+    "x64_padding_length",
+]
 
 #: Capstone decodes a window at a time: one the size of a function's whole bound (up
 #: to a megabyte) cost far more than the block it ends in.
@@ -22,6 +29,7 @@ _RVA_LIMIT = 0xFFFFFFFF
 #: Where fall-through ends after the instruction.
 _STOPS = frozenset({"ret", "retf", "retfq", "iretq", "iretd", "iret", "ud2", "hlt"})
 _SINGLE_PAD = frozenset({0xCC, 0x90, 0x00})
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 @cache
@@ -161,6 +169,189 @@ def reference_evidence(
             continue
         found[target] = found.get(target, 0) | bit
     return unchecked
+
+
+def _int64(value: object) -> int:
+    """An int as the C core holds it: a value past int64 saturates."""
+    number = operator.index(value)  # type: ignore[arg-type]
+    return min(max(number, _INT64_MIN), _INT64_MAX)
+
+
+def _int64s(values: Iterable[object]) -> list[int]:
+    return [_int64(value) for value in values]
+
+
+def gap_evidence(
+    static_targets: Sequence[int],
+    static_masks: Sequence[int],
+    targets: Sequence[int],
+    sites: Sequence[int],
+    bits: Sequence[int],
+    starts: Sequence[int],
+    ends: Sequence[int],
+    entry_bits: tuple[int, int, int, int] | None,
+    check: Callable[[int, int, int], object],
+    /,
+) -> tuple[list[int], list[int]]:
+    """One round's evidence masks, as two lists: the RVAs with a nonzero mask, ascending,
+    and their masks.
+
+    static_targets (strictly ascending) and static_masks are the evidence stated before;
+    targets (ascending), sites and bits the references (target, site, bit). A reference
+    counts when its site lies in one of the sorted, disjoint ranges [starts[i], ends[i]).
+    With entry_bits (call, entry, foreign, not_a_jump), not None, a call or a reference
+    from outside the target's own range is only explained by an entry: it gains the entry
+    bit (and the foreign bit when it is not a jump or its target lies in another range),
+    and a target gains such a bit if check(start, end, site) is true for one of its
+    sites: asked bit by bit in the order the target's references meet them, site by site
+    in order until one passes, and only while the target's mask lacks some of the bit.
+    """
+    entries = entry_bits is not None
+    call = entry = foreign = not_a_jump = 0
+    if entry_bits is not None:
+        if not isinstance(entry_bits, tuple) or len(entry_bits) != 4:
+            raise TypeError("entry_bits must be 4 ints")
+        call, entry, foreign, not_a_jump = (_int64(b) for b in entry_bits)
+    if not callable(check):
+        raise TypeError("check must be callable")
+    columns = [
+        _int64s(values)
+        for values in (static_targets, static_masks, targets, sites, bits, starts, ends)
+    ]
+    static_targets, static_masks, targets, sites, bits, starts, ends = columns
+    if len(static_targets) != len(static_masks):
+        raise ValueError("static_targets and static_masks differ in length")
+    if not len(targets) == len(sites) == len(bits):
+        raise ValueError("targets, sites and bits differ in length")
+    if len(starts) != len(ends):
+        raise ValueError("starts and ends differ in length")
+    if any(a >= b for a, b in itertools.pairwise(static_targets)):
+        raise ValueError("static_targets must ascend strictly")
+    if any(a > b for a, b in itertools.pairwise(targets)):
+        raise ValueError("targets must ascend")
+    out_targets: list[int] = []
+    out_masks: list[int] = []
+    static = dict(zip(static_targets, static_masks, strict=True))
+    i, n = 0, len(targets)
+    for target in sorted(static.keys() | set(targets)):
+        mask = static.get(target, 0)
+        # the target's entry references, bit -> sites, in the order each bit is met
+        waiting: dict[int, list[tuple[int, int, int]]] = {}
+        while i < n and targets[i] == target:
+            site, bit = sites[i], bits[i]
+            i += 1
+            index = bisect.bisect_right(starts, site) - 1
+            if index < 0 or site >= ends[index]:
+                continue
+            start, end = starts[index], ends[index]
+            if entries and (bit == call or not start <= target < end):
+                bit |= entry
+                # A jump from the code right before the target may reach the
+                # function's own block laid out after its last instruction.
+                if bit & not_a_jump or bisect.bisect_right(starts, target) - 1 != index:
+                    bit |= foreign
+                waiting.setdefault(bit, []).append((start, end, site))
+                continue
+            mask |= bit
+        for bit, refs in waiting.items():
+            if mask & bit != bit and any(check(*ref) for ref in refs):
+                mask |= bit
+        if mask:
+            out_targets.append(target)
+            out_masks.append(mask)
+    return out_targets, out_masks
+
+
+def _callables(*functions: object) -> None:
+    if not all(callable(f) for f in functions):
+        raise TypeError("thunk, extent, padding, may_follow and runs_into must be callable")
+
+
+def _optional_int64(value: object) -> int | None:
+    return None if value is None else _int64(value)
+
+
+def gap_leaves(
+    targets: Sequence[int],
+    masks: Sequence[int],
+    gap_start: int,
+    gap_end: int,
+    align: int,
+    bits: tuple[int, int],
+    thunk: Callable[[int], int | None],
+    extent: Callable[[int, int], int | None],
+    padding: Callable[[int], int],
+    may_follow: Callable[[int, int], object],
+    runs_into: Callable[[int], object],
+    /,
+) -> tuple[dict[int, int], int | None]:
+    """The functions a walk of the gap [gap_start, gap_end) finds, as a dict start -> end
+    in the order found, and the candidate that runs into the range at gap_end (or None).
+
+    targets (strictly ascending) are the candidate starts and masks their evidence;
+    bits is (accepted, strong). The walk starts after padding(gap_start) bytes; where
+    it stands, thunk(rva) (asked once per place) gives the end of an import thunk, or
+    None. Else the next candidate at or after the last function's end is one if it
+    has an accepted bit and an rva that align divides, and, right at that end, if
+    may_follow(end, mask); it ends at extent(target, bound), bound being the next such
+    candidate or gap_end (a bound without a strong bit that the code runs into, None,
+    gives way to the next one). A candidate without an end whose code runs into the
+    range at gap_end (runs_into(target)) holds up to it, and the walk stops there.
+    Past each function, padding(end) bytes are skipped.
+    """
+    targets, masks = _int64s(targets), _int64s(masks)
+    gap_start, gap_end, align = _int64(gap_start), _int64(gap_end), _int64(align)
+    if not isinstance(bits, tuple) or len(bits) != 2:
+        raise TypeError("bits must be 2 ints")
+    accepted, strong = (_int64(b) for b in bits)
+    _callables(thunk, extent, padding, may_follow, runs_into)
+    if len(targets) != len(masks):
+        raise ValueError("targets and masks differ in length")
+    if any(a >= b for a, b in itertools.pairwise(targets)):
+        raise ValueError("targets must ascend strictly")
+    if align < 1:
+        raise ValueError("align must be positive")
+    entries = [i for i, t in enumerate(targets) if masks[i] & accepted and not t % align]
+    entry_targets = [targets[i] for i in entries]
+    leaves: dict[int, int] = {}
+    index, count = 0, len(targets)
+    previous_end = gap_start
+    cursor = _int64(gap_start + _int64(padding(gap_start)))
+    asked = None
+    while True:
+        if cursor < gap_end and cursor != asked:
+            asked = cursor
+            thunk_end = _optional_int64(thunk(cursor))
+            if thunk_end is not None:
+                leaves[cursor] = thunk_end
+                previous_end = thunk_end
+                cursor = _int64(thunk_end + _int64(padding(thunk_end)))
+                continue
+        index = bisect.bisect_left(targets, previous_end, index)
+        if index == count:
+            return leaves, None
+        target, mask = targets[index], masks[index]
+        index += 1
+        if target % align or not mask & accepted:
+            continue
+        if target == previous_end and not may_follow(previous_end, mask):
+            continue
+        next_entry = bisect.bisect_right(entry_targets, target)
+        while True:
+            bound = entry_targets[next_entry] if next_entry < len(entries) else gap_end
+            end = _optional_int64(extent(target, bound))
+            if end is not None or bound == gap_end or masks[entries[next_entry]] & strong:
+                break
+            # The code runs on into the next candidate: not an entry after all.
+            next_entry += 1
+        if end is None and bound == gap_end and runs_into(target):
+            leaves[target] = gap_end
+            return leaves, target
+        if end is None or end <= target:
+            continue
+        leaves[target] = end
+        previous_end = end
+        cursor = _int64(end + _int64(padding(end)))
 
 
 def _modrm_tail(data: bytes | memoryview, at: int) -> int | None:

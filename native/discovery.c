@@ -12,6 +12,12 @@
  * x64_*_forms tables, made by the generator at the end of this file), and asks
  * capstone's own cs_disasm_iter for anything else, through the entry points of the
  * library the capstone package loaded (hpatch.arch.x64 passes them).
+ *
+ * gap_evidence and gap_leaves are the rounds of leaf discovery
+ * (hpatch/image/functions.py): the evidence of every candidate start in the gaps
+ * between .pdata ranges, from 270,000 references on a large DLL, and the walk of a
+ * gap over its candidates, which asks the image and the arch (through callbacks) only
+ * where a function may start. Both hold the GIL: they make Python ints and call back.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -993,6 +999,549 @@ done:
     return result;
 }
 
+/* The four masks of entry_bits, (call, entry, foreign, not_a_jump); 0 with an exception
+ * set if it is not a tuple of 4 ints. */
+static int entry_bits_arg(PyObject *entry_bits, long long bits[4])
+{
+    /* PyArg_ParseTuple takes only a tuple: anything else is the caller's TypeError. */
+    if (!PyTuple_Check(entry_bits) || PyTuple_GET_SIZE(entry_bits) != 4) {
+        PyErr_SetString(PyExc_TypeError, "entry_bits must be 4 ints");
+        return 0;
+    }
+    return PyArg_ParseTuple(entry_bits, "O&O&O&O&;entry_bits must be 4 ints", hpatch_int64_arg,
+                            &bits[0], hpatch_int64_arg, &bits[1], hpatch_int64_arg, &bits[2],
+                            hpatch_int64_arg, &bits[3]);
+}
+
+/* 1 if values[0..count) ascend (strictly: each greater than the one before). */
+static int ascending(const int64_t *values, Py_ssize_t count, int strictly)
+{
+    for (Py_ssize_t i = 1; i < count; i++)
+        if (values[i] < values[i - 1] || (strictly && values[i] == values[i - 1]))
+            return 0;
+    return 1;
+}
+
+/* A reference of one target that only an entry explains, waiting for its check. */
+typedef struct {
+    int64_t bit, start, end, site;
+    Py_ssize_t order; /* where it was met among the target's references */
+} entry_ref_t;
+
+/* By bit, then in the order met: each bit's references side by side, in order. */
+static int by_bit_then_order(const void *a, const void *b)
+{
+    const entry_ref_t *x = a, *y = b;
+    if (x->bit != y->bit)
+        return x->bit < y->bit ? -1 : 1;
+    return (x->order > y->order) - (x->order < y->order);
+}
+
+/* A run of references with one bit: [first, last) of the sorted references, and
+ * where its first reference was met. */
+typedef struct {
+    Py_ssize_t first, last, order;
+} bit_run_t;
+
+static int by_order(const void *a, const void *b)
+{
+    const bit_run_t *x = a, *y = b;
+    return (x->order > y->order) - (x->order < y->order);
+}
+
+/* The bits of the target's entry references whose check passes for one of their
+ * sites, asked bit by bit in the order each bit was first met, and only while the
+ * mask lacks some of that bit: ORed into *mask. -1 with an exception set. */
+static int check_entry_refs(entry_ref_t *refs, Py_ssize_t count, bit_run_t *runs,
+                            PyObject *check, int64_t *mask)
+{
+    if (count == 0)
+        return 0;
+    qsort(refs, (size_t)count, sizeof *refs, by_bit_then_order);
+    Py_ssize_t run_count = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (i == 0 || refs[i].bit != refs[i - 1].bit) {
+            runs[run_count].first = i;
+            runs[run_count].order = refs[i].order;
+            run_count++;
+        }
+        runs[run_count - 1].last = i + 1;
+    }
+    qsort(runs, (size_t)run_count, sizeof *runs, by_order);
+    for (Py_ssize_t r = 0; r < run_count; r++) {
+        int64_t bit = refs[runs[r].first].bit;
+        if ((*mask & bit) == bit)
+            continue;
+        for (Py_ssize_t i = runs[r].first; i < runs[r].last; i++) {
+            PyObject *answer = PyObject_CallFunction(check, "LLL", (long long)refs[i].start,
+                                                     (long long)refs[i].end,
+                                                     (long long)refs[i].site);
+            if (answer == NULL)
+                return -1;
+            int truth = PyObject_IsTrue(answer);
+            Py_DECREF(answer);
+            if (truth < 0)
+                return -1;
+            if (truth) {
+                *mask |= bit;
+                break;
+            }
+        }
+    }
+    return 0;
+}
+
+/* An iterable of ints as a tuple of them, kept so that a result can hand back the
+ * caller's own int objects (their memory is the caller's already), and as a malloc'd
+ * array of int64: NULL with an exception set. */
+static int64_t *kept_int64_array(PyObject *sequence, Py_ssize_t *count, PyObject **kept)
+{
+    *kept = PySequence_Tuple(sequence);
+    if (*kept == NULL)
+        return NULL;
+    int64_t *values = int64_array(*kept, count);
+    if (values == NULL)
+        Py_CLEAR(*kept);
+    return values;
+}
+
+/* value as an int: `same` itself (a new reference) when it is an int that holds
+ * exactly value, else a new one. */
+static PyObject *int_like(PyObject *same, int64_t value)
+{
+    if (same != NULL && PyLong_CheckExact(same) && value != INT64_MIN && value != INT64_MAX)
+        return Py_NewRef(same);
+    return PyLong_FromLongLong(value);
+}
+
+/* The few distinct masks a round gives, each one int object, not one per target. */
+typedef struct {
+    int64_t values[16];
+    PyObject *objects[16];
+    int count, next;
+} mask_ints_t;
+
+static PyObject *mask_int(mask_ints_t *cache, int64_t value)
+{
+    for (int i = 0; i < cache->count; i++)
+        if (cache->values[i] == value)
+            return Py_NewRef(cache->objects[i]);
+    PyObject *object = PyLong_FromLongLong(value);
+    if (object == NULL)
+        return NULL;
+    int slot = cache->count < 16 ? cache->count++ : cache->next++ % 16;
+    Py_XSETREF(cache->objects[slot], Py_NewRef(object));
+    cache->values[slot] = value;
+    return object;
+}
+
+/* Appends a new reference to list, which it consumes; -1 with an exception set. */
+static int append_new(PyObject *list, PyObject *item)
+{
+    if (item == NULL)
+        return -1;
+    int status = PyList_Append(list, item);
+    Py_DECREF(item);
+    return status;
+}
+
+PyDoc_STRVAR(gap_evidence_doc,
+"gap_evidence(static_targets, static_masks, targets, sites, bits, starts, ends, entry_bits, check, /)\n--\n\n"
+"One round's evidence masks, as two lists: the RVAs with a nonzero mask, ascending,\n"
+"and their masks.\n"
+"\n"
+"static_targets (strictly ascending) and static_masks are the evidence stated before;\n"
+"targets (ascending), sites and bits the references (target, site, bit). A reference\n"
+"counts when its site lies in one of the sorted, disjoint ranges [starts[i], ends[i]).\n"
+"With entry_bits (call, entry, foreign, not_a_jump), not None, a call or a reference\n"
+"from outside the target's own range is only explained by an entry: it gains the entry\n"
+"bit (and the foreign bit when it is not a jump or its target lies in another range),\n"
+"and a target gains such a bit if check(start, end, site) is true for one of its\n"
+"sites: asked bit by bit in the order the target's references meet them, site by site\n"
+"in order until one passes, and only while the target's mask lacks some of the bit.");
+
+static PyObject *gap_evidence(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *static_targets_seq, *static_masks_seq, *targets_seq, *sites_seq, *bits_seq;
+    PyObject *starts_seq, *ends_seq, *entry_bits, *check;
+    long long entry[4];
+    if (!PyArg_ParseTuple(args, "OOOOOOOOO:gap_evidence", &static_targets_seq, &static_masks_seq,
+                          &targets_seq, &sites_seq, &bits_seq, &starts_seq, &ends_seq, &entry_bits,
+                          &check))
+        return NULL;
+    int entries = entry_bits != Py_None;
+    if (entries && !entry_bits_arg(entry_bits, entry))
+        return NULL;
+    if (!entries)
+        entry[0] = entry[1] = entry[2] = entry[3] = 0;
+    if (!PyCallable_Check(check)) {
+        PyErr_SetString(PyExc_TypeError, "check must be callable");
+        return NULL;
+    }
+    const int64_t call_bit = entry[0], entry_bit = entry[1], foreign_bit = entry[2],
+                  not_a_jump = entry[3];
+    int64_t *static_targets = NULL, *static_masks = NULL, *targets = NULL, *sites = NULL,
+            *bits = NULL, *starts = NULL, *ends = NULL;
+    Py_ssize_t static_count, mask_count, n, site_count, bit_count, count, ends_count;
+    entry_ref_t *refs = NULL;
+    bit_run_t *runs = NULL;
+    PyObject *out_targets = NULL, *out_masks = NULL, *result = NULL;
+    PyObject *static_items = NULL, *target_items = NULL;
+    mask_ints_t mask_ints = {{0}, {NULL}, 0, 0};
+    if ((static_targets = kept_int64_array(static_targets_seq, &static_count, &static_items)) ==
+            NULL ||
+        (static_masks = int64_array(static_masks_seq, &mask_count)) == NULL ||
+        (targets = kept_int64_array(targets_seq, &n, &target_items)) == NULL ||
+        (sites = int64_array(sites_seq, &site_count)) == NULL ||
+        (bits = int64_array(bits_seq, &bit_count)) == NULL ||
+        (starts = int64_array(starts_seq, &count)) == NULL ||
+        (ends = int64_array(ends_seq, &ends_count)) == NULL)
+        goto done;
+    if (static_count != mask_count) {
+        PyErr_SetString(PyExc_ValueError, "static_targets and static_masks differ in length");
+        goto done;
+    }
+    if (n != site_count || n != bit_count) {
+        PyErr_SetString(PyExc_ValueError, "targets, sites and bits differ in length");
+        goto done;
+    }
+    if (count != ends_count) {
+        PyErr_SetString(PyExc_ValueError, "starts and ends differ in length");
+        goto done;
+    }
+    if (!ascending(static_targets, static_count, 1)) {
+        PyErr_SetString(PyExc_ValueError, "static_targets must ascend strictly");
+        goto done;
+    }
+    if (!ascending(targets, n, 0)) {
+        PyErr_SetString(PyExc_ValueError, "targets must ascend");
+        goto done;
+    }
+    /* At most one entry reference and one run per reference. */
+    refs = malloc((size_t)(n ? n : 1) * sizeof *refs);
+    runs = malloc((size_t)(n ? n : 1) * sizeof *runs);
+    out_targets = PyList_New(0);
+    out_masks = PyList_New(0);
+    if (refs == NULL || runs == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (out_targets == NULL || out_masks == NULL)
+        goto done;
+    Py_ssize_t i = 0, s = 0;
+    while (i < n || s < static_count) {
+        int64_t target = i < n && (s >= static_count || targets[i] <= static_targets[s])
+                             ? targets[i]
+                             : static_targets[s];
+        int64_t mask = 0;
+        PyObject *target_item = i < n && targets[i] == target ? PyTuple_GET_ITEM(target_items, i)
+                                                             : PyTuple_GET_ITEM(static_items, s);
+        if (s < static_count && static_targets[s] == target)
+            mask = static_masks[s++];
+        Py_ssize_t pending = 0;
+        for (Py_ssize_t order = 0; i < n && targets[i] == target; i++, order++) {
+            int64_t site = sites[i], bit = bits[i];
+            Py_ssize_t index = last_at_or_before(starts, count, site);
+            if (index < 0 || site >= ends[index])
+                continue;
+            int64_t start = starts[index], end = ends[index];
+            if (entries && (bit == call_bit || !(start <= target && target < end))) {
+                bit |= entry_bit;
+                /* A jump from the code right before the target may reach the function's
+                 * own block laid out after its last instruction. */
+                if ((bit & not_a_jump) || last_at_or_before(starts, count, target) != index)
+                    bit |= foreign_bit;
+                refs[pending++] = (entry_ref_t){bit, start, end, site, order};
+                continue;
+            }
+            mask |= bit;
+        }
+        if (check_entry_refs(refs, pending, runs, check, &mask) < 0)
+            goto done;
+        if (mask != 0 && (append_new(out_targets, int_like(target_item, target)) < 0 ||
+                          append_new(out_masks, mask_int(&mask_ints, mask)) < 0))
+            goto done;
+    }
+    result = PyTuple_Pack(2, out_targets, out_masks);
+done:
+    for (int m = 0; m < mask_ints.count; m++)
+        Py_DECREF(mask_ints.objects[m]);
+    Py_XDECREF(static_items);
+    Py_XDECREF(target_items);
+    Py_XDECREF(out_targets);
+    Py_XDECREF(out_masks);
+    free(refs);
+    free(runs);
+    free(static_targets);
+    free(static_masks);
+    free(targets);
+    free(sites);
+    free(bits);
+    free(starts);
+    free(ends);
+    return result;
+}
+
+/* a + b, saturating at the ends of int64 (as the twin's _int64 clamps). */
+static int64_t saturating_add(int64_t a, int64_t b)
+{
+    if (b > 0 && a > INT64_MAX - b)
+        return INT64_MAX;
+    if (b < 0 && a < INT64_MIN - b)
+        return INT64_MIN;
+    return a + b;
+}
+
+/* Index of the first of the sorted values[from..count) at or after key. */
+static Py_ssize_t first_at_or_after(const int64_t *values, Py_ssize_t from, Py_ssize_t count,
+                                    int64_t key)
+{
+    Py_ssize_t low = from, high = count;
+    while (low < high) {
+        Py_ssize_t mid = low + (high - low) / 2;
+        if (values[mid] < key)
+            low = mid + 1;
+        else
+            high = mid;
+    }
+    return low;
+}
+
+/* function(*values) as an int64 in *out, or *is_none (NULL: None is a TypeError);
+ * *answer (if not NULL) gets the int it returned, a new reference. 0 on success, -1
+ * with an exception set. */
+static int call_for_int(PyObject *function, int nargs, const int64_t *values, int64_t *out,
+                        int *is_none, PyObject **answer_out)
+{
+    PyObject *argv[2] = {NULL, NULL};
+    for (int i = 0; i < nargs; i++) {
+        argv[i] = PyLong_FromLongLong(values[i]);
+        if (argv[i] == NULL) {
+            Py_XDECREF(argv[0]);
+            return -1;
+        }
+    }
+    PyObject *answer = PyObject_Vectorcall(function, argv, (size_t)nargs, NULL);
+    Py_XDECREF(argv[0]);
+    Py_XDECREF(argv[1]);
+    if (answer == NULL)
+        return -1;
+    if (is_none != NULL)
+        *is_none = answer == Py_None;
+    if (is_none != NULL && answer == Py_None) {
+        Py_DECREF(answer);
+        return 0;
+    }
+    long long value = 0;
+    if (!hpatch_int64_arg(answer, &value)) {
+        Py_DECREF(answer);
+        return -1;
+    }
+    *out = value;
+    if (answer_out != NULL)
+        *answer_out = answer;
+    else
+        Py_DECREF(answer);
+    return 0;
+}
+
+/* The truth of function(*values): 1, 0, or -1 with an exception set. */
+static int call_for_truth(PyObject *function, int nargs, const int64_t *values)
+{
+    PyObject *argv[2] = {NULL, NULL};
+    for (int i = 0; i < nargs; i++) {
+        argv[i] = PyLong_FromLongLong(values[i]);
+        if (argv[i] == NULL) {
+            Py_XDECREF(argv[0]);
+            return -1;
+        }
+    }
+    PyObject *answer = PyObject_Vectorcall(function, argv, (size_t)nargs, NULL);
+    Py_XDECREF(argv[0]);
+    Py_XDECREF(argv[1]);
+    if (answer == NULL)
+        return -1;
+    int truth = PyObject_IsTrue(answer);
+    Py_DECREF(answer);
+    return truth;
+}
+
+/* leaves[start] = end, as ints: `start_item` and `end_item` themselves where they
+ * hold those values (see int_like); consumes the reference to end_item. -1 with an
+ * exception set. */
+static int add_leaf(PyObject *leaves, PyObject *start_item, int64_t start, PyObject *end_item,
+                    int64_t end)
+{
+    PyObject *key = int_like(start_item, start);
+    PyObject *value = int_like(end_item, end);
+    Py_XDECREF(end_item);
+    int status = key != NULL && value != NULL ? PyDict_SetItem(leaves, key, value) : -1;
+    Py_XDECREF(key);
+    Py_XDECREF(value);
+    return status;
+}
+
+PyDoc_STRVAR(gap_leaves_doc,
+"gap_leaves(targets, masks, gap_start, gap_end, align, bits, thunk, extent, padding, may_follow, runs_into, /)\n--\n\n"
+"The functions a walk of the gap [gap_start, gap_end) finds, as a dict start -> end\n"
+"in the order found, and the candidate that runs into the range at gap_end (or None).\n\n"
+"targets (strictly ascending) are the candidate starts and masks their evidence;\n"
+"bits is (accepted, strong). The walk starts after padding(gap_start) bytes; where\n"
+"it stands, thunk(rva) (asked once per place) gives the end of an import thunk, or\n"
+"None. Else the next candidate at or after the last function's end is one if it\n"
+"has an accepted bit and an rva that align divides, and, right at that end, if\n"
+"may_follow(end, mask); it ends at extent(target, bound), bound being the next such\n"
+"candidate or gap_end (a bound without a strong bit that the code runs into, None,\n"
+"gives way to the next one). A candidate without an end whose code runs into the\n"
+"range at gap_end (runs_into(target)) holds up to it, and the walk stops there.\n"
+"Past each function, padding(end) bytes are skipped.");
+
+static PyObject *gap_leaves(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *targets_seq, *masks_seq, *start_obj, *end_obj, *align_obj, *bits;
+    PyObject *thunk, *extent, *padding, *may_follow, *runs_into;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOO:gap_leaves", &targets_seq, &masks_seq, &start_obj,
+                          &end_obj, &align_obj, &bits, &thunk, &extent, &padding, &may_follow,
+                          &runs_into))
+        return NULL;
+    int64_t *targets = NULL, *masks = NULL;
+    Py_ssize_t *entries = NULL;
+    int64_t *entry_targets = NULL;
+    PyObject *leaves = NULL, *result = NULL, *target_items = NULL, *end_item = NULL;
+    Py_ssize_t count, mask_count;
+    long long gap_start, gap_end, align, accepted, strong;
+    if ((targets = kept_int64_array(targets_seq, &count, &target_items)) == NULL ||
+        (masks = int64_array(masks_seq, &mask_count)) == NULL ||
+        !hpatch_int64_arg(start_obj, &gap_start) || !hpatch_int64_arg(end_obj, &gap_end) ||
+        !hpatch_int64_arg(align_obj, &align))
+        goto done;
+    if (!PyTuple_Check(bits) || PyTuple_GET_SIZE(bits) != 2) {
+        PyErr_SetString(PyExc_TypeError, "bits must be 2 ints");
+        goto done;
+    }
+    if (!PyArg_ParseTuple(bits, "O&O&;bits must be 2 ints", hpatch_int64_arg, &accepted,
+                          hpatch_int64_arg, &strong))
+        goto done;
+    if (!PyCallable_Check(thunk) || !PyCallable_Check(extent) || !PyCallable_Check(padding) ||
+        !PyCallable_Check(may_follow) || !PyCallable_Check(runs_into)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "thunk, extent, padding, may_follow and runs_into must be callable");
+        goto done;
+    }
+    if (count != mask_count) {
+        PyErr_SetString(PyExc_ValueError, "targets and masks differ in length");
+        goto done;
+    }
+    if (!ascending(targets, count, 1)) {
+        PyErr_SetString(PyExc_ValueError, "targets must ascend strictly");
+        goto done;
+    }
+    if (align < 1) {
+        PyErr_SetString(PyExc_ValueError, "align must be positive");
+        goto done;
+    }
+    entries = malloc((size_t)(count ? count : 1) * sizeof *entries);
+    entry_targets = malloc((size_t)(count ? count : 1) * sizeof *entry_targets);
+    if (entries == NULL || entry_targets == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t entry_count = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if ((masks[i] & accepted) && targets[i] % align == 0) {
+            entries[entry_count] = i;
+            entry_targets[entry_count++] = targets[i];
+        }
+    }
+    if ((leaves = PyDict_New()) == NULL)
+        goto done;
+    Py_ssize_t index = 0;
+    int64_t previous_end = gap_start, cursor, pad, asked = 0, found_end;
+    int have_asked = 0, is_none;
+    if (call_for_int(padding, 1, &previous_end, &pad, NULL, NULL) < 0)
+        goto done;
+    cursor = saturating_add(gap_start, pad);
+    for (;;) {
+        if (cursor < gap_end && !(have_asked && cursor == asked)) {
+            asked = cursor;
+            have_asked = 1;
+            Py_CLEAR(end_item);
+            if (call_for_int(thunk, 1, &cursor, &found_end, &is_none, &end_item) < 0)
+                goto done;
+            if (!is_none) {
+                int status = add_leaf(leaves, NULL, cursor, end_item, found_end);
+                end_item = NULL;
+                if (status < 0 || call_for_int(padding, 1, &found_end, &pad, NULL, NULL) < 0)
+                    goto done;
+                previous_end = found_end;
+                cursor = saturating_add(found_end, pad);
+                continue;
+            }
+        }
+        index = first_at_or_after(targets, index, count, previous_end);
+        if (index == count)
+            break;
+        int64_t target = targets[index], mask = masks[index];
+        index++;
+        if (target % align != 0 || !(mask & accepted))
+            continue;
+        if (target == previous_end) {
+            int64_t question[2] = {previous_end, mask};
+            int truth = call_for_truth(may_follow, 2, question);
+            if (truth < 0)
+                goto done;
+            if (!truth)
+                continue;
+        }
+        Py_ssize_t next_entry = last_at_or_before(entry_targets, entry_count, target) + 1;
+        int64_t bound;
+        for (;;) {
+            bound = next_entry < entry_count ? entry_targets[next_entry] : gap_end;
+            int64_t question[2] = {target, bound};
+            Py_CLEAR(end_item);
+            if (call_for_int(extent, 2, question, &found_end, &is_none, &end_item) < 0)
+                goto done;
+            if (!is_none || bound == gap_end || (masks[entries[next_entry]] & strong))
+                break;
+            /* The code runs on into the next candidate: not an entry after all. */
+            next_entry++;
+        }
+        if (is_none && bound == gap_end) {
+            int truth = call_for_truth(runs_into, 1, &target);
+            if (truth < 0)
+                goto done;
+            if (truth) {
+                if (add_leaf(leaves, PyTuple_GET_ITEM(target_items, index - 1), target, NULL,
+                             gap_end) < 0)
+                    goto done;
+                result = Py_BuildValue("(OL)", leaves, (long long)target);
+                goto done;
+            }
+        }
+        if (is_none || found_end <= target)
+            continue;
+        int status = add_leaf(leaves, PyTuple_GET_ITEM(target_items, index - 1), target, end_item,
+                              found_end);
+        end_item = NULL;
+        if (status < 0 || call_for_int(padding, 1, &found_end, &pad, NULL, NULL) < 0)
+            goto done;
+        previous_end = found_end;
+        cursor = saturating_add(found_end, pad);
+    }
+    result = Py_BuildValue("(OO)", leaves, Py_None);
+done:
+    Py_XDECREF(end_item);
+    Py_XDECREF(target_items);
+    Py_XDECREF(leaves);
+    free(targets);
+    free(masks);
+    free(entries);
+    free(entry_targets);
+    return result;
+}
+
 /* Bytes taken by a ModRM byte at `at` and its SIB and displacement; 0 if cut short
  * (as the twin's _modrm_tail returns None). */
 static size_t modrm_tail(const uint8_t *data, size_t len, size_t at)
@@ -1065,6 +1614,8 @@ PyMethodDef hpatch_discovery_methods[] = {
     {"x64_code_extent", x64_code_extent, METH_VARARGS, x64_code_extent_doc},
     {"reference_evidence", reference_evidence, METH_VARARGS, reference_evidence_doc},
     {"x64_padding_length", x64_padding_length, METH_VARARGS, x64_padding_length_doc},
+    {"gap_evidence", gap_evidence, METH_VARARGS, gap_evidence_doc},
+    {"gap_leaves", gap_leaves, METH_VARARGS, gap_leaves_doc},
     {NULL, NULL, 0, NULL},
 };
 #endif

@@ -17,6 +17,8 @@ list, so that the regression corpus can hold every argument shape the fuzzer mak
   call adds to it);
 - ``["x64_decoder"]``: hpatch.arch.x64's live capstone entry points (never made up:
   the C core calls through them);
+- ``["oracle", kind, seed]``: a stand-in for one of discovery's callbacks (see
+  :class:`Oracle`), whose calls are compared afterwards like a buffer's contents;
 - ``["none"]``, ``["str", text]``, ``["float", value]``.
 
 Each core gets freshly built arguments. ``parity`` demands the same result, or the same
@@ -78,6 +80,38 @@ class Case:
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
+class Oracle:
+    """A callback of gap_evidence or gap_leaves that answers from a hash of its seed and
+    arguments, always the same way, and logs its calls (each core must ask the same
+    questions in the same order). Kinds: ``truth`` (check, may_follow, runs_into),
+    ``thunk`` (None, or an end past its argument), ``extent`` (None, or an end
+    anywhere around the candidate and its bound), ``padding`` (0 to 7 bytes), and
+    ``raise``, a truth that now and then raises instead."""
+
+    def __init__(self, kind: str, seed: int) -> None:
+        self.kind, self.seed = kind, seed
+        self.log: list[tuple[Any, ...]] = []
+
+    def __call__(self, *args: Any) -> Any:
+        import hashlib
+
+        self.log.append(args)
+        digest = hashlib.blake2b(repr((self.seed, args)).encode(), digest_size=8).digest()
+        value = int.from_bytes(digest, "little")
+        if self.kind == "thunk":
+            return None if value % 8 else args[0] + 1 + value % 12
+        if self.kind == "extent":
+            target, bound = args
+            if value % 4 == 0:
+                return None
+            return target + (value >> 8) % (max(bound - target, 0) + 9) - 4
+        if self.kind == "padding":
+            return value % 8 if value % 3 == 0 else 0
+        if self.kind == "raise" and value % 23 == 0:
+            raise RuntimeError("oracle")
+        return value % 3 != 0
+
+
 def build(args: list[Any]) -> list[Any]:
     """Fresh Python objects for the encoded arguments of a case."""
     built: list[Any] = []
@@ -113,6 +147,8 @@ def build(args: list[Any]) -> list[Any]:
             built.append({key: item for key, item in value[1]})
         elif tag == "x64_decoder":
             built.append(x64_decoder())
+        elif tag == "oracle":
+            built.append(Oracle(value[1], value[2]))
         elif tag == "none":
             built.append(None)
         elif tag == "str":
@@ -140,9 +176,11 @@ def x64_decoder() -> tuple[int, ...]:
 
 def _contents(value: object) -> bytes | None:
     """The bytes of a mutable argument, to compare what each core wrote (a mapping:
-    its sorted items)."""
+    its sorted items; an oracle: the calls it answered)."""
     if isinstance(value, dict):
         return repr(sorted(value.items())).encode()
+    if isinstance(value, Oracle):
+        return repr(value.log).encode()
     if isinstance(value, (bytearray, array)):
         return bytes(value)
     if isinstance(value, memoryview) and not value.readonly:

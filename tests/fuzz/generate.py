@@ -653,9 +653,99 @@ def gen_x64_padding_length(rng: random.Random) -> Case:
     return Case("x64_padding_length", [buffer_argument(rng, data), offset])
 
 
+def _sorted_rvas(rng: random.Random, low: int, high: int, count: int) -> list[int]:
+    return sorted({rng.randrange(low, high) for _ in range(count)})
+
+
+def _some(rng: random.Random) -> int:
+    return rng.choice((0, 1, 2, rng.randint(1, 40), rng.randint(1, 400)))
+
+
+def gen_gap_evidence(rng: random.Random) -> Case:
+    """A round's evidence: stated starts, references (grouped by target) from in and
+    around sorted disjoint ranges, with entry bits or without, and a check that answers
+    from a hash (now and then by raising); now and then a column that is out of order
+    or of another length."""
+    starts, ends, at = [], [], rng.randrange(0x1000, 0x10000)
+    for _ in range(rng.choice((0, 1, 2, rng.randint(1, 40)))):
+        at += rng.choice((0, 1, 16, rng.randrange(0x400)))
+        size = rng.choice((1, 2, 16, rng.randrange(1, 0x400)))
+        starts.append(at)
+        ends.append(at + size)
+        at += size
+    places = [rng.randrange(0x1000, at + 0x100)] + starts + ends + [s + 1 for s in starts]
+    bits = (1, 2, 4, 8, 16, 32, 64, 128)
+    rows = sorted(
+        (rng.choice(places), rng.choice(places), rng.choice(bits)) for _ in range(_some(rng))
+    )
+    stated = {rng.choice(places): rng.choice((0, *bits)) for _ in range(_some(rng))}
+    static = sorted(stated.items())
+    columns = [
+        [t for t, _ in static],
+        [m for _, m in static],
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        starts,
+        ends,
+    ]
+    if rng.randrange(20) == 0:
+        column = rng.choice(columns)
+        if column:
+            column.pop() if rng.randrange(2) else column.reverse()
+    if rng.randrange(30) == 0:
+        rng.choice(columns).append(rng.choice(EDGES) * rng.choice((1, -1)))
+    entry_bits = ["tuple", [1, 256, 512, 1024]] if rng.randrange(4) else ["none"]
+    check = ["oracle", rng.choice(("truth", "truth", "raise")), rng.getrandbits(32)]
+    return Case("gap_evidence", [*(["ints", column] for column in columns), entry_bits, check])
+
+
+def gen_gap_leaves(rng: random.Random) -> Case:
+    """A walk of one gap: candidates in and around it with evidence of every mix,
+    alignments of 1 and 4, bounds at their limits, and callbacks that answer from a
+    hash (thunks now and then, ends before, inside and past the bound, padding)."""
+    gap_start = rng.choice((0, rng.randrange(0x1000, 0x100000), U32 - 0x100))
+    length = rng.choice((0, 1, 16, rng.randrange(1, 0x400), rng.randrange(1, 0x4000)))
+    gap_end = gap_start + length
+    targets = _sorted_rvas(rng, max(gap_start - 8, 0), gap_end + 9, _some(rng))
+    if rng.randrange(8) == 0:
+        targets += [gap_start, gap_end]
+        targets = sorted(set(targets))
+    masks = [rng.choice((0, 1, 2, 3, 4, 6, 8, 12)) for _ in targets]
+    if rng.randrange(20) == 0 and targets:
+        rng.choice((targets, masks)).pop()
+    if rng.randrange(30) == 0 and len(targets) > 1:
+        targets.reverse()
+    align = rng.choice((1, 1, 4, rng.choice((0, -1, 2, 16))))
+    if rng.randrange(30) == 0:
+        gap_end = edge_int(rng)
+    seed = rng.getrandbits(32)
+    callbacks = [
+        ["oracle", "thunk", seed],
+        ["oracle", "extent", seed + 1],
+        ["oracle", "padding", seed + 2],
+        ["oracle", rng.choice(("truth", "raise")), seed + 3],
+        ["oracle", rng.choice(("truth", "truth", "raise")), seed + 4],
+    ]
+    return Case(
+        "gap_leaves",
+        [
+            ["ints", targets],
+            ["ints", masks],
+            gap_start,
+            gap_end,
+            align,
+            ["tuple", [rng.choice((2, 6, 14)), rng.choice((2, 4, 8))]],
+            *callbacks,
+        ],
+    )
+
+
 GENERATORS: dict[str, Callable[[random.Random], Case]] = {
     "apply_fixups": gen_apply_fixups,
     "encode_redirect": gen_encode_redirect,
+    "gap_evidence": gen_gap_evidence,
+    "gap_leaves": gen_gap_leaves,
     "lzma2_compress": gen_lzma2_compress,
     "normalise_arm64": gen_normalise_arm64,
     "normalise_x64": gen_normalise_x64,
