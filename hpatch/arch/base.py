@@ -193,7 +193,9 @@ class Arch(ABC):
         """Decode a .pdata table (and the unwind records it points at)."""
 
     @abstractmethod
-    def scan_sites(self, code: bytes, code_rva: int, lo_rva: int, hi_rva: int) -> list[CodeSite]:
+    def scan_sites(
+        self, code: bytes | memoryview, code_rva: int, lo_rva: int, hi_rva: int
+    ) -> list[CodeSite]:
         """Candidate direct references in ``code`` whose targets lie in [lo_rva, hi_rva).
 
         Entries are ``(site_rva, target_rva, kind)`` tuples in site order.

@@ -184,7 +184,9 @@ class X64(Arch):
 
     # code ---------------------------------------------------------------
 
-    def scan_sites(self, code: bytes, code_rva: int, lo_rva: int, hi_rva: int) -> list[CodeSite]:
+    def scan_sites(
+        self, code: bytes | memoryview, code_rva: int, lo_rva: int, hi_rva: int
+    ) -> list[CodeSite]:
         return core.scan_x64_sites(code, code_rva, lo_rva, hi_rva)
 
     def normalise(

@@ -237,7 +237,7 @@ def _padded_labels(
         padding = label - size
         if padding <= start or labels[bisect.bisect_left(labels, padding)] != label:
             continue  # the padding would hold a label or start the gap
-        if section.data[padding - section.rva : label - section.rva].strip(b"\0"):
+        if bytes(section.data[padding - section.rva : label - section.rva]).strip(b"\0"):
             continue
         found.append(label)
     return found

@@ -68,7 +68,7 @@ def c_string(image: PEImage, rva: int) -> bytes | None:
     section = image.section_at(rva)
     if section is None or section.is_executable or section.is_writable:
         return None
-    text = section.data[rva - section.rva : rva - section.rva + _MAX_STRING]
+    text = bytes(section.data[rva - section.rva : rva - section.rva + _MAX_STRING])
     end = text.find(b"\0")
     if end < 0 or not _is_text(bytes(text[:end])):
         return None
@@ -165,10 +165,10 @@ class Side:
         # A C string runs to its NUL, whatever points into it: code may name a
         # place inside one (sqlite3's 20+sqlite3_sourceid()), and that label must
         # not cut off the rest of the text the function returns.
-        head = section.data[rva - section.rva : end - section.rva]
+        head = bytes(section.data[rva - section.rva : end - section.rva])
         if not head or b"\0" in head or not _is_text(bytes(head)):
             return end
-        tail = section.data[end - section.rva : end - section.rva + _MAX_STRING]
+        tail = bytes(section.data[end - section.rva : end - section.rva + _MAX_STRING])
         nul = tail.find(b"\0")
         if nul < 0 or not _is_text(bytes(tail[:nul])):
             return end
@@ -179,7 +179,7 @@ class Side:
         section = self.image.section_at(rva)
         if section is None or section.is_writable or section.is_executable:
             return None
-        content = section.data[rva - section.rva : rva - section.rva + _CONSTANT_BYTES]
+        content = bytes(section.data[rva - section.rva : rva - section.rva + _CONSTANT_BYTES])
         return content.split(b"\0", 1)[0] if b"\0" in content else content
 
     def signature(self, rva: int) -> Hashable:

@@ -105,7 +105,9 @@ def _ranges(offsets: Iterable[int]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in ranges]
 
 
-def _differing_offsets(old: bytes, new: bytes, chunk: int = 4096) -> Iterator[int]:
+def _differing_offsets(
+    old: bytes | memoryview, new: bytes | memoryview, chunk: int = 4096
+) -> Iterator[int]:
     """Offsets where two equally long byte strings differ, equal chunks skipped whole."""
     for start in range(0, len(old), chunk):
         a, b = old[start : start + chunk], new[start : start + chunk]

@@ -67,7 +67,8 @@ class ImageIdentity:
 
 @dataclass(frozen=True, slots=True)
 class Section:
-    """A section as the loader maps it; ``data`` is ``virtual_size`` bytes, zero-filled."""
+    """A section as the loader maps it; ``data`` is ``virtual_size`` bytes, zero-filled: a
+    view of the image's mapped bytes (``PEImage.mapped``), which holds them once."""
 
     index: int
     name: str
@@ -76,7 +77,7 @@ class Section:
     raw_offset: int
     raw_size: int
     characteristics: int
-    data: bytes
+    data: memoryview
 
     @property
     def end_rva(self) -> int:

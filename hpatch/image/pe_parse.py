@@ -429,7 +429,7 @@ def read_relocation_blocks(
 # load config, debug, COFF symbols -------------------------------------------------
 
 
-def read_load_config(data: bytes, at: int) -> dict[str, int] | None:
+def read_load_config(data: bytes | memoryview, at: int) -> dict[str, int] | None:
     """The load config fields hpatch reads (LOAD_CONFIG_FIELDS, and ``size``, the
     structure's own Size) from the structure at ``at`` in ``data`` (the section that
     holds it); a field the structure is too short for, or that runs past ``data``,

@@ -11,6 +11,7 @@ import bisect
 import hashlib
 import os
 import struct
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
@@ -112,6 +113,11 @@ class PEImage:
         self.sections: tuple[Section, ...] = self._read_sections(data, headers.size_of_headers)
         self._check_image_size(headers.section_alignment, headers.size_of_headers)
         self.mapped: bytes = self._map(data, headers.size_of_headers)
+        # The sections' bytes are views of the mapped image: each byte is held once.
+        view = memoryview(self.mapped)
+        self.sections = tuple(
+            replace(s, data=view[s.rva : s.rva + s.virtual_size]) for s in self.sections
+        )
         self._check_directories()
         self.identity = ImageIdentity(
             machine=Machine(headers.machine),
@@ -181,7 +187,7 @@ class PEImage:
                     raw_offset=raw_offset,
                     raw_size=raw_size,
                     characteristics=raw.characteristics,
-                    data=body.ljust(virtual_size, b"\0"),
+                    data=memoryview(body.ljust(virtual_size, b"\0")),
                 )
             )
         if not sections:
@@ -231,7 +237,7 @@ class PEImage:
         """The image as the loader maps it at its preferred base (before relocation)."""
         # Joined, not written into a bytearray and copied: one image-sized allocation.
         header_size = min(sizeof_headers, len(data), self.size_of_image)
-        pieces = [data[:header_size]]
+        pieces: list[bytes | memoryview] = [data[:header_size]]
         end = header_size
         for section in self.sections:
             pieces += [bytes(section.rva - end), section.data]
