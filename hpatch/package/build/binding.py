@@ -46,6 +46,7 @@ class Binder:
             section is not None
             and not section.is_executable
             and not section.is_writable
+            and context.takes_address(fixup.site_rva)
             and context.diff.correspondence.is_jump_table(fixup.target_rva)
         ):
             # Its entries are offsets from the table to code: neither the old table nor

@@ -65,6 +65,16 @@ class Context:
         """Bytes of the new image."""
         return self.new.read(rva, size)
 
+    def takes_address(self, site_rva: int) -> bool:
+        """Whether the reference at ``site_rva`` takes its target's address (an LEA, a
+        pointer in data) rather than loading or storing the bytes there: only an address
+        can be a jump table's base, indexed by the code that follows. A 16-byte vector
+        constant whose lanes happen to read as offsets into code is loaded, not indexed."""
+        section = self.new.section_at(site_rva)
+        if section is None or not section.is_executable:
+            return True
+        return self.arch.access_size(self.read, site_rva) is None
+
 
 def runs(function: Function) -> list[list[tuple[int, int, int]]]:
     """The parts grouped into runs that touch in the new image, the entry's run first.

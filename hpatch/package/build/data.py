@@ -95,7 +95,11 @@ class DataStage:
             for fixup in fixups:
                 if self.region.locate(fixup.target_rva) is not None:
                     continue
-                entries = self.jump_table_entries(fixup.target_rva)
+                entries = (
+                    self.jump_table_entries(fixup.target_rva)
+                    if self.context.takes_address(fixup.site_rva)
+                    else None
+                )
                 if entries is not None:
                     if entries:  # else it leads out of the carried code: bind refuses it
                         tables[fixup.target_rva] = entries
