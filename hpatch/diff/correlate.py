@@ -221,6 +221,11 @@ class Correlator:
             )
         if target in self.moved_back:
             return ResolvedReference(reference, Resolution.OLD_DATA, self.moved_back[target])
+        if not any(s.name == section.name for s in self.old.image.sections):
+            # The whole section is new (a build's first initialised global, say): what
+            # the code names there only the new build has; the verdict names the
+            # section's appearance (writable_section_added).
+            return ResolvedReference(reference, Resolution.NEW_DATA, None)
         offset = target - section.rva
         for old_section in self.old.image.sections:
             if old_section.name == section.name and old_section.is_writable:
