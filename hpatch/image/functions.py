@@ -11,6 +11,7 @@ described in docs/image-model.md.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import struct
 from collections import defaultdict
@@ -64,6 +65,8 @@ _ACCEPTED = _STRONG | _ENTRY
 _ENTRY_BITS = (_CALL, _ENTRY, _FOREIGN, _NOT_A_JUMP)
 #: The bits that decide what a gap holds.
 _DECISIVE = _STRONG | _ENTRY | _FOREIGN
+#: What the core's gap_leaves weighs candidates with: (accepted, strong).
+_WALK_BITS = (_ACCEPTED, _STRONG)
 _LOAD = int(SiteKind.LOAD)
 _ADDRESS = int(SiteKind.ADDRESS)
 _JUMP = int(SiteKind.JUMP)
@@ -161,37 +164,37 @@ class _Discovery:
         """Targets of direct jumps, sorted."""
         return sorted({t for _, t, kind in self.sites if kind in (_JUMP, _COND_JUMP)})
 
-    def incoming(self, targets: Iterable[int]) -> list[tuple[int, int, int]]:
-        """(target, site, evidence bit) of every code reference to ``targets``, by
-        target. One pass over the sites: two bisections for each of 150,000 targets
-        cost more."""
-        wanted = set(targets)
-        bits = _SITE_BIT
-        return [
-            (target, site_rva, bits[kind])
-            for site_rva, target, kind in self.by_target
-            if target in wanted
-        ]
-
-    def evidence_for(
-        self, incoming: list[tuple[int, int, int]], known: Ranges, entries: bool = False
-    ) -> dict[int, int]:
-        """Evidence masks: the exact and pointer evidence, plus each ``incoming``
-        reference (see ``incoming``) whose site lies in a function known so far.
-
-        With ``entries``, a reference counts only when its site is an instruction of
-        that function, and the references only an entry explains set ``_ENTRY``
-        (and ``_FOREIGN``, see there).
-        """
-        found = dict(self.static_evidence)
-        unchecked = core.reference_evidence(
-            found, incoming, known.starts, known.ends, _ENTRY_BITS if entries else None
+    @cached_property
+    def columns(self) -> tuple[list[int], list[int], list[int]]:
+        """The targets, sites and evidence bits of ``by_target``, as the core takes them."""
+        rows = self.by_target
+        kinds = map(itemgetter(2), rows)
+        return (
+            self.target_keys,
+            list(map(itemgetter(0), rows)),
+            list(map(_SITE_BIT.__getitem__, kinds)),
         )
-        for (target, bit), sites in unchecked.items():
-            have = found.get(target, 0)
-            if have & bit != bit and any(self.is_reference_site(*site) for site in sites):
-                found[target] = have | bit
-        return found
+
+    def evidence_for(self, starts: list[int], known: Ranges) -> dict[int, int]:
+        """Evidence masks of ``starts`` (sorted), and of other RVAs: the exact and
+        pointer evidence, plus each code reference whose site lies in a function known
+        so far."""
+        targets, sites, bits = self.columns
+        static_targets = sorted(self.static_evidence)
+        static_masks = [self.static_evidence[t] for t in static_targets]
+        spans = _spans_at(starts, self.target_keys)
+        found_targets, found_masks = core.gap_evidence(
+            static_targets,
+            static_masks,
+            _take(targets, spans),
+            _take(sites, spans),
+            _take(bits, spans),
+            known.starts,
+            known.ends,
+            None,
+            self.is_reference_site,
+        )
+        return dict(zip(found_targets, found_masks, strict=True))
 
     def is_reference_site(self, start: int, end: int, site_rva: int) -> bool:
         """True if a linear decode of [start, end) has a reference at ``site_rva`` (a
@@ -229,6 +232,10 @@ class _Discovery:
     def padding_at(self, section: Section, rva: int, limit: int) -> int:
         offset = rva - section.rva
         return min(self.padding_length(section, offset, limit - section.rva), limit - rva)
+
+    def padding_to(self, section: Section, limit: int, rva: int) -> int:
+        """``padding_at`` with the limit first, for a partial."""
+        return self.padding_at(section, rva, limit)
 
     def thunk_at(self, rva: int, limit: int) -> int | None:
         """End of the import thunk at ``rva`` (recording its name), or None."""
@@ -301,12 +308,12 @@ class _Discovery:
         section: Section,
         gap_start: int,
         gap_end: int,
-        evidence: dict[int, int],
         targets: list[int],
+        masks: list[int],
     ) -> dict[int, int]:
         """Functions without unwind data in [gap_start, gap_end); ``targets`` are the
-        candidate starts in the gap, sorted."""
-        leaves = self.referenced_in_gap(section, gap_start, gap_end, evidence, targets)
+        candidate starts in the gap, sorted, and ``masks`` their evidence."""
+        leaves = self.referenced_in_gap(section, gap_start, gap_end, targets, masks)
         leaves.update(self.unreferenced_in_gap(section, gap_start, gap_end, leaves))
         return leaves
 
@@ -315,8 +322,8 @@ class _Discovery:
         section: Section,
         gap_start: int,
         gap_end: int,
-        evidence: dict[int, int],
         targets: list[int],
+        masks: list[int],
     ) -> dict[int, int]:
         """The functions of the gap that references or stated starts reveal.
 
@@ -325,61 +332,35 @@ class _Discovery:
         function's code, with no padding between, it must be stated or reached from
         elsewhere (``_FOREIGN``), and code that falls through into it owns it. Each
         function ends where its code does, at the latest at the next candidate its
-        code does not run into.
+        code does not run into. The walk is the core's (``gap_leaves``); what it asks
+        of the image and the arch, it asks through the calls below.
         """
-        leaves: dict[int, int] = {}
-        align = self.arch.instruction_alignment
-        # map and compress: C loops over what are 150,000 candidates in one gap
-        entries = list(
-            itertools.compress(targets, map(_ACCEPTED.__and__, map(evidence.__getitem__, targets)))
-        )
-        if align > 1:
-            entries = [t for t in entries if not t % align]
-        index = 0
-        previous_end = gap_start
-        cursor = gap_start + self.padding_at(section, gap_start, gap_end)
-        while True:
-            thunk_end = self.thunk_at(cursor, gap_end) if cursor < gap_end else None
-            if thunk_end is not None:
-                leaves[cursor] = previous_end = thunk_end
-                cursor = thunk_end + self.padding_at(section, thunk_end, gap_end)
-                continue
-            # past the candidates inside the function just found, by bisection: a
-            # step for each of 150,000 candidates in a gap cost more than the rest
-            index = bisect.bisect_left(targets, previous_end, index)
-            if index == len(targets):
-                return leaves
-            target = targets[index]
-            index += 1
-            mask = evidence[target]
-            if target % align or not mask & _ACCEPTED:
-                continue
-            if target == previous_end and not self.may_follow(gap_start, previous_end, mask):
-                continue
-            next_entry = bisect.bisect_right(entries, target)
-            while True:
-                bound = entries[next_entry] if next_entry < len(entries) else gap_end
-                end = self.leaf_extent(target, bound)
-                if end is not None or bound == gap_end or evidence[bound] & _STRONG:
-                    break
-                # The code runs on into the next candidate: not an entry after all.
-                next_entry += 1
+
+        def runs_into(target: int) -> bool:
             # Straight-line code that runs into a .pdata range is that function's real
             # entry: MSVC ARM64 shrink-wraps, leaving the instructions before the
             # prolog outside the unwind range.
-            if (
-                end is None
-                and bound == gap_end
-                and gap_end in self.primaries
-                and self.arch.falls_through(self.image.read, target, gap_end)
-            ):
-                self.pre_entries[gap_end] = target
-                leaves[target] = gap_end
-                return leaves
-            if end is None or end <= target:
-                continue
-            leaves[target] = previous_end = end
-            cursor = end + self.padding_at(section, end, gap_end)
+            return gap_end in self.primaries and self.arch.falls_through(
+                self.image.read, target, gap_end
+            )
+
+        found, pre_entry = core.gap_leaves(
+            targets,
+            masks,
+            gap_start,
+            gap_end,
+            self.arch.instruction_alignment,
+            _WALK_BITS,
+            functools.partial(self.thunk_at, limit=gap_end),
+            self.leaf_extent,
+            functools.partial(self.padding_to, section, gap_end),
+            functools.partial(self.may_follow, gap_start),
+            runs_into,
+        )
+        if pre_entry is not None:
+            self.pre_entries[gap_end] = pre_entry
+        leaves: dict[int, int] = found
+        return leaves
 
     def unreferenced_in_gap(
         self, section: Section, gap_start: int, gap_end: int, leaves: dict[int, int]
@@ -491,8 +472,8 @@ class _Discovery:
         # made every map of them count.
         self.extents.clear()
         self.pre_entries = {p: e for p, e in self.pre_entries.items() if leaves.get(e) == p}
-        starts = list(self.primaries) + list(leaves)
-        evidence = self.evidence_for(self.incoming(starts), self.covered(leaves))
+        starts = sorted({*self.primaries, *leaves})
+        evidence = self.evidence_for(starts, self.covered(leaves))
         self.static_evidence = {}  # in ``evidence`` now, and asked for no more
         return self.build(leaves, evidence)
 
@@ -501,38 +482,51 @@ class _Discovery:
         evidence they give finds no more."""
         pdata = self.pdata_ranges
         gaps = self.gaps(pdata)
-        # Only references into the gaps can reveal new functions; check them each round.
-        gap_targets = _outside(pdata, list(dict.fromkeys(self.target_keys)))
-        gap_incoming = self.incoming(gap_targets)
+        # Only references into the gaps, and stated starts there, can reveal new
+        # functions: they are what each round weighs, kept as columns for the core.
+        spans = _spans_outside(pdata, self.target_keys)
+        in_targets, in_sites, in_bits = (_take(column, spans) for column in self.columns)
+        static_targets = _outside(pdata, sorted(self.static_evidence))
+        static_masks = [self.static_evidence[t] for t in static_targets]
         leaves: dict[int, int] = {}
         # gap start -> the decisive evidence of its candidates, and the gap's answer
-        gap_results: dict[int, tuple[tuple[tuple[int, ...], ...], dict[int, int]]] = {}
+        gap_results: dict[int, tuple[tuple[list[int], list[int]], dict[int, int]]] = {}
         for _ in range(_MAX_ROUNDS):
-            evidence = self.evidence_for(gap_incoming, self.covered(leaves), entries=True)
-            ordered = sorted(evidence)
+            known = self.covered(leaves)
+            targets, masks = core.gap_evidence(
+                static_targets,
+                static_masks,
+                in_targets,
+                in_sites,
+                in_bits,
+                known.starts,
+                known.ends,
+                _ENTRY_BITS,
+                self.is_reference_site,
+            )
+            # What a gap holds follows from these bits alone (see referenced_in_gap
+            # and may_follow): a mask of each kind, one int object for each.
+            decisive = {mask: mask & _DECISIVE for mask in set(masks)}
+            masks = list(map(decisive.__getitem__, masks))
             found: dict[int, int] = {}
             for section, start, end in gaps:
                 # A gap whose candidates and their decisive evidence did not change
                 # since the last round gives the same answer. Only the latest answer of
                 # each gap is kept (a gap of a million candidates must not keep a key of
-                # a million pairs for every round), as two flat tuples; a gap without
-                # candidates or functions (most: the padding between .pdata ranges)
-                # keeps a shared record.
-                low = bisect.bisect_left(ordered, start)
-                high = bisect.bisect_left(ordered, end, low)
-                known = gap_results.get(start)
-                if low == high and known is _EMPTY_GAP:
+                # a million pairs for every round); a gap without candidates or
+                # functions (most: the padding between .pdata ranges) keeps a shared
+                # record.
+                low = bisect.bisect_left(targets, start)
+                high = bisect.bisect_left(targets, end, low)
+                record = gap_results.get(start)
+                if low == high and record is _EMPTY_GAP:
                     continue  # the common case, at the cost of two bisections
-                targets = ordered[low:high]
-                key = (
-                    tuple(targets),
-                    tuple(map(_DECISIVE.__and__, map(evidence.__getitem__, targets))),
-                )
-                if known is not None and known[0] == key:
-                    result = known[1]
+                key = (targets[low:high], masks[low:high])
+                if record is not None and record[0] == key:
+                    result = record[1]
                 else:
-                    result = self.leaves_in_gap(section, start, end, evidence, targets)
-                    gap_results[start] = (key, result) if targets or result else _EMPTY_GAP
+                    result = self.leaves_in_gap(section, start, end, *key)
+                    gap_results[start] = (key, result) if low < high or result else _EMPTY_GAP
                 if result:
                     found.update(result)
             if found == leaves:
@@ -871,20 +865,46 @@ class _Discovery:
 
 
 #: What a gap without candidates or functions keeps, shared (never mutated).
-_EMPTY_GAP: tuple[tuple[tuple[int, ...], ...], dict[int, int]] = (((), ()), {})
+_EMPTY_GAP: tuple[tuple[list[int], list[int]], dict[int, int]] = (([], []), {})
 
 
-def _outside(ranges: Ranges, values: list[int]) -> list[int]:
-    """The sorted ``values`` that no range holds: each range cuts its slice out by
-    bisection, instead of a lookup for each value."""
-    found: list[int] = []
+def _spans_outside(ranges: Ranges, values: list[int]) -> list[tuple[int, int]]:
+    """Index spans of the sorted ``values`` that no range holds: each range cuts its
+    slice out by bisection, instead of a lookup for each value."""
+    spans: list[tuple[int, int]] = []
     position = 0
     for start, end in zip(ranges.starts, ranges.ends, strict=True):
         inside = bisect.bisect_left(values, start, position)
-        found += values[position:inside]
+        if inside > position:
+            spans.append((position, inside))
         position = max(inside, bisect.bisect_left(values, end, inside))
-    found += values[position:]
-    return found
+    if position < len(values):
+        spans.append((position, len(values)))
+    return spans
+
+
+def _spans_at(wanted: list[int], values: list[int]) -> list[tuple[int, int]]:
+    """Index spans of the sorted ``values`` equal to one of the sorted ``wanted``."""
+    spans: list[tuple[int, int]] = []
+    position = 0
+    for value in wanted:
+        first = bisect.bisect_left(values, value, position)
+        position = bisect.bisect_right(values, value, first)
+        if position > first:
+            spans.append((first, position))
+    return spans
+
+
+def _take(column: list[int], spans: list[tuple[int, int]]) -> list[int]:
+    taken: list[int] = []
+    for first, last in spans:
+        taken += column[first:last]
+    return taken
+
+
+def _outside(ranges: Ranges, values: list[int]) -> list[int]:
+    """The sorted ``values`` that no range holds."""
+    return _take(values, _spans_outside(ranges, values))
 
 
 def _part_of(part_starts: list[tuple[int, int]], rva: int) -> int:
