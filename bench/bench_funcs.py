@@ -13,9 +13,14 @@ process that parses F with pefile and one with lief, alternating binary by binar
 median CPU (user + system, from the children's rusage) and wall time of N runs each.
 With ``--scaling DIR``: ``hpatch funcs --json`` as a whole process on generated
 libraries of 1,000 to 100,000 functions (bench/gen_sample.py, needs clang and
-lld-link; built into DIR once).
+lld-link; built into DIR once). With ``--before TREE`` (and ``--processes``): the same
+command run from another checkout too (a git worktree of an earlier commit with its C
+core built in place), alternating with this one run by run, for a before and after
+on a machine whose load changes; ``--only WORD`` keeps the binaries whose name holds
+WORD.
 
-    python bench/bench_funcs.py [--repeat N] [--processes] [--scaling DIR]
+    python bench/bench_funcs.py [--repeat N] [--processes [--before TREE] [--only WORD]]
+                                [--scaling DIR]
 """
 
 from __future__ import annotations
@@ -97,13 +102,18 @@ def run_worker(repeat: int, pure: bool) -> dict[str, dict[str, float]]:
     return json.loads(output)
 
 
-def process_seconds(command: list[str]) -> tuple[float, float]:
+def process_seconds(command: list[str], cwd: Path | None = None) -> tuple[float, float]:
     """(CPU, wall) seconds of one whole process, its output discarded."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     env = dict(os.environ, HPATCH_PURE_PYTHON="0")
     subprocess.run(
-        command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command,
+        check=True,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -119,19 +129,28 @@ def process_paths() -> list[Path]:
     return corpus_paths() + largest
 
 
-def processes_table(repeat: int) -> None:
+def processes_table(repeat: int, before: Path | None = None, only: str | None = None) -> None:
     """hpatch funcs and the references as whole processes, alternating run by run."""
-    print("| binary | size | hpatch funcs CPU | wall | pefile CPU | wall | lief CPU | wall |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    head = "| binary | size | hpatch funcs CPU | wall |"
+    if before is not None:
+        head += " before: CPU | wall |"
+    print(head + " pefile CPU | wall | lief CPU | wall |")
+    print("|---|---:|" + "---:|---:|" * (4 if before is not None else 3))
     for path in process_paths():
+        if only is not None and only not in str(path):
+            continue
         commands = {"hpatch": funcs_command(path)}
+        if before is not None:
+            # run from the tree itself: python -m puts the working directory first
+            commands["before"] = [sys.executable, "-m", "hpatch", "funcs", "--json", str(path)]
         commands.update(
             (name, [sys.executable, "-c", code, str(path)]) for name, code in REFERENCES.items()
         )
         timings: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
         for _ in range(repeat):
             for name, command in commands.items():
-                timings[name].append(process_seconds(command))
+                cwd = before if name == "before" else None
+                timings[name].append(process_seconds(command, cwd))
         cells = []
         for name in commands:
             cells.append(f"{statistics.median(t[0] for t in timings[name]):.2f} s")
@@ -173,6 +192,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--processes", action="store_true")
     parser.add_argument("--scaling", type=Path, metavar="DIR")
+    parser.add_argument("--before", type=Path, metavar="TREE")
+    parser.add_argument("--only", metavar="WORD")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -180,7 +201,7 @@ def main() -> None:
         return
     if args.processes or args.scaling:
         if args.processes:
-            processes_table(args.repeat)
+            processes_table(args.repeat, args.before, args.only)
         if args.scaling:
             scaling_table(args.scaling, args.repeat)
         return
