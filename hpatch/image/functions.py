@@ -312,7 +312,8 @@ class _Discovery:
         masks: list[int],
     ) -> dict[int, int]:
         """Functions without unwind data in [gap_start, gap_end); ``targets`` are the
-        candidate starts in the gap, sorted, and ``masks`` their evidence."""
+        candidate starts in the gap, sorted, and ``masks`` their evidence (its
+        ``_DECISIVE`` bits are enough)."""
         leaves = self.referenced_in_gap(section, gap_start, gap_end, targets, masks)
         leaves.update(self.unreferenced_in_gap(section, gap_start, gap_end, leaves))
         return leaves
@@ -344,6 +345,7 @@ class _Discovery:
                 self.image.read, target, gap_end
             )
 
+        found: dict[int, int]
         found, pre_entry = core.gap_leaves(
             targets,
             masks,
@@ -359,8 +361,7 @@ class _Discovery:
         )
         if pre_entry is not None:
             self.pre_entries[gap_end] = pre_entry
-        leaves: dict[int, int] = found
-        return leaves
+        return found
 
     def unreferenced_in_gap(
         self, section: Section, gap_start: int, gap_end: int, leaves: dict[int, int]
