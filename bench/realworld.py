@@ -448,6 +448,7 @@ def markdown(
     command: str,
     minutes: float,
     cves: list[CveScore] | None = None,
+    cves_extra: list[CveScore] | None = None,
 ) -> str:
     today = datetime.date.today().isoformat()
     lines = [
@@ -478,6 +479,17 @@ def markdown(
             "to it (tests/cves).",
             "",
             *_cve_section(cves),
+        ]
+    if cves_extra:
+        lines += [
+            "",
+            "## The second CVE corpus",
+            "",
+            "Three more libraries hpatch was not developed against, built the same way by "
+            "`tests/cves/extra/build.sh`: Debian 12's security updates to expat (2 updates), "
+            "openjpeg2 (3) and libxml2 (6), scored as above.",
+            "",
+            *_cve_section(cves_extra),
         ]
     every = []
     for title, description, results in sections:
@@ -594,6 +606,9 @@ def main() -> None:
         "--extra", type=Path, help="a corpus fetched from bench/realworld-pairs.tsv"
     )
     parser.add_argument("--cves", type=Path, help="the CVE corpus ../shared/cves/build.sh built")
+    parser.add_argument(
+        "--cves-extra", type=Path, help="the second CVE corpus tests/cves/extra/build.sh built"
+    )
     arguments = parser.parse_args()
     groups = [
         (
@@ -640,11 +655,16 @@ def main() -> None:
     cves = None
     if arguments.cves is not None:
         cves = score_cves(arguments.cves, arguments.inputs, arguments.only)
+    cves_extra = None
+    if arguments.cves_extra is not None:
+        cves_extra = score_cves(arguments.cves_extra, arguments.inputs, arguments.only)
     command = "make realworld"
     minutes = (time.perf_counter() - begun) / 60
     print(f"{minutes:.1f} minutes", flush=True)
     if arguments.markdown:
-        arguments.markdown.write_text(markdown(sections, arguments.inputs, command, minutes, cves))
+        arguments.markdown.write_text(
+            markdown(sections, arguments.inputs, command, minutes, cves, cves_extra)
+        )
     if arguments.svg:
         arguments.svg.write_text(svg([r for _, _, results in sections for r in results]))
 

@@ -88,19 +88,26 @@ def cve_root() -> Path:
     return Path(os.environ.get("HPCVES", Path.home() / ".cache" / "hpatch-cves"))
 
 
+def cve_extra_root() -> Path:
+    """The second CVE corpus (tests/cves/extra/build.sh): libraries hpatch was not
+    developed against."""
+    return Path(os.environ.get("HPCVES_EXTRA", Path.home() / ".cache" / "hpatch-cves-extra"))
+
+
 def cve_pairs() -> list[CvePair]:
-    """Every pair of the built CVE corpus whose files are present (none when not built)."""
-    listing = cve_root() / "pairs.tsv"
-    if not listing.is_file():
-        return []
+    """Every pair of the built CVE corpora whose files are present (none when not built)."""
     pairs = []
-    for line in listing.read_text().splitlines():
-        fields = line.split("\t")
-        if len(fields) != 6:
+    for root in (cve_root(), cve_extra_root()):
+        listing = root / "pairs.tsv"
+        if not listing.is_file():
             continue
-        pair = CvePair(fields[0], fields[1], *(Path(f) for f in fields[2:5]), fields[5])
-        if pair.old.is_file() and pair.new.is_file() and pair.truth.is_file():
-            pairs.append(pair)
+        for line in listing.read_text().splitlines():
+            fields = line.split("\t")
+            if len(fields) != 6:
+                continue
+            pair = CvePair(fields[0], fields[1], *(Path(f) for f in fields[2:5]), fields[5])
+            if pair.old.is_file() and pair.new.is_file() and pair.truth.is_file():
+                pairs.append(pair)
     return pairs
 
 
