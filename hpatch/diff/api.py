@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import gc
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hpatch.blockers import Blocker
+from hpatch.cyclic_gc import collector_paused
 from hpatch.diff.classify import Correspondence, FunctionChange, Status, classify
 from hpatch.diff.fingerprint import fingerprint_image
 from hpatch.diff.match import Match, Side, match_functions
@@ -63,7 +62,7 @@ def diff_images(
             return None
         return lambda done, total: progress(name, done, total)
 
-    with _collector_paused():
+    with collector_paused():
         old_side = Side(old, fingerprint_image(old, stage("old")))
         new_side = Side(new, fingerprint_image(new, stage("new")))
         matches = match_functions(old_side, new_side)
@@ -71,22 +70,3 @@ def diff_images(
         changes = classify(old_side, new_side, matches, correspondence)
         blockers = find_blockers(old_side, new_side, correspondence, changes)
     return DiffResult(old, new, changes, matches, blockers, correspondence)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Run without the cyclic garbage collector, then restore it as it was.
-
-    A diff allocates hundreds of thousands of objects that live until it ends (sites,
-    references, fingerprints, functions); every full collection those allocations
-    trigger rescans all of them, a fifth of the time of a large diff. None of them
-    needs the collector: reference counting frees them, and any cycle is collected
-    the next time the collector runs.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()

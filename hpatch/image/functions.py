@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from hpatch._backend import core
 from hpatch.arch import CodeSite, SiteKind
+from hpatch.cyclic_gc import collector_paused
 from hpatch.errors import ImageFormatError
 from hpatch.image.evidence import STRONG, exact_starts, relocated_pointers
 from hpatch.image.model import (
@@ -916,4 +917,5 @@ def _part_of(part_starts: list[tuple[int, int]], rva: int) -> int:
 
 def discover_functions(image: PEImage) -> tuple[Function, ...]:
     """Every function of ``image``, sorted by RVA."""
-    return _Discovery(image).run()
+    with collector_paused():
+        return _Discovery(image).run()
