@@ -320,10 +320,7 @@ class _Matcher:
 
     def by_call_graph(self) -> int:
         """Functions named at the same position by matched functions (called, jumped to
-        or taken as an address), where no pair disagrees and their sizes are alike (as
-        neighbours' must be): a fix that reorders the handlers its caller stores (expat's
-        processors, CVE-2024-8176) shifts positions, and a 94-byte function is not the
-        283-byte one that took its place."""
+        or taken as an address), where no pair disagrees."""
         for old_rva, new_rva in self.taken[self.callers_seen :]:
             old_named, new_named = self.old.entries_named[old_rva], self.new.entries_named[new_rva]
             if len(old_named) == len(new_named):
@@ -351,9 +348,7 @@ class _Matcher:
         pairs = [
             (old_callee, next(iter(news)))
             for old_callee, news in proposals.items()
-            if len(news) == 1
-            and len(reverse[next(iter(news))]) == 1
-            and self.similar(old_callee, next(iter(news)))
+            if len(news) == 1 and len(reverse[next(iter(news))]) == 1
         ]
         return self.take(pairs, MatchRule.CALL_GRAPH)
 
