@@ -92,6 +92,12 @@ def _branch(word: int, rva: int) -> tuple[int | None, bool]:
 _DISPATCH_WINDOW = 16
 
 
+#: LDRSB/LDRSH (register offset), 64- and 32-bit destination: the entry width.
+_SIGNED_ENTRY_LOADS = {0x38A00800: 1, 0x38E00800: 1, 0x78A00800: 2, 0x78E00800: 2}
+#: ADD xD, xT, xE, LSL #2 (shifted register) and ADD xD, xT, wE, SXTW #2 (extended).
+_SCALED_ADDS = (0x8B000800, 0x8B20C800)
+
+
 def _compressed_table(
     words: Sequence[int], br: int, code_rva: int
 ) -> tuple[int, int, int, int] | None:
@@ -347,6 +353,39 @@ class Arm64(Arch):
                     break
                 rva += 4
         return end
+
+    def packed_table_width(self, read: ReadRva, site_rva: int) -> int | None:
+        """MSVC's compressed switch, the table right in the code::
+
+        adr   xT, table
+        ldrsb xE, [xT, wK, uxtw]      (ldrsh xE, [xT, wK, uxtw #1])
+        add   xD, xT, xE, lsl #2
+        br    xD
+        """
+        if site_rva % 4:
+            return None
+        try:
+            words = struct.unpack("<5I", read(site_rva, 20))
+        except ImageFormatError:
+            return None
+        if words[0] & 0x9F000000 != 0x10000000:  # ADR
+            return None
+        table = words[0] & 0x1F
+        for at in (1, 2):  # the load next, or after one more instruction
+            load, add, br = words[at], words[at + 1], words[at + 2]
+            width = _SIGNED_ENTRY_LOADS.get(load & 0xFFE00C00)
+            entry = load & 0x1F
+            if (
+                width is not None
+                and load >> 5 & 0x1F == table
+                and add & 0xFFE0FC00 in _SCALED_ADDS
+                and add >> 5 & 0x1F == table
+                and add >> 16 & 0x1F == entry
+                and br & 0xFFFFFC1F == 0xD61F0000
+                and br >> 5 & 0x1F == add & 0x1F
+            ):
+                return width
+        return None
 
     def dispatch_targets(
         self, read: ReadRva, start_rva: int, end_rva: int, bound_rva: int

@@ -370,6 +370,32 @@ class Arch(ABC):
             targets.append(target)
         return targets
 
+    def packed_table_width(self, read: ReadRva, site_rva: int) -> int | None:
+        """For code at ``site_rva`` that takes a table's address and dispatches through
+        it with signed entries narrower than a word, each counting instructions from
+        the table (MSVC ARM64's compressed switch): the entry width, 1 or 2 bytes;
+        None for any other use (and on machines without the form)."""
+        return None
+
+    def packed_table_targets(
+        self, read: ReadRva, table_rva: int, width: int, lo_rva: int, hi_rva: int, limit_rva: int
+    ) -> list[int]:
+        """Targets in [lo, hi) of a table of signed ``width``-byte entries counting
+        instructions from the table; it ends at ``limit_rva``, or at the first entry
+        that leads outside [lo, hi) or into the table itself."""
+        code = "b" if width == 1 else "h"
+        step = self.instruction_alignment
+        targets: list[int] = []
+        while table_rva + width * (len(targets) + 1) <= limit_rva:
+            (entry,) = struct.unpack(f"<{code}", read(table_rva + width * len(targets), width))
+            target = table_rva + step * entry
+            if not lo_rva <= target < hi_rva or table_rva <= target < table_rva + width * (
+                len(targets) + 1
+            ):
+                break
+            targets.append(target)
+        return targets
+
     def dispatch_targets(
         self, read: ReadRva, start_rva: int, end_rva: int, bound_rva: int
     ) -> list[int]:

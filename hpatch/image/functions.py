@@ -545,9 +545,11 @@ class _Discovery:
         laid out after a table (MSVC ARM64 can put a table mid-function) as parts;
         (end, (), ()) when there are no tables.
         """
-        addressed = {t for site, t in self.addresses_from(start, end) if site < t < end}
+        sites = self.addresses_from(start, end)
+        addressed = {t for site, t in sites if site < t < end}
         if not addressed:
             return end, (), ()  # most functions address nothing of their own
+        read = self.image.read
         # Each table runs at most up to the next table its function addresses, and
         # stops at an entry that would point into the table itself.
         ordered = sorted(addressed)
@@ -555,7 +557,12 @@ class _Discovery:
         case_targets: set[int] = set()
         for index, table_rva in enumerate(ordered):
             limit = ordered[index + 1] if index + 1 < len(ordered) else end
-            targets = self.arch.jump_table_targets(self.image.read, table_rva, start, end, limit)
+            packed = self.packed_table(sites, table_rva, start, end, limit)
+            if packed is not None:
+                tables.append(packed[0])
+                case_targets.update(packed[1])
+                continue
+            targets = self.arch.jump_table_targets(read, table_rva, start, end, limit)
             count = next(
                 (i for i, t in enumerate(targets) if table_rva <= t < table_rva + 4 * len(targets)),
                 len(targets),
@@ -565,7 +572,6 @@ class _Discovery:
                 case_targets.update(targets[:count])
         if not tables:
             return end, (), ()
-        read = self.image.read
         section = self.image.section_at(start)
         assert section is not None
         code_parts = []
@@ -587,6 +593,26 @@ class _Discovery:
                 other.append(DataRange(part_start, part_end - part_start, DataKind.DATA))
         code_end = self.arch.last_instruction_end(read, start, tables[0].rva)
         return code_end, tuple(tables + other), tuple(code_parts)
+
+    def packed_table(
+        self, sites: list[tuple[int, int]], table_rva: int, start: int, end: int, limit: int
+    ) -> tuple[DataRange, list[int]] | None:
+        """The compressed jump table at ``table_rva`` (entries narrower than a word) and
+        its targets, when the code that takes its address dispatches through it so."""
+        for site, target in sites:
+            if target != table_rva:
+                continue
+            width = self.arch.packed_table_width(self.image.read, site)
+            if width is None:
+                continue
+            targets = self.arch.packed_table_targets(
+                self.image.read, table_rva, width, start, end, limit
+            )
+            if len(targets) < 2:  # a switch worth a table has at least two cases
+                return None
+            kind = DataKind.JUMP_TABLE_BYTES if width == 1 else DataKind.JUMP_TABLE_HALVES
+            return DataRange(table_rva, width * len(targets), kind), targets
+        return None
 
     def claim_rva_tables(self, parts: list[list[int]], tables: dict[int, list[DataRange]]) -> None:
         """MSVC x64 jump tables of RVAs inside the parts of functions that load __ImageBase.

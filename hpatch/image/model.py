@@ -169,6 +169,10 @@ class DataKind(Enum):
 
     JUMP_TABLE = "jump_table"  # int32 offsets relative to the table (clang x64, MSVC ARM64)
     JUMP_TABLE_RVA = "jump_table_rva"  # uint32 image-relative offsets (MSVC x64)
+    #: MSVC ARM64's compressed switch: signed bytes, or halfwords, each counting
+    #: instructions from the table (``ldrsb/ldrsh; add xD, xT, xE, lsl #2; br xD``)
+    JUMP_TABLE_BYTES = "jump_table_bytes"
+    JUMP_TABLE_HALVES = "jump_table_halves"
     LITERAL_POOL = "literal_pool"  # constants the function loads PC-relative (ARM64)
     DATA = "data"  # inside the unwind range, neither reachable code nor a known table
 

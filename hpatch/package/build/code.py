@@ -29,6 +29,8 @@ from hpatch.package.model import (
 )
 
 _PART_ALIGNMENT = 16
+#: The entry width of each compressed jump table kind.
+_PACKED_WIDTH = {DataKind.JUMP_TABLE_BYTES: 1, DataKind.JUMP_TABLE_HALVES: 2}
 
 Branch = ShortBranch | CodeFixup
 
@@ -70,9 +72,15 @@ class CodeStage:
         short: list[ShortBranch] = []
         indirect: set[int] = set()
         for data in function.inline_data:
+            limit = data.rva + data.size
             if data.kind == DataKind.JUMP_TABLE:
-                limit = data.rva + data.size
                 indirect.update(self.arch.jump_table_targets(read, data.rva, 0, 1 << 32, limit))
+            elif data.kind in _PACKED_WIDTH:
+                indirect.update(
+                    self.arch.packed_table_targets(
+                        read, data.rva, _PACKED_WIDTH[data.kind], 0, 1 << 32, limit
+                    )
+                )
         for run in runs(function):
             start, end = run[0][0], run[-1][1]
             inside = sorted(
