@@ -22,7 +22,7 @@ from hpatch.arch.base import (
     UnwindFormat,
 )
 from hpatch.arch.code_shape import CodeShape
-from hpatch.arch.relocate import CodeFixup, ShortBranch
+from hpatch.arch.relocate import CalleeReads, CodeFixup, ShortBranch
 from hpatch.arch.rewrite import Fixup, Redirect
 from hpatch.arch.site_prediction import predict_arm64
 from hpatch.errors import ImageFormatError
@@ -90,6 +90,22 @@ def _branch(word: int, rva: int) -> tuple[int | None, bool]:
 
 #: How far before a table's dispatch the bounds check and the table's address may be.
 _DISPATCH_WINDOW = 16
+
+
+#: Instructions followed from a callee's entry before giving up (registers_read_first).
+_READ_FIRST_STEPS = 64
+#: The argument registers (x8: the indirect result), those a call may change, results.
+_CALL_ARGUMENTS = frozenset(range(0, 9))
+_CALL_CLOBBERS = frozenset((*range(0, 19), 30))
+_RESULTS = frozenset((0, 1))
+
+
+def _register_number(name: str) -> int:
+    """x0..x30 and w0..w30 by number; any other register (sp, the vector and flag
+    registers, xzr) as -1."""
+    if name[:1] in ("x", "w") and name[1:].isdigit():
+        return int(name[1:])
+    return -1
 
 
 #: LDRSB/LDRSH (register offset), 64- and 32-bit destination: the entry width.
@@ -484,11 +500,68 @@ class Arm64(Arch):
         image_base: int,
         indirect_targets: Iterable[int] = (),
         short_branches: list[ShortBranch] | None = None,
+        callee_reads: CalleeReads | None = None,
     ) -> list[CodeFixup]:
         # Every ARM64 branch field has a fixup kind: short ones come back as fixups.
         return arm64_code_fixups(
-            code, code_rva, instructions, own_range, relocated, image_base, indirect_targets
+            code,
+            code_rva,
+            instructions,
+            own_range,
+            relocated,
+            image_base,
+            indirect_targets,
+            callee_reads,
         )
+
+    def registers_read_first(
+        self, read: ReadRva, start_rva: int, registers: frozenset[int], depth: int = 3
+    ) -> bool:
+        """Follows the callee from its entry, straight on (and into the functions it
+        calls, ``depth`` deep) until each register is written or read; a conditional
+        or indirect branch, a fault or a long way decide nothing (True). A call ends
+        the life of the argument registers (the callee's own, per the AAPCS64), a
+        return that of all but the result registers."""
+        live = set(registers)
+        at = start_rva
+        for _ in range(_READ_FIRST_STEPS):
+            if at % 4:
+                return True
+            try:
+                insn = next(self._cs_detail.disasm(read(at, 4), at), None)
+            except ImageFormatError:
+                return True
+            if insn is None:
+                return True
+            reads, writes = (
+                {_register_number(insn.reg_name(r)) for r in group} for group in insn.regs_access()
+            )
+            if live & reads:
+                return True
+            (word,) = _WORD.unpack(read(at, 4))
+            if word & 0xFC000000 == 0x94000000:  # BL: the callee gets what is left
+                target = at + 4 * sign_extend(word & 0x3FFFFFF, 26)
+                passed = frozenset(live & _CALL_ARGUMENTS)
+                if passed and (
+                    depth == 0 or self.registers_read_first(read, target, passed, depth - 1)
+                ):
+                    return True
+                live -= _CALL_CLOBBERS
+            elif word & 0xFC000000 == 0x14000000:  # B: straight on at its target
+                live -= writes
+                at += 4 * sign_extend(word & 0x3FFFFFF, 26)
+                if not live:
+                    return False
+                continue
+            elif (word & 0xFFFFFC1F) == 0xD65F0000:  # RET
+                return bool(live & _RESULTS)
+            elif insn.group(capstone.CS_GRP_JUMP) or insn.group(capstone.CS_GRP_CALL):
+                return True  # a conditional or indirect branch
+            live -= writes
+            if not live:
+                return False
+            at += 4
+        return True
 
     def veneer(self) -> tuple[bytes, int, Fixup]:
         return _WORD.pack(0x14000000), 0, Fixup.ARM64_BRANCH26  # B

@@ -30,7 +30,7 @@ from functools import cache
 import capstone
 
 from hpatch.arch.arm64_bits import adr_immediate, sign_extend
-from hpatch.arch.relocate import CodeFixup, RelocationError
+from hpatch.arch.relocate import CalleeReads, CodeFixup, RelocationError
 from hpatch.arch.rewrite import Fixup
 
 _MAX_WALK = 1 << 16
@@ -328,9 +328,19 @@ class _Flow:
         words: list[_Word | None],
         code_rva: int,
         indirect_targets: frozenset[int],
+        callee_reads: CalleeReads | None = None,
     ) -> None:
         self.words, self.code_rva = words, code_rva
         self.indirect_targets = indirect_targets
+        self.callee_reads = callee_reads
+
+    def handed_to(self, callee: int | None, holders: frozenset[int]) -> bool:
+        """Whether the registers of ``holders`` that carry arguments may reach code
+        that reads them: any callee but one known to write them first."""
+        passed = holders & _ARGUMENT_REGISTERS
+        if not passed:
+            return False
+        return callee is None or self.callee_reads is None or self.callee_reads(callee, passed)
 
     def consumers(self, adrp_index: int, register: int) -> tuple[list[int], int | None]:
         """Indices of the words that complete the ADRP at ``adrp_index``, and the RVA
@@ -388,7 +398,7 @@ class _Flow:
                 if not holders:
                     break
                 if _is_indirect_call(word):
-                    if holders & _ARGUMENT_REGISTERS:
+                    if self.handed_to(None, holders):
                         passed_on.append(rva)
                     holders = holders - _CALL_CLOBBERED
                     index += 1
@@ -410,7 +420,9 @@ class _Flow:
                     break
                 target, continues, is_call = _branch(word, rva)
                 if is_call:
-                    if holders & _ARGUMENT_REGISTERS:
+                    # A direct call: the callee sees the page only if it reads a register
+                    # holding it before writing it.
+                    if self.handed_to(target, holders):
                         passed_on.append(rva)
                     holders = holders - _CALL_CLOBBERED
                     index += 1
@@ -497,6 +509,7 @@ def arm64_code_fixups(
     relocated: Sequence[int],
     image_base: int,
     indirect_targets: Iterable[int] = (),
+    callee_reads: CalleeReads | None = None,
 ) -> list[CodeFixup]:
     """The fields of ``code`` (at ``code_rva``) to rebind when it is copied elsewhere.
 
@@ -504,13 +517,15 @@ def arm64_code_fixups(
     data, of which only relocated fields are fixed up. Branches, ADR and literal loads
     leaving ``own_range``, every ADRP and the page offsets completing it, and every
     relocated field. ``indirect_targets`` are the in-code targets of the code's jump
-    tables. RelocationError when the code cannot be proven relocatable.
+    tables; ``callee_reads(callee, registers)`` tells whether a function the code calls
+    may read one of ``registers`` before writing it (without it, any may).
+    RelocationError when the code cannot be proven relocatable.
     """
     if code_rva % 4 or any(start % 4 or end % 4 for start, end in instructions):
         raise RelocationError(f"misaligned ARM64 code at 0x{code_rva:x}")
     lo, hi = own_range
     words = _decode_words(code, code_rva, instructions)
-    flow = _Flow(words, code_rva, frozenset(indirect_targets))
+    flow = _Flow(words, code_rva, frozenset(indirect_targets), callee_reads)
     fixups: list[CodeFixup] = []
     completed_by: dict[int, int] = {}  # consumer index -> the address it completes
     other_values: list[int] | None = None

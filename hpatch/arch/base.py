@@ -10,7 +10,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from hpatch.arch.relocate import CodeFixup, ShortBranch
+    from hpatch.arch.relocate import CalleeReads, CodeFixup, ShortBranch
     from hpatch.arch.rewrite import Fixup, Redirect
 
 ReadRva = Callable[[int, int], bytes]
@@ -293,6 +293,7 @@ class Arch(ABC):
         image_base: int,
         indirect_targets: Iterable[int] = (),
         short_branches: list[ShortBranch] | None = None,
+        callee_reads: CalleeReads | None = None,
     ) -> list[CodeFixup]:
         """The fields of ``code`` to rebind when it is copied elsewhere.
 
@@ -303,8 +304,10 @@ class Arch(ABC):
         leaving the code whose field no fixup kind writes (x64 rel8) is appended to
         ``short_branches`` when it is given, for the caller to send through a veneer;
         a machine whose short branches have fixup kinds of their own (ARM64 BRANCH19,
-        BRANCH14) reports them as fixups. RelocationError when the copy could not be
-        proven right.
+        BRANCH14) reports them as fixups. ``callee_reads`` tells what a function the
+        code calls reads first (see ``registers_read_first``); without it, a value
+        left in an argument register at a call is taken as handed on. RelocationError
+        when the copy could not be proven right.
         """
 
     @abstractmethod
@@ -369,6 +372,13 @@ class Arch(ABC):
                 break
             targets.append(target)
         return targets
+
+    def registers_read_first(
+        self, read: ReadRva, start_rva: int, registers: frozenset[int]
+    ) -> bool:
+        """Whether the function at ``start_rva`` may read one of ``registers`` (general
+        register numbers) before writing it, on any path; True when it cannot tell."""
+        return True
 
     def packed_table_width(self, read: ReadRva, site_rva: int) -> int | None:
         """For code at ``site_rva`` that takes a table's address and dispatches through

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from hpatch.arch.rewrite import Fixup
@@ -25,6 +26,11 @@ class CodeFixup(NamedTuple):
     site_rva: int
     page_group: int = -1
     passed_on: int = -1
+
+
+#: callee_reads(callee_rva, registers): whether the function at ``callee_rva`` may read
+#: one of ``registers`` (numbers) before it writes it.
+CalleeReads = Callable[[int, frozenset[int]], bool]
 
 
 class ShortBranch(NamedTuple):

@@ -22,7 +22,7 @@ from hpatch.arch.base import (
     UnwindFormat,
 )
 from hpatch.arch.code_shape import CodeShape
-from hpatch.arch.relocate import CodeFixup, ShortBranch
+from hpatch.arch.relocate import CalleeReads, CodeFixup, ShortBranch
 from hpatch.arch.rewrite import Fixup, Redirect
 from hpatch.arch.site_prediction import predict_x64
 from hpatch.arch.x64_relocate import x64_code_fixups
@@ -335,6 +335,7 @@ class X64(Arch):
         image_base: int,
         indirect_targets: Iterable[int] = (),
         short_branches: list[ShortBranch] | None = None,
+        callee_reads: CalleeReads | None = None,
     ) -> list[CodeFixup]:
         return x64_code_fixups(
             code, code_rva, instructions, own_range, relocated, image_base, short_branches

@@ -107,6 +107,7 @@ class CodeStage:
                     self.context.new.image_base,
                     indirect,
                     short,
+                    self.callee_reads,
                 )
             )
             for data in inside:
@@ -117,6 +118,11 @@ class CodeStage:
                             CodeFixup(data.rva + 4 * index, self.arch.rva_fixup, value, data.rva)
                         )
         return found, short
+
+    def callee_reads(self, callee: int, registers: frozenset[int]) -> bool:
+        """Whether the new build's function at ``callee`` may read one of ``registers``
+        before writing it (what a page left in an argument register at a call needs)."""
+        return self.arch.registers_read_first(self.context.read, callee, registers)
 
     def check_against_fingerprint(
         self, change: FunctionChange, fixups: list[CodeFixup], short: list[ShortBranch]
