@@ -94,9 +94,10 @@ WHY_NOT_YET: dict[BlockerCause, str] = {
     BlockerCause.UNKNOWN_DATA: (
         "An address outside every section, or read-only data neither proven the same "
         "object in the old image nor a constant hpatch can carry, has nothing to bind to; "
-        "a target far outside the image usually comes from bytes after a function's last "
-        "return that decode as a branch, and hpatch has no proof that such bytes never "
-        "run, which would let it carry them unbound."
+        "a target far outside the image comes from bytes in a function that decode as a "
+        "branch: MSVC ARM64's compressed switch tables are recognised as data now, and "
+        "other such bytes need a proof that they never run, which would let hpatch carry "
+        "them unbound."
     ),
     BlockerCause.PAST_OLD_SECTION: (
         "A global past the end of the old section has no memory in the running image, "
@@ -131,10 +132,12 @@ WHY_NOT_YET: dict[BlockerCause, str] = {
         "a longer sequence (ADRP and ADD), which the builder does not make."
     ),
     BlockerCause.PAGE_PASSED_ON: (
-        "hpatch follows an ADRP's page only through the carried code; where the register "
-        "still holds it at a call, return or jump out of that code, proving the code "
-        "beyond never reads it (a liveness analysis of the callee) is missing, so the "
-        "target bound in the old image must keep the new build's offset in the page."
+        "hpatch follows an ADRP's page through the carried code and, at a direct call, "
+        "into the callee's first straight run of code (three calls deep) until the "
+        "register is written; where that run branches first, or the page leaves by an "
+        "indirect call, a return or a jump, proving the code beyond never reads it needs "
+        "a liveness analysis over the callee's whole control flow, which is missing, so "
+        "the target bound in the old image must keep the new build's offset in the page."
     ),
     BlockerCause.NEW_DATA_TOO_LARGE: (
         "New read-only data is copied up to the next label, at most 64 KiB; sizing an "
