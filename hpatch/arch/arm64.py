@@ -92,8 +92,9 @@ def _branch(word: int, rva: int) -> tuple[int | None, bool]:
 _DISPATCH_WINDOW = 16
 
 
-#: Instructions followed from a callee's entry before giving up (registers_read_first).
-_READ_FIRST_STEPS = 64
+#: Instructions followed from a callee's entry, on all paths, before giving up
+#: (registers_read_first).
+_READ_FIRST_STEPS = 256
 #: The argument registers (x8: the indirect result), those a call may change, results.
 _CALL_ARGUMENTS = frozenset(range(0, 9))
 _CALL_CLOBBERS = frozenset((*range(0, 19), 30))
@@ -517,51 +518,65 @@ class Arm64(Arch):
     def registers_read_first(
         self, read: ReadRva, start_rva: int, registers: frozenset[int], depth: int = 3
     ) -> bool:
-        """Follows the callee from its entry, straight on (and into the functions it
-        calls, ``depth`` deep) until each register is written or read; a conditional
-        or indirect branch, a fault or a long way decide nothing (True). A call ends
-        the life of the argument registers (the callee's own, per the AAPCS64), a
-        return that of all but the result registers."""
-        live = set(registers)
-        at = start_rva
-        for _ in range(_READ_FIRST_STEPS):
-            if at % 4:
-                return True
-            try:
-                insn = next(self._cs_detail.disasm(read(at, 4), at), None)
-            except ImageFormatError:
-                return True
-            if insn is None:
-                return True
-            reads, writes = (
-                {_register_number(insn.reg_name(r)) for r in group} for group in insn.regs_access()
-            )
-            if live & reads:
-                return True
-            (word,) = _WORD.unpack(read(at, 4))
-            if word & 0xFC000000 == 0x94000000:  # BL: the callee gets what is left
-                target = at + 4 * sign_extend(word & 0x3FFFFFF, 26)
-                passed = frozenset(live & _CALL_ARGUMENTS)
-                if passed and (
-                    depth == 0 or self.registers_read_first(read, target, passed, depth - 1)
-                ):
+        """Follows the callee from its entry along every path (into the functions it
+        calls, ``depth`` deep), each until the registers it still carries are written
+        or one is read; an indirect branch, a trap, a fault or more than
+        _READ_FIRST_STEPS instructions decide nothing (True). A call ends the life of
+        the argument registers (the callee's own, per the AAPCS64), a return that of
+        all but the result registers."""
+        pending: list[tuple[int, frozenset[int]]] = [(start_rva, registers)]
+        seen: set[tuple[int, frozenset[int]]] = set()
+        steps = 0
+        while pending:
+            at, live = pending.pop()
+            while live and (at, live) not in seen:
+                seen.add((at, live))
+                steps += 1
+                if steps > _READ_FIRST_STEPS or at % 4:
                     return True
-                live -= _CALL_CLOBBERS
-            elif word & 0xFC000000 == 0x14000000:  # B: straight on at its target
-                live -= writes
-                at += 4 * sign_extend(word & 0x3FFFFFF, 26)
-                if not live:
-                    return False
-                continue
-            elif (word & 0xFFFFFC1F) == 0xD65F0000:  # RET
-                return bool(live & _RESULTS)
-            elif insn.group(capstone.CS_GRP_JUMP) or insn.group(capstone.CS_GRP_CALL):
-                return True  # a conditional or indirect branch
-            live -= writes
-            if not live:
-                return False
-            at += 4
-        return True
+                try:
+                    code = read(at, 4)
+                except ImageFormatError:
+                    return True
+                insn = next(self._cs_detail.disasm(code, at), None)
+                if insn is None:
+                    return True
+                reads, writes = (
+                    {_register_number(insn.reg_name(r)) for r in group}
+                    for group in insn.regs_access()
+                )
+                if live & reads:
+                    return True
+                (word,) = _WORD.unpack(code)
+                branch = direct_branch(word, at)
+                if branch is not None:
+                    target, conditional, call = branch
+                    if call:  # BL: the callee gets what is left, then it is gone
+                        passed = live & _CALL_ARGUMENTS
+                        if passed and (
+                            depth == 0 or self.registers_read_first(read, target, passed, depth - 1)
+                        ):
+                            return True
+                        live = live - _CALL_CLOBBERS
+                        at += 4
+                        continue
+                    if conditional:
+                        pending.append((target, live))
+                        at += 4
+                        continue
+                    at = target  # B
+                    continue
+                if (word & 0xFFFFFC1F) == 0xD65F0000:  # RET
+                    if live & _RESULTS:
+                        return True
+                    break
+                if insn.group(capstone.CS_GRP_JUMP) or insn.group(capstone.CS_GRP_CALL):
+                    return True  # an indirect branch or call
+                if _is_trap_or_padding(word):
+                    return True
+                live = live - writes
+                at += 4
+        return False
 
     def veneer(self) -> tuple[bytes, int, Fixup]:
         return _WORD.pack(0x14000000), 0, Fixup.ARM64_BRANCH26  # B

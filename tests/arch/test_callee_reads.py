@@ -57,6 +57,26 @@ def test_calls_inside_the_callee_are_followed() -> None:
     assert ARCH.registers_read_first(image(chain), CALLEE, frozenset({8})) is True
 
 
+def test_every_path_of_the_callee_is_followed() -> None:
+    # psutil 7.1.3's formatting helper spills its variadic arguments, then branches
+    both_write = image(
+        {
+            CALLEE: ["stp x2, x3, [sp, #-0x10]!", f"cbnz x1, #{CALLEE + 0x20:#x}", *WRITES_X8],
+            CALLEE + 0x20: ["adrp x8, #0xd000", "ret"],
+        }
+    )
+    assert ARCH.registers_read_first(both_write, CALLEE, frozenset({8})) is False
+    one_reads = image(
+        {
+            CALLEE: ["stp x2, x3, [sp, #-0x10]!", f"cbnz x1, #{CALLEE + 0x20:#x}", *WRITES_X8],
+            CALLEE + 0x20: ["ldr x0, [x8]", "ret"],
+        }
+    )
+    assert ARCH.registers_read_first(one_reads, CALLEE, frozenset({8})) is True
+    loop = image({CALLEE: ["sub x1, x1, #1", f"cbnz x1, #{CALLEE:#x}", "adrp x8, #0xd000", "ret"]})
+    assert ARCH.registers_read_first(loop, CALLEE, frozenset({8})) is False
+
+
 def test_what_cannot_be_decided_is_a_read() -> None:
     branches = image({CALLEE: ["cbz x0, #0x7100", "adrp x8, #0xd000", "ret"]})
     assert ARCH.registers_read_first(branches, CALLEE, frozenset({8})) is True
