@@ -133,11 +133,11 @@ WHY_NOT_YET: dict[BlockerCause, str] = {
     ),
     BlockerCause.PAGE_PASSED_ON: (
         "hpatch follows an ADRP's page through the carried code and, at a direct call, "
-        "into the callee's first straight run of code (three calls deep) until the "
-        "register is written; where that run branches first, or the page leaves by an "
-        "indirect call, a return or a jump, proving the code beyond never reads it needs "
-        "a liveness analysis over the callee's whole control flow, which is missing, so "
-        "the target bound in the old image must keep the new build's offset in the page."
+        "along every path of the callee (three calls deep, 256 instructions) until the "
+        "register is written; where the page leaves by an indirect call, a return or a "
+        "jump out of the code, or a callee path branches indirectly, proving the code "
+        "beyond never reads it needs an analysis of code hpatch cannot see from there, "
+        "so the target bound in the old image must keep the new build's offset in the page."
     ),
     BlockerCause.NEW_DATA_TOO_LARGE: (
         "New read-only data is copied up to the next label, at most 64 KiB; sizing an "
