@@ -11,6 +11,7 @@ import itertools
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
+from typing import Any
 
 import capstone
 
@@ -140,12 +141,7 @@ def reference_evidence(
     """
     if not isinstance(found, dict):
         raise TypeError("found must be a dict")
-    entries = entry_bits is not None
-    call = entry = foreign = not_a_jump = 0
-    if entry_bits is not None:
-        if not isinstance(entry_bits, tuple) or len(entry_bits) != 4:
-            raise TypeError("entry_bits must be 4 ints")
-        call, entry, foreign, not_a_jump = (operator.index(b) for b in entry_bits)
+    masks = _entry_masks(entry_bits, operator.index)
     starts = [operator.index(s) for s in starts]
     ends = [operator.index(e) for e in ends]
     if len(starts) != len(ends):
@@ -155,20 +151,55 @@ def reference_evidence(
         if not isinstance(row, tuple) or len(row) != 3:
             raise TypeError("incoming must be a sequence of (target, site, bit)")
         target, site, bit = (operator.index(v) for v in row)
-        index = bisect.bisect_right(starts, site) - 1
-        if index < 0 or site >= ends[index]:
+        placed = _reference_range(starts, ends, masks, target, site, bit)
+        if placed is None:
             continue
-        start, end = starts[index], ends[index]
-        if entries and (bit == call or not start <= target < end):
+        index, bit, by_entry = placed
+        if by_entry:
+            unchecked.setdefault((target, bit), []).append((starts[index], ends[index], site))
+            continue
+        found[target] = found.get(target, 0) | bit
+    return unchecked
+
+
+def _entry_masks(
+    entry_bits: object, number: Callable[[Any], int]
+) -> tuple[int, int, int, int] | None:
+    """entry_bits as the masks (call, entry, foreign, not_a_jump), or None."""
+    if entry_bits is None:
+        return None
+    if not isinstance(entry_bits, tuple) or len(entry_bits) != 4:
+        raise TypeError("entry_bits must be 4 ints")
+    call, entry, foreign, not_a_jump = (number(b) for b in entry_bits)
+    return call, entry, foreign, not_a_jump
+
+
+def _reference_range(
+    starts: Sequence[int],
+    ends: Sequence[int],
+    masks: tuple[int, int, int, int] | None,
+    target: int,
+    site: int,
+    bit: int,
+) -> tuple[int, int, bool] | None:
+    """The range of the sorted, disjoint [starts[i], ends[i]) holding the reference's
+    site (its index), the reference's bit, and whether only an entry of the target
+    explains it: with masks, a call, or a reference into another range than its own,
+    gains the entry bit (and the foreign bit when it is not a jump or its target lies in
+    another range). None when no range holds the site."""
+    index = bisect.bisect_right(starts, site) - 1
+    if index < 0 or site >= ends[index]:
+        return None
+    if masks is not None:
+        call, entry, foreign, not_a_jump = masks
+        if bit == call or not starts[index] <= target < ends[index]:
             bit |= entry
             # A jump from the code right before the target may reach the function's
             # own block laid out after its last instruction.
             if bit & not_a_jump or bisect.bisect_right(starts, target) - 1 != index:
                 bit |= foreign
-            unchecked.setdefault((target, bit), []).append((start, end, site))
-            continue
-        found[target] = found.get(target, 0) | bit
-    return unchecked
+            return index, bit, True
+    return index, bit, False
 
 
 def _int64(value: object) -> int:
@@ -206,12 +237,7 @@ def gap_evidence(
     sites: asked bit by bit in the order the target's references meet them, site by site
     in order until one passes, and only while the target's mask lacks some of the bit.
     """
-    entries = entry_bits is not None
-    call = entry = foreign = not_a_jump = 0
-    if entry_bits is not None:
-        if not isinstance(entry_bits, tuple) or len(entry_bits) != 4:
-            raise TypeError("entry_bits must be 4 ints")
-        call, entry, foreign, not_a_jump = (_int64(b) for b in entry_bits)
+    masks = _entry_masks(entry_bits, _int64)
     if not callable(check):
         raise TypeError("check must be callable")
     columns = [
@@ -238,19 +264,14 @@ def gap_evidence(
         # the target's entry references, bit -> sites, in the order each bit is met
         waiting: dict[int, list[tuple[int, int, int]]] = {}
         while i < n and targets[i] == target:
-            site, bit = sites[i], bits[i]
+            site = sites[i]
+            placed = _reference_range(starts, ends, masks, target, site, bits[i])
             i += 1
-            index = bisect.bisect_right(starts, site) - 1
-            if index < 0 or site >= ends[index]:
+            if placed is None:
                 continue
-            start, end = starts[index], ends[index]
-            if entries and (bit == call or not start <= target < end):
-                bit |= entry
-                # A jump from the code right before the target may reach the
-                # function's own block laid out after its last instruction.
-                if bit & not_a_jump or bisect.bisect_right(starts, target) - 1 != index:
-                    bit |= foreign
-                waiting.setdefault(bit, []).append((start, end, site))
+            index, bit, by_entry = placed
+            if by_entry:
+                waiting.setdefault(bit, []).append((starts[index], ends[index], site))
                 continue
             mask |= bit
         for bit, refs in waiting.items():

@@ -890,6 +890,59 @@ static int append_site(PyObject *sites, int64_t start, int64_t end, long long si
     return status;
 }
 
+/* entry_bits: None (on = 0), or the masks (call, entry, foreign, not_a_jump). */
+typedef struct {
+    int on;
+    int64_t call, entry, foreign, not_a_jump;
+} entry_masks_t;
+
+/* entry_bits into *masks; 0 with an exception set if it is neither None nor a tuple
+ * of 4 ints. */
+static int entry_masks_arg(PyObject *entry_bits, entry_masks_t *masks)
+{
+    long long bits[4] = {0, 0, 0, 0};
+    masks->on = entry_bits != Py_None;
+    if (masks->on) {
+        /* PyArg_ParseTuple takes only a tuple: anything else is the caller's TypeError. */
+        if (!PyTuple_Check(entry_bits) || PyTuple_GET_SIZE(entry_bits) != 4) {
+            PyErr_SetString(PyExc_TypeError, "entry_bits must be 4 ints");
+            return 0;
+        }
+        if (!PyArg_ParseTuple(entry_bits, "O&O&O&O&;entry_bits must be 4 ints",
+                              hpatch_int64_arg, &bits[0], hpatch_int64_arg, &bits[1],
+                              hpatch_int64_arg, &bits[2], hpatch_int64_arg, &bits[3]))
+            return 0;
+    }
+    masks->call = bits[0];
+    masks->entry = bits[1];
+    masks->foreign = bits[2];
+    masks->not_a_jump = bits[3];
+    return 1;
+}
+
+/* The range of starts/ends holding the reference's site (its index), or -1 for none.
+ * With masks on, a call, or a reference into another range than its own, gains the
+ * entry bit in *bit (and the foreign bit when it is not a jump or its target lies in
+ * another range): only an entry of target explains it, and *by_entry says so. */
+static Py_ssize_t reference_range(const int64_t *starts, const int64_t *ends, Py_ssize_t count,
+                                  const entry_masks_t *masks, int64_t target, int64_t site,
+                                  int64_t *bit, int *by_entry)
+{
+    Py_ssize_t index = last_at_or_before(starts, count, site);
+    *by_entry = 0;
+    if (index < 0 || site >= ends[index])
+        return -1;
+    if (masks->on && (*bit == masks->call || !(starts[index] <= target && target < ends[index]))) {
+        *bit |= masks->entry;
+        /* A jump from the code right before the target may reach the function's own
+         * block laid out after its last instruction. */
+        if ((*bit & masks->not_a_jump) || last_at_or_before(starts, count, target) != index)
+            *bit |= masks->foreign;
+        *by_entry = 1;
+    }
+    return index;
+}
+
 PyDoc_STRVAR(reference_evidence_doc,
 "reference_evidence(found, incoming, starts, ends, entry_bits, /)\n--\n\n"
 "Add to found (RVA -> evidence mask) each incoming (target, site, bit) reference\n"
@@ -904,23 +957,11 @@ static PyObject *reference_evidence(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *found, *incoming, *starts_seq, *ends_seq, *entry_bits;
-    long long call_bit = 0, entry_bit = 0, foreign_bit = 0, not_a_jump = 0;
-    int entries = 0;
+    entry_masks_t masks;
     if (!PyArg_ParseTuple(args, "O!OOOO:reference_evidence", &PyDict_Type, &found, &incoming,
-                          &starts_seq, &ends_seq, &entry_bits))
+                          &starts_seq, &ends_seq, &entry_bits) ||
+        !entry_masks_arg(entry_bits, &masks))
         return NULL;
-    if (entry_bits != Py_None) {
-        /* PyArg_ParseTuple takes only a tuple: anything else is the caller's TypeError. */
-        if (!PyTuple_Check(entry_bits) || PyTuple_GET_SIZE(entry_bits) != 4) {
-            PyErr_SetString(PyExc_TypeError, "entry_bits must be 4 ints");
-            return NULL;
-        }
-        if (!PyArg_ParseTuple(entry_bits, "O&O&O&O&;entry_bits must be 4 ints", hpatch_int64_arg,
-                              &call_bit, hpatch_int64_arg, &entry_bit, hpatch_int64_arg,
-                              &foreign_bit, hpatch_int64_arg, &not_a_jump))
-            return NULL;
-        entries = 1;
-    }
     Py_ssize_t count, ends_count;
     int64_t *starts = NULL, *ends = NULL;
     PyObject *rows = NULL, *unchecked = NULL, *result = NULL;
@@ -945,25 +986,22 @@ static PyObject *reference_evidence(PyObject *self, PyObject *args)
     long long last_target = -1, last_bit = -1;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *row = items[i];
-        long long target, site, bit;
+        long long target, site, row_bit;
         if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 3) {
             PyErr_SetString(PyExc_TypeError, "incoming must be a sequence of (target, site, bit)");
             goto done;
         }
         if (!hpatch_int64_arg(PyTuple_GET_ITEM(row, 0), &target) ||
             !hpatch_int64_arg(PyTuple_GET_ITEM(row, 1), &site) ||
-            !hpatch_int64_arg(PyTuple_GET_ITEM(row, 2), &bit))
+            !hpatch_int64_arg(PyTuple_GET_ITEM(row, 2), &row_bit))
             goto done;
-        Py_ssize_t index = last_at_or_before(starts, count, site);
-        if (index < 0 || site >= ends[index])
+        int64_t bit = row_bit;
+        int by_entry;
+        Py_ssize_t index =
+            reference_range(starts, ends, count, &masks, target, site, &bit, &by_entry);
+        if (index < 0)
             continue;
-        int64_t start = starts[index], end = ends[index];
-        if (entries && (bit == call_bit || !(start <= target && target < end))) {
-            bit |= entry_bit;
-            /* A jump from the code right before the target may reach the function's
-             * own block laid out after its last instruction. */
-            if ((bit & not_a_jump) || last_at_or_before(starts, count, target) != index)
-                bit |= foreign_bit;
+        if (by_entry) {
             if (last_sites == NULL || target != last_target || bit != last_bit) {
                 last_sites = unchecked_sites(unchecked, target, bit);
                 if (last_sites == NULL)
@@ -971,7 +1009,7 @@ static PyObject *reference_evidence(PyObject *self, PyObject *args)
                 last_target = target;
                 last_bit = bit;
             }
-            if (append_site(last_sites, start, end, site) < 0)
+            if (append_site(last_sites, starts[index], ends[index], site) < 0)
                 goto done;
             continue;
         }
@@ -999,19 +1037,6 @@ done:
     return result;
 }
 
-/* The four masks of entry_bits, (call, entry, foreign, not_a_jump); 0 with an exception
- * set if it is not a tuple of 4 ints. */
-static int entry_bits_arg(PyObject *entry_bits, long long bits[4])
-{
-    /* PyArg_ParseTuple takes only a tuple: anything else is the caller's TypeError. */
-    if (!PyTuple_Check(entry_bits) || PyTuple_GET_SIZE(entry_bits) != 4) {
-        PyErr_SetString(PyExc_TypeError, "entry_bits must be 4 ints");
-        return 0;
-    }
-    return PyArg_ParseTuple(entry_bits, "O&O&O&O&;entry_bits must be 4 ints", hpatch_int64_arg,
-                            &bits[0], hpatch_int64_arg, &bits[1], hpatch_int64_arg, &bits[2],
-                            hpatch_int64_arg, &bits[3]);
-}
 
 /* 1 if values[0..count) ascend (strictly: each greater than the one before). */
 static int ascending(const int64_t *values, Py_ssize_t count, int strictly)
@@ -1165,22 +1190,17 @@ static PyObject *gap_evidence(PyObject *self, PyObject *args)
     (void)self;
     PyObject *static_targets_seq, *static_masks_seq, *targets_seq, *sites_seq, *bits_seq;
     PyObject *starts_seq, *ends_seq, *entry_bits, *check;
-    long long entry[4];
+    entry_masks_t masks;
     if (!PyArg_ParseTuple(args, "OOOOOOOOO:gap_evidence", &static_targets_seq, &static_masks_seq,
                           &targets_seq, &sites_seq, &bits_seq, &starts_seq, &ends_seq, &entry_bits,
                           &check))
         return NULL;
-    int entries = entry_bits != Py_None;
-    if (entries && !entry_bits_arg(entry_bits, entry))
+    if (!entry_masks_arg(entry_bits, &masks))
         return NULL;
-    if (!entries)
-        entry[0] = entry[1] = entry[2] = entry[3] = 0;
     if (!PyCallable_Check(check)) {
         PyErr_SetString(PyExc_TypeError, "check must be callable");
         return NULL;
     }
-    const int64_t call_bit = entry[0], entry_bit = entry[1], foreign_bit = entry[2],
-                  not_a_jump = entry[3];
     int64_t *static_targets = NULL, *static_masks = NULL, *targets = NULL, *sites = NULL,
             *bits = NULL, *starts = NULL, *ends = NULL;
     Py_ssize_t static_count, mask_count, n, site_count, bit_count, count, ends_count;
@@ -1242,17 +1262,13 @@ static PyObject *gap_evidence(PyObject *self, PyObject *args)
         Py_ssize_t pending = 0;
         for (Py_ssize_t order = 0; i < n && targets[i] == target; i++, order++) {
             int64_t site = sites[i], bit = bits[i];
-            Py_ssize_t index = last_at_or_before(starts, count, site);
-            if (index < 0 || site >= ends[index])
+            int by_entry;
+            Py_ssize_t index =
+                reference_range(starts, ends, count, &masks, target, site, &bit, &by_entry);
+            if (index < 0)
                 continue;
-            int64_t start = starts[index], end = ends[index];
-            if (entries && (bit == call_bit || !(start <= target && target < end))) {
-                bit |= entry_bit;
-                /* A jump from the code right before the target may reach the function's
-                 * own block laid out after its last instruction. */
-                if ((bit & not_a_jump) || last_at_or_before(starts, count, target) != index)
-                    bit |= foreign_bit;
-                refs[pending++] = (entry_ref_t){bit, start, end, site, order};
+            if (by_entry) {
+                refs[pending++] = (entry_ref_t){bit, starts[index], ends[index], site, order};
                 continue;
             }
             mask |= bit;
@@ -1308,23 +1324,31 @@ static Py_ssize_t first_at_or_after(const int64_t *values, Py_ssize_t from, Py_s
     return low;
 }
 
-/* function(*values) as an int64 in *out, or *is_none (NULL: None is a TypeError);
- * *answer (if not NULL) gets the int it returned, a new reference. 0 on success, -1
- * with an exception set. */
-static int call_for_int(PyObject *function, int nargs, const int64_t *values, int64_t *out,
-                        int *is_none, PyObject **answer_out)
+/* function(*values), values one or two int64s: a new reference, or NULL with an
+ * exception set. */
+static PyObject *call_with_ints(PyObject *function, int nargs, const int64_t *values)
 {
     PyObject *argv[2] = {NULL, NULL};
     for (int i = 0; i < nargs; i++) {
         argv[i] = PyLong_FromLongLong(values[i]);
         if (argv[i] == NULL) {
             Py_XDECREF(argv[0]);
-            return -1;
+            return NULL;
         }
     }
     PyObject *answer = PyObject_Vectorcall(function, argv, (size_t)nargs, NULL);
     Py_XDECREF(argv[0]);
     Py_XDECREF(argv[1]);
+    return answer;
+}
+
+/* function(*values) as an int64 in *out, or *is_none (NULL: None is a TypeError);
+ * *answer (if not NULL) gets the int it returned, a new reference. 0 on success, -1
+ * with an exception set. */
+static int call_for_int(PyObject *function, int nargs, const int64_t *values, int64_t *out,
+                        int *is_none, PyObject **answer_out)
+{
+    PyObject *answer = call_with_ints(function, nargs, values);
     if (answer == NULL)
         return -1;
     if (is_none != NULL)
@@ -1349,17 +1373,7 @@ static int call_for_int(PyObject *function, int nargs, const int64_t *values, in
 /* The truth of function(*values): 1, 0, or -1 with an exception set. */
 static int call_for_truth(PyObject *function, int nargs, const int64_t *values)
 {
-    PyObject *argv[2] = {NULL, NULL};
-    for (int i = 0; i < nargs; i++) {
-        argv[i] = PyLong_FromLongLong(values[i]);
-        if (argv[i] == NULL) {
-            Py_XDECREF(argv[0]);
-            return -1;
-        }
-    }
-    PyObject *answer = PyObject_Vectorcall(function, argv, (size_t)nargs, NULL);
-    Py_XDECREF(argv[0]);
-    Py_XDECREF(argv[1]);
+    PyObject *answer = call_with_ints(function, nargs, values);
     if (answer == NULL)
         return -1;
     int truth = PyObject_IsTrue(answer);
