@@ -16,7 +16,7 @@ from hpatch.blockers import BlockerCause, BlockerKind, function_label
 from hpatch.diff.classify import FunctionChange, Status
 from hpatch.image import DataKind
 from hpatch.package.build.binding import Binder
-from hpatch.package.build.context import Context, runs
+from hpatch.package.build.context import Context, Stage, runs
 from hpatch.package.build.region import PAGE
 from hpatch.package.model import (
     NO_RVA,
@@ -47,15 +47,11 @@ class Veneer:
     field_rva: int
 
 
-class CodeStage:
+class CodeStage(Stage):
     """Decodes, places and veneers the carried functions."""
 
     def __init__(self, context: Context, binder: Binder) -> None:
-        self.context = context
-        self.binder = binder
-        self.region = context.region
-        self.blockers = context.blockers
-        self.arch = context.arch
+        super().__init__(context, binder)
         self.veneers: list[Veneer] = []
         #: Where the last veneer placed after a function's runs ends, by new RVA.
         self.veneers_end: dict[int, int] = {}

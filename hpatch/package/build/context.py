@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from hpatch.arch import RefKind
 from hpatch.arch.base import Arch
@@ -14,6 +15,9 @@ from hpatch.diff.correlate import Correlator
 from hpatch.image import Function, PEImage
 from hpatch.package.build.collector import BlockerCollector
 from hpatch.package.build.region import Region
+
+if TYPE_CHECKING:  # binding builds on the context, stages on both
+    from hpatch.package.build.binding import Binder
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,19 @@ class Context:
         if section is None or not section.is_executable:
             return True
         return self.arch.access_size(self.read, site_rva) is None
+
+
+class Stage:
+    """What the code, data and unwind stages are made with: the context, the binder
+    they bind fields through, and the parts of the context they use."""
+
+    def __init__(self, context: Context, binder: Binder) -> None:
+        self.context = context
+        self.binder = binder
+        self.region = context.region
+        self.blockers = context.blockers
+        self.arch = context.arch
+        self.new = context.new
 
 
 def runs(function: Function) -> list[list[tuple[int, int, int]]]:

@@ -12,8 +12,7 @@ from hpatch.arch.relocate import CodeFixup
 from hpatch.blockers import BlockerCause, BlockerKind
 from hpatch.diff.correlate import Resolution
 from hpatch.package import new_data
-from hpatch.package.build.binding import Binder
-from hpatch.package.build.context import Context
+from hpatch.package.build.context import Stage
 from hpatch.package.build.region import PAGE
 from hpatch.package.model import Blob, BlobKind
 
@@ -25,15 +24,8 @@ _MAX_CONSTANT_CLOSURE = 1 << 22
 Span = tuple[int, int]
 
 
-class DataStage:
+class DataStage(Stage):
     """Places and binds the new data the carried code names."""
-
-    def __init__(self, context: Context, binder: Binder) -> None:
-        self.context = context
-        self.binder = binder
-        self.region = context.region
-        self.blockers = context.blockers
-        self.new = context.new
 
     # new globals -----------------------------------------------------------------------
 

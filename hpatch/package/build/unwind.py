@@ -12,7 +12,7 @@ from hpatch.arch.relocate import CodeFixup
 from hpatch.arch.rewrite import Fixup
 from hpatch.blockers import BlockerCause, BlockerKind
 from hpatch.package.build.binding import Binder, Bound
-from hpatch.package.build.context import Context
+from hpatch.package.build.context import Context, Stage
 from hpatch.package.model import BlobKind, FixupEntry, PatchFunction, TargetKind, UnwindRecord
 from hpatch.package.unwind_copy import (
     HandlerDataError,
@@ -32,15 +32,11 @@ def patch_label(function: PatchFunction) -> str:
     return function.name or f"sub_{function.new_rva:x}"
 
 
-class UnwindStage:
+class UnwindStage(Stage):
     """Builds the function table of the carried code."""
 
     def __init__(self, context: Context, binder: Binder) -> None:
-        self.context = context
-        self.binder = binder
-        self.region = context.region
-        self.blockers = context.blockers
-        self.arch = context.arch
+        super().__init__(context, binder)
         self.handler_identities: dict[tuple[bool, int], HandlerIdentity] = {}
 
     def table(self, functions: list[PatchFunction]) -> list[UnwindRecord]:
