@@ -11,7 +11,13 @@ from capstone import arm64_const
 
 from hpatch._backend import core
 from hpatch.arch.arm64_bits import adr_immediate, sign_extend
-from hpatch.arch.arm64_relocate import arm64_code_fixups, direct_branch
+from hpatch.arch.arm64_relocate import (
+    ARGUMENT_REGISTERS,
+    CALL_CLOBBERED,
+    RESULT_REGISTERS,
+    arm64_code_fixups,
+    direct_branch,
+)
 from hpatch.arch.base import (
     Arch,
     CodeSite,
@@ -95,10 +101,6 @@ _DISPATCH_WINDOW = 16
 #: Instructions followed from a callee's entry, on all paths, before giving up
 #: (registers_read_first).
 _READ_FIRST_STEPS = 256
-#: The argument registers (x8: the indirect result), those a call may change, results.
-_CALL_ARGUMENTS = frozenset(range(0, 9))
-_CALL_CLOBBERS = frozenset((*range(0, 19), 30))
-_RESULTS = frozenset((0, 1))
 
 
 def _register_number(name: str) -> int:
@@ -552,12 +554,12 @@ class Arm64(Arch):
                 if branch is not None:
                     target, conditional, call = branch
                     if call:  # BL: the callee gets what is left, then it is gone
-                        passed = live & _CALL_ARGUMENTS
+                        passed = live & ARGUMENT_REGISTERS
                         if passed and (
                             depth == 0 or self.registers_read_first(read, target, passed, depth - 1)
                         ):
                             return True
-                        live = live - _CALL_CLOBBERS
+                        live = live - CALL_CLOBBERED
                         at += 4
                         continue
                     if conditional:
@@ -567,7 +569,7 @@ class Arm64(Arch):
                     at = target  # B
                     continue
                 if (word & 0xFFFFFC1F) == 0xD65F0000:  # RET
-                    if live & _RESULTS:
+                    if live & RESULT_REGISTERS:
                         return True
                     break
                 if insn.group(capstone.CS_GRP_JUMP) or insn.group(capstone.CS_GRP_CALL):

@@ -36,10 +36,10 @@ from hpatch.arch.rewrite import Fixup
 _MAX_WALK = 1 << 16
 #: Where a call may read what the caller left: x0-x7, and x8 (the address of a result
 #: returned in memory).
-_ARGUMENT_REGISTERS = frozenset(range(0, 9))
-_RESULT_REGISTERS = frozenset(range(0, 2))
+ARGUMENT_REGISTERS = frozenset(range(0, 9))
+RESULT_REGISTERS = frozenset(range(0, 2))
 #: What a call leaves undefined: x0-x18 by the calling convention, and x30 (the link).
-_CALL_CLOBBERED = frozenset((*range(0, 19), 30))
+CALL_CLOBBERED = frozenset((*range(0, 19), 30))
 
 
 @cache
@@ -337,7 +337,7 @@ class _Flow:
     def handed_to(self, callee: int | None, holders: frozenset[int]) -> bool:
         """Whether the registers of ``holders`` that carry arguments may reach code
         that reads them: any callee but one known to write them first."""
-        passed = holders & _ARGUMENT_REGISTERS
+        passed = holders & ARGUMENT_REGISTERS
         if not passed:
             return False
         return callee is None or self.callee_reads is None or self.callee_reads(callee, passed)
@@ -400,16 +400,16 @@ class _Flow:
                 if _is_indirect_call(word):
                     if self.handed_to(None, holders):
                         passed_on.append(rva)
-                    holders = holders - _CALL_CLOBBERED
+                    holders = holders - CALL_CLOBBERED
                     index += 1
                     continue
                 if _is_return_or_jump(word):
                     if (word & 0xFFFFFC1F) == 0xD65F0000:  # RET
-                        if holders & _RESULT_REGISTERS:
+                        if holders & RESULT_REGISTERS:
                             passed_on.append(rva)
                     elif self.indirect_targets and (word & 0xFFFFFC1F) == 0xD61F0000:
                         # BR: a jump table's dispatch
-                        if holders & _ARGUMENT_REGISTERS:
+                        if holders & ARGUMENT_REGISTERS:
                             passed_on.append(rva)
                         pending.extend(
                             ((t - self.code_rva) // 4, holders)
@@ -424,7 +424,7 @@ class _Flow:
                     # holding it before writing it.
                     if self.handed_to(target, holders):
                         passed_on.append(rva)
-                    holders = holders - _CALL_CLOBBERED
+                    holders = holders - CALL_CLOBBERED
                     index += 1
                     continue
                 if target is not None:
@@ -449,7 +449,7 @@ class _Flow:
         enters) starts with every register unknown.
         """
         unknown = (1 << 31) - 1
-        clobbered = sum(1 << n for n in _CALL_CLOBBERED)
+        clobbered = sum(1 << n for n in CALL_CLOBBERED)
         masks = [-1] * len(self.words)
         pending = [(0, unknown)]
         seed = 0
