@@ -1,7 +1,7 @@
 /*
  * ARM64 normalisation over a buffer of instruction words, and its Python wrapper.
  *
- * The twin is normalise_arm64 in hpatch/_fallback.py; a parity test fuzzes one
+ * The twin is normalise_arm64 in hpatch/_fallback/scan.py; a parity test fuzzes one
  * against the other and compares them on every sample and corpus function.
  */
 #define PY_SSIZE_T_CLEAN
@@ -217,7 +217,7 @@ static int control(uint32_t word)
 }
 
 /* The pages each register holds, followed along the control flow of a part: see
- * _link_pages in hpatch/_fallback.py. A register's value is an ADRP's index;
+ * _link_pages in hpatch/_fallback/scan.py. A register's value is an ADRP's index;
  * CLASS(c): one of the ADRPs of the page of the ADRP at c (the part's first with
  * that page); UNKNOWN; or NOTHING, where no path from the part's start leads (the
  * top of the lattice). CLASS is its own inverse. */

@@ -16,7 +16,7 @@ typedef struct {
 
 /* Normalise the len / 4 whole words of code at code_rva into out (len bytes; a
  * trailing partial word is copied as it is): see normalise_arm64 in
- * hpatch/_fallback.py for the rules. Branches into [lo, hi) keep their bits, and the
+ * hpatch/_fallback/scan.py for the rules. Branches into [lo, hi) keep their bits, and the
  * pages ADRPs set are followed along them (within the code) to the ADD/LDR/STR that
  * complete them. refs must have room for len / 4 entries: a word names at most one
  * reference. Returns the number of references written, or -1 when memory runs out

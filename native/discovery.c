@@ -1,6 +1,6 @@
 /*
  * Function discovery's loops over code, in C; the twins live in
- * hpatch/_fallback_discovery.py.
+ * hpatch/_fallback/discovery.py.
  *
  * x64_code_extent walks a function's control flow as capstone decodes it. Capstone
  * is the oracle of what an instruction is (its length, whether it decodes, its
@@ -27,7 +27,7 @@
 
 #include "args.h"
 
-/* The walk's limits: the same numbers as hpatch/_fallback_discovery.py. */
+/* The walk's limits: the same numbers as hpatch/_fallback/discovery.py. */
 #define EXTENT_WINDOW 256
 
 

@@ -3,7 +3,7 @@
  *
  * Plain functions over buffers, no global state. Every function has a
  * pure-Python twin with the same signature, results and errors in
- * hpatch/_fallback.py; a parity test fuzzes one against the other.
+ * hpatch/_fallback/scan.py; a parity test fuzzes one against the other.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -1,5 +1,5 @@
 /*
- * The LZMA2 encoder of hpatch/_fallback_lzma2.py, in C: the same arguments give the
+ * The LZMA2 encoder of hpatch/_fallback/lzma2.py, in C: the same arguments give the
  * same bytes as the pure-Python twin on every platform.
  *
  * Everything that decides a byte is integer arithmetic over the input, and every

@@ -2,7 +2,7 @@
  * Byte rewriting: binding fixups of patch code to addresses, and encoding the
  * redirects that send an entry to its replacement.
  *
- * The pure-Python twins live in hpatch/_fallback_rewrite.py: same checks in the
+ * The pure-Python twins live in hpatch/_fallback/rewrite.py: same checks in the
  * same order, same messages. A batch of fixups is all or nothing: every record is
  * checked against the buffer as it was before the call, and only then written.
  */

@@ -21,7 +21,7 @@ typedef struct {
 } x64_refs_t;
 
 /* Normalise `len` bytes of code at `code_rva` into `out` (same length): see
- * normalise_x64 in hpatch/_fallback.py for the rules. `relocated` holds a sorted
+ * normalise_x64 in hpatch/_fallback/scan.py for the rules. `relocated` holds a sorted
  * array of `relocated_count` uint32 RVAs of base-relocated fields, at any alignment.
  * Returns 0, or -1 when out of memory.
  * Decoding stops at the first undecodable instruction; `*count` says how many

@@ -91,3 +91,23 @@ def test_no_import_circle_inside_hpatch() -> None:
 
 def test_the_check_finds_a_circle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_only_the_backend_imports_the_twins(tmp_path: Path) -> None:
+    """The twins are the C core's oracle, not a utility library: code that cross-checks
+    the core (the relocators, site prediction) must not share code with it."""
+    known = modules()
+    importers = {
+        name
+        for name, path in known.items()
+        if not name.startswith("hpatch._fallback")
+        and any(m.startswith("hpatch._fallback") for m in imports_of(name, path, known))
+    }
+    assert "hpatch._fallback.scan" in known
+    assert importers == set()
+    # the backend loads it by name, when it is chosen
+    assert 'import_module("hpatch._fallback")' in known["hpatch._backend"].read_text()
+    # and the walk does see an import of the twins where there is one
+    probe = tmp_path / "probe.py"
+    probe.write_text("from hpatch._fallback.scan import normalise_x64\n", encoding="utf-8")
+    assert imports_of("probe", probe, known) == {"hpatch._fallback.scan"}

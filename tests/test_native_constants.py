@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hpatch import _fallback
+from hpatch._fallback import rewrite as fallback_rewrite
+from hpatch._fallback import scan as fallback_scan
 from hpatch.arch.base import Machine, RefKind, SiteKind
 from hpatch.arch.kinds import Fixup, Redirect
 
@@ -52,9 +53,10 @@ def test_every_strategy_states_its_machine_span_and_reach(strategy: Redirect) ->
 
 
 def test_the_twins_take_the_enums_numbers() -> None:
-    assert (_fallback.SITE_CALL, _fallback.SITE_LOAD) == (SiteKind.CALL, SiteKind.LOAD)
-    assert (_fallback.REF_IMAGE_RVA, _fallback.REF_LITERAL) == (RefKind.IMAGE_RVA, RefKind.LITERAL)
-    from hpatch import _fallback_rewrite
-
-    assert _fallback_rewrite.ARM64_BRANCH14 == Fixup.ARM64_BRANCH14
-    assert {int(s): s.span for s in Redirect} == _fallback_rewrite._SPANS
+    assert (fallback_scan.SITE_CALL, fallback_scan.SITE_LOAD) == (SiteKind.CALL, SiteKind.LOAD)
+    assert (fallback_scan.REF_IMAGE_RVA, fallback_scan.REF_LITERAL) == (
+        RefKind.IMAGE_RVA,
+        RefKind.LITERAL,
+    )
+    assert fallback_rewrite.ARM64_BRANCH14 == Fixup.ARM64_BRANCH14
+    assert {int(s): s.span for s in Redirect} == fallback_rewrite._SPANS

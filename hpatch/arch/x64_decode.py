@@ -1,5 +1,5 @@
 """x64 decoding helpers on capstone that more than one decoder needs: the relocator
-(arch/x64_relocate.py) and the C core's pure-Python twin (hpatch/_fallback.py) read
+(arch/x64_relocate.py) and the C core's pure-Python twin (hpatch/_fallback/scan.py) read
 displacements, loop branches and image-base loads the same way."""
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ the baseline's old ones. ``compress(data, dictionary)`` returns LZMA2 chunks cod
 to the stdlib decoder as uncompressed chunks, then those chunks, so decoding is
 liblzma's. The encoder is LZMA's (range coder, adaptive bit models, rep matches) with a
 price-driven optimal parse over hash-chain matches, in integer arithmetic only: the C
-core's ``lzma2_compress`` and its pure-Python twin (``hpatch/_fallback_lzma2.py``) give
+core's ``lzma2_compress`` and its pure-Python twin (``hpatch/_fallback/lzma2.py``) give
 the same bytes for the same arguments on every platform. It is meant for the kilobytes
 and megabytes a package holds, not for bulk data.
 """

@@ -10,7 +10,7 @@ import capstone
 import keystone
 import pytest
 
-from hpatch._fallback import _arm64_written
+from hpatch._fallback.scan import _arm64_written
 from hpatch.arch import Machine, RefKind, SiteKind, arch_for
 from hpatch.arch.arm64_relocate import _gpr_access
 from hpatch.errors import ImageFormatError

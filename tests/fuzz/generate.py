@@ -150,7 +150,7 @@ def x64_pool() -> tuple[tuple[bytes, int, int, int, int, str], ...]:
     import capstone
     from capstone import x86_const
 
-    from hpatch._fallback import _displacement_size
+    from hpatch.arch.x64_decode import displacement_size as _displacement_size
     from hpatch.image import load_image
 
     from ..conftest import SAMPLES

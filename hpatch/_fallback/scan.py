@@ -1,7 +1,4 @@
-"""Pure-Python twins of every function in ``hpatch._native``.
-
-Same signatures, same results, same errors; the parity tests hold them to it.
-"""
+"""The twins of the C core's site scans and normalisers (``native/x64.c``, ``native/arm64.c``)."""
 
 from __future__ import annotations
 
@@ -16,9 +13,6 @@ from functools import lru_cache
 import capstone
 from capstone import x86_const
 
-from hpatch._fallback_discovery import *  # noqa: F403  (its __all__: the discovery twins)
-from hpatch._fallback_lzma2 import lzma2_compress  # noqa: F401
-from hpatch._fallback_rewrite import apply_fixups, encode_redirect  # noqa: F401
 from hpatch.arch.base import RefKind, SiteKind
 from hpatch.arch.x64_decode import LOOP_BRANCHES as _LOOPS
 from hpatch.arch.x64_decode import displacement_size as _displacement_size
