@@ -36,9 +36,9 @@ from hpatch.package import new_data
 from hpatch.package.bind import bind_region
 from hpatch.package.checks import CheckResult, check_prerequisites
 from hpatch.package.envelope import check_signature, refusal, untrusted
-from hpatch.package.format import encode_package, resolve_blobs
+from hpatch.package.format import encode, resolve_blobs
 from hpatch.package.format.wire import arch_of
-from hpatch.package.model import FunctionStatus, Package, Prerequisite
+from hpatch.package.model import EncodedPackage, FunctionStatus, Package, Prerequisite
 from hpatch.package.signing import SignatureCheck, SignatureStatus, TrustStore
 
 #: Instructions a busy thread may run per round while the applier waits for it.
@@ -362,19 +362,22 @@ def _active_ranges(module: Module, active: ActivePatch) -> tuple[list[Range], li
 
 def apply_package(
     process: Process,
-    package: Package,
+    package: Package | EncodedPackage,
     *,
     module: Module | None = None,
     options: ApplyOptions | None = None,
 ) -> ApplyReport:
     """Apply ``package`` to ``module`` (the loaded image it names by default); replaces
     the package the module runs, if any. All or nothing: ApplyError names the check
-    or step that failed, and the process is unchanged."""
+    or step that failed, and the process is unchanged. A package read from a file comes
+    with its bytes (an ``EncodedPackage``): the signature is checked over them; a
+    ``Package`` alone is encoded once for it."""
     options = options or ApplyOptions()
+    encoded = package if isinstance(package, EncodedPackage) else encode(package)
+    package = encoded.package
     module = _target_module(process, package, module)
     active = active_patch(module)
-    encoded = encode_package(package)
-    digest = hashlib.sha256(encoded).digest()
+    digest = encoded.sha256
     if active is not None and active.package_sha256 == digest:
         return ApplyReport(
             module.name,
@@ -394,7 +397,7 @@ def apply_package(
         if not result.passed:
             raise _Refused(f"check '{result.name}' failed: {result.detail}")
     # The signature before the region is decoded against the baseline (the costly step).
-    signature, signature_result = _signature(encoded, options)
+    signature, signature_result = _signature(encoded.data, options)
     if not package.resolved:
         # The region and the redirect digests are coded against the baseline, which the
         # checks above have just pinned.

@@ -19,6 +19,7 @@ from hpatch.image import PEImage, SectionFlags
 from hpatch.package import Package, target_digest
 from hpatch.package.checks import check_prerequisites
 from hpatch.package.envelope import read_trusted
+from hpatch.package.model import EncodedPackage
 from hpatch.package.signing import TrustStore
 from hpatch.text import json_text, markup, path_text, plain
 
@@ -129,6 +130,12 @@ def _call(process: Process, spec: CallSpec, when: str, target: str | int) -> dic
     document["result"] = result
     document["result_int32"] = low - (1 << 32) if low & 0x80000000 else low
     return document
+
+
+def _read_encoded(data: bytes, store: TrustStore | None, allow_unsigned: bool) -> EncodedPackage:
+    """The package of a file's bytes, its signature checked over them before anything
+    is decoded; kept with the bytes, so the applier checks and records those."""
+    return EncodedPackage(read_trusted(data, store, allow_unsigned=allow_unsigned)[0], data)
 
 
 def check_before_loading(image: PEImage, path: str, package: Package) -> None:
@@ -297,13 +304,12 @@ class _Run:
         store = TrustStore.from_paths(list(trust)) if trust else None
         # Each signature is checked over the raw bytes before the package is decoded.
         packages = [
-            read_trusted(read_package_file(p), store, allow_unsigned=allow_unsigned)[0]
-            for p in package_paths
+            _read_encoded(read_package_file(p), store, allow_unsigned) for p in package_paths
         ]
         image = read_image(image_path)
         document.update(image=image.name, machine=image.identity.machine.name)
-        for path, package in zip(package_paths, packages, strict=True):
-            check_before_loading(image, path, package)
+        for path, encoded in zip(package_paths, packages, strict=True):
+            check_before_loading(image, path, encoded.package)
         if spec is not None:
             _check_arguments(spec)
             # Numbers are checked against the file now; the VA form needs the base.
@@ -333,9 +339,9 @@ class _Run:
         )
         if spec is not None:
             self.show_call(_call(process, spec, "baseline", target))
-        for path, package in zip(package_paths, packages, strict=True):
+        for path, encoded in zip(package_paths, packages, strict=True):
             try:
-                report = apply_package(process, package, module=module, options=options)
+                report = apply_package(process, encoded, module=module, options=options)
             except HPatchError as error:
                 message = f"{path_text(path)}: {error}"
                 if active_patch(module) is not None:

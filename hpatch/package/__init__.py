@@ -19,8 +19,8 @@ if TYPE_CHECKING:
         build_package,
         target_digest,
     )
-    from hpatch.package.format import decode_package, encode_package, resolve_blobs
-    from hpatch.package.model import Package
+    from hpatch.package.format import decode_package, encode, encode_package, resolve_blobs
+    from hpatch.package.model import EncodedPackage, Package
 
 #: Where each name lives: importing ``hpatch.package.model`` or ``.signing`` does not
 #: load the builder and the codec, nor do commands that never build or read a package.
@@ -31,8 +31,10 @@ _HOMES = {
     "build_package": "hpatch.package.build",
     "target_digest": "hpatch.package.build",
     "decode_package": "hpatch.package.format",
+    "encode": "hpatch.package.format",
     "encode_package": "hpatch.package.format",
     "resolve_blobs": "hpatch.package.format",
+    "EncodedPackage": "hpatch.package.model",
     "Package": "hpatch.package.model",
 }
 
@@ -48,11 +50,13 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BuildOptions",
+    "EncodedPackage",
     "Package",
     "PackageBlocked",
     "baseline_of",
     "build_package",
     "decode_package",
+    "encode",
     "encode_package",
     "resolve_blobs",
     "target_digest",

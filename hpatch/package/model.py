@@ -14,6 +14,7 @@ without it.
 from __future__ import annotations
 
 import bisect
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -342,3 +343,18 @@ class Package:
     def resolved(self) -> bool:
         """Whether blob bytes, fixup targets and redirect digests are all known."""
         return self.resolved_region and all(r.original_sha256 for r in self.redirects)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPackage:
+    """A package with its bytes: read from a file (the bytes as the file holds them) or
+    encoded once (``hpatch.package.format.encode``). What an applier checks the
+    signature over and records by digest, so the package is never encoded again to
+    learn either; encoding is canonical, so both give the same bytes for a package."""
+
+    package: Package
+    data: bytes = field(repr=False)
+
+    @property
+    def sha256(self) -> bytes:
+        return hashlib.sha256(self.data).digest()

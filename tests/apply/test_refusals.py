@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hpatch.apply import ApplyOptions, apply_package, rollback
+from hpatch.apply import ApplyOptions, active_patch, apply_package, rollback
 from hpatch.apply.transaction import Transaction
 from hpatch.emu.memory import Protection
 from hpatch.errors import ApplyError
+from hpatch.package.format import encode_package
+from hpatch.package.model import EncodedPackage
 from hpatch.package.signing import TrustStore, sign_package
 
 from .support import BUILDS, package, process
@@ -39,6 +42,30 @@ def test_signatures() -> None:
     refused(target, forged, ApplyOptions(trust=trusted.trust, allow_unsigned=True), "does not hold")
     report = apply_package(target, signed, options=trusted)
     assert report.signature is not None and report.signature.status.value == "trusted"
+
+
+def test_a_package_with_its_bytes_is_checked_over_those_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A package read from a file is applied with the file's bytes: the signature is
+    checked over them and the digest recorded is theirs, and nothing is encoded again."""
+    target = process("x64-clang")
+    signed = sign_package(package("x64-clang", "v1", "v2", 2), KEY)
+    trusted = ApplyOptions(trust=TrustStore([KEY.public_key()]))
+    data = encode_package(signed)
+    tampered = bytearray(data)
+    tampered[-1] ^= 1  # the signature's last byte
+    monkeypatch.setattr(
+        "hpatch.package.format.encode_package",
+        lambda _package: pytest.fail("the package was encoded again"),
+    )
+    refused(target, EncodedPackage(signed, bytes(tampered)), trusted, "does not hold")
+    report = apply_package(target, EncodedPackage(signed, data), options=trusted)
+    assert report.signature is not None and report.signature.status.value == "trusted"
+    active = active_patch(target.main_module)
+    assert active is not None and active.package_sha256 == hashlib.sha256(data).digest()
+    again = apply_package(target, EncodedPackage(signed, data), options=trusted)
+    assert again.outcome == "already applied"
 
 
 def test_another_baseline_is_refused_naming_the_field() -> None:

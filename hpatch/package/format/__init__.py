@@ -53,7 +53,14 @@ from hpatch.package.format.wire import (
     MAX_VARINT,
     SIGNATURE_SIZE,
 )
-from hpatch.package.model import FORMAT_VERSION, BodyCoding, Flag, Package, SignatureInfo
+from hpatch.package.model import (
+    FORMAT_VERSION,
+    BodyCoding,
+    EncodedPackage,
+    Flag,
+    Package,
+    SignatureInfo,
+)
 
 __all__ = [
     "DIGEST_SIZE",
@@ -72,6 +79,7 @@ __all__ = [
     "Envelope",
     "code_region",
     "decode_package",
+    "encode",
     "encode_package",
     "open_envelope",
     "resolve_blobs",
@@ -121,6 +129,11 @@ def encode_package(package: Package) -> bytes:
     if len(data) > MAX_PACKAGE_SIZE:
         raise PackageFormatError(f"package of {len(data)} bytes exceeds {MAX_PACKAGE_SIZE}")
     return data
+
+
+def encode(package: Package) -> EncodedPackage:
+    """``package`` with its canonical bytes, encoded once."""
+    return EncodedPackage(package, encode_package(package))
 
 
 @dataclass(frozen=True, slots=True)
