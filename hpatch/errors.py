@@ -38,6 +38,10 @@ class CheckRefused(ApplyError):
     baseline's identity, the signature, the servicing sequence (the CLI exits 6)."""
 
 
+class KeyFileError(HPatchError):
+    """A key file is missing, unreadable or not an Ed25519 key."""
+
+
 class AddressSpaceError(HPatchError):
     """A request on an emulated address space cannot be met (overlap, unmapped, W^X, no room)."""
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from hpatch.errors import KeyFileError
 from hpatch.files import FileRefused, read_input, write_output
 from hpatch.package import decode_package
-from hpatch.package.signing import KeyFileError, TrustStore
+from hpatch.package.signing import TrustStore
 
 from .conftest import SAMPLES
 from .test_cli import run

@@ -21,15 +21,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from hpatch.errors import HPatchError
+from hpatch.errors import HPatchError, KeyFileError
 from hpatch.files import MAX_KEY_FILE, create_exclusive, read_input
 from hpatch.package.format import KEY_ID_SIZE, SIGNATURE_SIZE, signed_message
 from hpatch.package.model import Package, SignatureInfo
 from hpatch.text import path_text
-
-
-class KeyFileError(HPatchError):
-    """A key file is missing, unreadable or not an Ed25519 key."""
 
 
 class SignatureStatus(Enum):
