@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from hpatch import __version__
@@ -10,11 +11,13 @@ from hpatch.text import Streamed
 
 if TYPE_CHECKING:
     # Types only: ``funcs`` and ``info`` need none of the diff or the package at run time.
+    from hpatch.apply import ApplyReport
     from hpatch.blockers import Blocker
     from hpatch.diff import DiffResult, FunctionChange
     from hpatch.image import Function, PEImage
     from hpatch.package.model import Baseline, Package
     from hpatch.package.signing import SignatureCheck
+    from hpatch.verify import VerifyReport
 
 #: The ``hpatch diff --json`` document's schema. 2: blockers gained class, cause and
 #: their place as data (function, rva, end_rva, section, symbol, target_rva, build).
@@ -22,6 +25,8 @@ DIFF_SCHEMA = "hpatch.diff/2"
 #: The schemas of ``hpatch funcs --json`` and ``hpatch info --json`` (docs/schema/).
 FUNCS_SCHEMA = "hpatch.funcs/1"
 INFO_SCHEMA = "hpatch.info/1"
+#: The ``hpatch verify --json`` document's schema (docs/schema/verify-1.schema.json).
+VERIFY_SCHEMA = "hpatch.verify/1"
 _STATUS_ORDER = {"modified": 0, "added": 1, "removed": 2, "unchanged": 3}
 
 
@@ -279,4 +284,77 @@ def package_document(package: Package, data: bytes, check: SignatureCheck | None
         "fixups": counts.total,
         "unwind_records": len(package.unwind),
         "signature": signature,
+    }
+
+
+def apply_document(report: ApplyReport) -> dict[str, Any]:
+    """One package's entry in the ``hpatch apply --json`` document: its outcome, the checks
+    and the redirects written."""
+    return {
+        "module": report.module,
+        "outcome": report.outcome,
+        "sequence": report.sequence,
+        "replaced_sequence": report.replaced_sequence,
+        "region_va": report.region_va,
+        "region_size": report.region_size,
+        "signature": report.signature.status.value if report.signature else None,
+        "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in report.checks],
+        "redirects": [
+            {
+                "function": r.function,
+                "old_va": r.old_va,
+                "new_va": r.new_va,
+                "strategy": r.strategy.name,
+                "bytes": r.written.hex(),
+            }
+            for r in report.redirects
+        ],
+    }
+
+
+def verify_document(report: VerifyReport) -> dict[str, Any]:
+    """The document ``hpatch verify --json`` prints (without the identities)."""
+    functions = [
+        {
+            "name": f.name,
+            "status": f.status,
+            "old_rva": f.old_rva,
+            "new_rva": f.new_rva,
+            "translation": f.translation.value,
+            "mismatches": [
+                {
+                    "patched_va": m.patched_va,
+                    "new_va": m.new_va,
+                    "patched_instruction": m.patched_instruction,
+                    "new_instruction": m.new_instruction,
+                    "reason": m.reason,
+                }
+                for m in f.mismatches
+            ],
+            "emulation": {
+                "outcome": f.emulation.outcome.value,
+                "agreed": f.emulation.agreed,
+                "returned": f.emulation.returned,
+                "tried": f.emulation.tried,
+                "detail": f.emulation.detail,
+            },
+            "passed": f.passed,
+        }
+        for f in report.functions
+    ]
+
+    translation = Counter(f.translation.value for f in report.functions)
+    emulation = Counter(f.emulation.outcome.value for f in report.functions)
+    return {
+        "inputs": report.inputs,
+        "summary": {
+            "functions": len(functions),
+            "translation_passed": translation["passed"],
+            "translation_failed": translation["failed"],
+            "emulation_passed": emulation["passed"],
+            "emulation_failed": emulation["failed"],
+            "not_emulated": emulation["not_emulated"],
+        },
+        "functions": functions,
+        "passed": report.passed,
     }

@@ -21,6 +21,7 @@ from hpatch.package.checks import check_prerequisites
 from hpatch.package.envelope import read_trusted
 from hpatch.package.model import EncodedPackage
 from hpatch.package.signing import TrustStore
+from hpatch.report import apply_document
 from hpatch.text import json_text, markup, path_text, plain
 
 if TYPE_CHECKING:  # the emulator (Unicorn) loads only when ``apply`` runs
@@ -151,29 +152,6 @@ def check_before_loading(image: PEImage, path: str, package: Package) -> None:
                 f"(sequence {package.servicing.sequence} installs it); {detail}"
             )
         raise CheckRefused(f"{path_text(path)}: check '{result.name}' failed: {detail}")
-
-
-def _report_document(report: ApplyReport) -> dict[str, Any]:
-    return {
-        "module": report.module,
-        "outcome": report.outcome,
-        "sequence": report.sequence,
-        "replaced_sequence": report.replaced_sequence,
-        "region_va": report.region_va,
-        "region_size": report.region_size,
-        "signature": report.signature.status.value if report.signature else None,
-        "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in report.checks],
-        "redirects": [
-            {
-                "function": r.function,
-                "old_va": r.old_va,
-                "new_va": r.new_va,
-                "strategy": r.strategy.name,
-                "bytes": r.written.hex(),
-            }
-            for r in report.redirects
-        ],
-    }
 
 
 @click.command(
@@ -355,7 +333,7 @@ class _Run:
                         ) from error
                     restored = process.module_pages(module) == loaded
                     document["rolled_back"] = {
-                        **_report_document(undone),
+                        **apply_document(undone),
                         "code_identical_to_baseline": restored,
                     }
                     self.say(
@@ -371,7 +349,7 @@ class _Run:
                 raise (CheckRefused if isinstance(error, CheckRefused) else HPatchError)(
                     message
                 ) from error
-            document["packages"].append({"path": path_text(path), **_report_document(report)})
+            document["packages"].append({"path": path_text(path), **apply_document(report)})
             if not self.as_json:
                 _print_report(self.console, report)
         if spec is not None:
@@ -380,7 +358,7 @@ class _Run:
             report = rollback(process, module, wait_steps=wait_steps)
             restored = process.module_pages(module) == loaded
             document["rollback"] = {
-                **_report_document(report),
+                **apply_document(report),
                 "code_identical_to_baseline": restored,
             }
             self.say(

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
@@ -17,61 +16,8 @@ from hpatch.cli.progress import Progress
 from hpatch.cli.tables import Column, fitted_table
 from hpatch.errors import HPatchError
 from hpatch.package import baseline_of, decode_package, target_digest
+from hpatch.report import VERIFY_SCHEMA, verify_document
 from hpatch.text import json_text, markup, path_text
-
-if TYPE_CHECKING:  # the emulator (Unicorn) loads only when ``verify`` runs
-    from hpatch.verify import VerifyReport
-
-#: The ``hpatch verify --json`` document's schema (docs/schema/verify-1.schema.json).
-VERIFY_SCHEMA = "hpatch.verify/1"
-
-
-def verify_document(report: VerifyReport) -> dict[str, Any]:
-    """The document ``hpatch verify --json`` prints (without the identities)."""
-    functions = [
-        {
-            "name": f.name,
-            "status": f.status,
-            "old_rva": f.old_rva,
-            "new_rva": f.new_rva,
-            "translation": f.translation.value,
-            "mismatches": [
-                {
-                    "patched_va": m.patched_va,
-                    "new_va": m.new_va,
-                    "patched_instruction": m.patched_instruction,
-                    "new_instruction": m.new_instruction,
-                    "reason": m.reason,
-                }
-                for m in f.mismatches
-            ],
-            "emulation": {
-                "outcome": f.emulation.outcome.value,
-                "agreed": f.emulation.agreed,
-                "returned": f.emulation.returned,
-                "tried": f.emulation.tried,
-                "detail": f.emulation.detail,
-            },
-            "passed": f.passed,
-        }
-        for f in report.functions
-    ]
-
-    translation = Counter(f.translation.value for f in report.functions)
-    emulation = Counter(f.emulation.outcome.value for f in report.functions)
-    return {
-        "inputs": report.inputs,
-        "summary": {
-            "functions": len(functions),
-            "translation_passed": translation["passed"],
-            "translation_failed": translation["failed"],
-            "emulation_passed": emulation["passed"],
-            "emulation_failed": emulation["failed"],
-            "not_emulated": emulation["not_emulated"],
-        },
-        "functions": functions,
-        "passed": report.passed,
-    }
 
 
 @click.command("verify")
