@@ -80,9 +80,13 @@ browser:
 		&& command -v chromium > /dev/null \
 		|| { echo "make: cannot install chromium, which the release report test needs (Debian: apt-get install chromium)" >&2; exit 1; }; }
 
+# Both runs spread the tests over the machine's cores, a test module to a worker (its
+# fixtures are made once); PYTEST_JOBS=0 runs them in this process.
+PYTEST_JOBS ?= auto
+PARALLEL = -n $(PYTEST_JOBS) --dist loadscope
 test: $(STAMP) lint corpus browser
-	HPATCH_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q --ignore=tests/cves
-	HPATCH_PURE_PYTHON=1 $(BIN)/python -m pytest -q --ignore=tests/cves
+	HPATCH_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q $(PARALLEL) --ignore=tests/cves
+	HPATCH_PURE_PYTHON=1 $(BIN)/python -m pytest -q $(PARALLEL) --ignore=tests/cves
 
 # `make cves`: the CVE corpora (real security fixes built as DLLs for the four builds,
 # with ground truth; ../shared/cves/build.sh, about 10 minutes on 2 cores the first
@@ -100,7 +104,7 @@ cves: $(STAMP)
 	@if [ -f $(CVES_BUILD) ] && [ ! -s $(HPCVES_EXTRA)/pairs.tsv ]; then \
 		HPCVES_EXTRA=$(HPCVES_EXTRA) PYTHON=$(BIN)/python bash tests/cves/extra/build.sh || echo "make: second CVE corpus build failed; its pairs are left out" >&2; \
 	fi
-	HPCVES=$(HPCVES) HPCVES_EXTRA=$(HPCVES_EXTRA) HPATCH_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q tests/cves
+	HPCVES=$(HPCVES) HPCVES_EXTRA=$(HPCVES_EXTRA) HPATCH_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q $(PARALLEL) tests/cves
 
 # `make sanitize`: the C core built with AddressSanitizer and UndefinedBehaviorSanitizer
 # out of tree, its tests, then a bounded fuzz run against the pure-Python twin
