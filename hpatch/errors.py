@@ -56,6 +56,11 @@ class EmulationFault(HPatchError):
         self.pc = pc
 
 
+class HostFault(HPatchError):
+    """Emulated code called a host function that refused the call (an import nothing
+    in the emulated process models)."""
+
+
 class FixupError(ApplyError):
     """A fixup cannot be written (out of reach, misaligned, not the instruction it names).
 

@@ -210,10 +210,6 @@ class HostFrame:
     return_va: int
 
 
-class HostFault(HPatchError):
-    """A host stub refused a call (an import nothing models)."""
-
-
 class Cpu:
     """A Unicorn engine mirroring one address space, and the threads that run on it."""
 

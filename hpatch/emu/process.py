@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpatch.arch import Machine
-from hpatch.emu.cpu import Cpu, HostCall, HostFault, Thread, ThreadState
+from hpatch.emu.cpu import Cpu, HostCall, Thread, ThreadState
 from hpatch.emu.loader import Module, export_forwarder, export_rva, map_image
 from hpatch.emu.machine import arch_of
 from hpatch.emu.memory import PAGE_SIZE, AddressSpace, Protection, Region
 from hpatch.emu.startup import Startup
 from hpatch.emu.tables import FunctionTables, read_entries
 from hpatch.emu.tls import StaticTls, tls_callbacks, tls_directory
-from hpatch.errors import AddressSpaceError, EmulationFault, HPatchError
+from hpatch.errors import AddressSpaceError, EmulationFault, HostFault, HPatchError
 from hpatch.image import PEImage, load_image
 from hpatch.image.model import Import
 
