@@ -184,7 +184,6 @@ class Arm64(Arch):
     pdata_unwind_field = 4
     rva_fixup = Fixup.ARM64_ADDR32NB
     pointer_fixup = Fixup.ARM64_ADDR64
-    pdata_indirect = False
     unwind_format = UnwindFormat.XDATA
     return_instruction = _WORD.pack(0xD65F03C0)  # ret
     trap_instruction = _WORD.pack(0xD4200000)  # brk #0

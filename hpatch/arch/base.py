@@ -150,9 +150,6 @@ class Arch(ABC):
     #: 64-bit address in data (pointers).
     rva_fixup: Fixup
     pointer_fixup: Fixup
-    #: Whether an entry whose unwind field has bit 0 set names another entry rather than
-    #: unwind data (x64 RUNTIME_FUNCTION_INDIRECT; on ARM64 the bit marks packed data).
-    pdata_indirect: bool
     #: The form of the unwind data the entries name.
     unwind_format: UnwindFormat
     #: A return instruction, and a trap (what fills code that nothing may run).

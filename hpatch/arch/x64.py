@@ -103,7 +103,6 @@ class X64(Arch):
     pdata_unwind_field = 8
     rva_fixup = Fixup.X64_ADDR32NB
     pointer_fixup = Fixup.X64_ADDR64
-    pdata_indirect = True
     unwind_format = UnwindFormat.UNWIND_INFO
     return_instruction = b"\xc3"  # ret
     trap_instruction = b"\xcc"  # int3

@@ -14,9 +14,8 @@ The machine-specific decoding lives in ``unwind_x64`` and ``unwind_arm64``.
 
 from __future__ import annotations
 
-import bisect
 import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -35,13 +34,11 @@ from hpatch.errors import HPatchError, UnsupportedError
 __all__ = [
     "Frame",
     "FunctionEntry",
-    "FunctionTable",
     "Lookup",
     "Memory",
     "ReadMemory",
     "StackWalk",
     "UnwindStop",
-    "lookup_in",
     "walk_stack",
     "walk_stack_explained",
 ]
@@ -308,115 +305,3 @@ def _read_or_none(memory: Memory, va: int, size: int) -> bytes | None:
         return memory.read(va, size)
     except UnwindStop:
         return None
-
-
-class FunctionTable:
-    """The RUNTIME_FUNCTION entries of one module or patch region, for ``lookup``.
-
-    Like ``RtlLookupFunctionEntry``: a binary search over entries sorted by start;
-    an x64 entry whose unwind word has bit 0 set stands for the RUNTIME_FUNCTION it
-    points at, and that one is returned.
-    """
-
-    def __init__(
-        self,
-        machine: Machine,
-        entries: Iterable[FunctionEntry],
-        read: ReadMemory | None = None,
-    ) -> None:
-        self.machine = machine
-        #: x64 indirect entries (unwind word bit 0) name the entry they stand for.
-        self._indirect = arch_of(machine).pdata_indirect
-        self.entries: tuple[FunctionEntry, ...] = tuple(sorted(entries, key=lambda e: e.begin_va))
-        self._starts = [entry.begin_va for entry in self.entries]
-        self._read = read
-
-    @classmethod
-    def from_pdata(
-        cls, machine: Machine, image_base: int, pdata: bytes, read: ReadMemory
-    ) -> FunctionTable:
-        """Decode a ``.pdata`` table of a module mapped at ``image_base``.
-
-        ``read`` reads the mapped module (ARM64 ``.xdata`` headers give function
-        lengths; x64 indirect entries are followed on lookup). Entries that are empty
-        or whose ``.xdata`` cannot be read are left out: no lookup can land in them.
-        """
-        memory = Memory(read)
-        try:
-            arch = arch_of(machine)
-        except UnsupportedError:
-            raise HPatchError(
-                f"no unwind table format for machine {machine_name(machine)}"
-            ) from None
-        size, end_field, word_field = (
-            arch.pdata_entry_size,
-            arch.pdata_end_field,
-            arch.pdata_unwind_field,
-        )
-        entries: list[FunctionEntry] = []
-        for at in range(0, len(pdata) // size * size, size):
-            (begin,) = _U32.unpack_from(pdata, at)
-            (unwind,) = _U32.unpack_from(pdata, at + word_field)
-            if end_field is not None:
-                (end,) = _U32.unpack_from(pdata, at + end_field)
-            elif not begin and not unwind:
-                continue
-            else:
-                try:
-                    length = arch.pdata_function_length(
-                        unwind, lambda rva: memory.u32(image_base + rva)
-                    )
-                except UnwindStop:
-                    continue
-                if not length:
-                    continue
-                end = begin + length
-            if begin < end:
-                entries.append(
-                    FunctionEntry(image_base, image_base + begin, image_base + end, unwind)
-                )
-        return cls(machine, entries, read)
-
-    def lookup(self, pc: int) -> FunctionEntry | None:
-        """The entry covering ``pc``, or None."""
-        index = bisect.bisect_right(self._starts, pc) - 1
-        if index < 0:
-            return None
-        entry = self.entries[index]
-        if not entry.begin_va <= pc < entry.end_va:
-            return None
-        if self._indirect and entry.unwind_word & 1 and self._read is not None:
-            return _indirect_target(Memory(self._read), entry)
-        return entry
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-
-def _indirect_target(memory: Memory, entry: FunctionEntry) -> FunctionEntry | None:
-    """The RUNTIME_FUNCTION an x64 indirect entry points at (None if unreadable or looping)."""
-    for _ in range(32):
-        if not entry.unwind_word & 1:
-            return entry
-        try:
-            begin, end, unwind = struct.unpack(
-                "<III", memory.read(entry.image_base + (entry.unwind_word & ~1), 12)
-            )
-        except UnwindStop:
-            return None
-        base = entry.image_base
-        entry = FunctionEntry(base, base + begin, base + end, unwind)
-    return None
-
-
-def lookup_in(tables: Sequence[FunctionTable]) -> Lookup:
-    """A ``lookup`` over several tables (modules and patch regions never overlap)."""
-
-    def lookup(pc: int) -> FunctionEntry | None:
-        for table in tables:
-            entry = table.lookup(pc)
-            if entry is not None:
-                return entry
-        return None
-
-    return lookup

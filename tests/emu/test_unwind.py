@@ -22,10 +22,8 @@ from hpatch.emu.unwind import (
     MAX_SCAN_BYTES,
     Frame,
     FunctionEntry,
-    FunctionTable,
     Lookup,
     StackWalk,
-    lookup_in,
     walk_stack,
 )
 
@@ -34,11 +32,13 @@ from .unwind_support import (
     DATA_VA,
     STACK_TOP,
     FakeMemory,
+    FunctionTable,
     SampleProcess,
     Stop,
     SyntheticProgram,
     arm64_packed,
     arm64_xdata,
+    lookup_in,
     nested_tlv,
     x64_unwind_info,
 )
@@ -746,7 +746,7 @@ def test_random_stacks_and_unwind_data_end_quickly_with_a_sane_walk(machine: Mac
             begin = CODE + 0x100 * index
             entries.append(FunctionEntry(UNWIND - 0x100, begin, begin + 0x100, word))
         memory.add(UNWIND, bytes(records))
-        table = FunctionTable(machine, entries, memory.read)
+        table = FunctionTable(machine, entries)
         sp = STACK + (rng.randrange(0, size) & ~15)
         registers = registers_for(
             machine,
@@ -830,7 +830,7 @@ def x64_fixture(info: bytes, stack_words: list[int]) -> tuple[FakeMemory, Functi
     memory.add(STACK, 0x10000)
     memory.write_u64(STACK, *stack_words)
     entry = FunctionEntry(UNWIND - 0x10, CODE, CODE + 0x100, 0x10)
-    return memory, FunctionTable(Machine.AMD64, [entry], memory.read)
+    return memory, FunctionTable(Machine.AMD64, [entry])
 
 
 @pytest.mark.parametrize(
@@ -981,15 +981,29 @@ def test_function_table_agrees_with_the_image_model(sample: SampleProcess) -> No
 
 
 def test_x64_indirect_entry_is_followed() -> None:
-    """An entry whose unwind word has bit 0 set stands for the RUNTIME_FUNCTION it names."""
+    """An entry whose unwind word has bit 0 set stands for the RUNTIME_FUNCTION it names:
+    the walk unwinds with that function's unwind info (sub rsp, 0x20)."""
+    base = CODE - 0x10000
     memory = FakeMemory()
-    memory.add(UNWIND, struct.pack("<III", 0x100, 0x200, 0x40))
-    entry = FunctionEntry(UNWIND, UNWIND + 0x180, UNWIND + 0x190, 0 | 1)
-    table = FunctionTable(Machine.AMD64, [entry], memory.read)
-    assert table.lookup(UNWIND + 0x185) == FunctionEntry(
-        UNWIND, UNWIND + 0x100, UNWIND + 0x200, 0x40
-    )
-    assert lookup_in([table])(UNWIND + 0x190) is None
+    memory.add(CODE, b"\x90" * 0x1000)
+    named = struct.pack("<III", CODE - base, CODE + 0x100 - base, UNWIND + 0x40 - base)
+    info = x64_unwind_info(4, [(4, ALLOC_SMALL, 3)])
+    memory.add(UNWIND, named.ljust(0x40, b"\0") + info.ljust(0xC0, b"\0"))
+    memory.add(STACK, 0x10000)
+    ret = CODE + 0x500
+    memory.write_u64(STACK + 0x20, ret)
+    indirect = FunctionEntry(base, CODE + 0x80, CODE + 0x90, (UNWIND - base) | 1)
+    table = FunctionTable(Machine.AMD64, [indirect])
+    walk = hostile_walk(
+        Machine.AMD64, memory, table.lookup, registers_for(Machine.AMD64, CODE + 0x88, STACK),
+        stop_at=ret,
+    )  # fmt: skip
+    assert walk.complete
+    assert [(f.pc, f.sp, f.how) for f in walk.frames] == [
+        (CODE + 0x88, STACK, "registers"),
+        (ret, STACK + 0x28, "unwind"),
+    ]
+    assert lookup_in([table])(CODE + 0x90) is None
 
 
 def test_return_addresses() -> None:

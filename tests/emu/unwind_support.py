@@ -8,9 +8,10 @@ the unwinder's answer can be compared against at every instruction boundary.
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,16 @@ import unicorn
 from unicorn import arm64_const, x86_const
 
 from hpatch.arch import Machine
-from hpatch.emu.unwind import FunctionEntry, FunctionTable, StackWalk, walk_stack_explained
+from hpatch.emu.machine import arch_of
+from hpatch.emu.unwind import (
+    FunctionEntry,
+    Lookup,
+    Memory,
+    ReadMemory,
+    StackWalk,
+    UnwindStop,
+    walk_stack_explained,
+)
 from hpatch.errors import EmulationFault
 from hpatch.image.reader import PEImage, load_image
 
@@ -209,6 +219,73 @@ class _CallTracker:
             uc.emu_stop()
 
 
+class FunctionTable:
+    """The RUNTIME_FUNCTION entries of one module, for walks outside an emulated
+    process (which keeps its own tables, ``hpatch.emu.tables``): a binary search over
+    the entries sorted by start, as ``RtlLookupFunctionEntry`` does. An x64 indirect
+    entry (unwind word bit 0) comes back as it is: the unwinder follows it."""
+
+    def __init__(self, machine: Machine, entries: Iterable[FunctionEntry]) -> None:
+        self.machine = machine
+        self.entries = tuple(sorted(entries, key=lambda e: e.begin_va))
+        self._starts = [entry.begin_va for entry in self.entries]
+
+    @classmethod
+    def from_pdata(
+        cls, machine: Machine, image_base: int, pdata: bytes, read: ReadMemory
+    ) -> FunctionTable:
+        """The ``.pdata`` table of a module mapped at ``image_base``; ``read`` reads the
+        mapped module (ARM64 ``.xdata`` headers give function lengths). Entries that are
+        empty or whose ``.xdata`` cannot be read are left out."""
+        memory = Memory(read)
+        arch = arch_of(machine)
+        size, end_field = arch.pdata_entry_size, arch.pdata_end_field
+        word_field = arch.pdata_unwind_field
+        entries: list[FunctionEntry] = []
+        for at in range(0, len(pdata) // size * size, size):
+            (begin,) = struct.unpack_from("<I", pdata, at)
+            (unwind,) = struct.unpack_from("<I", pdata, at + word_field)
+            if end_field is not None:
+                (end,) = struct.unpack_from("<I", pdata, at + end_field)
+            elif not begin and not unwind:
+                continue
+            else:
+                try:
+                    length = arch.pdata_function_length(
+                        unwind, lambda rva: memory.u32(image_base + rva)
+                    )
+                except UnwindStop:
+                    continue
+                if not length:
+                    continue
+                end = begin + length
+            if begin < end:
+                entries.append(
+                    FunctionEntry(image_base, image_base + begin, image_base + end, unwind)
+                )
+        return cls(machine, entries)
+
+    def lookup(self, pc: int) -> FunctionEntry | None:
+        """The entry covering ``pc``, or None."""
+        index = bisect.bisect_right(self._starts, pc) - 1
+        if index < 0 or not self.entries[index].begin_va <= pc < self.entries[index].end_va:
+            return None
+        return self.entries[index]
+
+
+def lookup_in(tables: Sequence[FunctionTable]) -> Lookup:
+    """A ``lookup`` over several tables (modules and patch regions never overlap)."""
+
+    def lookup(pc: int) -> FunctionEntry | None:
+        for table in tables:
+            entry = table.lookup(pc)
+            if entry is not None:
+                return entry
+        return None
+
+    return lookup
+
+
 @dataclass
 class SampleProcess:
     """A sample DLL mapped at its preferred base, its imports bound to a stub."""
@@ -385,7 +462,7 @@ class SyntheticProgram:
         return entry
 
     def table(self) -> FunctionTable:
-        return FunctionTable(self.machine, self.entries, self.emulator.read)
+        return FunctionTable(self.machine, self.entries)
 
     def walk(
         self, stop: Stop, lookup: Callable[[int], FunctionEntry | None] | None = None
