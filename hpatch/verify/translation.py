@@ -1,12 +1,16 @@
 """Translation validation: the code a package installs is the new build's code.
 
 For every function the package carries, the code reached from the old entry (through
-the redirect the applier wrote) is compared with the new build's function, part by
-part and instruction by instruction, in the two emulated processes. Both sides are
-normalised by the architecture's normaliser (every position-dependent field masked):
-the masked bytes must be identical, the address operands must pair up one for one,
-and each pair must name corresponding things (``Counterparts``). Inline data (jump
-tables) is compared entry by entry under the same correspondence.
+the redirect the applier wrote) is compared with the new build's function, run by
+run and instruction by instruction, in the two emulated processes. A run is parts
+that touch both in the new build and in the package's copy (MSVC's chained ARM64
+fragments and epilogue parts): it is normalised as one piece of code, so an ADRP's
+page is followed into the part that completes it, as the builder's relocator follows
+it. Both sides are normalised by the architecture's normaliser (every
+position-dependent field masked): the masked bytes must be identical, the address
+operands must pair up one for one, and each pair must name corresponding things
+(``Counterparts``). Inline data (jump tables) is compared entry by entry under the
+same correspondence.
 """
 
 from __future__ import annotations
@@ -74,8 +78,8 @@ class TranslationValidator:
                 )
             )
             return Outcome.FAILED, tuple(mismatches)
-        for start, end, code_end in new_function.part_ranges:
-            self._part(start, end, code_end, mismatches)
+        for run in self._runs(new_function):
+            self._run(run, mismatches)
             if len(mismatches) >= _MAX_MISMATCHES:
                 break
         self._inline_data(new_function, mismatches)
@@ -84,23 +88,58 @@ class TranslationValidator:
         )
 
     # --- code ----------------------------------------------------------------------
-    def _part(self, start: int, end: int, code_end: int, out: list[Mismatch]) -> None:
+    def _runs(self, function: Function) -> list[list[tuple[int, int, int]]]:
+        """The function's parts (``part_ranges`` rows) in runs: parts that touch in the
+        new build and whose copies touch in the same order in the patch region."""
         session = self.session
+        grouped: list[list[tuple[int, int, int]]] = []
+        for part in sorted(function.part_ranges):
+            if grouped:
+                last = grouped[-1][-1]
+                copy, last_copy = session.copy_of(part[0]), session.copy_of(last[0])
+                if (
+                    last[1] == part[0]
+                    and copy is not None
+                    and last_copy is not None
+                    and copy == last_copy + part[0] - last[0]
+                ):
+                    grouped[-1].append(part)
+                    continue
+            grouped.append([part])
+        return grouped
+
+    def _run(self, run: list[tuple[int, int, int]], out: list[Mismatch]) -> None:
+        """Compare the copy of one run of parts with the new build's code. The inline
+        data after a part's code, before the next part, reads as traps on both sides:
+        it is compared as data, and no page is followed through it."""
+        session = self.session
+        start, end, code_end = run[0][0], run[-1][1], run[-1][2]
         patched_va = session.copy_of(start)
         assert patched_va is not None
         new_va = session.new_base + start
         size = code_end - start
         patched_rva = patched_va - session.old_base
-        new_code = session.new.space.read(new_va, size)
-        patched_code = session.patched.space.read(patched_va, size)
+        new_code = bytearray(session.new.space.read(new_va, size))
+        patched_code = bytearray(session.patched.space.read(patched_va, size))
+        trap = self.arch.trap_instruction
+        gaps = [(part[2], part[1]) for part in run[:-1] if part[2] < part[1]]
+        for gap_start, gap_end in gaps:
+            filler = (trap * ((gap_end - gap_start) // len(trap) + 1))[: gap_end - gap_start]
+            new_code[gap_start - start : gap_end - start] = filler
+            patched_code[gap_start - start : gap_end - start] = filler
+        new, patched = bytes(new_code), bytes(patched_code)
         first = bisect.bisect_left(self.new_relocated, start)
         last = bisect.bisect_left(self.new_relocated, code_end)
-        fields = self.new_relocated[first:last]
+        fields = [
+            field
+            for field in self.new_relocated[first:last]
+            if not any(lo <= field < hi for lo, hi in gaps)
+        ]
         new_norm = self.arch.normalise(
-            new_code, start, (start, end), array("I", fields).tobytes(), session.new_base
+            new, start, (start, end), array("I", fields).tobytes(), session.new_base
         )
         patched_norm = self.arch.normalise(
-            patched_code,
+            patched,
             patched_rva,
             (patched_rva, patched_rva + end - start),
             array("I", [patched_rva + f - start for f in fields]).tobytes(),
@@ -114,11 +153,33 @@ class TranslationValidator:
             )
             out.append(
                 self._instruction_mismatch(
-                    patched_code, new_code, patched_va, new_va, at, "the instructions differ"
+                    patched, new, patched_va, new_va, at, "the instructions differ"
                 )
             )
             return
-        self._references(patched_norm, new_norm, patched_code, new_code, patched_va, new_va, out)
+        self._references(patched_norm, new_norm, patched, new, patched_va, new_va, out)
+        last_start, last_end, last_code_end = run[-1]
+        read = session.diff.new.read
+        if last_code_end == last_end and self.arch.falls_through(
+            read, last_start, self.arch.last_instruction_end(read, last_start, last_code_end)
+        ):
+            # The new build's code runs on (past any padding) into what follows the run:
+            # so must the copy (through a jump placed right after it, or into the same
+            # code).
+            follows = patched_va + size
+            problem = self.counterparts.check(
+                self.counterparts.through_veneer(follows), session.new_base + end
+            )
+            if problem is not None:
+                out.append(
+                    Mismatch(
+                        follows,
+                        session.new_base + end,
+                        "",
+                        "",
+                        f"the code runs on past the end of its part: {problem}",
+                    )
+                )
 
     def _references(
         self,
