@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from hpatch.arch import Reference, RefKind
-from hpatch.arch.relocate import CodeFixup, ShortBranch
+from hpatch.arch.relocate import CodeFixup, RelocationError, ShortBranch
 from hpatch.arch.rewrite import Fixup
 from hpatch.blockers import BlockerCause, BlockerKind, function_label
 from hpatch.diff.classify import FunctionChange, Status
@@ -93,6 +93,17 @@ class CodeStage(Stage):
                     position = max(position, data.rva + data.size)
                 if position < code_end:
                     instructions.append((position, code_end))
+            last_start, last_end, last_code_end = run[-1]
+            if last_code_end == last_end and self.arch.falls_through(
+                read, last_start, self.arch.last_instruction_end(read, last_start, last_code_end)
+            ):
+                # The next instruction (past any padding) is other code: a copy would run
+                # on into whatever follows it in the region, and a jump back placed after
+                # it would run in the function's frame outside every unwind record.
+                raise RelocationError(
+                    f"the code at 0x{last_start:x}..0x{last_end:x} runs on past its end, "
+                    f"into 0x{last_end:x}, which is not copied with it"
+                )
             found.extend(
                 self.arch.code_fixups(
                     read(start, end - start),
