@@ -9,7 +9,7 @@ from hpatch.arch.rewrite import Fixup
 from hpatch.blockers import BlockerCause, BlockerKind
 from hpatch.diff.correlate import Resolution
 from hpatch.diff.verdict import unresolved_cause
-from hpatch.package.build.context import Context
+from hpatch.package.build.context import Context, runs
 from hpatch.package.build.region import PAGE
 from hpatch.package.model import BlobKind, FixupEntry, ImportRef, NewImport, TargetKind
 
@@ -143,13 +143,14 @@ class Binder:
         self.region.fixups[field] = FixupEntry(field, fixup.kind, bound[0], bound[1])
         return bound
 
-    def _part_index(self, rva: int) -> int:
-        """Which part of its function the code at ``rva`` lies in (0: the entry's)."""
+    def _run_index(self, rva: int) -> int:
+        """Which run of its function (parts that touch, copied whole) the code at
+        ``rva`` lies in; -1 outside every part."""
         function = self.context.new.function_at(rva)
-        if function is None or function.rva <= rva < function.extent_end:
-            return 0
-        for index, fragment in enumerate(function.fragments, start=1):
-            if fragment.rva <= rva < fragment.rva + fragment.size:
+        if function is None:
+            return -1
+        for index, run in enumerate(runs(function)):
+            if any(start <= rva < end for start, end, _ in run):
                 return index
         return -1
 
@@ -177,18 +178,21 @@ class Binder:
                     rva=adrp,
                 )
                 return
+            # A run is copied whole and validated as one piece of code, so a page may
+            # be completed in another part of the run; never from another run.
             elsewhere = [
                 fixup
                 for fixup, _ in members
-                if self._part_index(fixup.site_rva) != self._part_index(adrp)
+                if self._run_index(fixup.site_rva) != self._run_index(adrp)
             ]
             if elsewhere:
                 self.blockers.reference(
                     BlockerCause.PAGE_ACROSS_PARTS,
                     where,
                     f"the page address set at 0x{adrp:x} is completed at "
-                    f"0x{elsewhere[0].site_rva:x}, in another part of the function; "
-                    "translation validation proves one part at a time",
+                    f"0x{elsewhere[0].site_rva:x}, in a part of the function copied apart "
+                    "from it; translation validation follows a page only through parts "
+                    "that touch",
                     site_rva=adrp,
                     target_rva=elsewhere[0].target_rva,
                 )
