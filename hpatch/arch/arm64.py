@@ -466,6 +466,36 @@ class Arm64(Arch):
             return False
         return not _branch(word, end_rva - 4)[1]
 
+    def runs_on(
+        self,
+        read: ReadRva,
+        start_rva: int,
+        end_rva: int,
+        spans: Sequence[tuple[int, int]] = (),
+        entries: Iterable[int] = (),
+    ) -> bool:
+        end = self.last_instruction_end(read, start_rva, end_rva)
+        if not self.falls_through(read, start_rva, end):
+            return False
+        # A word after a return, a jump or a trap is reached only by a branch: a constant
+        # placed there (MSVC's literals and fill) decodes as an instruction never run.
+        targets = set(entries)
+        for span_start, span_end in {*spans, (start_rva, end)}:
+            code = read(span_start, (span_end - span_start) // 4 * 4)
+            for index, (word,) in enumerate(_WORD.iter_unpack(code)):
+                target = _branch(word, span_start + 4 * index)[0]
+                if target is not None:
+                    targets.add(target)
+        reached = True  # the part's first word, and each word the one before runs into
+        for index, (word,) in enumerate(_WORD.iter_unpack(read(start_rva, end - start_rva))):
+            rva = start_rva + 4 * index
+            reached = reached or rva in targets
+            if rva == end - 4:
+                break
+            if _is_trap_or_padding(word) or _branch(word, rva)[1]:
+                reached = False
+        return reached
+
     def last_instruction_end(self, read: ReadRva, start_rva: int, end_rva: int) -> int:
         code = read(start_rva, end_rva - start_rva)
         last = start_rva

@@ -279,6 +279,22 @@ class Arch(ABC):
     def last_instruction_end(self, read: ReadRva, start_rva: int, end_rva: int) -> int:
         """End of the last non-padding instruction of a linear decode of [start, end)."""
 
+    def runs_on(
+        self,
+        read: ReadRva,
+        start_rva: int,
+        end_rva: int,
+        spans: Sequence[tuple[int, int]] = (),
+        entries: Iterable[int] = (),
+    ) -> bool:
+        """True if the code of [start, end) can run on past its last instruction (past
+        any padding): that instruction falls through and is reached. ``spans``: every
+        part of the function, whose branches may lead into [start, end); ``entries``:
+        other places control reaches there (jump table targets)."""
+        return self.falls_through(
+            read, start_rva, self.last_instruction_end(read, start_rva, end_rva)
+        )
+
     @abstractmethod
     def code_fixups(
         self,

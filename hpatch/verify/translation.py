@@ -78,8 +78,9 @@ class TranslationValidator:
                 )
             )
             return Outcome.FAILED, tuple(mismatches)
+        spans = [(start, code_end) for start, _, code_end in new_function.part_ranges]
         for run in self._runs(new_function):
-            self._run(run, mismatches)
+            self._run(run, spans, mismatches)
             if len(mismatches) >= _MAX_MISMATCHES:
                 break
         self._inline_data(new_function, mismatches)
@@ -108,7 +109,12 @@ class TranslationValidator:
             grouped.append([part])
         return grouped
 
-    def _run(self, run: list[tuple[int, int, int]], out: list[Mismatch]) -> None:
+    def _run(
+        self,
+        run: list[tuple[int, int, int]],
+        spans: list[tuple[int, int]],
+        out: list[Mismatch],
+    ) -> None:
         """Compare the copy of one run of parts with the new build's code. The inline
         data after a part's code, before the next part, reads as traps on both sides:
         it is compared as data, and no page is followed through it."""
@@ -160,9 +166,7 @@ class TranslationValidator:
         self._references(patched_norm, new_norm, patched, new, patched_va, new_va, out)
         last_start, last_end, last_code_end = run[-1]
         read = session.diff.new.read
-        if last_code_end == last_end and self.arch.falls_through(
-            read, last_start, self.arch.last_instruction_end(read, last_start, last_code_end)
-        ):
+        if last_code_end == last_end and self.arch.runs_on(read, last_start, last_code_end, spans):
             # The new build's code runs on (past any padding) into what follows the run:
             # so must the copy (through a jump placed right after it, or into the same
             # code).

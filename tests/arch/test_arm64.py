@@ -173,6 +173,37 @@ def test_falls_through(source: str, falls: bool) -> None:
     assert ARM64.falls_through(image.read, 0x1000, 0x1000 + len(code)) is falls
 
 
+DATA_WORD = struct.pack("<I", 0xC0040000)  # MSVC fill after a return; decodes as an SME move
+
+
+@pytest.mark.parametrize(
+    ("code", "spans", "runs"),
+    [
+        (assemble("mov x0, x1; ldr x19, [sp]", 0x1000), (), True),
+        (assemble("mov x0, x1; ret", 0x1000), (), False),
+        # a word after the return that no branch leads to is never run
+        (assemble("mov x0, x1; ret", 0x1000) + DATA_WORD, (), False),
+        # unless a branch of the part leads to it
+        (assemble("cbz x0, #0x100c; mov x0, x1; ret; ldr x19, [sp]", 0x1000), (), True),
+        # or one in another part of the function
+        (assemble("mov x0, x1; ret; ldr x19, [sp]", 0x1000), ((0x2000, 0x2004),), True),
+        (assemble("mov x0, x1; b #0x1000; ldr x19, [sp]", 0x1000), (), False),
+        (assemble("mov x0, x1; brk #0xf000; ldr x19, [sp]", 0x1000), (), False),
+    ],
+)
+def test_runs_on_needs_the_last_instruction_reached(
+    code: bytes, spans: tuple[tuple[int, int], ...], runs: bool
+) -> None:
+    image = FakeImage()
+    image.put(0x1000, code)
+    image.put(0x2000, assemble("b #0x1008", 0x2000))
+    end = 0x1000 + len(code)
+    assert ARM64.runs_on(image.read, 0x1000, end, spans) is runs
+    assert ARM64.runs_on(image.read, 0x1000, end, (), [end - 4]) is (
+        ARM64.falls_through(image.read, 0x1000, end)
+    )
+
+
 # ADRP pairing along the control flow ---------------------------------------------
 
 

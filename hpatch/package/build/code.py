@@ -77,6 +77,7 @@ class CodeStage(Stage):
                         read, data.rva, _PACKED_WIDTH[data.kind], 0, 1 << 32, limit
                     )
                 )
+        spans = [(part_start, code_end) for part_start, _, code_end in function.part_ranges]
         for run in runs(function):
             start, end = run[0][0], run[-1][1]
             inside = sorted(
@@ -94,8 +95,8 @@ class CodeStage(Stage):
                 if position < code_end:
                     instructions.append((position, code_end))
             last_start, last_end, last_code_end = run[-1]
-            if last_code_end == last_end and self.arch.falls_through(
-                read, last_start, self.arch.last_instruction_end(read, last_start, last_code_end)
+            if last_code_end == last_end and self.arch.runs_on(
+                read, last_start, last_code_end, spans, indirect
             ):
                 # The next instruction (past any padding) is other code: a copy would run
                 # on into whatever follows it in the region, and a jump back placed after
