@@ -80,10 +80,13 @@ WHY_NOT_YET: dict[BlockerCause, str] = {
         "functions paired one by one, which matching does not do yet."
     ),
     BlockerCause.PAGE_ACROSS_PARTS: (
-        "Translation validation compares a function one part at a time, so an ADRP in one "
-        "part whose page another part completes (MSVC's chained fragments) cannot be "
-        "proven bound right; it needs validation that follows a page across the parts of "
-        "a function, as the builder's relocator already does."
+        "Translation validation compares a function run by run (parts that touch, copied "
+        "whole) and follows an ADRP's page into the part of the run that completes it, as "
+        "the builder's relocator does; a page completed in a part copied apart (a `.cold` "
+        "part) is not paired by the relocator either, which takes the page as handed on, "
+        "so the cause is left only as a guard. psutil 7.1.2 -> 7.1.3 was recorded before "
+        "validation followed pages across parts (its wheels are not in the corpus fetched "
+        "here), and psutil 7.1.0 -> 7.1.1 now stops at `relocation_error`."
     ),
     BlockerCause.EMULATION_DIVERGED: (
         "The patched code and the new build did different things on the same inputs "
@@ -117,7 +120,15 @@ WHY_NOT_YET: dict[BlockerCause, str] = {
     BlockerCause.RELOCATION_ERROR: (
         "The relocator rebinds only the instruction forms and register flows it models "
         "(an ARM64 page is followed through moves and the instructions completing it); "
-        "each form outside them needs the relocator extended to it."
+        "each form outside them needs the relocator extended to it. A function whose last "
+        "part runs on past its end into other code (psutil 7.1.1's ARM64 `sub_6dac`, a "
+        "chained fragment of `sub_6d80` whose failure path falls into `sub_6d80`'s "
+        "epilogue at 0x6e48) is refused too: its copy would run on into whatever follows "
+        "it in the region (differential emulation once ran into the next function there, "
+        "and translation validation now checks what follows the copy), and a jump back "
+        "placed after the copy would run in the caller's frame outside every unwind "
+        "record; it needs that jump with unwind data of its own (the state of the code it "
+        "leads to), or the code run into carried with its unwind record."
     ),
     BlockerCause.RODATA_JUMP_TABLE: (
         "A read-only jump table is rewritten only when every entry leads into the carried "
