@@ -798,9 +798,49 @@ done:
     return result;
 }
 
+/* The values of a one-dimensional buffer of unsigned ints or bytes (format "I" or
+ * "B": the columns hpatch keeps its reference sites in, array("I") and array("B")) as a
+ * malloc'd array of int64, read without making an int object of each: 1 if `object`
+ * is such a buffer, 0 if not (nothing set), -1 with an exception set. */
+static int int64_array_from_column(PyObject *object, int64_t **out, Py_ssize_t *count)
+{
+    if (!PyObject_CheckBuffer(object))
+        return 0;
+    Py_buffer view;
+    if (PyObject_GetBuffer(object, &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear(); /* not a contiguous buffer: read as a sequence */
+        return 0;
+    }
+    int wide = view.format != NULL && strcmp(view.format, "I") == 0 &&
+               view.itemsize == (Py_ssize_t)sizeof(unsigned int);
+    int narrow = view.format != NULL && strcmp(view.format, "B") == 0 && view.itemsize == 1;
+    if (view.ndim != 1 || !(wide || narrow)) {
+        PyBuffer_Release(&view);
+        return 0;
+    }
+    Py_ssize_t n = view.len / view.itemsize;
+    int64_t *values = malloc((size_t)(n ? n : 1) * sizeof(int64_t));
+    if (values == NULL) {
+        PyBuffer_Release(&view);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        values[i] = wide ? (int64_t)((const unsigned int *)view.buf)[i]
+                         : (int64_t)((const unsigned char *)view.buf)[i];
+    PyBuffer_Release(&view);
+    *out = values;
+    *count = n;
+    return 1;
+}
+
 /* A sequence of ints as a malloc'd array of int64 (NULL with an exception set). */
 static int64_t *int64_array(PyObject *sequence, Py_ssize_t *count)
 {
+    int64_t *column = NULL;
+    int status = int64_array_from_column(sequence, &column, count);
+    if (status != 0)
+        return column; /* NULL with an exception set when status is -1 */
     PyObject *fast = PySequence_Fast(sequence, "expected a sequence of ints");
     if (fast == NULL)
         return NULL;
@@ -1118,9 +1158,14 @@ static int check_entry_refs(entry_ref_t *refs, Py_ssize_t count, bit_run_t *runs
 
 /* An iterable of ints as a tuple of them, kept so that a result can hand back the
  * caller's own int objects (their memory is the caller's already), and as a malloc'd
- * array of int64: NULL with an exception set. */
+ * array of int64: NULL with an exception set. A column (see int64_array_from_column)
+ * has no int objects to hand back: *kept is NULL then. */
 static int64_t *kept_int64_array(PyObject *sequence, Py_ssize_t *count, PyObject **kept)
 {
+    int64_t *column = NULL;
+    *kept = NULL;
+    if (int64_array_from_column(sequence, &column, count) != 0)
+        return column;
     *kept = PySequence_Tuple(sequence);
     if (*kept == NULL)
         return NULL;
@@ -1255,8 +1300,13 @@ static PyObject *gap_evidence(PyObject *self, PyObject *args)
                              ? targets[i]
                              : static_targets[s];
         int64_t mask = 0;
-        PyObject *target_item = i < n && targets[i] == target ? PyTuple_GET_ITEM(target_items, i)
-                                                             : PyTuple_GET_ITEM(static_items, s);
+        PyObject *target_item = NULL; /* none to hand back from a column */
+        if (i < n && targets[i] == target) {
+            if (target_items != NULL)
+                target_item = PyTuple_GET_ITEM(target_items, i);
+        } else if (static_items != NULL) {
+            target_item = PyTuple_GET_ITEM(static_items, s);
+        }
         if (s < static_count && static_targets[s] == target)
             mask = static_masks[s++];
         Py_ssize_t pending = 0;
@@ -1379,6 +1429,12 @@ static int call_for_truth(PyObject *function, int nargs, const int64_t *values)
     int truth = PyObject_IsTrue(answer);
     Py_DECREF(answer);
     return truth;
+}
+
+/* kept[index], or NULL if there is no kept tuple (a column was passed). */
+static PyObject *kept_item(PyObject *kept, Py_ssize_t index)
+{
+    return kept == NULL ? NULL : PyTuple_GET_ITEM(kept, index);
 }
 
 /* leaves[start] = end, as ints: `start_item` and `end_item` themselves where they
@@ -1527,7 +1583,7 @@ static PyObject *gap_leaves(PyObject *self, PyObject *args)
             if (truth < 0)
                 goto done;
             if (truth) {
-                if (add_leaf(leaves, PyTuple_GET_ITEM(target_items, index - 1), target, NULL,
+                if (add_leaf(leaves, kept_item(target_items, index - 1), target, NULL,
                              gap_end) < 0)
                     goto done;
                 result = Py_BuildValue("(OL)", leaves, (long long)target);
@@ -1536,7 +1592,7 @@ static PyObject *gap_leaves(PyObject *self, PyObject *args)
         }
         if (is_none || found_end <= target)
             continue;
-        int status = add_leaf(leaves, PyTuple_GET_ITEM(target_items, index - 1), target, end_item,
+        int status = add_leaf(leaves, kept_item(target_items, index - 1), target, end_item,
                               found_end);
         end_item = NULL;
         if (status < 0 || call_for_int(padding, 1, &found_end, &pad, NULL, NULL) < 0)

@@ -7,6 +7,7 @@ import heapq
 import operator
 import re
 import struct
+from array import array
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -35,6 +36,18 @@ _RVA_LIMIT = 0xFFFFFFFF
 _X64_SITE = re.compile(rb"(?=[\xe8\xe9]|\x0f[\x80-\x8f]|[\x48-\x4f]\x8d)", re.DOTALL)
 _I32 = struct.Struct("<i")
 
+#: (sites, targets, kinds): the scanners' columns, array("I"), array("I"), array("B").
+SiteColumns = tuple["array[int]", "array[int]", "array[int]"]
+
+
+def _columns(rows: list[tuple[int, int, int]]) -> SiteColumns:
+    """The (site, target, kind) rows as the C core's columns."""
+    return (
+        array("I", [row[0] for row in rows]),
+        array("I", [row[1] for row in rows]),
+        array("B", [row[2] for row in rows]),
+    )
+
 
 def _check_rvas(code_rva: int, lo_rva: int, hi_rva: int, length: int) -> None:
     for value, limit in (
@@ -48,10 +61,9 @@ def _check_rvas(code_rva: int, lo_rva: int, hi_rva: int, length: int) -> None:
         raise ValueError("code extends past the 32-bit rva space")
 
 
-def scan_x64_sites(
-    code: bytes, code_rva: int, lo_rva: int, hi_rva: int, /
-) -> list[tuple[int, int, int]]:
-    """Byte-level scan of x64 code for rel32 branch and RIP-relative LEA sites."""
+def scan_x64_sites(code: bytes, code_rva: int, lo_rva: int, hi_rva: int, /) -> SiteColumns:
+    """Byte-level scan of x64 code for rel32 branch and RIP-relative LEA sites, as
+    columns (sites, targets, kinds)."""
     view = memoryview(code).cast("B")
     _check_rvas(code_rva, lo_rva, hi_rva, len(view))
     data = bytes(view)
@@ -76,7 +88,7 @@ def scan_x64_sites(
             target = site + 7 + unpack(data, i + 3)[0]
             if lo_rva <= target < hi_rva:
                 sites.append((site, target, SITE_ADDRESS))
-    return sites
+    return _columns(sites)
 
 
 def _sign_extend(value: int, bits: int) -> int:
@@ -84,10 +96,9 @@ def _sign_extend(value: int, bits: int) -> int:
     return (value ^ sign) - sign
 
 
-def scan_arm64_sites(
-    code: bytes, code_rva: int, lo_rva: int, hi_rva: int, /
-) -> list[tuple[int, int, int]]:
-    """Word-level scan of ARM64 code for branches, ADR/ADRP+ADD addresses and literal loads."""
+def scan_arm64_sites(code: bytes, code_rva: int, lo_rva: int, hi_rva: int, /) -> SiteColumns:
+    """Word-level scan of ARM64 code for branches, ADR/ADRP+ADD addresses and literal loads,
+    as columns (sites, targets, kinds)."""
     view = memoryview(code).cast("B")
     _check_rvas(code_rva, lo_rva, hi_rva, len(view))
     if code_rva % 4:
@@ -125,7 +136,7 @@ def scan_arm64_sites(
                 target = (site & ~0xFFF) + pages * 4096 + ((nxt >> 10) & 0xFFF)
                 if lo_rva <= target < hi_rva:
                     sites.append((site, target, SITE_ADDRESS))
-    return sites
+    return _columns(sites)
 
 
 def normalise_x64(

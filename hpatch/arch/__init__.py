@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from hpatch.arch.base import (
     Arch,
-    CodeSite,
     Machine,
     NormalisedCode,
     Reference,
     RefKind,
+    SiteColumns,
     SiteKind,
     UnwindEntry,
     machine_name,
@@ -36,11 +36,11 @@ SUPPORTED_MACHINES = (Machine.AMD64, Machine.ARM64)
 __all__ = [
     "SUPPORTED_MACHINES",
     "Arch",
-    "CodeSite",
     "Machine",
     "NormalisedCode",
     "RefKind",
     "Reference",
+    "SiteColumns",
     "SiteKind",
     "UnwindEntry",
     "arch_for",

@@ -20,10 +20,10 @@ from hpatch.arch.arm64_relocate import (
 )
 from hpatch.arch.base import (
     Arch,
-    CodeSite,
     Machine,
     NormalisedCode,
     ReadRva,
+    SiteColumns,
     UnwindEntry,
     UnwindFormat,
 )
@@ -326,8 +326,8 @@ class Arm64(Arch):
 
     def scan_sites(
         self, code: bytes | memoryview, code_rva: int, lo_rva: int, hi_rva: int
-    ) -> list[CodeSite]:
-        return core.scan_arm64_sites(code, code_rva, lo_rva, hi_rva)
+    ) -> SiteColumns:
+        return SiteColumns(*core.scan_arm64_sites(code, code_rva, lo_rva, hi_rva))
 
     def normalise(
         self,

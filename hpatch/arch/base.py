@@ -10,6 +10,8 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from array import array
+
     from hpatch.arch.relocate import CalleeReads, CodeFixup, ShortBranch
     from hpatch.arch.rewrite import Fixup, Redirect
 
@@ -120,17 +122,19 @@ class UnwindEntry:
     frameless: bool = False
 
 
-class CodeSite(NamedTuple):
-    """A direct reference from code: the instruction at ``site_rva`` reaches ``target_rva``.
+class SiteColumns(NamedTuple):
+    """Direct references from code, as columns: the instruction at ``sites[i]`` reaches
+    ``targets[i]``, and ``kinds[i]`` is a SiteKind value.
 
-    Scanners hand back plain ``(site_rva, target_rva, kind)`` tuples, which this
-    type describes: discovery handles hundreds of thousands of them, so they are
-    not wrapped one by one. ``kind`` is a SiteKind value.
+    Fixed-width arrays (``array("I")``, ``array("I")``, ``array("B")``), as the scanners
+    of the core hand them back: a 20 MB DLL has hundreds of thousands of sites, and a
+    tuple each cost 120 bytes where the columns cost 9. ``zip(*columns)`` gives the
+    ``(site_rva, target_rva, kind)`` rows.
     """
 
-    site_rva: int
-    target_rva: int
-    kind: int
+    sites: array[int]
+    targets: array[int]
+    kinds: array[int]
 
 
 class Arch(ABC):
@@ -192,11 +196,9 @@ class Arch(ABC):
     @abstractmethod
     def scan_sites(
         self, code: bytes | memoryview, code_rva: int, lo_rva: int, hi_rva: int
-    ) -> list[CodeSite]:
-        """Candidate direct references in ``code`` whose targets lie in [lo_rva, hi_rva).
-
-        Entries are ``(site_rva, target_rva, kind)`` tuples in site order.
-        """
+    ) -> SiteColumns:
+        """Candidate direct references in ``code`` whose targets lie in [lo_rva, hi_rva),
+        in site order."""
 
     @abstractmethod
     def normalise(

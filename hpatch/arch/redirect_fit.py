@@ -90,7 +90,9 @@ def misfit(
         code = image.read(part_start, part_end - part_start)
         branches = [
             (site_rva, target_rva)
-            for site_rva, target_rva, kind in image.arch.scan_sites(code, part_start, lo, hi)
+            for site_rva, target_rva, kind in zip(
+                *image.arch.scan_sites(code, part_start, lo, hi), strict=True
+            )
             if kind in (SiteKind.JUMP, SiteKind.COND_JUMP)
         ]
         if not branches:

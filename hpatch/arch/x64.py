@@ -13,11 +13,11 @@ from capstone import x86_const
 from hpatch._backend import core
 from hpatch.arch.base import (
     Arch,
-    CodeSite,
     Machine,
     NormalisedCode,
     ReadRva,
     RefKind,
+    SiteColumns,
     UnwindEntry,
     UnwindFormat,
 )
@@ -185,8 +185,8 @@ class X64(Arch):
 
     def scan_sites(
         self, code: bytes | memoryview, code_rva: int, lo_rva: int, hi_rva: int
-    ) -> list[CodeSite]:
-        return core.scan_x64_sites(code, code_rva, lo_rva, hi_rva)
+    ) -> SiteColumns:
+        return SiteColumns(*core.scan_x64_sites(code, code_rva, lo_rva, hi_rva))
 
     def normalise(
         self,

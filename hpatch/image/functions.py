@@ -14,14 +14,14 @@ import bisect
 import functools
 import itertools
 import struct
+from array import array
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
-from operator import itemgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from hpatch._backend import core
-from hpatch.arch import CodeSite, SiteKind
+from hpatch.arch import SiteColumns, SiteKind
 from hpatch.cyclic_gc import collector_paused
 from hpatch.errors import ImageFormatError
 from hpatch.image.evidence import STRONG, exact_starts, relocated_pointers
@@ -52,6 +52,8 @@ _SITE_BIT = {
     int(SiteKind.COND_JUMP): _BIT[Evidence.JUMP],
     int(SiteKind.ADDRESS): _BIT[Evidence.ADDRESS],
 }
+#: _SITE_BIT as a list indexed by kind (0 where a kind gives no evidence).
+_SITE_BITS = [_SITE_BIT.get(kind, 0) for kind in range(max(SiteKind) + 1)]
 #: Private bits after those of Evidence (a function's sources never list them):
 #: ``_ENTRY``, a reference that only a function entry explains: a call, or a jump or
 #: an address taken from outside the referencing function (a tail call, a function
@@ -100,7 +102,8 @@ class _Discovery:
         self.thunk_names: dict[int, str] = {}
         #: .pdata start -> the entry before it that runs into it (see leaves_in_gap).
         self.pre_entries: dict[int, int] = {}
-        self.sites: list[CodeSite] = []
+        #: The references into code, as columns in site order (loads left out).
+        self.sites = SiteColumns(array("I"), array("I"), array("B"))
         self.pointers: list[int] = []
         #: PC-relative loads from code (literal pools), as (site, target) in site order.
         self.load_sites: list[tuple[int, int]] = []
@@ -112,29 +115,44 @@ class _Discovery:
             self.pointers = relocated_pointers(image, lo, hi)
             # One scan for the references into code and the loads of __ImageBase: a
             # scanner's range only filters the targets it reports.
-            scanned = [
-                site
-                for section in self.code_sections
-                for site in self.arch.scan_sites(section.data, section.rva, 0, hi)
-            ]
+            scanned = _joined(
+                [
+                    self.arch.scan_sites(section.data, section.rva, 0, hi)
+                    for section in self.code_sections
+                ]
+            )
             self.image_base_sites = sorted(
-                site for site, target, kind in scanned if target == 0 and kind == _ADDRESS
+                scanned.sites[i]
+                for i in _positions(scanned.targets, 0)
+                if scanned.kinds[i] == _ADDRESS
             )
             # References into code reveal functions; loads only lead to literal pools.
-            self.sites = [site for site in scanned if site[1] >= lo and site[2] != _LOAD]
-            loads = [(s, t) for s, t, k in scanned if k == _LOAD and t >= lo]
-            if loads:
-                self.load_sites = loads
+            self.sites = scanned
+            if _LOAD in scanned.kinds or min(scanned.targets, default=lo) < lo:
+                rows = zip(*scanned, strict=True)
+                self.load_sites = [(s, t) for s, t, k in rows if k == _LOAD and t >= lo]
+                kept = [
+                    i
+                    for i, (t, k) in enumerate(zip(scanned.targets, scanned.kinds, strict=True))
+                    if t >= lo and k != _LOAD
+                ]
+                self.sites = SiteColumns(
+                    *(array(column.typecode, map(column.__getitem__, kept)) for column in scanned)
+                )
+                del kept
+            del scanned
         #: (site, target) of every address taken in code, in site order, and the sites.
-        self.address_sites = [(s, t) for s, t, k in self.sites if k == _ADDRESS]
+        sites, targets, kinds = self.sites
+        self.address_sites = [(sites[i], targets[i]) for i in _positions(kinds, _ADDRESS)]
         self.address_site_rvas = [s for s, _ in self.address_sites]
         #: Where code takes an address or loads from, sorted.
         self.data_targets = sorted(
             {t for _, t in self.address_sites} | {t for _, t in self.load_sites}
         )
-        #: the sites again, ordered by target, and their targets, for lookups by bisection.
-        self.by_target = sorted(self.sites, key=itemgetter(1))
-        self.target_keys = [site[1] for site in self.by_target]
+        #: The targets, sites and evidence bits of the sites ordered by target (then
+        #: site), as the core takes them; the targets serve lookups by bisection.
+        self.columns = _by_target(self.sites)
+        self.target_keys = self.columns[0]
         #: RVA -> evidence mask of the exact starts and the relocated pointers: masks, and
         #: the one map of them kept, not the set per start exact_starts gives (200 bytes
         #: each: 200 MB for a million exports).
@@ -157,24 +175,16 @@ class _Discovery:
     def referenced(self) -> set[int]:
         """RVAs with evidence other than conditional jumps (asked only for frameless entries)."""
         found = set(self.static_evidence)  # the exact starts and the relocated pointers
-        found.update(target for _, target, kind in self.sites if kind != _COND_JUMP)
+        _, targets, kinds = self.sites
+        found.update(t for t, kind in zip(targets, kinds, strict=True) if kind != _COND_JUMP)
         return found
 
     @cached_property
     def branch_targets(self) -> list[int]:
         """Targets of direct jumps, sorted."""
-        return sorted({t for _, t, kind in self.sites if kind in (_JUMP, _COND_JUMP)})
-
-    @cached_property
-    def columns(self) -> tuple[list[int], list[int], list[int]]:
-        """The targets, sites and evidence bits of ``by_target``, as the core takes them."""
-        rows = self.by_target
-        kinds = map(itemgetter(2), rows)
-        return (
-            self.target_keys,
-            list(map(itemgetter(0), rows)),
-            list(map(_SITE_BIT.__getitem__, kinds)),
-        )
+        _, targets, kinds = self.sites
+        jumps = (_JUMP, _COND_JUMP)
+        return sorted({t for t, kind in zip(targets, kinds, strict=True) if kind in jumps})
 
     def evidence_for(self, starts: list[int], known: Ranges) -> dict[int, int]:
         """Evidence masks of ``starts`` (sorted), and of other RVAs: the exact and
@@ -261,13 +271,14 @@ class _Discovery:
         # Tables usually live in data, which the code-wide scan leaves out: rescan the
         # function's own bytes for every address it takes.
         code = self.image.read(start, end - start)
+        scanned = self.arch.scan_sites(code, start, 0, self.image.size_of_image)
         addressed = sorted(
             {
                 table_rva
-                for _, table_rva, kind in self.arch.scan_sites(
-                    code, start, 0, self.image.size_of_image
+                for table_rva in map(
+                    scanned.targets.__getitem__, _positions(scanned.kinds, _ADDRESS)
                 )
-                if kind == SiteKind.ADDRESS and not start <= table_rva < end
+                if not start <= table_rva < end
             }
         )
         for index, table_rva in enumerate(addressed):
@@ -420,10 +431,12 @@ class _Discovery:
         found in the gap, or out of the gap but not into the middle of a .pdata range.
         Blocks of a function whose jump table went unread jump back into its middle."""
         pdata = self.pdata_ranges
+        sites, targets, kinds = self.sites
         for start, end in pieces.items():
-            first = bisect.bisect_left(self.sites, (start,))
-            last = bisect.bisect_left(self.sites, (end,))
-            for site, target, kind in self.sites[first:last]:
+            first = bisect.bisect_left(sites, start)
+            last = bisect.bisect_left(sites, end, first)
+            rows = zip(sites[first:last], targets[first:last], kinds[first:last], strict=True)
+            for site, target, kind in rows:
                 if kind not in (_JUMP, _COND_JUMP) or start <= target < end:
                     continue
                 if not self.is_reference_site(start, end, site):
@@ -896,7 +909,7 @@ class _Discovery:
 _EMPTY_GAP: tuple[tuple[list[int], list[int]], dict[int, int]] = (([], []), {})
 
 
-def _spans_outside(ranges: Ranges, values: list[int]) -> list[tuple[int, int]]:
+def _spans_outside(ranges: Ranges, values: Sequence[int]) -> list[tuple[int, int]]:
     """Index spans of the sorted ``values`` that no range holds: each range cuts its
     slice out by bisection, instead of a lookup for each value."""
     spans: list[tuple[int, int]] = []
@@ -911,7 +924,7 @@ def _spans_outside(ranges: Ranges, values: list[int]) -> list[tuple[int, int]]:
     return spans
 
 
-def _spans_at(wanted: list[int], values: list[int]) -> list[tuple[int, int]]:
+def _spans_at(wanted: list[int], values: Sequence[int]) -> list[tuple[int, int]]:
     """Index spans of the sorted ``values`` equal to one of the sorted ``wanted``."""
     spans: list[tuple[int, int]] = []
     position = 0
@@ -923,11 +936,47 @@ def _spans_at(wanted: list[int], values: list[int]) -> list[tuple[int, int]]:
     return spans
 
 
-def _take(column: list[int], spans: list[tuple[int, int]]) -> list[int]:
-    taken: list[int] = []
+_Column = TypeVar("_Column", list[int], "array[int]")
+
+
+def _take(column: _Column, spans: list[tuple[int, int]]) -> _Column:
+    """The slices of ``column`` the spans give, joined: a list or an array, as it is."""
+    taken = column[:0]
     for first, last in spans:
         taken += column[first:last]
     return taken
+
+
+def _positions(column: array[int], value: int) -> Iterator[int]:
+    """Indexes of ``value`` in ``column``, ascending (the searches run in C, and a
+    column without it costs one pass)."""
+    index = -1
+    for _ in range(column.count(value)):
+        index = column.index(value, index + 1)
+        yield index
+
+
+def _joined(parts: list[SiteColumns]) -> SiteColumns:
+    """The columns of the scans of several sections, one after the other."""
+    if len(parts) == 1:
+        return parts[0]
+    joined = SiteColumns(array("I"), array("I"), array("B"))
+    for part in parts:
+        for column, more in zip(joined, part, strict=True):
+            column += more
+    return joined
+
+
+def _by_target(sites: SiteColumns) -> tuple[array[int], array[int], array[int]]:
+    """The targets, sites and evidence bits of ``sites`` ordered by target, then site
+    (a stable sort: the sites ascend)."""
+    site_column, targets, kinds = sites
+    order = sorted(range(len(targets)), key=targets.__getitem__)
+    return (
+        array("I", map(targets.__getitem__, order)),
+        array("I", map(site_column.__getitem__, order)),
+        array("I", map(_SITE_BITS.__getitem__, map(kinds.__getitem__, order))),
+    )
 
 
 def _outside(ranges: Ranges, values: list[int]) -> list[int]:

@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from hpatch.arch import CodeSite, SiteKind
+from hpatch.arch import SiteColumns, SiteKind
 from hpatch.image.model import Fragment
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def split_parts(image: PEImage) -> dict[int, int]:
 
 
 def pdata_functions(
-    image: PEImage, sites: list[CodeSite], referenced: Callable[[], set[int]]
+    image: PEImage, sites: SiteColumns, referenced: Callable[[], set[int]]
 ) -> tuple[dict[int, int], dict[int, list[Fragment]]]:
     """Primary .pdata ranges (start -> end) and the fragments folded into them.
 
@@ -75,7 +75,7 @@ def pdata_functions(
     starts = {e.begin_rva for e in entries}
     jumpers: dict[int, set[int]] = defaultdict(set)
     conditional_only: dict[int, bool] = {}  # absent: True
-    for site_rva, target_rva, kind in sites:
+    for site_rva, target_rva, kind in zip(*sites, strict=True):
         if target_rva not in starts or kind not in (SiteKind.JUMP, SiteKind.COND_JUMP):
             continue
         index = all_ranges.find(site_rva)

@@ -138,7 +138,8 @@ def test_padding_thunks_and_sites() -> None:
         + assemble("ldr q0, #0x1900; ldrsw x3, #0x1904; prfm pldl1keep, #0x1908", 0x1028)
     )
     sites = ARM64.scan_sites(code, 0x1000, 0, 0x10000)
-    assert sites == [
+    assert [column.typecode for column in sites] == ["I", "I", "B"]
+    assert list(zip(*sites, strict=True)) == [
         (0x1000, 0x1100, SiteKind.CALL),
         (0x1004, 0x1200, SiteKind.JUMP),
         (0x1008, 0x1300, SiteKind.COND_JUMP),

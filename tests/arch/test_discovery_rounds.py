@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import types
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,43 @@ def test_gap_evidence_is_reference_evidence_checked_and_sorted(inputs: dict[str,
     for module in (_native, _fallback):
         targets, masks = module.gap_evidence(*_round_args(inputs))
         assert (targets, masks) == (wanted, [found[t] for t in wanted])
+
+
+@settings(max_examples=200, deadline=None)
+@given(inputs=_round_inputs())
+def test_gap_evidence_takes_columns(inputs: dict[str, Any]) -> None:
+    """The references as array("I") columns (the bits as array("B") where they fit), as
+    discovery keeps them, give what lists give, in both cores."""
+    for module in (_native, _fallback):
+        args = _round_args(inputs)
+        as_lists = module.gap_evidence(*args)
+        args = _round_args(inputs)
+        args[2], args[3] = array("I", args[2]), array("I", args[3])
+        args[4] = array("B", args[4])
+        args[0] = array("I", args[0])
+        assert module.gap_evidence(*args) == as_lists
+
+
+def test_gap_leaves_takes_columns() -> None:
+    targets, masks = [0x10, 0x20, 0x30], [1, 1, 3]
+    for module in (_native, _fallback):
+        found = [
+            module.gap_leaves(
+                t,
+                m,
+                0,
+                0x40,
+                1,
+                (1, 2),
+                lambda rva: None,
+                lambda rva, bound: rva + 8,
+                lambda rva: 0,
+                lambda end, mask: True,
+                lambda rva: False,
+            )
+            for t, m in ((targets, masks), (array("I", targets), array("B", masks)))
+        ]
+        assert found[0] == found[1] and found[0][0]
 
 
 def test_gap_evidence_rejects_bad_arguments_the_same_way() -> None:

@@ -148,7 +148,8 @@ def test_import_thunk_and_sites() -> None:
         "call 0x1100; jmp 0x1200; jne 0x1300; lea rcx, [rip + 0x1000]; lea r9, [rip + 0x10]", 0x1000
     )
     sites = X64.scan_sites(code, 0x1000, 0, 0x10000)
-    assert sites == [
+    assert [column.typecode for column in sites] == ["I", "I", "B"]
+    assert list(zip(*sites, strict=True)) == [
         (0x1000, 0x1100, SiteKind.CALL),
         (0x1005, 0x1200, SiteKind.JUMP),
         (0x100A, 0x1300, SiteKind.COND_JUMP),

@@ -32,9 +32,8 @@ def reference_kinds(image: PEImage) -> dict[int, set[SiteKind]]:
     """Target -> the kinds of the direct references to it anywhere in code."""
     kinds: dict[int, set[SiteKind]] = defaultdict(set)
     for section in image.executable_sections:
-        for _, target, kind in image.arch.scan_sites(
-            section.data, section.rva, 0, image.size_of_image
-        ):
+        sites = image.arch.scan_sites(section.data, section.rva, 0, image.size_of_image)
+        for target, kind in zip(sites.targets, sites.kinds, strict=True):
             kinds[target].add(SiteKind(kind))
     return kinds
 
