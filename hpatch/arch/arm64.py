@@ -341,6 +341,10 @@ class Arm64(Arch):
             core.normalise_arm64(code, code_rva, own_range[0], own_range[1], relocated, image_base)
         )
 
+    def reference_sites(self, code: bytes, code_rva: int) -> list[int]:
+        _, references, _ = core.normalise_arm64(code, code_rva, code_rva, code_rva, b"", 0)
+        return [site for site, _, _ in references]
+
     def code_extent(
         self, read: ReadRva, start_rva: int, bound_rva: int, roots: Sequence[int] = ()
     ) -> int | None:

@@ -217,6 +217,14 @@ class Arch(ABC):
         turns the addresses they hold into RVAs.
         """
 
+    def reference_sites(self, code: bytes, code_rva: int) -> list[int]:
+        """Sites of the references a linear decode of ``code`` (at ``code_rva``) finds, in
+        order: those of ``normalise`` with no own range, relocations or image base.
+        Machines may answer without building the references (discovery asks this of
+        thousands of functions)."""
+        normalised = self.normalise(code, code_rva, (code_rva, code_rva), b"", 0)
+        return [reference.site_rva for reference in normalised.references]
+
     def canonical_code(self, normalised: NormalisedCode, code_rva: int) -> bytes:
         """The masked code with every out-of-part branch in one encoding, for comparing
         two builds: a linker or assembler picks a short or a near form by distance, and

@@ -200,6 +200,10 @@ class X64(Arch):
             core.normalise_x64(code, code_rva, own_range[0], own_range[1], relocated, image_base)
         )
 
+    def reference_sites(self, code: bytes, code_rva: int) -> list[int]:
+        _, references, _ = core.normalise_x64(code, code_rva, code_rva, code_rva, b"", 0)
+        return [site for site, _, _ in references]
+
     def instruction_texts(self, code: bytes, code_rva: int) -> list[tuple[int, int, str]]:
         texts = []
         for address, size, mnemonic, operands in self._cs_lite.disasm_lite(code, code_rva):

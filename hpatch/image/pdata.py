@@ -7,6 +7,7 @@ import bisect
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from itertools import compress
 from typing import TYPE_CHECKING
 
 from hpatch.arch import SiteColumns, SiteKind
@@ -75,8 +76,11 @@ def pdata_functions(
     starts = {e.begin_rva for e in entries}
     jumpers: dict[int, set[int]] = defaultdict(set)
     conditional_only: dict[int, bool] = {}  # absent: True
-    for site_rva, target_rva, kind in zip(*sites, strict=True):
-        if target_rva not in starts or kind not in (SiteKind.JUMP, SiteKind.COND_JUMP):
+    # Only the sites whose targets are entries, picked out at C speed (a 20 MB DLL has
+    # hundreds of thousands of sites, a few thousand of them into entries).
+    into_entries = compress(zip(*sites, strict=True), map(starts.__contains__, sites.targets))
+    for site_rva, target_rva, kind in into_entries:
+        if kind not in (SiteKind.JUMP, SiteKind.COND_JUMP):
             continue
         index = all_ranges.find(site_rva)
         if index is not None and all_ranges.starts[index] != target_rva:
