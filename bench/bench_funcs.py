@@ -40,7 +40,6 @@ from corpus import corpus_pairs
 
 REPO = Path(__file__).resolve().parent.parent
 EXTRA = Path(os.environ.get("HPCORPUS_EXTRA", Path.home() / ".cache" / "hpatch-corpus-extra"))
-HPATCH = Path(sys.executable).with_name("hpatch")
 #: Whole processes that parse a file the way the references do.
 REFERENCES = {
     "pefile": "import sys, pefile; pefile.PE(sys.argv[1])",
@@ -121,7 +120,10 @@ def process_seconds(command: list[str], cwd: Path | None = None) -> tuple[float,
 
 
 def funcs_command(path: Path) -> list[str]:
-    return [str(HPATCH), "funcs", "--json", str(path)]
+    """``hpatch funcs --json path``, run from a tree's root: python -m puts the working
+    directory first, so the tree timed is the one the process starts in (the venv's
+    ``hpatch`` script runs whichever checkout the venv was installed from)."""
+    return [sys.executable, "-m", "hpatch", "funcs", "--json", str(path)]
 
 
 def process_paths() -> list[Path]:
@@ -142,14 +144,14 @@ def processes_table(repeat: int, before: Path | None = None, only: str | None = 
         commands = {"hpatch": funcs_command(path)}
         if before is not None:
             # run from the tree itself: python -m puts the working directory first
-            commands["before"] = [sys.executable, "-m", "hpatch", "funcs", "--json", str(path)]
+            commands["before"] = funcs_command(path)
         commands.update(
             (name, [sys.executable, "-c", code, str(path)]) for name, code in REFERENCES.items()
         )
         timings: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
         for _ in range(repeat):
             for name, command in commands.items():
-                cwd = before if name == "before" else None
+                cwd = before if name == "before" else REPO
                 timings[name].append(process_seconds(command, cwd))
         cells = []
         for name in commands:
@@ -174,7 +176,7 @@ def scaling_table(folder: Path, repeat: int) -> None:
             generator = REPO / "bench" / "gen_sample.py"
             command = [sys.executable, str(generator), str(count), str(target), "--old-only"]
             subprocess.run(command, check=True)
-        timings = [process_seconds(funcs_command(target / "old.dll")) for _ in range(repeat)]
+        timings = [process_seconds(funcs_command(target / "old.dll"), REPO) for _ in range(repeat)]
         cpu = statistics.median(t[0] for t in timings)
         wall = statistics.median(t[1] for t in timings)
         size = (target / "old.dll").stat().st_size / 1024
