@@ -12,6 +12,7 @@ not an error: each blocker's cause says whether the update itself needs a new ba
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 
@@ -70,6 +71,11 @@ def _pointer_slots(image: PEImage, section: Section) -> dict[int, int]:
     return {
         rva - section.rva: target for rva, target in image.pointers.items() if section.contains(rva)
     }
+
+
+def _within(offsets: list[int], start: int, end: int) -> list[int]:
+    """The sorted ``offsets`` in [start, end)."""
+    return offsets[bisect.bisect_left(offsets, start) : bisect.bisect_left(offsets, end)]
 
 
 def _import_offsets(image: PEImage, section: Section) -> list[tuple[int, int]]:
@@ -247,15 +253,17 @@ class Verdict:
         RVA, size) hold another initial value, pointers compared by what they name."""
         old_slots = _pointer_slots(self.old.image, old_section)
         new_slots = _pointer_slots(self.new.image, new_section)
+        old_offsets, new_offsets = sorted(old_slots), sorted(new_slots)
         old_data, new_data = old_section.data, new_section.data
         differing: set[int] = set()  # section offsets of the old build
         for old_rva, new_rva, size in segments:
             old_base, new_base = old_rva - old_section.rva, new_rva - new_section.rva
             # Pointer slots of either build in the segment, as offsets into it: the work
-            # follows the pointers and the bytes that differ, not the segment's size.
+            # follows the pointers and the bytes that differ, not the segment's size,
+            # nor the slots of the whole section for each of its segments.
             slots = sorted(
-                {o - old_base for o in old_slots if old_base <= o < old_base + size}
-                | {o - new_base for o in new_slots if new_base <= o < new_base + size}
+                {o - old_base for o in _within(old_offsets, old_base, old_base + size)}
+                | {o - new_base for o in _within(new_offsets, new_base, new_base + size)}
             )
             pointer_bytes: set[int] = set()
             for offset in slots:
