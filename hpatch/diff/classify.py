@@ -111,6 +111,25 @@ def _fields_in(fields: list[int], start: int, end: int) -> list[int]:
     return [f for f in fields[low : bisect.bisect_left(fields, end)] if f + 8 <= end]
 
 
+#: A reference pair of identical code, with the section of each target (None outside).
+IdenticalPair = tuple[Reference, Reference, Section | None, Section | None]
+
+
+class _SectionLookup:
+    """``image.section_at``, remembered per address."""
+
+    def __init__(self, image: PEImage) -> None:
+        self.image = image
+        self.found: dict[int, Section | None] = {}
+
+    def __call__(self, rva: int) -> Section | None:
+        found = self.found
+        if rva in found:
+            return found[rva]
+        section = found[rva] = self.image.section_at(rva)
+        return section
+
+
 class Correspondence:
     """Decides whether an old target and a new target are the same thing."""
 
@@ -124,28 +143,36 @@ class Correspondence:
         #: Answers of ``same`` asked outside any comparison in progress: the same
         #: callees, imports and globals come up in function after function.
         self._same: dict[tuple[int, int], bool] = {}
-        self.data = self._learn_data(matches)
+        identical = self._identical_code_references(matches)
+        self.data = self._learn_data(identical)
         self.section_shift = self._learn_section_shifts()
         #: Writable sections whose globals are placed, by name (see data_layout).
         self.layouts: dict[str, WritableLayout] = {}
-        self.layouts = learn_layouts(old, new, self._writable_votes(matches), self.same_content)
+        self.layouts = learn_layouts(old, new, self._writable_votes(identical), self.same_content)
         # Answers given while the layouts were learned compared globals by offset.
         self._same.clear()
-        self.writable_moves = self._learn_writable_moves(matches)
+        self.writable_moves = self._learn_writable_moves(identical)
 
-    def _identical_code_references(
-        self, matches: tuple[Match, ...]
-    ) -> Iterator[tuple[Reference, Reference]]:
-        """Reference pairs of matched functions whose normalised code is identical."""
+    def _identical_code_references(self, matches: tuple[Match, ...]) -> list[IdenticalPair]:
+        """Reference pairs of matched functions whose normalised code is identical, with
+        the section of each target (looked up once per target: the learners below all
+        walk these pairs, and the same globals come up in function after function)."""
+        old_sections = _SectionLookup(self.old.image)
+        new_sections = _SectionLookup(self.new.image)
+        pairs: list[IdenticalPair] = []
         for match in matches:
             old_print = self.old.fingerprints[match.old_rva]
             new_print = self.new.fingerprints[match.new_rva]
             if old_print.digest == new_print.digest and len(old_print.references) == len(
                 new_print.references
             ):
-                yield from zip(old_print.references, new_print.references, strict=True)
+                pairs.extend(
+                    (a, b, old_sections(a.target_rva), new_sections(b.target_rva))
+                    for a, b in zip(old_print.references, new_print.references, strict=True)
+                )
+        return pairs
 
-    def _learn_data(self, matches: tuple[Match, ...]) -> dict[int, int]:
+    def _learn_data(self, identical: list[IdenticalPair]) -> dict[int, int]:
         """old read-only data address -> new, from matched functions with identical code.
 
         Writable data is not learned this way: a field inserted in a global and a
@@ -153,21 +180,18 @@ class Correspondence:
         identified by its offset in its section (see ``same``).
         """
         votes: dict[int, set[int]] = defaultdict(set)
-        for a, b in self._identical_code_references(matches):
+        for a, b, old_section, _ in identical:
             if a.kind != b.kind or a.target_rva in self.old_imports:
                 continue
-            old_section = self.old.image.section_at(a.target_rva)
             if old_section is None or old_section.is_executable or old_section.is_writable:
                 continue
             votes[a.target_rva].add(b.target_rva)
         return {old: next(iter(new)) for old, new in votes.items() if len(new) == 1}
 
-    def _writable_votes(self, matches: tuple[Match, ...]) -> Iterator[tuple[int, int]]:
+    def _writable_votes(self, identical: list[IdenticalPair]) -> Iterator[tuple[int, int]]:
         """(old, new) writable addresses that the same code names in each build, directly
         or through a pointer in read-only data it names (mingw's ``.refptr`` slots)."""
-        for a, b in self._identical_code_references(matches):
-            old_section = self.old.image.section_at(a.target_rva)
-            new_section = self.new.image.section_at(b.target_rva)
+        for a, b, old_section, new_section in identical:
             if (
                 old_section is not None
                 and new_section is not None
@@ -196,13 +220,11 @@ class Correspondence:
                 ):
                     yield old_target, new_target
 
-    def _learn_writable_moves(self, matches: tuple[Match, ...]) -> dict[int, int]:
+    def _learn_writable_moves(self, identical: list[IdenticalPair]) -> dict[int, int]:
         """old writable address -> new, where functions with identical code show that a
         global moved whole (see ``_same_global``)."""
         moves: dict[int, set[int]] = defaultdict(set)
-        for a, b in self._identical_code_references(matches):
-            old_section = self.old.image.section_at(a.target_rva)
-            new_section = self.new.image.section_at(b.target_rva)
+        for a, b, old_section, new_section in identical:
             if (
                 old_section is None
                 or new_section is None
