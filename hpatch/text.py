@@ -12,9 +12,8 @@ import json
 import os
 import unicodedata
 from collections.abc import Callable, Iterable
+from json.encoder import encode_basestring_ascii as _encode_string
 from typing import Any
-
-from rich.markup import escape
 
 # Cc control, Cf format (bidi overrides, zero-width), Cs surrogates (undecodable bytes),
 # Co private use, Cn unassigned, Zl/Zp line and paragraph separators.
@@ -41,6 +40,8 @@ def plain(text: object) -> str:
 
 def markup(text: object) -> str:
     """``text`` safe to put inside a rich markup string: escaped, then markup-quoted."""
+    from rich.markup import escape  # rich only where markup is made: not for --json
+
     return escape(plain(text))
 
 
@@ -93,7 +94,111 @@ def json_text(document: Any, *, sort_keys: bool = False) -> str:
     """A ``--json`` document as text: ASCII, control characters as ``\\uNNNN``
     escapes; names held as bytes, or as text with undecodable bytes escaped by
     ``surrogateescape``, decoded as ``decoded`` decodes them."""
-    return json.dumps(_json_ready(document), indent=2, sort_keys=sort_keys, default=_json_default)
+    return _indented(document, 0, sort_keys)
+
+
+def _indented(value: Any, level: int, sort_keys: bool) -> str:
+    """``json.dumps(_json_ready(value), indent=2, ...)`` nested ``level`` deep (each line
+    after the first indented by ``level`` steps more), made with the C encoder.
+
+    The C encoder cannot indent, but a container that holds only scalars is one line per
+    item: its item separator can carry the newline and the indent. Text with a lone
+    surrogate escaped (``\\udXXX``: rare, and only in names) is made again by the
+    reference route, which decodes such strings first.
+    """
+    try:
+        text = _Indenter(sort_keys).text(value, level)
+    except _Unusual:
+        text = None
+    if text is None or "\\ud" in text:
+        text = json.dumps(_json_ready(value), indent=2, sort_keys=sort_keys, default=_json_default)
+        return text.replace("\n", "\n" + "  " * level) if level else text
+    return text
+
+
+class _Unusual(Exception):
+    """A value the fast route does not take (a key that is not text, a cycle)."""
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_CONSTANTS = {None: "null", True: "true", False: "false"}
+
+
+class _Indenter:
+    """Makes the text ``json.dumps(value, indent=2)`` makes, container by container."""
+
+    def __init__(self, sort_keys: bool) -> None:
+        self.sort_keys = sort_keys
+        self.flat: dict[int, Callable[[Any], str]] = {}
+        self.depth = 0
+
+    def _flat_encoder(self, level: int) -> Callable[[Any], str]:
+        encode = self.flat.get(level)
+        if encode is None:
+            encoder = json.JSONEncoder(
+                separators=(",\n" + "  " * (level + 1), ": "),
+                sort_keys=self.sort_keys,
+                default=_json_default,
+            )
+            encode = self.flat[level] = encoder.encode
+        return encode
+
+    def text(self, value: Any, level: int) -> str:
+        if type(value) in _SCALARS:
+            return self.scalar(value)
+        if isinstance(value, dict):
+            if not value:
+                return "{}"
+            if any(type(key) is not str for key in value):
+                raise _Unusual
+            if all(type(item) in _SCALARS for item in value.values()):
+                return self.wrapped(self._flat_encoder(level)(value), level)
+            items = sorted(value.items()) if self.sort_keys else value.items()
+            return self.joined(
+                [f"{self.scalar(key)}: {self.nested(item, level)}" for key, item in items],
+                "{",
+                "}",
+                level,
+            )
+        if isinstance(value, (list, tuple)):
+            if not value:
+                return "[]"
+            if all(type(item) in _SCALARS for item in value):
+                return self.wrapped(self._flat_encoder(level)(list(value)), level)
+            return self.joined([self.nested(item, level) for item in value], "[", "]", level)
+        if isinstance(value, (str, int, float)):  # subclasses: enums and the like
+            return self.scalar(value)
+        return self.text(_json_default(value), level)
+
+    def nested(self, value: Any, level: int) -> str:
+        self.depth += 1
+        if self.depth > 100:
+            raise _Unusual  # deeper than any document: a cycle, which json reports
+        try:
+            return self.text(value, level + 1)
+        finally:
+            self.depth -= 1
+
+    @staticmethod
+    def scalar(value: Any) -> str:
+        if isinstance(value, str):
+            return _encode_string(value)
+        if value is None or value is True or value is False:
+            return _CONSTANTS[value]
+        if isinstance(value, int):
+            return int.__repr__(value)
+        return json.dumps(float(value))
+
+    @staticmethod
+    def wrapped(text: str, level: int) -> str:
+        """One line of a flat container, opened up: ``{"a": 1,\\n  "b": 2}`` from the
+        flat encoder becomes the indented form."""
+        return f"{text[0]}\n{'  ' * (level + 1)}{text[1:-1]}\n{'  ' * level}{text[-1]}"
+
+    @staticmethod
+    def joined(items: list[str], opening: str, closing: str, level: int) -> str:
+        inner = "  " * (level + 1)
+        return f"{opening}\n{inner}" + f",\n{inner}".join(items) + f"\n{'  ' * level}{closing}"
 
 
 class Streamed:
@@ -108,19 +213,18 @@ def write_json(document: dict[str, Any], write: Callable[[str], object]) -> None
     """Write ``document`` as ``json_text`` would, its ``Streamed`` values item by item:
     the same bytes, in memory that follows one item."""
 
-    def dumped(value: Any, indent: str) -> str:
-        text = json.dumps(_json_ready(value), indent=2, default=_json_default)
-        return text.replace("\n", "\n" + indent)
+    def dumped(value: Any, level: int) -> str:
+        return _indented(value, level, False)
 
     write("{")
     for index, (key, value) in enumerate(document.items()):
         write(("," if index else "") + "\n  " + json.dumps(_valid(key)) + ": ")
         if not isinstance(value, Streamed):
-            write(dumped(value, "  "))
+            write(dumped(value, 1))
             continue
         count = 0
         for item in value.items:
-            write(("," if count else "[") + "\n    " + dumped(item, "    "))
+            write(("," if count else "[") + "\n    " + dumped(item, 2))
             count += 1
         write("\n  ]" if count else "[]")
     write("\n}\n" if document else "}\n")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from dataclasses import replace
+from enum import Enum, IntEnum
 from pathlib import Path
 
 import pytest
@@ -193,6 +195,50 @@ def test_json_text_decodes_bytes_and_surrogates_one_way() -> None:
 
     document = {"a": b"hp_cr\xff32", "b": os.fsdecode(b"caf\xe9"), "c": ["\x1b"]}
     assert json.loads(json_text(document)) == {"a": "hp_cr\\xff32", "b": "caf\\xe9", "c": ["\x1b"]}
+
+
+class _Level(IntEnum):
+    HIGH = 3
+
+
+class _Word(str, Enum):
+    CAFE = "caf\u00e9"
+
+
+_SCALARS: list[object] = [
+    None, True, False, 0, -5, 2**70, 1.5, -0.0, 1e300, float("nan"), float("inf"),
+    _Level.HIGH, _Word.CAFE, "", "plain", "caf\u00e9", "\x1b[31m", "q\"\\", "\u2028",
+    "\U0001f600", "\\ud800 written out", "lone \udcff", b"by\xfftes",
+]  # fmt: skip
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> object:
+    roll = rng.random()
+    if depth > 3 or roll < 0.5:
+        return rng.choice(_SCALARS)
+    if roll < 0.75:
+        items = [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+        return items if rng.random() < 0.8 else tuple(items)
+    keys = ["k", "caf\u00e9", "lone \udcff", "\x1b", "z", "a"]
+    return {rng.choice(keys): _random_value(rng, depth + 1) for _ in range(rng.randint(0, 5))}
+
+
+def test_json_text_matches_the_reference_encoder() -> None:
+    """The fast route to ``--json`` text gives the bytes json.dumps(indent=2) gives."""
+    from hpatch.text import _json_default, _json_ready, json_text, write_json
+
+    rng = random.Random(17)
+    for _ in range(3000):
+        value = _random_value(rng)
+        for sort_keys in (False, True):
+            expected = json.dumps(
+                _json_ready(value), indent=2, sort_keys=sort_keys, default=_json_default
+            )
+            assert json_text(value, sort_keys=sort_keys) == expected
+        document = {"value": value, "last": value}
+        parts: list[str] = []
+        write_json(document, parts.append)
+        assert "".join(parts) == json_text(document) + "\n"
 
 
 def test_verify_prints_hostile_function_names_inert(
