@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -18,15 +19,18 @@ from hpatch.cli.output import (
     servicing_options,
 )
 from hpatch.cli.progress import Progress, large
-from hpatch.cli.tables import Column, fitted_table
-from hpatch.diff import Status, diff_images
-from hpatch.files import check_output, write_output
-from hpatch.package import BuildOptions, PackageBlocked, build_package, encode_package
+from hpatch.cyclic_gc import collector_paused
+from hpatch.diff import DiffResult, Status, diff_images
 from hpatch.report import blocker_dict, diff_document
 from hpatch.text import Streamed, markup, path_text, write_json
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from rich.console import Console
+
+# The package builder, the codec, the output files and the tables are imported where
+# they are used: a plain ``diff --json`` of an update that cannot be packaged, the
+# common case, loads none of them.
 
 
 @click.command()
@@ -84,6 +88,8 @@ def diff(
     if to_stdout and sys.stdout.isatty():
         raise click.UsageError("refusing to write a package to a terminal: -o - is for a pipe")
     if output is not None and not to_stdout:
+        from hpatch.files import check_output
+
         # Refused before the work, not after it: the output may not be an input.
         check_output(output, sources, force=force)
     key = None
@@ -93,74 +99,61 @@ def diff(
 
         key = load_private_key(sign_key)
     progress = Progress("diff", long=large(old_path, new_path))
-    with progress.stage(f"read {path_text(old_path)}"):
-        old = read_image(old_path)
-    with progress.stage(f"read {path_text(new_path)}"):
-        new = read_image(new_path)
-    with progress.stage("discovered functions") as stage:
-        stage.detail = f"{len(old.functions):,} old, {len(new.functions):,} new"
-    with progress.stage("diffed") as stage:
-        result = diff_images(old, new)
-        summary = result.summary()
-        stage.detail = ", ".join(
-            f"{summary[s]:,} {s}" for s in ("modified", "added", "removed") if summary[s]
-        ) + ("" if result.hotpatchable else f"; {len(result.blockers):,} blockers")
-    document = diff_document(result)
-    written = None
-    carried = result.with_status(Status.MODIFIED) + result.with_status(Status.ADDED)
-    # Not an error of the input: exit 5 tells a pipeline it from a corrupt file.
-    nothing_to_package = output is not None and result.hotpatchable and not carried
-    if result.hotpatchable and carried:
-        # The verdict holds only if every field of the changed code can be bound too.
-        options = BuildOptions(sequence, supersedes, description, advisory)
-        try:
-            if output is not None:
-                # Proving the package runs the emulator: loaded only when it is needed.
-                from hpatch.verify import build_verified_package
-
-                what = "packaged" if no_verify else "packaged and proved"
-                with progress.stage(what, long=True) as stage:
-                    package, _ = build_verified_package(
-                        result, options, validate=not no_verify, inputs=inputs
-                    )
-                    stage.detail = f"{len(package.functions):,} functions"
-            else:
-                package = build_package(result, options)
-        except PackageBlocked as blocked:
-            document["hotpatchable"] = False
-            document["blockers"] = [blocker_dict(b) for b in blocked.blockers]
+    # Without -o the command makes many objects and no garbage with cycles: the
+    # collector's full passes over them would only cost time (see hpatch.cyclic_gc).
+    # With -o the package is proved in the emulator, which runs with it as usual.
+    with collector_paused() if output is None else nullcontext():
+        with progress.stage(f"read {path_text(old_path)}"):
+            old = read_image(old_path)
+        with progress.stage(f"read {path_text(new_path)}"):
+            new = read_image(new_path)
+        with progress.stage("discovered functions") as stage:
+            stage.detail = f"{len(old.functions):,} old, {len(new.functions):,} new"
+        with progress.stage("diffed") as stage:
+            result = diff_images(old, new)
+            summary = result.summary()
+            stage.detail = ", ".join(
+                f"{summary[s]:,} {s}" for s in ("modified", "added", "removed") if summary[s]
+            ) + ("" if result.hotpatchable else f"; {len(result.blockers):,} blockers")
+        document = diff_document(result)
+        written = None
+        carried = result.with_status(Status.MODIFIED) + result.with_status(Status.ADDED)
+        # Not an error of the input: exit 5 tells a pipeline it from a corrupt file.
+        nothing_to_package = output is not None and result.hotpatchable and not carried
+        if result.hotpatchable and carried:
+            # The verdict holds only if every field of the changed code can be bound too.
+            written = _package(
+                result,
+                document,
+                progress,
+                _PackageRequest(
+                    output,
+                    force,
+                    sequence,
+                    supersedes,
+                    description,
+                    advisory,
+                    inputs,
+                    no_verify,
+                    key,
+                    sources,
+                ),
+            )
+        if output is not None:
+            document["package"] = written
+        # With -o - stdout holds the package: the report goes to stderr.
+        if as_json:
+            # Its lists written item by item, as json_text would write them: the whole
+            # text of a 20 MB DLL's functions at once raised the peak by 15 MB.
+            stream = sys.stderr if to_stdout else sys.stdout
+            streamed = {k: Streamed(v) if isinstance(v, list) else v for k, v in document.items()}
+            write_json(streamed, stream.write)
         else:
-            if output is not None:
-                if key is not None:
-                    from hpatch.package.signing import sign_package
-
-                    package = sign_package(package, key)
-                data = encode_package(package)
-                if to_stdout:
-                    sys.stdout.buffer.write(data)
-                    sys.stdout.buffer.flush()
-                else:
-                    write_output(output, data, sources, force=force)
-                written = {
-                    "path": "-" if to_stdout else path_text(output),
-                    "size": len(data),
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                }
-    if output is not None:
-        document["package"] = written
-    # With -o - stdout holds the package: the report goes to stderr.
-    if as_json:
-        # Its lists written item by item, as json_text would write them: the whole text
-        # of a 20 MB DLL's functions at once raised the peak by 15 MB.
-        stream = sys.stderr if to_stdout else sys.stdout
-        streamed = {k: Streamed(v) if isinstance(v, list) else v for k, v in document.items()}
-        write_json(streamed, stream.write)
-    else:
-        out = console(stderr=to_stdout)
-        _print_diff(document, out)
-        if written is not None:
-            where = "stdout" if to_stdout else markup(written["path"])
-            out.print(f"package written to {where} ({written['size']} bytes)")
+            out = console(stderr=to_stdout)
+            _print_diff(document, out)
+            if written is not None:
+                where = "stdout" if to_stdout else markup(written["path"])
+                out.print(f"package written to {where} ({written['size']} bytes)")
     if not document["hotpatchable"]:
         raise click.exceptions.Exit(EXIT_NOT_HOTPATCHABLE)
     if nothing_to_package:
@@ -168,7 +161,78 @@ def diff(
         raise click.exceptions.Exit(EXIT_NOTHING_TO_PACKAGE)
 
 
+@dataclass(frozen=True, slots=True)
+class _PackageRequest:
+    """What the command line asked of the package: where it goes, how it is placed in
+    its servicing line, proved and signed."""
+
+    output: str | None
+    force: bool
+    sequence: int
+    supersedes: tuple[int, int] | None
+    description: str
+    advisory: str
+    inputs: int
+    no_verify: bool
+    key: Ed25519PrivateKey | None
+    sources: list[str]
+
+
+def _package(
+    result: DiffResult, document: dict[str, Any], progress: Progress, request: _PackageRequest
+) -> dict[str, Any] | None:
+    """Build the package of a hotpatchable diff (proved, signed and written with -o);
+    a blocked one turns the document's verdict. What -o wrote, or None."""
+    from hpatch.package import BuildOptions, PackageBlocked, build_package, encode_package
+
+    output = request.output
+    options = BuildOptions(
+        request.sequence, request.supersedes, request.description, request.advisory
+    )
+    try:
+        if output is not None:
+            # Proving the package runs the emulator: loaded only when it is needed.
+            from hpatch.verify import build_verified_package
+
+            what = "packaged" if request.no_verify else "packaged and proved"
+            with progress.stage(what, long=True) as stage:
+                package, _ = build_verified_package(
+                    result, options, validate=not request.no_verify, inputs=request.inputs
+                )
+                stage.detail = f"{len(package.functions):,} functions"
+        else:
+            package = build_package(result, options)
+    except PackageBlocked as blocked:
+        document["hotpatchable"] = False
+        document["blockers"] = [blocker_dict(b) for b in blocked.blockers]
+        return None
+    if output is None:
+        return None
+    import hashlib
+
+    from hpatch.files import write_output
+
+    if request.key is not None:
+        from hpatch.package.signing import sign_package
+
+        package = sign_package(package, request.key)
+    data = encode_package(package)
+    to_stdout = output == "-"
+    if to_stdout:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        write_output(output, data, request.sources, force=request.force)
+    return {
+        "path": "-" if to_stdout else path_text(output),
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+
 def _print_diff(document: dict[str, Any], out: Console) -> None:
+    from hpatch.cli.tables import Column, fitted_table
+
     summary = document["summary"]
     out.print(
         f"[bold]{markup(document['old']['name'])}[/bold] -> "
