@@ -32,40 +32,78 @@ class LayoutShift:
     functions: tuple[FunctionChange, ...]
 
 
-_Fields = list[tuple[str, tuple[int, ...]]]
+_Field = tuple[str, tuple[int, ...]]
+_Fields = list[_Field]
+
+
+class _Words:
+    """One build's fixed-width instruction words, each decoded once: the text and the
+    fields of a word do not depend on where it sits (see ``_words_fields``), and the
+    functions a structure's change touches share most of their differing words."""
+
+    def __init__(self, image: PEImage) -> None:
+        self.arch = image.arch
+        self.step = image.arch.instruction_alignment
+        self._texts: dict[bytes, str] = {}
+        self._fields: dict[bytes, _Field] = {}
+
+    def texts(self, words: list[bytes]) -> list[str] | None:
+        """The text of each word; None if one is not an instruction."""
+        known = self._texts
+        missing = [word for word in dict.fromkeys(words) if word not in known]
+        if missing:
+            decoded = self.arch.instruction_texts(b"".join(missing), 0)
+            for index, (at, size, text) in enumerate(decoded):
+                if at != index * self.step or size != self.step:
+                    return None  # not one instruction a word: cannot happen
+                known[missing[index]] = text
+            if len(decoded) != len(missing):
+                return None  # a word that is not an instruction (data)
+        return [known[word] for word in words]
+
+    def fields(self, words: list[bytes]) -> _Fields:
+        """The field shapes and offsets of the words, as one call on them would give."""
+        known = self._fields
+        missing = [word for word in dict.fromkeys(words) if word not in known]
+        if missing:
+            decoded = self.arch.field_offsets(b"".join(missing), 0)
+            if len(decoded) != len(missing):
+                return self.arch.field_offsets(b"".join(words), 0)  # as it always did
+            known.update(zip(missing, decoded, strict=True))
+        return [known[word] for word in words]
 
 
 def _words_fields(
-    old: PEImage, new: PEImage, old_code: bytes, new_code: bytes
+    old: _Words, new: _Words, old_code: bytes, new_code: bytes
 ) -> tuple[_Fields, _Fields] | None:
     """Fixed-width instructions, one count of them: the field shapes and offsets of the
     instructions whose text differs. Only the words whose bytes differ can differ in
-    text, so only those are decoded, all of them in one call: the text leaves out what
-    depends on an instruction's address (a branch or literal's target), so where a
-    word sits does not change its text or its fields."""
-    step = old.arch.instruction_alignment
+    text, so only those are decoded: the text leaves out what depends on an
+    instruction's address (a branch or literal's target), so where a word sits does
+    not change its text or its fields."""
+    step = old.step
     differing = [
         at
         for at in range(0, len(old_code), step)
         if old_code[at : at + step] != new_code[at : at + step]
     ]
+    if not differing:
+        return None
     old_words = [old_code[at : at + step] for at in differing]
     new_words = [new_code[at : at + step] for at in differing]
-    old_texts = old.arch.instruction_texts(b"".join(old_words), 0)
-    new_texts = new.arch.instruction_texts(b"".join(new_words), 0)
-    if not differing or len(old_texts) != len(differing) or len(new_texts) != len(differing):
-        return None  # nothing differs, or a word that is not an instruction (data) does
+    old_texts = old.texts(old_words)
+    new_texts = new.texts(new_words) if old_texts is not None else None
+    if old_texts is None or new_texts is None:
+        return None  # a word that is not an instruction (data) differs
     keep = []
-    for index, ((_, _, old_text), (_, _, new_text)) in enumerate(
-        zip(old_texts, new_texts, strict=True)
-    ):
+    for index, (old_text, new_text) in enumerate(zip(old_texts, new_texts, strict=True)):
         if old_text == new_text:
             continue
         if old_text.split(" ", 1)[0] != new_text.split(" ", 1)[0]:
             return None
         keep.append(index)
-    old_fields = old.arch.field_offsets(b"".join(old_words[i] for i in keep), 0)
-    new_fields = new.arch.field_offsets(b"".join(new_words[i] for i in keep), 0)
+    old_fields = old.fields([old_words[i] for i in keep])
+    new_fields = new.fields([new_words[i] for i in keep])
     return old_fields, new_fields
 
 
@@ -94,7 +132,9 @@ def _stream_fields(
     return a, b
 
 
-def _only_shift(old: PEImage, new: PEImage, change: FunctionChange) -> tuple[int, int] | None:
+def _only_shift(
+    old: PEImage, new: PEImage, change: FunctionChange, words: tuple[_Words, _Words]
+) -> tuple[int, int] | None:
     """(shift, lowest old offset shifted) if the function's two builds differ only in
     field offsets, all moved the same way (the smallest shift names it); else None."""
     assert change.old is not None and change.new is not None
@@ -105,7 +145,7 @@ def _only_shift(old: PEImage, new: PEImage, change: FunctionChange) -> tuple[int
     if old.arch.instruction_alignment > 1:
         if change.old.size != change.new.size:
             return None  # fixed-width instructions: another count of them
-        fields = _words_fields(old, new, old_code, new_code)
+        fields = _words_fields(words[0], words[1], old_code, new_code)
     else:
         fields = _stream_fields(old, new, change, old_code, new_code)
     if fields is None:
@@ -137,12 +177,13 @@ def layout_shifts(
     """Every shift of field offsets that at least MIN_FUNCTIONS modified functions share
     as their only difference, largest group first."""
     groups: dict[int, list[tuple[int, FunctionChange]]] = defaultdict(list)
+    words = (_Words(old), _Words(new))
     for change in changes:
         if change.status != Status.MODIFIED or change.old is None or change.new is None:
             continue
         if change.differing_references is not None or change.reason != "code differs":
             continue  # the same code, naming something else: no offset moved
-        found = _only_shift(old, new, change)
+        found = _only_shift(old, new, change, words)
         if found is not None:
             groups[found[0]].append((found[1], change))
     return sorted(
