@@ -93,15 +93,15 @@ class Side:
         self.fingerprints = {f.rva: f for f in fingerprints}
         starts = set(self.fingerprints)
         call = RefKind.CALL
-        self.callees = {
-            rva: [target for _, kind, target in f.references if kind == call and target in starts]
-            for rva, f in self.fingerprints.items()
-        }
         #: Every function entry each function names, with the reference's kind, in
         #: order: calls, tail jumps and addresses taken (callbacks handed on).
         self.entries_named = {
             rva: [(kind, target) for _, kind, target in f.references if target in starts]
             for rva, f in self.fingerprints.items()
+        }
+        self.callees = {
+            rva: [target for kind, target in named if kind == call]
+            for rva, named in self.entries_named.items()
         }
         #: The functions that name each function entry (the reverse of entries_named).
         self.namers: dict[int, set[int]] = defaultdict(set)
@@ -443,12 +443,16 @@ class _Matcher:
         return self.take(pairs, MatchRule.DATA_SLOT)
 
     def by_counterparts(
-        self, key_of: Callable[[Side, int, Callable[[int], int | None]], Hashable | None]
+        self,
+        key_of: Callable[[Side, int, Callable[[int], int | None]], Hashable | None],
+        unmatched: tuple[list[int], list[int]] | None = None,
     ) -> int:
         """Pair the unmatched functions whose keys agree once each side's matched
         functions are named alike (the old by their counterparts, the new as they are),
         where the key is unique on both sides. ``key_of(side, rva, counterpart)`` is
-        None for a function it cannot key (one naming something unmatched)."""
+        None for a function it cannot key (one naming something unmatched).
+        ``unmatched``: the functions worth keying, when the caller knows that the
+        others' keys can have no counterpart (by default every unmatched function)."""
 
         def keys(
             side: Side, rvas: list[int], counterpart: Callable[[int], int | None]
@@ -460,7 +464,7 @@ class _Matcher:
                     found[key].append(rva)
             return found
 
-        old_unmatched, new_unmatched = self.unmatched()
+        old_unmatched, new_unmatched = self.unmatched() if unmatched is None else unmatched
         old_keys = keys(
             self.old,
             old_unmatched,
@@ -508,7 +512,21 @@ class _Matcher:
                 return None
             return side.fingerprints[rva].digest, mapped
 
-        return self.by_counterparts(callees)
+        # A key starts with the code's digest: only code that both sides' unmatched
+        # functions have can pair, and keying the rest could not change which keys
+        # are unique.
+        old_unmatched, new_unmatched = self.unmatched()
+        old_prints, new_prints = self.old.fingerprints, self.new.fingerprints
+        shared = {old_prints[rva].digest for rva in old_unmatched} & {
+            new_prints[rva].digest for rva in new_unmatched
+        }
+        return self.by_counterparts(
+            callees,
+            (
+                [rva for rva in old_unmatched if old_prints[rva].digest in shared],
+                [rva for rva in new_unmatched if new_prints[rva].digest in shared],
+            ),
+        )
 
     def anchors(self) -> list[tuple[int, int]]:
         """Matched pairs in an order both builds agree on (longest increasing run)."""
