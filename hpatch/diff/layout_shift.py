@@ -11,7 +11,9 @@ calls for a shadow variable there; a hotpatch cannot carry it).
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from hpatch.diff.classify import FunctionChange, Status
@@ -21,6 +23,10 @@ from hpatch.image import PEImage
 MIN_FUNCTIONS = 3
 #: Functions larger than this are not decoded for it.
 _MAX_FUNCTION = 0x10000
+#: Bytes of variable-width code decoded at a time: the first piece, and at most (each
+#: piece twice the last). Far longer than any instruction.
+_FIRST_STEP = 0x80
+_LAST_STEP = 0x1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +43,11 @@ _Fields = list[_Field]
 
 
 class _Words:
-    """One build's fixed-width instruction words, each decoded once: the text and the
-    fields of a word do not depend on where it sits (see ``_words_fields``), and the
-    functions a structure's change touches share most of their differing words."""
+    """One build's fixed-width instruction words, each decoded once: the functions a
+    structure's change touches share most of their differing words. A word's fields do
+    not depend on where it is decoded; its text may only for a PC-relative target that
+    capstone writes in decimal (below 10), and such a word's fields hold no offset and
+    the same shape in both builds, so whether it is compared changes no verdict."""
 
     def __init__(self, image: PEImage) -> None:
         self.arch = image.arch
@@ -107,28 +115,53 @@ def _words_fields(
     return old_fields, new_fields
 
 
+def _texts_in_steps(image: PEImage, code: bytes, code_rva: int) -> Iterator[tuple[int, int, str]]:
+    """``image.arch.instruction_texts(code, code_rva)``, one item at a time, decoded a
+    piece of the code at a time (the first pieces small): a comparison that fails early
+    decodes little. A decode stops at the first byte that does not start an
+    instruction, or at one cut off by the piece's end, so each piece starts where the
+    last instruction ended; a piece of which nothing decodes ends the stream."""
+    at, step = 0, _FIRST_STEP
+    while at < len(code):
+        texts = image.arch.instruction_texts(code[at : at + step], code_rva + at)
+        if not texts:
+            return
+        for offset, size, text in texts:
+            yield at + offset, size, text
+        last_offset, last_size, _ = texts[-1]
+        at += last_offset + last_size
+        step = min(step * 2, _LAST_STEP)
+
+
 def _stream_fields(
     old: PEImage, new: PEImage, change: FunctionChange, old_code: bytes, new_code: bytes
 ) -> tuple[_Fields, _Fields] | None:
-    """Variable-width instructions: decoded whole, paired in order, the field shapes and
-    offsets of those whose text differs."""
+    """Variable-width instructions: paired in order as they are decoded, the field
+    shapes and offsets of those whose text differs (None at the first pair whose
+    mnemonics differ, or if the counts do)."""
     assert change.old is not None and change.new is not None
-    old_texts = old.arch.instruction_texts(old_code, change.old.rva)
-    new_texts = new.arch.instruction_texts(new_code, change.new.rva)
-    if not old_texts or len(old_texts) != len(new_texts):
-        return None
+    old_rva, new_rva = change.old.rva, change.new.rva
+    differing = []
+    paired = 0
+    for old_item, new_item in itertools.zip_longest(
+        _texts_in_steps(old, old_code, old_rva), _texts_in_steps(new, new_code, new_rva)
+    ):
+        if old_item is None or new_item is None:
+            return None
+        paired += 1
+        if old_item[2] == new_item[2]:
+            continue
+        if old_item[2].split(" ", 1)[0] != new_item[2].split(" ", 1)[0]:
+            return None
+        differing.append((old_item, new_item))
+    if not paired:
+        return None  # not one instruction
     a: _Fields = []
     b: _Fields = []
     # Only the instructions whose text differs are decoded in detail.
-    for (old_at, old_size, old_text), (new_at, new_size, new_text) in zip(
-        old_texts, new_texts, strict=True
-    ):
-        if old_text == new_text:
-            continue
-        if old_text.split(" ", 1)[0] != new_text.split(" ", 1)[0]:
-            return None
-        a += old.arch.field_offsets(old_code[old_at : old_at + old_size], change.old.rva + old_at)
-        b += new.arch.field_offsets(new_code[new_at : new_at + new_size], change.new.rva + new_at)
+    for (old_at, old_size, _), (new_at, new_size, _) in differing:
+        a += old.arch.field_offsets(old_code[old_at : old_at + old_size], old_rva + old_at)
+        b += new.arch.field_offsets(new_code[new_at : new_at + new_size], new_rva + new_at)
     return a, b
 
 
