@@ -28,9 +28,9 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from rich.console import Console
 
-# The package builder, the codec, the output files and the tables are imported where
-# they are used: a plain ``diff --json`` of an update that cannot be packaged, the
-# common case, loads none of them.
+# The package builder, its codec, the writing of output files and the tables are
+# imported where they are used: a plain ``diff --json`` of an update that cannot be
+# packaged, the common case, loads none of the builder, the codec or the tables.
 
 
 @click.command()
