@@ -10,12 +10,15 @@ Unicorn is imported here only, so the rest of hpatch loads without it.
 
 from __future__ import annotations
 
+import ctypes
+import struct
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 import unicorn
+import unicorn.unicorn_py3.unicorn as _binding
 from unicorn import arm64_const, x86_const
 
 from hpatch.arch import Machine
@@ -160,6 +163,50 @@ def _uc_protection(protection: Protection) -> int:
     return value
 
 
+#: Unicorn's C library, as its binding loaded it.
+_LIB: Any = _binding.uclib
+#: A UC_HOOK_CODE callback: (engine, address, instruction size, user data).
+_CODE_HOOK = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p
+)
+
+
+def _check(status: int) -> None:
+    if status != unicorn.UC_ERR_OK:
+        raise unicorn.UcError(status)
+
+
+class _Registers:
+    """A fixed list of 64-bit registers of one engine, read or written together in one
+    call of Unicorn's C API. The binding's reg_read and reg_write pick a ctypes type for
+    the register in Python on every call (several microseconds each, more for a batch):
+    over the few registers a call touches, that was a large part of an emulated call's
+    cost. The arrays are made once; every status is checked."""
+
+    def __init__(self, uc: unicorn.Uc, registers: Sequence[int]) -> None:
+        count = len(registers)
+        self._handle = uc._uch  # the engine handle the C API takes
+        self._ids = (ctypes.c_int * count)(*registers)
+        self._values = (ctypes.c_uint64 * count)()
+        base = ctypes.addressof(self._values)
+        self._pointers = (ctypes.c_void_p * count)(*(base + 8 * i for i in range(count)))
+        self._count = count
+
+    def read(self) -> list[int]:
+        _check(_LIB.uc_reg_read_batch(self._handle, self._ids, self._pointers, self._count))
+        return self._values[:]
+
+    def write(self, values: Sequence[int]) -> None:
+        """Write one value per register (each masked to 64 bits)."""
+        self._values[:] = list(values)
+        _check(_LIB.uc_reg_write_batch(self._handle, self._ids, self._pointers, self._count))
+
+    def write_first(self, value: int) -> None:
+        """Write ``value`` (masked to 64 bits) to the first register alone."""
+        self._values[0] = value
+        _check(_LIB.uc_reg_write(self._handle, self._ids[0], self._pointers[0]))
+
+
 class ThreadState(Enum):
     IDLE = "idle"  # no call in progress
     STOPPED = "stopped"  # inside a call, stopped at an instruction boundary
@@ -175,7 +222,7 @@ class Thread:
     stack: Region
     teb: Region
     state: ThreadState = ThreadState.IDLE
-    context: object | None = None
+    context: Any = None  # a unicorn context, once the thread was switched away from
     result: int | None = None
     fault: EmulationFault | None = None
     entry_va: int = 0
@@ -220,6 +267,8 @@ class Cpu:
         self.uc = unicorn.Uc(*self.convention.engine)
         self.threads: list[Thread] = []
         self.host_stubs: dict[int, tuple[str, HostCall]] = {}
+        #: The callbacks handed to Unicorn directly, kept alive as long as the engine.
+        self._callbacks: list[Any] = []
         #: Where calls a host function makes return to (a ``ret`` in a watched region;
         #: see ``set_continuation``).
         self.continuation_va: int | None = None
@@ -227,6 +276,24 @@ class Cpu:
         self._fault: EmulationFault | None = None
         self._current: Thread | None = None
         self._clean_context: Any = None  # a unicorn context, see start()
+        #: The thread whose registers the engine holds now: its saved context is written
+        #: only when another thread needs the engine (``_switch_to``).
+        self._live: Thread | None = None
+        #: A thread started and not run since: its pc is its entry.
+        self._fresh: Thread | None = None
+        convention = self.convention
+        entry = [*convention.arguments, convention.sp, convention.pc]
+        if convention.link is not None:
+            entry.append(convention.link)
+        entry.append(convention.teb_register)
+        #: What ``start`` writes: the register arguments, sp, pc, the link register (on
+        #: ARM64) and the TEB register.
+        self._entry = _Registers(self.uc, entry)
+        self._arguments = _Registers(self.uc, [*convention.arguments, convention.sp])
+        self._ending = _Registers(self.uc, [convention.pc, convention.result])
+        self._pc = _Registers(self.uc, [convention.pc])
+        self._result = _Registers(self.uc, [convention.result])
+        self._named = _Registers(self.uc, list(convention.names.values()))
         self.describe: Callable[[int], str] = lambda va: f"0x{va:x}"
         for region in space.regions:
             self.region_mapped(region)
@@ -273,7 +340,23 @@ class Cpu:
     # host stubs -------------------------------------------------------------------
     def watch_stubs(self, region: Region) -> None:
         """Host stubs live in ``region``: hook execution there (and only there)."""
-        self.uc.hook_add(unicorn.UC_HOOK_CODE, self._on_code, None, region.va, region.end - 1)
+        # Registered through the C API: the binding's wrappers around a callback cost
+        # two more Python calls on every import a run makes. _on_code catches whatever
+        # it raises, as those wrappers would.
+        callback = _CODE_HOOK(self._on_code)
+        handle = ctypes.c_size_t()
+        _check(
+            _LIB.uc_hook_add(
+                self.uc._uch,
+                ctypes.byref(handle),
+                unicorn.UC_HOOK_CODE,
+                ctypes.cast(callback, ctypes.c_void_p),
+                None,
+                ctypes.c_uint64(region.va),
+                ctypes.c_uint64(region.end - 1),
+            )
+        )
+        self._callbacks.append(callback)
 
     def add_host_stub(self, va: int, name: str, call: HostCall) -> None:
         """Run ``call`` whenever execution reaches ``va`` (in a watched region; the stub's
@@ -285,7 +368,8 @@ class Cpu:
         for this (its host function resumes whoever made the call)."""
         self.continuation_va = va
 
-    def _on_code(self, uc: unicorn.Uc, address: int, size: int, user: object) -> None:
+    def _on_code(self, engine: int, address: int, size: int, user: int | None) -> None:
+        uc = self.uc
         try:
             if address == self.continuation_va and self._current is not None:
                 frames = self._current.host_frames
@@ -297,14 +381,14 @@ class Cpu:
                 return
             _name, call = stub
             result = call(self, self.arguments(8))
-            if isinstance(result, Generator):
+            if not isinstance(result, int) and isinstance(result, Generator):
                 sp = self.uc.reg_read(self.convention.sp)
                 frame = HostFrame(result, sp, self._return_address(sp))
                 assert self._current is not None
                 self._current.host_frames.append(frame)
                 self._advance(frame, None)
                 return
-            uc.reg_write(self.convention.result, result & _MASK64)
+            self._result.write_first(result & _MASK64)
         except BaseException as error:  # re-raised once emu_start returns
             self._pending = error
             uc.emu_stop()
@@ -356,15 +440,30 @@ class Cpu:
     def arguments(self, count: int) -> tuple[int, ...]:
         """The first ``count`` integer arguments of the call being entered."""
         convention = self.convention
-        values = [self.uc.reg_read(r) for r in convention.arguments[:count]]
-        sp = self.uc.reg_read(convention.sp)
-        for index in range(len(values), count):
-            slot = sp + convention.stack_arguments_at + 8 * (index - len(convention.arguments))
+        *values, sp = self._arguments.read()
+        del values[count:]
+        extra = count - len(values)
+        if extra > 0:
+            first = sp + convention.stack_arguments_at
+            current = self._current
+            if current is not None and current.stack.va <= first <= current.stack.end - 8 * extra:
+                # The common case, read straight from the thread's stack.
+                values += struct.unpack_from(
+                    f"<{extra}Q", current.stack.view, first - current.stack.va
+                )
+                return tuple(values)
             try:
-                values.append(self.space.read_u64(slot))
-            except EmulationFault:
-                values.append(0)
+                stack = self.space.read(first, 8 * extra)
+            except EmulationFault:  # slot by slot: those outside mapped memory read as 0
+                stack = b"".join(self._stack_slot(first + 8 * index) for index in range(extra))
+            values += struct.unpack(f"<{extra}Q", stack)
         return tuple(values)
+
+    def _stack_slot(self, va: int) -> bytes:
+        try:
+            return self.space.read(va, 8)
+        except EmulationFault:
+            return bytes(8)
 
     def float_arguments(self, count: int) -> tuple[int, ...]:
         """The first ``count`` floating-point arguments of a function that takes only
@@ -388,14 +487,14 @@ class Cpu:
             unicorn.UC_MEM_WRITE_PROT: "write",
             unicorn.UC_MEM_FETCH_PROT: "execute",
         }.get(access, "access")
-        pc = address if kind == "execute" else uc.reg_read(self.convention.pc)
+        pc = address if kind == "execute" else self._pc.read()[0]
         self._fault = self._make_fault(
             f"{kind} of {size} bytes at 0x{address:x}", address, kind, pc
         )
         return False
 
     def _on_interrupt(self, uc: unicorn.Uc, number: int, user: object) -> None:
-        pc = self.convention.trap_pc(number, uc.reg_read(self.convention.pc), self.space.read)
+        pc = self.convention.trap_pc(number, self._pc.read()[0], self.space.read)
         self._fault = self._make_fault(f"processor exception {number}", pc, "execute", pc)
         uc.emu_stop()
 
@@ -426,9 +525,10 @@ class Cpu:
         if thread.state == ThreadState.STOPPED:
             raise HPatchError(f"thread {thread.id} is inside a call already")
         convention = self.convention
-        registers = {r: 0 for r in convention.names.values()}
-        in_registers = list(arguments[: len(convention.arguments)])
-        on_stack = [a & _MASK64 for a in arguments[len(convention.arguments) :]]
+        count = len(convention.arguments)
+        in_registers = [a & _MASK64 for a in arguments[:count]]
+        in_registers += [0] * (count - len(in_registers))
+        on_stack = [a & _MASK64 for a in arguments[count:]]
         sp = thread.stack_top - 0x100
         sp -= 8 * len(on_stack) + convention.stack_arguments_at
         sp &= ~0xF
@@ -438,36 +538,45 @@ class Cpu:
             slot = sp + convention.stack_arguments_at + 8 * index
             offset = slot - thread.stack.va
             thread.stack.view[offset : offset + 8] = value.to_bytes(8, "little")
+        values = [*in_registers, sp, entry_va & _MASK64]
         if convention.link is None:
             offset = sp - thread.stack.va
             thread.stack.view[offset : offset + 8] = self.return_va.to_bytes(8, "little")
         else:
-            registers[convention.link] = self.return_va
-        for register, value in zip(convention.arguments, in_registers, strict=False):
-            registers[register] = value & _MASK64
-        registers[convention.sp] = sp
-        registers[convention.pc] = entry_va
+            values.append(self.return_va)
+        values.append(thread.teb.va)
         self._switch_to(None)
         if self._clean_context is None:
             # Every call starts from one CPU state: the convention's registers zero, the
-            # rest as the first call found them. Restored whole, then the few registers
-            # that hold something are written in one batch.
-            for register in registers:
+            # rest as the first call found them. Restored whole, then the arguments, sp,
+            # pc, link and TEB registers are written in one batch.
+            for register in convention.names.values():
                 self.uc.reg_write(register, 0)
             self._clean_context = self.uc.context_save()
         self.uc.context_restore(self._clean_context)
-        writes = [(register, value) for register, value in registers.items() if value]
-        writes.append((convention.teb_register, thread.teb.va))
-        self.uc.reg_write_batch(writes)  # type: ignore[attr-defined]  # unicorn 2.1 has it
-        thread.context = self.uc.context_save()
+        self._entry.write(values)
+        # The engine holds the thread's registers now; they are saved only if another
+        # thread takes the engine before the call is finished.
+        self._live = self._fresh = thread
         thread.state = ThreadState.STOPPED
         thread.result = None
         thread.fault = None
         thread.entry_va = entry_va
 
     def _switch_to(self, thread: Thread | None) -> None:
-        if thread is not None and thread.context is not None:
-            self.uc.context_restore(thread.context)
+        """Give the engine to ``thread`` (None: to nobody, as ``start`` needs it): the
+        registers of the thread holding it are saved first, and ``thread``'s restored."""
+        live = self._live
+        if live is not thread:
+            if live is not None:
+                if live.context is None:
+                    live.context = self.uc.context_save()
+                else:
+                    self.uc.context_update(live.context)
+                self._live = None
+            if thread is not None and thread.context is not None:
+                self.uc.context_restore(thread.context)
+                self._live = thread
         self._current = thread
 
     def run(self, thread: Thread, steps: int | None = None) -> ThreadState:
@@ -480,7 +589,11 @@ class Cpu:
             raise HPatchError(f"thread {thread.id} has no call in progress")
         self._switch_to(thread)
         budget = DEFAULT_STEP_LIMIT if steps is None else steps
-        pc = self.pc()
+        if self._fresh is thread:
+            pc = thread.entry_va & _MASK64
+            self._fresh = None
+        else:
+            (pc,) = self._pc.read()
         self._pending = None
         self._fault = None
         error: unicorn.UcError | None = None
@@ -489,7 +602,8 @@ class Cpu:
                 self.uc.emu_start(pc, self.return_va, count=budget)
             except unicorn.UcError as raised:
                 error = raised
-        thread.context = self.uc.context_save()
+        self._live = thread
+        pc, result = self._ending.read()
         if self._pending is not None:
             pending, self._pending = self._pending, None
             what = (
@@ -498,7 +612,7 @@ class Cpu:
                 else f"a host function raised {type(pending).__name__}: {pending}"
             )
             # The call cannot go on either way: the thread must not stay inside it.
-            self._faulted(thread, self._make_fault(what, self.pc(), "execute", self.pc()))
+            self._faulted(thread, self._make_fault(what, pc, "execute", pc))
             if not isinstance(pending, HPatchError):
                 raise pending
             return thread.state
@@ -507,18 +621,16 @@ class Cpu:
         if error is not None:
             return self._faulted(
                 thread,
-                self._make_fault(f"emulation stopped: {error}", self.pc(), "execute", self.pc()),
+                self._make_fault(f"emulation stopped: {error}", pc, "execute", pc),
             )
-        if self.pc() == self.return_va:
+        if pc == self.return_va:
             thread.state = ThreadState.RETURNED
-            thread.result = self.uc.reg_read(self.convention.result)
+            thread.result = result
             return thread.state
         if steps is None:
             return self._faulted(
                 thread,
-                self._make_fault(
-                    f"still running after {budget} instructions", self.pc(), "execute", self.pc()
-                ),
+                self._make_fault(f"still running after {budget} instructions", pc, "execute", pc),
             )
         return thread.state
 
@@ -528,7 +640,7 @@ class Cpu:
         return thread.state
 
     def pc(self) -> int:
-        return self.uc.reg_read(self.convention.pc)
+        return self._pc.read()[0]
 
     @property
     def current_thread(self) -> Thread | None:
@@ -538,7 +650,7 @@ class Cpu:
     def registers(self, thread: Thread) -> dict[str, int]:
         """The thread's saved registers by lower-case name (pc and sp always present)."""
         self._switch_to(thread)
-        values = {name: self.uc.reg_read(r) for name, r in self.convention.names.items()}
+        values = dict(zip(self.convention.names, self._named.read(), strict=True))
         for alias, name in self.convention.aliases:
             values[alias] = values[name]
         return values
@@ -546,11 +658,16 @@ class Cpu:
     def set_register(self, thread: Thread, name: str, value: int) -> None:
         self._switch_to(thread)
         self.uc.reg_write(self.convention.names[name], value & _MASK64)
-        thread.context = self.uc.context_save()
+        self._live = thread
+        self._fresh = None
 
     def finish(self, thread: Thread) -> None:
         """Forget the thread's call (after it returned or faulted)."""
         thread.state = ThreadState.IDLE
         thread.context = None
+        if self._live is thread:
+            self._live = None
+        if self._fresh is thread:
+            self._fresh = None
         while thread.host_frames:
             thread.host_frames.pop().calls.close()
