@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from hpatch.diff.correlate import Correlator
 from hpatch.emu import Process
 from hpatch.emu.cpu import ThreadState
-from hpatch.emu.memory import Protection
+from hpatch.emu.memory import PAGE_SIZE, Protection, page_floor
 from hpatch.emu.process import ImportKey
 from hpatch.errors import EmulationFault, HPatchError
 from hpatch.package import new_data
@@ -156,13 +156,31 @@ class DifferentialRunner:
         self.counterparts = counterparts
         self.inputs = inputs
         self.log: dict[str, list[tuple[str, tuple[int, ...]]]] = {"patched": [], "new": []}
-        self._stub_random: dict[str, random.Random] = {}
-        self._heap_next: dict[str, int] = {}
-        for process in (session.patched, session.new):
-            for index in range(_SCRATCH_COUNT):
-                va = _scratch_va(index)
-                process.space.map(va, _SCRATCH_SIZE, Protection.RW, f"scratch {index}")
-            process.space.map(_HEAP_VA, _HEAP_SIZE, Protection.RW, "stub heap")
+        #: The answers of the import stubs to this input set's calls, in call order: the
+        #: n-th call on either side gets the n-th (see ``on_import``).
+        self._answers: list[int] = []
+        self._answer_seed: str | None = None  # None: no input set, every call gets 0
+        self._answer_random: random.Random | None = None
+        self._answer_heap_next = _HEAP_VA
+        self._import_calls = {"patched": 0, "new": 0}
+        #: Per side, the bytes each call starts from, as (the memory's view, its
+        #: contents): the scratch buffers (the input set's), then the stub heap and the
+        #: top of the stack (zero), then the writable areas (their initial bytes).
+        self._scratch_views: dict[str, list[memoryview]] = {}
+        self._zeroed_views: dict[str, list[tuple[memoryview, bytes]]] = {}
+        for side, process in (("patched", session.patched), ("new", session.new)):
+            scratch = [
+                process.space.map(_scratch_va(i), _SCRATCH_SIZE, Protection.RW, f"scratch {i}")
+                for i in range(_SCRATCH_COUNT)
+            ]
+            heap = process.space.map(_HEAP_VA, _HEAP_SIZE, Protection.RW, "stub heap")
+            stack = process.main_thread.stack
+            used = min(_STACK_CLEARED, stack.size)
+            self._scratch_views[side] = [region.view for region in scratch]
+            self._zeroed_views[side] = [
+                (heap.view, _HEAP_ZEROS),
+                (stack.view[stack.size - used :], _STACK_ZEROS[:used]),
+            ]
         #: The globals of both sides, as (name, offset in it, patched VA, new VA, and the
         #: initial bytes of each side): the old image's where the new build has them too,
         #: and the new globals the package carries.
@@ -186,6 +204,25 @@ class DifferentialRunner:
             for _, _, patched_va, _, before, _ in self._globals
             if session.in_region(patched_va)
         ]
+        self._initial_views = {
+            side: [self._view(side, va, data) for va, data in areas]
+            for side, areas in self._initial.items()
+        }
+        #: Areas with an executable page (none under W^X, where a run writes only data):
+        #: put back through the address space, which drops the code translated there.
+        self._initial_code = {
+            side: [
+                (va, data)
+                for va, data in areas
+                if any(
+                    process.space.is_executable(page)
+                    for page in range(page_floor(va), va + len(data), PAGE_SIZE)
+                )
+            ]
+            for (side, areas), process in zip(
+                self._initial.items(), (session.patched, session.new), strict=True
+            )
+        }
         #: The globals by the initial areas holding them on each side (None when none
         #: does): a call that left both areas as they began wrote none of them, so
         #: comparing areas once per call stands for comparing hundreds of globals.
@@ -196,6 +233,23 @@ class DifferentialRunner:
                 self._area_of("new", new_va, len(before)),
             )
             self._by_areas.setdefault(areas, []).append(index)
+        #: The globals compared after every call: those outside every initial area.
+        self._always_checked = sorted(
+            index
+            for (patched_area, new_area), indices in self._by_areas.items()
+            if patched_area is None or new_area is None
+            for index in indices
+        )
+        #: The memory compared whole after every call, named, as both sides' views.
+        self._compared: list[tuple[str, memoryview, memoryview]] = [
+            (f"scratch buffer {i}", patched, new)
+            for i, (patched, new) in enumerate(
+                zip(self._scratch_views["patched"], self._scratch_views["new"], strict=True)
+            )
+        ]
+        self._compared.append(
+            ("the stub heap", self._zeroed_views["patched"][0][0], self._zeroed_views["new"][0][0])
+        )
 
     def _area_of(self, side: str, va: int, size: int) -> int | None:
         for index, (start, data) in enumerate(self._initial[side]):
@@ -203,13 +257,21 @@ class DifferentialRunner:
                 return index
         return None
 
+    def _view(self, side: str, va: int, data: bytes) -> tuple[memoryview, bytes]:
+        """The memory of ``side`` that ``data`` lies over at ``va``, and ``data``."""
+        process = self.session.patched if side == "patched" else self.session.new
+        region = process.space.region_at(va)
+        if region is None or va + len(data) > region.end:
+            raise HPatchError(f"0x{va:x}..0x{va + len(data):x} is not one mapped region")
+        offset = va - region.va
+        return region.view[offset : offset + len(data)], data
+
     def _written_areas(self, side: str) -> set[int]:
         """The initial areas of ``side`` whose bytes the call changed."""
-        space = self.session.patched.space if side == "patched" else self.session.new.space
         return {
             index
-            for index, (va, data) in enumerate(self._initial[side])
-            if space.read(va, len(data)) != data
+            for index, (view, data) in enumerate(self._initial_views[side])
+            if bytes(view) != data
         }
 
     def _both(self, patched_va: int, new_va: int, size: int) -> tuple[bytes, bytes]:
@@ -218,19 +280,37 @@ class DifferentialRunner:
 
     # --- import stubs --------------------------------------------------------------
     def on_import(self, side: str, key: ImportKey, arguments: tuple[int, ...]) -> int:
-        """Log the call; answer with the side's next value of this run's shared sequence."""
+        """Log the call; answer with the next value of this input set's sequence.
+
+        Both sides get the same sequence: the n-th import call of either side is
+        answered with its n-th value. The values are drawn once, when the first side
+        to get that far asks for them (the draws and the heap they hand out depend on
+        the earlier values only, never on the side)."""
         self.log[side].append((str(key), arguments[:_LOGGED_ARGUMENTS]))
-        rng = self._stub_random.get(side)
-        if rng is None:
+        index = self._import_calls[side]
+        self._import_calls[side] = index + 1
+        answers = self._answers
+        if index < len(answers):
+            return answers[index]
+        if self._answer_seed is None:
             return 0
+        answer = self._next_answer()
+        answers.append(answer)
+        return answer
+
+    def _next_answer(self) -> int:
+        rng = self._answer_random
+        if rng is None:
+            assert self._answer_seed is not None
+            rng = self._answer_random = random.Random(self._answer_seed)
         choice = rng.random()
         if choice < 0.4:
             return 0
         if choice < 0.6:
             return 1
-        if choice < 0.8 and self._heap_next[side] + _HEAP_CHUNK <= _HEAP_VA + _HEAP_SIZE:
-            va = self._heap_next[side]
-            self._heap_next[side] += _HEAP_CHUNK
+        if choice < 0.8 and self._answer_heap_next + _HEAP_CHUNK <= _HEAP_VA + _HEAP_SIZE:
+            va = self._answer_heap_next
+            self._answer_heap_next += _HEAP_CHUNK
             return va
         return rng.randrange(0, 64)
 
@@ -253,6 +333,10 @@ class DifferentialRunner:
             tried += 1
             seed = f"{function.new_rva:x}/{index}"
             inputs = _InputSet.draw(seed)
+            self._answers = []
+            self._answer_seed = f"{seed}/stubs"
+            self._answer_random = None  # seeded when the first import call is answered
+            self._answer_heap_next = _HEAP_VA
             patched = self._call("patched", session.patched, patched_entry, inputs)
             new = self._call("new", session.new, new_entry, inputs)
             if patched.kind == "stopped" or new.kind == "stopped":
@@ -295,27 +379,26 @@ class DifferentialRunner:
         return EmulationSummary(Outcome.PASSED, agreed, returned, tried)
 
     # --- running -------------------------------------------------------------------
-    def _prepare(self, side: str, process: Process, inputs: _InputSet) -> None:
-        """Reset the side's memory for the input set ``inputs``."""
-        for index, content in enumerate(inputs.scratch):
-            process.space.poke(_scratch_va(index), content)
-        process.space.poke(_HEAP_VA, _HEAP_ZEROS)
-        # A local the code reads before writing (an out-parameter a stub never fills)
-        # would otherwise hold what an earlier call left there, whose pointers differ
-        # between the sides.
-        stack = process.main_thread.stack
-        used = min(_STACK_CLEARED, stack.size)
-        process.space.poke(
-            stack.end - used, _STACK_ZEROS[:used] if used < _STACK_CLEARED else _STACK_ZEROS
-        )
-        for va, data in self._initial[side]:
-            process.space.poke(va, data)
+    def _prepare(self, side: str, inputs: _InputSet) -> None:
+        """Reset the side's memory for the input set ``inputs``: the scratch buffers,
+        the stub heap, the top of the stack (a local the code reads before writing, an
+        out-parameter a stub never fills, would otherwise hold what an earlier call left
+        there, whose pointers differ between the sides) and the writable areas."""
+        for view, content in zip(self._scratch_views[side], inputs.scratch, strict=True):
+            view[:] = content
+        for view, data in self._zeroed_views[side]:
+            view[:] = data
+        for view, data in self._initial_views[side]:
+            view[:] = data
+        if self._initial_code[side]:
+            space = self.session.patched.space if side == "patched" else self.session.new.space
+            for va, data in self._initial_code[side]:
+                space.poke(va, data)
         self.log[side] = []
-        self._stub_random[side] = random.Random(f"{inputs.seed}/stubs")
-        self._heap_next[side] = _HEAP_VA
+        self._import_calls[side] = 0
 
     def _call(self, side: str, process: Process, entry_va: int, inputs: _InputSet) -> _Run:
-        self._prepare(side, process, inputs)
+        self._prepare(side, inputs)
         thread = process.main_thread
         process.cpu.start(thread, entry_va, list(inputs.arguments))
         try:
@@ -352,6 +435,8 @@ class DifferentialRunner:
         region (which lies just past the old image): the two address spaces differ
         there by construction, so a run that strays there (an index past the end of a
         global array) says nothing about the package."""
+        if patched.fault is None and new.fault is None:
+            return False
         session = self.session
 
         def own(side: str, va: int) -> bool:
@@ -384,7 +469,11 @@ class DifferentialRunner:
 
     def _compare_log(self) -> str | None:
         patched, new = self.log["patched"], self.log["new"]
+        if patched == new:
+            return None  # the same imports with equal arguments, call by call
         for index, (left, right) in enumerate(zip(patched, new, strict=False)):
+            if left == right:
+                continue
             if left[0] != right[0]:
                 return f"import call {index} is {left[0]}, the new build calls {right[0]}"
             for position, (a, b) in enumerate(zip(left[1], right[1], strict=True)):
@@ -398,29 +487,29 @@ class DifferentialRunner:
         return None
 
     def _compare_memory(self) -> str | None:
-        session = self.session
-        areas = [
-            (f"scratch buffer {i}", _scratch_va(i), _SCRATCH_SIZE) for i in range(_SCRATCH_COUNT)
-        ]
-        areas.append(("the stub heap", _HEAP_VA, _HEAP_SIZE))
-        for name, va, size in areas:
-            patched, new = session.patched.space.read(va, size), session.new.space.read(va, size)
+        for name, patched_view, new_view in self._compared:
+            patched, new = bytes(patched_view), bytes(new_view)
             if patched == new:
                 continue
-            found = self._disagreement(patched, new, range(0, size, 8))
+            found = self._disagreement(patched, new, range(0, len(patched), 8))
             if found is not None:
                 at, a, b = found
                 return f"{name}: +0x{at:x} holds 0x{a:x}, the new build 0x{b:x}"
         written_patched, written_new = self._written_areas("patched"), self._written_areas("new")
-        checked = sorted(
-            index
-            for (patched_area, new_area), indices in self._by_areas.items()
-            if patched_area is None
-            or new_area is None
-            or patched_area in written_patched
-            or new_area in written_new
-            for index in indices
-        )  # globals of areas both as they began are as they began, and are not read
+        # Globals of areas both as they began are as they began, and are not read.
+        checked = (
+            sorted(
+                index
+                for (patched_area, new_area), indices in self._by_areas.items()
+                if patched_area is None
+                or new_area is None
+                or patched_area in written_patched
+                or new_area in written_new
+                for index in indices
+            )
+            if written_patched or written_new
+            else self._always_checked
+        )
         for index in checked:
             name, base, patched_va, new_va, patched_before, new_before = self._globals[index]
             size = len(patched_before)
