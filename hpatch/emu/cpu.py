@@ -165,10 +165,24 @@ def _uc_protection(protection: Protection) -> int:
 
 #: Unicorn's C library, as its binding loaded it.
 _LIB: Any = _binding.uclib
-#: A UC_HOOK_CODE callback: (engine, address, instruction size, user data).
+#: Unicorn's callbacks, as its C API declares them. A UC_HOOK_CODE callback: (engine,
+#: address, instruction size, user data).
 _CODE_HOOK = ctypes.CFUNCTYPE(
     None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p
 )
+#: UC_HOOK_MEM_*_UNMAPPED and _PROT: (engine, access, address, size, value, user data),
+#: true to go on.
+_INVALID_ACCESS_HOOK = ctypes.CFUNCTYPE(
+    ctypes.c_bool,
+    ctypes.c_void_p,
+    ctypes.c_int,
+    ctypes.c_uint64,
+    ctypes.c_int,
+    ctypes.c_int64,
+    ctypes.c_void_p,
+)
+#: UC_HOOK_INTR: (engine, interrupt number, user data).
+_INTERRUPT_HOOK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
 
 
 def _check(status: int) -> None:
@@ -205,6 +219,17 @@ class _Registers:
         """Write ``value`` (masked to 64 bits) to the first register alone."""
         self._values[0] = value
         _check(_LIB.uc_reg_write(self._handle, self._ids[0], self._pointers[0]))
+
+
+#: What a Unicorn invalid-access hook's access type was.
+_ACCESS_KINDS = {
+    unicorn.UC_MEM_READ_UNMAPPED: "read",
+    unicorn.UC_MEM_WRITE_UNMAPPED: "write",
+    unicorn.UC_MEM_FETCH_UNMAPPED: "execute",
+    unicorn.UC_MEM_READ_PROT: "read",
+    unicorn.UC_MEM_WRITE_PROT: "write",
+    unicorn.UC_MEM_FETCH_PROT: "execute",
+}
 
 
 class ThreadState(Enum):
@@ -265,6 +290,7 @@ class Cpu:
         self.space = space
         self.convention = _CONVENTIONS[machine]()
         self.uc = unicorn.Uc(*self.convention.engine)
+        self._handle = self.uc._uch  # the engine handle Unicorn's C API takes
         self.threads: list[Thread] = []
         self.host_stubs: dict[int, tuple[str, HostCall]] = {}
         #: The callbacks handed to Unicorn directly, kept alive as long as the engine.
@@ -298,10 +324,15 @@ class Cpu:
         for region in space.regions:
             self.region_mapped(region)
         space.observers.append(self)
-        self.uc.hook_add(
-            unicorn.UC_HOOK_MEM_UNMAPPED | unicorn.UC_HOOK_MEM_PROT, self._on_invalid_access
+        # Every hook is registered through the C API: the binding's wrappers around a
+        # callback cost two more Python calls each time it runs (every import a run
+        # makes, every fault), and it reports a failed run by raising. The callbacks
+        # catch whatever they raise, as those wrappers would, and leave it for run().
+        self._add_hook(
+            unicorn.UC_HOOK_MEM_UNMAPPED | unicorn.UC_HOOK_MEM_PROT,
+            _INVALID_ACCESS_HOOK(self._on_invalid_access),
         )
-        self.uc.hook_add(unicorn.UC_HOOK_INTR, self._on_interrupt)
+        self._add_hook(unicorn.UC_HOOK_INTR, _INTERRUPT_HOOK(self._on_interrupt))
         # The page where calls return to: never mapped executable, so a return lands
         # nowhere but stops the run at ``until``.
         sentinel = space.allocate(PAGE_SIZE, Protection.R, "return trap")
@@ -340,23 +371,24 @@ class Cpu:
     # host stubs -------------------------------------------------------------------
     def watch_stubs(self, region: Region) -> None:
         """Host stubs live in ``region``: hook execution there (and only there)."""
-        # Registered through the C API: the binding's wrappers around a callback cost
-        # two more Python calls on every import a run makes. _on_code catches whatever
-        # it raises, as those wrappers would.
-        callback = _CODE_HOOK(self._on_code)
+        self._add_hook(unicorn.UC_HOOK_CODE, _CODE_HOOK(self._on_code), region.va, region.end - 1)
+
+    def _add_hook(self, kind: int, callback: Any, begin: int = 1, end: int = 0) -> None:
+        """Have Unicorn call ``callback`` (one of the ``_*_HOOK`` types) for ``kind``
+        between ``begin`` and ``end`` (everywhere by default)."""
         handle = ctypes.c_size_t()
         _check(
             _LIB.uc_hook_add(
-                self.uc._uch,
+                self._handle,
                 ctypes.byref(handle),
-                unicorn.UC_HOOK_CODE,
+                kind,
                 ctypes.cast(callback, ctypes.c_void_p),
                 None,
-                ctypes.c_uint64(region.va),
-                ctypes.c_uint64(region.end - 1),
+                ctypes.c_uint64(begin),
+                ctypes.c_uint64(end),
             )
         )
-        self._callbacks.append(callback)
+        self._callbacks.append(callback)  # Unicorn holds only its address
 
     def add_host_stub(self, va: int, name: str, call: HostCall) -> None:
         """Run ``call`` whenever execution reaches ``va`` (in a watched region; the stub's
@@ -477,26 +509,25 @@ class Cpu:
 
     # faults -----------------------------------------------------------------------
     def _on_invalid_access(
-        self, uc: unicorn.Uc, access: int, address: int, size: int, value: int, user: object
+        self, engine: int, access: int, address: int, size: int, value: int, user: int | None
     ) -> bool:
-        kind = {
-            unicorn.UC_MEM_READ_UNMAPPED: "read",
-            unicorn.UC_MEM_WRITE_UNMAPPED: "write",
-            unicorn.UC_MEM_FETCH_UNMAPPED: "execute",
-            unicorn.UC_MEM_READ_PROT: "read",
-            unicorn.UC_MEM_WRITE_PROT: "write",
-            unicorn.UC_MEM_FETCH_PROT: "execute",
-        }.get(access, "access")
-        pc = address if kind == "execute" else self._pc.read()[0]
-        self._fault = self._make_fault(
-            f"{kind} of {size} bytes at 0x{address:x}", address, kind, pc
-        )
+        try:
+            kind = _ACCESS_KINDS.get(access, "access")
+            pc = address if kind == "execute" else self._pc.read()[0]
+            self._fault = self._make_fault(
+                f"{kind} of {size} bytes at 0x{address:x}", address, kind, pc
+            )
+        except BaseException as error:  # re-raised once emu_start returns
+            self._pending = error
         return False
 
-    def _on_interrupt(self, uc: unicorn.Uc, number: int, user: object) -> None:
-        pc = self.convention.trap_pc(number, self._pc.read()[0], self.space.read)
-        self._fault = self._make_fault(f"processor exception {number}", pc, "execute", pc)
-        uc.emu_stop()
+    def _on_interrupt(self, engine: int, number: int, user: int | None) -> None:
+        try:
+            pc = self.convention.trap_pc(number, self._pc.read()[0], self.space.read)
+            self._fault = self._make_fault(f"processor exception {number}", pc, "execute", pc)
+        except BaseException as error:  # re-raised once emu_start returns
+            self._pending = error
+        self.uc.emu_stop()
 
     def _make_fault(self, what: str, address: int, access: str, pc: int) -> EmulationFault:
         where = self.describe(pc)
@@ -553,7 +584,7 @@ class Cpu:
             for register in convention.names.values():
                 self.uc.reg_write(register, 0)
             self._clean_context = self.uc.context_save()
-        self.uc.context_restore(self._clean_context)
+        _check(_LIB.uc_context_restore(self._handle, self._clean_context.context))
         self._entry.write(values)
         # The engine holds the thread's registers now; they are saved only if another
         # thread takes the engine before the call is finished.
@@ -596,12 +627,9 @@ class Cpu:
             (pc,) = self._pc.read()
         self._pending = None
         self._fault = None
-        error: unicorn.UcError | None = None
+        status = unicorn.UC_ERR_OK
         if pc != self.return_va and budget > 0:
-            try:
-                self.uc.emu_start(pc, self.return_va, count=budget)
-            except unicorn.UcError as raised:
-                error = raised
+            status = _LIB.uc_emu_start(self._handle, pc, self.return_va, 0, budget)
         self._live = thread
         pc, result = self._ending.read()
         if self._pending is not None:
@@ -618,7 +646,8 @@ class Cpu:
             return thread.state
         if self._fault is not None:
             return self._faulted(thread, self._fault)
-        if error is not None:
+        if status != unicorn.UC_ERR_OK:
+            error = unicorn.UcError(status)
             return self._faulted(
                 thread,
                 self._make_fault(f"emulation stopped: {error}", pc, "execute", pc),

@@ -25,6 +25,8 @@ _STUB_REGION_SIZE = 0x10000
 _MAX_FORWARDS = 8
 _DLL_PROCESS_ATTACH = 1
 _MAX_ARGUMENT_BUFFER = 1 << 24
+#: Addresses whose descriptions are kept at most.
+_DESCRIBED = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,9 @@ class Process:
         self._loading: list[Path] = []
         self._directories: dict[Module, Path | None] = {}
         self._named: dict[Module, list[tuple[int, str]]] = {}  # describe()'s names, sorted
+        #: describe()'s answers for addresses in modules, until the modules change: the
+        #: calls of a function that fault mostly fault at the same few instructions.
+        self._described: dict[int, str] = {}
         self._depth = 0
 
     # imports ----------------------------------------------------------------------
@@ -194,6 +199,7 @@ class Process:
         """Take a module out of the process (its pages, unwind table and name), without
         calling its entry point: what undoing a load that nothing has used yet needs."""
         self.modules.remove(module)
+        self._described.clear()
         self._directories.pop(module, None)
         self.function_tables.remove(module)
         self.tls.remove(module)
@@ -258,6 +264,7 @@ class Process:
             if path is not None:
                 self._loading.remove(path)
         self.modules.append(module)
+        self._described.clear()
         self._directories[module] = directory
         self._register_pdata(module)
         if self.main_module is None and top_level:
@@ -349,6 +356,9 @@ class Process:
 
     def describe(self, va: int) -> str:
         """``module!symbol+0xoffset`` for an address, as far as names are known."""
+        described = self._described.get(va)
+        if described is not None:
+            return described
         module = self.module_at(va)
         if module is None:
             region = self.space.region_at(va)
@@ -364,8 +374,13 @@ class Process:
         index = bisect.bisect_right(named, (rva, "\U0010ffff")) - 1
         if index >= 0 and rva - named[index][0] < 0x10000:
             start, symbol = named[index]
-            return f"{module.name}!{symbol}+0x{rva - start:x}"
-        return f"{module.name}+0x{rva:x}"
+            described = f"{module.name}!{symbol}+0x{rva - start:x}"
+        else:
+            described = f"{module.name}+0x{rva:x}"
+        if len(self._described) >= _DESCRIBED:
+            self._described.clear()
+        self._described[va] = described
+        return described
 
     # memory for calls ---------------------------------------------------------------
     def buffer(self, content: bytes | int, name: str = "buffer") -> int:
