@@ -227,12 +227,29 @@ class DifferentialRunner:
         #: does): a call that left both areas as they began wrote none of them, so
         #: comparing areas once per call stands for comparing hundreds of globals.
         self._by_areas: dict[tuple[int | None, int | None], list[int]] = {}
+        #: Per global: the initial area holding it on each side, and its offset there.
+        self._places: list[tuple[int | None, int, int | None, int]] = []
         for index, (_, _, patched_va, new_va, before, _) in enumerate(self._globals):
             areas = (
                 self._area_of("patched", patched_va, len(before)),
                 self._area_of("new", new_va, len(before)),
             )
             self._by_areas.setdefault(areas, []).append(index)
+            self._places.append(
+                (
+                    areas[0],
+                    patched_va - self._initial["patched"][areas[0]][0]
+                    if areas[0] is not None
+                    else 0,
+                    areas[1],
+                    new_va - self._initial["new"][areas[1]][0] if areas[1] is not None else 0,
+                )
+            )
+        #: Per side, the initial areas the last call left as they began (compared after
+        #: it), which the next call need not put back; empty when not compared.
+        self._unchanged: dict[str, list[int]] = {"patched": [], "new": []}
+        #: Whether both stub heaps were found all zero after the last calls (compared).
+        self._heap_clean = False
         #: The globals compared after every call: those outside every initial area.
         self._always_checked = sorted(
             index
@@ -266,17 +283,21 @@ class DifferentialRunner:
         offset = va - region.va
         return region.view[offset : offset + len(data)], data
 
-    def _written_areas(self, side: str) -> set[int]:
-        """The initial areas of ``side`` whose bytes the call changed."""
-        return {
-            index
-            for index, (view, data) in enumerate(self._initial_views[side])
-            if bytes(view) != data
-        }
+    def _written_areas(self, side: str) -> dict[int, bytes]:
+        """The initial areas of ``side`` whose bytes the call changed, and their bytes."""
+        written = {}
+        for index, (view, data) in enumerate(self._initial_views[side]):
+            after = bytes(view)
+            if after != data:
+                written[index] = after
+        return written
+
+    def _read(self, side: str, va: int, size: int) -> bytes:
+        process = self.session.patched if side == "patched" else self.session.new
+        return process.space.read(va, size)
 
     def _both(self, patched_va: int, new_va: int, size: int) -> tuple[bytes, bytes]:
-        session = self.session
-        return session.patched.space.read(patched_va, size), session.new.space.read(new_va, size)
+        return self._read("patched", patched_va, size), self._read("new", new_va, size)
 
     # --- import stubs --------------------------------------------------------------
     def on_import(self, side: str, key: ImportKey, arguments: tuple[int, ...]) -> int:
@@ -325,6 +346,8 @@ class DifferentialRunner:
             patched_entry = copy
         new_entry = session.new_base + function.new_rva
         agreed = returned = tried = 0
+        self._unchanged = {"patched": [], "new": []}  # the first call puts back every area
+        self._heap_clean = False
         skipped: Counter[str] = Counter()
         first_fault = ""
         for index in range(self.inputs * _TRIES_PER_INPUT):
@@ -386,10 +409,16 @@ class DifferentialRunner:
         there, whose pointers differ between the sides) and the writable areas."""
         for view, content in zip(self._scratch_views[side], inputs.scratch, strict=True):
             view[:] = content
-        for view, data in self._zeroed_views[side]:
-            view[:] = data
-        for view, data in self._initial_views[side]:
-            view[:] = data
+        heap_clean, self._heap_clean = self._heap_clean, False
+        for index, (view, data) in enumerate(self._zeroed_views[side]):
+            if index or not heap_clean:
+                view[:] = data
+        if side == "patched":
+            self._heap_clean = heap_clean  # for the other side's call
+        unchanged, self._unchanged[side] = self._unchanged[side], []
+        for index, (view, data) in enumerate(self._initial_views[side]):
+            if index not in unchanged:
+                view[:] = data
         if self._initial_code[side]:
             space = self.session.patched.space if side == "patched" else self.session.new.space
             for va, data in self._initial_code[side]:
@@ -490,12 +519,23 @@ class DifferentialRunner:
         for name, patched_view, new_view in self._compared:
             patched, new = bytes(patched_view), bytes(new_view)
             if patched == new:
+                if patched_view is self._zeroed_views["patched"][0][0]:
+                    # Both stub heaps are as the calls found them: the next calls need
+                    # not clear them.
+                    self._heap_clean = patched == _HEAP_ZEROS
                 continue
             found = self._disagreement(patched, new, range(0, len(patched), 8))
             if found is not None:
                 at, a, b = found
                 return f"{name}: +0x{at:x} holds 0x{a:x}, the new build 0x{b:x}"
         written_patched, written_new = self._written_areas("patched"), self._written_areas("new")
+        # The next call need not put back the areas this one left as they began.
+        self._unchanged["patched"] = [
+            i for i in range(len(self._initial_views["patched"])) if i not in written_patched
+        ]
+        self._unchanged["new"] = [
+            i for i in range(len(self._initial_views["new"])) if i not in written_new
+        ]
         # Globals of areas both as they began are as they began, and are not read.
         checked = (
             sorted(
@@ -513,7 +553,20 @@ class DifferentialRunner:
         for index in checked:
             name, base, patched_va, new_va, patched_before, new_before = self._globals[index]
             size = len(patched_before)
-            patched_after, new_after = self._both(patched_va, new_va, size)
+            # From the areas' bytes after the call (read once), not read one by one.
+            patched_area, patched_at, new_area, new_at = self._places[index]
+            if patched_area is None:
+                patched_after = self._read("patched", patched_va, size)
+            elif patched_area in written_patched:
+                patched_after = written_patched[patched_area][patched_at : patched_at + size]
+            else:
+                patched_after = patched_before  # its area is as it began
+            if new_area is None:
+                new_after = self._read("new", new_va, size)
+            elif new_area in written_new:
+                new_after = written_new[new_area][new_at : new_at + size]
+            else:
+                new_after = new_before
             if patched_after == patched_before and new_after == new_before:
                 continue
             # What the call wrote, on either side, compared word by word.
