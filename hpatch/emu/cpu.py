@@ -565,14 +565,14 @@ class Cpu:
         sp &= ~0xF
         if convention.link is None:
             sp -= 8  # as if a call had pushed the return address
-        for index, value in enumerate(on_stack):
-            slot = sp + convention.stack_arguments_at + 8 * index
-            offset = slot - thread.stack.va
-            thread.stack.view[offset : offset + 8] = value.to_bytes(8, "little")
+        view, offset = thread.stack.view, sp - thread.stack.va
+        if on_stack:
+            struct.pack_into(
+                f"<{len(on_stack)}Q", view, offset + convention.stack_arguments_at, *on_stack
+            )
         values = [*in_registers, sp, entry_va & _MASK64]
         if convention.link is None:
-            offset = sp - thread.stack.va
-            thread.stack.view[offset : offset + 8] = self.return_va.to_bytes(8, "little")
+            struct.pack_into("<Q", view, offset, self.return_va)
         else:
             values.append(self.return_va)
         values.append(thread.teb.va)

@@ -48,13 +48,14 @@ _HEAP_CHUNK = 0x100
 _STACK_CLEARED = 0x10000
 _HEAP_ZEROS = bytes(_HEAP_SIZE)  # made once: every call clears the heap and the stack
 _STACK_ZEROS = bytes(_STACK_CLEARED)
+_SCRATCH_ZEROS = bytes(_SCRATCH_SIZE)
 #: Import calls logged with this many arguments (those beyond a callee's real arity are
 #: leftovers of the same computation on both sides, so they compare too).
 _LOGGED_ARGUMENTS = 4
 #: Tries per comparable run asked for before a function counts as not emulated.
 _TRIES_PER_INPUT = 3
-#: Maps a byte to its low four bits.
-_LOW_NIBBLE = bytes(value & 0x0F for value in range(256))
+#: Every byte of a scratch buffer's bits masked to its low four bits.
+_LOW_NIBBLES = int.from_bytes(b"\x0f" * _SCRATCH_SIZE, "little")
 
 
 def global_pairs(session: Session) -> list[tuple[str, int, int, int, int]]:
@@ -110,17 +111,21 @@ class _InputSet:
     @classmethod
     def draw(cls, seed: str) -> _InputSet:
         rng = random.Random(seed)
+        getrandbits = rng.getrandbits
         scratch = []
         for _ in range(_SCRATCH_COUNT):
             style = rng.randrange(3)
             if style == 0:
-                scratch.append(bytes(_SCRATCH_SIZE))
-            elif style == 1:
+                scratch.append(_SCRATCH_ZEROS)
+                continue
+            # rng.randbytes(n) is getrandbits(8 * n) in little-endian order; taken as the
+            # integer, its bytes are masked in one operation.
+            bits = getrandbits(_SCRATCH_SIZE * 8)
+            if style == 1:
                 # Small values, 0 to 15: drawn as whole bytes and masked (a draw per
                 # byte made up nearly all the time emulation took).
-                scratch.append(rng.randbytes(_SCRATCH_SIZE).translate(_LOW_NIBBLE))
-            else:
-                scratch.append(rng.randbytes(_SCRATCH_SIZE))
+                bits &= _LOW_NIBBLES
+            scratch.append(bits.to_bytes(_SCRATCH_SIZE, "little"))
         arguments = []
         for _ in range(_ARGUMENTS):
             choice = rng.random()
@@ -257,6 +262,15 @@ class DifferentialRunner:
             if patched_area is None or new_area is None
             for index in indices
         )
+        #: What each process maps of its own, as [start, end) ranges: the patched one its
+        #: image and the patch region, the new one its image.
+        self._own = (
+            (
+                (session.old_module.base, session.old_module.end),
+                (session.region_va, session.region_va + session.region_size),
+            ),
+            ((session.new_module.base, session.new_module.end),),
+        )
         #: The memory compared whole after every call, named, as both sides' views.
         self._compared: list[tuple[str, memoryview, memoryview]] = [
             (f"scratch buffer {i}", patched, new)
@@ -319,6 +333,15 @@ class DifferentialRunner:
         answers.append(answer)
         return answer
 
+    def begin_answers(self, seed: str) -> None:
+        """Answer the import calls of the input set ``seed`` from now on (both sides
+        from their first call)."""
+        self._answers = []
+        self._answer_seed = f"{seed}/stubs"
+        self._answer_random = None  # seeded when the first import call is answered
+        self._answer_heap_next = _HEAP_VA
+        self._import_calls = {"patched": 0, "new": 0}
+
     def _next_answer(self) -> int:
         rng = self._answer_random
         if rng is None:
@@ -356,10 +379,7 @@ class DifferentialRunner:
             tried += 1
             seed = f"{function.new_rva:x}/{index}"
             inputs = _InputSet.draw(seed)
-            self._answers = []
-            self._answer_seed = f"{seed}/stubs"
-            self._answer_random = None  # seeded when the first import call is answered
-            self._answer_heap_next = _HEAP_VA
+            self.begin_answers(seed)
             patched = self._call("patched", session.patched, patched_entry, inputs)
             new = self._call("new", session.new, new_entry, inputs)
             if patched.kind == "stopped" or new.kind == "stopped":
@@ -429,7 +449,7 @@ class DifferentialRunner:
     def _call(self, side: str, process: Process, entry_va: int, inputs: _InputSet) -> _Run:
         self._prepare(side, inputs)
         thread = process.main_thread
-        process.cpu.start(thread, entry_va, list(inputs.arguments))
+        process.cpu.start(thread, entry_va, inputs.arguments)
         try:
             state = process.cpu.run(thread, STEP_LIMIT)
             fault, result = thread.fault, thread.result
@@ -466,16 +486,15 @@ class DifferentialRunner:
         global array) says nothing about the package."""
         if patched.fault is None and new.fault is None:
             return False
-        session = self.session
-
-        def own(side: str, va: int) -> bool:
-            if side == "patched":
-                return session.old_module.contains(va) or session.in_region(va)
-            return session.new_module.contains(va)
-
-        for side, other, run in (("patched", "new", patched), ("new", "patched", new)):
-            fault = run.fault
-            if fault is not None and own(other, fault.address) and not own(side, fault.address):
+        patched_own, new_own = self._own
+        for fault, mine, other in (
+            (patched.fault, patched_own, new_own),
+            (new.fault, new_own, patched_own),
+        ):
+            if fault is None:
+                continue
+            va = fault.address
+            if any(lo <= va < hi for lo, hi in other) and not any(lo <= va < hi for lo, hi in mine):
                 return True
         return False
 

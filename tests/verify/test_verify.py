@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 
 from hpatch.blockers import BlockerCause, BlockerClass, Build, function_label
 from hpatch.diff import BlockerKind, DiffResult, Status
+from hpatch.emu.process import ImportKey
 from hpatch.errors import HPatchError
 from hpatch.package import BuildOptions, PackageBlocked, build_package
 from hpatch.package.model import BlobKind, TargetKind
 from hpatch.verify import Outcome, build_verified_package, verify_package
 from hpatch.verify.counterparts import Counterparts
-from hpatch.verify.differential import DifferentialRunner
+from hpatch.verify.differential import DifferentialRunner, _InputSet
 from hpatch.verify.session import Session
 
 from ..conftest import BUILDS
@@ -271,3 +273,69 @@ def test_data_only_data_names_lies_where_its_learned_neighbours_put_it() -> None
         assert counterparts.check(session.old_base + old, session.new_base + new) is None
     (first, _), (_, second) = unlearned[:2]
     assert counterparts.check(session.old_base + first, session.new_base + second) is not None
+
+
+def _drawn_as_random_draws(seed: str) -> tuple[tuple[bytes, ...], tuple[int, ...]]:
+    """An input set drawn with random.Random's own methods, as verification drew it
+    when the draws were written this way."""
+    rng = random.Random(seed)
+    scratch = []
+    for _ in range(4):
+        style = rng.randrange(3)
+        if style == 0:
+            scratch.append(bytes(0x1000))
+        elif style == 1:
+            scratch.append(rng.randbytes(0x1000).translate(bytes(v & 0x0F for v in range(256))))
+        else:
+            scratch.append(rng.randbytes(0x1000))
+    arguments = []
+    for _ in range(6):
+        choice = rng.random()
+        buffer = 0x40_0000_0000 + rng.randrange(4) * 0x2000
+        if choice < 0.35:
+            arguments.append(buffer)
+        elif choice < 0.45:
+            arguments.append(buffer + rng.randrange(0x1000))
+        elif choice < 0.8:
+            arguments.append(rng.randrange(17))
+        elif choice < 0.9:
+            arguments.append(rng.randrange(256))
+        else:
+            arguments.append(rng.getrandbits(32))
+    return tuple(scratch), tuple(arguments)
+
+
+def test_input_sets_are_the_draws_of_their_seed() -> None:
+    """The draws are made from getrandbits directly, for speed: the values must stay
+    those of random.Random's methods, so that a seed names the same inputs."""
+    for index in range(300):
+        seed = f"{0x1000 + 0x37 * index:x}/{index % 100}"
+        drawn = _InputSet.draw(seed)
+        assert (drawn.scratch, drawn.arguments) == _drawn_as_random_draws(seed), seed
+
+
+def test_both_sides_get_the_answers_of_their_own_sequence() -> None:
+    """The stubs answer the n-th import call of either side with the n-th value of one
+    sequence, drawn once: the values each side would draw from its own generator."""
+    diff = sample_diff("x64-clang", "v1", "v2")
+    runner = _runner(diff, build_package(diff, OPTIONS))
+    assert runner is not None
+    key = ImportKey.of("kernel32.dll", "GetTickCount")
+    for seed in ("1a0/0", "1a0/1", "2f4/7"):
+        rng, heap, expected = random.Random(f"{seed}/stubs"), 0x41_0000_0000, []
+        for _ in range(300):  # past the end of the stub heap
+            choice = rng.random()
+            if choice < 0.4:
+                expected.append(0)
+            elif choice < 0.6:
+                expected.append(1)
+            elif choice < 0.8 and heap + 0x100 <= 0x41_0000_0000 + 0x10000:
+                expected.append(heap)
+                heap += 0x100
+            else:
+                expected.append(rng.randrange(0, 64))
+        runner.begin_answers(seed)
+        patched = [runner.on_import("patched", key, ()) for _ in range(200)]
+        new = [runner.on_import("new", key, ()) for _ in range(300)]
+        patched += [runner.on_import("patched", key, ()) for _ in range(100)]
+        assert patched == new == expected
