@@ -14,6 +14,7 @@ from functools import lru_cache
 import capstone
 from capstone import x86_const
 
+from hpatch.arch.arm64_bits import adr_immediate, sign_extend
 from hpatch.arch.base import RefKind, SiteKind
 from hpatch.arch.x64_decode import LOOP_BRANCHES as _LOOPS
 from hpatch.arch.x64_decode import displacement_size as _displacement_size
@@ -91,11 +92,6 @@ def scan_x64_sites(code: bytes, code_rva: int, lo_rva: int, hi_rva: int, /) -> S
     return _columns(sites)
 
 
-def _sign_extend(value: int, bits: int) -> int:
-    sign = 1 << (bits - 1)
-    return (value ^ sign) - sign
-
-
 def scan_arm64_sites(code: bytes, code_rva: int, lo_rva: int, hi_rva: int, /) -> SiteColumns:
     """Word-level scan of ARM64 code for branches, ADR/ADRP+ADD addresses and literal loads,
     as columns (sites, targets, kinds)."""
@@ -110,29 +106,29 @@ def scan_arm64_sites(code: bytes, code_rva: int, lo_rva: int, hi_rva: int, /) ->
         top = insn & 0xFC000000
         site = code_rva + 4 * w
         if top in (0x94000000, 0x14000000):
-            target = site + 4 * _sign_extend(insn & 0x03FFFFFF, 26)
+            target = site + 4 * sign_extend(insn & 0x03FFFFFF, 26)
             if lo_rva <= target < hi_rva:
                 sites.append((site, target, SITE_CALL if top == 0x94000000 else SITE_JUMP))
         elif (insn & 0xFF000010) == 0x54000000 or (insn & 0x7E000000) == 0x34000000:
-            target = site + 4 * _sign_extend((insn >> 5) & 0x7FFFF, 19)
+            target = site + 4 * sign_extend((insn >> 5) & 0x7FFFF, 19)
             if lo_rva <= target < hi_rva:
                 sites.append((site, target, SITE_COND_JUMP))
         elif (insn & 0x7E000000) == 0x36000000:
-            target = site + 4 * _sign_extend((insn >> 5) & 0x3FFF, 14)
+            target = site + 4 * sign_extend((insn >> 5) & 0x3FFF, 14)
             if lo_rva <= target < hi_rva:
                 sites.append((site, target, SITE_COND_JUMP))
         elif (insn & 0x3B000000) == 0x18000000 and (insn & 0xC4000000) != 0xC0000000:
-            target = site + 4 * _sign_extend((insn >> 5) & 0x7FFFF, 19)
+            target = site + 4 * sign_extend((insn >> 5) & 0x7FFFF, 19)
             if lo_rva <= target < hi_rva:
                 sites.append((site, target, SITE_LOAD))
         elif (insn & 0x9F000000) == 0x10000000:
-            target = site + _sign_extend((((insn >> 5) & 0x7FFFF) << 2) | ((insn >> 29) & 3), 21)
+            target = site + adr_immediate(insn)
             if lo_rva <= target < hi_rva:
                 sites.append((site, target, SITE_ADDRESS))
         elif (insn & 0x9F000000) == 0x90000000 and w + 1 < count:
             nxt = words[w + 1]
             if (nxt & 0xFFC00000) == 0x91000000 and ((nxt >> 5) & 0x1F) == (insn & 0x1F):
-                pages = _sign_extend((((insn >> 5) & 0x7FFFF) << 2) | ((insn >> 29) & 3), 21)
+                pages = adr_immediate(insn)
                 target = (site & ~0xFFF) + pages * 4096 + ((nxt >> 10) & 0xFFF)
                 if lo_rva <= target < hi_rva:
                     sites.append((site, target, SITE_ADDRESS))
@@ -349,11 +345,11 @@ def _arm64_written(word: int) -> int:
 def _local_target(word: int, rva: int) -> int | None:
     """The RVA a B, B.cond, CBZ/CBNZ or TBZ/TBNZ (not BL) at ``rva`` leads to."""
     if (word & 0xFC000000) == 0x14000000:
-        return rva + 4 * _sign_extend(word & 0x03FFFFFF, 26)
+        return rva + 4 * sign_extend(word & 0x03FFFFFF, 26)
     if (word & 0xFF000010) == 0x54000000 or (word & 0x7E000000) == 0x34000000:
-        return rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19)
+        return rva + 4 * sign_extend((word >> 5) & 0x7FFFF, 19)
     if (word & 0x7E000000) == 0x36000000:
-        return rva + 4 * _sign_extend((word >> 5) & 0x3FFF, 14)
+        return rva + 4 * sign_extend((word >> 5) & 0x3FFF, 14)
     return None
 
 
@@ -548,7 +544,7 @@ def _link_pages(words: Sequence[int], code_rva: int, lo_rva: int, hi_rva: int) -
 
 
 def _adrp_page(word: int, rva: int) -> int:
-    pages = _sign_extend((((word >> 5) & 0x7FFFF) << 2) | ((word >> 29) & 3), 21)
+    pages = adr_immediate(word)
     return (rva & ~0xFFF) + pages * 4096
 
 
@@ -589,19 +585,19 @@ def normalise_arm64(
     for index, word in enumerate(words):
         rva = code_rva + 4 * index
         if (word & 0x7C000000) == 0x14000000:  # B / BL imm26
-            target = rva + 4 * _sign_extend(word & 0x03FFFFFF, 26)
+            target = rva + 4 * sign_extend(word & 0x03FFFFFF, 26)
             if not lo_rva <= target < hi_rva:
                 words[index] = word & 0xFC000000
                 references.append((rva, REF_CALL if word & 0x80000000 else REF_BRANCH, target))
             continue
         if (word & 0xFF000010) == 0x54000000 or (word & 0x7E000000) == 0x34000000:
-            target = rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19)  # B.cond, CBZ/CBNZ
+            target = rva + 4 * sign_extend((word >> 5) & 0x7FFFF, 19)  # B.cond, CBZ/CBNZ
             if not lo_rva <= target < hi_rva:
                 words[index] = word & ~(0x7FFFF << 5)
                 references.append((rva, REF_BRANCH, target))
             continue
         if (word & 0x7E000000) == 0x36000000:  # TBZ / TBNZ imm14
-            target = rva + 4 * _sign_extend((word >> 5) & 0x3FFF, 14)
+            target = rva + 4 * sign_extend((word >> 5) & 0x3FFF, 14)
             if not lo_rva <= target < hi_rva:
                 words[index] = word & ~(0x3FFF << 5)
                 references.append((rva, REF_BRANCH, target))
@@ -614,12 +610,12 @@ def normalise_arm64(
                 if link[index] >= 0:
                     target += _page_offset(data_words[link[index]]) or 0
             else:
-                immediate = _sign_extend((((word >> 5) & 0x7FFFF) << 2) | ((word >> 29) & 3), 21)
+                immediate = adr_immediate(word)
                 target = rva + immediate
             references.append((rva, REF_ADDRESS, target))
             continue
         if (word & 0x3B000000) == 0x18000000 and (word & 0xC4000000) != 0xC0000000:
-            target = rva + 4 * _sign_extend((word >> 5) & 0x7FFFF, 19)  # LDR literal
+            target = rva + 4 * sign_extend((word >> 5) & 0x7FFFF, 19)  # LDR literal
             words[index] = word & ~(0x7FFFF << 5)
             references.append((rva, REF_LITERAL, target))
             continue

@@ -2,8 +2,8 @@
 ``immhi:immlo`` immediate, and the access size that scales an ``LDR``/``STR`` offset.
 
 Plain functions over instruction words, importing nothing, so the arch code, the
-relocator and the package format share them (the C core's twin in ``hpatch._fallback``
-keeps its own copies, as the C core does).
+relocator, the package format and the C core's twin (``hpatch._fallback.scan``) share
+them; the C core has its own, which the parity tests hold the twin to.
 """
 
 from __future__ import annotations
