@@ -128,7 +128,12 @@ WHY_NOT_YET: dict[BlockerCause, str] = {
         "and translation validation now checks what follows the copy), and a jump back "
         "placed after the copy would run in the caller's frame outside every unwind "
         "record; it needs that jump with unwind data of its own (the state of the code it "
-        "leads to), or the code run into carried with its unwind record."
+        "leads to), or the code run into carried with its unwind record. "
+        "On psutil 7.1.3's ARM64 build the run-on is the work of discovery: MSVC gives "
+        "some functions two primary .pdata entries, the first running on into the second, "
+        "and discovery takes them for two functions, so the first is carried without the "
+        "second; folding such entries into one function (as chained fragments are) would "
+        "lift these."
     ),
     BlockerCause.RODATA_JUMP_TABLE: (
         "A read-only jump table is rewritten only when every entry leads into the carried "
