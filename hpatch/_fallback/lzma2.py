@@ -404,7 +404,9 @@ class _Encoder:
         if found and found[-1][0] >= nice:
             self.skip(position, found[-1][0])
             return [(_MATCH, found[-1][0], found[-1][1])]
-        size = window + _MATCH_MAX + 1
+        # every target of the parse lies within the window plus one match, and within
+        # the data (as the C core bounds its nodes): a window far past the data costs nothing
+        size = min(window + _MATCH_MAX, end - position) + 1
         prices = [_INFINITY] * size
         back_from = [0] * size
         back_kind = [0] * size
