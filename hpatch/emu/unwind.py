@@ -50,7 +50,6 @@ MAX_SCAN_BYTES = 1 << 24
 _SCAN_CHUNK = 1 << 16
 _PAGE = 0x1000
 _MASK64 = (1 << 64) - 1
-_U32 = struct.Struct("<I")
 
 
 @dataclass(frozen=True, slots=True)
