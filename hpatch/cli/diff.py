@@ -183,7 +183,7 @@ def _package(
 ) -> dict[str, Any] | None:
     """Build the package of a hotpatchable diff (proved, signed and written with -o);
     a blocked one turns the document's verdict. What -o wrote, or None."""
-    from hpatch.package import BuildOptions, PackageBlocked, build_package, encode_package
+    from hpatch.package import BuildOptions, PackageBlocked, check_package, encode_package
 
     output = request.output
     options = BuildOptions(
@@ -201,7 +201,8 @@ def _package(
                 )
                 stage.detail = f"{len(package.functions):,} functions"
         else:
-            package = build_package(result, options)
+            # The verdict needs the package bound and valid, not its region coded.
+            check_package(result, options)
     except PackageBlocked as blocked:
         document["hotpatchable"] = False
         document["blockers"] = [blocker_dict(b) for b in blocked.blockers]

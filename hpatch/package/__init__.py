@@ -17,6 +17,7 @@ if TYPE_CHECKING:
         PackageBlocked,
         baseline_of,
         build_package,
+        check_package,
         target_digest,
     )
     from hpatch.package.format import decode_package, encode, encode_package, resolve_blobs
@@ -29,6 +30,7 @@ _HOMES = {
     "PackageBlocked": "hpatch.package.build",
     "baseline_of": "hpatch.package.build",
     "build_package": "hpatch.package.build",
+    "check_package": "hpatch.package.build",
     "target_digest": "hpatch.package.build",
     "decode_package": "hpatch.package.format",
     "encode": "hpatch.package.format",
@@ -55,6 +57,7 @@ __all__ = [
     "PackageBlocked",
     "baseline_of",
     "build_package",
+    "check_package",
     "decode_package",
     "encode",
     "encode_package",

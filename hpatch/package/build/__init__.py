@@ -38,7 +38,7 @@ from hpatch.package.build.code import Branch, CodeStage
 from hpatch.package.build.context import BuildOptions, Context
 from hpatch.package.build.data import DataStage
 from hpatch.package.build.unwind import UnwindStage
-from hpatch.package.format import code_region
+from hpatch.package.format import code_region, validate_package
 from hpatch.package.model import FunctionStatus, Package
 
 _HINT_LIMIT = 1 << 20  # bytes of old code offered as the package's compression dictionary
@@ -126,6 +126,15 @@ def build_package(
     return sign(package) if sign is not None else package
 
 
+def check_package(diff: DiffResult, options: BuildOptions | None = None) -> Package:
+    """The package ``build_package`` makes, checked but with its region not yet coded:
+    what a verdict needs (every field bound, the record valid) without the dictionary
+    search and the compression. PackageBlocked as ``build_package``."""
+    package = _build(diff, options or BuildOptions())
+    validate_package(package)
+    return package
+
+
 def _dictionary_hints(old: PEImage, package: Package) -> tuple[tuple[int, int], ...]:
     """The baseline's code, or the code around the replaced functions in a large image:
     new code often repeats old code beyond the function it replaces."""
@@ -162,5 +171,6 @@ __all__ = [
     "PackageBlocked",
     "baseline_of",
     "build_package",
+    "check_package",
     "target_digest",
 ]
