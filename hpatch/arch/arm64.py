@@ -217,7 +217,9 @@ class Arm64(Arch):
             texts.append((address - code_rva, size, f"{mnemonic} {operands}"))
         return texts
 
-    def field_offsets(self, code: bytes, code_rva: int) -> list[tuple[str, tuple[int, ...]]]:
+    def field_offsets(
+        self, code: bytes, code_rva: int, image_bases: frozenset[int] = frozenset()
+    ) -> list[tuple[str, tuple[int, ...]]]:
         found = []
         for insn in self._cs_detail.disasm(code, code_rva):
             pc_relative = insn.mnemonic in _PC_RELATIVE or insn.group(arm64_const.ARM64_GRP_JUMP)

@@ -232,13 +232,22 @@ class Arch(ABC):
         form per branch return the masked code as it is."""
         return normalised.code
 
-    def field_offsets(self, code: bytes, code_rva: int) -> list[tuple[str, tuple[int, ...]]]:
+    def field_offsets(
+        self, code: bytes, code_rva: int, image_bases: frozenset[int] = frozenset()
+    ) -> list[tuple[str, tuple[int, ...]]]:
         """Per instruction of ``code``: its shape (mnemonic and operands, with branch
         targets, PC-relative addresses and structure field offsets left out) and the
         field offsets it accesses (displacements from a base register other than the
-        stack and frame pointers). Two builds of a function whose shapes agree and whose
-        field offsets differ by one shift read a structure whose layout changed."""
+        stack and frame pointers, and other than ``image_bases``, registers that hold the
+        image base: see ``image_base_registers``). Two builds of a function whose shapes
+        agree and whose field offsets differ by one shift read a structure whose layout
+        changed."""
         return []
+
+    def image_base_registers(self, code: bytes, code_rva: int) -> frozenset[int]:
+        """Registers ``code`` loads with the image base, whose displacements are RVAs
+        (MSVC x64 indexes its tables from the image base), not field offsets."""
+        return frozenset()
 
     def instruction_texts(self, code: bytes, code_rva: int) -> list[tuple[int, int, str]]:
         """(offset in ``code``, size, text) of each instruction: a cheap first look before

@@ -33,6 +33,26 @@ _BRANCHES = ("j", "call", "loop")
 _RIP_DISPLACEMENT = re.compile(r"rip [+-] 0x[0-9a-f]+")
 #: Base registers whose displacements are stack slots, not structure fields.
 _FRAME_REGISTERS = frozenset((x86_const.X86_REG_RSP, x86_const.X86_REG_RBP))
+_LEA_RIP = re.compile(rb"[\x48\x4c]\x8d[\x05\x0d\x15\x1d\x25\x2d\x35\x3d].{4}", re.DOTALL)
+#: capstone's 64-bit registers by their encoding number (REX.R and ModRM reg).
+_REG64 = (
+    x86_const.X86_REG_RAX,
+    x86_const.X86_REG_RCX,
+    x86_const.X86_REG_RDX,
+    x86_const.X86_REG_RBX,
+    x86_const.X86_REG_RSP,
+    x86_const.X86_REG_RBP,
+    x86_const.X86_REG_RSI,
+    x86_const.X86_REG_RDI,
+    x86_const.X86_REG_R8,
+    x86_const.X86_REG_R9,
+    x86_const.X86_REG_R10,
+    x86_const.X86_REG_R11,
+    x86_const.X86_REG_R12,
+    x86_const.X86_REG_R13,
+    x86_const.X86_REG_R14,
+    x86_const.X86_REG_R15,
+)
 
 UNW_FLAG_EHANDLER = 0x1
 UNW_FLAG_UHANDLER = 0x2
@@ -215,7 +235,21 @@ class X64(Arch):
             texts.append((address - code_rva, size, f"{mnemonic} {operands}"))
         return texts
 
-    def field_offsets(self, code: bytes, code_rva: int) -> list[tuple[str, tuple[int, ...]]]:
+    def image_base_registers(self, code: bytes, code_rva: int) -> frozenset[int]:
+        # lea r64, [rip + disp32] whose target is RVA 0: REX.W (R for r8-r15), 8D, a ModRM
+        # of mod 00 and rm 101, and the displacement back to the image's start.
+        found = set()
+        for match in _LEA_RIP.finditer(code):
+            at = match.start()
+            (displacement,) = struct.unpack_from("<i", code, at + 3)
+            if code_rva + at + 7 + displacement == 0:
+                rex, modrm = code[at], code[at + 2]
+                found.add(_REG64[(rex & 4) << 1 | (modrm >> 3 & 7)])
+        return frozenset(found)
+
+    def field_offsets(
+        self, code: bytes, code_rva: int, image_bases: frozenset[int] = frozenset()
+    ) -> list[tuple[str, tuple[int, ...]]]:
         found = []
         for insn in self._cs_detail.disasm(code, code_rva):
             branch = insn.group(x86_const.X86_GRP_JUMP) or insn.group(x86_const.X86_GRP_CALL)
@@ -231,6 +265,8 @@ class X64(Arch):
                     parts = [str(base), str(mem.index), str(mem.scale), str(operand.size)]
                     if base in (x86_const.X86_REG_RIP, 0) and mem.index == 0:
                         parts.append("address")
+                    elif base in image_bases or (mem.index in image_bases and mem.scale == 1):
+                        parts.append("image")  # an RVA from the image base
                     elif base in _FRAME_REGISTERS or base == 0:
                         parts.append(str(mem.disp))
                     else:

@@ -134,13 +134,17 @@ def _texts_in_steps(image: PEImage, code: bytes, code_rva: int) -> Iterator[tupl
 
 
 def _stream_fields(
-    old: PEImage, new: PEImage, change: FunctionChange, old_code: bytes, new_code: bytes
+    old: PEImage,
+    new: PEImage,
+    old_part: tuple[int, bytes],
+    new_part: tuple[int, bytes],
+    bases: tuple[frozenset[int], frozenset[int]],
 ) -> tuple[_Fields, _Fields] | None:
-    """Variable-width instructions: paired in order as they are decoded, the field
-    shapes and offsets of those whose text differs (None at the first pair whose
-    mnemonics differ, or if the counts do)."""
-    assert change.old is not None and change.new is not None
-    old_rva, new_rva = change.old.rva, change.new.rva
+    """Variable-width instructions of one part (RVA, code) of each build: paired in order
+    as they are decoded, the field shapes and offsets of those whose text differs (None
+    at the first pair whose mnemonics differ, or if the counts do). ``bases``: the
+    registers each build's function loads with the image base."""
+    (old_rva, old_code), (new_rva, new_code) = old_part, new_part
     differing = []
     paired = 0
     for old_item, new_item in itertools.zip_longest(
@@ -158,11 +162,26 @@ def _stream_fields(
         return None  # not one instruction
     a: _Fields = []
     b: _Fields = []
+    old_bases, new_bases = bases
     # Only the instructions whose text differs are decoded in detail.
     for (old_at, old_size, _), (new_at, new_size, _) in differing:
-        a += old.arch.field_offsets(old_code[old_at : old_at + old_size], old_rva + old_at)
-        b += new.arch.field_offsets(new_code[new_at : new_at + new_size], new_rva + new_at)
+        a += old.arch.field_offsets(
+            old_code[old_at : old_at + old_size], old_rva + old_at, old_bases
+        )
+        b += new.arch.field_offsets(
+            new_code[new_at : new_at + new_size], new_rva + new_at, new_bases
+        )
     return a, b
+
+
+def _image_bases(
+    image: PEImage, parts: list[tuple[int, int]], codes: list[bytes]
+) -> frozenset[int]:
+    """The registers a function's parts load with the image base."""
+    found: set[int] = set()
+    for (rva, _), code in zip(parts, codes, strict=True):
+        found |= image.arch.image_base_registers(code, rva)
+    return frozenset(found)
 
 
 def _only_shift(
@@ -171,20 +190,42 @@ def _only_shift(
     """(shift, lowest old offset shifted) if the function's two builds differ only in
     field offsets, all moved the same way (the smallest shift names it); else None."""
     assert change.old is not None and change.new is not None
-    if max(change.old.size, change.new.size) > _MAX_FUNCTION:
+    # Every part of the function, the entry first: a difference in any part that is not
+    # an offset's is a change of the code, not of a layout.
+    old_parts = [(change.old.rva, change.old.size)] + [
+        (f.rva, f.size) for f in change.old.fragments
+    ]
+    new_parts = [(change.new.rva, change.new.size)] + [
+        (f.rva, f.size) for f in change.new.fragments
+    ]
+    if len(old_parts) != len(new_parts):
         return None
-    old_code = old.read(change.old.rva, change.old.size)
-    new_code = new.read(change.new.rva, change.new.size)
-    if old.arch.instruction_alignment > 1:
-        if change.old.size != change.new.size:
-            return None  # fixed-width instructions: another count of them
-        fields = _words_fields(words[0], words[1], old_code, new_code)
-    else:
-        fields = _stream_fields(old, new, change, old_code, new_code)
-    if fields is None:
+    if max(sum(s for _, s in old_parts), sum(s for _, s in new_parts)) > _MAX_FUNCTION:
         return None
-    a, b = fields
-    if len(a) != len(b):
+    a: _Fields = []
+    b: _Fields = []
+    changed = False
+    old_codes = [old.read(rva, size) for rva, size in old_parts]
+    new_codes = [new.read(rva, size) for rva, size in new_parts]
+    # The image base may be loaded in one part and indexed from in another.
+    bases = (_image_bases(old, old_parts, old_codes), _image_bases(new, new_parts, new_codes))
+    for (old_rva, old_size), (new_rva, new_size), old_code, new_code in zip(
+        old_parts, new_parts, old_codes, new_codes, strict=True
+    ):
+        if old.arch.instruction_alignment > 1:
+            if old_size != new_size:
+                return None  # fixed-width instructions: another count of them
+            if old_code == new_code:
+                continue
+            fields = _words_fields(words[0], words[1], old_code, new_code)
+        else:
+            fields = _stream_fields(old, new, (old_rva, old_code), (new_rva, new_code), bases)
+        if fields is None:
+            return None
+        changed = True
+        a += fields[0]
+        b += fields[1]
+    if not changed or len(a) != len(b):
         return None
     shifts: set[int] = set()
     lowest: int | None = None
