@@ -191,6 +191,7 @@ class Arm64(Arch):
     data_by_page = True  # ADRP, then the low 12 bits
     region_reach = (1 << 27) - 64  # B/BL imm26, less a margin
     redirect_size = 4  # B imm26
+    pdata_stages_continue = True
 
     def __init__(self) -> None:
         self._cs_lite = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)

@@ -175,6 +175,11 @@ class Arch(ABC):
     #: instruction (at least ``two_stage_entry`` bytes). 0: no such form.
     two_stage_padding: int = 0
     two_stage_entry: int = 0
+    #: Whether a primary .pdata entry may continue the function before it: ARM64 unwind
+    #: data cannot chain, so MSVC gives each stage of a shrink-wrapped frame an entry of
+    #: its own, run into from the stage before (x64 chains such a stage's unwind data to
+    #: the function's instead, and a primary entry there always starts a function).
+    pdata_stages_continue: bool = False
 
     def pdata_unwind_is_rva(self, field: bytes) -> bool:
         """Whether an entry's unwind field (its 4 bytes) is an RVA of unwind data, rather

@@ -161,7 +161,9 @@ class _Discovery:
         for rva, sources in exact.items():
             self.static_evidence[rva] = self.static_evidence.get(rva, 0) | _mask(sources)
         del exact
-        self.primaries, self.fragments = pdata_functions(image, self.sites, self.referenced)
+        self.primaries, self.fragments = pdata_functions(
+            image, self.sites, self.referenced, self.entry_references
+        )
         self.pdata_ranges = self.covered({})
         self.pdata_starts_by_end = {end: start for start, end in self.primaries.items()}
         self.pdata_starts_by_end.update(
@@ -178,6 +180,13 @@ class _Discovery:
         found = set(self.static_evidence)  # the exact starts and the relocated pointers
         _, targets, kinds = self.sites
         found.update(itertools.compress(targets, map(_COND_JUMP.__ne__, kinds)))
+        return found
+
+    def entry_references(self) -> set[int]:
+        """RVAs with evidence other than jumps: stated starts, pointers, calls, addresses."""
+        found = set(self.static_evidence)
+        _, targets, kinds = self.sites
+        found.update(itertools.compress(targets, (k not in (_JUMP, _COND_JUMP) for k in kinds)))
         return found
 
     @cached_property

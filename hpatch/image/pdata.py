@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from itertools import compress
 from typing import TYPE_CHECKING
 
-from hpatch.arch import SiteColumns, SiteKind
+from hpatch.arch import SiteColumns, SiteKind, UnwindEntry
 from hpatch.image.model import Fragment
 
 if TYPE_CHECKING:
@@ -48,8 +48,16 @@ def split_parts(image: PEImage) -> dict[int, int]:
     return parts
 
 
+def runs_into(image: PEImage, entry: UnwindEntry) -> bool:
+    """True if the code of ``entry`` runs on past its end, into what follows it."""
+    return image.arch.runs_on(image.read, entry.begin_rva, entry.end_rva)
+
+
 def pdata_functions(
-    image: PEImage, sites: SiteColumns, referenced: Callable[[], set[int]]
+    image: PEImage,
+    sites: SiteColumns,
+    referenced: Callable[[], set[int]],
+    entry_references: Callable[[], set[int]],
 ) -> tuple[dict[int, int], dict[int, list[Fragment]]]:
     """Primary .pdata ranges (start -> end) and the fragments folded into them.
 
@@ -59,8 +67,10 @@ def pdata_functions(
     A frameless entry (gcc gives even frameless ``.cold`` parts .pdata) that nothing
     calls, exports, names or points at, and that only one function reaches by
     conditional jumps, is a fragment of that function. ``referenced`` gives the
-    RVAs with evidence other than conditional jumps. Where the symbol table names
-    a part (``foo.cold``), the name decides.
+    RVAs with evidence other than conditional jumps. A primary entry that the entry
+    before it runs on into, that nothing but jumps from that function reaches (no
+    call, pointer, address or stated start: ``entry_references``), continues that
+    function. Where the symbol table names a part (``foo.cold``), the name decides.
     """
     entries = image.unwind_entries
     named_parts = split_parts(image)
@@ -96,11 +106,35 @@ def pdata_functions(
         roots = {owner.get(rva) for rva in jumpers.get(begin, ())}
         return roots.pop() if len(roots) == 1 and None not in roots else None
 
+    entry_evidence: set[int] | None = None
+
+    def continued_root(position: int) -> int | None:
+        # MSVC (ARM64) gives a function whose prolog is shrink-wrapped a primary entry per
+        # stage of its frame: the code before runs on into the next stage's entry, which
+        # nothing else reaches. Such an entry is a part of the function it continues.
+        nonlocal entry_evidence
+        before, begin = entries[position - 1], entries[position].begin_rva
+        root = owner.get(before.begin_rva)
+        if root is None or before.end_rva != begin:
+            return None
+        if entry_evidence is None:
+            entry_evidence = entry_references()
+        if begin in entry_evidence:
+            return None
+        if any(owner.get(rva) != root for rva in jumpers.get(begin, ())):
+            return None
+        return root if runs_into(image, before) else None
+
     for position, entry in enumerate(entries):
         begin = entry.begin_rva
         if begin in named_parts:
             continue
-        if entry.is_fragment and entry.parent_rva is None:
+        continued = None
+        if image.arch.pdata_stages_continue and not entry.is_fragment and position:
+            continued = continued_root(position)
+        if continued is not None:
+            owner[begin] = continued
+        elif entry.is_fragment and entry.parent_rva is None:
             parent = jumping_root(begin)
             if parent is None and position:
                 before = entries[position - 1]

@@ -81,6 +81,7 @@ def _check_functions_follow_pdata(path: Path) -> None:
     image = load_image(path)
     functions = {f.rva: f for f in image.functions}
     parts = {p.rva: p for f in image.functions for p in f.fragments}
+    ends = {e.end_rva: e.begin_rva for e in image.unwind_entries}
     for entry in image.unwind_entries:
         owner = image.function_at(entry.begin_rva)
         if owner is not None and owner.rva < entry.begin_rva and entry.begin_rva not in parts:
@@ -92,7 +93,12 @@ def _check_functions_follow_pdata(path: Path) -> None:
             function = functions[entry.begin_rva]
             part_index, end = 0, function.end_rva
         else:
-            assert entry.is_fragment or entry.frameless, hex(entry.begin_rva)
+            # A fragment, a frameless entry, or a stage of a shrink-wrapped frame that
+            # the entry before runs on into.
+            continued = entry.begin_rva in ends and image.arch.runs_on(
+                image.read, ends[entry.begin_rva], entry.begin_rva
+            )
+            assert entry.is_fragment or entry.frameless or continued, hex(entry.begin_rva)
             function = next(
                 f for f in image.functions if any(p.rva == entry.begin_rva for p in f.fragments)
             )
