@@ -4,7 +4,9 @@ displacements, loop branches and image-base loads the same way."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
+from typing import Protocol
 
 import capstone
 from capstone import x86_const
@@ -29,9 +31,23 @@ def x64_decoder() -> capstone.Cs:
     return decoder
 
 
-def loads_image_base(insn: capstone.CsInsn, target_rva: int) -> bool:
+class _Operand(Protocol):
+    @property
+    def type(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+
+
+class _Instruction(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def operands(self) -> Sequence[_Operand]: ...
+
+
+def loads_image_base(insn: _Instruction, target_rva: int) -> bool:
     """``lea reg64, [rip+disp]`` aimed at RVA 0: the image base, which MSVC jump tables
-    and RVA tables are indexed from."""
+    and RVA tables are indexed from. ``insn``: capstone's, or as x64_detail decodes it."""
     destination = insn.operands[0]
     return (
         target_rva == 0

@@ -10,17 +10,12 @@ import bisect
 import struct
 from collections.abc import Sequence
 
-import capstone
 from capstone import x86_const
 
 from hpatch.arch.relocate import CodeFixup, RelocationError, ShortBranch
 from hpatch.arch.rewrite import X64_REL32_BY_TRAILER, Fixup
-from hpatch.arch.x64_decode import (
-    LOOP_BRANCHES,
-    displacement_size,
-    loads_image_base,
-    x64_decoder,
-)
+from hpatch.arch.x64_decode import LOOP_BRANCHES, displacement_size, loads_image_base
+from hpatch.arch.x64_detail import Decoded, decode
 
 
 def x64_code_fixups(
@@ -46,7 +41,7 @@ def x64_code_fixups(
     for start, end in instructions:
         position = start
         chunk = code[start - code_rva : end - code_rva]
-        for insn in x64_decoder().disasm(chunk, start):
+        for insn in decode(chunk, start, all_operands=False):
             if insn.address != position:
                 break
             position = insn.address + insn.size
@@ -90,10 +85,11 @@ class _Scan:
         self.fixups.append(CodeFixup(field, Fixup.X64_ADDR64, value - self.image_base, site))
         self.covered.add(field)
 
-    def instruction(self, insn: capstone.CsInsn) -> None:
+    def instruction(self, insn: Decoded) -> None:
         position = insn.address + insn.size
         imm_rva = insn.address + insn.imm_offset
-        disp_size = displacement_size(insn.bytes, insn.modrm_offset, insn.disp_size)
+        encoding = self.code[insn.address - self.code_rva : position - self.code_rva]
+        disp_size = displacement_size(encoding, insn.modrm_offset, insn.disp_size)
         disp_rva = position - insn.imm_size - disp_size
         if insn.imm_size == 8 and imm_rva in self.relocated:
             self.absolute(imm_rva, insn.address)
@@ -102,8 +98,8 @@ class _Scan:
         if disp_size == 8 and memory and disp_rva in self.relocated:  # mov moffs64
             self.absolute(disp_rva, insn.address)
             return
-        is_call = insn.group(capstone.CS_GRP_CALL)
-        is_jump = insn.group(capstone.CS_GRP_JUMP) or insn.id in LOOP_BRANCHES
+        is_call = insn.call
+        is_jump = insn.jump or insn.id in LOOP_BRANCHES
         if insn.imm_size and (is_call or is_jump) and insn.operands[0].type == x86_const.X86_OP_IMM:
             target = insn.operands[0].imm
             if self.lo <= target < self.hi:
@@ -121,8 +117,8 @@ class _Scan:
         if not memory or not disp_size:
             return
         operand = memory[0]
-        if operand.mem.base == x86_const.X86_REG_RIP:
-            target = position + operand.mem.disp
+        if operand.base == x86_const.X86_REG_RIP:
+            target = position + operand.disp
             if loads_image_base(insn, target):
                 self.base_registers.add(insn.operands[0].reg)
             if self.lo <= target < self.hi:
@@ -133,7 +129,7 @@ class _Scan:
             self.fixups.append(
                 CodeFixup(disp_rva, X64_REL32_BY_TRAILER[trailer], target, insn.address)
             )
-        elif operand.mem.base in self.base_registers and disp_size == 4:
+        elif operand.base in self.base_registers and disp_size == 4:
             self.fixups.append(
-                CodeFixup(disp_rva, Fixup.X64_ADDR32NB, operand.mem.disp & 0xFFFFFFFF, insn.address)
+                CodeFixup(disp_rva, Fixup.X64_ADDR32NB, operand.disp & 0xFFFFFFFF, insn.address)
             )

@@ -1,0 +1,69 @@
+"""The x64 decode read from capstone's structures is capstone's own decode."""
+
+from __future__ import annotations
+
+import capstone
+import pytest
+
+from hpatch.arch.x64_decode import x64_decoder
+from hpatch.arch.x64_detail import Decoded, decode
+from hpatch.image import load_image
+
+from ..conftest import BUILDS, SAMPLES
+
+
+def _as_capstone_says(insn: capstone.CsInsn) -> Decoded:
+    return Decoded(
+        insn.address,
+        insn.size,
+        insn.id,
+        insn.mnemonic,
+        insn.modrm_offset,
+        insn.disp_size,
+        insn.imm_offset,
+        insn.imm_size,
+        insn.group(capstone.CS_GRP_CALL),
+        insn.group(capstone.CS_GRP_JUMP),
+        tuple(_operand(op) for op in insn.operands),
+    )
+
+
+def _operand(op: capstone.x86.X86Op) -> tuple[int, ...]:
+    if op.type == capstone.x86.X86_OP_MEM:
+        return (op.type, 0, 0, op.mem.base, op.mem.index, op.mem.disp, op.size)
+    if op.type == capstone.x86.X86_OP_IMM:
+        return (op.type, 0, op.imm, 0, 0, 0, op.size)
+    return (op.type, op.reg, 0, 0, 0, 0, op.size)
+
+
+@pytest.mark.parametrize("build", [b for b in BUILDS if b.startswith("x64")])
+def test_every_instruction_of_the_samples_decodes_as_capstone_decodes_it(build: str) -> None:
+    image = load_image(SAMPLES / build / "v1" / "sample.dll")
+    decoded = 0
+    for function in image.functions:
+        code = bytes(image.read(function.rva, function.size))
+        ours = decode(code, function.rva)
+        theirs = [_as_capstone_says(i) for i in x64_decoder().disasm(code, function.rva)]
+        assert ours == theirs
+        decoded += len(ours)
+    assert decoded > 1000
+
+
+def test_operands_left_out_only_where_no_address_is_named() -> None:
+    # mov eax, ecx (register form) | mov eax, [rcx+8] | call rel32 | mov rax, imm64 | push rbx
+    code = bytes.fromhex("89c8 8b4108 e800000000 48b88877665544332211 53".replace(" ", ""))
+    full = decode(code, 0x1000)
+    short = decode(code, 0x1000, all_operands=False)
+    assert [i.mnemonic for i in full] == ["mov", "mov", "call", "movabs", "push"]
+    assert [len(i.operands) for i in short] == [0, 2, 1, 2, 0]
+    assert [i._replace(operands=()) for i in short] == [i._replace(operands=()) for i in full]
+    assert short[1].operands == full[1].operands and short[1].operands[1].disp == 8
+
+
+def test_bytes_that_start_no_instruction_end_the_decode() -> None:
+    assert decode(b"", 0) == []
+    # 06 (push es) is no instruction in 64-bit mode; a lone 0f is cut off
+    for code, sizes in ((b"\x90\x06\x90", [1]), (b"\x90\x90\x0f", [1, 1])):
+        assert [i.size for i in decode(code, 0x1000)] == sizes
+        theirs = [(i.address, i.size) for i in x64_decoder().disasm(code, 0x1000)]
+        assert [(i.address, i.size) for i in decode(code, 0x1000)] == theirs
