@@ -101,14 +101,18 @@ WHY_NOT_YET: dict[BlockerCause, str] = {
         "them unbound."
     ),
     BlockerCause.PAST_OLD_SECTION: (
-        "A global past the end of the old section has no memory in the running image, "
-        "and a package carries no writable data of its own (memory the applier would "
-        "allocate, initialise and bind)."
+        "A package carries the globals only the new build has, but only where the diff "
+        "has placed every old global of the section in the new build (anchors in "
+        "identical code, shifts and insertions between them); where it could not (a "
+        "tie, an unexplained gap: `writable_data_resized`), a global past the end of the "
+        "old section may be a new one or an old one that moved, and binding either way "
+        "would be a guess. Placing globals that no identical code names needs evidence "
+        "hpatch does not gather yet (symbols, or the code that initialises them)."
     ),
     BlockerCause.NO_OLD_SECTION: (
-        "The running image has no memory for a writable section the old build lacks, "
-        "and a package carries no writable data of its own (memory the applier would "
-        "allocate, initialise and bind)."
+        "The old image has a section of that name, but not a writable one: the running "
+        "image has no writable memory there, and the new build's globals in it are "
+        "neither old globals nor new data the package can carry on its own pages."
     ),
     BlockerCause.NEW_DATA_NOT_CARRIED: (
         "The builder copies new read-only data that carried code names, up to the next "
