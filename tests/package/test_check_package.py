@@ -41,3 +41,32 @@ def test_checking_does_not_code(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(build_module, "code_region", no_coding)
     assert check_package(sample_diff("x64-clang", "v1", "v2"), OPTIONS).functions
+
+
+def test_diff_json_checks_without_coding(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``hpatch diff --json`` gives the verdict of a bound, valid package, and codes
+    nothing: only ``-o`` writes one."""
+    import json
+
+    from hpatch.cli import main
+
+    from ..conftest import SAMPLES
+
+    def no_coding(*_: object) -> None:
+        raise AssertionError("the region was coded")
+
+    monkeypatch.setattr(build_module, "code_region", no_coding)
+    old, new = (SAMPLES / "x64-gcc" / v / "sample.stripped.dll" for v in ("v1", "v2"))
+    with pytest.raises(SystemExit) as exited:
+        main(["diff", "--json", str(old), str(new)])
+    assert exited.value.code in (0, None)
+    document = json.loads(capsys.readouterr().out)
+    assert document["hotpatchable"] is True and document["blockers"] == []
+    monkeypatch.setattr(build_module.data, "_MAX_CONSTANT", 0)
+    with pytest.raises(SystemExit) as exited:
+        main(["diff", "--json", str(old), str(new)])
+    refused = json.loads(capsys.readouterr().out)
+    assert exited.value.code == 3 and refused["hotpatchable"] is False
+    assert {b["cause"] for b in refused["blockers"]} >= {"new_data_too_large"}
