@@ -7,6 +7,13 @@
  * particular are priced when first asked for after a refresh, not when used), so the
  * parse makes the same choices. The match finder keys its chains by the exact three
  * bytes, as the twin's dictionaries do, so candidates come in the same order.
+ *
+ * The twin enters positions into its chains as its parse reaches them; here every
+ * position is entered before the parse starts, each chained to the ones before it, and
+ * the search at a position walks from the head that position's entry replaced: the
+ * candidates the twin would see then. The matches at a position are thus the same
+ * whichever setting's parse asks for them, which lets lzma2_compress_settings code
+ * several (lc, lp, pb) settings with one finder and search each position once.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -311,13 +318,45 @@ typedef struct {
     int32_t position;
 } head3_slot_t;
 
+/* The match finder every setting shares. The chains hold every position entered (the
+ * dictionary's searched ranges, then all of the data), each linked to the one before
+ * it with the same key, so the matches at a data position depend on the position
+ * alone, not on which setting asks or when: the parse of each setting asks for its own
+ * positions, and a position's list, once found, is kept for the settings after. */
 typedef struct {
     /* the dictionary followed by the data */
     const uint8_t *buffer;
     int64_t start, end;
+    int64_t depth;
+    /* chain[p]: the last position before p with p's 3 bytes, or -1 */
+    int32_t *chain;
+    /* chain2[p - start]: the last position before data position p with its 2 bytes */
+    int32_t *chain2;
+    /* while entering: the last place of each exact 3-byte key (open-addressed) and
+     * of each 2-byte key */
+    head3_slot_t *head3;
+    size_t head3_mask;
+    int head3_shift;
+    size_t head3_used, head3_limit;
+    int32_t *head2; /* the position + 1; 0: none */
+    int64_t inserted;
+    int failed; /* out of memory growing the key table: the call raises MemoryError */
+    /* the lists found, by data position: kept[p - start] indexes store (-1: none) */
+    int32_t *kept;
+    uint16_t *kept_count;
+    match_t *store;
+    size_t store_used, store_capacity, store_limit;
+} finder_t;
+
+/* One setting's coder over the finder's buffer. */
+typedef struct {
+    finder_t *finder;
+    const uint8_t *buffer;
+    int64_t start, end;
     int lc, lp, pb;
     uint32_t lp_mask, pb_mask;
-    int64_t nice, depth, window;
+    int64_t nice, window;
+    int keep; /* store the lists found for the settings after this one */
     /* coder state */
     uint8_t state;
     int32_t reps[4]; /* distances (not distance - 1) */
@@ -332,16 +371,7 @@ typedef struct {
     prob_t pos_special[1 + FULL_DISTANCES - END_POS_MODEL];
     prob_t align[1 << ALIGN_BITS];
     length_coder_t match_len, rep_len;
-    /* match finder: hash chains over exact 3-byte keys (an open-addressed table of
-     * key -> last position), and the last place of each 2-byte key */
-    int32_t *chain;
-    head3_slot_t *head3;
-    size_t head3_mask;
-    int head3_shift;
-    size_t head3_used, head3_limit;
-    int failed; /* out of memory growing the key table: the call raises MemoryError */
-    int32_t head2[1 << 16]; /* the position + 1; 0: none */
-    int64_t inserted;
+    int failed; /* out of memory growing the footer table */
     int has_pending;
     int64_t pending_position;
     int pending_count;
@@ -361,7 +391,7 @@ typedef struct {
 } encoder_t;
 
 /* The slot of `key` (the key + 1, never 0) or the empty one where it goes. */
-static size_t head3_find(const encoder_t *e, uint32_t stored)
+static size_t head3_find(const finder_t *e, uint32_t stored)
 {
     size_t slot = (size_t)(((stored - 1) * 2654435761u) >> e->head3_shift) & e->head3_mask;
     while (e->head3[slot].key != 0 && e->head3[slot].key != stored)
@@ -371,7 +401,7 @@ static size_t head3_find(const encoder_t *e, uint32_t stored)
 
 /* Double the key table. It grows with the distinct keys rather than being sized by
  * the positions: a smaller table stays in the caches the chain walk needs. */
-static int head3_grow(encoder_t *e)
+static int head3_grow(finder_t *e)
 {
     head3_slot_t *old = e->head3;
     size_t old_capacity = e->head3_mask + 1, capacity = old_capacity * 2;
@@ -389,7 +419,7 @@ static int head3_grow(encoder_t *e)
     return 0;
 }
 
-static int32_t head3_swap(encoder_t *e, uint32_t key, int32_t position)
+static int32_t head3_swap(finder_t *e, uint32_t key, int32_t position)
 {
     if (e->head3_used >= e->head3_limit && head3_grow(e) < 0) {
         /* past the limit the table still has room; when full, stop entering keys */
@@ -409,12 +439,6 @@ static int32_t head3_swap(encoder_t *e, uint32_t key, int32_t position)
     return previous;
 }
 
-static int32_t head3_get(const encoder_t *e, uint32_t key)
-{
-    size_t slot = head3_find(e, key + 1);
-    return e->head3[slot].key != 0 ? e->head3[slot].position : -1;
-}
-
 static uint32_t key3(const uint8_t *p)
 {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16);
@@ -425,7 +449,6 @@ static uint32_t key2(const uint8_t *p)
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8);
 }
 
-/* Enter every position before `position` into the hash chains. */
 /* A hint to fetch what a later probe reads; no effect on any result. */
 #if defined(__GNUC__)
 #define PREFETCH(address) __builtin_prefetch(address)
@@ -434,7 +457,8 @@ static uint32_t key2(const uint8_t *p)
 #endif
 #define PREFETCH_AHEAD 16
 
-static void insert_until(encoder_t *e, int64_t position)
+/* Enter every position before `position` into the hash chains. */
+static void insert_until(finder_t *e, int64_t position)
 {
     const uint8_t *buffer = e->buffer;
     for (int64_t p = e->inserted; p < position; p++) {
@@ -450,17 +474,21 @@ static void insert_until(encoder_t *e, int64_t position)
             e->chain[p] = head3_swap(e, key3(buffer + p), (int32_t)p);
         }
         /* a 1-byte key at the very end is never looked up */
-        if (p + 2 <= e->end)
-            e->head2[key2(buffer + p)] = (int32_t)p + 1;
+        if (p + 2 <= e->end) {
+            int32_t *head2 = &e->head2[key2(buffer + p)];
+            if (p >= e->start)
+                e->chain2[p - e->start] = *head2 - 1;
+            *head2 = (int32_t)p + 1;
+        }
     }
     if (position > e->inserted)
         e->inserted = position;
 }
 
 /* Length of the common prefix of the buffer at `earlier` and at `position`. */
-static int32_t common(const encoder_t *e, int64_t earlier, int64_t position, int32_t limit)
+static int32_t common(const uint8_t *buffer, int64_t earlier, int64_t position, int32_t limit)
 {
-    const uint8_t *a = e->buffer + earlier, *b = e->buffer + position;
+    const uint8_t *a = buffer + earlier, *b = buffer + position;
     int32_t length = 0;
     /* eight bytes at a time while they agree (both runs lie within the buffer) */
     while (length + 8 <= limit) {
@@ -476,7 +504,77 @@ static int32_t common(const encoder_t *e, int64_t earlier, int64_t position, int
     return length;
 }
 
-/* (length, distance) pairs at `position`, longer ones farther; enters it. */
+/* (length, distance) pairs at data position `position`, longer ones farther: the
+ * candidates are the positions before it with its 3 bytes, nearest first (as the heads
+ * stood just before it was entered), or else the last one with its 2 bytes. Every
+ * position is entered by now, so this reads only what entering it left. */
+static int search(const finder_t *f, int64_t position, match_t *found)
+{
+    const uint8_t *buffer = f->buffer;
+    int64_t avail = f->end - position;
+    int32_t limit = avail < MATCH_MAX ? (int32_t)avail : MATCH_MAX;
+    int count = 0;
+    if (limit < 2)
+        return 0;
+    int32_t best = 1;
+    if (limit >= 3) {
+        int32_t candidate = f->chain[position];
+        int64_t depth = f->depth;
+        while (candidate >= 0 && depth) {
+            if (buffer[candidate + best] == buffer[position + best]) {
+                int32_t length = common(buffer, candidate, position, limit);
+                if (length > best) {
+                    /* lengths only grow, so at most MATCH_MAX - 1 entries */
+                    found[count].length = length;
+                    found[count].distance = (int32_t)(position - candidate);
+                    count++;
+                    best = length;
+                    if (length == limit)
+                        break;
+                }
+            }
+            candidate = f->chain[candidate];
+            depth--;
+        }
+    }
+    if (best < 2) {
+        int32_t candidate = f->chain2[position - f->start];
+        if (candidate >= 0) {
+            found[count].length = 2;
+            found[count].distance = (int32_t)(position - candidate);
+            count++;
+        }
+    }
+    return count;
+}
+
+/* Keep the list found at `position` for the settings after; past the store's limit
+ * (or without memory to grow it) they search again, which finds the same. */
+static void keep(finder_t *f, int64_t position, const match_t *found, int count)
+{
+    if (f->store_used + (size_t)count > f->store_limit)
+        return;
+    if (f->store_used + (size_t)count > f->store_capacity) {
+        size_t grown = f->store_capacity ? f->store_capacity * 2 : 4096;
+        while (grown < f->store_used + (size_t)count)
+            grown *= 2;
+        if (grown > f->store_limit)
+            grown = f->store_limit;
+        match_t *store = realloc(f->store, grown * sizeof(match_t));
+        if (store == NULL) {
+            f->store_limit = f->store_used;
+            return;
+        }
+        f->store = store;
+        f->store_capacity = grown;
+    }
+    memcpy(f->store + f->store_used, found, (size_t)count * sizeof(match_t));
+    f->kept[position - f->start] = (int32_t)f->store_used;
+    f->kept_count[position - f->start] = (uint16_t)count;
+    f->store_used += (size_t)count;
+}
+
+/* The matches at `position` for this setting's parse. */
 static int matches(encoder_t *e, int64_t position, match_t *found)
 {
     if (e->has_pending && e->pending_position == position) {
@@ -484,65 +582,15 @@ static int matches(encoder_t *e, int64_t position, match_t *found)
         memcpy(found, e->pending, (size_t)e->pending_count * sizeof(match_t));
         return e->pending_count;
     }
-    insert_until(e, position);
-    const uint8_t *buffer = e->buffer;
-    int64_t avail = e->end - position;
-    int32_t limit = avail < MATCH_MAX ? (int32_t)avail : MATCH_MAX;
-    int count = 0;
-    /* The search reads the heads from before `position` is entered, and nothing it
-     * reads changes when it is: so, as a rule, enter it now and take the heads it
-     * replaces (one probe of the key table, not two). */
-    int entered = e->inserted == position;
-    int32_t head3 = -1, head2 = -1;
-    if (entered) {
-        if (limit >= 3) {
-            head3 = head3_swap(e, key3(buffer + position), (int32_t)position);
-            e->chain[position] = head3;
-        }
-        if (limit >= 2) {
-            head2 = e->head2[key2(buffer + position)] - 1;
-            e->head2[key2(buffer + position)] = (int32_t)position + 1;
-        }
-        e->inserted = position + 1;
-    } else {
-        if (limit >= 3)
-            head3 = head3_get(e, key3(buffer + position));
-        if (limit >= 2)
-            head2 = e->head2[key2(buffer + position)] - 1;
+    finder_t *f = e->finder;
+    if (f->kept != NULL && f->kept[position - f->start] >= 0) {
+        int count = f->kept_count[position - f->start];
+        memcpy(found, f->store + f->kept[position - f->start], (size_t)count * sizeof(match_t));
+        return count;
     }
-    if (limit >= 2) {
-        int32_t best = 1;
-        if (limit >= 3) {
-            int32_t candidate = head3;
-            int64_t depth = e->depth;
-            while (candidate >= 0 && depth) {
-                if (buffer[candidate + best] == buffer[position + best]) {
-                    int32_t length = common(e, candidate, position, limit);
-                    if (length > best) {
-                        /* lengths only grow, so at most MATCH_MAX - 1 entries */
-                        found[count].length = length;
-                        found[count].distance = (int32_t)(position - candidate);
-                        count++;
-                        best = length;
-                        if (length == limit)
-                            break;
-                    }
-                }
-                candidate = e->chain[candidate];
-                depth--;
-            }
-        }
-        if (best < 2) {
-            int32_t candidate = head2;
-            if (candidate >= 0) {
-                found[count].length = 2;
-                found[count].distance = (int32_t)(position - candidate);
-                count++;
-            }
-        }
-    }
-    if (!entered)
-        insert_until(e, position + 1);
+    int count = search(f, position, found);
+    if (e->keep && f->kept != NULL)
+        keep(f, position, found, count);
     return count;
 }
 
@@ -659,7 +707,7 @@ static void rep_lengths_at(const encoder_t *e, int64_t p, const int32_t *reps, i
                            int32_t *lengths)
 {
     for (int i = 0; i < 4; i++)
-        lengths[i] = (reps[i] <= p && avail >= 2) ? common(e, p - reps[i], p, avail) : 0;
+        lengths[i] = (reps[i] <= p && avail >= 2) ? common(e->buffer, p - reps[i], p, avail) : 0;
 }
 
 /* The cheapest symbols from `position` on, into e->symbols; returns their count. */
@@ -678,14 +726,12 @@ static int64_t optimum(encoder_t *e, int64_t position)
         if (rep_lengths[i] > rep_lengths[best_rep])
             best_rep = i;
     if (rep_lengths[best_rep] >= e->nice) {
-        insert_until(e, position + rep_lengths[best_rep]);
         e->symbols[0].kind = KIND_REP;
         e->symbols[0].length = rep_lengths[best_rep];
         e->symbols[0].arg = best_rep;
         return 1;
     }
     if (found_count && found[found_count - 1].length >= e->nice) {
-        insert_until(e, position + found[found_count - 1].length);
         e->symbols[0].kind = KIND_MATCH;
         e->symbols[0].length = found[found_count - 1].length;
         e->symbols[0].arg = found[found_count - 1].distance;
@@ -994,93 +1040,22 @@ typedef struct {
     int64_t low, high;
 } range_t;
 
-static void encoder_free(encoder_t *e)
+static void finder_free(finder_t *f)
 {
-    if (e == NULL)
+    if (f == NULL)
         return;
-    free(e->chain);
-    free(e->head3);
-    free(e->footer);
-    free(e->nodes);
-    free(e->symbols);
-    free(e);
-}
-
-/* An encoder over `buffer` (end bytes, the data from `start`), or NULL without memory.
- * Every allocation is bounded by `end` (and by window for the parse). */
-static encoder_t *encoder_new(const uint8_t *buffer, int64_t start, int64_t end, int lc, int lp,
-                              int pb, int64_t nice, int64_t depth, int64_t window, size_t entered)
-{
-    encoder_t *e = calloc(1, sizeof(encoder_t));
-    if (e == NULL)
-        return NULL;
-    e->buffer = buffer;
-    e->start = start;
-    e->end = end;
-    e->lc = lc;
-    e->lp = lp;
-    e->pb = pb;
-    e->lp_mask = (1u << lp) - 1;
-    e->pb_mask = (1u << pb) - 1;
-    e->nice = nice;
-    e->depth = depth;
-    e->window = window;
-    e->reps[0] = e->reps[1] = e->reps[2] = e->reps[3] = 1;
-    fill_probs(e->is_match, STATES << 4);
-    fill_probs(e->is_rep, STATES);
-    fill_probs(e->is_rep_g0, STATES);
-    fill_probs(e->is_rep_g1, STATES);
-    fill_probs(e->is_rep_g2, STATES);
-    fill_probs(e->is_rep0_long, STATES << 4);
-    fill_probs(e->literal, (size_t)0x300 << (lc + lp));
-    fill_probs(e->pos_slot, 4 << 6);
-    fill_probs(e->pos_special, 1 + FULL_DISTANCES - END_POS_MODEL);
-    fill_probs(e->align, 1 << ALIGN_BITS);
-    length_coder_t *coders[2] = {&e->match_len, &e->rep_len};
-    for (int i = 0; i < 2; i++) {
-        fill_probs(coders[i]->choice, 2);
-        fill_probs(coders[i]->low, POS_STATES_MAX << 3);
-        fill_probs(coders[i]->mid, POS_STATES_MAX << 3);
-        fill_probs(coders[i]->high, 256);
-    }
-    size_t size = end > 0 ? (size_t)end : 1;
-    /* the key table starts at half the positions entered (code has about one distinct
-     * key in four positions) and grows with the distinct keys (at most one per position
-     * entered, and 2^24), kept at most 5/8 full */
-    size_t keys = entered / 4 < ((size_t)1 << 22) ? entered / 4 : ((size_t)1 << 22);
-    size_t capacity = 16;
-    int shift = 28;
-    while (capacity < keys * 2) {
-        capacity <<= 1;
-        shift--;
-    }
-    e->head3_mask = capacity - 1;
-    e->head3_shift = shift;
-    e->head3_limit = capacity / 8 * 5;
-    e->chain = malloc(size * sizeof(int32_t));
-    e->head3 = calloc(capacity, sizeof(head3_slot_t));
-    e->footer = calloc(FOOTER_SLOTS_MIN, sizeof(footer_t));
-    e->footer_mask = FOOTER_SLOTS_MIN - 1;
-    /* targets of the parse lie within the window plus one match, and within the data */
-    int64_t data = end - start;
-    int64_t reach = window + MATCH_MAX < data ? window + MATCH_MAX : data;
-    e->node_count = reach + 1;
-    e->nodes = malloc((size_t)e->node_count * sizeof(node_t));
-    e->symbols = malloc((size_t)e->node_count * sizeof(symbol_t));
-    if (e->chain == NULL || e->head3 == NULL ||
-        e->footer == NULL || e->nodes == NULL ||
-        e->symbols == NULL) {
-        encoder_free(e);
-        return NULL;
-    }
-    for (int64_t i = 0; i < e->node_count; i++)
-        e->nodes[i].price = PRICE_INFINITY;
-    refresh(e);
-    return e;
+    free(f->chain);
+    free(f->chain2);
+    free(f->head3);
+    free(f->head2);
+    free(f->kept);
+    free(f->kept_count);
+    free(f->store);
+    free(f);
 }
 
 /* How many positions enter the chains: the data's, and those of the dictionary that
- * enter_dictionary enters. */
+ * finder_enter enters. */
 static size_t entered_count(const range_t *ranges, Py_ssize_t count, int all, int64_t start,
                             int64_t end)
 {
@@ -1102,22 +1077,173 @@ static size_t entered_count(const range_t *ranges, Py_ssize_t count, int all, in
     return (size_t)entered;
 }
 
-/* Enter the dictionary's searched ranges (all of it when ranges is NULL). */
-static void enter_dictionary(encoder_t *e, const range_t *ranges, Py_ssize_t count, int all)
+/* A finder over `buffer` (end bytes, the data from `start`) with every position entered:
+ * the dictionary's searched ranges (all of it when ranges is NULL), then the data. NULL
+ * without memory. Every allocation is bounded by `end`; with `keeping`, the store of
+ * lists found is bounded by the data's length too. */
+static finder_t *finder_new(const uint8_t *buffer, int64_t start, int64_t end, int64_t depth,
+                            const range_t *ranges, Py_ssize_t range_count, int all, int keeping)
 {
+    finder_t *f = calloc(1, sizeof(finder_t));
+    if (f == NULL)
+        return NULL;
+    f->buffer = buffer;
+    f->start = start;
+    f->end = end;
+    f->depth = depth;
+    size_t size = end > 0 ? (size_t)end : 1;
+    size_t data = end - start > 0 ? (size_t)(end - start) : 1;
+    /* the key table starts at half the positions entered (code has about one distinct
+     * key in four positions) and grows with the distinct keys (at most one per position
+     * entered, and 2^24), kept at most 5/8 full */
+    size_t entered = entered_count(ranges, range_count, all, start, end);
+    size_t keys = entered / 4 < ((size_t)1 << 22) ? entered / 4 : ((size_t)1 << 22);
+    size_t capacity = 16;
+    int shift = 28;
+    while (capacity < keys * 2) {
+        capacity <<= 1;
+        shift--;
+    }
+    f->head3_mask = capacity - 1;
+    f->head3_shift = shift;
+    f->head3_limit = capacity / 8 * 5;
+    f->chain = malloc(size * sizeof(int32_t));
+    f->chain2 = malloc(data * sizeof(int32_t));
+    f->head3 = calloc(capacity, sizeof(head3_slot_t));
+    f->head2 = calloc((size_t)1 << 16, sizeof(int32_t));
+    if (keeping) {
+        /* a list holds one entry per candidate of the chain walk at most (and fewer
+         * than MATCH_MAX); code has a few: the store keeps up to 8 a position, and at
+         * most 2^22 in all (32 MiB) */
+        f->kept = malloc(data * sizeof(int32_t));
+        f->kept_count = malloc(data * sizeof(uint16_t));
+        f->store_limit = data * 8 < ((size_t)1 << 22) ? data * 8 : ((size_t)1 << 22);
+    }
+    if (f->chain == NULL || f->chain2 == NULL || f->head3 == NULL || f->head2 == NULL ||
+        (keeping && (f->kept == NULL || f->kept_count == NULL))) {
+        finder_free(f);
+        return NULL;
+    }
+    if (keeping)
+        memset(f->kept, 0xFF, data * sizeof(int32_t)); /* -1: nothing kept */
     if (all) {
-        insert_until(e, e->start);
+        insert_until(f, start);
+    } else {
+        for (Py_ssize_t i = 0; i < range_count; i++) {
+            int64_t low = ranges[i].low < 0 ? 0 : ranges[i].low;
+            if (low > start)
+                low = start;
+            if (low > f->inserted)
+                f->inserted = low;
+            insert_until(f, ranges[i].high < start ? ranges[i].high : start);
+        }
+        f->inserted = start;
+    }
+    insert_until(f, end);
+    /* the heads are needed no more: the chains say all the search reads */
+    free(f->head3);
+    free(f->head2);
+    f->head3 = NULL;
+    f->head2 = NULL;
+    return f;
+}
+
+static void encoder_free(encoder_t *e)
+{
+    if (e == NULL)
         return;
+    free(e->footer);
+    free(e->nodes);
+    free(e->symbols);
+    free(e);
+}
+
+/* A coder of the finder's data under one setting, or NULL without memory. The parse's
+ * nodes are bounded by the window plus one match, and by the data. */
+static encoder_t *encoder_new(finder_t *finder, int lc, int lp, int pb, int64_t nice,
+                              int64_t window)
+{
+    encoder_t *e = calloc(1, sizeof(encoder_t));
+    if (e == NULL)
+        return NULL;
+    e->finder = finder;
+    e->buffer = finder->buffer;
+    e->start = finder->start;
+    e->end = finder->end;
+    e->lc = lc;
+    e->lp = lp;
+    e->pb = pb;
+    e->lp_mask = (1u << lp) - 1;
+    e->pb_mask = (1u << pb) - 1;
+    e->nice = nice;
+    e->window = window;
+    e->reps[0] = e->reps[1] = e->reps[2] = e->reps[3] = 1;
+    fill_probs(e->is_match, STATES << 4);
+    fill_probs(e->is_rep, STATES);
+    fill_probs(e->is_rep_g0, STATES);
+    fill_probs(e->is_rep_g1, STATES);
+    fill_probs(e->is_rep_g2, STATES);
+    fill_probs(e->is_rep0_long, STATES << 4);
+    fill_probs(e->literal, (size_t)0x300 << (lc + lp));
+    fill_probs(e->pos_slot, 4 << 6);
+    fill_probs(e->pos_special, 1 + FULL_DISTANCES - END_POS_MODEL);
+    fill_probs(e->align, 1 << ALIGN_BITS);
+    length_coder_t *coders[2] = {&e->match_len, &e->rep_len};
+    for (int i = 0; i < 2; i++) {
+        fill_probs(coders[i]->choice, 2);
+        fill_probs(coders[i]->low, POS_STATES_MAX << 3);
+        fill_probs(coders[i]->mid, POS_STATES_MAX << 3);
+        fill_probs(coders[i]->high, 256);
     }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        int64_t low = ranges[i].low < 0 ? 0 : ranges[i].low;
-        if (low > e->start)
-            low = e->start;
-        if (low > e->inserted)
-            e->inserted = low;
-        insert_until(e, ranges[i].high < e->start ? ranges[i].high : e->start);
+    e->footer = calloc(FOOTER_SLOTS_MIN, sizeof(footer_t));
+    e->footer_mask = FOOTER_SLOTS_MIN - 1;
+    int64_t data = e->end - e->start;
+    int64_t reach = window + MATCH_MAX < data ? window + MATCH_MAX : data;
+    e->node_count = reach + 1;
+    e->nodes = malloc((size_t)e->node_count * sizeof(node_t));
+    e->symbols = malloc((size_t)e->node_count * sizeof(symbol_t));
+    if (e->footer == NULL || e->nodes == NULL || e->symbols == NULL) {
+        encoder_free(e);
+        return NULL;
     }
-    e->inserted = e->start;
+    for (int64_t i = 0; i < e->node_count; i++)
+        e->nodes[i].price = PRICE_INFINITY;
+    refresh(e);
+    return e;
+}
+
+typedef struct {
+    int lc, lp, pb;
+} setting_t;
+
+/* Code the data under each setting in turn into chunks[i], over one finder: the
+ * settings after the first reuse the lists it found. Runs without the GIL. */
+static int code_settings(const uint8_t *buffer, int64_t start, int64_t end,
+                         const range_t *ranges, Py_ssize_t range_count, int all,
+                         const setting_t *settings, Py_ssize_t setting_count, int64_t nice,
+                         int64_t depth, int64_t window, const limits_t *limits,
+                         bytes_t *chunks)
+{
+    finder_t *f = finder_new(buffer, start, end, depth, ranges, range_count, all,
+                             setting_count > 1);
+    if (f == NULL || f->failed) {
+        finder_free(f);
+        return NO_MEMORY;
+    }
+    int status = ENCODED;
+    for (Py_ssize_t i = 0; i < setting_count && status == ENCODED; i++) {
+        encoder_t *e = encoder_new(f, settings[i].lc, settings[i].lp, settings[i].pb, nice,
+                                   window);
+        if (e == NULL) {
+            status = NO_MEMORY;
+            break;
+        }
+        e->keep = i + 1 < setting_count;
+        status = run(e, limits, &chunks[i]);
+        encoder_free(e);
+    }
+    finder_free(f);
+    return status;
 }
 
 /* The searched ranges, sorted as Python sorts them, saturated to int64 (which keeps
@@ -1165,6 +1291,103 @@ done:
     return ranges;
 }
 
+/* The data coded after the dictionary under each setting: the checks shared by both
+ * calls (the twin's, in its order and with its messages), then the coding without the
+ * GIL. A list of the streams, or one stream when `single`. */
+static PyObject *compress_settings(Py_buffer *data, Py_buffer *dictionary,
+                                   const setting_t *settings, Py_ssize_t setting_count,
+                                   PyObject *searched, long long nice, long long depth,
+                                   long long window, const limits_t *limits, int single)
+{
+    PyObject *result = NULL;
+    uint8_t *buffer = NULL;
+    range_t *ranges = NULL;
+    Py_ssize_t range_count = 0;
+    bytes_t *chunks = NULL;
+    int64_t start = 0, end = 0;
+    int status = NO_MEMORY;
+    for (Py_ssize_t i = 0; i < setting_count; i++) {
+        int lc = settings[i].lc, lp = settings[i].lp, pb = settings[i].pb;
+        if (!(0 <= lc && lc <= 4 && 0 <= lp && lp <= 4 && lc + lp <= 4 && 0 <= pb && pb <= 4)) {
+            PyErr_SetString(PyExc_ValueError, "LZMA2 needs lc + lp <= 4 and pb <= 4");
+            goto done;
+        }
+    }
+    if (nice < MATCH_MIN || depth < 0 || window < 1) {
+        PyErr_SetString(PyExc_ValueError, "nice must be at least 2, depth at least 0 and window at least 1");
+        goto done;
+    }
+    /* written so that no sum overflows: window >= 1 and packed_reserve >= 0 here */
+    if (limits->chunk_unpacked > CHUNK_UNPACKED_MAX || limits->chunk_unpacked <= MATCH_MAX ||
+        window > limits->chunk_unpacked - MATCH_MAX || limits->chunk_packed > CHUNK_PACKED_MAX ||
+        limits->packed_reserve < 0 || limits->chunk_packed < 5 ||
+        limits->packed_reserve > limits->chunk_packed - 5) {
+        PyErr_SetString(PyExc_ValueError, "LZMA2 chunk limits leave no room for a window");
+        goto done;
+    }
+    if ((int64_t)data->len + (int64_t)dictionary->len > BUFFER_MAX) {
+        PyErr_SetString(PyExc_ValueError, "too much to compress at once");
+        goto done;
+    }
+    if (searched != Py_None) {
+        ranges = read_ranges(searched, &range_count);
+        if (ranges == NULL)
+            goto done;
+    }
+    start = dictionary->len;
+    end = (int64_t)dictionary->len + data->len;
+    buffer = PyMem_RawMalloc(end ? (size_t)end : 1);
+    chunks = PyMem_Calloc((size_t)setting_count, sizeof(bytes_t));
+    if (buffer == NULL || chunks == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(buffer, dictionary->buf, (size_t)dictionary->len);
+    memcpy(buffer + start, data->buf, (size_t)data->len);
+    Py_BEGIN_ALLOW_THREADS
+    status = code_settings(buffer, start, end, ranges, range_count, searched == Py_None,
+                           settings, setting_count, nice, depth, window, limits, chunks);
+    Py_END_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < setting_count; i++)
+        if (chunks[i].failed)
+            status = NO_MEMORY;
+    if (status == NO_MEMORY) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (status == CHUNK_OVERFLOW) {
+        PyErr_SetString(PyExc_ValueError, "an LZMA2 chunk overflowed its 64 KiB");
+        goto done;
+    }
+    if (single) {
+        result = PyBytes_FromStringAndSize((const char *)chunks[0].data, (Py_ssize_t)chunks[0].size);
+        goto done;
+    }
+    result = PyList_New(setting_count);
+    for (Py_ssize_t i = 0; result != NULL && i < setting_count; i++) {
+        PyObject *stream =
+            PyBytes_FromStringAndSize((const char *)chunks[i].data, (Py_ssize_t)chunks[i].size);
+        if (stream == NULL)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, i, stream);
+    }
+done:
+    if (chunks != NULL)
+        for (Py_ssize_t i = 0; i < setting_count; i++)
+            free(chunks[i].data);
+    PyMem_Free(chunks);
+    PyMem_RawFree(buffer);
+    PyMem_Free(ranges);
+    return result;
+}
+
+/* A setting's three values saturated to int (which keeps every range check's answer). */
+static int setting_value(long long value)
+{
+    return value < -1 ? -1 : value > 5 ? 5 : (int)value;
+}
+
 PyDoc_STRVAR(lzma2_compress_doc,
 "lzma2_compress(data, dictionary, lc, lp, pb, searched, nice, depth, window,\n"
 "               chunk_unpacked, chunk_packed, packed_reserve, /)\n--\n\n"
@@ -1186,69 +1409,91 @@ static PyObject *lzma2_compress(PyObject *self, PyObject *args)
                           &window, hpatch_int64_arg, &chunk_unpacked, hpatch_int64_arg,
                           &chunk_packed, hpatch_int64_arg, &packed_reserve))
         return NULL;
-    PyObject *result = NULL;
-    uint8_t *buffer = NULL;
-    range_t *ranges = NULL;
-    Py_ssize_t range_count = 0;
-    encoder_t *e = NULL;
-    bytes_t chunks = {NULL, 0, 0, 0};
-    int64_t start = 0, end = 0;
     limits_t limits = {chunk_unpacked, chunk_packed, packed_reserve};
-    int status = NO_MEMORY;
-    /* the twin's checks, in its order and with its messages */
-    if (!(0 <= lc && lc <= 4 && 0 <= lp && lp <= 4 && lc + lp <= 4 && 0 <= pb && pb <= 4)) {
-        PyErr_SetString(PyExc_ValueError, "LZMA2 needs lc + lp <= 4 and pb <= 4");
-        goto done;
-    }
-    if (nice < MATCH_MIN || depth < 0 || window < 1) {
-        PyErr_SetString(PyExc_ValueError, "nice must be at least 2, depth at least 0 and window at least 1");
-        goto done;
-    }
-    /* written so that no sum overflows: window >= 1 and packed_reserve >= 0 here */
-    if (chunk_unpacked > CHUNK_UNPACKED_MAX || chunk_unpacked <= MATCH_MAX ||
-        window > chunk_unpacked - MATCH_MAX || chunk_packed > CHUNK_PACKED_MAX ||
-        packed_reserve < 0 || chunk_packed < 5 || packed_reserve > chunk_packed - 5) {
-        PyErr_SetString(PyExc_ValueError, "LZMA2 chunk limits leave no room for a window");
-        goto done;
-    }
-    if ((int64_t)data.len + (int64_t)dictionary.len > BUFFER_MAX) {
-        PyErr_SetString(PyExc_ValueError, "too much to compress at once");
-        goto done;
-    }
-    if (searched != Py_None) {
-        ranges = read_ranges(searched, &range_count);
-        if (ranges == NULL)
-            goto done;
-    }
-    start = dictionary.len;
-    end = (int64_t)dictionary.len + data.len;
-    buffer = PyMem_RawMalloc(end ? (size_t)end : 1);
-    if (buffer == NULL) {
+    setting_t setting = {setting_value(lc), setting_value(lp), setting_value(pb)};
+    PyObject *result = compress_settings(&data, &dictionary, &setting, 1, searched, nice, depth,
+                                         window, &limits, 1);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&dictionary);
+    return result;
+}
+
+/* The (lc, lp, pb) settings of a sequence, as the twin reads them: each item a
+ * sequence of three ints. NULL with an exception set. */
+static setting_t *read_settings(PyObject *sequence, Py_ssize_t *count)
+{
+    PyObject *list = PySequence_List(sequence);
+    if (list == NULL)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    setting_t *settings = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(setting_t));
+    if (settings == NULL) {
         PyErr_NoMemory();
-        goto done;
+        goto fail;
     }
-    memcpy(buffer, dictionary.buf, (size_t)dictionary.len);
-    memcpy(buffer + start, data.buf, (size_t)data.len);
-    Py_BEGIN_ALLOW_THREADS
-    e = encoder_new(buffer, start, end, (int)lc, (int)lp, (int)pb, nice, depth, window,
-                    entered_count(ranges, range_count, searched == Py_None, start, end));
-    if (e != NULL) {
-        enter_dictionary(e, ranges, range_count, searched == Py_None);
-        if (!e->failed)
-            status = run(e, &limits, &chunks);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Tuple(PyList_GET_ITEM(list, i));
+        if (item == NULL)
+            goto fail;
+        if (PyTuple_GET_SIZE(item) != 3) {
+            PyErr_Format(PyExc_ValueError, "a setting is (lc, lp, pb), not %zd values",
+                         PyTuple_GET_SIZE(item));
+            Py_DECREF(item);
+            goto fail;
+        }
+        long long values[3];
+        int ok = 1;
+        for (int j = 0; j < 3 && ok; j++)
+            ok = hpatch_int64_arg(PyTuple_GET_ITEM(item, j), &values[j]);
+        Py_DECREF(item);
+        if (!ok)
+            goto fail;
+        settings[i].lc = setting_value(values[0]);
+        settings[i].lp = setting_value(values[1]);
+        settings[i].pb = setting_value(values[2]);
     }
-    Py_END_ALLOW_THREADS
-    if (status == NO_MEMORY || chunks.failed)
-        PyErr_NoMemory();
-    else if (status == CHUNK_OVERFLOW)
-        PyErr_SetString(PyExc_ValueError, "an LZMA2 chunk overflowed its 64 KiB");
-    else
-        result = PyBytes_FromStringAndSize((const char *)chunks.data, (Py_ssize_t)chunks.size);
-done:
-    encoder_free(e);
-    free(chunks.data);
-    PyMem_RawFree(buffer);
-    PyMem_Free(ranges);
+    *count = n;
+    Py_DECREF(list);
+    return settings;
+fail:
+    PyMem_Free(settings);
+    Py_DECREF(list);
+    return NULL;
+}
+
+PyDoc_STRVAR(lzma2_compress_settings_doc,
+"lzma2_compress_settings(data, dictionary, settings, searched, nice, depth, window,\n"
+"                        chunk_unpacked, chunk_packed, packed_reserve, /)\n--\n\n"
+"A list of the LZMA2 chunks lzma2_compress gives for each (lc, lp, pb) of settings,\n"
+"the other arguments the same, in their order: the same bytes as one call a\n"
+"setting, with the matches found once for all. The same bytes as the pure-Python\n"
+"twin.");
+
+static PyObject *lzma2_compress_settings(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer data, dictionary;
+    long long nice, depth, window, chunk_unpacked, chunk_packed, packed_reserve;
+    PyObject *sequence, *searched;
+    if (!PyArg_ParseTuple(args, "O&O&OOO&O&O&O&O&O&:lzma2_compress_settings", hpatch_buffer_arg,
+                          &data, hpatch_buffer_arg, &dictionary, &sequence, &searched,
+                          hpatch_int64_arg, &nice, hpatch_int64_arg, &depth, hpatch_int64_arg,
+                          &window, hpatch_int64_arg, &chunk_unpacked, hpatch_int64_arg,
+                          &chunk_packed, hpatch_int64_arg, &packed_reserve))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t count = 0;
+    setting_t *settings = read_settings(sequence, &count);
+    if (settings != NULL) {
+        if (count == 0) {
+            PyErr_SetString(PyExc_ValueError, "LZMA2 needs at least one (lc, lp, pb) setting");
+        } else {
+            limits_t limits = {chunk_unpacked, chunk_packed, packed_reserve};
+            result = compress_settings(&data, &dictionary, settings, count, searched, nice,
+                                       depth, window, &limits, 0);
+        }
+        PyMem_Free(settings);
+    }
     PyBuffer_Release(&data);
     PyBuffer_Release(&dictionary);
     return result;
@@ -1256,5 +1501,7 @@ done:
 
 PyMethodDef hpatch_lzma2_methods[] = {
     {"lzma2_compress", lzma2_compress, METH_VARARGS, lzma2_compress_doc},
+    {"lzma2_compress_settings", lzma2_compress_settings, METH_VARARGS,
+     lzma2_compress_settings_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -13,7 +13,7 @@ from hpatch._fallback.discovery import (
     x64_code_extent,
     x64_padding_length,
 )
-from hpatch._fallback.lzma2 import lzma2_compress
+from hpatch._fallback.lzma2 import lzma2_compress, lzma2_compress_settings
 from hpatch._fallback.rewrite import apply_fixups, encode_redirect
 from hpatch._fallback.scan import normalise_arm64, normalise_x64, scan_arm64_sites, scan_x64_sites
 
@@ -23,6 +23,7 @@ __all__ = [
     "gap_evidence",
     "gap_leaves",
     "lzma2_compress",
+    "lzma2_compress_settings",
     "normalise_arm64",
     "normalise_x64",
     "reference_evidence",

@@ -195,6 +195,22 @@ class _LengthCoder:
         return table
 
 
+class _Kept:
+    """The match lists found so far, by position, for the settings coded after: a
+    position's list depends only on the bytes before it (and the positions entered
+    before it, the same for every setting), not on the setting whose parse asks. At most
+    ``limit`` matches are kept; past it, a later setting searches again."""
+
+    def __init__(self, limit: int) -> None:
+        self.lists: dict[int, list[tuple[int, int]]] = {}
+        self.room = limit
+
+    def add(self, position: int, found: list[tuple[int, int]]) -> None:
+        if len(found) <= self.room:
+            self.lists[position] = found
+            self.room -= len(found)
+
+
 class _Encoder:
     def __init__(
         self,
@@ -206,6 +222,7 @@ class _Encoder:
         nice: int,
         depth: int,
         searched: list[tuple[int, int]] | None,
+        kept: _Kept | None = None,
     ) -> None:
         self.buffer, self.start, self.end = buffer, start, len(buffer)
         self.lc, self.lp, self.pb = lc, lp, pb
@@ -231,6 +248,9 @@ class _Encoder:
         self.chain: dict[int, int] = {}
         self.inserted = 0
         self.pending: tuple[int, list[tuple[int, int]]] | None = None
+        # the lists an earlier setting's parse found, and whether to add this one's
+        self.kept = kept
+        self.keep = False
         self.refresh()
         if searched is None:
             self.insert_until(start)
@@ -279,6 +299,11 @@ class _Encoder:
             pending = self.pending[1]
             self.pending = None
             return pending
+        kept = self.kept
+        if kept is not None and position in kept.lists:
+            # the same list the search below finds: it depends on the position alone
+            self.insert_until(position + 1)
+            return kept.lists[position]
         self.insert_until(position)
         buffer = self.buffer
         limit = min(_MATCH_MAX, self.end - position)
@@ -303,6 +328,8 @@ class _Encoder:
                 if candidate >= 0:
                     found.append((2, position - candidate))
         self.insert_until(position + 1)
+        if self.keep and kept is not None:
+            kept.add(position, found)
         return found
 
     # prices -----------------------------------------------------------------------------
@@ -642,6 +669,41 @@ def _range(item: Iterable[int]) -> tuple[int, int]:
     return operator.index(pair[0]), operator.index(pair[1])
 
 
+def _checked(
+    data: bytes,
+    dictionary: bytes,
+    settings: list[tuple[int, int, int]],
+    searched: Iterable[tuple[int, int]] | None,
+    nice: int,
+    depth: int,
+    window: int,
+    chunk_unpacked: int,
+    chunk_packed: int,
+    packed_reserve: int,
+) -> tuple[bytes, int, list[tuple[int, int]] | None]:
+    """The buffer (the dictionary, then the data), where the data starts and the sorted
+    searched ranges, after the checks both calls make (the C core's, in its order)."""
+    for lc, lp, pb in settings:
+        if not (0 <= lc <= 4 and 0 <= lp <= 4 and lc + lp <= 4 and 0 <= pb <= 4):
+            raise ValueError("LZMA2 needs lc + lp <= 4 and pb <= 4")
+    # a nice length under 2 would choose empty symbols, and a negative depth never stops
+    if nice < _MATCH_MIN or depth < 0 or window < 1:
+        raise ValueError("nice must be at least 2, depth at least 0 and window at least 1")
+    # limits that leave no room for one window would write empty chunks forever
+    if (
+        chunk_unpacked > CHUNK_UNPACKED
+        or window + _MATCH_MAX > chunk_unpacked
+        or chunk_packed > CHUNK_PACKED
+        or packed_reserve < 0
+        or packed_reserve + 5 > chunk_packed
+    ):
+        raise ValueError("LZMA2 chunk limits leave no room for a window")
+    if len(dictionary) + len(data) > BUFFER_MAX:
+        raise ValueError("too much to compress at once")
+    ranges = None if searched is None else [_range(item) for item in sorted(searched)]
+    return dictionary + data, len(dictionary), ranges
+
+
 def lzma2_compress(
     data: bytes,
     dictionary: bytes,
@@ -661,28 +723,76 @@ def lzma2_compress(
     matches in the (start, end) ranges of ``searched`` (None: all of the dictionary).
     The chunks code at most ``chunk_unpacked`` bytes and are closed ``packed_reserve``
     bytes before ``chunk_packed``."""
-    prefix = bytes(memoryview(dictionary).cast("B"))
-    buffer = prefix + bytes(memoryview(data).cast("B"))
+    data, dictionary = bytes(memoryview(data).cast("B")), bytes(memoryview(dictionary).cast("B"))
     lc, lp, pb, nice, depth, window = map(operator.index, (lc, lp, pb, nice, depth, window))
     chunk_unpacked, chunk_packed, packed_reserve = map(
         operator.index, (chunk_unpacked, chunk_packed, packed_reserve)
     )
-    if not (0 <= lc <= 4 and 0 <= lp <= 4 and lc + lp <= 4 and 0 <= pb <= 4):
-        raise ValueError("LZMA2 needs lc + lp <= 4 and pb <= 4")
-    # a nice length under 2 would choose empty symbols, and a negative depth never stops
-    if nice < _MATCH_MIN or depth < 0 or window < 1:
-        raise ValueError("nice must be at least 2, depth at least 0 and window at least 1")
-    # limits that leave no room for one window would write empty chunks forever
-    if (
-        chunk_unpacked > CHUNK_UNPACKED
-        or window + _MATCH_MAX > chunk_unpacked
-        or chunk_packed > CHUNK_PACKED
-        or packed_reserve < 0
-        or packed_reserve + 5 > chunk_packed
-    ):
-        raise ValueError("LZMA2 chunk limits leave no room for a window")
-    if len(buffer) > BUFFER_MAX:
-        raise ValueError("too much to compress at once")
-    ranges = None if searched is None else [_range(item) for item in sorted(searched)]
-    encoder = _Encoder(buffer, len(prefix), lc, lp, pb, nice, depth, ranges)
+    buffer, start, ranges = _checked(
+        data,
+        dictionary,
+        [(lc, lp, pb)],
+        searched,
+        nice,
+        depth,
+        window,
+        chunk_unpacked,
+        chunk_packed,
+        packed_reserve,
+    )
+    encoder = _Encoder(buffer, start, lc, lp, pb, nice, depth, ranges)
     return encoder.run(window, chunk_unpacked, chunk_packed, packed_reserve)
+
+
+def _setting(item: Iterable[int]) -> tuple[int, int, int]:
+    values = tuple(item)
+    if len(values) != 3:
+        raise ValueError(f"a setting is (lc, lp, pb), not {len(values)} values")
+    lc, lp, pb = map(operator.index, values)
+    return lc, lp, pb
+
+
+def lzma2_compress_settings(
+    data: bytes,
+    dictionary: bytes,
+    settings: Iterable[Iterable[int]],
+    searched: Iterable[tuple[int, int]] | None,
+    nice: int,
+    depth: int,
+    window: int,
+    chunk_unpacked: int,
+    chunk_packed: int,
+    packed_reserve: int,
+    /,
+) -> list[bytes]:
+    """A list of the LZMA2 chunks ``lzma2_compress`` gives for each (lc, lp, pb) of
+    ``settings``, the other arguments the same, in their order: the same bytes as one
+    call a setting, with each position's matches searched for once."""
+    data, dictionary = bytes(memoryview(data).cast("B")), bytes(memoryview(dictionary).cast("B"))
+    nice, depth, window = map(operator.index, (nice, depth, window))
+    chunk_unpacked, chunk_packed, packed_reserve = map(
+        operator.index, (chunk_unpacked, chunk_packed, packed_reserve)
+    )
+    chosen = [_setting(item) for item in settings]
+    if not chosen:
+        raise ValueError("LZMA2 needs at least one (lc, lp, pb) setting")
+    buffer, start, ranges = _checked(
+        data,
+        dictionary,
+        chosen,
+        searched,
+        nice,
+        depth,
+        window,
+        chunk_unpacked,
+        chunk_packed,
+        packed_reserve,
+    )
+    # the C core's bound: a few matches a position, 2^22 in all
+    kept = _Kept(min(len(data) * 8, 1 << 22)) if len(chosen) > 1 else None
+    streams = []
+    for index, (lc, lp, pb) in enumerate(chosen):
+        encoder = _Encoder(buffer, start, lc, lp, pb, nice, depth, ranges, kept)
+        encoder.keep = index + 1 < len(chosen)
+        streams.append(encoder.run(window, chunk_unpacked, chunk_packed, packed_reserve))
+    return streams

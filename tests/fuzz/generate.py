@@ -565,6 +565,21 @@ def gen_lzma2_compress(rng: random.Random) -> Case:
     )
 
 
+def gen_lzma2_compress_settings(rng: random.Random) -> Case:
+    """As ``gen_lzma2_compress``, with one to four settings (the package tries three,
+    the later ones reusing the matches the first found) and now and then none."""
+    case = gen_lzma2_compress(rng)
+    data, dictionary, lc, lp, pb, *rest = case.args
+    settings = [[lc, lp, pb]]
+    settings += [
+        [_lzma2_int(rng, 0, 0, 4), _lzma2_int(rng, 0, 0, 4), _lzma2_int(rng, 1, 0, 4)]
+        for _ in range(rng.choice((0, 1, 2, 2, 3)))
+    ]
+    if rng.randrange(30) == 0:
+        settings = [] if rng.randrange(2) else [*settings, [0, 0]]
+    return Case("lzma2_compress_settings", [data, dictionary, ["tuples", settings], *rest])
+
+
 def gen_x64_code_extent(rng: random.Random) -> Case:
     """Compiler-emitted instructions (branches re-aimed inside, at and past the bound)
     or mutated bytes, walked from the start and from roots in and around the code."""
@@ -747,6 +762,7 @@ GENERATORS: dict[str, Callable[[random.Random], Case]] = {
     "gap_evidence": gen_gap_evidence,
     "gap_leaves": gen_gap_leaves,
     "lzma2_compress": gen_lzma2_compress,
+    "lzma2_compress_settings": gen_lzma2_compress_settings,
     "normalise_arm64": gen_normalise_arm64,
     "normalise_x64": gen_normalise_x64,
     "reference_evidence": gen_reference_evidence,
