@@ -8,7 +8,9 @@ to the stdlib decoder as uncompressed chunks, then those chunks, so decoding is
 liblzma's. The encoder is LZMA's (range coder, adaptive bit models, rep matches) with a
 price-driven optimal parse over hash-chain matches, in integer arithmetic only: the C
 core's ``lzma2_compress`` and its pure-Python twin (``hpatch/_fallback/lzma2.py``) give
-the same bytes for the same arguments on every platform. It is meant for the kilobytes
+the same bytes for the same arguments on every platform. ``compress_best`` codes under
+several (lc, lp, pb) settings in one call (``lzma2_compress_settings``), the matches
+found once for all, and keeps the shortest. It is meant for the kilobytes
 and megabytes a package holds, not for bulk data.
 """
 
@@ -54,6 +56,44 @@ def compress(
         CHUNK_PACKED,
         _PACKED_RESERVE,
     )
+
+
+def compress_settings(
+    data: bytes,
+    dictionary: bytes,
+    settings: Sequence[tuple[int, int, int]],
+    *,
+    nice: int = 128,
+    depth: int = 48,
+    window: int = 2048,
+    searched: Sequence[tuple[int, int]] | None = None,
+) -> list[bytes]:
+    """``compress(data, dictionary, lc=lc, lp=lp, pb=pb, ...)`` for each (lc, lp, pb) of
+    ``settings``, in their order, in one call that searches each position for matches
+    once (a position's matches do not depend on the setting)."""
+    return _backend.core.lzma2_compress_settings(
+        data,
+        dictionary,
+        settings,
+        searched,
+        nice,
+        depth,
+        window,
+        CHUNK_UNPACKED,
+        CHUNK_PACKED,
+        _PACKED_RESERVE,
+    )
+
+
+def compress_best(
+    data: bytes,
+    dictionary: bytes,
+    settings: Sequence[tuple[int, int, int]],
+    *,
+    searched: Sequence[tuple[int, int]] | None = None,
+) -> bytes:
+    """The shortest of ``compress_settings``' streams, the earliest setting's of equals."""
+    return min(compress_settings(data, dictionary, settings, searched=searched), key=len)
 
 
 def dictionary_chunks(dictionary: bytes) -> bytes:

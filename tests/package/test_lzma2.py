@@ -143,3 +143,30 @@ def test_any_input_round_trips(
 ) -> None:
     lc, lp, pb = setting
     round_trip(data * repeat + dictionary[:50], dictionary, lc=lc, lp=lp, pb=pb)
+
+
+def test_several_settings_in_one_call_code_as_one_call_each() -> None:
+    old = (SAMPLES / "x64-clang" / "v1" / "sample.stripped.dll").read_bytes()
+    new = (SAMPLES / "x64-clang" / "v3" / "sample.stripped.dll").read_bytes()
+    data = new[2000:14000]
+    for searched in (None, [(0, len(old) // 3), (len(old) // 2, len(old))]):
+        for chosen in ([(0, 0, 0), (3, 0, 0), (0, 0, 1)], SETTINGS, [(3, 0, 2)] * 2):
+            streams = lzma2.compress_settings(data, old, chosen, searched=searched)
+            assert streams == [
+                lzma2.compress(data, old, lc=lc, lp=lp, pb=pb, searched=searched)
+                for lc, lp, pb in chosen
+            ]
+            assert lzma2.compress_best(data, old, chosen, searched=searched) == min(
+                streams, key=len
+            )
+
+
+def test_the_best_setting_is_the_shortest_and_the_first_of_equals() -> None:
+    # sizes alike for every setting: the first one wins, as min() over a list does
+    assert lzma2.compress_best(b"", b"", [(3, 0, 0), (0, 0, 0)]) == b""
+    data = bytes(range(256)) * 4
+    streams = lzma2.compress_settings(data, b"", [(0, 0, 0), (0, 0, 0), (4, 0, 0)])
+    assert streams[0] == streams[1]
+    best = lzma2.compress_best(data, b"", [(0, 0, 0), (0, 0, 0), (4, 0, 0)])
+    assert best == min(streams, key=len)
+    assert lzma2.decompress(best, b"", len(data)) == data

@@ -26,9 +26,9 @@ LIMITS = (lzma2.CHUNK_UNPACKED, lzma2.CHUNK_PACKED, lzma2._PACKED_RESERVE)
 BUILDS = sorted(path.name for path in SAMPLES.iterdir() if (path / "v1").is_dir())
 
 
-def _call(module: object, *args: object) -> tuple[str, object]:
+def _call(module: object, *args: object, name: str = "lzma2_compress") -> tuple[str, object]:
     try:
-        return "ok", module.lzma2_compress(*args)  # type: ignore[attr-defined]
+        return "ok", getattr(module, name)(*args)
     except Exception as exc:  # the error's parity is what is tested
         return type(exc).__name__, str(exc)
 
@@ -55,6 +55,30 @@ def both(
     assert lzma2.unpacked_size(stream) == len(data)
     assert lzma2.decompress(stream, dictionary, len(data)) == data
     return stream
+
+
+def both_settings(
+    data: bytes,
+    dictionary: bytes,
+    chosen: list[tuple[int, int, int]],
+    searched: list[tuple[int, int]] | None = None,
+    nice: int = 128,
+    depth: int = 48,
+    window: int = 2048,
+    limits: tuple[int, int, int] = LIMITS,
+) -> list[bytes]:
+    """The native streams of ``lzma2_compress_settings``, after checking the twin gives
+    the same, and that they are the streams of one ``lzma2_compress`` call a setting."""
+    args = (data, dictionary, chosen, searched, nice, depth, window, *limits)
+    name = "lzma2_compress_settings"
+    native, twin = _call(_native, *args, name=name), _call(_fallback, *args, name=name)
+    assert native == twin
+    assert native[0] == "ok", native
+    streams = native[1]
+    assert isinstance(streams, list) and len(streams) == len(chosen)
+    for (lc, lp, pb), stream in zip(chosen, streams, strict=True):
+        assert stream == both(data, dictionary, lc, lp, pb, searched, nice, depth, window, limits)
+    return streams
 
 
 def repetitive(rng: random.Random, size: int) -> bytes:
@@ -104,6 +128,54 @@ def test_the_cores_agree_on_any_input(
     dictionary = (rng.randbytes(dictionary_size // 2) + data)[:dictionary_size]
     lc, lp, pb = setting
     both(data, dictionary, lc, lp, pb, ranges, nice, depth, window)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 1 << 32),
+    size=st.integers(0, 3000),
+    kind=st.sampled_from(["random", "repetitive", "sparse"]),
+    dictionary_size=st.sampled_from([0, 1, 3, 100, 5000]),
+    chosen=st.lists(SETTING, min_size=1, max_size=4),
+    nice=st.sampled_from([2, 3, 16, 128, 273]),
+    depth=st.sampled_from([0, 1, 4, 48]),
+    window=st.sampled_from([1, 16, 2048]),
+    ranges=st.none() | st.lists(st.tuples(st.integers(-20, 6000), st.integers(-20, 6000))),
+    small_chunks=st.booleans(),
+)
+def test_several_settings_code_as_one_call_each_on_any_input(
+    seed: int,
+    size: int,
+    kind: str,
+    dictionary_size: int,
+    chosen: list[tuple[int, int, int]],
+    nice: int,
+    depth: int,
+    window: int,
+    ranges: list[tuple[int, int]] | None,
+    small_chunks: bool,
+) -> None:
+    rng = random.Random(seed)
+    if kind == "random":
+        data = rng.randbytes(size)
+    elif kind == "repetitive":
+        data = repetitive(rng, size)
+    else:
+        data = bytes(rng.choice(b"\0\0\0\1\xff") for _ in range(size))
+    dictionary = (rng.randbytes(dictionary_size // 2) + data)[:dictionary_size]
+    limits = (window + 300 + rng.randrange(1000), 300 + rng.randrange(700), rng.randrange(250))
+    both_settings(
+        data, dictionary, chosen, ranges, nice, depth, window, limits if small_chunks else LIMITS
+    )
+
+
+def test_the_package_settings_code_the_samples_alike() -> None:
+    for build in BUILDS:
+        old = (SAMPLES / build / "v1" / "sample.stripped.dll").read_bytes()
+        new = (SAMPLES / build / "v3" / "sample.stripped.dll").read_bytes()
+        chosen = [(0, 0, 0), (3, 0, 0), (0, 0, 1)]
+        streams = both_settings(new[:12000], old, chosen, [(0, len(old) // 2)])
+        assert len(set(streams)) > 1  # the settings do code differently
 
 
 @settings(max_examples=40, deadline=None)
@@ -178,6 +250,28 @@ def test_the_cores_refuse_bad_arguments_alike(args: tuple[object, ...]) -> None:
         assert native == twin
 
 
+def _bad_settings_arguments() -> Iterator[tuple[object, ...]]:
+    # every bad argument of one setting, as the first, a later or the only setting
+    for args in _bad_arguments():
+        data, dictionary, lc, lp, pb, *rest = args
+        for chosen in ([(lc, lp, pb)], [(0, 0, 0), (lc, lp, pb)]):
+            yield (data, dictionary, chosen, *rest)
+    good = ([(0, 0, 0)], None, 128, 48, 2048, *LIMITS)
+    for chosen in ([], [(0, 0)], [(0, 0, 0, 0)], [(0, 0, 0), 5], [(0, "0", 0)], 7, None):
+        yield (b"data", b"", chosen, *good[1:])
+    yield (b"data", b"", [(0, 0, 0), (9, 0, 0)], [(0, 1, 2)], *good[2:])
+
+
+@pytest.mark.parametrize("args", list(_bad_settings_arguments()), ids=repr)
+def test_the_cores_refuse_bad_settings_arguments_alike(args: tuple[object, ...]) -> None:
+    name = "lzma2_compress_settings"
+    native, twin = _call(_native, *args, name=name), _call(_fallback, *args, name=name)
+    assert native[0] in ("ValueError", "TypeError")
+    assert native[0] == twin[0]
+    if native[0] == "ValueError":
+        assert native == twin
+
+
 def test_any_buffer_and_any_sequence_of_ranges_are_taken() -> None:
     data = bytearray(b"abcabcabcabc" * 20)
     expected = both(bytes(data), b"abc" * 10, searched=[(0, 30)])
@@ -207,6 +301,9 @@ def test_the_signatures_are_the_same() -> None:
         (name, inspect.Parameter.POSITIONAL_ONLY)
         for name in ("data", "dictionary", "lc", "lp", "pb", "searched")
     ]
+    several = shape(_native.lzma2_compress_settings)
+    assert several == shape(_fallback.lzma2_compress_settings)
+    assert several == [*native[:2], ("settings", inspect.Parameter.POSITIONAL_ONLY), *native[5:]]
 
 
 def test_compress_uses_the_chosen_core(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,6 +318,19 @@ def test_compress_uses_the_chosen_core(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == [12]
 
 
+def test_compress_settings_uses_the_chosen_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[object, ...]] = []
+
+    def spy(*args: object) -> list[bytes]:
+        calls.append(args)
+        return [b"longer", b"short", b"equal"]
+
+    monkeypatch.setattr(_backend.core, "lzma2_compress_settings", spy)
+    chosen = [(0, 0, 0), (3, 0, 0), (0, 0, 1)]
+    assert lzma2.compress_best(b"data", b"dictionary", chosen) == b"short"
+    assert len(calls) == 1 and len(calls[0]) == 10 and calls[0][2] == chosen
+
+
 @pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("pair", HOTPATCHABLE_PAIRS[:2], ids="->".join)
 def test_both_cores_build_the_same_package(
@@ -228,8 +338,10 @@ def test_both_cores_build_the_same_package(
 ) -> None:
     diff = sample_diff(build, *pair)
     encoded = []
-    for function in (_native.lzma2_compress, _fallback.lzma2_compress):
-        monkeypatch.setattr(_backend.core, "lzma2_compress", function)
+    for module in (_native, _fallback):
+        monkeypatch.setattr(_backend.core, "lzma2_compress", module.lzma2_compress)
+        several = module.lzma2_compress_settings
+        monkeypatch.setattr(_backend.core, "lzma2_compress_settings", several)
         compress_metadata.cache_clear()
         encoded.append(encode_package(build_package(diff, OPTIONS)))
     compress_metadata.cache_clear()
@@ -237,14 +349,19 @@ def test_both_cores_build_the_same_package(
     assert len(encoded[0]) > 100
 
 
-def test_the_c_core_lets_other_threads_run_while_it_codes() -> None:
+@pytest.mark.parametrize("several", [False, True])
+def test_the_c_core_lets_other_threads_run_while_it_codes(several: bool) -> None:
     rng = random.Random(23)
     data = rng.randbytes(256 * 1024)  # incompressible: a long parse, some 100 ms
     span: list[float] = []
 
     def code() -> None:
         span.append(time.monotonic())
-        _native.lzma2_compress(data, b"", 3, 0, 2, None, 128, 48, 2048, *LIMITS)
+        if several:
+            chosen = [(3, 0, 2), (0, 0, 0)]
+            _native.lzma2_compress_settings(data, b"", chosen, None, 128, 48, 2048, *LIMITS)
+        else:
+            _native.lzma2_compress(data, b"", 3, 0, 2, None, 128, 48, 2048, *LIMITS)
         span.append(time.monotonic())
 
     worker = threading.Thread(target=code)

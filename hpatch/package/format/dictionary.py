@@ -145,11 +145,7 @@ def compress(
     plain: bytes, dictionary: bytes, searched: list[tuple[int, int]] | None = None
 ) -> bytes:
     settings = _SETTINGS if len(plain) <= _TRY_ALL_SETTINGS else _SETTINGS[:1]
-    streams = [
-        lzma2.compress(plain, dictionary, lc=lc, lp=lp, pb=pb, searched=searched)
-        for lc, lp, pb in settings
-    ]
-    return min(streams, key=len)
+    return lzma2.compress_best(plain, dictionary, settings, searched=searched)
 
 
 @functools.lru_cache(maxsize=64)
