@@ -568,7 +568,8 @@ static void keep(finder_t *f, int64_t position, const match_t *found, int count)
         f->store = store;
         f->store_capacity = grown;
     }
-    memcpy(f->store + f->store_used, found, (size_t)count * sizeof(match_t));
+    if (count) /* the store is NULL until the first list with matches */
+        memcpy(f->store + f->store_used, found, (size_t)count * sizeof(match_t));
     f->kept[position - f->start] = (int32_t)f->store_used;
     f->kept_count[position - f->start] = (uint16_t)count;
     f->store_used += (size_t)count;
@@ -585,7 +586,8 @@ static int matches(encoder_t *e, int64_t position, match_t *found)
     finder_t *f = e->finder;
     if (f->kept != NULL && f->kept[position - f->start] >= 0) {
         int count = f->kept_count[position - f->start];
-        memcpy(found, f->store + f->kept[position - f->start], (size_t)count * sizeof(match_t));
+        if (count)
+            memcpy(found, f->store + f->kept[position - f->start], (size_t)count * sizeof(match_t));
         return count;
     }
     int count = search(f, position, found);
