@@ -1,6 +1,6 @@
-"""The LZMA2 encoder behind ``hpatch.package.lzma2.compress``, in pure integer Python:
-the twin of the C core's ``lzma2_compress`` and its oracle (the same arguments give the
-same bytes).
+"""The LZMA2 encoder behind ``hpatch.package.lzma2.compress`` and ``compress_best``, in
+pure integer Python: the twin of the C core's ``lzma2_compress`` and
+``lzma2_compress_settings`` and their oracle (the same arguments give the same bytes).
 
 LZMA's coder (range coder, adaptive bit models, rep matches) with a price-driven
 optimal parse over hash-chain matches. It imports nothing heavy, since
