@@ -11,13 +11,14 @@ from __future__ import annotations
 import bisect
 import struct
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
 from hpatch.arch import Reference
 from hpatch.diff.data_layout import WritableLayout, learn_layouts
 from hpatch.diff.match import Match, Side, c_string
+from hpatch.diff.references import ReferenceRow, as_reference, reference_rows
 from hpatch.image import Function, Import, PEImage, Section
 
 #: Bytes on either side of a moved writable reference that must have moved with it.
@@ -111,8 +112,9 @@ def _fields_in(fields: list[int], start: int, end: int) -> list[int]:
     return [f for f in fields[low : bisect.bisect_left(fields, end)] if f + 8 <= end]
 
 
-#: A reference pair of identical code, with the section of each target (None outside).
-IdenticalPair = tuple[Reference, Reference, Section | None, Section | None]
+#: A writable global that identical code names: (old target, new target, and the
+#: section of each).
+WritablePair = tuple[int, int, Section, Section]
 
 
 class _SectionLookup:
@@ -143,62 +145,66 @@ class Correspondence:
         #: Answers of ``same`` asked outside any comparison in progress: the same
         #: callees, imports and globals come up in function after function.
         self._same: dict[tuple[int, int], bool] = {}
-        identical = self._identical_code_references(matches)
-        self.data = self._learn_data(identical)
+        data_votes, writable = self._identical_code_references(matches)
+        self.data = {old: next(iter(new)) for old, new in data_votes.items() if len(new) == 1}
         self.section_shift = self._learn_section_shifts()
         #: Writable sections whose globals are placed, by name (see data_layout).
         self.layouts: dict[str, WritableLayout] = {}
-        self.layouts = learn_layouts(old, new, self._writable_votes(identical), self.same_content)
+        self.layouts = learn_layouts(old, new, self._writable_votes(writable), self.same_content)
         # Answers given while the layouts were learned compared globals by offset.
         self._same.clear()
-        self.writable_moves = self._learn_writable_moves(identical)
+        self.writable_moves = self._learn_writable_moves(writable)
 
-    def _identical_code_references(self, matches: tuple[Match, ...]) -> list[IdenticalPair]:
-        """Reference pairs of matched functions whose normalised code is identical, with
-        the section of each target (looked up once per target: the learners below all
-        walk these pairs, and the same globals come up in function after function)."""
+    def _identical_code_references(
+        self, matches: tuple[Match, ...]
+    ) -> tuple[dict[int, set[int]], list[WritablePair]]:
+        """What matched functions whose normalised code is identical show, reference by
+        reference: the new read-only data each old read-only address may be (votes,
+        see ``data``), and the writable globals they name in either build, in order.
+
+        Writable data is not learned by vote: a field inserted in a global and a global
+        inserted before it look alike without symbols, so writable data is identified
+        by its offset in its section (see ``same``). The targets' sections are looked
+        up once per target: the same globals come up in function after function.
+        """
         old_sections = _SectionLookup(self.old.image)
         new_sections = _SectionLookup(self.new.image)
-        pairs: list[IdenticalPair] = []
+        old_imports = self.old_imports
+        votes: dict[int, set[int]] = defaultdict(set)
+        writable: list[WritablePair] = []
         for match in matches:
             old_print = self.old.fingerprints[match.old_rva]
             new_print = self.new.fingerprints[match.new_rva]
-            if old_print.digest == new_print.digest and len(old_print.references) == len(
+            if old_print.digest != new_print.digest or len(old_print.references) != len(
                 new_print.references
             ):
-                pairs.extend(
-                    (a, b, old_sections(a.target_rva), new_sections(b.target_rva))
-                    for a, b in zip(old_print.references, new_print.references, strict=True)
-                )
-        return pairs
-
-    def _learn_data(self, identical: list[IdenticalPair]) -> dict[int, int]:
-        """old read-only data address -> new, from matched functions with identical code.
-
-        Writable data is not learned this way: a field inserted in a global and a
-        global inserted before it look alike without symbols, so writable data is
-        identified by its offset in its section (see ``same``).
-        """
-        votes: dict[int, set[int]] = defaultdict(set)
-        for a, b, old_section, _ in identical:
-            if a.kind != b.kind or a.target_rva in self.old_imports:
                 continue
-            if old_section is None or old_section.is_executable or old_section.is_writable:
-                continue
-            votes[a.target_rva].add(b.target_rva)
-        return {old: next(iter(new)) for old, new in votes.items() if len(new) == 1}
+            for (_, a_kind, a_target), (_, b_kind, b_target) in zip(
+                reference_rows(old_print.references),
+                reference_rows(new_print.references),
+                strict=True,
+            ):
+                old_section = old_sections(a_target)
+                if old_section is None:
+                    continue
+                if old_section.is_writable:
+                    new_section = new_sections(b_target)
+                    if new_section is not None:
+                        writable.append((a_target, b_target, old_section, new_section))
+                elif (
+                    not old_section.is_executable
+                    and a_kind == b_kind
+                    and a_target not in old_imports
+                ):
+                    votes[a_target].add(b_target)
+        return votes, writable
 
-    def _writable_votes(self, identical: list[IdenticalPair]) -> Iterator[tuple[int, int]]:
+    def _writable_votes(self, writable: list[WritablePair]) -> Iterator[tuple[int, int]]:
         """(old, new) writable addresses that the same code names in each build, directly
         or through a pointer in read-only data it names (mingw's ``.refptr`` slots)."""
-        for a, b, old_section, new_section in identical:
-            if (
-                old_section is not None
-                and new_section is not None
-                and old_section.is_writable
-                and new_section.is_writable
-            ):
-                yield a.target_rva, b.target_rva
+        for old_target, new_target, _, named_section in writable:
+            if named_section.is_writable:
+                yield old_target, new_target
         for old_rva, new_rva in self.data.items():
             size = self.old.data_extent(old_rva) - old_rva
             if size != self.new.data_extent(new_rva) - new_rva:
@@ -220,20 +226,15 @@ class Correspondence:
                 ):
                     yield old_target, new_target
 
-    def _learn_writable_moves(self, identical: list[IdenticalPair]) -> dict[int, int]:
+    def _learn_writable_moves(self, writable: list[WritablePair]) -> dict[int, int]:
         """old writable address -> new, where functions with identical code show that a
         global moved whole (see ``_same_global``)."""
         moves: dict[int, set[int]] = defaultdict(set)
-        for a, b, old_section, new_section in identical:
-            if (
-                old_section is None
-                or new_section is None
-                or not old_section.is_writable
-                or a.target_rva - old_section.rva == b.target_rva - new_section.rva
-            ):
+        for old_target, new_target, old_section, new_section in writable:
+            if old_target - old_section.rva == new_target - new_section.rva:
                 continue
-            if self.same(a.target_rva, b.target_rva):
-                moves[a.target_rva].add(b.target_rva)
+            if self.same(old_target, new_target):
+                moves[old_target].add(new_target)
         return {old: next(iter(new)) for old, new in moves.items() if len(new) == 1}
 
     def _learn_section_shifts(self) -> dict[str, int]:
@@ -438,37 +439,44 @@ class Correspondence:
         new_bytes = new_section.data[new_offset - window : new_offset + window]
         return len(old_bytes) == 2 * window and old_bytes == new_bytes
 
-    def _same_access(self, old: Reference, new: Reference) -> bool:
+    def _same_access(self, old: ReferenceRow, new: ReferenceRow) -> bool:
         """Two loads or stores of read-only data that touch the same bytes: as many as
         the instruction accesses (an 8-byte load of mingw's ``.refptr.X`` reads that
         pointer, not the compiler ident strings after it up to the next label)."""
-        old_size = self.old.image.arch.access_size(self.old.image.read, old.site_rva)
+        (old_site, _, old_target), (new_site, _, new_target) = old, new
+        old_size = self.old.image.arch.access_size(self.old.image.read, old_site)
         if old_size is None:
             return False
-        if old_size != self.new.image.arch.access_size(self.new.image.read, new.site_rva):
+        if old_size != self.new.image.arch.access_size(self.new.image.read, new_site):
             return False
-        for side, target in ((self.old, old.target_rva), (self.new, new.target_rva)):
+        for side, target in ((self.old, old_target), (self.new, new_target)):
             section = side.image.section_at(target)
             if section is None or section.is_writable or section.is_executable:
                 return False
             if target + old_size > section.rva + section.virtual_size:
                 return False
-        return self.same_content(old.target_rva, new.target_rva, old_size)
+        return self.same_content(old_target, new_target, old_size)
 
     def references_agree(
-        self, old: tuple[Reference, ...], new: tuple[Reference, ...]
+        self, old: Sequence[Reference], new: Sequence[Reference]
     ) -> tuple[str, tuple[Reference, Reference] | None]:
         """('', None) if the references correspond one for one, else why not and where."""
         if len(old) != len(new):
             return f"{len(old)} references became {len(new)}", None
-        for a, b in zip(old, new, strict=True):
-            if a.kind != b.kind:
-                return f"a {a.kind.name.lower()} reference became {b.kind.name.lower()}", (a, b)
-            if not self.same(a.target_rva, b.target_rva) and not self._same_access(a, b):
+        for a, b in zip(reference_rows(old), reference_rows(new), strict=True):
+            (a_site, a_kind, a_target), (_, b_kind, b_target) = a, b
+            if a_kind != b_kind:
+                first, second = as_reference(a), as_reference(b)
                 return (
-                    f"the {a.kind.name.lower()} reference at 0x{a.site_rva:x} points elsewhere "
-                    f"(0x{a.target_rva:x} -> 0x{b.target_rva:x})",
-                    (a, b),
+                    f"a {first.kind.name.lower()} reference became {second.kind.name.lower()}",
+                    (first, second),
+                )
+            if not self.same(a_target, b_target) and not self._same_access(a, b):
+                first = as_reference(a)
+                return (
+                    f"the {first.kind.name.lower()} reference at 0x{a_site:x} points elsewhere "
+                    f"(0x{a_target:x} -> 0x{b_target:x})",
+                    (first, as_reference(b)),
                 )
         return "", None
 

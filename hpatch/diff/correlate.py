@@ -21,6 +21,7 @@ from hpatch.diff.classify import (
     import_key,
 )
 from hpatch.diff.match import Side
+from hpatch.diff.references import as_reference, reference_rows
 from hpatch.image import Function, Section
 
 
@@ -79,7 +80,8 @@ class Correlator:
         self.dll_changed = dll_changed_imports(old.image.imports, new.image.imports)
         self.data_back = {new: old for old, new in correspondence.data.items()}
         self.moved_back = {new: old for old, new in correspondence.writable_moves.items()}
-        self._resolved: dict[tuple[int, RefKind], ResolvedReference] = {}
+        #: By (target, kind): a kind compares and hashes as its value does.
+        self._resolved: dict[tuple[int, int], ResolvedReference] = {}
 
     def resolve(self, reference: Reference) -> ResolvedReference:
         known = self._resolution(reference)
@@ -251,8 +253,12 @@ class Correlator:
         """The references of ``change``'s new code that cannot be bound, in order."""
         assert change.new is not None
         found = []
-        for reference in self.new.fingerprints[change.new.rva].references:
-            known = self._resolution(reference)
+        resolved = self._resolved
+        for row in reference_rows(self.new.fingerprints[change.new.rva].references):
+            _, kind, target = row
+            known = resolved.get((target, kind))
+            if known is None:
+                known = self._resolution(as_reference(row))
             if known.resolution == Resolution.UNRESOLVED:
-                found.append(self.resolve(reference))
+                found.append(self.resolve(as_reference(row)))
         return found

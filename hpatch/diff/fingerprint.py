@@ -13,10 +13,11 @@ from __future__ import annotations
 import hashlib
 import struct
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from hpatch.arch import Arch, Reference, RefKind
+from hpatch.diff.references import ReferenceColumns
 from hpatch.image import DataKind, Function, PEImage
 
 
@@ -26,7 +27,8 @@ class FunctionFingerprint:
 
     function: Function
     digest: bytes
-    references: tuple[Reference, ...]
+    #: What the masked fields named, in order (packed: see hpatch.diff.references).
+    references: Sequence[Reference]
     instruction_count: int
 
     @property
@@ -67,7 +69,10 @@ def _fingerprint(
         digest = hashlib.blake2b(_PART_HEADER.pack(0, len(code)), digest_size=16)
         digest.update(code)
         return FunctionFingerprint(
-            function, digest.digest(), normalised.references, normalised.instruction_count
+            function,
+            digest.digest(),
+            ReferenceColumns.pack(normalised.references),
+            normalised.instruction_count,
         )
     entry_end = function.extent_end
     digest = hashlib.blake2b(digest_size=16)
@@ -101,7 +106,9 @@ def _fingerprint(
         digest.update(_PART_HEADER.pack(data.rva - function.rva, len(content)))
         digest.update(data.kind.value.encode())
         digest.update(content)
-    return FunctionFingerprint(function, digest.digest(), tuple(references), instructions)
+    return FunctionFingerprint(
+        function, digest.digest(), ReferenceColumns.pack(references), instructions
+    )
 
 
 def fingerprint_image(

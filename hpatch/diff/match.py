@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -20,6 +20,7 @@ from functools import cached_property
 
 from hpatch.arch import RefKind
 from hpatch.diff.fingerprint import FunctionFingerprint
+from hpatch.diff.references import reference_rows
 from hpatch.image import PEImage
 
 
@@ -91,28 +92,33 @@ class Side:
     def __init__(self, image: PEImage, fingerprints: Iterable[FunctionFingerprint]) -> None:
         self.image = image
         self.fingerprints = {f.rva: f for f in fingerprints}
-        starts = set(self.fingerprints)
+        # Each entry as the one int object the fingerprints hold: the indexes below
+        # share it instead of holding an int per reference.
+        entries = {rva: rva for rva in self.fingerprints}
         call = RefKind.CALL
-        #: Every function entry each function names, with the reference's kind, in
-        #: order: calls, tail jumps and addresses taken (callbacks handed on).
-        self.entries_named = {
-            rva: [(kind, target) for _, kind, target in f.references if target in starts]
-            for rva, f in self.fingerprints.items()
-        }
-        self.callees = {
-            rva: [target for kind, target in named if kind == call]
-            for rva, named in self.entries_named.items()
-        }
-        #: The functions that name each function entry (the reverse of entries_named).
-        self.namers: dict[int, set[int]] = defaultdict(set)
-        for rva, named in self.entries_named.items():
-            for _, target in named:
+        #: Every function entry each function names, in order: calls, tail jumps and
+        #: addresses taken (callbacks handed on); and the kind of each reference.
+        self.named_targets: dict[int, tuple[int, ...]] = {}
+        self.named_kinds: dict[int, bytes] = {}
+        #: The functions that name each function entry (the reverse of named_targets).
+        self.namers: dict[int, list[int]] = defaultdict(list)
+        #: How many calls each function entry receives.
+        self.calls_in: Counter[int] = Counter()
+        for rva, fingerprint in self.fingerprints.items():
+            named = [
+                (kind, entry)
+                for _, kind, target in reference_rows(fingerprint.references)
+                if (entry := entries.get(target)) is not None
+            ]
+            if not named:
+                self.named_targets[rva], self.named_kinds[rva] = (), b""
+                continue
+            targets = self.named_targets[rva] = tuple([entry for _, entry in named])
+            self.named_kinds[rva] = bytes([kind for kind, _ in named])
+            self.calls_in.update([entry for kind, entry in named if kind == call])
+            for target in set(targets):
                 if target != rva:
-                    self.namers[target].add(rva)
-        self.callers: dict[int, list[int]] = defaultdict(list)
-        for rva, targets in self.callees.items():
-            for target in targets:
-                self.callers[target].append(rva)
+                    self.namers[target].append(rva)
         self._signatures: dict[int, Hashable] = {}
         #: target RVA -> digest of the read-only constant there, or None if none is.
         self._constant_digests: dict[int, bytes | None] = {}
@@ -127,7 +133,7 @@ class Side:
         relocated field and the address it holds, and each section's bounds."""
         found: set[int] = set()
         for fingerprint in self.fingerprints.values():
-            found.update(r.target_rva for r in fingerprint.references)
+            found.update([target for _, _, target in reference_rows(fingerprint.references)])
         image = self.image
         for field in self.relocated:
             found.add(field)
@@ -193,8 +199,8 @@ class Side:
         fingerprint = self.fingerprints[rva]
         digests = self._constant_digests
         constants = []
-        kinds: dict[RefKind, int] = {}
-        for _, kind, target in fingerprint.references:
+        kinds: dict[int, int] = {}
+        for _, kind, target in reference_rows(fingerprint.references):
             kinds[kind] = kinds.get(kind, 0) + 1
             if target in digests:
                 digest = digests[target]
@@ -211,8 +217,8 @@ class Side:
             fingerprint.instruction_count,
             tuple(sorted(kinds.items())),
             tuple(constants),
-            len(self.callees[rva]),
-            len(self.callers.get(rva, ())),
+            self.named_kinds[rva].count(RefKind.CALL),
+            self.calls_in[rva],
             len(fingerprint.function.fragments),
         )
 
@@ -322,11 +328,17 @@ class _Matcher:
         """Functions named at the same position by matched functions (called, jumped to
         or taken as an address), where no pair disagrees."""
         for old_rva, new_rva in self.taken[self.callers_seen :]:
-            old_named, new_named = self.old.entries_named[old_rva], self.new.entries_named[new_rva]
+            old_named, new_named = self.old.named_targets[old_rva], self.new.named_targets[new_rva]
             if len(old_named) == len(new_named):
                 self.callee_pairs.extend(
                     (a, b)
-                    for (a_kind, a), (b_kind, b) in zip(old_named, new_named, strict=True)
+                    for a_kind, a, b_kind, b in zip(
+                        self.old.named_kinds[old_rva],
+                        old_named,
+                        self.new.named_kinds[new_rva],
+                        new_named,
+                        strict=True,
+                    )
                     if a_kind == b_kind
                 )
             else:
@@ -357,8 +369,8 @@ class _Matcher:
         names between two it names in the same order (already matched to each other),
         where exactly one unmatched function lies there on each side. A rewritten
         callee next to a new helper is still the one callee between the same two."""
-        old_named = [t for _, t in self.old.entries_named[old_rva]]
-        new_named = [t for _, t in self.new.entries_named[new_rva]]
+        old_named = self.old.named_targets[old_rva]
+        new_named = self.new.named_targets[new_rva]
         found = []
         old_from = new_from = 0
         for old_index in range(len(old_named) + 1):
@@ -504,13 +516,13 @@ class _Matcher:
         def callees(
             side: Side, rva: int, counterpart: Callable[[int], int | None]
         ) -> Hashable | None:
-            named = side.entries_named[rva]
+            named = side.named_targets[rva]
             if not named:
                 return None
-            mapped = tuple((kind, counterpart(target)) for kind, target in named)
-            if any(target is None for _, target in mapped):
+            mapped = tuple([counterpart(target) for target in named])
+            if None in mapped:
                 return None
-            return side.fingerprints[rva].digest, mapped
+            return side.fingerprints[rva].digest, side.named_kinds[rva], mapped
 
         # A key starts with the code's digest: only code that both sides' unmatched
         # functions have can pair, and keying the rest could not change which keys

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from hpatch.arch import RefKind
 from hpatch.diff.match import Side
+from hpatch.diff.references import reference_rows
 
 #: Sections whose relocated pointers name initialisers (MSVC's CRT tables, gcc's lists).
 _INITIALISER_SECTIONS = (".CRT", ".ctors", ".init_array", ".tls")
@@ -48,7 +49,8 @@ def startup_functions(side: Side) -> dict[int, str]:
     starts = side.fingerprints
     while pending:
         rva = pending.pop()
-        for _, kind, target in side.fingerprints[rva].references if rva in starts else ():
+        references = side.fingerprints[rva].references if rva in starts else ()
+        for _, kind, target in reference_rows(references):
             if kind in _FOLLOWED and target in starts and target not in reached:
                 reached[target] = reached[rva]
                 pending.append(target)

@@ -35,6 +35,7 @@ from hpatch.diff.classify import (
 from hpatch.diff.correlate import Correlator, Resolution, ResolvedReference
 from hpatch.diff.layout_shift import layout_shifts
 from hpatch.diff.match import Side
+from hpatch.diff.references import reference_rows
 from hpatch.image import Export, Import, PEImage, Section, Symbol
 
 _MAX_DATA_RANGES = 8
@@ -154,8 +155,7 @@ class Verdict:
         users: list[set[str]] = [set() for _ in rvas]
         if wanted:
             for fingerprint in side.fingerprints.values():
-                for reference in fingerprint.references:
-                    target = reference.target_rva
+                for _, _, target in reference_rows(fingerprint.references):
                     for index in wanted.get(target // _NEAR, ()):
                         if abs(target - rvas[index]) < _NEAR:
                             users[index].add(function_label(fingerprint.function))
