@@ -52,6 +52,8 @@ MAX_UNBACKED = 64 << 20
 #: The same for executable sections, whose bytes are scanned for code.
 MAX_UNBACKED_CODE = 1 << 20
 _PIECE_LOOKBACK = 8
+#: A section's data until the image is mapped: then a view of the mapped bytes.
+_UNMAPPED = memoryview(b"")
 DIRECTORY_NAMES = {
     0: "export",
     1: "import",
@@ -167,14 +169,14 @@ class PEImage:
                     f"0x{self.size_of_image:x}"
                 )
             previous_end = rva + virtual_size
-            body = data[raw_offset : raw_offset + min(raw_size, virtual_size)] if raw_size else b""
-            fill = virtual_size - len(body)
+            backed = min(raw_size, virtual_size) if raw_size else 0
+            fill = virtual_size - backed
             unbacked += max(rva - backed_end, 0) + fill
             backed_end = rva + virtual_size
             if raw.characteristics & SectionFlags.MEM_EXECUTE and fill > MAX_UNBACKED_CODE:
                 raise ImageFormatError(
                     f"{self.name}: executable section {name!r} claims 0x{virtual_size:x} bytes "
-                    f"but the file holds 0x{len(body):x} of them; hpatch zero-fills at most "
+                    f"but the file holds 0x{backed:x} of them; hpatch zero-fills at most "
                     f"0x{MAX_UNBACKED_CODE:x} bytes of code"
                 )
             self._check_unbacked(unbacked)
@@ -187,7 +189,7 @@ class PEImage:
                     raw_offset=raw_offset,
                     raw_size=raw_size,
                     characteristics=raw.characteristics,
-                    data=memoryview(body.ljust(virtual_size, b"\0")),
+                    data=_UNMAPPED,
                 )
             )
         if not sections:
@@ -235,12 +237,16 @@ class PEImage:
 
     def _map(self, data: bytes, sizeof_headers: int) -> bytes:
         """The image as the loader maps it at its preferred base (before relocation)."""
-        # Joined, not written into a bytearray and copied: one image-sized allocation.
+        # Joined from views of the file, not from copies of each section nor written
+        # into a bytearray and copied: the one image-sized allocation is the result.
+        file = memoryview(data)
         header_size = min(sizeof_headers, len(data), self.size_of_image)
-        pieces: list[bytes | memoryview] = [data[:header_size]]
+        pieces: list[bytes | memoryview] = [file[:header_size]]
         end = header_size
         for section in self.sections:
-            pieces += [bytes(section.rva - end), section.data]
+            backed = min(section.raw_size, section.virtual_size) if section.raw_size else 0
+            body = file[section.raw_offset : section.raw_offset + backed]
+            pieces += [bytes(section.rva - end), body, bytes(section.virtual_size - backed)]
             end = section.end_rva
         pieces.append(bytes(self.size_of_image - end))
         return b"".join(pieces)
