@@ -195,4 +195,7 @@ def _run(command: Callable[..., Any], argv: list[str] | None) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    from hpatch.allocator import give_back_freed_blocks
+
+    give_back_freed_blocks()
     sys.exit(_run(cli, argv))
