@@ -85,6 +85,7 @@ def pdata_functions(
     all_ranges = Ranges((e.begin_rva, e.end_rva) for e in entries)
     starts = {e.begin_rva for e in entries}
     jumpers: dict[int, set[int]] = defaultdict(set)
+    jumped_from_elsewhere: set[int] = set()
     conditional_only: dict[int, bool] = {}  # absent: True
     # Only the sites whose targets are entries, picked out at C speed (a 20 MB DLL has
     # hundreds of thousands of sites, a few thousand of them into entries).
@@ -93,7 +94,9 @@ def pdata_functions(
         if kind not in (SiteKind.JUMP, SiteKind.COND_JUMP):
             continue
         index = all_ranges.find(site_rva)
-        if index is not None and all_ranges.starts[index] != target_rva:
+        if index is None:
+            jumped_from_elsewhere.add(target_rva)  # code no entry covers (a leaf)
+        elif all_ranges.starts[index] != target_rva:
             jumpers[target_rva].add(all_ranges.starts[index])
             if kind != SiteKind.COND_JUMP:
                 conditional_only[target_rva] = False
@@ -119,7 +122,7 @@ def pdata_functions(
             return None
         if entry_evidence is None:
             entry_evidence = entry_references()
-        if begin in entry_evidence:
+        if begin in entry_evidence or begin in jumped_from_elsewhere:
             return None
         if any(owner.get(rva) != root for rva in jumpers.get(begin, ())):
             return None
