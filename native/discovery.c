@@ -17,7 +17,10 @@
  * (hpatch/image/functions.py): the evidence of every candidate start in the gaps
  * between .pdata ranges, from 270,000 references on a large DLL, and the walk of a
  * gap over its candidates, which asks the image and the arch (through callbacks) only
- * where a function may start. Both hold the GIL: they make Python ints and call back.
+ * where a function may start. gap_leaves holds the GIL: it calls back at every step.
+ * gap_evidence weighs the references without it, over C arrays, then takes it back to
+ * ask the checks and make the lists. A long walk or run of padding lets go of it too,
+ * so that another thread (the diff discovers two images at once) runs meanwhile.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -29,6 +32,13 @@
 
 /* The walk's limits: the same numbers as hpatch/_fallback/discovery.py. */
 #define EXTENT_WINDOW 256
+
+/* Work done before a call lets go of the GIL: most calls are a few microseconds,
+ * shorter than another thread takes to wake up and run, and each release costs both
+ * threads a hand-over; a long walk or run of padding frees it for the rest. About
+ * 50 us of work each. */
+#define WALK_WITH_GIL 2048     /* instructions */
+#define PADDING_WITH_GIL 65536 /* bytes */
 
 
 /* What an instruction does to the walk, from capstone's mnemonic (see classify):
@@ -546,6 +556,7 @@ typedef struct {
     void *insn;
     uint8_t *visited; /* one bit per byte of code */
     rva_stack_t pending;
+    size_t decoded; /* instructions decoded so far */
 } walk_t;
 
 static int is_visited(const walk_t *walk, int64_t rva)
@@ -657,6 +668,7 @@ static int walk_block(walk_t *walk, int64_t rva, int64_t *end)
             if (address + (int64_t)insn.length > bound)
                 return 0;
             visit(walk, address);
+            walk->decoded++;
             rva = address + (int64_t)insn.length;
             offset += insn.length;
             if (insn.kind == K_TRAP)
@@ -676,6 +688,20 @@ static int walk_block(walk_t *walk, int64_t rva, int64_t *end)
             return 0;
     }
     return 1;
+}
+
+/* The pending blocks, until none is left or `limit` instructions were decoded: 1 if
+ * every block walked ends within the bound (*end the furthest), else as walk_block. */
+static int walk_blocks(walk_t *walk, size_t limit, int64_t *end)
+{
+    int status = 1;
+    while (walk->pending.count && status == 1 && walk->decoded < limit) {
+        int64_t block_end;
+        status = walk_block(walk, walk->pending.items[--walk->pending.count], &block_end);
+        if (status == 1 && block_end > *end)
+            *end = block_end;
+    }
+    return status;
 }
 
 #ifndef HPATCH_X64_FORMS_GENERATOR
@@ -774,14 +800,15 @@ static PyObject *x64_code_extent(PyObject *self, PyObject *args)
     if (PyErr_Occurred())
         goto done;
     int64_t end = start_rva;
-    int status = 1;
-    /* The GIL stays held: the capstone handle belongs to a Python object that other
-     * threads may use. */
-    while (walk.pending.count && status == 1) {
-        int64_t block_end;
-        status = walk_block(&walk, walk.pending.items[--walk.pending.count], &block_end);
-        if (status == 1 && block_end > end)
-            end = block_end;
+    int status = walk_blocks(&walk, WALK_WITH_GIL, &end);
+    /* The rest of a long walk runs without the GIL: it reads only the code (held by
+     * the buffer), its own arrays and the capstone handle, which hpatch.arch.x64 keeps
+     * one of per thread (capstone is thread-safe with a handle per thread, not with
+     * one shared). */
+    if (status == 1 && walk.pending.count) {
+        Py_BEGIN_ALLOW_THREADS
+        status = walk_blocks(&walk, SIZE_MAX, &end);
+        Py_END_ALLOW_THREADS
     }
     if (status < 0)
         PyErr_NoMemory();
@@ -1215,6 +1242,60 @@ static int append_new(PyObject *list, PyObject *item)
     return status;
 }
 
+/* A target of gap_evidence's round: its mask so far, the references of it that only a
+ * check counts (refs[first_ref..first_ref + ref_count)), and where the caller's int
+ * object for it lies (static_items or target_items, at item). */
+typedef struct {
+    int64_t target, mask;
+    Py_ssize_t first_ref, ref_count, item;
+    int static_item;
+} gap_target_t;
+
+/* gap_evidence's walk over the references and the stated starts, merged in target
+ * order, on C values only (it runs without the GIL): fills found[] with every target
+ * that has a mask or references to check, and refs[] with those references; returns
+ * how many targets. */
+static Py_ssize_t gather_evidence(const int64_t *static_targets, const int64_t *static_masks,
+                                  Py_ssize_t static_count, const int64_t *targets,
+                                  const int64_t *sites, const int64_t *bits, Py_ssize_t n,
+                                  const int64_t *starts, const int64_t *ends, Py_ssize_t count,
+                                  const entry_masks_t *masks, gap_target_t *found,
+                                  entry_ref_t *refs)
+{
+    Py_ssize_t i = 0, s = 0, found_count = 0, pending_total = 0;
+    while (i < n || s < static_count) {
+        int64_t target = i < n && (s >= static_count || targets[i] <= static_targets[s])
+                             ? targets[i]
+                             : static_targets[s];
+        gap_target_t entry = {target, 0, pending_total, 0, 0, 0};
+        if (i < n && targets[i] == target) {
+            entry.item = i;
+        } else {
+            entry.item = s;
+            entry.static_item = 1;
+        }
+        if (s < static_count && static_targets[s] == target)
+            entry.mask = static_masks[s++];
+        for (Py_ssize_t order = 0; i < n && targets[i] == target; i++, order++) {
+            int64_t site = sites[i], bit = bits[i];
+            int by_entry;
+            Py_ssize_t index =
+                reference_range(starts, ends, count, masks, target, site, &bit, &by_entry);
+            if (index < 0)
+                continue;
+            if (by_entry) {
+                refs[pending_total++] = (entry_ref_t){bit, starts[index], ends[index], site, order};
+                continue;
+            }
+            entry.mask |= bit;
+        }
+        entry.ref_count = pending_total - entry.first_ref;
+        if (entry.mask != 0 || entry.ref_count != 0)
+            found[found_count++] = entry;
+    }
+    return found_count;
+}
+
 PyDoc_STRVAR(gap_evidence_doc,
 "gap_evidence(static_targets, static_masks, targets, sites, bits, starts, ends, entry_bits, check, /)\n--\n\n"
 "One round's evidence masks, as two lists: the RVAs with a nonzero mask, ascending,\n"
@@ -1251,6 +1332,7 @@ static PyObject *gap_evidence(PyObject *self, PyObject *args)
     Py_ssize_t static_count, mask_count, n, site_count, bit_count, count, ends_count;
     entry_ref_t *refs = NULL;
     bit_run_t *runs = NULL;
+    gap_target_t *found = NULL;
     PyObject *out_targets = NULL, *out_masks = NULL, *result = NULL;
     PyObject *static_items = NULL, *target_items = NULL;
     mask_ints_t mask_ints = {{0}, {NULL}, 0, 0};
@@ -1283,50 +1365,39 @@ static PyObject *gap_evidence(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "targets must ascend");
         goto done;
     }
-    /* At most one entry reference and one run per reference. */
+    /* At most one entry reference and one run per reference, and one target per
+     * reference or stated start. */
     refs = malloc((size_t)(n ? n : 1) * sizeof *refs);
     runs = malloc((size_t)(n ? n : 1) * sizeof *runs);
+    found = malloc((size_t)(n + static_count ? n + static_count : 1) * sizeof *found);
     out_targets = PyList_New(0);
     out_masks = PyList_New(0);
-    if (refs == NULL || runs == NULL) {
+    if (refs == NULL || runs == NULL || found == NULL) {
         PyErr_NoMemory();
         goto done;
     }
     if (out_targets == NULL || out_masks == NULL)
         goto done;
-    Py_ssize_t i = 0, s = 0;
-    while (i < n || s < static_count) {
-        int64_t target = i < n && (s >= static_count || targets[i] <= static_targets[s])
-                             ? targets[i]
-                             : static_targets[s];
-        int64_t mask = 0;
-        PyObject *target_item = NULL; /* none to hand back from a column */
-        if (i < n && targets[i] == target) {
-            if (target_items != NULL)
-                target_item = PyTuple_GET_ITEM(target_items, i);
-        } else if (static_items != NULL) {
-            target_item = PyTuple_GET_ITEM(static_items, s);
-        }
-        if (s < static_count && static_targets[s] == target)
-            mask = static_masks[s++];
-        Py_ssize_t pending = 0;
-        for (Py_ssize_t order = 0; i < n && targets[i] == target; i++, order++) {
-            int64_t site = sites[i], bit = bits[i];
-            int by_entry;
-            Py_ssize_t index =
-                reference_range(starts, ends, count, &masks, target, site, &bit, &by_entry);
-            if (index < 0)
-                continue;
-            if (by_entry) {
-                refs[pending++] = (entry_ref_t){bit, starts[index], ends[index], site, order};
-                continue;
-            }
-            mask |= bit;
-        }
-        if (check_entry_refs(refs, pending, runs, check, &mask) < 0)
+    /* First, without the GIL, each target's mask and the references only a check can
+     * count (over columns and arrays of C values alone); then, with it, the checks
+     * and the lists. */
+    Py_ssize_t found_count;
+    Py_BEGIN_ALLOW_THREADS
+    found_count = gather_evidence(static_targets, static_masks, static_count, targets, sites,
+                                  bits, n, starts, ends, count, &masks, found, refs);
+    Py_END_ALLOW_THREADS
+    for (Py_ssize_t f = 0; f < found_count; f++) {
+        gap_target_t *target = &found[f];
+        int64_t mask = target->mask;
+        if (check_entry_refs(refs + target->first_ref, target->ref_count, runs, check, &mask) < 0)
             goto done;
-        if (mask != 0 && (append_new(out_targets, int_like(target_item, target)) < 0 ||
-                          append_new(out_masks, mask_int(&mask_ints, mask)) < 0))
+        if (mask == 0)
+            continue;
+        /* the caller's own int object where there is one (none from a column) */
+        PyObject *items = target->static_item ? static_items : target_items;
+        PyObject *target_item = items != NULL ? PyTuple_GET_ITEM(items, target->item) : NULL;
+        if (append_new(out_targets, int_like(target_item, target->target)) < 0 ||
+            append_new(out_masks, mask_int(&mask_ints, mask)) < 0)
             goto done;
     }
     result = PyTuple_Pack(2, out_targets, out_masks);
@@ -1339,6 +1410,7 @@ done:
     Py_XDECREF(out_masks);
     free(refs);
     free(runs);
+    free(found);
     free(static_targets);
     free(static_masks);
     free(targets);
@@ -1634,27 +1706,17 @@ static size_t modrm_tail(const uint8_t *data, size_t len, size_t at)
     return at + size <= len ? size : 0;
 }
 
-PyDoc_STRVAR(x64_padding_length_doc,
-"x64_padding_length(data, offset, /)\n--\n\n"
-"Length of the x64 padding at offset in data: int3, nop and zero bytes, nops with\n"
-"66 and 2E prefixes, and the multi-byte nops 0F 1F /0.");
-
-static PyObject *x64_padding_length(PyObject *self, PyObject *args)
+/* The end of the padding from `i` in data[0..n), looking at no more than `limit`
+ * bytes' worth of starts: *ended is 0 if it stopped at that limit, not at code. */
+static size_t skip_padding(const uint8_t *data, size_t n, size_t i, size_t limit, int *ended)
 {
-    (void)self;
-    Py_buffer view = {0};
-    long long offset;
-    if (!PyArg_ParseTuple(args, "O&O&:x64_padding_length", hpatch_buffer_arg, &view,
-                          hpatch_int64_arg, &offset))
-        return NULL;
-    if (offset < 0) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "offset must not be negative");
-        return NULL;
-    }
-    const uint8_t *data = (const uint8_t *)view.buf;
-    size_t n = (size_t)view.len, i = (size_t)offset, start = i;
+    size_t stop = limit < n - (i < n ? i : n) ? i + limit : n;
+    *ended = 1;
     while (i < n) {
+        if (i >= stop) {
+            *ended = 0;
+            break;
+        }
         uint8_t b = data[i];
         if (b == 0xCC || b == 0x90 || b == 0x00) {
             i++;
@@ -1675,6 +1737,36 @@ static PyObject *x64_padding_length(PyObject *self, PyObject *args)
             }
         }
         break;
+    }
+    return i;
+}
+
+PyDoc_STRVAR(x64_padding_length_doc,
+"x64_padding_length(data, offset, /)\n--\n\n"
+"Length of the x64 padding at offset in data: int3, nop and zero bytes, nops with\n"
+"66 and 2E prefixes, and the multi-byte nops 0F 1F /0.");
+
+static PyObject *x64_padding_length(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer view = {0};
+    long long offset;
+    if (!PyArg_ParseTuple(args, "O&O&:x64_padding_length", hpatch_buffer_arg, &view,
+                          hpatch_int64_arg, &offset))
+        return NULL;
+    if (offset < 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "offset must not be negative");
+        return NULL;
+    }
+    const uint8_t *data = (const uint8_t *)view.buf;
+    size_t n = (size_t)view.len, start = (size_t)offset;
+    int ended;
+    size_t i = skip_padding(data, n, start, PADDING_WITH_GIL, &ended);
+    if (!ended) {
+        Py_BEGIN_ALLOW_THREADS
+        i = skip_padding(data, n, i, SIZE_MAX, &ended);
+        Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&view);
     return PyLong_FromSize_t(i > start ? i - start : 0);

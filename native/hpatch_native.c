@@ -19,6 +19,11 @@
 
 #define RVA_LIMIT 0xFFFFFFFFLL
 
+/* Code scanned with the GIL held: a function's scan takes microseconds, less than
+ * another thread takes to wake up and run, and each release costs a hand-over; a
+ * section's scan (milliseconds) frees it. About 50 us of work. */
+#define SCAN_WITH_GIL 65536
+
 typedef struct {
     int64_t site;
     int64_t target;
@@ -196,9 +201,13 @@ static PyObject *scan_x64_sites(PyObject *self, PyObject *args)
         return NULL;
     }
     site_list_t list = {NULL, 0, 0, 0};
-    Py_BEGIN_ALLOW_THREADS
-    scan_x64((const uint8_t *)code.buf, (size_t)code.len, code_rva, lo_rva, hi_rva, &list);
-    Py_END_ALLOW_THREADS
+    if (code.len < SCAN_WITH_GIL) {
+        scan_x64((const uint8_t *)code.buf, (size_t)code.len, code_rva, lo_rva, hi_rva, &list);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        scan_x64((const uint8_t *)code.buf, (size_t)code.len, code_rva, lo_rva, hi_rva, &list);
+        Py_END_ALLOW_THREADS
+    }
     PyBuffer_Release(&code);
     return sites_to_columns(self, &list);
 }
@@ -286,9 +295,13 @@ static PyObject *scan_arm64_sites(PyObject *self, PyObject *args)
         return NULL;
     }
     site_list_t list = {NULL, 0, 0, 0};
-    Py_BEGIN_ALLOW_THREADS
-    scan_arm64((const uint8_t *)code.buf, (size_t)code.len, code_rva, lo_rva, hi_rva, &list);
-    Py_END_ALLOW_THREADS
+    if (code.len < SCAN_WITH_GIL) {
+        scan_arm64((const uint8_t *)code.buf, (size_t)code.len, code_rva, lo_rva, hi_rva, &list);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        scan_arm64((const uint8_t *)code.buf, (size_t)code.len, code_rva, lo_rva, hi_rva, &list);
+        Py_END_ALLOW_THREADS
+    }
     PyBuffer_Release(&code);
     return sites_to_columns(self, &list);
 }

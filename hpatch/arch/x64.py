@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import re
 import struct
+import threading
 from collections.abc import Iterable, Sequence
 
 import capstone
@@ -137,9 +138,20 @@ class X64(Arch):
         self._cs_lite = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         self._cs_detail = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
         self._cs_detail.detail = True
-        # A handle of its own for the C core's extent walk, which decodes through it.
-        self._cs_extent = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-        self._extent_decoder = _entry_points(self._cs_extent)
+        # Handles of their own for the C core's extent walk, which decodes through one
+        # without the GIL: one per thread, as capstone is thread-safe only so.
+        self._extent_handles = threading.local()
+
+    @property
+    def _extent_decoder(self) -> tuple[int, ...]:
+        """The C core's entry points into this thread's capstone handle for the walk."""
+        handles = self._extent_handles
+        try:
+            return handles.decoder
+        except AttributeError:
+            handles.cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+            handles.decoder = _entry_points(handles.cs)
+            return handles.decoder
 
     # .pdata -------------------------------------------------------------
 
