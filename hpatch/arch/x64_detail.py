@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import capstone
@@ -54,6 +55,9 @@ _OP_BASE, _OP_INDEX, _OP_DISP = (
     _VALUE + _MEM.disp.offset,
 )
 _U16, _U32, _I64, _U64 = (struct.Struct(f"<{code}") for code in "HIqQ")
+#: Bytes of code decoded by one cs_disasm call, and the longest x64 instruction.
+PIECE = 4096
+_LONGEST = 15
 
 
 class Operand(NamedTuple):
@@ -87,16 +91,38 @@ class Decoded(NamedTuple):
     operands: tuple[Operand, ...]
 
 
-def decode(code: bytes, address: int, *, all_operands: bool = True) -> list[Decoded]:
+def decode(code: bytes, address: int, *, all_operands: bool = True) -> Iterator[Decoded]:
     """The instructions of ``code`` at ``address``, up to the first byte capstone cannot
     decode (as ``Cs.disasm`` stops there). Without ``all_operands``, an instruction that
     names no address (no immediate, no displacement, no memory operand in its ModRM,
-    neither a call nor a jump) is given without its operands."""
-    if not code:
-        return []
+    neither a call nor a jump) is given without its operands.
+
+    capstone fills a detail of about 2 KiB for every instruction of a call: the code is
+    decoded a piece at a time (``PIECE`` bytes), each piece from where the last one's
+    last instruction ended, so that a megabyte of one-byte instructions costs
+    megabytes, not gigabytes; and the instructions are given as they are decoded."""
+    at = 0
+    while at < len(code):
+        piece = code[at : at + PIECE]
+        decoded = _decode_piece(code, address, at, len(piece), all_operands)
+        if not decoded:
+            break
+        yield from decoded
+        end = decoded[-1].address + decoded[-1].size - address
+        if at + len(piece) >= len(code) or end <= at + len(piece) - _LONGEST:
+            break  # the code's end, or a byte that starts no instruction
+        at = end  # an instruction the piece's end cut off starts the next piece
+
+
+def _decode_piece(
+    code: bytes, address: int, at: int, size: int, all_operands: bool
+) -> list[Decoded]:
     decoder = x64_decoder()
     first = ctypes.POINTER(_INSN)()
-    count = capstone._cs.cs_disasm(decoder.csh, code, len(code), address, 0, ctypes.byref(first))
+    piece = code[at : at + size]
+    count = capstone._cs.cs_disasm(
+        decoder.csh, piece, len(piece), address + at, 0, ctypes.byref(first)
+    )
     if count == 0:
         return []
     try:

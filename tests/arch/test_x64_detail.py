@@ -42,7 +42,7 @@ def test_every_instruction_of_the_samples_decodes_as_capstone_decodes_it(build: 
     decoded = 0
     for function in image.functions:
         code = bytes(image.read(function.rva, function.size))
-        ours = decode(code, function.rva)
+        ours = list(decode(code, function.rva))
         theirs = [_as_capstone_says(i) for i in x64_decoder().disasm(code, function.rva)]
         assert ours == theirs
         decoded += len(ours)
@@ -52,8 +52,8 @@ def test_every_instruction_of_the_samples_decodes_as_capstone_decodes_it(build: 
 def test_operands_left_out_only_where_no_address_is_named() -> None:
     # mov eax, ecx (register form) | mov eax, [rcx+8] | call rel32 | mov rax, imm64 | push rbx
     code = bytes.fromhex("89c8 8b4108 e800000000 48b88877665544332211 53".replace(" ", ""))
-    full = decode(code, 0x1000)
-    short = decode(code, 0x1000, all_operands=False)
+    full = list(decode(code, 0x1000))
+    short = list(decode(code, 0x1000, all_operands=False))
     assert [i.mnemonic for i in full] == ["mov", "mov", "call", "movabs", "push"]
     assert [len(i.operands) for i in short] == [0, 2, 1, 2, 0]
     assert [i._replace(operands=()) for i in short] == [i._replace(operands=()) for i in full]
@@ -61,9 +61,41 @@ def test_operands_left_out_only_where_no_address_is_named() -> None:
 
 
 def test_bytes_that_start_no_instruction_end_the_decode() -> None:
-    assert decode(b"", 0) == []
+    assert list(decode(b"", 0)) == []
     # 06 (push es) is no instruction in 64-bit mode; a lone 0f is cut off
     for code, sizes in ((b"\x90\x06\x90", [1]), (b"\x90\x90\x0f", [1, 1])):
         assert [i.size for i in decode(code, 0x1000)] == sizes
         theirs = [(i.address, i.size) for i in x64_decoder().disasm(code, 0x1000)]
         assert [(i.address, i.size) for i in decode(code, 0x1000)] == theirs
+
+
+@pytest.mark.parametrize("piece", [16, 23, 64])
+def test_decoded_a_piece_at_a_time_as_at_once(piece: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hpatch.arch.x64_detail as detail
+
+    image = load_image(SAMPLES / "x64-clang" / "v1" / "sample.dll")
+    codes = [bytes(image.read(f.rva, f.size)) for f in image.functions]
+    # and code that stops decoding: past the first piece, and in a piece's last bytes
+    codes += [codes[0][:40] + b"\x06" + codes[0], codes[0][: piece - 3] + b"\x06\x90\x90"]
+    whole = [list(decode(code, 0x1000)) for code in codes]
+    monkeypatch.setattr(detail, "PIECE", piece)
+    for code, expected in zip(codes, whole, strict=True):
+        assert list(decode(code, 0x1000)) == expected
+        theirs = [(i.address, i.size) for i in x64_decoder().disasm(code, 0x1000)]
+        assert [(i.address, i.size) for i in expected] == theirs
+
+
+def test_long_code_is_decoded_in_bounded_memory() -> None:
+    # 256 Ki one-byte instructions: capstone's details for all at once would be 500 MB.
+    import subprocess
+    import sys
+
+    program = (
+        "import resource\n"
+        "from hpatch.arch.x64_detail import decode\n"
+        "count = sum(1 for _ in decode(b'\\x90' * (1 << 18), 0x1000, all_operands=False))\n"
+        "print(count, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    count, peak_kib = map(int, subprocess.check_output([sys.executable, "-c", program]).split())
+    assert count == 1 << 18
+    assert peak_kib < 150 << 10
