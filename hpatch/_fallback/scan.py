@@ -17,6 +17,7 @@ from capstone import x86_const
 from hpatch.arch.arm64_bits import adr_immediate, sign_extend
 from hpatch.arch.base import RefKind, SiteKind
 from hpatch.arch.x64_decode import LOOP_BRANCHES as _LOOPS
+from hpatch.arch.x64_decode import disasm_in_pieces as _disasm_in_pieces
 from hpatch.arch.x64_decode import displacement_size as _displacement_size
 from hpatch.arch.x64_decode import loads_image_base as _loads_image_base
 from hpatch.arch.x64_decode import x64_decoder as _x64_decoder
@@ -173,7 +174,7 @@ def normalise_x64(
         masked[field - code_rva : field - code_rva + size] = bytes(size)
         references.append((site, kind, target))
 
-    for insn in _x64_decoder().disasm(data, code_rva):
+    for insn in _disasm_in_pieces(_x64_decoder(), data, code_rva):
         count += 1
         next_rva = insn.address + insn.size
         imm_rva = insn.address + insn.imm_offset

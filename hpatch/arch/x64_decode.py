@@ -4,9 +4,9 @@ displacements, loop branches and image-base loads the same way."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import cache
-from typing import Protocol
+from typing import Any, Protocol
 
 import capstone
 from capstone import x86_const
@@ -21,6 +21,28 @@ LOOP_BRANCHES = frozenset(
         x86_const.X86_INS_JECXZ,
     }
 )
+
+
+#: Bytes of code one capstone call decodes (it fills a detail of about 2 KiB for every
+#: instruction of a call), and the longest x64 instruction.
+PIECE = 4096
+LONGEST = 15
+
+
+def disasm_in_pieces(decoder: capstone.Cs, code: bytes, address: int) -> Iterator[Any]:
+    """``decoder.disasm(code, address)``, a piece of ``PIECE`` bytes at a time, each from
+    where the last one's last instruction ended: the same instructions, with capstone's
+    memory bounded by the piece rather than by the code."""
+    at = 0
+    while at < len(code):
+        piece = code[at : at + PIECE]
+        end = at
+        for insn in decoder.disasm(piece, address + at):
+            end = insn.address + insn.size - address
+            yield insn
+        if end == at or at + len(piece) >= len(code) or end <= at + len(piece) - LONGEST:
+            return  # nothing decoded, the code's end, or a byte that starts no instruction
+        at = end  # an instruction the piece's end cut off starts the next piece
 
 
 @cache

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import capstone
 from capstone import x86 as capstone_x86
 
+from hpatch.arch import x64_decode
 from hpatch.arch.x64_decode import x64_decoder
 
 _INSN = capstone._cs_insn
@@ -55,9 +56,6 @@ _OP_BASE, _OP_INDEX, _OP_DISP = (
     _VALUE + _MEM.disp.offset,
 )
 _U16, _U32, _I64, _U64 = (struct.Struct(f"<{code}") for code in "HIqQ")
-#: Bytes of code decoded by one cs_disasm call, and the longest x64 instruction.
-PIECE = 4096
-_LONGEST = 15
 
 
 class Operand(NamedTuple):
@@ -98,18 +96,18 @@ def decode(code: bytes, address: int, *, all_operands: bool = True) -> Iterator[
     neither a call nor a jump) is given without its operands.
 
     capstone fills a detail of about 2 KiB for every instruction of a call: the code is
-    decoded a piece at a time (``PIECE`` bytes), each piece from where the last one's
+    decoded a piece at a time (``x64_decode.PIECE`` bytes), each from where the last one's
     last instruction ended, so that a megabyte of one-byte instructions costs
     megabytes, not gigabytes; and the instructions are given as they are decoded."""
     at = 0
     while at < len(code):
-        piece = code[at : at + PIECE]
+        piece = code[at : at + x64_decode.PIECE]
         decoded = _decode_piece(code, address, at, len(piece), all_operands)
         if not decoded:
             break
         yield from decoded
         end = decoded[-1].address + decoded[-1].size - address
-        if at + len(piece) >= len(code) or end <= at + len(piece) - _LONGEST:
+        if at + len(piece) >= len(code) or end <= at + len(piece) - x64_decode.LONGEST:
             break  # the code's end, or a byte that starts no instruction
         at = end  # an instruction the piece's end cut off starts the next piece
 

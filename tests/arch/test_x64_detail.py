@@ -71,18 +71,23 @@ def test_bytes_that_start_no_instruction_end_the_decode() -> None:
 
 @pytest.mark.parametrize("piece", [16, 23, 64])
 def test_decoded_a_piece_at_a_time_as_at_once(piece: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hpatch.arch.x64_detail as detail
+    import hpatch.arch.x64_decode
 
     image = load_image(SAMPLES / "x64-clang" / "v1" / "sample.dll")
     codes = [bytes(image.read(f.rva, f.size)) for f in image.functions]
     # and code that stops decoding: past the first piece, and in a piece's last bytes
     codes += [codes[0][:40] + b"\x06" + codes[0], codes[0][: piece - 3] + b"\x06\x90\x90"]
     whole = [list(decode(code, 0x1000)) for code in codes]
-    monkeypatch.setattr(detail, "PIECE", piece)
+    monkeypatch.setattr(hpatch.arch.x64_decode, "PIECE", piece)
     for code, expected in zip(codes, whole, strict=True):
         assert list(decode(code, 0x1000)) == expected
         theirs = [(i.address, i.size) for i in x64_decoder().disasm(code, 0x1000)]
         assert [(i.address, i.size) for i in expected] == theirs
+        # capstone's own objects, a piece at a time, as the C core's twin reads them
+        pieces = hpatch.arch.x64_decode.disasm_in_pieces(x64_decoder(), code, 0x1000)
+        assert [(i.address, i.size, i.op_str) for i in pieces] == [
+            (i.address, i.size, i.op_str) for i in x64_decoder().disasm(code, 0x1000)
+        ]
 
 
 def test_long_code_is_decoded_in_bounded_memory() -> None:
