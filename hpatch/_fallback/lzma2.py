@@ -723,12 +723,11 @@ def lzma2_compress(
     matches in the (start, end) ranges of ``searched`` (None: all of the dictionary).
     The chunks code at most ``chunk_unpacked`` bytes and are closed ``packed_reserve``
     bytes before ``chunk_packed``."""
+    # the arguments read in the C core's order, then the one-setting case of the call
+    # that codes several
     data, dictionary = bytes(memoryview(data).cast("B")), bytes(memoryview(dictionary).cast("B"))
-    lc, lp, pb, nice, depth, window = map(operator.index, (lc, lp, pb, nice, depth, window))
-    chunk_unpacked, chunk_packed, packed_reserve = map(
-        operator.index, (chunk_unpacked, chunk_packed, packed_reserve)
-    )
-    buffer, start, ranges = _checked(
+    lc, lp, pb = map(operator.index, (lc, lp, pb))
+    (stream,) = lzma2_compress_settings(
         data,
         dictionary,
         [(lc, lp, pb)],
@@ -740,8 +739,7 @@ def lzma2_compress(
         chunk_packed,
         packed_reserve,
     )
-    encoder = _Encoder(buffer, start, lc, lp, pb, nice, depth, ranges)
-    return encoder.run(window, chunk_unpacked, chunk_packed, packed_reserve)
+    return stream
 
 
 def _setting(item: Iterable[int]) -> tuple[int, int, int]:
