@@ -94,6 +94,19 @@ SETTING = st.tuples(st.integers(0, 4), st.integers(0, 4), st.integers(0, 4)).fil
 )
 
 
+def generated(
+    rng: random.Random, size: int, kind: str, dictionary_size: int
+) -> tuple[bytes, bytes]:
+    """Data of ``kind`` and a dictionary sharing pieces of it (far and rep matches)."""
+    if kind == "random":
+        data = rng.randbytes(size)
+    elif kind == "repetitive":
+        data = repetitive(rng, size)
+    else:
+        data = bytes(rng.choice(b"\0\0\0\1\xff") for _ in range(size))
+    return data, (rng.randbytes(dictionary_size // 2) + data)[:dictionary_size]
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 1 << 32),
@@ -117,15 +130,7 @@ def test_the_cores_agree_on_any_input(
     window: int,
     ranges: list[tuple[int, int]] | None,
 ) -> None:
-    rng = random.Random(seed)
-    if kind == "random":
-        data = rng.randbytes(size)
-    elif kind == "repetitive":
-        data = repetitive(rng, size)
-    else:
-        data = bytes(rng.choice(b"\0\0\0\1\xff") for _ in range(size))
-    # a dictionary sharing pieces of the data gives far matches and rep matches
-    dictionary = (rng.randbytes(dictionary_size // 2) + data)[:dictionary_size]
+    data, dictionary = generated(random.Random(seed), size, kind, dictionary_size)
     lc, lp, pb = setting
     both(data, dictionary, lc, lp, pb, ranges, nice, depth, window)
 
@@ -156,13 +161,7 @@ def test_several_settings_code_as_one_call_each_on_any_input(
     small_chunks: bool,
 ) -> None:
     rng = random.Random(seed)
-    if kind == "random":
-        data = rng.randbytes(size)
-    elif kind == "repetitive":
-        data = repetitive(rng, size)
-    else:
-        data = bytes(rng.choice(b"\0\0\0\1\xff") for _ in range(size))
-    dictionary = (rng.randbytes(dictionary_size // 2) + data)[:dictionary_size]
+    data, dictionary = generated(rng, size, kind, dictionary_size)
     limits = (window + 300 + rng.randrange(1000), 300 + rng.randrange(700), rng.randrange(250))
     both_settings(
         data, dictionary, chosen, ranges, nice, depth, window, limits if small_chunks else LIMITS
