@@ -4,9 +4,9 @@ displacements, loop branches and image-base loads the same way."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cache
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import capstone
 from capstone import x86_const
@@ -23,26 +23,43 @@ LOOP_BRANCHES = frozenset(
 )
 
 
+_T = TypeVar("_T", bound="_Located")
+
 #: Bytes of code one capstone call decodes (it fills a detail of about 2 KiB for every
 #: instruction of a call), and the longest x64 instruction.
 PIECE = 4096
 LONGEST = 15
 
 
-def disasm_in_pieces(decoder: capstone.Cs, code: bytes, address: int) -> Iterator[Any]:
-    """``decoder.disasm(code, address)``, a piece of ``PIECE`` bytes at a time, each from
-    where the last one's last instruction ended: the same instructions, with capstone's
-    memory bounded by the piece rather than by the code."""
+class _Located(Protocol):
+    @property
+    def address(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+
+
+def in_pieces(
+    decode: Callable[[bytes, int], Iterable[_T]], code: bytes, address: int
+) -> Iterator[_T]:
+    """The instructions ``decode(code, address)`` gives, ``decode`` called on a piece of
+    ``PIECE`` bytes at a time, each from where the last one's last instruction ended:
+    the same instructions, with capstone's memory bounded by the piece rather than by
+    the code."""
     at = 0
     while at < len(code):
         piece = code[at : at + PIECE]
         end = at
-        for insn in decoder.disasm(piece, address + at):
+        for insn in decode(piece, address + at):
             end = insn.address + insn.size - address
             yield insn
         if end == at or at + len(piece) >= len(code) or end <= at + len(piece) - LONGEST:
             return  # nothing decoded, the code's end, or a byte that starts no instruction
         at = end  # an instruction the piece's end cut off starts the next piece
+
+
+def disasm_in_pieces(decoder: capstone.Cs, code: bytes, address: int) -> Iterator[Any]:
+    """``decoder.disasm(code, address)``, a piece at a time (``in_pieces``)."""
+    return in_pieces(decoder.disasm, code, address)
 
 
 @cache

@@ -96,31 +96,20 @@ def decode(code: bytes, address: int, *, all_operands: bool = True) -> Iterator[
     neither a call nor a jump) is given without its operands.
 
     capstone fills a detail of about 2 KiB for every instruction of a call: the code is
-    decoded a piece at a time (``x64_decode.PIECE`` bytes), each from where the last one's
-    last instruction ended, so that a megabyte of one-byte instructions costs
-    megabytes, not gigabytes; and the instructions are given as they are decoded."""
-    at = 0
-    while at < len(code):
-        piece = code[at : at + x64_decode.PIECE]
-        decoded = _decode_piece(code, address, at, len(piece), all_operands)
-        if not decoded:
-            break
-        yield from decoded
-        end = decoded[-1].address + decoded[-1].size - address
-        if at + len(piece) >= len(code) or end <= at + len(piece) - x64_decode.LONGEST:
-            break  # the code's end, or a byte that starts no instruction
-        at = end  # an instruction the piece's end cut off starts the next piece
+    decoded a piece at a time (``x64_decode.in_pieces``), so that a megabyte of one-byte
+    instructions costs megabytes, not gigabytes; and the instructions are given as they
+    are decoded."""
+    return x64_decode.in_pieces(
+        lambda piece, piece_address: _decode_piece(piece, piece_address, all_operands),
+        code,
+        address,
+    )
 
 
-def _decode_piece(
-    code: bytes, address: int, at: int, size: int, all_operands: bool
-) -> list[Decoded]:
+def _decode_piece(code: bytes, address: int, all_operands: bool) -> list[Decoded]:
     decoder = x64_decoder()
     first = ctypes.POINTER(_INSN)()
-    piece = code[at : at + size]
-    count = capstone._cs.cs_disasm(
-        decoder.csh, piece, len(piece), address + at, 0, ctypes.byref(first)
-    )
+    count = capstone._cs.cs_disasm(decoder.csh, code, len(code), address, 0, ctypes.byref(first))
     if count == 0:
         return []
     try:
