@@ -19,6 +19,7 @@ from hpatch.arch.base import (
     ReadRva,
     RefKind,
     SiteColumns,
+    SiteKind,
     UnwindEntry,
     UnwindFormat,
 )
@@ -34,7 +35,6 @@ _BRANCHES = ("j", "call", "loop")
 _RIP_DISPLACEMENT = re.compile(r"rip [+-] 0x[0-9a-f]+")
 #: Base registers whose displacements are stack slots, not structure fields.
 _FRAME_REGISTERS = frozenset((x86_const.X86_REG_RSP, x86_const.X86_REG_RBP))
-_LEA_RIP = re.compile(rb"[\x48\x4c]\x8d[\x05\x0d\x15\x1d\x25\x2d\x35\x3d].{4}", re.DOTALL)
 #: capstone's 64-bit registers by their encoding number (REX.R and ModRM reg).
 _REG64 = (
     x86_const.X86_REG_RAX,
@@ -248,14 +248,13 @@ class X64(Arch):
         return texts
 
     def image_base_registers(self, code: bytes, code_rva: int) -> frozenset[int]:
-        # lea r64, [rip + disp32] whose target is RVA 0: REX.W (R for r8-r15), 8D, a ModRM
-        # of mod 00 and rm 101, and the displacement back to the image's start.
+        # The scanner's address sites aimed at RVA 0: lea r64, [rip + disp32], a REX.W
+        # prefix (R for r8-r15), 8D, then the ModRM byte naming the register.
+        sites, _, kinds = self.scan_sites(code, code_rva, 0, 1)
         found = set()
-        for match in _LEA_RIP.finditer(code):
-            at = match.start()
-            (displacement,) = struct.unpack_from("<i", code, at + 3)
-            if code_rva + at + 7 + displacement == 0:
-                rex, modrm = code[at], code[at + 2]
+        for site, kind in zip(sites, kinds, strict=True):
+            if kind == SiteKind.ADDRESS:
+                rex, modrm = code[site - code_rva], code[site - code_rva + 2]
                 found.add(_REG64[(rex & 4) << 1 | (modrm >> 3 & 7)])
         return frozenset(found)
 
