@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
+import operator
 import struct
 from array import array
 from collections import defaultdict
@@ -177,16 +178,19 @@ class _Discovery:
 
     def referenced(self) -> set[int]:
         """RVAs with evidence other than conditional jumps (asked only for frameless entries)."""
-        found = set(self.static_evidence)  # the exact starts and the relocated pointers
-        _, targets, kinds = self.sites
-        found.update(itertools.compress(targets, map(_COND_JUMP.__ne__, kinds)))
-        return found
+        return self._evidence_but(frozenset({_COND_JUMP}))
 
     def entry_references(self) -> set[int]:
         """RVAs with evidence other than jumps: stated starts, pointers, calls, addresses."""
+        return self._evidence_but(frozenset({_JUMP, _COND_JUMP}))
+
+    def _evidence_but(self, kinds_left_out: frozenset[int]) -> set[int]:
+        """The exact starts, the relocated pointers, and the targets of the sites of every
+        kind but ``kinds_left_out``."""
         found = set(self.static_evidence)
         _, targets, kinds = self.sites
-        found.update(itertools.compress(targets, (k not in (_JUMP, _COND_JUMP) for k in kinds)))
+        kept = map(operator.not_, map(kinds_left_out.__contains__, kinds))
+        found.update(itertools.compress(targets, kept))
         return found
 
     @cached_property
